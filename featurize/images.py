@@ -1,0 +1,174 @@
+"""Finding labelled images (three layouts) and decoding them robustly to RGB."""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+
+# torchvision's IMG_EXTENSIONS, plus GIF (PIL decodes its first frame).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                 "validation": "val", "test": "test"}
+
+
+@dataclass
+class ImageList:
+    """Every image of a dataset: paths relative to `root`, integer labels into `class_names`."""
+
+    root: Path
+    name: str  # names the feature file
+    layout: str  # "split-folders", "class-folders" or "list-file"
+    class_names: list[str]
+    paths: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    splits: list[str] = field(default_factory=list)  # "" where the data has no split
+
+    def add(self, path: str, label: int, split: str) -> None:
+        self.paths.append(path)
+        self.labels.append(label)
+        self.splits.append(split)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def _is_image(name: str) -> bool:
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _class_folders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _images_under(folder: Path) -> list[Path]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(Path(dirpath) / f for f in sorted(filenames) if _is_image(f))
+    return found
+
+
+def _sorted_labels(names) -> list[str]:
+    names = set(names)
+    if all(n.lstrip("-").isdigit() for n in names):  # "10" after "9", as a person expects
+        return sorted(names, key=int)
+    return sorted(names)
+
+
+def discover(data: str | os.PathLike) -> ImageList:
+    """Index a dataset. `data` is one of: split folders (train/ val/ [test/], each of class
+    folders); class folders with no split; a text file of `path label` lines (paths relative to
+    the file's folder, split taken from its name); or a folder holding train.txt / val.txt /
+    test.txt lists."""
+    data = Path(data).expanduser()
+    if not data.exists():
+        raise DataError(f"--data {data}: no such file or folder")
+    if data.is_file():
+        return _from_lists(data.parent, [data])
+    folders = _class_folders(data)
+    split_folders = {SPLIT_ALIASES[p.name.lower()]: p for p in folders if p.name.lower() in SPLIT_ALIASES}
+    split_lists = [data / f"{s}.txt" for s in ("train", "val", "test") if (data / f"{s}.txt").is_file()]
+    if split_folders:
+        per_split = {split: {c.name: _images_under(c) for c in _class_folders(split_folders[split])}
+                     for split in ("train", "val", "test") if split in split_folders}
+        layout = "split-folders"
+    elif split_lists and not folders:
+        return _from_lists(data, split_lists)
+    else:
+        per_split = {"": {c.name: _images_under(c) for c in folders}}
+        layout = "class-folders"
+    class_names = _sorted_labels(c for classes in per_split.values() for c, files in classes.items() if files)
+    images = ImageList(root=data.resolve(), name=data.resolve().name, layout=layout, class_names=class_names)
+    for split, classes in per_split.items():
+        for label, class_name in enumerate(class_names):
+            for f in classes.get(class_name, []):
+                images.add(f.relative_to(data).as_posix(), label, split)
+    if not images.paths:
+        raise DataError(f"--data {data}: no images found; expected one folder per class (or train/ "
+                        f"and val/ folders of them) holding {', '.join(IMAGE_EXTENSIONS)} files, "
+                        f"or a text file of 'path label' lines")
+    return images
+
+
+def _from_lists(root: Path, list_files: list[Path]) -> ImageList:
+    rows = []  # (path, label, split)
+    for list_file in list_files:
+        split = SPLIT_ALIASES.get(list_file.stem.lower(), "")
+        with open(list_file, encoding="utf-8", errors="replace") as handle:
+            for number, line in enumerate(handle, 1):
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                parts = line.rsplit(maxsplit=1)
+                if len(parts) != 2:
+                    raise DataError(f"{list_file}:{number}: expected 'path label', got {line!r}")
+                rows.append((Path(parts[0]).as_posix(), parts[1], split))
+    if not rows:
+        raise DataError(f"--data {', '.join(map(str, list_files))}: no 'path label' lines")
+    class_names = _sorted_labels(label for _, label, _ in rows)
+    index = {c: i for i, c in enumerate(class_names)}
+    root = root.resolve()
+    name = root.name if len(list_files) > 1 or list_files[0].stem.lower() in SPLIT_ALIASES else list_files[0].stem
+    images = ImageList(root=root, name=name, layout="list-file", class_names=class_names)
+    for path, label, split in rows:
+        images.add(path, index[label], split)
+    return images
+
+
+def file_identity(path: Path) -> tuple[int, int]:
+    """(size, mtime in ns): cheap, and changes when a file is replaced or edited."""
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+# -- decoding ------------------------------------------------------------------------------------
+
+class UnreadableImage(Exception):
+    """Why one image was skipped; the run goes on."""
+
+
+def open_rgb(path: str | os.PathLike):
+    """Decode any image PIL reads into an 8-bit RGB PIL image, upright per its EXIF orientation.
+
+    Raises UnreadableImage with a short reason for empty, foreign, truncated or oversized files.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        if os.path.getsize(path) == 0:
+            raise UnreadableImage("empty file")
+        with warnings.catch_warnings():
+            # PIL only warns between 1x and 2x its pixel limit; we refuse both.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                image = ImageOps.exif_transpose(image)
+                return _to_rgb(image)
+    except UnreadableImage:
+        raise
+    except FileNotFoundError:
+        raise UnreadableImage("file not found") from None
+    except UnidentifiedImageError:
+        raise UnreadableImage("not an image PIL can read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise UnreadableImage(f"too many pixels, possible decompression bomb ({error})") from None
+    except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data
+        raise UnreadableImage(f"corrupt or truncated image ({error})") from None
+
+
+def _to_rgb(image):
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit (or wider) greyscale: scale to 8 bits; PIL's convert() would clip at 255 instead.
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if values.max(initial=0) > 255 or image.mode.startswith("I;16") else 255.0
+        image = Image.fromarray(np.clip(values * (255.0 / top) + 0.5, 0, 255).astype(np.uint8), "L")
+    elif image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # the way PIL asks palette-with-transparency to go
+    return image.convert("RGB")
