@@ -97,8 +97,12 @@ class Backbone:
 
     def load(self, weights: str | None = None):
         """The frozen feature extractor, in eval mode, on the CPU."""
+        import torch
+
         kind = weights_kind(weights)
-        trunk = self.build_trunk(pretrained=kind == "pretrained")
+        with torch.random.fork_rng():
+            torch.manual_seed(0)  # 'random' weights are the same in every run, so a resumed store is consistent
+            trunk = self.build_trunk(pretrained=kind == "pretrained")
         if kind == "file":
             load_checkpoint(trunk, weights, self.name)
         from .network import FeatureExtractor

@@ -77,7 +77,7 @@ def discover(data: str | os.PathLike) -> ImageList:
         per_split = {split: {c.name: _images_under(c) for c in _class_folders(split_folders[split])}
                      for split in ("train", "val", "test") if split in split_folders}
         layout = "split-folders"
-    elif split_lists and not folders:
+    elif split_lists:  # explicit lists win over the folders their paths point into
         return _from_lists(data, split_lists)
     else:
         per_split = {"": {c.name: _images_under(c) for c in folders}}

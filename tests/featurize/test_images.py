@@ -1,0 +1,108 @@
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from featurize import DataError, UnreadableImage, discover, open_rgb
+from tests.conftest import write_image
+
+
+def test_class_folders_without_split(class_folders):
+    images = discover(class_folders)
+    assert images.layout == "class-folders" and images.name == "pets"
+    assert images.class_names == ["cats", "dogs"]
+    assert images.paths[0] == "cats/c0.png" and images.labels == [0, 0, 0, 0, 1, 1, 1]
+    assert set(images.splits) == {""}
+
+
+def test_split_folders_share_one_class_list(tmp_path):
+    write_image(tmp_path / "d" / "train" / "b" / "1.png", 1)
+    write_image(tmp_path / "d" / "train" / "a" / "nested" / "2.png", 2)
+    write_image(tmp_path / "d" / "valid" / "c" / "3.png", 3)  # a class only val has
+    (tmp_path / "d" / "train" / "a" / "notes.txt").write_text("not an image extension: ignored")
+    images = discover(tmp_path / "d")
+    assert images.layout == "split-folders"
+    assert images.class_names == ["a", "b", "c"]
+    assert list(zip(images.paths, images.labels, images.splits)) == [
+        ("train/a/nested/2.png", 0, "train"), ("train/b/1.png", 1, "train"), ("valid/c/3.png", 2, "val")]
+
+
+def test_list_files(tmp_path):
+    for i in range(3):
+        write_image(tmp_path / "imgs" / f"{i}.png", i)
+    (tmp_path / "train.txt").write_text("# path label\nimgs/0.png 10\nimgs/1.png 9\n")
+    (tmp_path / "val.txt").write_text("imgs/2.png 10\n\n")
+    one = discover(tmp_path / "train.txt")
+    assert one.layout == "list-file" and one.class_names == ["9", "10"]  # numeric labels sort as numbers
+    assert one.labels == [1, 0] and one.splits == ["train", "train"]
+    both = discover(tmp_path)
+    assert both.paths == ["imgs/0.png", "imgs/1.png", "imgs/2.png"]
+    assert both.splits == ["train", "train", "val"]
+    (tmp_path / "bad.txt").write_text("only-a-path\n")
+    with pytest.raises(DataError, match="bad.txt:1: expected 'path label'"):
+        discover(tmp_path / "bad.txt")
+
+
+def test_missing_and_empty_folders_are_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="no such file or folder"):
+        discover(tmp_path / "absent")
+    (tmp_path / "empty" / "cats").mkdir(parents=True)
+    with pytest.raises(DataError, match="no images found"):
+        discover(tmp_path / "empty")
+
+
+def _exif_rotated_jpeg(path):
+    image = Image.new("RGB", (80, 40), (200, 30, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
+    image.save(path, exif=exif.tobytes())
+
+
+def test_odd_but_valid_images_decode_to_rgb(tmp_path):
+    base = write_image(tmp_path / "base.png", 0)
+    rgb = Image.open(base)
+    rgb.convert("CMYK").save(tmp_path / "cmyk.jpg")
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(tmp_path / "rgba.png")
+    palette = rgb.convert("P", palette=Image.ADAPTIVE)
+    palette.info["transparency"] = 0
+    palette.save(tmp_path / "palette.png", transparency=0)
+    rgb.save(tmp_path / "anim.gif")
+    rgb.convert("L").save(tmp_path / "grey.png")
+    Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)).save(tmp_path / "grey16.png")
+    _exif_rotated_jpeg(tmp_path / "rotated.jpg")
+    for name in ("cmyk.jpg", "rgba.png", "palette.png", "anim.gif", "grey.png", "grey16.png", "rotated.jpg"):
+        image = open_rgb(tmp_path / name)
+        assert image.mode == "RGB", name
+    # 16-bit greyscale is scaled to 8 bits, not clipped: 32768/65535 of white is mid grey.
+    assert open_rgb(tmp_path / "grey16.png").getpixel((0, 0)) == (128, 128, 128)
+    assert open_rgb(tmp_path / "rotated.jpg").size == (40, 80)
+
+
+def _png_claiming(width, height) -> bytes:
+    """A tiny PNG whose header claims width x height pixels."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("name, content, reason", [
+    ("empty.jpg", b"", "empty file"),
+    ("text.jpg", b"this is not an image at all", "not an image"),
+    ("bomb.png", _png_claiming(40000, 40000), "decompression bomb"),
+    ("truncated.jpg", None, "truncated"),
+])
+def test_unreadable_images_say_why(tmp_path, name, content, reason):
+    path = tmp_path / name
+    if content is None:
+        buffer = io.BytesIO()
+        Image.open(write_image(tmp_path / "ok.png", 1, size=(256, 256))).save(buffer, "JPEG")
+        content = buffer.getvalue()[: len(buffer.getvalue()) // 2]
+    path.write_bytes(content)
+    with pytest.raises(UnreadableImage, match=reason):
+        open_rgb(path)
