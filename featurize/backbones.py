@@ -32,14 +32,17 @@ class Preprocessing:
     def as_dict(self) -> dict:
         return asdict(self)
 
-    def pil_transform(self):
-        """PIL RGB image -> uint8 CHW tensor; normalising is left to the model, on the batch."""
-        from torchvision import transforms as T
+    def transform(self):
+        """uint8 RGB tensor (3,H,W) -> resized, centre-cropped uint8 tensor; the model normalises.
 
-        return T.Compose([
-            T.Resize(self.resize_size, interpolation=T.InterpolationMode(self.interpolation)),
-            T.CenterCrop(self.crop_size),
-            T.PILToTensor(),
+        torchvision's antialiased uint8 resize on tensors: about 4x faster than PIL's here, and
+        within a few grey levels of it (tests/featurize/test_extract.py states the tolerance).
+        """
+        from torchvision.transforms import v2
+
+        return v2.Compose([
+            v2.Resize(self.resize_size, interpolation=v2.InterpolationMode(self.interpolation), antialias=True),
+            v2.CenterCrop(self.crop_size),
         ])
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from .backbones import DEFAULT_BACKBONE, POOLING, get_backbone
 from .errors import CnnfeatError, DataError
-from .images import UnreadableImage, discover, file_identity, open_rgb
+from .images import UnreadableImage, discover, file_identity, load_image
 from .store import (FORMAT_VERSION, PartialLog, exclusive, fingerprint, library_versions, read_rows,
                     store_matches, write_store)
 
@@ -75,7 +75,7 @@ class _ImageDataset:
 
     def __getitem__(self, i):
         try:
-            return i, self.transform(open_rgb(self.root / self.paths[i])), ""
+            return i, self.transform(load_image(self.root / self.paths[i])), ""
         except UnreadableImage as error:
             return i, None, str(error)
         except Exception as error:  # one odd image must not stop a run over thousands
@@ -182,7 +182,7 @@ def _run_model(record, weights, images, identities, todo, partial, known, device
     model = record.load(weights).to(device, memory_format=torch.channels_last)
     batch_size = batch_size or default_batch_size(device)
     workers = default_workers() if workers is None else workers
-    dataset = _ImageDataset(images.root, [images.paths[i] for i in todo], model.preprocessing.pil_transform())
+    dataset = _ImageDataset(images.root, [images.paths[i] for i in todo], model.preprocessing.transform())
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
                         pin_memory=device.startswith("cuda"), persistent_workers=False,
                         prefetch_factor=4 if workers else None)

@@ -49,3 +49,18 @@ def hymenoptera_lite0(hymenoptera, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("artifacts")
     return extract(data=hymenoptera, out=out, progress=False).store
+
+
+@pytest.fixture
+def offline_torch_hub(monkeypatch, tmp_path):
+    """An empty torch cache and no network, whatever the machine running the tests has."""
+    import urllib.error
+
+    import torchvision.models._api
+
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("no network (simulated by the test)")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    return tmp_path / "torch-home"

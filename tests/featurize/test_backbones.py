@@ -1,4 +1,3 @@
-import urllib.error
 from pathlib import Path
 
 import pytest
@@ -37,20 +36,14 @@ def test_unknown_backbone_names_the_valid_ones():
     assert "resnet50" in str(error.value) and "efficientnet_lite0" in str(error.value)
 
 
-def test_torchvision_weights_offline_fail_clearly(monkeypatch, tmp_path):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("no network")
-
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+def test_torchvision_weights_offline_fail_clearly(offline_torch_hub):
     record = get_backbone("resnet18")
     where, available = record.pretrained_location()
-    assert not available and where.startswith(str(tmp_path))
+    assert not available and where.startswith(str(offline_torch_hub))
     with pytest.raises(BackboneError) as error:
         record.load()
     message = str(error.value)
-    assert "resnet18-f37072fd.pth" in message and str(tmp_path) in message
+    assert "resnet18-f37072fd.pth" in message and str(offline_torch_hub) in message
     assert "--weights PATH" in message and "efficientnet_lite0" in message
 
 

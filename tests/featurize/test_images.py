@@ -4,9 +4,10 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from featurize import DataError, UnreadableImage, discover, open_rgb
+from featurize import DataError, UnreadableImage, discover, load_image, pil_to_rgb_tensor
 from tests.conftest import write_image
 
 
@@ -76,11 +77,24 @@ def test_odd_but_valid_images_decode_to_rgb(tmp_path):
     Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)).save(tmp_path / "grey16.png")
     _exif_rotated_jpeg(tmp_path / "rotated.jpg")
     for name in ("cmyk.jpg", "rgba.png", "palette.png", "anim.gif", "grey.png", "grey16.png", "rotated.jpg"):
-        image = open_rgb(tmp_path / name)
-        assert image.mode == "RGB", name
+        image = load_image(tmp_path / name)
+        assert image.dtype == torch.uint8 and image.shape[0] == 3, name
     # 16-bit greyscale is scaled to 8 bits, not clipped: 32768/65535 of white is mid grey.
-    assert open_rgb(tmp_path / "grey16.png").getpixel((0, 0)) == (128, 128, 128)
-    assert open_rgb(tmp_path / "rotated.jpg").size == (40, 80)
+    assert load_image(tmp_path / "grey16.png")[:, 0, 0].tolist() == [128, 128, 128]
+    assert load_image(tmp_path / "rotated.jpg").shape == (3, 80, 40)
+    # The pixels of the CMYK file are the colours it was made from (JPEG loss aside).
+    cmyk_error = (load_image(tmp_path / "cmyk.jpg").float() - pil_to_rgb_tensor(rgb).float()).abs().mean()
+    assert cmyk_error < 8
+
+
+def test_fast_decoder_agrees_with_pil(tmp_path):
+    """JPEG/PNG/WebP go through torchvision's decoders: the pixels must be PIL's (JPEG: within IDCT rounding)."""
+    rgb = Image.open(write_image(tmp_path / "x.png", 5, size=(120, 90)))
+    for name in ("x.png", "x.jpg", "x.webp", "grey.jpg"):
+        (rgb.convert("L") if name.startswith("grey") else rgb).save(tmp_path / name)
+        fast = load_image(tmp_path / name).int()
+        slow = pil_to_rgb_tensor(Image.open(tmp_path / name)).int()
+        assert fast.shape == slow.shape and (fast - slow).abs().max() <= 2, name
 
 
 def _png_claiming(width, height) -> bytes:
@@ -105,4 +119,4 @@ def test_unreadable_images_say_why(tmp_path, name, content, reason):
         content = buffer.getvalue()[: len(buffer.getvalue()) // 2]
     path.write_bytes(content)
     with pytest.raises(UnreadableImage, match=reason):
-        open_rgb(path)
+        load_image(path)

@@ -1,0 +1,112 @@
+"""Extraction throughput, measured in one run on the same images:
+
+  (a) the usual tutorial loop: torchvision ImageFolder + PIL transforms + DataLoader(batch_size=32)
+      + the eager fp32 model (NCHW, torch.no_grad), with the tutorial's num_workers=4 and with the
+      DataLoader default num_workers=0; the faster of the two is the baseline;
+  (b) the forward pass alone, as `extract` runs it, on uint8 batches already in memory (the ceiling);
+  (c) `featurize.extract` end to end into a fresh store (discovery, decoding, model, HDF5 writes).
+
+Prints images/s and the ratios c/a and c/b. Usage:
+  python benchmarks/extract_throughput.py [--backbone efficientnet_lite0] [--data ../shared/datasets/hymenoptera]
+      [--weights random] [--device auto] [--rounds 2]
+Each figure is the best of --rounds rounds.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import ConcatDataset, DataLoader
+from torchvision import datasets
+from torchvision import transforms as T
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from featurize import discover, extract, get_backbone  # noqa: E402
+from featurize.images import load_image  # noqa: E402
+from featurize.extract import default_batch_size, resolve_device  # noqa: E402
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "hymenoptera"
+
+
+def tutorial_loop(record, weights, data: Path, device: str, num_workers: int) -> tuple[float, int]:
+    prep = record.preprocessing()
+    transform = T.Compose([
+        T.Resize(prep.resize_size, interpolation=T.InterpolationMode(prep.interpolation)),
+        T.CenterCrop(prep.crop_size), T.ToTensor(), T.Normalize(prep.mean, prep.std),
+    ])
+    folders = [p for p in sorted(data.iterdir()) if p.is_dir()]
+    split_folders = [p for p in folders if p.name in ("train", "val", "test")]
+    dataset = ConcatDataset([datasets.ImageFolder(p, transform) for p in split_folders]) if split_folders \
+        else datasets.ImageFolder(data, transform)
+    start = time.perf_counter()
+    trunk = record.load(weights).trunk.to(device)  # eager fp32, NCHW
+    loader = DataLoader(dataset, batch_size=32, num_workers=num_workers)
+    count = 0
+    with torch.no_grad():
+        for images, _ in loader:
+            trunk(images.to(device)).cpu()
+            count += len(images)
+    return count / (time.perf_counter() - start), count
+
+
+def forward_only(record, weights, data: Path, device: str) -> tuple[float, int]:
+    images = discover(data)
+    transform = record.preprocessing().transform()
+    tensors = torch.stack([transform(load_image(images.root / p)) for p in images.paths])
+    model = record.load(weights).to(device, memory_format=torch.channels_last)
+    batch_size = default_batch_size(device)
+    on_cuda = device.startswith("cuda")
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=on_cuda):
+        model(tensors[:batch_size].to(device).contiguous(memory_format=torch.channels_last))  # warm-up
+        if on_cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for i in range(0, len(tensors), batch_size):
+            batch = tensors[i:i + batch_size].to(device, non_blocking=True)
+            model(batch.contiguous(memory_format=torch.channels_last)).float().cpu()
+    return len(tensors) / (time.perf_counter() - start), len(tensors)
+
+
+def end_to_end(record, weights, data: Path, device: str) -> tuple[float, int]:
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        result = extract(data=data, backbone=record.name, weights=weights, out=out, device=device, progress=False)
+        return result.extracted / (time.perf_counter() - start), result.extracted
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--weights", default=None, help="default: pretrained; 'random' for backbones not cached here")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    record = get_backbone(args.backbone)
+    print(f"backbone {record.name} ({record.weights_id(args.weights)}), device {device}, "
+          f"torch threads {torch.get_num_threads()}, data {args.data}")
+    rows = {}
+    for _ in range(args.rounds):
+        for name, measure in [
+            ("(a) tutorial loop, num_workers=4", lambda: tutorial_loop(record, args.weights, args.data, device, 4)),
+            ("(a) tutorial loop, num_workers=0", lambda: tutorial_loop(record, args.weights, args.data, device, 0)),
+            ("(b) forward pass alone", lambda: forward_only(record, args.weights, args.data, device)),
+            ("(c) cnnfeat extract", lambda: end_to_end(record, args.weights, args.data, device)),
+        ]:
+            rate, count = measure()
+            rows[name] = max(rows.get(name, 0.0), rate)
+    for name, rate in rows.items():
+        print(f"{name:<36} {rate:8.1f} img/s  ({count} images)")
+    a = max(rate for name, rate in rows.items() if name.startswith("(a)"))
+    b, c = rows["(b) forward pass alone"], rows["(c) cnnfeat extract"]
+    print(f"c/a = {c / a:.2f}   (extract vs the faster tutorial loop)")
+    print(f"c/b = {c / b:.2f}   (extract vs its forward-pass ceiling)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""The CLI through click's CliRunner: user errors end in one line and exit 1, never a traceback."""
+import subprocess
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli import cli
+from tests.conftest import REPO
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_help_does_not_import_torch():
+    code = "import sys, cli; sys.argv = ['cnnfeat', '--help']\ntry: cli.main()\nexcept SystemExit: pass\nprint('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("False")
+
+
+def test_extract_then_up_to_date(class_folders, tmp_path):
+    first = run("extract", "--data", class_folders, "--out", tmp_path, "--backbone", "resnet18",
+                "--weights", "random", "--workers", "0", "--quiet")
+    assert first.exit_code == 0, first.output
+    assert "7 images: 7 extracted" in first.output and "pets-resnet18-random.h5" in first.output
+    again = run("extract", "--data", class_folders, "--out", tmp_path, "--backbone", "resnet18", "--weights", "random")
+    assert "up to date: 7 images, nothing to extract" in again.output
+
+
+def test_unreadable_images_named_exit_0_unless_strict(class_folders, tmp_path):
+    (class_folders / "cats" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    args = ["extract", "--data", class_folders, "--out", tmp_path, "--backbone", "resnet18", "--weights", "random",
+            "--workers", "0", "--quiet"]
+    result = run(*args)
+    assert result.exit_code == 0 and "skipped cats/broken.jpg:" in result.output and "1 unreadable" in result.output
+    assert_one_line_error(run(*args, "--strict"), "--strict: 1 unreadable images", "cats/broken.jpg")
+
+
+@pytest.mark.parametrize("case", ["missing folder", "empty folder", "unknown backbone", "missing weights file", "no cuda"])
+def test_user_errors_are_one_line(class_folders, tmp_path, case):
+    (tmp_path / "empty").mkdir()
+    args, fragments = {
+        "missing folder": (["--data", tmp_path / "absent"], ["no such file or folder"]),
+        "empty folder": (["--data", tmp_path / "empty"], ["no images found"]),
+        "unknown backbone": (["--backbone", "resnet5"], ["unknown backbone 'resnet5'", "resnet50"]),
+        "missing weights file": (["--weights", tmp_path / "nope.pth"], ["no such file"]),
+        "no cuda": (["--device", "cuda"], ["CUDA is not available"]),
+    }[case]
+    if case == "no cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    defaults = {"--data": class_folders, "--weights": "random", "--out": tmp_path / "out", "--backbone": "resnet18"}
+    for flag, value in zip(args[::2], args[1::2]):
+        defaults[flag] = value
+    result = run("extract", *[item for pair in defaults.items() for item in pair])
+    assert_one_line_error(result, *fragments)
+
+
+def test_torchvision_weights_offline_is_one_line(class_folders, tmp_path, offline_torch_hub):
+    result = run("extract", "--data", class_folders, "--out", tmp_path, "--backbone", "resnet50")
+    assert_one_line_error(result, "resnet50-11ad3fa6.pth", "--weights PATH")
+
+
+def test_backbones_lists_every_backbone_and_where_weights_are():
+    result = run("backbones")
+    assert result.exit_code == 0
+    lines = {line.split()[0]: line for line in result.output.splitlines()[1:]}
+    assert {"resnet50", "efficientnet_lite0", "convnext_tiny", "vgg16_bn", "mobilenet_v3_large"} <= set(lines)
+    assert " yes " in lines["efficientnet_lite0"] and "efficientnet-lite0-57934424.pth" in lines["efficientnet_lite0"]
+    assert "resnet50-11ad3fa6.pth" in lines["resnet50"]
+
+
+def test_demo_data_writes_digit_folders(tmp_path):
+    result = run("demo-data", tmp_path / "digits")
+    assert result.exit_code == 0 and "1797 digit images" in result.output
+    assert len(list((tmp_path / "digits").glob("*/*/*.png"))) == 1797
+    assert sorted(p.name for p in (tmp_path / "digits" / "val").iterdir()) == [str(d) for d in range(10)]
