@@ -110,7 +110,7 @@ class Backbone:
             load_checkpoint(trunk, weights, self.name)
         from .network import FeatureExtractor
 
-        return FeatureExtractor(trunk, self.preprocessing()).eval().requires_grad_(False)
+        return FeatureExtractor(trunk, self.preprocessing(), self.feature_dim).eval().requires_grad_(False)
 
 
 BACKBONES: dict[str, Backbone] = {}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backbones import DEFAULT_BACKBONE, POOLING, get_backbone
+from .backbones import DEFAULT_BACKBONE, POOLING, get_backbone, weights_kind
 from .errors import CnnfeatError, DataError
 from .images import UnreadableImage, discover, file_identity, load_image
 from .store import (FORMAT_VERSION, PartialLog, exclusive, fingerprint, library_versions, read_rows,
@@ -144,7 +144,7 @@ def extract(data: str | os.PathLike = "data", backbone: str = DEFAULT_BACKBONE, 
             "format_version": FORMAT_VERSION, "fingerprint": fp, "config": json.dumps(config, sort_keys=True),
             "versions": json.dumps(library_versions(), sort_keys=True),
             "class_names": json.dumps(images.class_names), "data_root": str(images.root),
-            "dataset": images.name, "layout": images.layout,
+            "dataset": images.name, "layout": images.layout, "weights_source": _weights_source(weights),
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         write_store(store, images, identities, known, record.feature_dim, attrs)
@@ -153,6 +153,11 @@ def extract(data: str | os.PathLike = "data", backbone: str = DEFAULT_BACKBONE, 
     result.seconds = time.perf_counter() - started
     _check_strict(result, strict)
     return result
+
+
+def _weights_source(weights: str | None) -> str:
+    """What rebuilds the backbone later (a saved model predicting from images): a checkpoint's absolute path."""
+    return str(Path(weights).resolve()) if weights_kind(weights) == "file" else (weights or "")
 
 
 def _identity(path: Path) -> tuple[int, int]:
@@ -174,33 +179,48 @@ def _check_strict(result: ExtractResult, strict: bool) -> None:
 
 
 def _run_model(record, weights, images, identities, todo, partial, known, device, batch_size, workers, progress):
+    device = resolve_device(device)
+    model = load_extractor(record, weights, device)
+    batches = iter_vectors(model, device, images.root, [images.paths[i] for i in todo], batch_size, workers,
+                           progress, desc=f"extract {record.name}")
+    for good, vectors, bad in batches:
+        rows = [todo[j] for j in good] + [todo[j] for j, _ in bad]
+        reasons = [""] * len(good) + [reason for _, reason in bad]
+        vectors = np.concatenate([vectors, np.zeros((len(bad), record.feature_dim), np.float32)])
+        partial.append([images.paths[i] for i in rows], [identities[i] for i in rows], vectors, reasons)
+        for i, vector, reason in zip(rows, vectors, reasons):
+            known[images.paths[i]] = (identities[i], None if reason else vector, reason)
+
+
+def load_extractor(record, weights, device: str):
+    """The backbone's frozen feature extractor on `device`, channels_last (faster on CPU and GPU)."""
+    import torch
+    return record.load(weights).to(device, memory_format=torch.channels_last)
+
+
+def iter_vectors(model, device: str, root: Path, paths: list[str], batch_size: int | None = None,
+                 workers: int | None = None, progress: bool = False, desc: str = "images"):
+    """Decode `paths` (relative to `root`) in worker processes and run them through `model`.
+
+    Yields, batch by batch: (positions of the good images in `paths`, their vectors (k, D) float32,
+    [(position, reason)] of the unreadable ones).
+    """
     import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    device = resolve_device(device)
-    model = record.load(weights).to(device, memory_format=torch.channels_last)
     batch_size = batch_size or default_batch_size(device)
-    workers = default_workers() if workers is None else workers
-    dataset = _ImageDataset(images.root, [images.paths[i] for i in todo], model.preprocessing.transform())
+    workers = default_workers() if workers is None else min(workers, len(paths))
+    dataset = _ImageDataset(Path(root), paths, model.preprocessing.transform())
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
-                        pin_memory=device.startswith("cuda"), persistent_workers=False,
-                        prefetch_factor=4 if workers else None)
+                        pin_memory=device.startswith("cuda"), prefetch_factor=4 if workers else None)
     on_cuda = device.startswith("cuda")
-    bar = tqdm(total=len(todo), unit="img", desc=f"extract {record.name}", disable=not progress, smoothing=0.1)
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=on_cuda):
+    with tqdm(total=len(paths), unit="img", desc=desc, disable=not progress, smoothing=0.1) as bar, \
+            torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=on_cuda):
         for good, batch, bad in loader:
-            rows = [todo[j] for j in good]
-            vectors = np.zeros((0, record.feature_dim), dtype=np.float32)
+            vectors = np.zeros((0, model.feature_dim), np.float32)
             if batch is not None:
                 batch = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                 vectors = model(batch).float().cpu().numpy()
-            rows += [todo[j] for j, _ in bad]
-            reasons = [""] * len(good) + [reason for _, reason in bad]
-            vectors = np.concatenate([vectors, np.zeros((len(bad), record.feature_dim), np.float32)])
-            paths = [images.paths[i] for i in rows]
-            partial.append(paths, [identities[i] for i in rows], vectors, reasons)
-            for i, vector, reason in zip(rows, vectors, reasons):
-                known[images.paths[i]] = (identities[i], None if reason else vector, reason)
-            bar.update(len(rows))
-    bar.close()
+            yield good, vectors, bad
+            bar.update(len(good) + len(bad))

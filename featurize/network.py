@@ -13,10 +13,11 @@ class FeatureExtractor(nn.Module):
     tensors uint8 (a quarter of the bytes) and the preprocessing with the weights.
     """
 
-    def __init__(self, trunk: nn.Module, preprocessing):
+    def __init__(self, trunk: nn.Module, preprocessing, feature_dim: int):
         super().__init__()
         self.trunk = trunk
         self.preprocessing = preprocessing
+        self.feature_dim = feature_dim
         self.register_buffer("mean", torch.tensor(preprocessing.mean).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(preprocessing.std).view(1, 3, 1, 1) * 255)
 

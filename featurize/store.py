@@ -83,6 +83,7 @@ class Features:
     data_root: str
     dataset: str
     skipped: list[tuple[str, str]]  # (path, reason) of images that could not be read
+    weights_source: str = ""  # how to rebuild the backbone: "" (its own weights), "random", or a checkpoint path
 
     @property
     def backbone(self) -> str:
@@ -123,6 +124,7 @@ def load_features(path: str | os.PathLike) -> Features:
             data_root=str(attrs["data_root"]),
             dataset=str(attrs["dataset"]),
             skipped=list(zip(skipped["paths"].asstr()[:], skipped["reasons"].asstr()[:])),
+            weights_source=str(attrs.get("weights_source", "")),
         )
 
 
