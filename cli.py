@@ -62,6 +62,63 @@ def extract(backbone, data, weights, out, device, batch_size, workers, strict, q
 
 
 @cli.command()
+@click.option("--clf", required=True, help="Head: svm, rf, mlp, knn or logreg (see `cnnfeat heads`).")
+@click.option("--features", default=None, help="Feature file [default: the newest under OUT/features].")
+@click.option("--out", default=DEFAULT_OUT, show_default=True, help="Output root; the model goes to OUT/models/.")
+@click.option("--grid", default=None, help="JSON (string or file) replacing or narrowing the default grid, "
+                                            "e.g. '{\"C\": [0.1, 1]}'.")
+@click.option("--cv", type=click.IntRange(min=2), default=5, show_default=True, help="Cross-validation folds.")
+@click.option("--scoring", type=click.Choice(["accuracy", "balanced_accuracy", "f1_macro"]), default="accuracy",
+              show_default=True, help="What the search maximises.")
+@click.option("--search", type=click.Choice(["auto", "grid", "halving"]), default="auto", show_default=True,
+              help="Full grid, or successive halving (auto: halving above 10,000 training rows).")
+@click.option("--jobs", type=int, default=1, show_default=True, help="Parallel fits (-1: all cores).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of CV folds, hold-out split, estimators.")
+@click.option("--verbose", is_flag=True, help="Print every cross-validation fit.")
+def fit(clf, features, out, grid, cv, scoring, search, jobs, seed, verbose):
+    """Grid-search a head on cached features, refit it, score it on val/test, save it."""
+    from experiments.fit import fit_model
+
+    outcome = fit_model(features=features, out=out, clf=clf, grid=grid, cv=cv, scoring=scoring, jobs=jobs,
+                        seed=seed, search=search, verbose=2 if verbose else 0, log=click.echo)
+    info = outcome.info
+    held = info["heldout"]
+    click.echo(f"best {info['best_params']}: CV {info['cv']['scoring']} {info['cv']['mean']:.4f} "
+               f"± {info['cv']['std']:.4f} ({info['cv']['seconds']:.1f} s)")
+    click.echo(f"{held['evaluated_on']} ({held['n']} images): accuracy {held['accuracy']:.4f}, balanced "
+               f"{held['balanced_accuracy']:.4f}, macro-F1 {held['f1_macro']:.4f}"
+               + (f", log-loss {held['log_loss']:.4f}" if held["log_loss"] is not None else ""))
+    click.echo(f"model: {outcome.model_path} (+ {outcome.json_path.name})")
+
+
+@cli.command()
+@click.option("--model", "model_path", required=True, help="A .joblib file written by `cnnfeat fit`.")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--out", "out_csv", default="predictions.csv", show_default=True, help="CSV to write.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per forward pass.")
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="Decoding processes.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def predict(model_path, inputs, out_csv, device, batch_size, workers, quiet):
+    """Predict images (files or folders) with a saved model; one CSV row per image."""
+    from experiments.predict import predict_to_csv
+
+    path, rows, failed = predict_to_csv(model_path, inputs, out_csv, device=device, batch_size=batch_size,
+                                        workers=workers, progress=not quiet)
+    click.echo(f"{rows} images, {failed} unreadable: {path}")
+
+
+@cli.command()
+def heads():
+    """List heads and their default grids."""
+    from classifiers import HEADS
+
+    for name, head in HEADS.items():
+        grid = " | ".join(", ".join(f"{k}={v}" for k, v in g.items()) for g in head.grid)
+        click.echo(f"{name:<7} {head.description}\n        grid: {grid}")
+
+
+@cli.command()
 def backbones():
     """List backbones: feature size, input, weights source, and whether they load here now."""
     from featurize import BACKBONES

@@ -47,7 +47,8 @@ def _class_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _images_under(folder: Path) -> list[Path]:
+def find_images(folder: Path) -> list[Path]:
+    """Image files under `folder`, recursively, sorted; hidden files and folders skipped."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -76,13 +77,13 @@ def discover(data: str | os.PathLike) -> ImageList:
     split_folders = {SPLIT_ALIASES[p.name.lower()]: p for p in folders if p.name.lower() in SPLIT_ALIASES}
     split_lists = [data / f"{s}.txt" for s in ("train", "val", "test") if (data / f"{s}.txt").is_file()]
     if split_folders:
-        per_split = {split: {c.name: _images_under(c) for c in _class_folders(split_folders[split])}
+        per_split = {split: {c.name: find_images(c) for c in _class_folders(split_folders[split])}
                      for split in ("train", "val", "test") if split in split_folders}
         layout = "split-folders"
     elif split_lists:  # explicit lists win over the folders their paths point into
         return _from_lists(data, split_lists)
     else:
-        per_split = {"": {c.name: _images_under(c) for c in folders}}
+        per_split = {"": {c.name: find_images(c) for c in folders}}
         layout = "class-folders"
     class_names = _sorted_labels(c for classes in per_split.values() for c, files in classes.items() if files)
     images = ImageList(root=data.resolve(), name=data.resolve().name, layout=layout, class_names=class_names)

@@ -1,0 +1,139 @@
+"""Head registry: name -> a scikit-learn Pipeline (scaling + estimator) and its default grid, as data.
+
+Every pipeline names its steps `scale` and `clf`, so a grid key may be written short (`C`) or in
+full (`clf__C`). A head whose estimator gives no probabilities (`calibrate`) gets them at the
+refit on all training rows, through CalibratedClassifierCV: its extra fits are paid once, not for
+every candidate of the search.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from featurize.errors import CnnfeatError
+
+C_DECADES = [float(c) for c in np.logspace(-4, 3, 8)]  # 1e-4 ... 1e3
+
+
+@dataclass(frozen=True)
+class Head:
+    name: str
+    description: str
+    build: Callable[[int], object]  # seed -> unfitted Pipeline
+    grid: list[dict] = field(default_factory=list)
+    calibrate: bool = False
+    scales_badly_above: int | None = None  # training rows past which the default grid is slow
+
+
+HEADS: dict[str, Head] = {}
+
+
+def register_head(name: str, description: str, grid, calibrate=False, scales_badly_above=None):
+    """Decorator: register a pipeline builder under `name`; a name can be registered once only."""
+    def decorate(build):
+        if name in HEADS:
+            raise ValueError(f"head {name!r} is already registered")
+        grids = grid if isinstance(grid, list) else [grid]
+        HEADS[name] = Head(name, description, build, grids, calibrate, scales_badly_above)
+        return build
+    return decorate
+
+
+def get_head(name: str) -> Head:
+    try:
+        return HEADS[name]
+    except KeyError:
+        raise CnnfeatError(f"unknown head {name!r}; valid: {', '.join(HEADS)}") from None
+
+
+def _pipeline(scale, clf):
+    from sklearn.pipeline import Pipeline
+    return Pipeline([("scale", scale), ("clf", clf)])
+
+
+def _standardise():
+    from sklearn.preprocessing import StandardScaler
+    return StandardScaler()
+
+
+@register_head("logreg", "logistic regression (standardised)", {"C": C_DECADES})
+def _logreg(seed):
+    from sklearn.linear_model import LogisticRegression
+    return _pipeline(_standardise(), LogisticRegression(max_iter=5000, random_state=seed))
+
+
+@register_head(
+    "svm", "support vector machine, linear and RBF kernels (standardised)",
+    [{"kernel": ["linear"], "C": C_DECADES},
+     {"kernel": ["rbf"], "C": [0.1, 1.0, 10.0, 100.0, 1000.0], "gamma": ["scale", 1e-4, 1e-3, 1e-2]}],
+    calibrate=True, scales_badly_above=20_000,
+)
+def _svm(seed):
+    from sklearn.svm import SVC
+    return _pipeline(_standardise(), SVC(random_state=seed))
+
+
+@register_head(
+    "knn", "k nearest neighbours (L2-normalised)",
+    {"n_neighbors": [1, 3, 5, 7, 11, 15, 21], "weights": ["uniform", "distance"], "metric": ["euclidean", "cosine"]},
+)
+def _knn(seed):
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.preprocessing import Normalizer
+    return _pipeline(Normalizer(), KNeighborsClassifier())
+
+
+@register_head(
+    "rf", "random forest (no scaling: trees do not need it)",
+    {"n_estimators": [100, 300], "max_features": ["sqrt", "log2", 0.1]}, scales_badly_above=200_000,
+)
+def _rf(seed):
+    from sklearn.ensemble import RandomForestClassifier
+    return _pipeline("passthrough", RandomForestClassifier(random_state=seed))
+
+
+@register_head(
+    "mlp", "multi-layer perceptron with early stopping (standardised)",
+    {"hidden_layer_sizes": [[256], [512], [256, 128]], "alpha": [1e-4, 1e-3, 1e-2, 1e-1, 1.0]},
+)
+def _mlp(seed):
+    from sklearn.neural_network import MLPClassifier
+    return _pipeline(_standardise(), MLPClassifier(early_stopping=True, max_iter=500, n_iter_no_change=20,
+                                                   random_state=seed))
+
+
+def resolve_grid(head: Head, override=None) -> list[dict]:
+    """The head's default grid with `override` applied, in full `clf__` names, validated.
+
+    `override` is a dict (its keys replace those values in every sub-grid that has them, or are
+    added) or a list of dicts (replaces the grid). Unknown parameters are a clear error."""
+    valid = sorted(k for k in head.build(0).get_params() if k.startswith(("clf__", "scale__")))
+    short = {k.split("__", 1)[1]: k for k in valid if k.startswith("clf__")}
+
+    def full(key):
+        name = key if "__" in key else short.get(key, key)
+        if name not in valid:
+            shown = ", ".join(sorted(short))
+            raise CnnfeatError(f"--grid: {head.name} has no parameter {key!r}; valid: {shown}")
+        return name
+
+    def normalise(grid):
+        if not isinstance(grid, dict):
+            raise CnnfeatError(f"--grid: expected a JSON object of parameter -> list of values, got {grid!r}")
+        return {full(k): [_tuple_sizes(v) for v in (values if isinstance(values, list) else [values])]
+                for k, values in grid.items()}
+
+    if isinstance(override, list):
+        return [normalise(g) for g in override]
+    grids = [normalise(g) for g in head.grid]
+    if override:
+        extra = normalise(override)
+        merged = [{**g, **extra} for g in grids]
+        grids = list({repr(sorted(g.items())): g for g in merged}.values())  # drop sub-grids made equal
+    return grids
+
+
+def _tuple_sizes(value):
+    return tuple(value) if isinstance(value, list) else value  # JSON lists -> hidden_layer_sizes tuples

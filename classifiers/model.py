@@ -1,0 +1,224 @@
+"""The saved model: a fitted head plus everything needed to use it alone.
+
+`joblib.load(path)` gives a FeatureClassifier: `classes_` are class names; `predict` and
+`predict_proba` take a 2-D array of feature vectors, a `featurize.Features`, or image paths / PIL
+images (the backbone is then rebuilt from the registry, with the preprocessing the features were
+made with). Vectors of another width, or Features of another fingerprint, are refused.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.utils.validation import check_is_fitted
+
+from featurize.backbones import file_sha256
+from featurize.errors import CnnfeatError
+
+
+class FeatureMismatch(CnnfeatError):
+    """Vectors that did not come from the backbone and preprocessing the model was fitted on."""
+
+
+class FeatureClassifier(ClassifierMixin, BaseEstimator):
+    """A scikit-learn classifier on frozen-CNN feature vectors that also accepts images.
+
+    Parameters
+    ----------
+    pipeline : unfitted scikit-learn estimator (the head).
+    class_names : list of str, optional. Order of the classes; y may then be indices into it.
+    feature_config : dict, optional. The feature store's config (backbone, weights, preprocessing...).
+    feature_fingerprint : str, optional. Features with another fingerprint are refused.
+    weights_source : str. How to rebuild the backbone: "" (its own weights), "random", or a path.
+    """
+
+    def __init__(self, pipeline=None, class_names=None, feature_config=None, feature_fingerprint=None,
+                 weights_source=""):
+        self.pipeline = pipeline
+        self.class_names = class_names
+        self.feature_config = feature_config
+        self.feature_fingerprint = feature_fingerprint
+        self.weights_source = weights_source
+
+    def fit(self, X, y):
+        X = self._check_vectors(X, fitting=True)
+        y = np.asarray(y)
+        if self.class_names is not None:
+            names = np.asarray(self.class_names, dtype=object)
+            y = names[y] if np.issubdtype(y.dtype, np.integer) else y.astype(object)
+            present = set(y.tolist())
+            self.classes_ = np.asarray([c for c in self.class_names if c in present], dtype=object)
+        else:
+            self.classes_ = np.unique(y).astype(object)
+        index = {c: i for i, c in enumerate(self.classes_.tolist())}
+        self.pipeline_ = clone(self.pipeline).fit(X, np.asarray([index[c] for c in y.tolist()]))
+        return self
+
+    def predict(self, X):
+        check_is_fitted(self, "pipeline_")
+        return self.classes_[self.pipeline_.predict(self.vectors(X))]
+
+    def predict_proba(self, X):
+        check_is_fitted(self, "pipeline_")
+        if not hasattr(self.pipeline_, "predict_proba"):
+            raise CnnfeatError("this head gives no probabilities")
+        return self.pipeline_.predict_proba(self.vectors(X))
+
+    # -- inputs ------------------------------------------------------------------------------
+    def vectors(self, X) -> np.ndarray:
+        """Feature vectors for X: an (n, D) array, a featurize.Features, or images (paths / PIL)."""
+        from featurize.store import Features
+
+        if isinstance(X, Features):
+            if self.feature_fingerprint and X.fingerprint != self.feature_fingerprint:
+                raise FeatureMismatch(
+                    f"{X.path} holds features of {X.config.get('backbone')} (fingerprint {X.fingerprint}); "
+                    f"this model was fitted on {self._backbone_name()} features (fingerprint "
+                    f"{self.feature_fingerprint}): extract with the same backbone and weights")
+            return self._check_vectors(X.X)
+        images = _as_image_list(X)
+        if images is not None:
+            vectors, failures = self.embed_images(images)
+            if failures:
+                position, reason = failures[0]
+                raise CnnfeatError(f"cannot read image {images[position]}: {reason}")
+            return vectors
+        return self._check_vectors(X)
+
+    def _check_vectors(self, X, fitting=False) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2:
+            raise FeatureMismatch(f"expected a 2-D array of feature vectors (rows = images), got shape {X.shape}")
+        expected = self.n_features_in_ if not fitting else (self.feature_config or {}).get("feature_dim")
+        if expected is not None and X.shape[1] != expected:
+            raise FeatureMismatch(f"got vectors of width {X.shape[1]}; this model expects {expected} "
+                                  f"({self._backbone_name()} features)")
+        if fitting:
+            self.n_features_in_ = X.shape[1]
+        return X
+
+    def _backbone_name(self) -> str:
+        return (self.feature_config or {}).get("backbone", "unknown backbone")
+
+    # -- images ------------------------------------------------------------------------------
+    def embed_images(self, images, device: str = "auto", batch_size=None, workers=None, progress=False):
+        """Vectors for image paths or PIL images, with the exact backbone and preprocessing of the
+        training features. Returns (vectors of the readable ones, in order; [(position, reason)])."""
+        from featurize.extract import iter_vectors
+
+        extractor, device = self._extractor_on(device)
+        vectors = np.zeros((len(images), extractor.feature_dim), np.float32)
+        readable = np.ones(len(images), dtype=bool)
+        failures = []
+        paths = [i for i, image in enumerate(images) if not hasattr(image, "convert")]
+        if paths:
+            batches = iter_vectors(extractor, device, Path(), [str(images[i]) for i in paths], batch_size,
+                                   0 if len(paths) < 64 else workers, progress, desc="predict")
+            for good, batch, bad in batches:
+                vectors[[paths[j] for j in good]] = batch
+                for j, reason in bad:
+                    readable[paths[j]] = False
+                    failures.append((paths[j], reason))
+        in_memory = [i for i in range(len(images)) if i not in set(paths)]
+        if in_memory:
+            vectors[in_memory] = self._embed_pil([images[i] for i in in_memory], extractor, device)
+        return vectors[readable], sorted(failures)
+
+    def _embed_pil(self, pil_images, extractor, device):
+        import torch
+
+        from featurize.images import pil_to_rgb_tensor
+
+        transform = extractor.preprocessing.transform()
+        batch = torch.stack([transform(pil_to_rgb_tensor(image)) for image in pil_images])
+        with torch.inference_mode():
+            return extractor(batch.to(device).contiguous(memory_format=torch.channels_last)).float().cpu().numpy()
+
+    def _extractor_on(self, device):
+        """Rebuild the backbone once per process, checking it makes the features we were fitted on."""
+        from featurize import get_backbone
+        from featurize.extract import load_extractor, resolve_device
+
+        device = resolve_device(device)
+        cached = getattr(self, "_extractor", None)
+        if cached is not None and cached[1] == device:
+            return cached
+        config = self.feature_config or {}
+        if "backbone" not in config:
+            raise CnnfeatError("this model does not record the backbone of its features, so it cannot "
+                               "predict from images; pass feature vectors")
+        backbone = get_backbone(config["backbone"])
+        weights = self.weights_source or None
+        rebuilt = {"weights": backbone.weights_id(weights),
+                   "preprocessing": json.loads(json.dumps(backbone.preprocessing().as_dict()))}
+        for key, value in rebuilt.items():
+            if config.get(key) != value:
+                raise FeatureMismatch(f"rebuilding {backbone.name} here gives {key} {value}, but the model was "
+                                      f"fitted on features with {config.get(key)}")
+        self._extractor = (load_extractor(backbone, weights, device), device)
+        return self._extractor
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_extractor", None)  # a torch module: rebuilt on first use, never pickled
+        return state
+
+
+def _as_image_list(X):
+    """A list of image paths / PIL images, or None when X is something else (vectors)."""
+    def is_image(item):
+        return isinstance(item, (str, os.PathLike)) or hasattr(item, "convert")
+    if is_image(X):
+        return [X]
+    if isinstance(X, (list, tuple)) and X and all(is_image(item) for item in X):
+        return list(X)
+    return None
+
+
+# -- files -----------------------------------------------------------------------------------
+
+def save_model(model: FeatureClassifier, path: str | os.PathLike, info: dict) -> tuple[Path, Path]:
+    """Write `path` (.joblib, atomically) and a readable .json beside it with `info` + the sha256."""
+    import joblib
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    joblib.dump(model, tmp)
+    os.replace(tmp, path)
+    record = {**info, "model_file": path.name, "sha256": file_sha256(path),
+              "saved_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    json_path = path.with_suffix(".json")
+    json_path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return path, json_path
+
+
+def load_model(path: str | os.PathLike, verify: bool = True) -> FeatureClassifier:
+    """Load a saved model. With `verify`, the file's sha256 must match the .json beside it (when
+    there is one). A .joblib file runs code when loaded: load only files you trust."""
+    import joblib
+
+    path = Path(path)
+    if not path.is_file():
+        raise CnnfeatError(f"--model {path}: no such file")
+    json_path = path.with_suffix(".json")
+    if verify and json_path.is_file():
+        try:
+            expected = json.loads(json_path.read_text()).get("sha256")
+        except (ValueError, OSError):
+            expected = None
+        if expected and file_sha256(path) != expected:
+            raise CnnfeatError(f"--model {path}: its sha256 does not match {json_path.name}; the file changed "
+                               f"after it was saved, refusing to load it")
+    try:
+        model = joblib.load(path)
+    except Exception as error:  # pickle raises many kinds for a corrupt or foreign file
+        raise CnnfeatError(f"--model {path}: not a readable model file ({type(error).__name__}: {error})") from None
+    if not isinstance(model, FeatureClassifier):
+        raise CnnfeatError(f"--model {path}: a joblib file, but not a cnnfeat model (it holds a "
+                           f"{type(model).__name__})")
+    return model

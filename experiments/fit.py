@@ -1,0 +1,93 @@
+"""`cnnfeat fit`: search a head on a feature file's training rows, refit, score the held-out rows, save."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from classifiers import FeatureClassifier, get_head, save_model, search_head
+from featurize import load_features
+from featurize.errors import CnnfeatError
+
+from .metrics import heldout_scores
+from .splits import train_eval_split
+
+
+@dataclass
+class FitOutcome:
+    model_path: Path
+    json_path: Path
+    info: dict
+    notes: list = field(default_factory=list)
+
+
+def latest_features(out: str | Path) -> Path:
+    """The feature file under OUT/features written last."""
+    stores = sorted(Path(out, "features").glob("*.h5"), key=lambda p: p.stat().st_mtime)
+    if not stores:
+        raise CnnfeatError(f"no feature file under {Path(out, 'features')}: run `cnnfeat extract` first, "
+                           f"or pass --features FILE")
+    return stores[-1]
+
+
+def parse_grid(text: str | None):
+    """--grid: a JSON file or a JSON string (an object, or a list of objects)."""
+    if not text:
+        return None
+    source = Path(text).read_text() if Path(text).is_file() else text
+    try:
+        return json.loads(source)
+    except ValueError as error:
+        raise CnnfeatError(f"--grid: neither a JSON file nor valid JSON ({error})") from None
+
+
+def library_versions() -> dict:
+    return {p: metadata.version(p) for p in ("scikit-learn", "numpy", "joblib", "torch", "torchvision", "h5py")}
+
+
+def fit_model(features=None, out="artifacts", clf="svm", grid=None, cv=5, scoring="accuracy", jobs=1, seed=0,
+              search="auto", verbose=0, log=print) -> FitOutcome:
+    head = get_head(clf)
+    features_path = Path(features) if features else latest_features(out)
+    if not features:
+        log(f"features: {features_path} (the newest under {Path(out, 'features')})")
+    data = load_features(features_path)
+    split = train_eval_split(data, seed)
+    names = np.asarray(data.class_names, dtype=object)
+    X_train, y_train = data.X[split.train], data.y[split.train]
+    result = search_head(head.name, X_train, names[y_train], parse_grid(grid) if isinstance(grid, str) else grid,
+                         cv=cv, scoring=scoring, jobs=jobs, seed=seed, search=search, verbose=verbose, log=log)
+    model = FeatureClassifier(result.pipeline, class_names=data.class_names, feature_config=data.config,
+                              feature_fingerprint=data.fingerprint, weights_source=data.weights_source)
+    started = time.perf_counter()
+    model.fit(X_train, y_train)
+    fit_seconds = time.perf_counter() - started
+
+    X_eval, y_eval = data.X[split.evaluate], names[data.y[split.evaluate]]
+    started = time.perf_counter()
+    predicted = model.predict(X_eval)
+    proba = model.predict_proba(X_eval)
+    predict_seconds = (time.perf_counter() - started) / max(1, len(X_eval))
+    notes = list(result.notes)
+    unseen = sorted(set(y_eval.tolist()) - set(model.classes_.tolist()))
+    if unseen:
+        notes.append(f"classes {', '.join(unseen)} are in {split.name} but not in the training rows: "
+                     f"the model cannot predict them")
+        log(notes[-1])
+    info = {
+        "head": head.name, "description": head.description, "best_params": result.best_params,
+        "cv": {"scoring": result.scoring, "mean": result.cv_mean, "std": result.cv_std, "folds": result.folds,
+               "candidates": result.candidates, "search": result.method, "seconds": round(result.seconds, 3)},
+        "heldout": {**split.describe(), **heldout_scores(y_eval, predicted, proba, model.classes_)},
+        "class_names": data.class_names, "dataset": data.dataset, "feature_file": str(features_path.resolve()),
+        "feature_fingerprint": data.fingerprint, "feature_config": data.config, "seed": seed,
+        "fit_seconds": round(fit_seconds, 3), "predict_seconds_per_image": predict_seconds,
+        "versions": library_versions(), "notes": notes,
+    }
+    model_path = Path(out, "models", f"{features_path.stem}-{head.name}.joblib")
+    model_path, json_path = save_model(model, model_path, info)
+    return FitOutcome(model_path, json_path, info, notes)

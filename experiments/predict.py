@@ -1,0 +1,46 @@
+"""`cnnfeat predict`: one CSV row per image (class, probability, one column per class, or the reason)."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from classifiers import load_model
+from featurize.errors import CnnfeatError
+from featurize.images import find_images
+
+
+def expand_inputs(inputs) -> list[str]:
+    """Files as given; folders -> their images, recursively; a missing path is kept (its row says so)."""
+    paths = []
+    for item in inputs:
+        item = Path(item)
+        paths.extend(str(p) for p in find_images(item)) if item.is_dir() else paths.append(str(item))
+    if not paths:
+        raise CnnfeatError(f"no images in {', '.join(map(str, inputs))}")
+    return paths
+
+
+def predict_to_csv(model_path, inputs, out_csv="predictions.csv", device="auto", batch_size=None, workers=None,
+                   progress=True) -> tuple[Path, int, int]:
+    """Predict every image; returns (csv path, rows written, unreadable images)."""
+    model = load_model(model_path)
+    paths = expand_inputs(inputs)
+    vectors, failures = model.embed_images(paths, device=device, batch_size=batch_size, workers=workers,
+                                           progress=progress)
+    failed = dict(failures)
+    readable = [p for i, p in enumerate(paths) if i not in failed]
+    classes = [str(c) for c in model.classes_]
+    rows = {}
+    if readable:
+        proba = model.predict_proba(vectors)
+        for path, predicted, probabilities in zip(readable, model.predict(vectors), proba):
+            column = classes.index(str(predicted))
+            rows[path] = [path, predicted, f"{probabilities[column]:.6f}", *(f"{p:.6f}" for p in probabilities), ""]
+    out_csv = Path(out_csv)
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_csv, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "predicted", "probability", *(f"p_{c}" for c in classes), "error"])
+        for i, path in enumerate(paths):
+            writer.writerow(rows[path] if i not in failed else [path, "", "", *([""] * len(classes)), failed[i]])
+    return out_csv, len(paths), len(failed)

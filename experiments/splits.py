@@ -1,0 +1,42 @@
+"""Which rows train and which rows score: the store's own split, or a recorded stratified hold-out."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from featurize.errors import CnnfeatError
+
+HOLDOUT_FRACTION = 0.2
+
+
+@dataclass
+class Split:
+    train: np.ndarray  # row indices
+    evaluate: np.ndarray  # row indices of the held-out rows
+    name: str  # "val", "test", or "holdout"
+    seed: int | None  # the seed of a hold-out split, None when the store's split was used
+
+    def describe(self) -> dict:
+        return {"evaluated_on": self.name, "train_rows": int(len(self.train)), "eval_rows": int(len(self.evaluate)),
+                "holdout_seed": self.seed, "holdout_fraction": HOLDOUT_FRACTION if self.seed is not None else None}
+
+
+def train_eval_split(features, seed: int = 0) -> Split:
+    """Rows of split `train` train; `val` (else `test`) rows score. A store with no such split gets a
+    stratified hold-out of HOLDOUT_FRACTION of its rows, the same for every head given the seed."""
+    from sklearn.model_selection import train_test_split
+
+    splits = np.asarray(features.splits)
+    train = np.flatnonzero(splits == "train")
+    for name in ("val", "test"):
+        evaluate = np.flatnonzero(splits == name)
+        if len(train) and len(evaluate):
+            return Split(train, evaluate, name, None)
+    rows = np.arange(len(features.y)) if not len(train) else train
+    _, counts = np.unique(features.y[rows], return_counts=True)
+    if len(rows) < 4 or counts.min() < 2:
+        raise CnnfeatError(f"{features.path}: too few images to hold some out for scoring ({len(rows)} rows, "
+                           f"smallest class {counts.min()}); add images or a val/ split")
+    train, evaluate = train_test_split(rows, test_size=HOLDOUT_FRACTION, stratify=features.y[rows], random_state=seed)
+    return Split(np.sort(train), np.sort(evaluate), "holdout", seed)
