@@ -57,6 +57,7 @@ def search_head(name: str, X: np.ndarray, y: np.ndarray, grid=None, cv: int = 5,
         raise CnnfeatError(f"--scoring {scoring!r}; valid: {', '.join(SCORINGS)}")
     grid = resolve_grid(head, grid)
     folds, notes = check_folds(y, cv)
+    grid = _fit_neighbours_to_folds(grid, len(X) - -(-len(X) // folds), notes)
     candidates = len(ParameterGrid(grid))
     method = ("halving" if len(X) > HALVING_ABOVE else "grid") if search == "auto" else search
     if head.scales_badly_above and len(X) > head.scales_badly_above:
@@ -94,6 +95,15 @@ def search_head(name: str, X: np.ndarray, y: np.ndarray, grid=None, cv: int = 5,
         folds=folds, scoring=scoring, candidates=candidates, method=method,
         seconds=time.perf_counter() - started, pipeline=pipeline, notes=notes,
     )
+
+
+def _fit_neighbours_to_folds(grid, fold_rows: int, notes: list) -> list[dict]:
+    """KNN cannot ask for more neighbours than a training fold has rows: drop those values."""
+    key = "clf__n_neighbors"
+    trimmed = [{**g, key: [k for k in g[key] if k <= fold_rows] or [1]} if key in g else g for g in grid]
+    if trimmed != grid:
+        notes.append(f"n_neighbors above {fold_rows} (the rows of a training fold) left out of the grid")
+    return trimmed
 
 
 def _plain(value):

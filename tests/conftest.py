@@ -11,14 +11,14 @@ REPO = Path(__file__).resolve().parents[1]
 HYMENOPTERA = REPO.parent / "shared" / "datasets" / "hymenoptera"
 
 
-def write_image(path: Path, seed: int, size=(96, 72), mode="RGB", fmt=None) -> Path:
-    """A small image with a seeded pattern (smooth, so resizing is meaningful)."""
+def write_image(path: Path, seed: int, size=(96, 72), mode="RGB", fmt=None, tint=(1.0, 1.0, 1.0)) -> Path:
+    """A small image with a seeded pattern (smooth, so resizing is meaningful), optionally tinted."""
     rng = np.random.default_rng(seed)
     h, w = size[1], size[0]
     yy, xx = np.mgrid[0:h, 0:w]
     channels = [np.sin(xx / (3 + rng.random() * 9) + rng.random() * 6) * np.cos(yy / (3 + rng.random() * 9))
                 for _ in range(3)]
-    pixels = ((np.stack(channels, -1) + 1) * 127.5).astype(np.uint8)
+    pixels = ((np.stack(channels, -1) + 1) * 127.5 * np.asarray(tint)).astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels, "RGB").convert(mode).save(path, format=fmt)
     return path
@@ -64,3 +64,17 @@ def offline_torch_hub(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
     return tmp_path / "torch-home"
+
+
+@pytest.fixture(scope="session")
+def tinted_store(tmp_path_factory) -> Path:
+    """A small real feature file: reddish vs bluish images (train/ and val/), random-weight resnet18."""
+    from featurize import extract
+
+    root = tmp_path_factory.mktemp("tinted") / "tinted"
+    for i in range(24):
+        split = "val" if i % 4 == 0 else "train"
+        write_image(root / split / "red" / f"r{i}.png", seed=i, tint=(1.0, 0.4, 0.4))
+        write_image(root / split / "blue" / f"b{i}.png", seed=100 + i, tint=(0.4, 0.4, 1.0))
+    out = tmp_path_factory.mktemp("tinted-artifacts")
+    return extract(data=root, backbone="resnet18", weights="random", out=out, workers=0, progress=False).store

@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+
+from classifiers import HEADS, get_head, register_head, resolve_grid
+from classifiers.search import check_folds, search_head
+from featurize.errors import CnnfeatError
+
+
+def test_registry_has_the_five_heads_and_refuses_duplicates():
+    assert set(HEADS) >= {"svm", "rf", "mlp", "knn", "logreg"}
+    with pytest.raises(ValueError, match="already registered"):
+        register_head("svm", "again", {"C": [1]})(lambda seed: None)
+    with pytest.raises(CnnfeatError, match="unknown head 'tree'; valid: .*logreg"):
+        get_head("tree")
+
+
+def test_default_grids_are_wide_enough_to_matter():
+    def values(head, key):
+        return sorted({v for g in resolve_grid(get_head(head)) for v in g.get(f"clf__{key}", [])}, key=str)
+    for head in ("logreg", "svm"):
+        c = [v for v in values(head, "C")]
+        assert min(c) <= 1e-4 and max(c) >= 1e3
+    assert set(values("svm", "kernel")) == {"linear", "rbf"} and len(values("svm", "gamma")) >= 3
+    assert set(values("knn", "metric")) == {"cosine", "euclidean"} and len(values("knn", "n_neighbors")) >= 5
+    assert set(values("knn", "weights")) == {"uniform", "distance"}
+    assert len(values("rf", "n_estimators")) >= 2 and len(values("rf", "max_features")) >= 2
+    assert len(values("mlp", "hidden_layer_sizes")) >= 2 and len(values("mlp", "alpha")) >= 3
+    for head in HEADS.values():  # every default grid names real parameters of its pipeline
+        params = head.build(0).get_params()
+        assert all(k in params for g in resolve_grid(head) for k in g)
+
+
+def test_grid_override_narrows_and_validates():
+    svm = get_head("svm")
+    narrowed = resolve_grid(svm, {"C": [1, 10]})
+    assert [g["clf__C"] for g in narrowed] == [[1, 10], [1, 10]] and narrowed[1]["clf__kernel"] == ["rbf"]
+    only_rbf = resolve_grid(svm, {"kernel": ["rbf"], "C": [1], "gamma": ["scale"]})
+    assert only_rbf == [{"clf__kernel": ["rbf"], "clf__C": [1], "clf__gamma": ["scale"]}]  # equal sub-grids merged
+    assert resolve_grid(svm, [{"clf__C": [3]}]) == [{"clf__C": [3]}]
+    assert resolve_grid(get_head("mlp"), {"hidden_layer_sizes": [[64, 32]]})[0]["clf__hidden_layer_sizes"] == [(64, 32)]
+    with pytest.raises(CnnfeatError, match="svm has no parameter 'depth'; valid: .*C.*kernel"):
+        resolve_grid(svm, {"depth": [3]})
+
+
+def test_folds_are_checked_against_class_sizes():
+    with pytest.raises(CnnfeatError, match="one class only"):
+        check_folds(np.array(["a"] * 10), 5)
+    with pytest.raises(CnnfeatError, match="class b has a single training image"):
+        check_folds(np.array(["a"] * 10 + ["b"]), 5)
+    folds, notes = check_folds(np.array(["a"] * 10 + ["b"] * 3), 5)
+    assert folds == 3 and "class b has only 3 training images: using 3-fold" in notes[0]
+    assert check_folds(np.array(["a", "b"] * 5), 5) == (5, [])
+
+
+def test_search_finds_the_better_parameters_and_is_reproducible():
+    from sklearn.datasets import load_digits
+    X, y = load_digits(return_X_y=True)
+    X, y = X[:400], y[:400].astype(str)
+    logs = []
+    first = search_head("logreg", X, y, grid={"C": [1e-4, 1.0]}, cv=3, seed=1, log=logs.append)
+    again = search_head("logreg", X, y, grid={"C": [1e-4, 1.0]}, cv=3, seed=1, log=lambda _: None)
+    assert first.best_params == {"C": 1.0} and first.cv_mean > 0.9 and first.folds == 3
+    assert (first.cv_mean, first.cv_std) == (again.cv_mean, again.cv_std)
+    assert "grid search over 2 candidates x 3 folds on 400 rows" in logs[-1]
+    halving = search_head("knn", X, y, grid={"n_neighbors": [1, 3, 5, 7]}, cv=3, search="halving", log=lambda _: None)
+    assert halving.method == "halving" and halving.best_params["n_neighbors"] in (1, 3, 5, 7)

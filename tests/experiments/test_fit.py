@@ -1,0 +1,128 @@
+import csv
+import json
+import subprocess
+import sys
+
+import h5py
+import joblib
+import numpy as np
+import pytest
+
+from experiments.fit import fit_model
+from experiments.splits import train_eval_split
+from featurize import extract, load_features
+from tests.conftest import REPO, write_image
+from tests.test_cli import assert_one_line_error, run
+
+QUIET = {"log": lambda _: None}
+
+
+@pytest.mark.parametrize("head", ["svm", "rf", "mlp", "knn", "logreg"])
+def test_every_head_reaches_092_on_hymenoptera_val(hymenoptera_lite0, tmp_path, head):
+    outcome = fit_model(features=hymenoptera_lite0, out=tmp_path, clf=head, **QUIET)
+    held = outcome.info["heldout"]
+    print(f"{head}: val accuracy {held['accuracy']:.4f}, CV {outcome.info['cv']['mean']:.4f}")
+    assert held["evaluated_on"] == "val" and held["n"] == 153 and held["train_rows"] == 245
+    assert held["accuracy"] >= 0.92
+    saved = json.loads(outcome.json_path.read_text())
+    assert saved["heldout"]["accuracy"] == held["accuracy"] and saved["class_names"] == ["ants", "bees"]
+    assert saved["feature_fingerprint"] == load_features(hymenoptera_lite0).fingerprint
+    assert outcome.model_path.name == f"hymenoptera-efficientnet_lite0-{head}.joblib"
+
+
+def test_predict_csv_matches_a_fresh_interpreter(tinted_store, tmp_path):
+    fitted = run("fit", "--clf", "knn", "--features", tinted_store, "--out", tmp_path)
+    assert fitted.exit_code == 0, fitted.output
+    model_path = tmp_path / "models" / f"{tinted_store.stem}-knn.joblib"
+    features = load_features(tinted_store)
+    folder = f"{features.data_root}/val"
+    (tmp_path / "broken.png").write_bytes(b"nope")
+    result = run("predict", "--model", model_path, folder, tmp_path / "broken.png", "--out", tmp_path / "p.csv",
+                 "--quiet")
+    assert result.exit_code == 0 and "13 images, 1 unreadable" in result.output
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert list(rows[0]) == ["path", "predicted", "probability", "p_blue", "p_red", "error"]
+    assert rows[-1]["error"] == "not an image PIL can read" and rows[-1]["predicted"] == ""
+    good = [r for r in rows if not r["error"]]
+    code = ("import joblib, json, sys; m = joblib.load(sys.argv[1]); paths = json.loads(sys.argv[2]); "
+            "print(json.dumps([list(m.predict(paths)), m.predict_proba(paths).tolist()]))")
+    out = subprocess.run([sys.executable, "-c", code, str(model_path), json.dumps([r["path"] for r in good])],
+                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    classes, proba = json.loads(out)
+    assert classes == [r["predicted"] for r in good]
+    np.testing.assert_allclose([[float(r["p_blue"]), float(r["p_red"])] for r in good], proba, atol=1e-6)
+
+
+def test_no_split_gets_a_recorded_holdout_the_same_for_every_head(tmp_path):
+    for i in range(15):
+        write_image(tmp_path / "data" / "red" / f"{i}.png", seed=i, tint=(1, 0.4, 0.4))
+        write_image(tmp_path / "data" / "blue" / f"{i}.png", seed=50 + i, tint=(0.4, 0.4, 1))
+    store = extract(data=tmp_path / "data", backbone="resnet18", weights="random", out=tmp_path, workers=0,
+                    progress=False).store
+    features = load_features(store)
+    first, second = train_eval_split(features, seed=7), train_eval_split(features, seed=7)
+    assert first.name == "holdout" and len(first.evaluate) == 6 and np.array_equal(first.evaluate, second.evaluate)
+    assert not set(first.train) & set(first.evaluate)
+    splits = [fit_model(features=store, out=tmp_path, clf=h, seed=7, cv=3, **QUIET).info["heldout"]
+              for h in ("knn", "logreg")]
+    assert splits[0]["holdout_seed"] == 7 and all(
+        {k: s[k] for k in ("train_rows", "eval_rows", "evaluated_on")} == {"train_rows": 24, "eval_rows": 6,
+                                                                          "evaluated_on": "holdout"} for s in splits)
+
+
+def test_fit_takes_the_newest_feature_file_and_says_so(tinted_store, tmp_path):
+    (tmp_path / "features").mkdir()
+    (tmp_path / "features" / "tinted-resnet18-random.h5").write_bytes(tinted_store.read_bytes())
+    result = run("fit", "--clf", "logreg", "--out", tmp_path, "--grid", '{"C": [1.0]}')
+    assert result.exit_code == 0, result.output
+    assert "features: " in result.output and "tinted-resnet18-random.h5 (the newest under" in result.output
+    assert "logreg: grid search over 1 candidates x 5 folds on 36 rows" in result.output
+
+
+def test_a_class_smaller_than_the_folds_lowers_them(tinted_store, tmp_path):
+    result = run("fit", "--clf", "logreg", "--features", tinted_store, "--out", tmp_path, "--cv", "30")
+    assert result.exit_code == 0 and "has only 18 training images: using 18-fold cross-validation" in result.output
+
+
+def _store_with(tmp_path, classes):
+    for name, count in classes.items():
+        for i in range(count):
+            write_image(tmp_path / "d" / name / f"{i}.png", seed=i)
+    return extract(data=tmp_path / "d", backbone="resnet18", weights="random", out=tmp_path / "o", workers=0,
+                   progress=False).store
+
+
+@pytest.mark.parametrize("case", ["unknown head", "no feature file", "incomplete file", "one class", "bad grid",
+                                  "unknown parameter", "corrupt model", "foreign model"])
+def test_bad_input_is_one_line(tinted_store, tmp_path, case):
+    if case == "unknown head":
+        result = run("fit", "--clf", "xgboost", "--features", tinted_store)
+        fragments = ["unknown head 'xgboost'", "logreg"]
+    elif case == "no feature file":
+        result = run("fit", "--clf", "svm", "--out", tmp_path)
+        fragments = ["no feature file under", "cnnfeat extract"]
+    elif case == "incomplete file":
+        copy = tmp_path / "copy.h5"
+        copy.write_bytes(tinted_store.read_bytes())
+        with h5py.File(copy, "a") as h5:
+            h5.attrs["complete"] = False
+        result = run("fit", "--clf", "svm", "--features", copy)
+        fragments = ["incomplete feature file"]
+    elif case == "one class":
+        result = run("fit", "--clf", "svm", "--features", _store_with(tmp_path, {"only": 8}), "--out", tmp_path)
+        fragments = ["one class only"]
+    elif case == "bad grid":
+        result = run("fit", "--clf", "svm", "--features", tinted_store, "--grid", "{C: 1", "--out", tmp_path)
+        fragments = ["--grid: neither a JSON file nor valid JSON"]
+    elif case == "unknown parameter":
+        result = run("fit", "--clf", "rf", "--features", tinted_store, "--grid", '{"depth": [2]}', "--out", tmp_path)
+        fragments = ["rf has no parameter 'depth'", "max_features"]
+    elif case == "corrupt model":
+        (tmp_path / "m.joblib").write_bytes(b"garbage")
+        result = run("predict", "--model", tmp_path / "m.joblib", tmp_path)
+        fragments = ["not a readable model file"]
+    else:
+        joblib.dump([1, 2], tmp_path / "m.joblib")
+        result = run("predict", "--model", tmp_path / "m.joblib", tmp_path)
+        fragments = ["not a cnnfeat model (it holds a list)"]
+    assert_one_line_error(result, *fragments)
