@@ -109,6 +109,52 @@ def predict(model_path, inputs, out_csv, device, batch_size, workers, quiet):
 
 
 @cli.command()
+@click.option("--features", multiple=True, help="Feature file(s); several = several backbones, one table "
+                                                "[default: the newest under OUT/features].")
+@click.option("--out", default=DEFAULT_OUT, show_default=True, help="Output root; reports go to OUT/reports/.")
+@click.option("--clf", default="all", show_default=True, help="Heads: all, or a comma list (svm,rf,...).")
+@click.option("--finetune", "with_finetune", is_flag=True, help="Also fine-tune the backbone end to end first.")
+@click.option("--refit", is_flag=True, help="Search again even where nothing changed.")
+@click.option("--cv", type=click.IntRange(min=2), default=5, show_default=True, help="Cross-validation folds.")
+@click.option("--scoring", type=click.Choice(["accuracy", "balanced_accuracy", "f1_macro"]), default="accuracy",
+              show_default=True)
+@click.option("--jobs", type=int, default=1, show_default=True, help="Parallel fits (-1: all cores).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def compare(features, out, clf, with_finetune, refit, cv, scoring, jobs, seed):
+    """Fit every head on the same split, then write and print one report table."""
+    from experiments.compare import compare as run_compare
+
+    outcome = run_compare(features=list(features) or None, out=out, clf=clf, finetune=with_finetune, refit=refit,
+                          cv=cv, scoring=scoring, seed=seed, jobs=jobs, log=click.echo)
+    click.echo("")
+    click.echo(outcome.markdown)
+    click.echo(f"report: {outcome.report_dir}/report.md (+ .csv, .json, predictions/, confusion/, summary.png)")
+
+
+@cli.command()
+@click.option("--backbone", default="efficientnet_lite0", show_default=True, help="Registered backbone.")
+@click.option("--data", default="data", show_default=True, help="Image folder with train/ and val/ (or test/).")
+@click.option("--out", default=DEFAULT_OUT, show_default=True, help="Output root; writes OUT/finetune/.")
+@click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--unfreeze", default="last-3-blocks", show_default=True, help="all, none, or last-N-blocks.")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Head learning rate (backbone: x0.1).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="[default: 16 on CPU, 64 on CUDA]")
+@click.option("--label-smoothing", type=float, default=0.1, show_default=True)
+@click.option("--tta", is_flag=True, help="Average with the horizontally flipped image when evaluating.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="Decoding processes.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def finetune(backbone, data, out, epochs, unfreeze, lr, batch_size, label_smoothing, tta, device, workers, seed, quiet):
+    """Fine-tune a backbone + linear layer end to end; the best epoch on val is kept."""
+    from experiments.finetune import run_finetune
+
+    run_finetune(data=data, backbone=backbone, out=out, epochs=epochs, unfreeze=unfreeze, lr=lr,
+                 batch_size=batch_size, label_smoothing=label_smoothing, tta=tta, device=device, workers=workers,
+                 seed=seed, progress=not quiet, log=click.echo)
+
+
+@cli.command()
 def heads():
     """List heads and their default grids."""
     from classifiers import HEADS

@@ -24,19 +24,20 @@ class Head:
     build: Callable[[int], object]  # seed -> unfitted Pipeline
     grid: list[dict] = field(default_factory=list)
     calibrate: bool = False
+    validation: str = "kfold"  # or "slice": one stratified 20% validation slice of the training rows
     scales_badly_above: int | None = None  # training rows past which the default grid is slow
 
 
 HEADS: dict[str, Head] = {}
 
 
-def register_head(name: str, description: str, grid, calibrate=False, scales_badly_above=None):
+def register_head(name: str, description: str, grid, calibrate=False, validation="kfold", scales_badly_above=None):
     """Decorator: register a pipeline builder under `name`; a name can be registered once only."""
     def decorate(build):
         if name in HEADS:
             raise ValueError(f"head {name!r} is already registered")
         grids = grid if isinstance(grid, list) else [grid]
-        HEADS[name] = Head(name, description, build, grids, calibrate, scales_badly_above)
+        HEADS[name] = Head(name, description, build, grids, calibrate, validation, scales_badly_above)
         return build
     return decorate
 
@@ -102,6 +103,15 @@ def _mlp(seed):
     from sklearn.neural_network import MLPClassifier
     return _pipeline(_standardise(), MLPClassifier(early_stopping=True, max_iter=500, n_iter_no_change=20,
                                                    random_state=seed))
+
+
+@register_head(
+    "linear", "one linear layer trained in torch (AdamW, warm-up + cosine, label smoothing; standardised)",
+    {"weight_decay": [1e-4, 1e-3, 1e-2, 1e-1, 1.0]}, validation="slice",
+)
+def _linear(seed):
+    from .linear import TorchLinearClassifier
+    return _pipeline(_standardise(), TorchLinearClassifier(seed=seed))
 
 
 def resolve_grid(head: Head, override=None) -> list[dict]:

@@ -44,6 +44,23 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         self.feature_fingerprint = feature_fingerprint
         self.weights_source = weights_source
 
+    @classmethod
+    def from_linear_layer(cls, weight, bias, class_names, feature_config, feature_fingerprint, weights_source):
+        """A fitted model from a trained linear layer on the features (the fine-tuned network's head)."""
+        from sklearn.pipeline import Pipeline
+
+        from .linear import TorchLinearClassifier
+
+        layer = TorchLinearClassifier()
+        layer.coef_, layer.intercept_ = np.asarray(weight, np.float32), np.asarray(bias, np.float32)
+        layer.classes_, layer.n_features_in_ = np.arange(len(class_names)), layer.coef_.shape[1]
+        model = cls(Pipeline([("scale", "passthrough"), ("clf", TorchLinearClassifier())]), list(class_names),
+                    feature_config, feature_fingerprint, weights_source)
+        model.pipeline_ = Pipeline([("scale", "passthrough"), ("clf", layer)])
+        model.classes_ = np.asarray(class_names, dtype=object)
+        model.n_features_in_ = layer.n_features_in_
+        return model
+
     def fit(self, X, y):
         X = self._check_vectors(X, fitting=True)
         y = np.asarray(y)

@@ -65,9 +65,14 @@ def search_head(name: str, X: np.ndarray, y: np.ndarray, grid=None, cv: int = 5,
                      f"(its cost grows quickly with rows); consider --clf logreg, or narrow --grid")
     for note in notes:
         log(note)
-    log(f"{head.name}: {method} search over {candidates} candidates x {folds} folds on {len(X)} rows "
+    if head.validation == "slice":  # one validation slice of train, as the torch recipes do
+        from sklearn.model_selection import StratifiedShuffleSplit
+        splitter, folds = StratifiedShuffleSplit(1, test_size=0.2, random_state=seed), 1
+    else:
+        splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    log(f"{head.name}: {method} search over {candidates} candidates x "
+        f"{'a 20% validation slice' if folds == 1 else f'{folds} folds'} on {len(X)} rows "
         f"({scoring}, {jobs} job{'s' if jobs != 1 else ''})")
-    splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
     pipeline = head.build(seed)
     started = time.perf_counter()
     if method == "halving":

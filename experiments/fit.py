@@ -49,14 +49,20 @@ def library_versions() -> dict:
     return {p: metadata.version(p) for p in ("scikit-learn", "numpy", "joblib", "torch", "torchvision", "h5py")}
 
 
-def fit_model(features=None, out="artifacts", clf="svm", grid=None, cv=5, scoring="accuracy", jobs=1, seed=0,
-              search="auto", verbose=0, log=print) -> FitOutcome:
+@dataclass
+class Scored:
+    """A head fitted on a split's training rows and scored on its held-out rows."""
+
+    model: FeatureClassifier
+    info: dict  # what the saved .json holds
+    predicted: np.ndarray  # class names, one per held-out row
+    proba: np.ndarray  # (n held-out, classes) in model.classes_ order
+
+
+def fit_and_score(data, split, clf, grid=None, cv=5, scoring="accuracy", jobs=1, seed=0, search="auto",
+                  verbose=0, log=print) -> Scored:
+    """Search `clf` on the training rows of `split`, refit on all of them, score the held-out rows."""
     head = get_head(clf)
-    features_path = Path(features) if features else latest_features(out)
-    if not features:
-        log(f"features: {features_path} (the newest under {Path(out, 'features')})")
-    data = load_features(features_path)
-    split = train_eval_split(data, seed)
     names = np.asarray(data.class_names, dtype=object)
     X_train, y_train = data.X[split.train], data.y[split.train]
     result = search_head(head.name, X_train, names[y_train], parse_grid(grid) if isinstance(grid, str) else grid,
@@ -83,11 +89,22 @@ def fit_model(features=None, out="artifacts", clf="svm", grid=None, cv=5, scorin
         "cv": {"scoring": result.scoring, "mean": result.cv_mean, "std": result.cv_std, "folds": result.folds,
                "candidates": result.candidates, "search": result.method, "seconds": round(result.seconds, 3)},
         "heldout": {**split.describe(), **heldout_scores(y_eval, predicted, proba, model.classes_)},
-        "class_names": data.class_names, "dataset": data.dataset, "feature_file": str(features_path.resolve()),
+        "class_names": data.class_names, "dataset": data.dataset, "feature_file": str(Path(data.path).resolve()),
         "feature_fingerprint": data.fingerprint, "feature_config": data.config, "seed": seed,
         "fit_seconds": round(fit_seconds, 3), "predict_seconds_per_image": predict_seconds,
         "versions": library_versions(), "notes": notes,
     }
-    model_path = Path(out, "models", f"{features_path.stem}-{head.name}.joblib")
-    model_path, json_path = save_model(model, model_path, info)
-    return FitOutcome(model_path, json_path, info, notes)
+    return Scored(model, info, predicted, proba)
+
+
+def fit_model(features=None, out="artifacts", clf="svm", grid=None, cv=5, scoring="accuracy", jobs=1, seed=0,
+              search="auto", verbose=0, log=print) -> FitOutcome:
+    get_head(clf)  # an unknown head fails before anything is read
+    features_path = Path(features) if features else latest_features(out)
+    if not features:
+        log(f"features: {features_path} (the newest under {Path(out, 'features')})")
+    data = load_features(features_path)
+    scored = fit_and_score(data, train_eval_split(data, seed), clf, grid, cv, scoring, jobs, seed, search, verbose, log)
+    model_path = Path(out, "models", f"{features_path.stem}-{clf}.joblib")
+    model_path, json_path = save_model(scored.model, model_path, scored.info)
+    return FitOutcome(model_path, json_path, scored.info, scored.info["notes"])

@@ -19,3 +19,27 @@ def heldout_scores(y_true, y_pred, proba=None, classes=None) -> dict:
     if proba is not None and set(y_true.tolist()) <= set(classes.tolist()):
         scores["log_loss"] = float(log_loss(y_true, proba, labels=list(classes)))
     return scores
+
+
+def bootstrap_interval(correct, seed: int = 0, resamples: int = 2000, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of accuracy from per-image correctness (resampling images)."""
+    correct = np.asarray(correct, dtype=float)
+    if not len(correct):
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = correct[rng.integers(0, len(correct), size=(resamples, len(correct)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def mcnemar_p(correct_a, correct_b) -> float:
+    """Exact McNemar test (two-sided binomial on the discordant pairs) for two classifiers scored on
+    the same images; 1.0 when they never disagree."""
+    from scipy.stats import binomtest
+
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    if only_a + only_b == 0:
+        return 1.0
+    return float(binomtest(only_a, only_a + only_b, 0.5).pvalue)

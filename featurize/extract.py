@@ -97,11 +97,8 @@ def extract(data: str | os.PathLike = "data", backbone: str = DEFAULT_BACKBONE, 
     started = time.perf_counter()
     images = discover(data)
     record = get_backbone(backbone)
-    weights_id = record.weights_id(weights)
-    config = {"backbone": record.name, "weights": weights_id, "preprocessing": record.preprocessing().as_dict(),
-              "pooling": POOLING, "feature_dim": record.feature_dim, "format_version": FORMAT_VERSION}
-    fp = fingerprint(config)
-    store = store_path_for(Path(out), images.name, record.name, weights, weights_id)
+    config, fp = feature_config(record, weights)
+    store = store_path_for(Path(out), images.name, record.name, weights, config["weights"])
     store.parent.mkdir(parents=True, exist_ok=True)
 
     with exclusive(store):
@@ -153,6 +150,14 @@ def extract(data: str | os.PathLike = "data", backbone: str = DEFAULT_BACKBONE, 
     result.seconds = time.perf_counter() - started
     _check_strict(result, strict)
     return result
+
+
+def feature_config(record, weights: str | None) -> tuple[dict, str]:
+    """What the vectors of `record` with `weights` depend on, as stored in the feature file, and its fingerprint."""
+    config = {"backbone": record.name, "weights": record.weights_id(weights),
+              "preprocessing": json.loads(json.dumps(record.preprocessing().as_dict())),
+              "pooling": POOLING, "feature_dim": record.feature_dim, "format_version": FORMAT_VERSION}
+    return config, fingerprint(config)
 
 
 def _weights_source(weights: str | None) -> str:

@@ -1,0 +1,252 @@
+"""`cnnfeat finetune`: the backbone plus a new linear layer, trained end to end on the images.
+
+The classic transfer-learning recipe: random resized crop + flip, all layers or only the last N
+blocks unfrozen (frozen layers keep their batch-norm statistics), AdamW with warm-up + cosine,
+label smoothing, the best epoch chosen on val, optional flip test-time augmentation. It writes
+OUT/finetune/<dataset>-<backbone>/: checkpoint.pth (what `extract --weights` takes), model.joblib
+(+ .json, a saved model like every head's) and heldout.csv (its val predictions, for `compare`).
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from classifiers import FeatureClassifier, save_model
+from classifiers.linear import warmup_cosine
+from featurize import discover, get_backbone
+from featurize.errors import CnnfeatError
+from featurize.extract import _ImageDataset, default_workers, feature_config, resolve_device
+
+FINETUNE_ROW = "finetuned"
+
+
+def finetune_dir(out, dataset: str, backbone: str) -> Path:
+    return Path(out, "finetune", f"{dataset}-{backbone}")
+
+
+def trunk_blocks(trunk) -> list:
+    """The trunk as an ordered list of blocks with weights: top-level children, with containers of
+    several blocks (ResNet layers, EfficientNet's block list, ConvNeXt stages) opened up. Heads the
+    forward pass never uses (the ImageNet classifier kept in EfficientNet-Lite) are left out."""
+    from torch import nn
+
+    blocks = []
+    for name, child in trunk.named_children():
+        if name in ("_fc", "fc"):
+            continue
+        parts = list(child.children()) if isinstance(child, (nn.Sequential, nn.ModuleList)) and len(child) > 1 else [child]
+        blocks += [part for part in parts if any(True for _ in part.parameters())]
+    return blocks
+
+
+def set_trainable(trunk, unfreeze: str) -> int:
+    """Unfreeze 'all', 'none' or 'last-N[-blocks]' of the trunk; returns how many blocks train."""
+    blocks = trunk_blocks(trunk)
+    if unfreeze == "all":
+        count = len(blocks)
+    elif unfreeze == "none":
+        count = 0
+    else:
+        match = re.fullmatch(r"last-(\d+)(-blocks?)?", unfreeze)
+        if not match:
+            raise CnnfeatError(f"--unfreeze {unfreeze!r}: use all, none, or last-N-blocks (e.g. last-2-blocks)")
+        count = min(int(match.group(1)), len(blocks))
+    trunk.requires_grad_(False)
+    for block in blocks[len(blocks) - count:]:
+        block.requires_grad_(True)
+    return count
+
+
+def _freeze_frozen_batchnorm(trunk):
+    """Frozen layers keep their ImageNet batch-norm statistics: their BN stays in eval mode."""
+    from torch import nn
+    for module in trunk.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in module.parameters()):
+            module.eval()
+
+
+def _collate_labelled(items):
+    import torch
+    good = [(t, label) for (_, t, _), label in items if t is not None]
+    if not good:
+        return None, None
+    return torch.stack([t for t, _ in good]), torch.tensor([label for _, label in good])
+
+
+def _as_list(items):
+    return items
+
+
+class _Labelled:
+    def __init__(self, images: _ImageDataset, labels):
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], self.labels[i]
+
+
+def run_finetune(data="data", backbone="efficientnet_lite0", out="artifacts", epochs=5, unfreeze="last-3-blocks",
+                 lr=1e-3, backbone_lr_scale=0.1, batch_size=None, label_smoothing=0.1, weight_decay=0.05,
+                 tta=False, device="auto", workers=None, seed=0, progress=True, log=print) -> Path:
+    """Fine-tune and save; returns the folder it wrote."""
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader
+    from torchvision.transforms import v2
+    from tqdm import tqdm
+
+    images = discover(data)
+    train_rows = [i for i, s in enumerate(images.splits) if s == "train"]
+    eval_name = next((s for s in ("val", "test") if s in images.splits), None)
+    if not train_rows or eval_name is None:
+        raise CnnfeatError(f"finetune needs train/ and val/ (or test/) splits in {data}: the best epoch is "
+                           f"chosen on val")
+    eval_rows = [i for i, s in enumerate(images.splits) if s == eval_name]
+    record = get_backbone(backbone)
+    device = resolve_device(device)
+    batch_size = batch_size or (64 if device.startswith("cuda") else 16)
+    workers = default_workers() if workers is None else workers
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+
+    extractor = record.load(None)
+    trunk, prep = extractor.trunk, extractor.preprocessing
+    blocks = set_trainable(trunk, unfreeze)
+    head = nn.Linear(record.feature_dim, len(images.class_names))
+    network = nn.Sequential(extractor, nn.Dropout(0.2), head).to(device, memory_format=torch.channels_last)
+    train_transform = v2.Compose([
+        v2.RandomResizedCrop(prep.crop_size, interpolation=v2.InterpolationMode(prep.interpolation), antialias=True),
+        v2.RandomHorizontalFlip(),
+    ])
+
+    def loader(rows, transform, shuffle):
+        dataset = _Labelled(_ImageDataset(images.root, [images.paths[i] for i in rows], transform),
+                            [images.labels[i] for i in rows])
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=workers,
+                          collate_fn=_collate_labelled, pin_memory=device.startswith("cuda"))
+
+    train_loader = loader(train_rows, train_transform, True)
+    trainable = [p for p in trunk.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([{"params": head.parameters(), "lr": lr},
+                                   {"params": trainable, "lr": lr * backbone_lr_scale}], weight_decay=weight_decay)
+    total = epochs * math.ceil(len(train_rows) / batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, max(1, total // 10), total))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    log(f"finetune {record.name}: {len(train_rows)} train / {len(eval_rows)} {eval_name} images, {epochs} epochs, "
+        f"{blocks} of {len(trunk_blocks(trunk))} blocks unfrozen, device {device}")
+
+    best = (-1.0, 0, None)
+    started = time.perf_counter()
+    history = []
+    for epoch in range(1, epochs + 1):
+        network.train()
+        _freeze_frozen_batchnorm(trunk)
+        seen, loss_sum = 0, 0.0
+        for batch, labels in tqdm(train_loader, desc=f"epoch {epoch}/{epochs}", unit="batch", disable=not progress):
+            if batch is None:
+                continue
+            batch = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            labels = labels.to(device)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=device.startswith("cuda")):
+                loss = loss_fn(network(batch), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            seen, loss_sum = seen + len(labels), loss_sum + loss.item() * len(labels)
+        paths, truth, proba = _evaluate(network, images, eval_rows, prep, device, batch_size, workers, tta)
+        accuracy = float((proba.argmax(1) == np.asarray(truth)).mean())
+        history.append({"epoch": epoch, "train_loss": loss_sum / max(1, seen), f"{eval_name}_accuracy": accuracy})
+        log(f"epoch {epoch}: train loss {loss_sum / max(1, seen):.4f}, {eval_name} accuracy {accuracy:.4f}")
+        if accuracy > best[0]:
+            best = (accuracy, epoch, copy.deepcopy(network.state_dict()), (paths, truth, proba))
+    fit_seconds = time.perf_counter() - started
+    network.load_state_dict(best[2])
+    return _save(out, images, record, network, head, trunk, best, eval_name, history, fit_seconds,
+                 {"epochs": epochs, "unfreeze": unfreeze, "lr": lr, "backbone_lr_scale": backbone_lr_scale,
+                  "label_smoothing": label_smoothing, "weight_decay": weight_decay, "tta": tta,
+                  "batch_size": batch_size, "seed": seed, "best_epoch": best[1]}, log)
+
+
+def _evaluate(network, images, rows, prep, device, batch_size, workers, tta):
+    """Softmax probabilities on the eval images (averaged with the flipped image under TTA)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    dataset = _Labelled(_ImageDataset(images.root, [images.paths[i] for i in rows], prep.transform()),
+                        [images.labels[i] for i in rows])
+    network.eval()
+    paths, truth, probabilities = [], [], []
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_as_list)
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=device.startswith("cuda")):
+        for items in loader:
+            good = [((i, t, r), label) for (i, t, r), label in items if t is not None]
+            if not good:
+                continue
+            batch = torch.stack([t for (_, t, _), _ in good]).to(device).contiguous(memory_format=torch.channels_last)
+            proba = network(batch).float().softmax(1)
+            if tta:
+                proba = (proba + network(torch.flip(batch, dims=[3])).float().softmax(1)) / 2
+            probabilities.append(proba.cpu().numpy())
+            paths += [dataset.images.paths[i] for (i, _, _), _ in good]
+            truth += [label for _, label in good]
+    return paths, truth, np.concatenate(probabilities) if probabilities else np.zeros((0, 0))
+
+
+def _save(out, images, record, network, head, trunk, best, eval_name, history, fit_seconds, params, log) -> Path:
+    import torch
+
+    folder = finetune_dir(out, images.name, record.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    checkpoint = folder / "checkpoint.pth"
+    torch.save({"backbone": record.name, "state_dict": {k: v.cpu() for k, v in trunk.state_dict().items()},
+                "head": {k: v.cpu() for k, v in head.state_dict().items()}, "class_names": images.class_names},
+               checkpoint)
+    config, fp = feature_config(record, str(checkpoint))
+    model = FeatureClassifier.from_linear_layer(head.weight.detach().cpu().numpy(), head.bias.detach().cpu().numpy(),
+                                                images.class_names, config, fp, str(checkpoint.resolve()))
+    accuracy, _, _, (paths, truth, proba) = best
+    names = np.asarray(images.class_names, dtype=object)
+    with open(folder / "heldout.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "true", "predicted", *(f"p_{c}" for c in images.class_names)])
+        for p, t, row in zip(paths, truth, proba):
+            writer.writerow([p, names[t], names[row.argmax()], *(f"{v:.6f}" for v in row)])
+    info = {"head": FINETUNE_ROW, "description": f"{record.name} fine-tuned end to end + a linear layer",
+            "best_params": params, "cv": None, "heldout": {"evaluated_on": eval_name, "n": len(paths),
+                                                            "accuracy": accuracy},
+            "class_names": images.class_names, "dataset": images.name, "data_root": str(images.root),
+            "feature_fingerprint": fp, "feature_config": config, "checkpoint": str(checkpoint.resolve()),
+            "history": history, "fit_seconds": round(fit_seconds, 3), "predict_seconds_per_image": None}
+    save_model(model, folder / "model.joblib", info)
+    log(f"best epoch {params['best_epoch']}: {eval_name} accuracy {accuracy:.4f}; wrote {folder}/ "
+        f"(checkpoint.pth for `extract --weights`, model.joblib, heldout.csv)")
+    return folder
+
+
+def load_finetuned_row(out, data, eval_paths, truth, log):
+    """The fine-tuned network's held-out predictions, as a compare row, when a bundle exists."""
+    folder = finetune_dir(out, data.dataset, data.backbone)
+    if not (folder / "model.json").is_file() or not (folder / "heldout.csv").is_file():
+        return None
+    info = json.loads((folder / "model.json").read_text())
+    if info.get("data_root") != data.data_root:
+        log(f"{folder} was fine-tuned on {info.get('data_root')}, not {data.data_root}: left out")
+        return None
+    rows = list(csv.DictReader(open(folder / "heldout.csv")))
+    classes = info["class_names"]
+    proba = np.asarray([[float(r[f"p_{c}"]) for c in classes] for r in rows]).reshape(len(rows), len(classes))
+    log(f"{data.backbone} {FINETUNE_ROW}: from {folder}")
+    return {"info": info, "paths": [r["path"] for r in rows], "truth": [r["true"] for r in rows],
+            "predicted": [r["predicted"] for r in rows], "classes": classes,
+            "proba": proba / proba.sum(axis=1, keepdims=True).clip(min=1e-12)}  # undo the CSV's rounding
