@@ -76,6 +76,9 @@ def compare(features=None, out="artifacts", clf="all", finetune=False, refit=Fal
     rows, failures, notes = [], [], []
     for data in stores:
         split = train_eval_split(data, seed)
+        if split.note:
+            notes.append(f"{data.backbone}: {split.note}")
+            log(notes[-1])
         _check_heldout(data, split, notes, log)
         eval_paths = [str(p) for p in data.paths[split.evaluate]]
         truth = list(np.asarray(data.class_names, dtype=object)[data.y[split.evaluate]])

@@ -95,7 +95,7 @@ class _Labelled:
         return self.images[i], self.labels[i]
 
 
-def run_finetune(data="data", backbone="efficientnet_lite0", out="artifacts", epochs=5, unfreeze="last-3-blocks",
+def run_finetune(data="data", backbone="efficientnet_lite0", weights=None, out="artifacts", epochs=5, unfreeze="last-3-blocks",
                  lr=1e-3, backbone_lr_scale=0.1, batch_size=None, label_smoothing=0.1, weight_decay=0.05,
                  tta=False, device="auto", workers=None, seed=0, progress=True, log=print) -> Path:
     """Fine-tune and save; returns the folder it wrote."""
@@ -119,7 +119,7 @@ def run_finetune(data="data", backbone="efficientnet_lite0", out="artifacts", ep
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
 
-    extractor = record.load(None)
+    extractor = record.load(weights)
     trunk, prep = extractor.trunk, extractor.preprocessing
     blocks = set_trainable(trunk, unfreeze)
     head = nn.Linear(record.feature_dim, len(images.class_names))

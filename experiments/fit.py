@@ -104,7 +104,10 @@ def fit_model(features=None, out="artifacts", clf="svm", grid=None, cv=5, scorin
     if not features:
         log(f"features: {features_path} (the newest under {Path(out, 'features')})")
     data = load_features(features_path)
-    scored = fit_and_score(data, train_eval_split(data, seed), clf, grid, cv, scoring, jobs, seed, search, verbose, log)
+    split = train_eval_split(data, seed)
+    if split.note:
+        log(split.note)
+    scored = fit_and_score(data, split, clf, grid, cv, scoring, jobs, seed, search, verbose, log)
     model_path = Path(out, "models", f"{features_path.stem}-{clf}.joblib")
     model_path, json_path = save_model(scored.model, model_path, scored.info)
     return FitOutcome(model_path, json_path, scored.info, scored.info["notes"])

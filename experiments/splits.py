@@ -16,6 +16,7 @@ class Split:
     evaluate: np.ndarray  # row indices of the held-out rows
     name: str  # "val", "test", or "holdout"
     seed: int | None  # the seed of a hold-out split, None when the store's split was used
+    note: str = ""  # said to the user when the split is not the obvious one
 
     def describe(self) -> dict:
         return {"evaluated_on": self.name, "train_rows": int(len(self.train)), "eval_rows": int(len(self.evaluate)),
@@ -39,4 +40,6 @@ def train_eval_split(features, seed: int = 0) -> Split:
         raise CnnfeatError(f"{features.path}: too few images to hold some out for scoring ({len(rows)} rows, "
                            f"smallest class {counts.min()}); add images or a val/ split")
     train, evaluate = train_test_split(rows, test_size=HOLDOUT_FRACTION, stratify=features.y[rows], random_state=seed)
-    return Split(np.sort(train), np.sort(evaluate), "holdout", seed)
+    note = (f"no val/ or test/ rows: scoring on a stratified {HOLDOUT_FRACTION:.0%} hold-out of "
+            f"{'the train rows' if np.any(splits == 'train') else 'all rows'} (seed {seed})")
+    return Split(np.sort(train), np.sort(evaluate), "holdout", seed, note)
