@@ -140,7 +140,8 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
                 for j, reason in bad:
                     readable[paths[j]] = False
                     failures.append((paths[j], reason))
-        in_memory = [i for i in range(len(images)) if i not in set(paths)]
+        on_disk = set(paths)
+        in_memory = [i for i in range(len(images)) if i not in on_disk]
         if in_memory:
             vectors[in_memory] = self._embed_pil([images[i] for i in in_memory], extractor, device)
         return vectors[readable], sorted(failures)

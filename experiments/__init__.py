@@ -1,1 +1,1 @@
-"""Splits, metrics, and the runners behind `fit` and `predict` (and, next, `compare` and its reports)."""
+"""Splits, metrics, and the runners behind `fit`, `predict`, `finetune` and `compare` (with its reports)."""

@@ -22,7 +22,7 @@ from classifiers import FeatureClassifier, save_model
 from classifiers.linear import warmup_cosine
 from featurize import discover, get_backbone
 from featurize.errors import CnnfeatError
-from featurize.extract import _ImageDataset, default_workers, feature_config, resolve_device
+from featurize.extract import ImageDataset, default_workers, feature_config, resolve_device
 
 FINETUNE_ROW = "finetuned"
 
@@ -85,7 +85,7 @@ def _as_list(items):
 
 
 class _Labelled:
-    def __init__(self, images: _ImageDataset, labels):
+    def __init__(self, images: ImageDataset, labels):
         self.images, self.labels = images, labels
 
     def __len__(self):
@@ -130,7 +130,7 @@ def run_finetune(data="data", backbone="efficientnet_lite0", weights=None, out="
     ])
 
     def loader(rows, transform, shuffle):
-        dataset = _Labelled(_ImageDataset(images.root, [images.paths[i] for i in rows], transform),
+        dataset = _Labelled(ImageDataset(images.root, [images.paths[i] for i in rows], transform),
                             [images.labels[i] for i in rows])
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=workers,
                           collate_fn=_collate_labelled, pin_memory=device.startswith("cuda"))
@@ -183,7 +183,7 @@ def _evaluate(network, images, rows, prep, device, batch_size, workers, tta):
     import torch
     from torch.utils.data import DataLoader
 
-    dataset = _Labelled(_ImageDataset(images.root, [images.paths[i] for i in rows], prep.transform()),
+    dataset = _Labelled(ImageDataset(images.root, [images.paths[i] for i in rows], prep.transform()),
                         [images.labels[i] for i in rows])
     network.eval()
     paths, truth, probabilities = [], [], []

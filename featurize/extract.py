@@ -64,7 +64,7 @@ def store_path_for(out: Path, dataset: str, backbone: str, weights: str | None, 
     return Path(out) / "features" / f"{dataset}-{backbone}{tag}.h5"
 
 
-class _ImageDataset:
+class ImageDataset:
     """Index -> (index, uint8 CHW tensor or None, reason). Never raises for a bad image."""
 
     def __init__(self, root: Path, paths: list[str], transform):
@@ -216,7 +216,7 @@ def iter_vectors(model, device: str, root: Path, paths: list[str], batch_size: i
 
     batch_size = batch_size or default_batch_size(device)
     workers = default_workers() if workers is None else min(workers, len(paths))
-    dataset = _ImageDataset(Path(root), paths, model.preprocessing.transform())
+    dataset = ImageDataset(Path(root), paths, model.preprocessing.transform())
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
                         pin_memory=device.startswith("cuda"), prefetch_factor=4 if workers else None)
     on_cuda = device.startswith("cuda")
