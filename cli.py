@@ -75,12 +75,13 @@ def extract(backbone, data, weights, out, device, batch_size, workers, strict, q
 @click.option("--jobs", type=int, default=1, show_default=True, help="Parallel fits (-1: all cores).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of CV folds, hold-out split, estimators.")
 @click.option("--verbose", is_flag=True, help="Print every cross-validation fit.")
-def fit(clf, features, out, grid, cv, scoring, search, jobs, seed, verbose):
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def fit(clf, features, out, grid, cv, scoring, search, jobs, seed, verbose, quiet):
     """Grid-search a head on cached features, refit it, score it on val/test, save it."""
     from experiments.fit import fit_model
 
     outcome = fit_model(features=features, out=out, clf=clf, grid=grid, cv=cv, scoring=scoring, jobs=jobs,
-                        seed=seed, search=search, verbose=2 if verbose else 0, log=click.echo)
+                        seed=seed, search=search, verbose=2 if verbose else 0, progress=not quiet, log=click.echo)
     info = outcome.info
     held = info["heldout"]
     click.echo(f"best {info['best_params']}: CV {info['cv']['scoring']} {info['cv']['mean']:.4f} "
@@ -120,12 +121,13 @@ def predict(model_path, inputs, out_csv, device, batch_size, workers, quiet):
               show_default=True)
 @click.option("--jobs", type=int, default=1, show_default=True, help="Parallel fits (-1: all cores).")
 @click.option("--seed", type=int, default=0, show_default=True)
-def compare(features, out, clf, with_finetune, refit, cv, scoring, jobs, seed):
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def compare(features, out, clf, with_finetune, refit, cv, scoring, jobs, seed, quiet):
     """Fit every head on the same split, then write and print one report table."""
     from experiments.compare import compare as run_compare
 
     outcome = run_compare(features=list(features) or None, out=out, clf=clf, finetune=with_finetune, refit=refit,
-                          cv=cv, scoring=scoring, seed=seed, jobs=jobs, log=click.echo)
+                          cv=cv, scoring=scoring, seed=seed, jobs=jobs, progress=not quiet, log=click.echo)
     click.echo("")
     click.echo(outcome.markdown)
     click.echo(f"report: {outcome.report_dir}/report.md (+ .csv, .json, predictions/, confusion/, summary.png)")

@@ -48,7 +48,8 @@ def check_folds(y, cv: int) -> tuple[int, list[str]]:
 
 
 def search_head(name: str, X: np.ndarray, y: np.ndarray, grid=None, cv: int = 5, scoring: str = "accuracy",
-                jobs: int = 1, seed: int = 0, search: str = "auto", verbose: int = 0, log=print) -> SearchResult:
+                jobs: int = 1, seed: int = 0, search: str = "auto", verbose: int = 0, progress: bool = False,
+                log=print) -> SearchResult:
     """Search `name`'s grid by stratified K-fold CV on (X, y); nothing is refitted here."""
     from sklearn.model_selection import ParameterGrid, StratifiedKFold
 
@@ -81,9 +82,9 @@ def search_head(name: str, X: np.ndarray, y: np.ndarray, grid=None, cv: int = 5,
         searcher = HalvingGridSearchCV(pipeline, grid, scoring=scoring, cv=splitter, n_jobs=jobs, refit=False,
                                        random_state=seed, verbose=verbose)
     elif method == "grid":
-        from sklearn.model_selection import GridSearchCV
-        searcher = GridSearchCV(pipeline, grid, scoring=scoring, cv=splitter, n_jobs=jobs, refit=False,
-                                verbose=verbose)
+        searcher = _grid_search_class()(pipeline, grid, scoring=scoring, cv=splitter, n_jobs=jobs, refit=False,
+                                        verbose=verbose)
+        searcher.progress = progress
     else:
         raise CnnfeatError(f"--search {search!r}; valid: auto, grid, halving")
     searcher.fit(X, y)
@@ -100,6 +101,27 @@ def search_head(name: str, X: np.ndarray, y: np.ndarray, grid=None, cv: int = 5,
         folds=folds, scoring=scoring, candidates=candidates, method=method,
         seconds=time.perf_counter() - started, pipeline=pipeline, notes=notes,
     )
+
+
+def _grid_search_class():
+    from sklearn.model_selection import GridSearchCV, ParameterGrid
+    from tqdm import tqdm
+
+    class GridSearchWithProgress(GridSearchCV):
+        """GridSearchCV that evaluates its candidates in chunks (through `_run_search`, scikit-learn's
+        hook for search strategies) to show a progress bar with an ETA."""
+
+        progress = False
+
+        def _run_search(self, evaluate_candidates):
+            candidates = list(ParameterGrid(self.param_grid))
+            chunk = max(1, abs(self.n_jobs or 1)) * 2
+            with tqdm(total=len(candidates), unit="candidate", desc="search", disable=not self.progress) as bar:
+                for start in range(0, len(candidates), chunk):
+                    evaluate_candidates(candidates[start:start + chunk])
+                    bar.update(len(candidates[start:start + chunk]))
+
+    return GridSearchWithProgress
 
 
 def _fit_neighbours_to_folds(grid, fold_rows: int, notes: list) -> list[dict]:

@@ -65,7 +65,7 @@ def cache_key(data, split, head: str, cv: int, scoring: str, seed: int) -> str:
 
 
 def compare(features=None, out="artifacts", clf="all", finetune=False, refit=False, cv=5, scoring="accuracy",
-            seed=0, jobs=1, finetune_options=None, log=print) -> CompareOutcome:
+            seed=0, jobs=1, finetune_options=None, progress=False, log=print) -> CompareOutcome:
     heads = parse_heads(clf)
     paths = [Path(p) for p in features] if features else [latest_features(out)]
     if not features:
@@ -85,7 +85,7 @@ def compare(features=None, out="artifacts", clf="all", finetune=False, refit=Fal
         for head in heads:
             try:
                 rows.append(_scored_row(data, split, head, eval_paths, truth, report_dir, refit, cv, scoring,
-                                        seed, jobs, log))
+                                        seed, jobs, progress, log))
             except CnnfeatError as error:
                 failures.append((data.backbone, head, str(error)))
                 log(f"{data.backbone} {head}: not fitted: {error}")
@@ -112,7 +112,8 @@ def _check_heldout(data, split, notes, log):
         log(notes[-1])
 
 
-def _scored_row(data, split, head, eval_paths, truth, report_dir, refit, cv, scoring, seed, jobs, log) -> Row:
+def _scored_row(data, split, head, eval_paths, truth, report_dir, refit, cv, scoring, seed, jobs, progress,
+                log) -> Row:
     key = cache_key(data, split, head, cv, scoring, seed)
     model_path = report_dir / "models" / f"{data.backbone}-{head}.joblib"
     json_path = model_path.with_suffix(".json")
@@ -124,7 +125,7 @@ def _scored_row(data, split, head, eval_paths, truth, report_dir, refit, cv, sco
             f"searches again)")
         return Row(data.backbone, head, info, eval_paths, truth, list(model.predict(X_eval)),
                    model.predict_proba(X_eval), list(model.classes_), reused=True)
-    scored = fit_and_score(data, split, head, cv=cv, scoring=scoring, jobs=jobs, seed=seed, log=log)
+    scored = fit_and_score(data, split, head, cv=cv, scoring=scoring, jobs=jobs, seed=seed, progress=progress, log=log)
     save_model(scored.model, model_path, {**scored.info, "cache_key": key})
     return Row(data.backbone, head, scored.info, eval_paths, truth, list(scored.predicted), scored.proba,
                list(scored.model.classes_))

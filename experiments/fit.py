@@ -60,13 +60,14 @@ class Scored:
 
 
 def fit_and_score(data, split, clf, grid=None, cv=5, scoring="accuracy", jobs=1, seed=0, search="auto",
-                  verbose=0, log=print) -> Scored:
+                  verbose=0, progress=False, log=print) -> Scored:
     """Search `clf` on the training rows of `split`, refit on all of them, score the held-out rows."""
     head = get_head(clf)
     names = np.asarray(data.class_names, dtype=object)
     X_train, y_train = data.X[split.train], data.y[split.train]
     result = search_head(head.name, X_train, names[y_train], parse_grid(grid) if isinstance(grid, str) else grid,
-                         cv=cv, scoring=scoring, jobs=jobs, seed=seed, search=search, verbose=verbose, log=log)
+                         cv=cv, scoring=scoring, jobs=jobs, seed=seed, search=search, verbose=verbose, progress=progress,
+                         log=log)
     model = FeatureClassifier(result.pipeline, class_names=data.class_names, feature_config=data.config,
                               feature_fingerprint=data.fingerprint, weights_source=data.weights_source)
     started = time.perf_counter()
@@ -98,7 +99,7 @@ def fit_and_score(data, split, clf, grid=None, cv=5, scoring="accuracy", jobs=1,
 
 
 def fit_model(features=None, out="artifacts", clf="svm", grid=None, cv=5, scoring="accuracy", jobs=1, seed=0,
-              search="auto", verbose=0, log=print) -> FitOutcome:
+              search="auto", verbose=0, progress=False, log=print) -> FitOutcome:
     get_head(clf)  # an unknown head fails before anything is read
     features_path = Path(features) if features else latest_features(out)
     if not features:
@@ -107,7 +108,7 @@ def fit_model(features=None, out="artifacts", clf="svm", grid=None, cv=5, scorin
     split = train_eval_split(data, seed)
     if split.note:
         log(split.note)
-    scored = fit_and_score(data, split, clf, grid, cv, scoring, jobs, seed, search, verbose, log)
+    scored = fit_and_score(data, split, clf, grid, cv, scoring, jobs, seed, search, verbose, progress, log)
     model_path = Path(out, "models", f"{features_path.stem}-{clf}.joblib")
     model_path, json_path = save_model(scored.model, model_path, scored.info)
     return FitOutcome(model_path, json_path, scored.info, scored.info["notes"])

@@ -64,3 +64,17 @@ def test_search_finds_the_better_parameters_and_is_reproducible():
     assert "grid search over 2 candidates x 3 folds on 400 rows" in logs[-1]
     halving = search_head("knn", X, y, grid={"n_neighbors": [1, 3, 5, 7]}, cv=3, search="halving", log=lambda _: None)
     assert halving.method == "halving" and halving.best_params["n_neighbors"] in (1, 3, 5, 7)
+
+
+def test_progress_search_scores_exactly_like_gridsearchcv():
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+    X, y = load_digits(return_X_y=True)
+    X, y = X[:300], y[:300].astype(str)
+    ours = search_head("knn", X, y, cv=3, seed=2, progress=True, log=lambda _: None)
+    head = get_head("knn")
+    reference = GridSearchCV(head.build(2), resolve_grid(head), cv=StratifiedKFold(3, shuffle=True, random_state=2),
+                             refit=False).fit(X, y)
+    assert ours.cv_mean == reference.best_score_
+    assert ours.best_params == {k.split("__", 1)[1]: v for k, v in reference.best_params_.items()}
