@@ -8,8 +8,9 @@
 
 Prints images/s and the ratios c/a and c/b. Usage:
   python benchmarks/extract_throughput.py [--backbone efficientnet_lite0] [--data ../shared/datasets/hymenoptera]
-      [--weights random] [--device auto] [--rounds 2]
-Each figure is the best of --rounds rounds.
+      [--weights random] [--device auto] [--rounds 2] [--repeat 1]
+Each figure is the best of --rounds rounds. --repeat N measures on N copies of the data (symbolic
+links to the same files), so fixed start-up costs weigh as they would on a larger dataset.
 """
 from __future__ import annotations
 
@@ -78,6 +79,17 @@ def end_to_end(record, weights, data: Path, device: str) -> tuple[float, int]:
         return result.extracted / (time.perf_counter() - start), result.extracted
 
 
+def repeated(data: Path, times: int, into: Path) -> Path:
+    """`times` copies of an image folder, as symbolic links, keeping its split/class layout."""
+    for image in sorted(p for p in data.rglob("*") if p.is_file()):
+        relative = image.relative_to(data)
+        for copy in range(times):
+            target = into / relative.parent / f"{copy}-{relative.name}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(image.resolve())
+    return into
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="efficientnet_lite0")
@@ -85,7 +97,11 @@ def main():
     parser.add_argument("--weights", default=None, help="default: pretrained; 'random' for backbones not cached here")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
+    if args.repeat > 1:
+        copies = tempfile.TemporaryDirectory()
+        args.data = repeated(args.data, args.repeat, Path(copies.name))
     device = resolve_device(args.device)
     record = get_backbone(args.backbone)
     print(f"backbone {record.name} ({record.weights_id(args.weights)}), device {device}, "

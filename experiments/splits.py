@@ -28,6 +28,10 @@ def train_eval_split(features, seed: int = 0) -> Split:
     stratified hold-out of HOLDOUT_FRACTION of its rows, the same for every head given the seed."""
     from sklearn.model_selection import train_test_split
 
+    present = [features.class_names[i] for i in np.unique(features.y)]
+    if len(present) < 2:
+        raise CnnfeatError(f"{features.path}: one class only ({', '.join(present) or 'no images'}); "
+                           f"a classifier needs at least two")
     splits = np.asarray(features.splits)
     train = np.flatnonzero(splits == "train")
     for name in ("val", "test"):
