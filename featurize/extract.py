@@ -91,8 +91,7 @@ def _collate(items):
 
 def extract(data: str | os.PathLike = "data", backbone: str = DEFAULT_BACKBONE, weights: str | None = None,
             out: str | os.PathLike = "artifacts", device: str = "auto", batch_size: int | None = None,
-            workers: int | None = None, strict: bool = False, progress: bool = True,
-            log=print) -> ExtractResult:
+            workers: int | None = None, strict: bool = False, progress: bool = True) -> ExtractResult:
     """Bring the feature store of `data` under `out` up to date and return what was done."""
     started = time.perf_counter()
     images = discover(data)
