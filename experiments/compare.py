@@ -117,9 +117,9 @@ def _scored_row(data, split, head, eval_paths, truth, report_dir, refit, cv, sco
     key = cache_key(data, split, head, cv, scoring, seed)
     model_path = report_dir / "models" / f"{data.backbone}-{head}.joblib"
     json_path = model_path.with_suffix(".json")
-    if not refit and json_path.is_file() and json.loads(json_path.read_text()).get("cache_key") == key:
+    info = json.loads(json_path.read_text()) if json_path.is_file() else {}
+    if not refit and info.get("cache_key") == key:
         model = load_model(model_path)
-        info = json.loads(json_path.read_text())
         X_eval = data.X[split.evaluate]
         log(f"{data.backbone} {head}: nothing changed, reusing the fitted model ({model_path.name}; --refit "
             f"searches again)")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import numpy as np
 from classifiers import FeatureClassifier, get_head, save_model, search_head
 from featurize import load_features
 from featurize.errors import CnnfeatError
+from featurize.store import library_versions
 
 from .metrics import heldout_scores
 from .splits import train_eval_split
@@ -45,8 +45,7 @@ def parse_grid(text: str | None):
         raise CnnfeatError(f"--grid: neither a JSON file nor valid JSON ({error})") from None
 
 
-def library_versions() -> dict:
-    return {p: metadata.version(p) for p in ("scikit-learn", "numpy", "joblib", "torch", "torchvision", "h5py")}
+MODEL_PACKAGES = ("cnnfeat", "scikit-learn", "numpy", "joblib", "torch", "torchvision", "h5py")
 
 
 @dataclass
@@ -93,7 +92,7 @@ def fit_and_score(data, split, clf, grid=None, cv=5, scoring="accuracy", jobs=1,
         "class_names": data.class_names, "dataset": data.dataset, "feature_file": str(Path(data.path).resolve()),
         "feature_fingerprint": data.fingerprint, "feature_config": data.config, "seed": seed,
         "fit_seconds": round(fit_seconds, 3), "predict_seconds_per_image": predict_seconds,
-        "versions": library_versions(), "notes": notes,
+        "versions": library_versions(MODEL_PACKAGES), "notes": notes,
     }
     return Scored(model, info, predicted, proba)
 

@@ -16,7 +16,7 @@ import numpy as np
 from .backbones import DEFAULT_BACKBONE, POOLING, get_backbone, weights_kind
 from .errors import CnnfeatError, DataError
 from .images import UnreadableImage, discover, file_identity, load_image
-from .store import (FORMAT_VERSION, PartialLog, exclusive, fingerprint, library_versions, read_rows,
+from .store import (FORMAT_VERSION, PartialLog, exclusive, fingerprint, library_versions, read_rows, read_skipped,
                     store_matches, write_store)
 
 MISSING_FILE = (-1, -1)  # identity of a listed file that does not exist
@@ -102,19 +102,19 @@ def extract(data: str | os.PathLike = "data", backbone: str = DEFAULT_BACKBONE, 
 
     with exclusive(store):
         identities = [_identity(images.root / p) for p in images.paths]
+        result = ExtractResult(store=store, total=len(images), extracted=0, reused=0, dropped=0)
+        if store.exists() and store_matches(store, fp, images, identities):
+            result.reused = len(images)
+            result.skipped = read_skipped(store)
+            result.seconds = time.perf_counter() - started
+            _check_strict(result, strict)
+            return result
         known = {}
         old_rows = read_rows(store, fp) if store.exists() else None
-        result = ExtractResult(store=store, total=len(images), extracted=0, reused=0, dropped=0)
         if store.exists() and old_rows is None:
             result.notes.append(f"{store.name} was made with other settings or is unfinished; rebuilding it")
         if old_rows is not None:
             known.update(old_rows.by_path())
-            if store_matches(store, fp, images, identities, known):
-                result.reused = len(images)
-                result.skipped = _skipped(images, known)
-                result.seconds = time.perf_counter() - started
-                _check_strict(result, strict)
-                return result
         partial = PartialLog(store.with_name(store.name + ".partial"), fp, record.feature_dim)
         resumed = partial.read()
         if resumed is not None and resumed.paths:

@@ -34,9 +34,13 @@ def fingerprint(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def library_versions() -> dict:
+FEATURE_PACKAGES = ("cnnfeat", "torch", "torchvision", "numpy", "h5py", "pillow", "efficientnet-lite-pytorch")
+
+
+def library_versions(packages=FEATURE_PACKAGES) -> dict:
+    """Installed version of each package (None where it is not installed)."""
     versions = {}
-    for package in ("cnnfeat", "torch", "torchvision", "numpy", "h5py", "pillow", "efficientnet-lite-pytorch"):
+    for package in packages:
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -110,7 +114,6 @@ def load_features(path: str | os.PathLike) -> Features:
         if not attrs.get("complete", False):
             raise StoreError(f"{path}: incomplete feature file (its extraction did not finish); "
                              f"run `cnnfeat extract` again")
-        skipped = h5["skipped"]
         return Features(
             path=path,
             X=h5["features"][:].astype(np.float32, copy=False),
@@ -123,9 +126,19 @@ def load_features(path: str | os.PathLike) -> Features:
             versions=json.loads(attrs["versions"]),
             data_root=str(attrs["data_root"]),
             dataset=str(attrs["dataset"]),
-            skipped=list(zip(skipped["paths"].asstr()[:], skipped["reasons"].asstr()[:])),
+            skipped=_skipped_of(h5),
             weights_source=str(attrs.get("weights_source", "")),
         )
+
+
+def _skipped_of(h5) -> list[tuple[str, str]]:
+    return list(zip(h5["skipped/paths"].asstr()[:], h5["skipped/reasons"].asstr()[:]))
+
+
+def read_skipped(path: Path) -> list[tuple[str, str]]:
+    """(path, reason) of the images a store could not read, without reading its vectors."""
+    with _open(path) as h5:
+        return _skipped_of(h5)
 
 
 def read_rows(path: Path, expected_fingerprint: str) -> Rows | None:
@@ -150,27 +163,27 @@ def _rows_of(vectors, paths, sizes, mtimes, skipped) -> Rows:
     return rows
 
 
-def store_matches(path: Path, fp: str, images, identities, rows_by_path) -> bool:
-    """True when the complete store at `path` already says exactly what a rebuild would write."""
+def store_matches(path: Path, fp: str, images, identities) -> bool:
+    """True when the complete store at `path` already says exactly what a rebuild would write.
+
+    Reads paths, labels, splits and file identities only, never the vectors: the "up to date"
+    answer stays fast however large the store."""
     try:
         with _open(path) as h5:
             if not h5.attrs.get("complete", False) or h5.attrs.get("fingerprint") != fp:
                 return False
             if json.loads(h5.attrs["class_names"]) != images.class_names:
                 return False
-            stored = dict(zip(h5["paths"].asstr()[:], zip(h5["labels"][:], h5["splits"].asstr()[:])))
-            stored_skipped = set(h5["skipped/paths"].asstr()[:])
+            stored = {}  # path -> (label, split, (size, mtime)), good and skipped rows alike
+            for group in (h5, h5["skipped"]):
+                stored.update(zip(group["paths"].asstr()[:],
+                                  zip(group["labels"][:].tolist(), group["splits"].asstr()[:],
+                                      zip(group["file_size"][:].tolist(), group["file_mtime_ns"][:].tolist()))))
     except (StoreError, KeyError, OSError):
         return False
-    if len(stored) + len(stored_skipped) != len(images.paths):
-        return False
-    for path_, label, split in zip(images.paths, images.labels, images.splits):
-        if path_ in stored:
-            if tuple(stored[path_]) != (label, split):
-                return False
-        elif path_ not in stored_skipped:
-            return False
-    return all(rows_by_path[p][0] == identity for p, identity in zip(images.paths, identities))
+    return len(stored) == len(images.paths) and all(
+        stored.get(p) == (label, split, identity)
+        for p, label, split, identity in zip(images.paths, images.labels, images.splits, identities))
 
 
 def write_store(path: Path, images, identities, rows_by_path, dim: int, attrs: dict) -> tuple[int, int]:
