@@ -33,7 +33,10 @@ def cli():
               help="Image folder (train/ val/ [test/] of class folders, or class folders) or a 'path label' list file.")
 @click.option("--weights", default=None,
               help="Default: the backbone's own pretrained weights. PATH: a local checkpoint "
-                   "(state dict or full module). 'random': throughput benchmarks only.")
+                   "(a state dict; loaded safely). 'random': throughput benchmarks only.")
+@click.option("--trust-pickle", is_flag=True,
+              help="Also accept a --weights file that is a whole pickled module. Loading it RUNS CODE from the "
+                   "file: only for files you made or trust.")
 @click.option("--out", default=DEFAULT_OUT, show_default=True, help="Output root; the file goes to OUT/features/.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
@@ -42,12 +45,13 @@ def cli():
               help="Decoding processes [default: CPU cores - 1, at most 8].")
 @click.option("--strict", is_flag=True, help="Fail (exit 1) if any image cannot be read.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def extract(backbone, data, weights, out, device, batch_size, workers, strict, quiet):
+def extract(backbone, data, weights, trust_pickle, out, device, batch_size, workers, strict, quiet):
     """Extract one pooled feature vector per image into an HDF5 file (incremental, resumable)."""
     from featurize import extract as run_extract
 
     result = run_extract(data=data, backbone=backbone, weights=weights, out=out, device=device,
-                         batch_size=batch_size, workers=workers, strict=strict, progress=not quiet)
+                         batch_size=batch_size, workers=workers, strict=strict, progress=not quiet,
+                         trust_pickle=trust_pickle)
     for note in result.notes:
         click.echo(note)
     if not result.model_loaded and not result.dropped and result.reused == result.total:
@@ -148,7 +152,7 @@ def compare(features, out, clf, with_finetune, refit, cv, scoring, jobs, seed, q
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def finetune(backbone, data, out, epochs, unfreeze, lr, batch_size, label_smoothing, tta, device, workers, seed, quiet):
-    """Fine-tune a backbone + linear layer end to end; the best epoch on val is kept."""
+    """Fine-tune a backbone + linear layer end to end; the epoch is chosen on a slice of train."""
     from experiments.finetune import run_finetune
 
     run_finetune(data=data, backbone=backbone, out=out, epochs=epochs, unfreeze=unfreeze, lr=lr,

@@ -16,8 +16,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
-from featurize.backbones import file_sha256
 from featurize.errors import CnnfeatError
+from featurize.files import atomic_write, file_sha256, publish, sweep_stale_tmp, tmp_name
 
 
 class FeatureMismatch(CnnfeatError):
@@ -149,12 +149,11 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
     def _embed_pil(self, pil_images, extractor, device):
         import torch
 
+        from featurize.extract import embed_batch
         from featurize.images import pil_to_rgb_tensor
 
         transform = extractor.preprocessing.transform()
-        batch = torch.stack([transform(pil_to_rgb_tensor(image)) for image in pil_images])
-        with torch.inference_mode():
-            return extractor(batch.to(device).contiguous(memory_format=torch.channels_last)).float().cpu().numpy()
+        return embed_batch(extractor, torch.stack([transform(pil_to_rgb_tensor(image)) for image in pil_images]), device)
 
     def _extractor_on(self, device):
         """Rebuild the backbone once per process, checking it makes the features we were fitted on."""
@@ -177,6 +176,8 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
             if config.get(key) != value:
                 raise FeatureMismatch(f"rebuilding {backbone.name} here gives {key} {value}, but the model was "
                                       f"fitted on features with {config.get(key)}")
+        # Precision is not checked: it follows the device (float16 on CUDA), so a model fitted on
+        # GPU features still predicts on a CPU, in float32. The feature config records which it had.
         self._extractor = (load_extractor(backbone, weights, device), device)
         return self._extractor
 
@@ -200,24 +201,35 @@ def _as_image_list(X):
 # -- files -----------------------------------------------------------------------------------
 
 def save_model(model: FeatureClassifier, path: str | os.PathLike, info: dict) -> tuple[Path, Path]:
-    """Write `path` (.joblib, atomically) and a readable .json beside it with `info` + the sha256."""
+    """Write `path` (.joblib) and a readable .json beside it with `info` + the .joblib's sha256.
+
+    Both are written in full and fsynced under temporary names first; then the .json is renamed
+    into place, then the .joblib. A kill between the two renames leaves a .json whose sha256 the
+    old .joblib does not match, so `load_model` refuses the half-saved pair instead of pairing a
+    new record with an old model; `fit` or `compare` run again writes both."""
     import joblib
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    joblib.dump(model, tmp)
-    os.replace(tmp, path)
-    record = {**info, "model_file": path.name, "sha256": file_sha256(path),
-              "saved_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     json_path = path.with_suffix(".json")
-    json_path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    with atomic_write(path) as model_tmp:
+        joblib.dump(model, model_tmp)
+        record = {**info, "model_file": path.name, "sha256": file_sha256(model_tmp),
+                  "saved_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        sweep_stale_tmp(json_path)
+        json_tmp = tmp_name(json_path)
+        try:
+            json_tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+            publish(json_tmp, json_path)
+        finally:
+            json_tmp.unlink(missing_ok=True)
     return path, json_path
 
 
 def load_model(path: str | os.PathLike, verify: bool = True) -> FeatureClassifier:
     """Load a saved model. With `verify`, the file's sha256 must match the .json beside it (when
-    there is one). A .joblib file runs code when loaded: load only files you trust."""
+    there is one), checked before anything is unpickled. That is a check against corruption and
+    half-finished saves, not a signature: whoever can change the .joblib can change the .json. A
+    .joblib file runs code when loaded: load only files you trust."""
     import joblib
 
     path = Path(path)
@@ -230,8 +242,8 @@ def load_model(path: str | os.PathLike, verify: bool = True) -> FeatureClassifie
         except (ValueError, OSError):
             expected = None
         if expected and file_sha256(path) != expected:
-            raise CnnfeatError(f"--model {path}: its sha256 does not match {json_path.name}; the file changed "
-                               f"after it was saved, refusing to load it")
+            raise CnnfeatError(f"--model {path}: its sha256 does not match {json_path.name} (the file changed "
+                               f"after it was saved, or its save was interrupted); refusing to load it")
     try:
         model = joblib.load(path)
     except Exception as error:  # pickle raises many kinds for a corrupt or foreign file

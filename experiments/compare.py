@@ -11,9 +11,11 @@ import numpy as np
 from classifiers import HEADS, get_head, load_model, resolve_grid, save_model
 from featurize import load_features
 from featurize.errors import CnnfeatError
+from featurize.files import safe_name
+from featurize.store import library_versions
 
 from .finetune import FINETUNE_ROW, load_finetuned_row, run_finetune
-from .fit import fit_and_score, latest_features
+from .fit import MODEL_PACKAGES, fit_and_score, latest_features
 from .metrics import bootstrap_interval, heldout_scores, mcnemar_p
 from .report import write_report
 from .splits import train_eval_split
@@ -23,7 +25,7 @@ from .splits import train_eval_split
 class Row:
     """One line of the table: a head (or the fine-tuned network) scored on held-out images."""
 
-    backbone: str
+    backbone: str  # the feature file's label: backbone, plus its weights tag when not pretrained
     head: str
     info: dict  # the saved model's .json: best params, CV, times...
     paths: list  # held-out image paths, in order
@@ -55,12 +57,22 @@ def parse_heads(clf: str) -> list[str]:
     return names
 
 
+def feature_label(data) -> str:
+    """What tells a feature file apart within one dataset: its name less the dataset, e.g.
+    `efficientnet_lite0` or `efficientnet_lite0-ft1a2b3c4d` (fine-tuned weights)."""
+    stem = Path(data.path).stem
+    return stem[len(data.dataset) + 1:] if stem.startswith(data.dataset + "-") else safe_name(stem)
+
+
 def cache_key(data, split, head: str, cv: int, scoring: str, seed: int) -> str:
-    """Everything a fitted head depends on: reuse it only when all of it is unchanged."""
+    """Everything a fitted head's numbers depend on: reuse it only when all of it is unchanged."""
     stat = Path(data.path).stat()
+    spec = get_head(head)
     record = {"fingerprint": data.fingerprint, "file": [stat.st_size, stat.st_mtime_ns], "head": head,
-              "grid": repr(resolve_grid(get_head(head))), "cv": cv, "scoring": scoring, "seed": seed,
-              "split": split.describe(), "class_names": data.class_names}
+              "grid": repr(resolve_grid(spec)), "cv": cv, "scoring": scoring, "seed": seed, "search": "auto",
+              "pipeline": {k: repr(v) for k, v in spec.build(seed).get_params(deep=True).items()},
+              "calibrate": spec.calibrate, "validation": spec.validation, "split": split.describe(),
+              "class_names": data.class_names, "versions": library_versions(MODEL_PACKAGES)}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -71,73 +83,113 @@ def compare(features=None, out="artifacts", clf="all", finetune=False, refit=Fal
     if not features:
         log(f"features: {paths[0]} (the newest under {Path(out, 'features')})")
     stores = [load_features(p) for p in paths]
-    dataset = stores[0].dataset
-    report_dir = Path(out, "reports", f"{dataset}-{'+'.join(dict.fromkeys(s.backbone for s in stores))}")
+    report_dir = Path(out, "reports", _report_name(stores))
     rows, failures, notes = [], [], []
     for data in stores:
+        label = feature_label(data)
         split = train_eval_split(data, seed)
         if split.note:
-            notes.append(f"{data.backbone}: {split.note}")
+            notes.append(f"{label}: {split.note}")
             log(notes[-1])
-        _check_heldout(data, split, notes, log)
+        _check_heldout(data, label, split, notes, log)
         eval_paths = [str(p) for p in data.paths[split.evaluate]]
         truth = list(np.asarray(data.class_names, dtype=object)[data.y[split.evaluate]])
         for head in heads:
             try:
-                rows.append(_scored_row(data, split, head, eval_paths, truth, report_dir, refit, cv, scoring,
+                rows.append(_scored_row(data, label, split, head, eval_paths, truth, report_dir, refit, cv, scoring,
                                         seed, jobs, progress, log))
             except CnnfeatError as error:
-                failures.append((data.backbone, head, str(error)))
-                log(f"{data.backbone} {head}: not fitted: {error}")
-        if finetune:
+                failures.append((label, head, str(error)))
+                log(f"{label} {head}: not fitted: {error}")
+        if finetune and not data.weights_source:
             run_finetune(data=data.data_root, backbone=data.backbone, out=out, seed=seed, log=log,
                          **(finetune_options or {}))
-        finetuned = load_finetuned_row(out, data, eval_paths, truth, log)
+        try:
+            finetuned = load_finetuned_row(out, data, eval_paths, truth, log)
+        except CnnfeatError as error:
+            failures.append((label, FINETUNE_ROW, str(error)))
+            log(f"{label} {FINETUNE_ROW}: left out: {error}")
+            finetuned = None
         if finetuned is not None:
-            rows.append(Row(data.backbone, FINETUNE_ROW, **finetuned))
+            rows.append(Row(label, FINETUNE_ROW, **finetuned))
     if not rows:
         raise CnnfeatError("no head could be fitted: " + "; ".join(f"{h}: {r}" for _, h, r in failures))
-    _score_rows(rows, seed)
+    _score_rows(rows, scoring, seed)
     markdown = write_report(report_dir, rows, failures, notes, meta={
-        "dataset": dataset, "feature_files": [str(p) for p in paths], "seed": seed, "cv": cv, "scoring": scoring})
+        "dataset": stores[0].dataset, "feature_files": [str(p) for p in paths], "seed": seed, "cv": cv,
+        "scoring": scoring})
     return CompareOutcome(report_dir, markdown, rows, failures, notes)
 
 
-def _check_heldout(data, split, notes, log):
+def _report_name(stores) -> str:
+    """One store: its file name; several: the dataset and each one's label. Refuses a mix of datasets
+    (the heads would be ranked on different images) and two files that cannot be told apart."""
+    datasets = sorted({s.dataset for s in stores})
+    if len(datasets) > 1:
+        raise CnnfeatError(f"compare ranks heads on one dataset's held-out images; these feature files are of "
+                           f"{len(datasets)} datasets ({', '.join(datasets)})")
+    labels = [feature_label(s) for s in stores]
+    if len(set(labels)) < len(labels):
+        raise CnnfeatError(f"two feature files with the same name: {', '.join(str(s.path) for s in stores)}")
+    if len(stores) == 1:
+        return Path(stores[0].path).stem
+    name = f"{datasets[0]}-{'+'.join(labels)}"
+    return name if len(name) <= 150 else f"{datasets[0]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def _check_heldout(data, label, split, notes, log):
     held = set(data.y[split.evaluate].tolist())
     missing = [c for i, c in enumerate(data.class_names) if i not in held]
     if missing:
-        notes.append(f"{data.backbone}: class {', '.join(missing)} has no {split.name} images: its recall is "
+        notes.append(f"{label}: class {', '.join(missing)} has no {split.name} images: its recall is "
                      f"unmeasured, and balanced accuracy and macro-F1 cover the other classes only")
         log(notes[-1])
 
 
-def _scored_row(data, split, head, eval_paths, truth, report_dir, refit, cv, scoring, seed, jobs, progress,
+def _scored_row(data, label, split, head, eval_paths, truth, report_dir, refit, cv, scoring, seed, jobs, progress,
                 log) -> Row:
     key = cache_key(data, split, head, cv, scoring, seed)
-    model_path = report_dir / "models" / f"{data.backbone}-{head}.joblib"
-    json_path = model_path.with_suffix(".json")
-    info = json.loads(json_path.read_text()) if json_path.is_file() else {}
-    if not refit and info.get("cache_key") == key:
-        model = load_model(model_path)
+    model_path = report_dir / "models" / f"{label}-{head}.joblib"
+    reused = None if refit else _reuse(model_path, key, log)
+    if reused is not None:
+        model, info = reused
         X_eval = data.X[split.evaluate]
-        log(f"{data.backbone} {head}: nothing changed, reusing the fitted model ({model_path.name}; --refit "
+        log(f"{label} {head}: nothing changed, reusing the fitted model ({model_path.name}; --refit "
             f"searches again)")
-        return Row(data.backbone, head, info, eval_paths, truth, list(model.predict(X_eval)),
+        return Row(label, head, info, eval_paths, truth, list(model.predict(X_eval)),
                    model.predict_proba(X_eval), list(model.classes_), reused=True)
     scored = fit_and_score(data, split, head, cv=cv, scoring=scoring, jobs=jobs, seed=seed, progress=progress, log=log)
     save_model(scored.model, model_path, {**scored.info, "cache_key": key})
-    return Row(data.backbone, head, scored.info, eval_paths, truth, list(scored.predicted), scored.proba,
+    return Row(label, head, scored.info, eval_paths, truth, list(scored.predicted), scored.proba,
                list(scored.model.classes_))
 
 
-def _score_rows(rows, seed):
-    """Metrics, bootstrap interval, and McNemar against the best row, on the images all rows share."""
+def _reuse(model_path: Path, key: str, log):
+    """(model, info) saved by an earlier run with this cache key, or None: then the head is fitted
+    again (a missing, changed or half-saved model file included, with a line saying so)."""
+    json_path = model_path.with_suffix(".json")
+    try:
+        info = json.loads(json_path.read_text()) if json_path.is_file() else {}
+    except ValueError:
+        info = {}
+    if info.get("cache_key") != key:
+        return None
+    try:
+        return load_model(model_path), info
+    except CnnfeatError as error:
+        log(f"cannot reuse {model_path.name} ({error}); fitting it again")
+        return None
+
+
+def _score_rows(rows, scoring: str, seed: int):
+    """Metrics and bootstrap interval per row; rank by `scoring` (the score the searches maximised);
+    McNemar against the best row, on the images both scored."""
     for row in rows:
         row.metrics = heldout_scores(row.truth, row.predicted, row.proba,
                                      np.asarray(row.classes, dtype=object) if row.proba is not None else None)
         row.metrics["ci_low"], row.metrics["ci_high"] = bootstrap_interval(row.correct, seed)
-    rows.sort(key=lambda r: (-r.metrics["accuracy"], -r.metrics["balanced_accuracy"], r.backbone, r.head))
+    others = [k for k in ("accuracy", "balanced_accuracy", "f1_macro") if k != scoring]
+    rows.sort(key=lambda r: (-r.metrics[scoring], *(-r.metrics[k] for k in others), r.backbone, r.head))
     best = rows[0]
     best_correct = dict(zip(best.paths, best.correct))
     for row in rows:

@@ -2,9 +2,11 @@
 
 The classic transfer-learning recipe: random resized crop + flip, all layers or only the last N
 blocks unfrozen (frozen layers keep their batch-norm statistics), AdamW with warm-up + cosine,
-label smoothing, the best epoch chosen on val, optional flip test-time augmentation. It writes
-OUT/finetune/<dataset>-<backbone>/: checkpoint.pth (what `extract --weights` takes), model.joblib
-(+ .json, a saved model like every head's) and heldout.csv (its val predictions, for `compare`).
+label smoothing, optional flip test-time augmentation. The best epoch is chosen on a stratified
+slice of the training images, never on val: val only scores the chosen network, as it scores every
+head in `compare`. It writes OUT/finetune/<dataset>-<backbone>/: checkpoint.pth (what `extract
+--weights` takes), model.joblib (+ .json, a saved model like every head's) and heldout.csv (its
+val predictions, for `compare`).
 """
 from __future__ import annotations
 
@@ -22,9 +24,11 @@ from classifiers import FeatureClassifier, save_model
 from classifiers.linear import warmup_cosine
 from featurize import discover, get_backbone
 from featurize.errors import CnnfeatError
+from featurize.files import atomic_write
 from featurize.extract import ImageDataset, default_workers, feature_config, resolve_device
 
 FINETUNE_ROW = "finetuned"
+SELECTION_FRACTION = 0.2  # of the training images, held back to choose the epoch
 
 
 def finetune_dir(out, dataset: str, backbone: str) -> Path:
@@ -106,12 +110,7 @@ def run_finetune(data="data", backbone="efficientnet_lite0", weights=None, out="
     from tqdm import tqdm
 
     images = discover(data)
-    train_rows = [i for i, s in enumerate(images.splits) if s == "train"]
-    eval_name = next((s for s in ("val", "test") if s in images.splits), None)
-    if not train_rows or eval_name is None:
-        raise CnnfeatError(f"finetune needs train/ and val/ (or test/) splits in {data}: the best epoch is "
-                           f"chosen on val")
-    eval_rows = [i for i, s in enumerate(images.splits) if s == eval_name]
+    train_rows, select_rows, eval_rows, eval_name = _finetune_rows(images, data, seed)
     record = get_backbone(backbone)
     device = resolve_device(device)
     batch_size = batch_size or (64 if device.startswith("cuda") else 16)
@@ -142,8 +141,9 @@ def run_finetune(data="data", backbone="efficientnet_lite0", weights=None, out="
     total = epochs * math.ceil(len(train_rows) / batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, max(1, total // 10), total))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    log(f"finetune {record.name}: {len(train_rows)} train / {len(eval_rows)} {eval_name} images, {epochs} epochs, "
-        f"{blocks} of {len(trunk_blocks(trunk))} blocks unfrozen, device {device}")
+    log(f"finetune {record.name}: {len(train_rows)} train / {len(select_rows)} to choose the epoch (from train) / "
+        f"{len(eval_rows)} {eval_name} images, {epochs} epochs, {blocks} of {len(trunk_blocks(trunk))} blocks "
+        f"unfrozen, device {device}")
 
     best = (-1.0, 0, None)
     started = time.perf_counter()
@@ -164,18 +164,39 @@ def run_finetune(data="data", backbone="efficientnet_lite0", weights=None, out="
             optimizer.step()
             schedule.step()
             seen, loss_sum = seen + len(labels), loss_sum + loss.item() * len(labels)
-        paths, truth, proba = _evaluate(network, images, eval_rows, prep, device, batch_size, workers, tta)
+        _, truth, proba = _evaluate(network, images, select_rows, prep, device, batch_size, workers, tta)
         accuracy = float((proba.argmax(1) == np.asarray(truth)).mean())
-        history.append({"epoch": epoch, "train_loss": loss_sum / max(1, seen), f"{eval_name}_accuracy": accuracy})
-        log(f"epoch {epoch}: train loss {loss_sum / max(1, seen):.4f}, {eval_name} accuracy {accuracy:.4f}")
+        history.append({"epoch": epoch, "train_loss": loss_sum / max(1, seen), "selection_accuracy": accuracy})
+        log(f"epoch {epoch}: train loss {loss_sum / max(1, seen):.4f}, accuracy on the selection slice {accuracy:.4f}")
         if accuracy > best[0]:
-            best = (accuracy, epoch, copy.deepcopy(network.state_dict()), (paths, truth, proba))
+            best = (accuracy, epoch, copy.deepcopy(network.state_dict()))
     fit_seconds = time.perf_counter() - started
     network.load_state_dict(best[2])
-    return _save(out, images, record, network, head, trunk, best, eval_name, history, fit_seconds,
+    heldout = _evaluate(network, images, eval_rows, prep, device, batch_size, workers, tta)
+    return _save(out, images, record, network, head, trunk, heldout, eval_name, history, fit_seconds,
                  {"epochs": epochs, "unfreeze": unfreeze, "lr": lr, "backbone_lr_scale": backbone_lr_scale,
                   "label_smoothing": label_smoothing, "weight_decay": weight_decay, "tta": tta,
-                  "batch_size": batch_size, "seed": seed, "best_epoch": best[1]}, log)
+                  "batch_size": batch_size, "seed": seed, "best_epoch": best[1]},
+                 f"best epoch on a stratified {SELECTION_FRACTION:.0%} slice of train ({len(select_rows)} images)", log)
+
+
+def _finetune_rows(images, data, seed):
+    """(train, selection slice of train, held-out rows, held-out split name), as image indices."""
+    from sklearn.model_selection import train_test_split
+
+    all_train = [i for i, s in enumerate(images.splits) if s == "train"]
+    eval_name = next((s for s in ("val", "test") if s in images.splits), None)
+    if not all_train or eval_name is None:
+        raise CnnfeatError(f"finetune needs train/ and val/ (or test/) splits in {data}: val scores the "
+                           f"fine-tuned network as it scores every head")
+    labels = [images.labels[i] for i in all_train]
+    if min(labels.count(label) for label in set(labels)) < 2:
+        raise CnnfeatError("finetune needs at least 2 training images per class: some train, and a slice of "
+                           "train chooses the epoch")
+    select_size = max(len(set(labels)), math.ceil(SELECTION_FRACTION * len(all_train)))  # a row of each class
+    train, select = train_test_split(all_train, test_size=select_size, stratify=labels, random_state=seed)
+    eval_rows = [i for i, s in enumerate(images.splits) if s == eval_name]
+    return sorted(train), sorted(select), eval_rows, eval_name
 
 
 def _evaluate(network, images, rows, prep, device, batch_size, workers, tta):
@@ -203,47 +224,62 @@ def _evaluate(network, images, rows, prep, device, batch_size, workers, tta):
     return paths, truth, np.concatenate(probabilities) if probabilities else np.zeros((0, 0))
 
 
-def _save(out, images, record, network, head, trunk, best, eval_name, history, fit_seconds, params, log) -> Path:
+def _save(out, images, record, network, head, trunk, heldout, eval_name, history, fit_seconds, params, selection,
+          log) -> Path:
     import torch
 
     folder = finetune_dir(out, images.name, record.name)
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint = folder / "checkpoint.pth"
-    torch.save({"backbone": record.name, "state_dict": {k: v.cpu() for k, v in trunk.state_dict().items()},
-                "head": {k: v.cpu() for k, v in head.state_dict().items()}, "class_names": images.class_names},
-               checkpoint)
+    with atomic_write(checkpoint) as tmp:
+        torch.save({"backbone": record.name, "state_dict": {k: v.cpu() for k, v in trunk.state_dict().items()},
+                    "head": {k: v.cpu() for k, v in head.state_dict().items()}, "class_names": images.class_names},
+                   tmp)
     config, fp = feature_config(record, str(checkpoint))
     model = FeatureClassifier.from_linear_layer(head.weight.detach().cpu().numpy(), head.bias.detach().cpu().numpy(),
                                                 images.class_names, config, fp, str(checkpoint.resolve()))
-    accuracy, _, _, (paths, truth, proba) = best
+    paths, truth, proba = heldout
+    accuracy = float((proba.argmax(1) == np.asarray(truth)).mean()) if len(truth) else float("nan")
     names = np.asarray(images.class_names, dtype=object)
-    with open(folder / "heldout.csv", "w", newline="") as handle:
+    with atomic_write(folder / "heldout.csv") as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "true", "predicted", *(f"p_{c}" for c in images.class_names)])
         for p, t, row in zip(paths, truth, proba):
             writer.writerow([p, names[t], names[row.argmax()], *(f"{v:.6f}" for v in row)])
     info = {"head": FINETUNE_ROW, "description": f"{record.name} fine-tuned end to end + a linear layer",
-            "best_params": params, "cv": None, "heldout": {"evaluated_on": eval_name, "n": len(paths),
-                                                            "accuracy": accuracy},
+            "best_params": params, "cv": None, "selection": selection,
+            "heldout": {"evaluated_on": eval_name, "n": len(paths), "accuracy": accuracy},
             "class_names": images.class_names, "dataset": images.name, "data_root": str(images.root),
             "feature_fingerprint": fp, "feature_config": config, "checkpoint": str(checkpoint.resolve()),
             "history": history, "fit_seconds": round(fit_seconds, 3), "predict_seconds_per_image": None}
     save_model(model, folder / "model.joblib", info)
-    log(f"best epoch {params['best_epoch']}: {eval_name} accuracy {accuracy:.4f}; wrote {folder}/ "
-        f"(checkpoint.pth for `extract --weights`, model.joblib, heldout.csv)")
+    log(f"best epoch {params['best_epoch']} (chosen on a slice of train): {eval_name} accuracy {accuracy:.4f}; "
+        f"wrote {folder}/ (checkpoint.pth for `extract --weights`, model.joblib, heldout.csv)")
     return folder
 
 
 def load_finetuned_row(out, data, eval_paths, truth, log):
-    """The fine-tuned network's held-out predictions, as a compare row, when a bundle exists."""
+    """The fine-tuned network's held-out predictions as a compare row; None when there is no bundle
+    for this dataset and backbone. A bundle that cannot be ranked fairly beside the heads (another
+    data root, its epoch chosen on val, other held-out images) is a clear error."""
     folder = finetune_dir(out, data.dataset, data.backbone)
-    if not (folder / "model.json").is_file() or not (folder / "heldout.csv").is_file():
+    if data.weights_source or not (folder / "model.json").is_file() or not (folder / "heldout.csv").is_file():
         return None
     info = json.loads((folder / "model.json").read_text())
     if info.get("data_root") != data.data_root:
-        log(f"{folder} was fine-tuned on {info.get('data_root')}, not {data.data_root}: left out")
-        return None
-    rows = list(csv.DictReader(open(folder / "heldout.csv")))
+        raise CnnfeatError(f"{folder} was fine-tuned on {info.get('data_root')}, not {data.data_root}")
+    if not info.get("selection"):
+        raise CnnfeatError(f"{folder} chose its epoch on the images it is scored on (an older cnnfeat); run "
+                           f"`cnnfeat finetune` again")
+    with open(folder / "heldout.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    scored, wanted = {r["path"] for r in rows}, set(eval_paths)
+    if scored != wanted or len(rows) != len(scored):
+        raise CnnfeatError(f"{folder / 'heldout.csv'} scores other images than compare ({len(wanted - scored)} "
+                           f"of compare's missing, {len(scored - wanted)} others); run `cnnfeat finetune` again")
+    expected = dict(zip(eval_paths, truth))
+    if any(expected[r["path"]] != r["true"] for r in rows):
+        raise CnnfeatError(f"{folder / 'heldout.csv'} gives other true classes than the feature file")
     classes = info["class_names"]
     proba = np.asarray([[float(r[f"p_{c}"]) for c in classes] for r in rows]).reshape(len(rows), len(classes))
     log(f"{data.backbone} {FINETUNE_ROW}: from {folder}")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from classifiers import load_model
 from featurize.errors import CnnfeatError
+from featurize.files import atomic_write
 from featurize.images import find_images
 
 
@@ -37,8 +38,7 @@ def predict_to_csv(model_path, inputs, out_csv="predictions.csv", device="auto",
             column = classes.index(str(predicted))
             rows[path] = [path, predicted, f"{probabilities[column]:.6f}", *(f"{p:.6f}" for p in probabilities), ""]
     out_csv = Path(out_csv)
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_csv, "w", newline="") as handle:
+    with atomic_write(out_csv) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "predicted", "probability", *(f"p_{c}" for c in classes), "error"])
         for i, path in enumerate(paths):

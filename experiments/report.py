@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
+from featurize.files import write_bytes_atomic
+
 COLUMNS = ["rank", "backbone", "head", "n", "accuracy", "ci_low", "ci_high", "balanced_accuracy", "f1_macro",
            "log_loss", "cv_scoring", "cv_mean", "cv_std", "cv_folds", "mcnemar_p_vs_best", "fit_seconds",
-           "predict_ms_per_image", "best_params", "reused"]
+           "predict_ms_per_image", "best_params", "selected_by", "reused"]
 
 
 def records(rows) -> list[dict]:
@@ -22,7 +25,8 @@ def records(rows) -> list[dict]:
             "cv_scoring": cv.get("scoring"), "cv_mean": cv.get("mean"), "cv_std": cv.get("std"),
             "cv_folds": cv.get("folds"), "fit_seconds": row.info.get("fit_seconds"),
             "predict_ms_per_image": _ms(row.info.get("predict_seconds_per_image")),
-            "best_params": row.info.get("best_params"), "reused": row.reused,
+            "best_params": row.info.get("best_params"), "selected_by": row.info.get("selection"),
+            "reused": row.reused,
         })
     return out
 
@@ -31,10 +35,10 @@ def _ms(seconds):
     return None if seconds is None else seconds * 1000
 
 
-def markdown_table(recs, notes, failures) -> str:
+def markdown_table(recs, notes, failures, scoring="accuracy") -> str:
     header = ("| # | backbone | head | accuracy (95% CI) | bal. acc. | macro-F1 | log-loss | CV (mean ± std) "
-              "| McNemar p vs best | fit s | predict ms/img | best params |")
-    lines = [header, "|" + "---|" * 12]
+              "| McNemar p vs best | fit s | predict ms/img | best params | selected by |")
+    lines = [header, "|" + "---|" * 13]
     for r in recs:
         cv = "—" if r["cv_mean"] is None else (
             f"{r['cv_mean']:.3f} (1 slice)" if r["cv_folds"] == 1 else f"{r['cv_mean']:.3f} ± {r['cv_std']:.3f}")
@@ -44,9 +48,10 @@ def markdown_table(recs, notes, failures) -> str:
             f"| {r['rank']} | {r['backbone']} | {r['head']}{' (reused)' if r['reused'] else ''} "
             f"| {r['accuracy']:.3f} ({r['ci_low']:.3f}–{r['ci_high']:.3f}) | {r['balanced_accuracy']:.3f} "
             f"| {r['f1_macro']:.3f} | {_fmt(r['log_loss'])} | {cv} | {p} | {_fmt(r['fit_seconds'], 2)} "
-            f"| {_fmt(r['predict_ms_per_image'], 3)} | {params} |")
+            f"| {_fmt(r['predict_ms_per_image'], 3)} | {params} | {r['selected_by'] or '—'} |")
     lines.append("")
-    lines.append(f"Held-out images: {recs[0]['n']}. CV: {recs[0]['cv_scoring'] or 'accuracy'} on the training rows. "
+    lines.append(f"Ranked by held-out {scoring.replace('_', ' ')}. Held-out images: {recs[0]['n']}; no row was "
+                 f"chosen on them (see 'selected by'). CV: {scoring} on the training rows. "
                  "95% CI: percentile bootstrap over held-out images. McNemar: exact two-sided test on the "
                  "images where a row and the best row disagree.")
     lines += [f"- note: {n}" for n in notes] + [f"- not fitted: {b} {h}: {r}" for b, h, r in failures]
@@ -61,15 +66,17 @@ def write_report(report_dir: Path, rows, failures, notes, meta: dict) -> str:
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     recs = records(rows)
-    markdown = f"# {meta['dataset']}: which head wins\n\n" + markdown_table(recs, notes, failures)
-    (report_dir / "report.md").write_text(markdown)
-    (report_dir / "report.json").write_text(json.dumps(
+    markdown = f"# {meta['dataset']}: which head wins\n\n" + markdown_table(recs, notes, failures, meta["scoring"])
+    write_bytes_atomic(report_dir / "report.md", markdown.encode())
+    write_bytes_atomic(report_dir / "report.json", json.dumps(
         {"meta": meta, "rows": recs, "notes": notes,
-         "failures": [{"backbone": b, "head": h, "reason": r} for b, h, r in failures]}, indent=2, default=str))
-    with open(report_dir / "report.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows({**r, "best_params": json.dumps(r["best_params"])} for r in recs)
+         "failures": [{"backbone": b, "head": h, "reason": r} for b, h, r in failures]}, indent=2,
+        default=str).encode())
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows({**r, "best_params": json.dumps(r["best_params"])} for r in recs)
+    write_bytes_atomic(report_dir / "report.csv", table.getvalue().encode())
     for row in rows:
         _write_predictions(report_dir / "predictions" / f"{row.backbone}-{row.head}.csv", row)
     _plots(report_dir, rows, recs)

@@ -6,13 +6,13 @@ functions that need it, so importing this module (and `cli.py --help`) stays ins
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import BackboneError
+from .files import file_sha256
 
 # Exported as the default of every command that takes --backbone: it works with no network.
 DEFAULT_BACKBONE = "efficientnet_lite0"
@@ -55,14 +55,6 @@ def weights_kind(weights: str | None) -> str:
     return "file"
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class Backbone:
     name: str
@@ -98,8 +90,9 @@ class Backbone:
                                 f"'random' for benchmarks, or leave it out for {self.name}'s own weights)")
         return f"file:{file_sha256(path)[:16]}"
 
-    def load(self, weights: str | None = None):
-        """The frozen feature extractor, in eval mode, on the CPU."""
+    def load(self, weights: str | None = None, trust_pickle: bool = False):
+        """The frozen feature extractor, in eval mode, on the CPU. `trust_pickle` lets a checkpoint
+        that is a whole pickled module load: that runs code from the file."""
         import torch
 
         kind = weights_kind(weights)
@@ -107,7 +100,7 @@ class Backbone:
             torch.manual_seed(0)  # 'random' weights are the same in every run, so a resumed store is consistent
             trunk = self.build_trunk(pretrained=kind == "pretrained")
         if kind == "file":
-            load_checkpoint(trunk, weights, self.name)
+            load_checkpoint(trunk, weights, self.name, trust_pickle)
         from .network import FeatureExtractor
 
         return FeatureExtractor(trunk, self.preprocessing(), self.feature_dim).eval().requires_grad_(False)
@@ -133,16 +126,28 @@ def get_backbone(name: str) -> Backbone:
 
 # -- checkpoints (--weights PATH) ----------------------------------------------------------------
 
-def load_checkpoint(trunk, path: str | os.PathLike, backbone_name: str) -> None:
-    """Load a state dict (or a pickled full module) into `trunk`; head weights are ignored."""
+def load_checkpoint(trunk, path: str | os.PathLike, backbone_name: str, trust_pickle: bool = False) -> None:
+    """Load a state dict into `trunk`; head weights are ignored.
+
+    Always with torch's safe loader (tensors and plain containers only). A whole pickled module
+    needs the unrestricted loader, which runs code from the file: only with `trust_pickle`."""
+    import pickle
+
     import torch
     from torch import nn
 
     try:
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # a full pickled module needs the unrestricted loader
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" not in str(error):  # not a pickle at all
+            raise BackboneError(f"--weights {path}: not a readable torch checkpoint ({error})") from None
+        if not trust_pickle:
+            raise BackboneError(
+                f"--weights {path}: holds pickled Python objects, not only tensors (e.g. a whole module), "
+                f"and loading those runs code from the file; refusing. Save a state dict instead "
+                f"(torch.save(model.state_dict(), PATH)), or, only if you trust the file, pass "
+                f"--trust-pickle") from None
+        checkpoint = _load_trusted(path, error)
     except Exception as error:
         raise BackboneError(f"--weights {path}: not a readable torch checkpoint ({error})") from None
     if isinstance(checkpoint, nn.Module):
@@ -166,6 +171,15 @@ def load_checkpoint(trunk, path: str | os.PathLike, backbone_name: str) -> None:
             problems.append(f"{len(wrong_shape)} keys of another shape (e.g. {', '.join(wrong_shape[:3])})")
         raise BackboneError(f"--weights {path} does not fit backbone {backbone_name}: {'; '.join(problems)}")
     trunk.load_state_dict({key: checkpoint[key] for key in expected})
+
+
+def _load_trusted(path, safe_error):
+    import torch
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise BackboneError(f"--weights {path}: not a readable torch checkpoint ({error}; "
+                            f"safe loader: {str(safe_error).splitlines()[0]})") from None
 
 
 # -- torchvision backbones -----------------------------------------------------------------------

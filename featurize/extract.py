@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,9 +19,13 @@ import numpy as np
 
 from .backbones import DEFAULT_BACKBONE, POOLING, get_backbone, weights_kind
 from .errors import CnnfeatError, DataError
+from .files import sweep_stale_tmp
 from .images import UnreadableImage, discover, file_identity, load_image
-from .store import (FORMAT_VERSION, PartialLog, exclusive, fingerprint, library_versions, read_rows, read_skipped,
-                    store_matches, write_store)
+from .journal import Journal
+from .store import (FORMAT_VERSION, exclusive, fingerprint, library_versions, read_rows, read_skipped, store_matches,
+                    write_store)
+
+ENGINE = "torch"
 
 MISSING_FILE = (-1, -1)  # identity of a listed file that does not exist
 
@@ -40,12 +48,26 @@ class ExtractResult:
 
 
 def resolve_device(device: str) -> str:
-    import torch
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
+        return "cuda" if _cuda_available() else "cpu"
+    if device.startswith("cuda") and not _cuda_available():
         raise CnnfeatError(f"--device {device}: CUDA is not available on this machine (use cpu or auto)")
     return device
+
+
+def _cuda_available() -> bool:
+    # Linux without NVIDIA's device nodes has no CUDA: answer without importing torch (seconds),
+    # so an "up to date" run stays instant.
+    if sys.platform.startswith("linux") and not os.path.exists("/dev/nvidiactl"):
+        return False
+    import torch
+    return torch.cuda.is_available()
+
+
+def compute_precision(device: str) -> str:
+    """The precision the backbone runs in on `device`: float16 autocast on CUDA, float32 elsewhere.
+    It changes the vectors, so it is part of a store's fingerprint."""
+    return "float16" if device.startswith("cuda") else "float32"
 
 
 def default_batch_size(device: str) -> int:
@@ -89,18 +111,31 @@ def _collate(items):
     return [i for i, _ in good], images, [(i, r) for i, t, r in items if t is None]
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run goes (not what it computes): these never change a vector."""
+
+    device: str = "cpu"  # resolved: cpu, cuda, cuda:N
+    batch_size: int | None = None
+    workers: int | None = None
+    progress: bool = True
+
+
 def extract(data: str | os.PathLike = "data", backbone: str = DEFAULT_BACKBONE, weights: str | None = None,
             out: str | os.PathLike = "artifacts", device: str = "auto", batch_size: int | None = None,
-            workers: int | None = None, strict: bool = False, progress: bool = True) -> ExtractResult:
+            workers: int | None = None, strict: bool = False, progress: bool = True,
+            trust_pickle: bool = False) -> ExtractResult:
     """Bring the feature store of `data` under `out` up to date and return what was done."""
     started = time.perf_counter()
     images = discover(data)
     record = get_backbone(backbone)
-    config, fp = feature_config(record, weights)
+    options = RunOptions(resolve_device(device), batch_size, workers, progress)
+    config, fp = feature_config(record, weights, compute_precision(options.device))
     store = store_path_for(Path(out), images.name, record.name, weights, config["weights"])
     store.parent.mkdir(parents=True, exist_ok=True)
 
-    with exclusive(store):
+    with exclusive(store), _sigterm_as_interrupt():
+        sweep_stale_tmp(store)
         identities = [_identity(images.root / p) for p in images.paths]
         result = ExtractResult(store=store, total=len(images), extracted=0, reused=0, dropped=0)
         if store.exists() and store_matches(store, fp, images, identities):
@@ -110,13 +145,14 @@ def extract(data: str | os.PathLike = "data", backbone: str = DEFAULT_BACKBONE, 
             _check_strict(result, strict)
             return result
         known = {}
-        old_rows = read_rows(store, fp) if store.exists() else None
+        old_rows = read_rows(store, fp, str(images.root)) if store.exists() else None
         if store.exists() and old_rows is None:
             result.notes.append(f"{store.name} was made with other settings or is unfinished; rebuilding it")
         if old_rows is not None:
             known.update(old_rows.by_path())
-        partial = PartialLog(store.with_name(store.name + ".partial"), fp, record.feature_dim)
-        resumed = partial.read()
+        journal = Journal(store.with_name(store.name + ".partial"), fp, record.feature_dim)
+        resumed, notes = journal.resume()
+        result.notes += notes
         if resumed is not None and resumed.paths:
             known.update(resumed.by_path())
             result.notes.append(f"resuming: {len(resumed.paths)} images from an interrupted run")
@@ -128,13 +164,13 @@ def extract(data: str | os.PathLike = "data", backbone: str = DEFAULT_BACKBONE, 
         if todo:
             result.model_loaded = True
             try:
-                _run_model(record, weights, images, identities, todo, partial, known, device, batch_size,
-                           workers, progress)
+                model = load_extractor(record, weights, options.device, trust_pickle)
+                _run_model(model, images, identities, todo, journal, known, options)
             except KeyboardInterrupt:
-                raise CnnfeatError(f"interrupted; the images done so far are kept in {partial.path.name}: "
+                raise CnnfeatError(f"interrupted; the images done so far are kept in {journal.path.name}: "
                                    f"run the same command again to resume") from None
             finally:
-                partial.close()
+                journal.close()
             result.extracted = len(todo)
         attrs = {
             "format_version": FORMAT_VERSION, "fingerprint": fp, "config": json.dumps(config, sort_keys=True),
@@ -144,18 +180,36 @@ def extract(data: str | os.PathLike = "data", backbone: str = DEFAULT_BACKBONE, 
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         write_store(store, images, identities, known, record.feature_dim, attrs)
-        partial.remove()
+        journal.remove()
     result.skipped = _skipped(images, known)
     result.seconds = time.perf_counter() - started
     _check_strict(result, strict)
     return result
 
 
-def feature_config(record, weights: str | None) -> tuple[dict, str]:
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (a job scheduler's stop) ends the run like Ctrl-C: the journal is closed cleanly."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def feature_config(record, weights: str | None, precision: str = "float32") -> tuple[dict, str]:
     """What the vectors of `record` with `weights` depend on, as stored in the feature file, and its fingerprint."""
     config = {"backbone": record.name, "weights": record.weights_id(weights),
               "preprocessing": json.loads(json.dumps(record.preprocessing().as_dict())),
-              "pooling": POOLING, "feature_dim": record.feature_dim, "format_version": FORMAT_VERSION}
+              "pooling": POOLING, "feature_dim": record.feature_dim, "format_version": FORMAT_VERSION,
+              "engine": ENGINE, "precision": precision}
     return config, fingerprint(config)
 
 
@@ -182,24 +236,38 @@ def _check_strict(result: ExtractResult, strict: bool) -> None:
                         f"are stored in {result.store}")
 
 
-def _run_model(record, weights, images, identities, todo, partial, known, device, batch_size, workers, progress):
-    device = resolve_device(device)
-    model = load_extractor(record, weights, device)
-    batches = iter_vectors(model, device, images.root, [images.paths[i] for i in todo], batch_size, workers,
-                           progress, desc=f"extract {record.name}")
+def _run_model(model, images, identities, todo, journal, known, options: RunOptions):
+    batches = iter_vectors(model, options.device, images.root, [images.paths[i] for i in todo], options.batch_size,
+                           options.workers, options.progress, desc=f"extract {model.name}")
     for good, vectors, bad in batches:
         rows = [todo[j] for j in good] + [todo[j] for j, _ in bad]
         reasons = [""] * len(good) + [reason for _, reason in bad]
-        vectors = np.concatenate([vectors, np.zeros((len(bad), record.feature_dim), np.float32)])
-        partial.append([images.paths[i] for i in rows], [identities[i] for i in rows], vectors, reasons)
+        vectors = np.concatenate([vectors, np.zeros((len(bad), model.feature_dim), np.float32)])
+        journal.append([images.paths[i] for i in rows], [identities[i] for i in rows], vectors, reasons)
         for i, vector, reason in zip(rows, vectors, reasons):
             known[images.paths[i]] = (identities[i], None if reason else vector, reason)
 
 
-def load_extractor(record, weights, device: str):
+def load_extractor(record, weights, device: str, trust_pickle: bool = False):
     """The backbone's frozen feature extractor on `device`, channels_last (faster on CPU and GPU)."""
     import torch
-    return record.load(weights).to(device, memory_format=torch.channels_last)
+    model = record.load(weights, trust_pickle).to(device, memory_format=torch.channels_last)
+    model.name = record.name
+    return model
+
+
+def embed_batch(model, batch, device: str) -> np.ndarray:
+    """uint8 images (N,3,H,W) -> float32 vectors (N,D), in the device's compute precision.
+
+    The one place a batch meets the model: extraction, and prediction from files or from PIL
+    images, all go through it, so they compute the same numbers."""
+    import torch
+
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+    half = compute_precision(device) == "float16"
+    batch = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast(device_type, dtype=torch.float16, enabled=half):
+        return model(batch).float().cpu().numpy()
 
 
 def iter_vectors(model, device: str, root: Path, paths: list[str], batch_size: int | None = None,
@@ -209,7 +277,6 @@ def iter_vectors(model, device: str, root: Path, paths: list[str], batch_size: i
     Yields, batch by batch: (positions of the good images in `paths`, their vectors (k, D) float32,
     [(position, reason)] of the unreadable ones).
     """
-    import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
@@ -218,13 +285,10 @@ def iter_vectors(model, device: str, root: Path, paths: list[str], batch_size: i
     dataset = ImageDataset(Path(root), paths, model.preprocessing.transform())
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
                         pin_memory=device.startswith("cuda"), prefetch_factor=4 if workers else None)
-    on_cuda = device.startswith("cuda")
-    with tqdm(total=len(paths), unit="img", desc=desc, disable=not progress, smoothing=0.1) as bar, \
-            torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=on_cuda):
+    with tqdm(total=len(paths), unit="img", desc=desc, disable=not progress, smoothing=0.1) as bar:
         for good, batch, bad in loader:
             vectors = np.zeros((0, model.feature_dim), np.float32)
             if batch is not None:
-                batch = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-                vectors = model(batch).float().cpu().numpy()
+                vectors = embed_batch(model, batch, device)
             yield good, vectors, bad
             bar.update(len(good) + len(bad))

@@ -1,6 +1,7 @@
 """Finding labelled images (three layouts) and decoding them robustly to RGB."""
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import warnings
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
+from .files import safe_name
 
 # torchvision's IMG_EXTENSIONS, plus GIF (PIL decodes its first frame).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -23,7 +25,7 @@ class ImageList:
     """Every image of a dataset: paths relative to `root`, integer labels into `class_names`."""
 
     root: Path
-    name: str  # names the feature file
+    name: str  # names the feature file: readable, plus a hash of where the data is (see dataset_name)
     layout: str  # "split-folders", "class-folders" or "list-file"
     class_names: list[str]
     paths: list[str] = field(default_factory=list)
@@ -48,12 +50,24 @@ def _class_folders(folder: Path) -> list[Path]:
 
 
 def find_images(folder: Path) -> list[Path]:
-    """Image files under `folder`, recursively, sorted; hidden files and folders skipped."""
-    found = []
+    """Image files under `folder`, recursively, sorted; hidden files and folders skipped.
+
+    Symlinked folders are followed, each real folder once: a link loop cannot hang the walk."""
+    found, seen = [], set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.stat(dirpath)
+        if (real.st_dev, real.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((real.st_dev, real.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found.extend(Path(dirpath) / f for f in sorted(filenames) if _is_image(f))
     return found
+
+
+def dataset_name(readable: str, source: Path) -> str:
+    """`<readable>-<8 hex>`: two datasets both called data/ get two feature files, not one."""
+    return f"{safe_name(readable)}-{hashlib.sha256(str(source).encode()).hexdigest()[:8]}"
 
 
 def _sorted_labels(names) -> list[str]:
@@ -86,7 +100,8 @@ def discover(data: str | os.PathLike) -> ImageList:
         per_split = {"": {c.name: find_images(c) for c in folders}}
         layout = "class-folders"
     class_names = _sorted_labels(c for classes in per_split.values() for c, files in classes.items() if files)
-    images = ImageList(root=data.resolve(), name=data.resolve().name, layout=layout, class_names=class_names)
+    images = ImageList(root=data.resolve(), name=dataset_name(data.resolve().name, data.resolve()), layout=layout,
+                       class_names=class_names)
     for split, classes in per_split.items():
         for label, class_name in enumerate(class_names):
             for f in classes.get(class_name, []):
@@ -110,17 +125,27 @@ def _from_lists(root: Path, list_files: list[Path]) -> ImageList:
                 parts = line.rsplit(maxsplit=1)
                 if len(parts) != 2:
                     raise DataError(f"{list_file}:{number}: expected 'path label', got {line!r}")
-                rows.append((Path(parts[0]).as_posix(), parts[1], split))
+                rows.append((_inside(parts[0], list_file, number), parts[1], split))
     if not rows:
         raise DataError(f"--data {', '.join(map(str, list_files))}: no 'path label' lines")
     class_names = _sorted_labels(label for _, label, _ in rows)
     index = {c: i for i, c in enumerate(class_names)}
     root = root.resolve()
-    name = root.name if len(list_files) > 1 or list_files[0].stem.lower() in SPLIT_ALIASES else list_files[0].stem
+    readable = root.name if len(list_files) > 1 or list_files[0].stem.lower() in SPLIT_ALIASES else list_files[0].stem
+    name = dataset_name(readable, list_files[0].resolve() if len(list_files) == 1 else root)
     images = ImageList(root=root, name=name, layout="list-file", class_names=class_names)
     for path, label, split in rows:
         images.add(path, index[label], split)
     return images
+
+
+def _inside(text: str, list_file: Path, number: int) -> str:
+    """A list file's path, kept inside the list's folder: a shared list cannot point anywhere else."""
+    path = Path(text)
+    if path.is_absolute() or ".." in path.parts:
+        raise DataError(f"{list_file}:{number}: {text!r} is outside the list's folder (absolute or '..'); "
+                        f"paths in a list file are relative to {list_file.parent.resolve()}")
+    return path.as_posix()
 
 
 def file_identity(path: Path) -> tuple[int, int]:

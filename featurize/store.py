@@ -1,9 +1,10 @@
-"""The HDF5 feature store: one file per (dataset, backbone + weights, preprocessing).
+"""The HDF5 feature store: one file per (dataset, backbone + weights, preprocessing, precision).
 
-A complete store is only ever written whole, to a temporary name, then renamed into place, with a
-`complete` attribute set last; rows extracted by a run that has not finished go to an append-only
-`<store>.partial` file beside it, which the next run picks up. So a killed run never leaves a file
-that looks complete, and loses at most the batch it was writing.
+A complete store is only ever written whole, to a temporary name, fsynced, then renamed into
+place, with a `complete` attribute set last; rows extracted by a run that has not finished go to
+the append-only journal `<store>.partial` beside it (see journal.py), which the next run salvages.
+So a killed run never leaves a file that looks complete, and loses at most the batch it was writing.
+One writer at a time holds a POSIX lock beside the store; the kernel drops it when that writer dies.
 """
 from __future__ import annotations
 
@@ -11,14 +12,17 @@ import fcntl
 import hashlib
 import json
 import os
+import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from .errors import StoreError
+from .files import atomic_write, check_name, pid_alive
+from .journal import Rows
 
 FORMAT_VERSION = 1
 
@@ -46,29 +50,6 @@ def library_versions(packages=FEATURE_PACKAGES) -> dict:
         except metadata.PackageNotFoundError:
             versions[package] = None
     return versions
-
-
-@dataclass
-class Rows:
-    """Rows of a store, in order: one per image, good (a vector) or skipped (a reason)."""
-
-    paths: list[str] = field(default_factory=list)
-    sizes: list[int] = field(default_factory=list)
-    mtimes: list[int] = field(default_factory=list)
-    vectors: list = field(default_factory=list)  # np.ndarray (D,), or None where skipped
-    reasons: list[str] = field(default_factory=list)  # "" where good
-
-    def append(self, path, identity, vector, reason=""):
-        self.paths.append(path)
-        self.sizes.append(int(identity[0]))
-        self.mtimes.append(int(identity[1]))
-        self.vectors.append(vector)
-        self.reasons.append(reason)
-
-    def by_path(self) -> dict:
-        """path -> ((size, mtime), vector, reason); later rows win."""
-        return {p: ((s, m), v, r) for p, s, m, v, r in
-                zip(self.paths, self.sizes, self.mtimes, self.vectors, self.reasons)}
 
 
 @dataclass
@@ -114,6 +95,11 @@ def load_features(path: str | os.PathLike) -> Features:
         if not attrs.get("complete", False):
             raise StoreError(f"{path}: incomplete feature file (its extraction did not finish); "
                              f"run `cnnfeat extract` again")
+        config = json.loads(attrs["config"])
+        # These two become parts of output paths (reports, fine-tune folders): a shared file must
+        # not be able to write outside --out.
+        dataset = check_name(str(attrs["dataset"]), "dataset name", path)
+        check_name(config.get("backbone"), "backbone name", path)
         return Features(
             path=path,
             X=h5["features"][:].astype(np.float32, copy=False),
@@ -122,10 +108,10 @@ def load_features(path: str | os.PathLike) -> Features:
             paths=h5["paths"].asstr()[:],
             splits=h5["splits"].asstr()[:],
             fingerprint=str(attrs["fingerprint"]),
-            config=json.loads(attrs["config"]),
+            config=config,
             versions=json.loads(attrs["versions"]),
             data_root=str(attrs["data_root"]),
-            dataset=str(attrs["dataset"]),
+            dataset=dataset,
             skipped=_skipped_of(h5),
             weights_source=str(attrs.get("weights_source", "")),
         )
@@ -141,11 +127,17 @@ def read_skipped(path: Path) -> list[tuple[str, str]]:
         return _skipped_of(h5)
 
 
-def read_rows(path: Path, expected_fingerprint: str) -> Rows | None:
-    """All rows of a complete store with this fingerprint, or None (absent, other settings, broken)."""
+def _same_settings(h5, fp: str, data_root: str) -> bool:
+    """A complete store of these settings, made from the images under this root."""
+    attrs = h5.attrs
+    return bool(attrs.get("complete", False)) and attrs.get("fingerprint") == fp and attrs.get("data_root") == data_root
+
+
+def read_rows(path: Path, expected_fingerprint: str, data_root: str) -> Rows | None:
+    """All rows of a complete store with this fingerprint and root, or None (absent, other settings, broken)."""
     try:
         with _open(path) as h5:
-            if not h5.attrs.get("complete", False) or h5.attrs.get("fingerprint") != expected_fingerprint:
+            if not _same_settings(h5, expected_fingerprint, data_root):
                 return None
             return _rows_of(h5["features"][:], h5["paths"].asstr()[:], h5["file_size"][:],
                             h5["file_mtime_ns"][:], h5["skipped"])
@@ -170,7 +162,7 @@ def store_matches(path: Path, fp: str, images, identities) -> bool:
     answer stays fast however large the store."""
     try:
         with _open(path) as h5:
-            if not h5.attrs.get("complete", False) or h5.attrs.get("fingerprint") != fp:
+            if not _same_settings(h5, fp, str(images.root)):
                 return False
             if json.loads(h5.attrs["class_names"]) != images.class_names:
                 return False
@@ -193,25 +185,19 @@ def write_store(path: Path, images, identities, rows_by_path, dim: int, attrs: d
     vectors = np.zeros((len(good), dim), dtype=np.float32)
     for row, i in enumerate(good):
         vectors[row] = rows_by_path[images.paths[i]][1]
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     import h5py
-    try:
-        with h5py.File(tmp, "w") as h5:
-            for key, value in attrs.items():
-                h5.attrs[key] = value
-            h5.create_dataset("features", data=vectors, chunks=(max(1, min(len(good), 1024)), dim) if good else None)
-            _write_columns(h5, images, identities, good)
-            h5.create_dataset("labels", data=np.asarray([images.labels[i] for i in good], dtype=np.int64))
-            skipped = h5.create_group("skipped")
-            _write_columns(skipped, images, identities, bad)
-            skipped.create_dataset("reasons", data=[rows_by_path[images.paths[i]][2] for i in bad],
-                                   dtype=_str_dtype())
-            skipped.create_dataset("labels", data=np.asarray([images.labels[i] for i in bad], dtype=np.int64))
-            h5.attrs["complete"] = True  # last: a file without it is never read as a store
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_write(path) as tmp, h5py.File(tmp, "w") as h5:
+        for key, value in attrs.items():
+            h5.attrs[key] = value
+        h5.create_dataset("features", data=vectors, chunks=(max(1, min(len(good), 1024)), dim) if good else None)
+        _write_columns(h5, images, identities, good)
+        h5.create_dataset("labels", data=np.asarray([images.labels[i] for i in good], dtype=np.int64))
+        skipped = h5.create_group("skipped")
+        _write_columns(skipped, images, identities, bad)
+        skipped.create_dataset("reasons", data=[rows_by_path[images.paths[i]][2] for i in bad],
+                               dtype=_str_dtype())
+        skipped.create_dataset("labels", data=np.asarray([images.labels[i] for i in bad], dtype=np.int64))
+        h5.attrs["complete"] = True  # last: a file without it is never read as a store
     return len(good), len(bad)
 
 
@@ -222,95 +208,46 @@ def _write_columns(group, images, identities, rows):
     group.create_dataset("file_mtime_ns", data=np.asarray([identities[i][1] for i in rows], dtype=np.int64))
 
 
-class PartialLog:
-    """Append-only record of the rows a run has extracted so far, beside the store it will become.
-
-    The `rows` attribute is raised only after a batch is written and flushed, so a run killed in
-    the middle of a write leaves at most that one batch unread by the next run.
-    """
-
-    def __init__(self, path: Path, fp: str, dim: int):
-        self.path, self.fp, self.dim = path, fp, dim
-        self._h5 = None
-
-    def read(self) -> Rows | None:
-        """The rows a killed run left, or None (absent, other settings, or unreadable)."""
-        if not self.path.exists():
-            return None
-        try:
-            with _open(self.path) as h5:
-                if h5.attrs.get("fingerprint") != self.fp:
-                    return None
-                n = int(h5.attrs["rows"])
-                rows = Rows()
-                for p, s, m, v, r in zip(h5["paths"].asstr()[:n], h5["file_size"][:n], h5["file_mtime_ns"][:n],
-                                         h5["vectors"][:n], h5["reasons"].asstr()[:n]):
-                    rows.append(p, (s, m), None if r else v, r)
-                return rows
-        except (StoreError, KeyError, OSError, ValueError):
-            return None
-
-    def append(self, paths, identities, vectors, reasons) -> None:
-        if self._h5 is None:
-            self._open_for_append()
-        h5 = self._h5
-        n, k = int(h5.attrs["rows"]), len(paths)
-        for name in ("paths", "file_size", "file_mtime_ns", "vectors", "reasons"):
-            h5[name].resize(n + k, axis=0)
-        h5["paths"][n:] = paths
-        h5["file_size"][n:] = [s for s, _ in identities]
-        h5["file_mtime_ns"][n:] = [m for _, m in identities]
-        h5["vectors"][n:] = vectors
-        h5["reasons"][n:] = reasons
-        h5.flush()
-        h5.attrs["rows"] = n + k
-        h5.flush()
-
-    def _open_for_append(self):
-        import h5py
-        if self.read() is not None:
-            self._h5 = h5py.File(self.path, "a")
-            return
-        self.path.unlink(missing_ok=True)
-        h5 = h5py.File(self.path, "w")
-        h5.attrs["fingerprint"] = self.fp
-        h5.attrs["rows"] = 0
-        h5.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=_str_dtype(), chunks=(256,))
-        for name in ("file_size", "file_mtime_ns"):
-            h5.create_dataset(name, shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(256,))
-        h5.create_dataset("vectors", shape=(0, self.dim), maxshape=(None, self.dim), dtype=np.float32,
-                          chunks=(64, self.dim))
-        h5.create_dataset("reasons", shape=(0,), maxshape=(None,), dtype=_str_dtype(), chunks=(256,))
-        h5.flush()
-        self._h5 = h5
-
-    def close(self):
-        if self._h5 is not None:
-            self._h5.close()
-            self._h5 = None
-
-    def remove(self):
-        self.close()
-        self.path.unlink(missing_ok=True)
+LOCK_WAIT_S = 2.0  # how long to wait for a lock whose holder has not yet said who it is
+_HELD_HERE: set[Path] = set()  # POSIX locks do not exclude the process that holds them: these do
 
 
 @contextmanager
 def exclusive(path: Path):
-    """Hold a lock beside `path` for the duration; a second writer stops with a clear message."""
-    lock_path = path.with_name(path.name + ".lock")
-    with open(lock_path, "a+") as handle:
+    """Hold a lock beside `path` for the duration; a second writer stops with a clear message.
+
+    A POSIX record lock (lockf), not flock: it belongs to this process only, so the DataLoader
+    workers forked while it is held do not keep it alive after this process is killed, and the
+    kernel releases it the moment this process dies, whatever killed it."""
+    lock_path = path.with_name(path.name + ".lock").resolve()
+    if lock_path in _HELD_HERE:
+        raise StoreError(f"{path} is being written by this process (pid {os.getpid()}); wait for that run to "
+                         f"finish and run again")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        _acquire(fd, path)
+        _HELD_HERE.add(lock_path)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"cnnfeat extract (pid {os.getpid()})".encode(), 0)
+        yield
+    finally:
+        _HELD_HERE.discard(lock_path)
+        os.close(fd)  # releases the lock
+
+
+def _acquire(fd: int, path: Path) -> None:
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise StoreError(f"{path} is being written by {holder}; wait for that run to finish "
-                             f"and run again") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"cnnfeat extract (pid {os.getpid()})")
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError:  # EAGAIN / EACCES: held by a live process
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            pid = holder.rsplit("pid ", 1)[-1].rstrip(")")
+            # A held lock whose recorded pid is gone belongs to a writer that has just started and
+            # not yet written its pid: wait a moment rather than name a dead process.
+            if (pid.isdigit() and pid_alive(int(pid))) or time.monotonic() > deadline:
+                named = holder if pid.isdigit() and pid_alive(int(pid)) else "another process"
+                raise StoreError(f"{path} is being written by {named}; wait for that run to finish "
+                                 f"and run again") from None
+            time.sleep(0.05)

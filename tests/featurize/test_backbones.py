@@ -72,9 +72,11 @@ def test_checkpoint_as_state_dict_or_full_module(tmp_path):
     torch.save({"state_dict": {f"module.{k}": v for k, v in full.state_dict().items()}}, tmp_path / "sd.pth")
     torch.save(full, tmp_path / "module.pth")
     record = get_backbone("resnet18")
-    for name in ("sd.pth", "module.pth"):
-        trunk = record.load(str(tmp_path / name)).trunk
+    for name, trust in (("sd.pth", False), ("module.pth", True)):
+        trunk = record.load(str(tmp_path / name), trust_pickle=trust).trunk
         assert torch.equal(trunk.layer3[0].conv1.weight, full.layer3[0].conv1.weight)
+    with pytest.raises(BackboneError, match="runs code from the file; refusing.*--trust-pickle"):
+        record.load(str(tmp_path / "module.pth"))  # a whole module only with the opt-in
     assert record.weights_id(str(tmp_path / "sd.pth")).startswith("file:")
     with pytest.raises(BackboneError, match="does not fit backbone resnet50"):
         get_backbone("resnet50").load(str(tmp_path / "sd.pth"))

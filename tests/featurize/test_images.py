@@ -1,4 +1,6 @@
 import io
+import os
+import re
 import struct
 import zlib
 
@@ -13,7 +15,7 @@ from tests.conftest import write_image
 
 def test_class_folders_without_split(class_folders):
     images = discover(class_folders)
-    assert images.layout == "class-folders" and images.name == "pets"
+    assert images.layout == "class-folders" and re.fullmatch(r"pets-[0-9a-f]{8}", images.name)
     assert images.class_names == ["cats", "dogs"]
     assert images.paths[0] == "cats/c0.png" and images.labels == [0, 0, 0, 0, 1, 1, 1]
     assert set(images.splits) == {""}
@@ -45,6 +47,36 @@ def test_list_files(tmp_path):
     (tmp_path / "bad.txt").write_text("only-a-path\n")
     with pytest.raises(DataError, match="bad.txt:1: expected 'path label'"):
         discover(tmp_path / "bad.txt")
+
+
+def test_list_paths_stay_inside_the_lists_folder(tmp_path):
+    write_image(tmp_path / "inside" / "a.png", 0)
+    write_image(tmp_path / "outside.png", 1)
+    for line in ("../outside.png x", f"{tmp_path / 'outside.png'} x", "sub/../../outside.png x"):
+        (tmp_path / "inside" / "list.txt").write_text(f"a.png y\n{line}\n")
+        with pytest.raises(DataError, match="list.txt:2: .* is outside the list's folder"):
+            discover(tmp_path / "inside" / "list.txt")
+
+
+def test_two_datasets_with_one_folder_name_get_two_names(tmp_path):
+    for project in ("one", "two"):
+        write_image(tmp_path / project / "data" / "cats" / "c.png", 0)
+    one, two = discover(tmp_path / "one" / "data"), discover(tmp_path / "two" / "data")
+    assert one.name.startswith("data-") and two.name.startswith("data-") and one.name != two.name
+    assert discover(tmp_path / "one" / "data").name == one.name  # stable for the same folder
+    weird = tmp_path / "my photos (2024)"
+    write_image(weird / "cats" / "c.png", 0)
+    assert re.fullmatch(r"my_photos__2024_-[0-9a-f]{8}", discover(weird).name)  # a plain file-name part
+
+
+def test_a_symlink_loop_does_not_hang_discovery(tmp_path):
+    write_image(tmp_path / "d" / "cats" / "c.png", 0)
+    write_image(tmp_path / "d" / "dogs" / "d.png", 1)
+    write_image(tmp_path / "d" / "cats" / "sub" / "s.png", 2)
+    os.symlink(".", tmp_path / "d" / "cats" / "loop")  # cats/loop -> cats
+    os.symlink("..", tmp_path / "d" / "cats" / "sub" / "up")  # cats/sub/up -> cats
+    images = discover(tmp_path / "d")
+    assert images.paths == ["cats/c.png", "cats/sub/s.png", "dogs/d.png"]  # each real folder once
 
 
 def test_missing_and_empty_folders_are_clear_errors(tmp_path):

@@ -1,0 +1,150 @@
+"""The append-only journal of an unfinished extraction (`<store>.partial`).
+
+A plain binary log rather than HDF5, because it must survive a kill at any byte: HDF5 keeps
+metadata that a kill mid-write can leave unreadable, losing every row. Here each batch is one
+self-checking record (magic, row count, length, CRC-32, then the JSON of its paths, identities and
+reasons, then its float32 vectors), appended with one write. Reading stops at the first record
+that is short or fails its checksum - the batch a kill tore - so everything before it is salvaged,
+and the next append truncates the torn tail first.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+MAGIC = b"CNNFEAT-JOURNAL 1\n"
+RECORD = struct.Struct("<4sIII")  # b"ROWS", rows, JSON bytes, CRC-32 of JSON + vectors
+RECORD_MAGIC = b"ROWS"
+FSYNC_EVERY_S = 2.0  # a kill -9 loses nothing already written; fsync bounds what power loss can take
+
+
+@dataclass
+class Rows:
+    """Rows of a store, in order: one per image, good (a vector) or skipped (a reason)."""
+
+    paths: list[str] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    mtimes: list[int] = field(default_factory=list)
+    vectors: list = field(default_factory=list)  # np.ndarray (D,), or None where skipped
+    reasons: list[str] = field(default_factory=list)  # "" where good
+
+    def append(self, path, identity, vector, reason=""):
+        self.paths.append(path)
+        self.sizes.append(int(identity[0]))
+        self.mtimes.append(int(identity[1]))
+        self.vectors.append(vector)
+        self.reasons.append(reason)
+
+    def by_path(self) -> dict:
+        """path -> ((size, mtime), vector, reason); later rows win."""
+        return {p: ((s, m), v, r) for p, s, m, v, r in
+                zip(self.paths, self.sizes, self.mtimes, self.vectors, self.reasons)}
+
+
+@dataclass
+class Salvage:
+    """What a journal holds: its rows, where its last good record ends, and what was past it."""
+
+    rows: Rows
+    good_bytes: int
+    torn_bytes: int  # bytes after the last good record (a batch a kill interrupted)
+    fingerprint: str | None  # None: no readable header
+
+
+def read_journal(path: Path, dim: int) -> Salvage:
+    data = path.read_bytes() if path.exists() else b""
+    rows = Rows()
+    header_end = data.find(b"\n", len(MAGIC)) + 1
+    if not data.startswith(MAGIC) or header_end == 0:
+        return Salvage(rows, 0, len(data), None)
+    try:
+        header = json.loads(data[len(MAGIC):header_end])
+    except ValueError:
+        return Salvage(rows, 0, len(data), None)
+    if header.get("dim") != dim:
+        return Salvage(rows, header_end, len(data) - header_end, None)
+    offset = header_end
+    while offset + RECORD.size <= len(data):
+        magic, count, meta_bytes, crc = RECORD.unpack_from(data, offset)
+        body_start = offset + RECORD.size
+        body_end = body_start + meta_bytes + count * dim * 4
+        if magic != RECORD_MAGIC or body_end > len(data) or zlib.crc32(data[body_start:body_end]) != crc:
+            break
+        meta = json.loads(data[body_start:body_start + meta_bytes])
+        vectors = np.frombuffer(data, np.float32, count * dim, body_start + meta_bytes).reshape(count, dim)
+        for p, (s, m), r, v in zip(meta["paths"], meta["identities"], meta["reasons"], vectors):
+            rows.append(p, (s, m), None if r else v.copy(), r)
+        offset = body_end
+    return Salvage(rows, offset, len(data) - offset, header.get("fingerprint"))
+
+
+class Journal:
+    """Appends batches of rows to `path` for the store whose fingerprint is `fp`."""
+
+    def __init__(self, path: Path, fp: str, dim: int):
+        self.path, self.fp, self.dim = path, fp, dim
+        self._fd = None
+        self._synced = 0.0
+
+    def resume(self) -> tuple[Rows | None, list[str]]:
+        """Rows a killed run left for these settings (None if there are none), and notes to show."""
+        if not self.path.exists():
+            return None, []
+        salvage = read_journal(self.path, self.dim)
+        if salvage.fingerprint is None:
+            return None, [f"{self.path.name}: no readable rows (a run killed while starting); starting afresh"]
+        if salvage.fingerprint != self.fp:
+            return None, [f"{self.path.name} was written with other settings; its rows are not used"]
+        notes = []
+        if salvage.torn_bytes:
+            notes.append(f"{self.path.name}: dropped the last, torn batch ({salvage.torn_bytes} bytes) of an "
+                         f"interrupted run; the {len(salvage.rows.paths)} rows before it are kept")
+        return salvage.rows, notes
+
+    def append(self, paths, identities, vectors, reasons) -> None:
+        if self._fd is None:
+            self._open()
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(paths), self.dim)
+        meta = json.dumps({"paths": list(paths), "identities": [[int(s), int(m)] for s, m in identities],
+                           "reasons": list(reasons)}).encode()
+        body = meta + vectors.tobytes()
+        record = RECORD.pack(RECORD_MAGIC, len(paths), len(meta), zlib.crc32(body)) + body
+        _write_all(self._fd, record)  # appended whole or torn at the end, never reordered
+        if time.monotonic() - self._synced > FSYNC_EVERY_S:
+            os.fsync(self._fd)
+            self._synced = time.monotonic()
+
+    def _open(self):
+        salvage = read_journal(self.path, self.dim) if self.path.exists() else None
+        if salvage is not None and salvage.fingerprint == self.fp:
+            fd = os.open(self.path, os.O_WRONLY)
+            os.ftruncate(fd, salvage.good_bytes)  # drop a torn tail before appending after it
+            os.lseek(fd, salvage.good_bytes, os.SEEK_SET)
+        else:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            _write_all(fd, MAGIC + json.dumps({"fingerprint": self.fp, "dim": self.dim}).encode() + b"\n")
+        self._fd = fd
+        self._synced = time.monotonic()
+
+    def close(self):
+        if self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+
+    def remove(self):
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
