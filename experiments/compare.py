@@ -101,9 +101,9 @@ def compare(features=None, out="artifacts", clf="all", finetune=False, refit=Fal
             except CnnfeatError as error:
                 failures.append((label, head, str(error)))
                 log(f"{label} {head}: not fitted: {error}")
-        if finetune and not data.weights_source:
-            run_finetune(data=data.data_root, backbone=data.backbone, out=out, seed=seed, log=log,
-                         **(finetune_options or {}))
+        if finetune and data.weights_source in ("", "random"):
+            run_finetune(data=data.data_root, backbone=data.backbone, weights=data.weights_source or None, out=out,
+                         seed=seed, log=log, **(finetune_options or {}))
         try:
             finetuned = load_finetuned_row(out, data, eval_paths, truth, log)
         except CnnfeatError as error:

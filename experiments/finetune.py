@@ -177,7 +177,8 @@ def run_finetune(data="data", backbone="efficientnet_lite0", weights=None, out="
                  {"epochs": epochs, "unfreeze": unfreeze, "lr": lr, "backbone_lr_scale": backbone_lr_scale,
                   "label_smoothing": label_smoothing, "weight_decay": weight_decay, "tta": tta,
                   "batch_size": batch_size, "seed": seed, "best_epoch": best[1]},
-                 f"best epoch on a stratified {SELECTION_FRACTION:.0%} slice of train ({len(select_rows)} images)", log)
+                 f"best epoch on a stratified {SELECTION_FRACTION:.0%} slice of train ({len(select_rows)} images)",
+                 record.weights_id(weights), log)
 
 
 def _finetune_rows(images, data, seed):
@@ -225,7 +226,7 @@ def _evaluate(network, images, rows, prep, device, batch_size, workers, tta):
 
 
 def _save(out, images, record, network, head, trunk, heldout, eval_name, history, fit_seconds, params, selection,
-          log) -> Path:
+          start_weights, log) -> Path:
     import torch
 
     folder = finetune_dir(out, images.name, record.name)
@@ -247,7 +248,7 @@ def _save(out, images, record, network, head, trunk, heldout, eval_name, history
         for p, t, row in zip(paths, truth, proba):
             writer.writerow([p, names[t], names[row.argmax()], *(f"{v:.6f}" for v in row)])
     info = {"head": FINETUNE_ROW, "description": f"{record.name} fine-tuned end to end + a linear layer",
-            "best_params": params, "cv": None, "selection": selection,
+            "best_params": params, "cv": None, "selection": selection, "start_weights": start_weights,
             "heldout": {"evaluated_on": eval_name, "n": len(paths), "accuracy": accuracy},
             "class_names": images.class_names, "dataset": images.name, "data_root": str(images.root),
             "feature_fingerprint": fp, "feature_config": config, "checkpoint": str(checkpoint.resolve()),
@@ -263,9 +264,11 @@ def load_finetuned_row(out, data, eval_paths, truth, log):
     for this dataset and backbone. A bundle that cannot be ranked fairly beside the heads (another
     data root, its epoch chosen on val, other held-out images) is a clear error."""
     folder = finetune_dir(out, data.dataset, data.backbone)
-    if data.weights_source or not (folder / "model.json").is_file() or not (folder / "heldout.csv").is_file():
+    if not (folder / "model.json").is_file() or not (folder / "heldout.csv").is_file():
         return None
     info = json.loads((folder / "model.json").read_text())
+    if info.get("start_weights", data.config["weights"]) != data.config["weights"]:
+        return None  # fine-tuned from other weights than this file's: it belongs beside that one
     if info.get("data_root") != data.data_root:
         raise CnnfeatError(f"{folder} was fine-tuned on {info.get('data_root')}, not {data.data_root}")
     if not info.get("selection"):

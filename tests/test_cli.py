@@ -1,4 +1,5 @@
 """The CLI through click's CliRunner: user errors end in one line and exit 1, never a traceback."""
+import re
 import subprocess
 import sys
 
@@ -33,7 +34,7 @@ def test_extract_then_up_to_date(class_folders, tmp_path):
     first = run("extract", "--data", class_folders, "--out", tmp_path, "--backbone", "resnet18",
                 "--weights", "random", "--workers", "0", "--quiet")
     assert first.exit_code == 0, first.output
-    assert "7 images: 7 extracted" in first.output and "pets-resnet18-random.h5" in first.output
+    assert "7 images: 7 extracted" in first.output and re.search(r"pets-[0-9a-f]{8}-resnet18-random\.h5", first.output)
     again = run("extract", "--data", class_folders, "--out", tmp_path, "--backbone", "resnet18", "--weights", "random")
     assert "up to date: 7 images, nothing to extract" in again.output
 
@@ -85,3 +86,23 @@ def test_demo_data_writes_digit_folders(tmp_path):
     assert result.exit_code == 0 and "1797 digit images" in result.output
     assert len(list((tmp_path / "digits").glob("*/*/*.png"))) == 1797
     assert sorted(p.name for p in (tmp_path / "digits" / "val").iterdir()) == [str(d) for d in range(10)]
+
+
+class _CreatesAFile:
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):  # what unpickling runs
+        return (open, (self.target, "w"))
+
+
+def test_a_hostile_weights_file_is_refused_without_running_it(class_folders, tmp_path):
+    target = tmp_path / "created-by-the-pickle"
+    torch.save({"state_dict": _CreatesAFile(target)}, tmp_path / "hostile.pth")
+    args = ["extract", "--data", class_folders, "--out", tmp_path / "out", "--backbone", "resnet18",
+            "--weights", tmp_path / "hostile.pth", "--workers", "0", "--quiet"]
+    assert_one_line_error(run(*args), "runs code from the file; refusing", "--trust-pickle")
+    assert not target.exists()
+    trusted = run(*args, "--trust-pickle")  # the opt-in is what lets it run: it does, then fits nothing
+    assert target.exists()
+    assert_one_line_error(trusted, "does not fit backbone resnet18")

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from sklearn.model_selection import ParameterGrid
 
 from classifiers import HEADS, get_head, register_head, resolve_grid
 from classifiers.search import check_folds, search_head
@@ -14,20 +15,15 @@ def test_registry_has_the_five_heads_and_refuses_duplicates():
         get_head("tree")
 
 
-def test_default_grids_are_wide_enough_to_matter():
-    def values(head, key):
-        return sorted({v for g in resolve_grid(get_head(head)) for v in g.get(f"clf__{key}", [])}, key=str)
-    for head in ("logreg", "svm"):
-        c = [v for v in values(head, "C")]
-        assert min(c) <= 1e-4 and max(c) >= 1e3
-    assert set(values("svm", "kernel")) == {"linear", "rbf"} and len(values("svm", "gamma")) >= 3
-    assert set(values("knn", "metric")) == {"cosine", "euclidean"} and len(values("knn", "n_neighbors")) >= 5
-    assert set(values("knn", "weights")) == {"uniform", "distance"}
-    assert len(values("rf", "n_estimators")) >= 2 and len(values("rf", "max_features")) >= 2
-    assert len(values("mlp", "hidden_layer_sizes")) >= 2 and len(values("mlp", "alpha")) >= 3
-    for head in HEADS.values():  # every default grid names real parameters of its pipeline
-        params = head.build(0).get_params()
-        assert all(k in params for g in resolve_grid(head) for k in g)
+@pytest.mark.parametrize("head", ["logreg", "svm", "knn", "rf", "mlp", "linear"])
+def test_every_default_grid_searches_and_finds_a_good_head(head):
+    """The default grids run as they are (valid values for every parameter) and reach a good model
+    on a real, small problem: 300 handwritten digits, 3-fold CV."""
+    from sklearn.datasets import load_digits
+    X, y = load_digits(return_X_y=True)
+    result = search_head(head, X[:300], y[:300].astype(str), cv=3, seed=0, log=lambda _: None)
+    print(f"{head}: {result.best_params} CV {result.cv_mean:.3f} over {result.candidates} candidates")
+    assert result.cv_mean >= 0.85 and result.candidates == len(ParameterGrid(resolve_grid(get_head(head))))
 
 
 def test_grid_override_narrows_and_validates():
@@ -62,8 +58,11 @@ def test_search_finds_the_better_parameters_and_is_reproducible():
     assert first.best_params == {"C": 1.0} and first.cv_mean > 0.9 and first.folds == 3
     assert (first.cv_mean, first.cv_std) == (again.cv_mean, again.cv_std)
     assert "grid search over 2 candidates x 3 folds on 400 rows" in logs[-1]
-    halving = search_head("knn", X, y, grid={"n_neighbors": [1, 3, 5, 7]}, cv=3, search="halving", log=lambda _: None)
-    assert halving.method == "halving" and halving.best_params["n_neighbors"] in (1, 3, 5, 7)
+    # Successive halving keeps the candidate that is clearly best, and says it halved: C=1e-7 is
+    # near chance on digits, C=1 near perfect.
+    halving = search_head("logreg", X, y, grid={"C": [1e-7, 1e-6, 1e-5, 1.0]}, cv=3, search="halving",
+                          log=lambda _: None)
+    assert halving.method == "halving" and halving.best_params == {"C": 1.0} and halving.cv_mean > 0.9
 
 
 def test_progress_search_scores_exactly_like_gridsearchcv():

@@ -1,3 +1,4 @@
+import importlib
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from classifiers import FeatureClassifier, FeatureMismatch, load_model, save_mod
 from featurize import load_features
 from featurize.errors import CnnfeatError
 from tests.conftest import REPO
+from tests.test_cli import assert_one_line_error, run
 
 
 def _fitted(store):
@@ -94,3 +96,76 @@ def test_load_model_refuses_changed_corrupt_or_foreign_files(tinted_store, tmp_p
         load_model(tmp_path / "dict.joblib")
     with pytest.raises(CnnfeatError, match="no such file"):
         load_model(tmp_path / "absent.joblib")
+
+
+class _CreatesAFile:
+    """A pickle that, when loaded, creates a file: what a hostile model file would do."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_a_changed_model_file_is_refused_before_it_is_unpickled(tinted_store, tmp_path):
+    model, _ = _fitted(tinted_store)
+    path, _ = save_model(model, tmp_path / "m.joblib", {})
+    target = tmp_path / "created-by-the-pickle"
+    joblib.dump(_CreatesAFile(target), path)  # swapped after saving; the .json still names the original
+    result = run("predict", "--model", path, tmp_path)
+    assert_one_line_error(result, "sha256 does not match m.json", "refusing to load it")
+    assert not target.exists()
+    joblib.load(path)
+    assert target.exists()  # the same file does run code when loaded without the check
+
+
+def test_an_interrupted_save_never_pairs_a_new_record_with_an_old_model(tinted_store, tmp_path, monkeypatch):
+    import classifiers.model as module
+
+    model, _ = _fitted(tinted_store)
+    path, json_path = save_model(model, tmp_path / "m.joblib", {"version": 1})
+    stale = tmp_path / "m.joblib.tmp-99999999"  # left by a writer killed earlier
+    stale.write_bytes(b"half")
+    real_publish = module.publish
+
+    def killed_before(tmp, final):
+        raise KeyboardInterrupt  # the kill comes before the .json is renamed into place
+
+    monkeypatch.setattr(module, "publish", killed_before)
+    with pytest.raises(KeyboardInterrupt):
+        save_model(model, path, {"version": 2})
+    assert json.loads(json_path.read_text())["version"] == 1 and isinstance(load_model(path), FeatureClassifier)
+
+    def killed_between(tmp, final):
+        real_publish(tmp, final)
+        raise KeyboardInterrupt  # the .json is in place, the .joblib not yet
+
+    monkeypatch.setattr(module, "publish", killed_between)
+    other = clone(model).fit(np.asarray(_fitted(tinted_store)[1].X[:10]), [0, 1] * 5)  # other bytes
+    with pytest.raises(KeyboardInterrupt):
+        save_model(other, path, {"version": 3})
+    with pytest.raises(CnnfeatError, match="or its save was interrupted"):
+        load_model(path)
+    monkeypatch.setattr(module, "publish", real_publish)
+    save_model(model, path, {"version": 4})
+    assert json.loads(json_path.read_text())["version"] == 4 and isinstance(load_model(path), FeatureClassifier)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("m.")) == ["m.joblib", "m.json"]
+
+
+@pytest.mark.parametrize("precision", ["float32", "float16"])
+def test_pil_images_and_files_give_the_same_vectors(tinted_store, tmp_path, monkeypatch, precision):
+    """One path from a batch to the model: PIL images and files (PNG: the same pixels) agree exactly,
+    in either compute precision."""
+    engine = importlib.import_module("featurize.extract")  # the module, not the function of that name
+    monkeypatch.setattr(engine, "compute_precision", lambda device: precision)
+    model, features = _fitted(tinted_store)
+    paths = [f"{features.data_root}/{p}" for p in features.paths[:5]]
+    from_files, _ = model.embed_images(paths)
+    from_pil, _ = model.embed_images([Image.open(p) for p in paths])
+    np.testing.assert_array_equal(from_files, from_pil)
+    if precision == "float32":
+        np.testing.assert_allclose(from_files, features.X[:5], rtol=1e-5, atol=1e-5)
+    else:  # float16 autocast moves the vectors a little, so it has its own fingerprint
+        assert not np.allclose(from_files, features.X[:5], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(from_files, features.X[:5], rtol=0.05, atol=0.05)

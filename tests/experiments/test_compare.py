@@ -2,15 +2,18 @@ import csv
 import json
 import math
 
+import h5py
 import numpy as np
 import pytest
+import torch
+import torchvision
 
 from experiments.compare import compare
 from experiments.metrics import bootstrap_interval, mcnemar_p
-from featurize import extract
+from featurize import extract, load_features
 from featurize.errors import CnnfeatError
 from tests.conftest import write_image
-from tests.test_cli import run
+from tests.test_cli import assert_one_line_error, run
 
 QUIET = {"log": lambda _: None}
 HEADS = ["svm", "rf", "mlp", "knn", "logreg", "linear"]
@@ -19,7 +22,7 @@ HEADS = ["svm", "rf", "mlp", "knn", "logreg", "linear"]
 def test_hymenoptera_compare_best_head_reaches_094_and_reuses_fits(hymenoptera_lite0, tmp_path):
     result = run("compare", "--features", hymenoptera_lite0, "--out", tmp_path)
     assert result.exit_code == 0, result.output
-    report = tmp_path / "reports" / "hymenoptera-efficientnet_lite0"
+    report = tmp_path / "reports" / hymenoptera_lite0.stem
     rows = json.loads((report / "report.json").read_text())["rows"]
     print("".join(f"\n{r['head']}: {r['accuracy']:.4f}" for r in rows))
     assert [r["head"] for r in rows] and sorted(r["head"] for r in rows) == sorted(HEADS)
@@ -57,17 +60,87 @@ def test_same_seed_same_table_and_refit_searches_again(tinted_store, tmp_path):
 
 
 def test_several_backbones_make_one_table(tinted_store, tmp_path):
-    data = tmp_path / "tinted"
-    for split, seeds in (("train", range(18)), ("val", range(18, 24))):
-        for i in seeds:
-            write_image(data / split / "red" / f"r{i}.png", seed=i, tint=(1.0, 0.4, 0.4))
-            write_image(data / split / "blue" / f"b{i}.png", seed=100 + i, tint=(0.4, 0.4, 1.0))
+    data = load_features(tinted_store).data_root
     other = extract(data=data, backbone="mobilenet_v3_small", weights="random", out=tmp_path, workers=0,
                     progress=False).store
     outcome = compare(features=[tinted_store, other], out=tmp_path, clf="logreg", **QUIET)
-    assert outcome.report_dir.name == "tinted-resnet18+mobilenet_v3_small"
-    assert sorted(r.backbone for r in outcome.rows) == ["mobilenet_v3_small", "resnet18"]
+    dataset = load_features(tinted_store).dataset
+    assert outcome.report_dir.name == f"{dataset}-resnet18-random+mobilenet_v3_small-random"
+    assert sorted(r.backbone for r in outcome.rows) == ["mobilenet_v3_small-random", "resnet18-random"]
     assert all(r.metrics["n"] == 12 for r in outcome.rows)
+
+
+def test_one_backbone_twice_keeps_both_sets_of_outputs(tinted_store, tmp_path):
+    """Pretrained and fine-tuned weights of one backbone: two rows, two models, two prediction files."""
+    features = load_features(tinted_store)
+    torch.manual_seed(5)
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "tuned.pth")
+    tuned = extract(data=features.data_root, backbone="resnet18", weights=str(tmp_path / "tuned.pth"), out=tmp_path,
+                    workers=0, progress=False).store
+    outcome = compare(features=[tinted_store, tuned], out=tmp_path, clf="knn", **QUIET)
+    labels = sorted(r.backbone for r in outcome.rows)
+    assert labels[0].startswith("resnet18-ft") and labels[1] == "resnet18-random"
+    for label in labels:
+        assert (outcome.report_dir / "models" / f"{label}-knn.joblib").is_file()
+        assert (outcome.report_dir / "predictions" / f"{label}-knn.csv").is_file()
+    with pytest.raises(CnnfeatError, match="one dataset's held-out images; these feature files are of 2 datasets"):
+        other = _store(tmp_path, [("train", "a", 6), ("train", "b", 6), ("val", "a", 2), ("val", "b", 2)])
+        compare(features=[tinted_store, other], out=tmp_path, clf="knn", **QUIET)
+
+
+def test_reuse_needs_every_input_unchanged_and_a_loadable_model(tinted_store, tmp_path, monkeypatch):
+    def heads(*args, **kwargs):
+        logs = []
+        outcome = compare(features=[tinted_store], out=tmp_path, clf="knn", log=logs.append, *args, **kwargs)
+        return outcome, " ".join(logs)
+
+    first, _ = heads()
+    model = first.report_dir / "models" / "resnet18-random-knn.joblib"
+    assert not first.rows[0].reused and heads()[0].rows[0].reused
+    model.unlink()  # a .json without its .joblib: fitted again, not reported as a failure
+    again, said = heads()
+    assert not again.rows[0].reused and not again.failures and "fitting it again" in said and model.is_file()
+    import experiments.compare as module
+    real = module.library_versions
+    monkeypatch.setattr(module, "library_versions", lambda packages: {**real(packages), "scikit-learn": "0.0"})
+    assert not heads()[0].rows[0].reused  # another scikit-learn: searched again
+
+
+def _row(head, truth, predicted):
+    from experiments.compare import Row
+    return Row("b", head, {}, [f"{i}.png" for i in range(len(truth))], truth, predicted, None, ["x", "y"])
+
+
+def test_rows_are_ranked_by_the_chosen_score():
+    from experiments.compare import _score_rows
+    truth = ["x"] * 8 + ["y"] * 2
+
+    def ranked(scoring):
+        rows = [_row("always_x", truth, ["x"] * 10),  # accuracy 0.8, balanced accuracy 0.5
+                _row("fair", truth, ["x"] * 5 + ["y"] * 5)]  # accuracy 0.7, balanced accuracy 0.8125
+        _score_rows(rows, scoring, seed=0)
+        return [r.head for r in rows], rows[0].metrics["mcnemar_p_vs_best"]
+
+    assert ranked("accuracy") == (["always_x", "fair"], None)
+    assert ranked("balanced_accuracy") == (["fair", "always_x"], None)
+    assert ranked("f1_macro")[0] == ["fair", "always_x"]
+
+
+def test_names_from_a_shared_file_never_leave_out(tinted_store, tmp_path):
+    hostile = tmp_path / "shared" / "hostile.h5"
+    hostile.parent.mkdir()
+    hostile.write_bytes(tinted_store.read_bytes())
+    for attribute, value in (("dataset", "../../evil"), ("config", "backbone")):
+        with h5py.File(hostile, "a") as h5:
+            if attribute == "config":
+                config = json.loads(h5.attrs["config"])
+                h5.attrs["config"] = json.dumps({**config, "backbone": "../../../evil"})
+            else:
+                h5.attrs["dataset"] = value
+        before = sorted(p for p in tmp_path.rglob("*"))
+        result = run("compare", "--features", hostile, "--out", tmp_path / "out", "--clf", "knn", "--quiet")
+        assert_one_line_error(result, "is not a plain name", "evil")
+        assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written anywhere
 
 
 def _store(tmp_path, layout):

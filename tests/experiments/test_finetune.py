@@ -1,5 +1,6 @@
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,11 +29,16 @@ def test_blocks_and_unfreezing():
         set_trainable(resnet, "half")
 
 
-def test_frozen_batchnorm_keeps_its_statistics(tmp_path):
+def _two_class_data(root):
     for split, count in (("train", 6), ("val", 2)):
         for i in range(count):
-            write_image(tmp_path / "d" / split / "x" / f"{i}.png", seed=i, tint=(1, 0.5, 0.5))
-            write_image(tmp_path / "d" / split / "y" / f"{i}.png", seed=50 + i, tint=(0.5, 0.5, 1))
+            write_image(root / split / "x" / f"{i}.png", seed=i, tint=(1, 0.5, 0.5))
+            write_image(root / split / "y" / f"{i}.png", seed=50 + i, tint=(0.5, 0.5, 1))
+    return root
+
+
+def test_frozen_batchnorm_keeps_its_statistics(tmp_path):
+    _two_class_data(tmp_path / "d")
     frozen_before = get_backbone("resnet18").load("random").trunk.bn1.running_mean.clone()
     folder = run_finetune(data=tmp_path / "d", backbone="resnet18", weights="random", out=tmp_path, epochs=1,
                           unfreeze="last-1-blocks", workers=0, **QUIET)
@@ -41,13 +47,32 @@ def test_frozen_batchnorm_keeps_its_statistics(tmp_path):
     assert checkpoint["backbone"] == "resnet18" and checkpoint["class_names"] == ["x", "y"]
 
 
+def test_epoch_is_chosen_on_train_and_compare_ranks_it_on_its_own_heldout_images(tmp_path):
+    data = _two_class_data(tmp_path / "d")
+    folder = run_finetune(data=data, backbone="resnet18", weights="random", out=tmp_path, epochs=2, workers=0, **QUIET)
+    info = json.loads((folder / "model.json").read_text())
+    assert info["selection"] == "best epoch on a stratified 20% slice of train (3 images)"
+    assert [set(h) for h in info["history"]] == [{"epoch", "train_loss", "selection_accuracy"}] * 2
+    store = extract(data=data, backbone="resnet18", weights="random", out=tmp_path, workers=0, progress=False).store
+    outcome = compare(features=[store], out=tmp_path, clf="knn", cv=2, log=lambda _: None)
+    finetuned = next(r for r in outcome.rows if r.head == "finetuned")
+    assert sorted(finetuned.paths) == sorted(r.paths for r in outcome.rows if r.head == "knn")[0]
+    assert "slice of train" in (outcome.report_dir / "report.md").read_text()
+
+    heldout = folder / "heldout.csv"
+    heldout.write_text("".join(heldout.read_text().splitlines(keepends=True)[:-1]))  # one image fewer
+    outcome = compare(features=[store], out=tmp_path, clf="knn", cv=2, log=lambda _: None)
+    assert [r.head for r in outcome.rows] == ["knn"]
+    assert "scores other images than compare (1 of compare's missing" in outcome.failures[0][2]
+
+
 def test_needs_a_val_split(class_folders, tmp_path):
     with pytest.raises(CnnfeatError, match="finetune needs train/ and val/"):
         run_finetune(data=class_folders, backbone="resnet18", weights="random", out=tmp_path, **QUIET)
 
 
 def test_lite0_finetune_on_hymenoptera(hymenoptera, hymenoptera_lite0, tmp_path):
-    """A few CPU epochs reach >= 0.93 on val; the checkpoint feeds `extract --weights`; the saved
+    """A few CPU epochs, the epoch chosen on a slice of train, reach >= 0.93 on val; the checkpoint feeds `extract --weights`; the saved
     model predicts from images what the run reported; compare picks the network up."""
     folder = run_finetune(data=hymenoptera, out=tmp_path, **QUIET)
     info = json.loads((folder / "model.json").read_text())
@@ -62,7 +87,9 @@ def test_lite0_finetune_on_hymenoptera(hymenoptera, hymenoptera_lite0, tmp_path)
     np.testing.assert_allclose(model.predict_proba(images),
                                [[float(row["p_ants"]), float(row["p_bees"])] for row in heldout], atol=1e-4)
 
-    (tmp_path / "few.txt").write_text("".join(f"{path} x\n" for path in images))
+    for path in images:
+        (tmp_path / Path(path).name).symlink_to(path)
+    (tmp_path / "few.txt").write_text("".join(f"{Path(path).name} x\n" for path in images))
     store = extract(data=tmp_path / "few.txt", weights=str(folder / "checkpoint.pth"), out=tmp_path,
                     progress=False).store
     features = load_features(store)

@@ -27,7 +27,8 @@ def test_every_head_reaches_092_on_hymenoptera_val(hymenoptera_lite0, tmp_path, 
     saved = json.loads(outcome.json_path.read_text())
     assert saved["heldout"]["accuracy"] == held["accuracy"] and saved["class_names"] == ["ants", "bees"]
     assert saved["feature_fingerprint"] == load_features(hymenoptera_lite0).fingerprint
-    assert outcome.model_path.name == f"hymenoptera-efficientnet_lite0-{head}.joblib"
+    assert outcome.model_path.name == f"{hymenoptera_lite0.stem}-{head}.joblib"
+    assert saved["selection"] == "grid search, 5-fold CV on train"
 
 
 def test_predict_csv_matches_a_fresh_interpreter(tinted_store, tmp_path):
@@ -72,10 +73,10 @@ def test_no_split_gets_a_recorded_holdout_the_same_for_every_head(tmp_path):
 
 def test_fit_takes_the_newest_feature_file_and_says_so(tinted_store, tmp_path):
     (tmp_path / "features").mkdir()
-    (tmp_path / "features" / "tinted-resnet18-random.h5").write_bytes(tinted_store.read_bytes())
+    (tmp_path / "features" / tinted_store.name).write_bytes(tinted_store.read_bytes())
     result = run("fit", "--clf", "logreg", "--out", tmp_path, "--grid", '{"C": [1.0]}')
     assert result.exit_code == 0, result.output
-    assert "features: " in result.output and "tinted-resnet18-random.h5 (the newest under" in result.output
+    assert "features: " in result.output and f"{tinted_store.name} (the newest under" in result.output
     assert "logreg: grid search over 1 candidates x 5 folds on 36 rows" in result.output
 
 

@@ -146,3 +146,19 @@ def test_lite0_on_hymenoptera_end_to_end(hymenoptera_lite0):
     train, val = features.splits == "train", features.splits == "val"
     centroid = NearestCentroid().fit(features.X[train], features.y[train])
     assert centroid.score(features.X[val], features.y[val]) >= 0.85
+
+
+def test_compute_precision_is_part_of_the_fingerprint(class_folders, tmp_path, monkeypatch):
+    """float16 vectors (CUDA's autocast; here CPU autocast stands in) never land in a float32 store."""
+    import importlib
+    engine = importlib.import_module("featurize.extract")
+
+    first = extract(data=class_folders, out=tmp_path, **RANDOM)
+    fp32 = load_features(first.store)
+    monkeypatch.setattr(engine, "compute_precision", lambda device: "float16")
+    second = extract(data=class_folders, out=tmp_path, **RANDOM)
+    fp16 = load_features(second.store)
+    assert second.store == first.store and second.extracted == 7 and second.reused == 0
+    assert any("made with other settings" in note for note in second.notes)
+    assert fp16.config["precision"] == "float16" and fp32.config["precision"] == "float32"
+    assert fp16.fingerprint != fp32.fingerprint and not np.array_equal(fp16.X, fp32.X)
