@@ -84,7 +84,7 @@ def fit_and_score(data, split, clf, grid=None, cv=5, scoring="accuracy", jobs=1,
         notes.append(f"classes {', '.join(unseen)} are in {split.name} but not in the training rows: "
                      f"the model cannot predict them")
         log(notes[-1])
-    selection = ("its best candidate on a stratified 20% slice of train" if result.folds == 1 else
+    selection = (f"{result.method} search, a stratified 20% slice of train" if result.folds == 1 else
                  f"{result.method} search, {result.folds}-fold CV on train")
     info = {
         "head": head.name, "description": head.description, "best_params": result.best_params, "selection": selection,

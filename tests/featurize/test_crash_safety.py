@@ -36,6 +36,17 @@ def _start(data, out, log):
     return subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
 
 
+def _journal_of(out, process, min_bytes=1):
+    """Wait until the run writing under `out` has a journal of at least `min_bytes`; return its path."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        partial = next(iter((out / "features").glob("*.partial")), None)
+        if partial is not None and partial.stat().st_size >= min_bytes:
+            return partial
+        time.sleep(0.05)
+    raise AssertionError(f"no journal of {min_bytes} bytes under {out} (run ended: {process.poll()})")
+
+
 def _kill_after(process, seconds):
     try:
         process.wait(timeout=seconds)
@@ -90,10 +101,7 @@ def test_sigterm_stops_cleanly_and_the_rerun_resumes(many_images, tmp_path):
     out = tmp_path / "out"
     with open(tmp_path / "log", "w") as log:
         process = _start(data, out, log)
-        journal = out / "features"
-        deadline = time.monotonic() + 120
-        while not list(journal.glob("*.partial")) and time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.05)
+        _journal_of(out, process)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 1
     said = (tmp_path / "log").read_text()
@@ -108,9 +116,7 @@ def test_two_concurrent_runs_one_writes_the_other_says_so(many_images, tmp_path)
     out = tmp_path / "out"
     with open(tmp_path / "log", "w") as log:
         first = _start(data, out, log)
-        deadline = time.monotonic() + 120
-        while not list((out / "features").glob("*.partial")) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _journal_of(out, first)
         second = run("extract", "--data", data, "--out", out, "--backbone", "resnet18", "--weights", "random")
         assert first.wait(timeout=300) == 0
     assert_one_line_error(second, "is being written by cnnfeat extract", f"(pid {first.pid})")
@@ -148,13 +154,7 @@ def test_extract_resumes_from_a_torn_journal_and_sweeps_dead_writers_tmp_files(m
     out = tmp_path / "out"
     with open(tmp_path / "log", "w") as log:
         process = _start(data, out, log)
-        deadline = time.monotonic() + 120
-        partial = None
-        while partial is None and time.monotonic() < deadline:
-            partial = next(iter((out / "features").glob("*.partial")), None)
-            time.sleep(0.05)
-        while partial.stat().st_size < 30_000 and process.poll() is None:
-            time.sleep(0.05)
+        partial = _journal_of(out, process, min_bytes=30_000)  # a dozen batches in
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
     partial.write_bytes(partial.read_bytes()[:-100])  # the batch being written when the kill came

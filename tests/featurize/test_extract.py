@@ -162,3 +162,17 @@ def test_compute_precision_is_part_of_the_fingerprint(class_folders, tmp_path, m
     assert any("made with other settings" in note for note in second.notes)
     assert fp16.config["precision"] == "float16" and fp32.config["precision"] == "float32"
     assert fp16.fingerprint != fp32.fingerprint and not np.array_equal(fp16.X, fp32.X)
+
+
+def test_two_projects_with_a_data_folder_each_keep_two_stores(tmp_path):
+    for project, seed in (("one", 1), ("two", 2)):
+        write_image(tmp_path / project / "data" / "a" / "x.png", seed=seed)
+        write_image(tmp_path / project / "data" / "b" / "y.png", seed=seed + 10)
+    out = tmp_path / "shared-out"
+    one = extract(data=tmp_path / "one" / "data", out=out, **RANDOM)
+    two = extract(data=tmp_path / "two" / "data", out=out, **RANDOM)
+    assert one.store != two.store and one.store.exists() and two.store.exists()
+    for project, first in (("one", one), ("two", two)):  # neither overwrote the other
+        again = extract(data=tmp_path / project / "data", out=out, **RANDOM)
+        assert again.store == first.store and not again.model_loaded
+        assert load_features(again.store).data_root == str((tmp_path / project / "data").resolve())
