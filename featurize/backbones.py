@@ -139,7 +139,7 @@ def load_checkpoint(trunk, path: str | os.PathLike, backbone_name: str, trust_pi
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "Weights only load failed" not in str(error):  # not a pickle at all
+        if "Unsupported global" not in str(error):  # not pickled objects: a corrupt or foreign file
             raise BackboneError(f"--weights {path}: not a readable torch checkpoint ({error})") from None
         if not trust_pickle:
             raise BackboneError(
