@@ -65,27 +65,49 @@ def extract(backbone, data, weights, trust_pickle, out, device, batch_size, work
     click.echo(f"features: {result.store}")
 
 
+def search_options(command):
+    """The options of `fit` and `compare` that say how heads are searched (one SearchSettings)."""
+    options = [
+        click.option("--cv", type=click.IntRange(min=2), default=5, show_default=True, help="Cross-validation folds."),
+        click.option("--scoring", type=click.Choice(["accuracy", "balanced_accuracy", "f1_macro"]),
+                     default="accuracy", show_default=True, help="What the search maximises and the table ranks by."),
+        click.option("--search", type=click.Choice(["auto", "grid", "halving"]), default="auto", show_default=True,
+                     help="grid: every candidate on every fold; halving: successive halving; auto: the full grid "
+                          "up to 1,000 training rows, then halving for svm and mlp and out-of-bag scores for rf "
+                          "(and halving for every head above 10,000 rows)."),
+        click.option("--budget", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="Seconds per head: an exhaustive grid search that stops at its best candidate so far "
+                          "(the report says so)."),
+        click.option("--jobs", type=int, default=-1, show_default=True, help="Parallel fits (-1: every core)."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seed of CV folds, hold-out split, estimators."),
+        click.option("--verbose", is_flag=True, help="Print every cross-validation fit."),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def search_settings(cv, scoring, search, budget, jobs, seed, verbose, quiet):
+    from classifiers.search import SearchSettings
+    return SearchSettings(cv=cv, scoring=scoring, search=search, seed=seed, budget=budget, jobs=jobs,
+                          verbose=2 if verbose else 0, progress=not quiet)
+
+
 @cli.command()
 @click.option("--clf", required=True, help="Head: svm, rf, mlp, knn or logreg (see `cnnfeat heads`).")
 @click.option("--features", default=None, help="Feature file [default: the newest under OUT/features].")
 @click.option("--out", default=DEFAULT_OUT, show_default=True, help="Output root; the model goes to OUT/models/.")
 @click.option("--grid", default=None, help="JSON (string or file) replacing or narrowing the default grid, "
                                             "e.g. '{\"C\": [0.1, 1]}'.")
-@click.option("--cv", type=click.IntRange(min=2), default=5, show_default=True, help="Cross-validation folds.")
-@click.option("--scoring", type=click.Choice(["accuracy", "balanced_accuracy", "f1_macro"]), default="accuracy",
-              show_default=True, help="What the search maximises.")
-@click.option("--search", type=click.Choice(["auto", "grid", "halving"]), default="auto", show_default=True,
-              help="Full grid, or successive halving (auto: halving above 10,000 training rows).")
-@click.option("--jobs", type=int, default=1, show_default=True, help="Parallel fits (-1: all cores).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of CV folds, hold-out split, estimators.")
-@click.option("--verbose", is_flag=True, help="Print every cross-validation fit.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def fit(clf, features, out, grid, cv, scoring, search, jobs, seed, verbose, quiet):
+@search_options
+def fit(clf, features, out, grid, **options):
     """Grid-search a head on cached features, refit it, score it on val/test, save it."""
     from experiments.fit import fit_model
 
-    outcome = fit_model(features=features, out=out, clf=clf, grid=grid, cv=cv, scoring=scoring, jobs=jobs,
-                        seed=seed, search=search, verbose=2 if verbose else 0, progress=not quiet, log=click.echo)
+    outcome = fit_model(features=features, out=out, clf=clf, grid=grid, settings=search_settings(**options),
+                        log=click.echo)
     info = outcome.info
     held = info["heldout"]
     click.echo(f"best {info['best_params']}: CV {info['cv']['scoring']} {info['cv']['mean']:.4f} "
@@ -120,18 +142,13 @@ def predict(model_path, inputs, out_csv, device, batch_size, workers, quiet):
 @click.option("--clf", default="all", show_default=True, help="Heads: all, or a comma list (svm,rf,...).")
 @click.option("--finetune", "with_finetune", is_flag=True, help="Also fine-tune the backbone end to end first.")
 @click.option("--refit", is_flag=True, help="Search again even where nothing changed.")
-@click.option("--cv", type=click.IntRange(min=2), default=5, show_default=True, help="Cross-validation folds.")
-@click.option("--scoring", type=click.Choice(["accuracy", "balanced_accuracy", "f1_macro"]), default="accuracy",
-              show_default=True)
-@click.option("--jobs", type=int, default=1, show_default=True, help="Parallel fits (-1: all cores).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-def compare(features, out, clf, with_finetune, refit, cv, scoring, jobs, seed, quiet):
+@search_options
+def compare(features, out, clf, with_finetune, refit, **options):
     """Fit every head on the same split, then write and print one report table."""
     from experiments.compare import compare as run_compare
 
     outcome = run_compare(features=list(features) or None, out=out, clf=clf, finetune=with_finetune, refit=refit,
-                          cv=cv, scoring=scoring, seed=seed, jobs=jobs, progress=not quiet, log=click.echo)
+                          settings=search_settings(**options), log=click.echo)
     click.echo("")
     click.echo(outcome.markdown)
     click.echo(f"report: {outcome.report_dir}/report.md (+ .csv, .json, predictions/, confusion/, summary.png)")

@@ -26,18 +26,20 @@ class Head:
     calibrate: bool = False
     validation: str = "kfold"  # or "slice": one stratified 20% validation slice of the training rows
     scales_badly_above: int | None = None  # training rows past which the default grid is slow
+    auto_search: str = "grid"  # what `--search auto` runs above 1,000 rows: "oob" (out-of-bag scores, one
+    # fit per candidate) for a forest
 
 
 HEADS: dict[str, Head] = {}
 
 
-def register_head(name: str, description: str, grid, calibrate=False, validation="kfold", scales_badly_above=None):
-    """Decorator: register a pipeline builder under `name`; a name can be registered once only."""
+def register_head(name: str, description: str, grid, **settings):
+    """Decorator: register a pipeline builder under `name` (settings: the other Head fields); a name
+    can be registered once only."""
     def decorate(build):
         if name in HEADS:
             raise ValueError(f"head {name!r} is already registered")
-        grids = grid if isinstance(grid, list) else [grid]
-        HEADS[name] = Head(name, description, build, grids, calibrate, validation, scales_badly_above)
+        HEADS[name] = Head(name, description, build, grid if isinstance(grid, list) else [grid], **settings)
         return build
     return decorate
 
@@ -72,8 +74,8 @@ def _logreg(seed):
     calibrate=True, scales_badly_above=20_000,
 )
 def _svm(seed):
-    from sklearn.svm import SVC
-    return _pipeline(_standardise(), SVC(random_state=seed))
+    from .kernel_svm import PrecomputedKernelSVC  # SVC, with its kernel matrix computed once per fold
+    return _pipeline(_standardise(), PrecomputedKernelSVC(random_state=seed))
 
 
 @register_head(
@@ -89,6 +91,7 @@ def _knn(seed):
 @register_head(
     "rf", "random forest (no scaling: trees do not need it)",
     {"n_estimators": [100, 300], "max_features": ["sqrt", "log2", 0.1]}, scales_badly_above=200_000,
+    auto_search="oob",
 )
 def _rf(seed):
     from sklearn.ensemble import RandomForestClassifier

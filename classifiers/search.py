@@ -1,8 +1,9 @@
 """Cross-validated search of a head's grid on the training rows (scikit-learn's model selection)."""
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -11,7 +12,50 @@ from featurize.errors import CnnfeatError
 from .heads import get_head, resolve_grid
 
 SCORINGS = ("accuracy", "balanced_accuracy", "f1_macro")
-HALVING_ABOVE = 10_000  # training rows past which `search="auto"` uses successive halving
+METHODS = ("auto", "grid", "halving")
+HALVING_ABOVE = 10_000  # training rows past which `search="auto"` uses successive halving for every head
+# Training rows past which `search="auto"` uses a head's own cheaper method (Head.auto_search: out-of-bag
+# scores for the forest). Below it the full grid is quick anyway.
+OWN_METHOD_ABOVE = 1_000
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How every head is searched: one object from the command line to the searcher, and the
+    source of the reuse key (`numbers`), so the key cannot forget a setting that changes a number."""
+
+    cv: int = 5
+    scoring: str = "accuracy"
+    search: str = "auto"  # auto: each head's own strategy (halving where fits are expensive); grid; halving
+    seed: int = 0
+    budget: float | None = None  # seconds per head; the search stops at its best candidate so far
+    jobs: int = -1  # parallel fits; -1: every core (never changes a number)
+    verbose: int = 0
+    progress: bool = False
+
+    def numbers(self) -> dict:
+        """The settings that change the fitted heads (not jobs, verbosity or progress)."""
+        return {"cv": self.cv, "scoring": self.scoring, "search": self.search, "seed": self.seed,
+                "budget": self.budget}
+
+    def method_for(self, head, rows: int) -> str:
+        if self.budget is not None:
+            return "grid"  # a budget stops an exhaustive search between candidates
+        if self.search != "auto":
+            return self.search
+        if rows > HALVING_ABOVE:
+            return "oob" if head.auto_search == "oob" else "halving"
+        return head.auto_search if rows > OWN_METHOD_ABOVE else "grid"
+
+    def check(self) -> "SearchSettings":
+        if self.scoring not in SCORINGS:
+            raise CnnfeatError(f"--scoring {self.scoring!r}; valid: {', '.join(SCORINGS)}")
+        if self.search not in METHODS:
+            raise CnnfeatError(f"--search {self.search!r}; valid: {', '.join(METHODS)}")
+        if self.budget is not None and self.search == "halving":
+            raise CnnfeatError("--budget stops an exhaustive grid search between candidates; it does not "
+                               "combine with --search halving")
+        return self
 
 
 @dataclass
@@ -27,6 +71,7 @@ class SearchResult:
     seconds: float
     pipeline: object  # unfitted Pipeline with the best parameters set (calibrated where the head asks)
     notes: list
+    evaluated: int = 0  # candidates scored at full size (fewer than `candidates` when the budget ran out)
 
 
 def check_folds(y, cv: int) -> tuple[int, list[str]]:
@@ -47,81 +92,170 @@ def check_folds(y, cv: int) -> tuple[int, list[str]]:
     return cv, []
 
 
-def search_head(name: str, X: np.ndarray, y: np.ndarray, grid=None, cv: int = 5, scoring: str = "accuracy",
-                jobs: int = 1, seed: int = 0, search: str = "auto", verbose: int = 0, progress: bool = False,
-                log=print) -> SearchResult:
+def search_head(name: str, X: np.ndarray, y: np.ndarray, grid=None, settings: SearchSettings | None = None,
+                log=print, **overrides) -> SearchResult:
     """Search `name`'s grid by stratified K-fold CV on (X, y); nothing is refitted here."""
-    from sklearn.model_selection import ParameterGrid, StratifiedKFold
+    from sklearn.model_selection import ParameterGrid
 
+    settings = replace(settings or SearchSettings(), **overrides).check()
     head = get_head(name)
-    if scoring not in SCORINGS:
-        raise CnnfeatError(f"--scoring {scoring!r}; valid: {', '.join(SCORINGS)}")
     grid = resolve_grid(head, grid)
-    folds, notes = check_folds(y, cv)
+    folds, notes = check_folds(y, settings.cv)
     grid = _fit_neighbours_to_folds(grid, len(X) - -(-len(X) // folds), notes)
     candidates = len(ParameterGrid(grid))
-    method = ("halving" if len(X) > HALVING_ABOVE else "grid") if search == "auto" else search
+    method = settings.method_for(head, len(X))
     if head.scales_badly_above and len(X) > head.scales_badly_above:
         notes.append(f"{head.name} with {len(X)} training rows: its default grid may take hours "
                      f"(its cost grows quickly with rows); consider --clf logreg, or narrow --grid")
     for note in notes:
         log(note)
-    if head.validation == "slice":  # one validation slice of train, as the torch recipes do
-        from sklearn.model_selection import StratifiedShuffleSplit
-        splitter, folds = StratifiedShuffleSplit(1, test_size=0.2, random_state=seed), 1
-    else:
-        splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    log(f"{head.name}: {method} search over {candidates} candidates x "
-        f"{'a 20% validation slice' if folds == 1 else f'{folds} folds'} on {len(X)} rows "
-        f"({scoring}, {jobs} job{'s' if jobs != 1 else ''})")
-    pipeline = head.build(seed)
+    splitter, folds = _splitter(head.validation, folds, settings.seed)
+    jobs = settings.jobs
+    scheme = {0: "out-of-bag scores", 1: "a 20% validation slice"}.get(OOB_FOLDS if method == "oob" else folds,
+                                                                         f"{folds} folds")
+    log(f"{head.name}: {method} search over {candidates} candidates x {scheme} on {len(X)} rows "
+        f"({settings.scoring}, {'all cores' if jobs == -1 else f'{jobs} job' + ('s' if jobs != 1 else '')}"
+        f"{f', budget {settings.budget:g} s' if settings.budget is not None else ''})")
+    pipeline = head.build(settings.seed)
     started = time.perf_counter()
-    if method == "halving":
-        from sklearn.experimental import enable_halving_search_cv  # noqa: F401
-        from sklearn.model_selection import HalvingGridSearchCV
-        searcher = HalvingGridSearchCV(pipeline, grid, scoring=scoring, cv=splitter, n_jobs=jobs, refit=False,
-                                       random_state=seed, verbose=verbose)
-    elif method == "grid":
-        searcher = _grid_search_class()(pipeline, grid, scoring=scoring, cv=splitter, n_jobs=jobs, refit=False,
-                                        verbose=verbose)
-        searcher.progress = progress
-    else:
-        raise CnnfeatError(f"--search {search!r}; valid: auto, grid, halving")
+    searcher = _searcher(method, pipeline, grid, splitter, settings, head.name)
     searcher.fit(X, y)
     best = searcher.best_index_
     results = searcher.cv_results_
     best_params = dict(searcher.best_params_)
+    evaluated = getattr(searcher, "evaluated_", candidates)
+    if evaluated < candidates:
+        notes.append(f"{head.name}: the {settings.budget:g} s budget ran out after {evaluated} of {candidates} "
+                     f"candidates; the best of those was kept")
+        log(notes[-1])
     pipeline.set_params(**best_params)
+    if method == "oob":
+        pipeline.set_params(clf__n_jobs=settings.jobs)  # the refit too uses every core
     if head.calibrate:
         from sklearn.calibration import CalibratedClassifierCV
         pipeline.set_params(clf=CalibratedClassifierCV(pipeline.named_steps["clf"], ensemble=False, cv=folds))
     return SearchResult(
         head=head.name, best_params={k.split("__", 1)[1]: _plain(v) for k, v in best_params.items()},
         cv_mean=float(results["mean_test_score"][best]), cv_std=float(results["std_test_score"][best]),
-        folds=folds, scoring=scoring, candidates=candidates, method=method,
-        seconds=time.perf_counter() - started, pipeline=pipeline, notes=notes,
+        folds=OOB_FOLDS if method == "oob" else folds, scoring=settings.scoring, candidates=candidates, method=method,
+        seconds=time.perf_counter() - started, pipeline=pipeline, notes=notes, evaluated=evaluated,
     )
 
 
-def _grid_search_class():
+def _splitter(validation: str, folds: int, seed: int):
+    from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
+
+    if validation == "slice":  # one validation slice of train, as the torch recipes do
+        return StratifiedShuffleSplit(1, test_size=0.2, random_state=seed), 1
+    return StratifiedKFold(folds, shuffle=True, random_state=seed), folds
+
+
+def _searcher(method, pipeline, grid, splitter, settings: SearchSettings, head_name: str):
+    common = {"scoring": settings.scoring, "cv": splitter, "n_jobs": settings.jobs, "refit": False,
+              "verbose": settings.verbose}
+    if method == "oob":
+        return OutOfBagSearch(pipeline, grid, settings.scoring, settings.jobs, settings.progress, f"search {head_name}")
+    if method == "halving":
+        from sklearn.experimental import enable_halving_search_cv  # noqa: F401
+        from sklearn.model_selection import HalvingGridSearchCV
+        searcher = _tracked(HalvingGridSearchCV)(pipeline, grid, random_state=settings.seed, **common)
+    else:
+        from sklearn.model_selection import GridSearchCV
+        searcher = _tracked(GridSearchCV)(pipeline, grid, **common)
+    searcher.progress, searcher.budget, searcher.desc = settings.progress, settings.budget, f"search {head_name}"
+    return searcher
+
+
+def _tracked(search_class):
+    """`search_class` evaluating its candidates through `_run_search` (scikit-learn's hook for search
+    strategies), with a progress bar (head, candidates, ETA); an exhaustive grid goes in chunks, so
+    it can stop at a time budget between them. The scores are scikit-learn's own (tested)."""
     from sklearn.model_selection import GridSearchCV, ParameterGrid
     from tqdm import tqdm
 
-    class GridSearchWithProgress(GridSearchCV):
-        """GridSearchCV that evaluates its candidates in chunks (through `_run_search`, scikit-learn's
-        hook for search strategies) to show a progress bar with an ETA."""
+    class Tracked(search_class):
+        progress, budget, desc = False, None, "search"
 
-        progress = False
+        def _run_search(self, evaluate_candidates, *, callback_ctx=None):
+            with tqdm(unit="candidate", desc=self.desc, disable=not self.progress) as bar:
+                def evaluate(candidates, *args, **kwargs):
+                    bar.total = (bar.total or 0) + len(candidates)  # halving adds each round as it comes
+                    bar.refresh()
+                    results = evaluate_candidates(candidates, *args, **kwargs)
+                    bar.update(len(candidates))
+                    return results
 
-        def _run_search(self, evaluate_candidates):
-            candidates = list(ParameterGrid(self.param_grid))
-            chunk = max(1, abs(self.n_jobs or 1)) * 2
-            with tqdm(total=len(candidates), unit="candidate", desc="search", disable=not self.progress) as bar:
-                for start in range(0, len(candidates), chunk):
-                    evaluate_candidates(candidates[start:start + chunk])
-                    bar.update(len(candidates[start:start + chunk]))
+                if search_class is GridSearchCV:
+                    self._run_grid(evaluate, list(ParameterGrid(self.param_grid)))
+                else:
+                    super()._run_search(evaluate, callback_ctx=callback_ctx)
 
-    return GridSearchWithProgress
+        def _run_grid(self, evaluate, candidates):
+            started = time.perf_counter()
+            jobs = self.n_jobs or 1
+            chunk = 2 * ((os.cpu_count() or 1) if jobs < 0 else jobs)
+            self.evaluated_ = 0
+            while self.evaluated_ < len(candidates):
+                if self.budget is not None and self.evaluated_ and time.perf_counter() - started > self.budget:
+                    break
+                part = candidates[self.evaluated_:self.evaluated_ + chunk]
+                evaluate(part)
+                self.evaluated_ += len(part)
+
+    return Tracked
+
+
+class OutOfBagSearch:
+    """A forest's grid scored by its out-of-bag predictions: each candidate is fitted once on all the
+    rows, and each row is predicted only by the trees whose bootstrap sample left it out - an
+    honest held-out estimate at a fifth of the fits of 5-fold CV (Breiman's own recipe). Candidates
+    that differ only in their number of trees share one forest, grown with warm_start (scikit-learn
+    draws the same trees as a fresh fit). Offers the attributes of the searches `search_head` reads."""
+
+    def __init__(self, pipeline, param_grid, scoring, n_jobs, progress=False, desc="search"):
+        self.pipeline, self.param_grid, self.scoring, self.n_jobs = pipeline, param_grid, scoring, n_jobs
+        self.progress, self.desc = progress, desc
+
+    def fit(self, X, y):
+        from sklearn.base import clone
+        from sklearn.model_selection import ParameterGrid
+        from tqdm import tqdm
+
+        candidates = list(ParameterGrid(self.param_grid))
+        order = sorted(range(len(candidates)), key=lambda i: (_without_trees(candidates[i]),
+                                                              candidates[i].get(TREES, 100)))
+        scores, model, grown = np.zeros(len(candidates)), None, None
+        for i in tqdm(order, unit="candidate", desc=self.desc, disable=not self.progress):
+            params = candidates[i]
+            if grown != _without_trees(params):  # another forest: start afresh
+                model, grown = clone(self.pipeline).set_params(clf__warm_start=True, clf__oob_score=True,
+                                                               clf__n_jobs=self.n_jobs), _without_trees(params)
+            model.set_params(**params).fit(X, y)  # adds trees to the forest grown so far
+            scores[i] = _oob_score(model.named_steps["clf"], y, self.scoring)
+        self.best_index_ = int(np.argmax(scores))
+        self.best_params_ = candidates[self.best_index_]
+        self.cv_results_ = {"mean_test_score": scores, "std_test_score": np.zeros(len(scores))}
+        self.evaluated_ = len(candidates)
+        return self
+
+
+TREES = "clf__n_estimators"
+OOB_FOLDS = 0  # what SearchResult.folds says for out-of-bag scores
+OOB_METRICS = {"accuracy": "accuracy_score", "balanced_accuracy": "balanced_accuracy_score", "f1_macro": "f1_score"}
+
+
+def _without_trees(params: dict) -> str:
+    return repr(sorted((k, v) for k, v in params.items() if k != TREES))
+
+
+def _oob_score(forest, y, scoring: str) -> float:
+    from sklearn import metrics
+
+    votes = forest.oob_decision_function_
+    seen = ~np.isnan(votes).any(axis=1)  # a row in every tree's bootstrap has no out-of-bag vote
+    predicted = forest.classes_[votes[seen].argmax(axis=1)]
+    extra = {"average": "macro"} if scoring == "f1_macro" else {}
+    return float(getattr(metrics, OOB_METRICS[scoring])(np.asarray(y)[seen], predicted, **extra))
 
 
 def _fit_neighbours_to_folds(grid, fold_rows: int, notes: list) -> list[dict]:

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from classifiers import HEADS, get_head, load_model, resolve_grid, save_model
+from classifiers.search import SearchSettings
 from featurize import load_features
 from featurize.errors import CnnfeatError
 from featurize.files import safe_name
@@ -64,20 +65,23 @@ def feature_label(data) -> str:
     return stem[len(data.dataset) + 1:] if stem.startswith(data.dataset + "-") else safe_name(stem)
 
 
-def cache_key(data, split, head: str, cv: int, scoring: str, seed: int) -> str:
+def cache_key(data, split, head: str, settings: SearchSettings) -> str:
     """Everything a fitted head's numbers depend on: reuse it only when all of it is unchanged."""
     stat = Path(data.path).stat()
     spec = get_head(head)
     record = {"fingerprint": data.fingerprint, "file": [stat.st_size, stat.st_mtime_ns], "head": head,
-              "grid": repr(resolve_grid(spec)), "cv": cv, "scoring": scoring, "seed": seed, "search": "auto",
-              "pipeline": {k: repr(v) for k, v in spec.build(seed).get_params(deep=True).items()},
+              "grid": repr(resolve_grid(spec)), **settings.numbers(), "method": settings.method_for(spec, len(split.train)),
+              "pipeline": {k: repr(v) for k, v in spec.build(settings.seed).get_params(deep=True).items()},
               "calibrate": spec.calibrate, "validation": spec.validation, "split": split.describe(),
               "class_names": data.class_names, "versions": library_versions(MODEL_PACKAGES)}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def compare(features=None, out="artifacts", clf="all", finetune=False, refit=False, cv=5, scoring="accuracy",
-            seed=0, jobs=1, finetune_options=None, progress=False, log=print) -> CompareOutcome:
+def compare(features=None, out="artifacts", clf="all", finetune=False, refit=False,
+            settings: SearchSettings | None = None, finetune_options=None, log=print, **overrides) -> CompareOutcome:
+    """`cnnfeat compare`; `overrides` are SearchSettings fields (cv=3, seed=7, jobs=1, ...)."""
+    settings = replace(settings or SearchSettings(), **overrides).check()
+    seed = settings.seed
     heads = parse_heads(clf)
     paths = [Path(p) for p in features] if features else [latest_features(out)]
     if not features:
@@ -96,8 +100,8 @@ def compare(features=None, out="artifacts", clf="all", finetune=False, refit=Fal
         truth = list(np.asarray(data.class_names, dtype=object)[data.y[split.evaluate]])
         for head in heads:
             try:
-                rows.append(_scored_row(data, label, split, head, eval_paths, truth, report_dir, refit, cv, scoring,
-                                        seed, jobs, progress, log))
+                rows.append(_scored_row(data, label, split, head, (eval_paths, truth), report_dir, refit, settings,
+                                        log))
             except CnnfeatError as error:
                 failures.append((label, head, str(error)))
                 log(f"{label} {head}: not fitted: {error}")
@@ -114,10 +118,9 @@ def compare(features=None, out="artifacts", clf="all", finetune=False, refit=Fal
             rows.append(Row(label, FINETUNE_ROW, **finetuned))
     if not rows:
         raise CnnfeatError("no head could be fitted: " + "; ".join(f"{h}: {r}" for _, h, r in failures))
-    _score_rows(rows, scoring, seed)
+    _score_rows(rows, settings.scoring, seed)
     markdown = write_report(report_dir, rows, failures, notes, meta={
-        "dataset": stores[0].dataset, "feature_files": [str(p) for p in paths], "seed": seed, "cv": cv,
-        "scoring": scoring})
+        "dataset": stores[0].dataset, "feature_files": [str(p) for p in paths], **settings.numbers()})
     return CompareOutcome(report_dir, markdown, rows, failures, notes)
 
 
@@ -146,9 +149,9 @@ def _check_heldout(data, label, split, notes, log):
         log(notes[-1])
 
 
-def _scored_row(data, label, split, head, eval_paths, truth, report_dir, refit, cv, scoring, seed, jobs, progress,
-                log) -> Row:
-    key = cache_key(data, split, head, cv, scoring, seed)
+def _scored_row(data, label, split, head, heldout, report_dir, refit, settings, log) -> Row:
+    eval_paths, truth = heldout
+    key = cache_key(data, split, head, settings)
     model_path = report_dir / "models" / f"{label}-{head}.joblib"
     reused = None if refit else _reuse(model_path, key, log)
     if reused is not None:
@@ -158,7 +161,7 @@ def _scored_row(data, label, split, head, eval_paths, truth, report_dir, refit, 
             f"searches again)")
         return Row(label, head, info, eval_paths, truth, list(model.predict(X_eval)),
                    model.predict_proba(X_eval), list(model.classes_), reused=True)
-    scored = fit_and_score(data, split, head, cv=cv, scoring=scoring, jobs=jobs, seed=seed, progress=progress, log=log)
+    scored = fit_and_score(data, split, head, settings=settings, log=log)
     save_model(scored.model, model_path, {**scored.info, "cache_key": key})
     return Row(label, head, scored.info, eval_paths, truth, list(scored.predicted), scored.proba,
                list(scored.model.classes_))

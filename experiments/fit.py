@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from classifiers import FeatureClassifier, get_head, save_model, search_head
+from classifiers.search import SearchSettings
 from featurize import load_features
 from featurize.errors import CnnfeatError
 from featurize.store import library_versions
@@ -58,15 +59,13 @@ class Scored:
     proba: np.ndarray  # (n held-out, classes) in model.classes_ order
 
 
-def fit_and_score(data, split, clf, grid=None, cv=5, scoring="accuracy", jobs=1, seed=0, search="auto",
-                  verbose=0, progress=False, log=print) -> Scored:
+def fit_and_score(data, split, clf, grid=None, settings: SearchSettings = SearchSettings(), log=print) -> Scored:
     """Search `clf` on the training rows of `split`, refit on all of them, score the held-out rows."""
     head = get_head(clf)
     names = np.asarray(data.class_names, dtype=object)
     X_train, y_train = data.X[split.train], data.y[split.train]
     result = search_head(head.name, X_train, names[y_train], parse_grid(grid) if isinstance(grid, str) else grid,
-                         cv=cv, scoring=scoring, jobs=jobs, seed=seed, search=search, verbose=verbose, progress=progress,
-                         log=log)
+                         settings, log=log)
     model = FeatureClassifier(result.pipeline, class_names=data.class_names, feature_config=data.config,
                               feature_fingerprint=data.fingerprint, weights_source=data.weights_source)
     started = time.perf_counter()
@@ -84,32 +83,37 @@ def fit_and_score(data, split, clf, grid=None, cv=5, scoring="accuracy", jobs=1,
         notes.append(f"classes {', '.join(unseen)} are in {split.name} but not in the training rows: "
                      f"the model cannot predict them")
         log(notes[-1])
-    selection = (f"{result.method} search, a stratified 20% slice of train" if result.folds == 1 else
-                 f"{result.method} search, {result.folds}-fold CV on train")
+    selection = {0: "out-of-bag score on train, one fit per candidate",
+                 1: f"{result.method} search, a stratified 20% slice of train"}.get(
+        result.folds, f"{result.method} search, {result.folds}-fold CV on train")
     info = {
         "head": head.name, "description": head.description, "best_params": result.best_params, "selection": selection,
         "cv": {"scoring": result.scoring, "mean": result.cv_mean, "std": result.cv_std, "folds": result.folds,
-               "candidates": result.candidates, "search": result.method, "seconds": round(result.seconds, 3)},
+               "candidates": result.candidates, "evaluated": result.evaluated, "search": result.method,
+               "seconds": round(result.seconds, 3)},
         "heldout": {**split.describe(), **heldout_scores(y_eval, predicted, proba, model.classes_)},
         "class_names": data.class_names, "dataset": data.dataset, "feature_file": str(Path(data.path).resolve()),
-        "feature_fingerprint": data.fingerprint, "feature_config": data.config, "seed": seed,
-        "fit_seconds": round(fit_seconds, 3), "predict_seconds_per_image": predict_seconds,
+        "feature_fingerprint": data.fingerprint, "feature_config": data.config, "seed": settings.seed,
+        "search_seconds": round(result.seconds, 3), "refit_seconds": round(fit_seconds, 3),
+        "fit_seconds": round(result.seconds + fit_seconds, 3), "predict_seconds_per_image": predict_seconds,
         "versions": library_versions(MODEL_PACKAGES), "notes": notes,
     }
     return Scored(model, info, predicted, proba)
 
 
-def fit_model(features=None, out="artifacts", clf="svm", grid=None, cv=5, scoring="accuracy", jobs=1, seed=0,
-              search="auto", verbose=0, progress=False, log=print) -> FitOutcome:
+def fit_model(features=None, out="artifacts", clf="svm", grid=None, settings: SearchSettings | None = None, log=print,
+              **overrides) -> FitOutcome:
+    """`cnnfeat fit`; `overrides` are SearchSettings fields (cv=3, seed=7, ...)."""
+    settings = replace(settings or SearchSettings(), **overrides).check()
     get_head(clf)  # an unknown head fails before anything is read
     features_path = Path(features) if features else latest_features(out)
     if not features:
         log(f"features: {features_path} (the newest under {Path(out, 'features')})")
     data = load_features(features_path)
-    split = train_eval_split(data, seed)
+    split = train_eval_split(data, settings.seed)
     if split.note:
         log(split.note)
-    scored = fit_and_score(data, split, clf, grid, cv, scoring, jobs, seed, search, verbose, progress, log)
+    scored = fit_and_score(data, split, clf, grid, settings, log)
     model_path = Path(out, "models", f"{features_path.stem}-{clf}.joblib")
     model_path, json_path = save_model(scored.model, model_path, scored.info)
     return FitOutcome(model_path, json_path, scored.info, scored.info["notes"])

@@ -40,8 +40,8 @@ def markdown_table(recs, notes, failures, scoring="accuracy") -> str:
               "| McNemar p vs best | fit s | predict ms/img | best params | selected by |")
     lines = [header, "|" + "---|" * 13]
     for r in recs:
-        cv = "—" if r["cv_mean"] is None else (
-            f"{r['cv_mean']:.3f} (1 slice)" if r["cv_folds"] == 1 else f"{r['cv_mean']:.3f} ± {r['cv_std']:.3f}")
+        cv = "—" if r["cv_mean"] is None else {0: f"{r['cv_mean']:.3f} (OOB)", 1: f"{r['cv_mean']:.3f} (1 slice)"}.get(
+            r["cv_folds"], f"{r['cv_mean']:.3f} ± {r['cv_std']:.3f}")
         p = "best" if r["rank"] == 1 else ("—" if r["mcnemar_p_vs_best"] is None else f"{r['mcnemar_p_vs_best']:.3f}")
         params = ", ".join(f"{k}={v}" for k, v in (r["best_params"] or {}).items())
         lines.append(

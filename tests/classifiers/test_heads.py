@@ -77,3 +77,64 @@ def test_progress_search_scores_exactly_like_gridsearchcv():
                              refit=False).fit(X, y)
     assert ours.cv_mean == reference.best_score_
     assert ours.best_params == {k.split("__", 1)[1]: v for k, v in reference.best_params_.items()}
+
+
+def test_auto_search_picks_each_heads_method_by_size():
+    from classifiers.search import SearchSettings
+    auto, rf, logreg = SearchSettings(), get_head("rf"), get_head("logreg")
+    assert [auto.method_for(rf, rows) for rows in (245, 2021, 50_000)] == ["grid", "oob", "oob"]
+    assert [auto.method_for(logreg, rows) for rows in (245, 2021, 50_000)] == ["grid", "grid", "halving"]
+    assert SearchSettings(search="grid").method_for(rf, 50_000) == "grid"
+    assert SearchSettings(budget=5).method_for(rf, 2021) == "grid"  # a budget stops a grid between candidates
+    with pytest.raises(CnnfeatError, match="does not combine with --search halving"):
+        SearchSettings(budget=5, search="halving").check()
+    assert "jobs" not in auto.numbers() and "budget" in auto.numbers()  # what the reuse key is made of
+
+
+def test_a_budget_stops_the_search_at_its_best_candidate_so_far():
+    from sklearn.datasets import load_digits
+    X, y = load_digits(return_X_y=True)
+    logs = []
+    result = search_head("knn", X[:300], y[:300].astype(str), cv=3, jobs=1, budget=1e-6, log=logs.append)
+    assert result.evaluated == 2 < result.candidates == 28  # one chunk (2 fits per job), then out of time
+    assert result.best_params["n_neighbors"] == 1 and "budget ran out after 2 of 28 candidates" in logs[-1]
+    whole = search_head("knn", X[:300], y[:300].astype(str), cv=3, jobs=1, log=lambda _: None)
+    assert whole.evaluated == whole.candidates == 28
+
+
+def test_every_core_gives_the_same_search_as_one(capsys):
+    from sklearn.datasets import load_digits
+    X, y = load_digits(return_X_y=True)
+    one = search_head("logreg", X[:300], y[:300].astype(str), cv=3, jobs=1, progress=True, log=lambda _: None)
+    every = search_head("logreg", X[:300], y[:300].astype(str), cv=3, jobs=-1, log=lambda _: None)
+    assert (one.best_params, one.cv_mean, one.cv_std) == (every.best_params, every.cv_mean, every.cv_std)
+    assert "search logreg" in capsys.readouterr().err  # the progress bar names the head
+
+
+def test_forest_candidates_scored_out_of_bag_match_scikit_learns_own_oob_score():
+    from sklearn.datasets import load_digits
+    from sklearn.ensemble import RandomForestClassifier
+    X, y = load_digits(return_X_y=True)
+    y = y.astype(str)
+    result = search_head("rf", X, y, grid={"n_estimators": [60], "max_features": ["sqrt", 0.5]}, jobs=1,
+                         log=lambda _: None)  # 1,797 rows: auto scores a forest out of bag
+    assert result.method == "oob" and result.folds == 0 and result.candidates == 2
+    best = result.best_params
+    reference = RandomForestClassifier(n_estimators=60, max_features=best["max_features"], oob_score=True,
+                                       random_state=0).fit(X, y)
+    assert result.cv_mean == pytest.approx(reference.oob_score_, abs=1e-12) and result.cv_mean > 0.9
+
+
+def test_the_svm_with_a_shared_kernel_matrix_decides_exactly_like_svc():
+    from sklearn.datasets import load_digits
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    from classifiers.kernel_svm import PrecomputedKernelSVC
+    X, y = load_digits(return_X_y=True)
+    X = StandardScaler().fit_transform(X).astype(np.float32)
+    for kernel, C, gamma in (("linear", 0.01, "scale"), ("rbf", 10.0, "scale"), ("rbf", 1.0, 1e-3)):
+        ours = PrecomputedKernelSVC(C=C, kernel=kernel, gamma=gamma).fit(X[:1200], y[:1200])
+        theirs = SVC(C=C, kernel=kernel, gamma=gamma).fit(X[:1200], y[:1200])
+        np.testing.assert_allclose(ours.decision_function(X[1200:]), theirs.decision_function(X[1200:]), atol=1e-9)
+        assert (ours.predict(X[1200:]) == theirs.predict(X[1200:])).all()
