@@ -72,9 +72,9 @@ def search_options(command):
         click.option("--scoring", type=click.Choice(["accuracy", "balanced_accuracy", "f1_macro"]),
                      default="accuracy", show_default=True, help="What the search maximises and the table ranks by."),
         click.option("--search", type=click.Choice(["auto", "grid", "halving"]), default="auto", show_default=True,
-                     help="grid: every candidate on every fold; halving: successive halving; auto: the full grid "
-                          "up to 1,000 training rows, then halving for svm and mlp and out-of-bag scores for rf "
-                          "(and halving for every head above 10,000 rows)."),
+                     help="grid: every candidate on every fold; halving: successive halving; auto: the full grid, "
+                          "but out-of-bag scores for rf above 1,000 training rows and halving for the other heads "
+                          "above 10,000."),
         click.option("--budget", type=click.FloatRange(min=0, min_open=True), default=None,
                      help="Seconds per head: an exhaustive grid search that stops at its best candidate so far "
                           "(the report says so)."),

@@ -110,9 +110,9 @@ def search_head(name: str, X: np.ndarray, y: np.ndarray, grid=None, settings: Se
     for note in notes:
         log(note)
     splitter, folds = _splitter(head.validation, folds, settings.seed)
+    folds = OOB_FOLDS if method == "oob" else folds
     jobs = settings.jobs
-    scheme = {0: "out-of-bag scores", 1: "a 20% validation slice"}.get(OOB_FOLDS if method == "oob" else folds,
-                                                                         f"{folds} folds")
+    scheme = {OOB_FOLDS: "out-of-bag scores", 1: "a 20% validation slice"}.get(folds, f"{folds} folds")
     log(f"{head.name}: {method} search over {candidates} candidates x {scheme} on {len(X)} rows "
         f"({settings.scoring}, {'all cores' if jobs == -1 else f'{jobs} job' + ('s' if jobs != 1 else '')}"
         f"{f', budget {settings.budget:g} s' if settings.budget is not None else ''})")
@@ -137,7 +137,7 @@ def search_head(name: str, X: np.ndarray, y: np.ndarray, grid=None, settings: Se
     return SearchResult(
         head=head.name, best_params={k.split("__", 1)[1]: _plain(v) for k, v in best_params.items()},
         cv_mean=float(results["mean_test_score"][best]), cv_std=float(results["std_test_score"][best]),
-        folds=OOB_FOLDS if method == "oob" else folds, scoring=settings.scoring, candidates=candidates, method=method,
+        folds=folds, scoring=settings.scoring, candidates=candidates, method=method,
         seconds=time.perf_counter() - started, pipeline=pipeline, notes=notes, evaluated=evaluated,
     )
 

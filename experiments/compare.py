@@ -118,6 +118,7 @@ def compare(features=None, out="artifacts", clf="all", finetune=False, refit=Fal
             rows.append(Row(label, FINETUNE_ROW, **finetuned))
     if not rows:
         raise CnnfeatError("no head could be fitted: " + "; ".join(f"{h}: {r}" for _, h, r in failures))
+    notes += [f"{row.backbone} {row.head}: {note}" for row in rows for note in row.info.get("notes", [])]
     _score_rows(rows, settings.scoring, seed)
     markdown = write_report(report_dir, rows, failures, notes, meta={
         "dataset": stores[0].dataset, "feature_files": [str(p) for p in paths], **settings.numbers()})

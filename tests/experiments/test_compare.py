@@ -184,3 +184,11 @@ def test_statistics_against_independent_computations():
     low, high = bootstrap_interval(a, seed=1)
     normal = 1.96 * math.sqrt(a.mean() * (1 - a.mean()) / len(a))
     assert low < a.mean() < high and abs((high - low) / 2 - normal) < 0.01
+
+
+def test_a_budget_is_said_in_the_report(tinted_store, tmp_path):
+    result = run("compare", "--features", tinted_store, "--out", tmp_path, "--clf", "knn", "--budget", "0.000001",
+                 "--jobs", "1", "--quiet")
+    assert result.exit_code == 0, result.output
+    report = next((tmp_path / "reports").iterdir()) / "report.md"
+    assert "knn: the 1e-06 s budget ran out after 2 of 28 candidates" in report.read_text()
