@@ -96,12 +96,18 @@ def test_kill_9_at_20_random_moments(many_images, tmp_path):
     _kill_rerun_kill_finish(many_images, tmp_path, moments=20, seed=2)
 
 
-def test_sigterm_stops_cleanly_and_the_rerun_resumes(many_images, tmp_path):
+def _writing(many_images, tmp_path, log):
+    """A `cnnfeat extract` process that has written its first batch; (process, data, reference, out)."""
     data, reference = many_images
     out = tmp_path / "out"
+    process = _start(data, out, log)
+    _journal_of(out, process)
+    return process, data, reference, out
+
+
+def test_sigterm_stops_cleanly_and_the_rerun_resumes(many_images, tmp_path):
     with open(tmp_path / "log", "w") as log:
-        process = _start(data, out, log)
-        _journal_of(out, process)
+        process, data, reference, out = _writing(many_images, tmp_path, log)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 1
     said = (tmp_path / "log").read_text()
@@ -112,11 +118,8 @@ def test_sigterm_stops_cleanly_and_the_rerun_resumes(many_images, tmp_path):
 
 
 def test_two_concurrent_runs_one_writes_the_other_says_so(many_images, tmp_path):
-    data, reference = many_images
-    out = tmp_path / "out"
     with open(tmp_path / "log", "w") as log:
-        first = _start(data, out, log)
-        _journal_of(out, first)
+        first, data, reference, out = _writing(many_images, tmp_path, log)
         second = run("extract", "--data", data, "--out", out, "--backbone", "resnet18", "--weights", "random")
         assert first.wait(timeout=300) == 0
     assert_one_line_error(second, "is being written by cnnfeat extract", f"(pid {first.pid})")
