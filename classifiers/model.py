@@ -17,7 +17,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
 from featurize.errors import CnnfeatError
-from featurize.files import atomic_write, file_sha256, publish, sweep_stale_tmp, tmp_name
+from featurize.files import atomic_write, file_sha256
 
 
 class FeatureMismatch(CnnfeatError):
@@ -211,17 +211,12 @@ def save_model(model: FeatureClassifier, path: str | os.PathLike, info: dict) ->
 
     path = Path(path)
     json_path = path.with_suffix(".json")
-    with atomic_write(path) as model_tmp:
+    with atomic_write(path) as model_tmp:  # published last, on leaving this block
         joblib.dump(model, model_tmp)
         record = {**info, "model_file": path.name, "sha256": file_sha256(model_tmp),
                   "saved_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        sweep_stale_tmp(json_path)
-        json_tmp = tmp_name(json_path)
-        try:
+        with atomic_write(json_path) as json_tmp:  # published first
             json_tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-            publish(json_tmp, json_path)
-        finally:
-            json_tmp.unlink(missing_ok=True)
     return path, json_path
 
 

@@ -26,7 +26,7 @@ class SearchSettings:
 
     cv: int = 5
     scoring: str = "accuracy"
-    search: str = "auto"  # auto: each head's own strategy (halving where fits are expensive); grid; halving
+    search: str = "auto"  # auto (see method_for), grid or halving
     seed: int = 0
     budget: float | None = None  # seconds per head; the search stops at its best candidate so far
     jobs: int = -1  # parallel fits; -1: every core (never changes a number)

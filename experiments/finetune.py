@@ -25,7 +25,7 @@ from classifiers.linear import warmup_cosine
 from featurize import discover, get_backbone
 from featurize.errors import CnnfeatError
 from featurize.files import atomic_write
-from featurize.extract import ImageDataset, default_workers, feature_config, resolve_device
+from featurize.extract import ImageDataset, compute_precision, default_workers, feature_config, resolve_device
 
 FINETUNE_ROW = "finetuned"
 SELECTION_FRACTION = 0.2  # of the training images, held back to choose the epoch
@@ -178,7 +178,7 @@ def run_finetune(data="data", backbone="efficientnet_lite0", weights=None, out="
                   "label_smoothing": label_smoothing, "weight_decay": weight_decay, "tta": tta,
                   "batch_size": batch_size, "seed": seed, "best_epoch": best[1]},
                  f"best epoch on a stratified {SELECTION_FRACTION:.0%} slice of train ({len(select_rows)} images)",
-                 record.weights_id(weights), log)
+                 record.weights_id(weights), device, log)
 
 
 def _finetune_rows(images, data, seed):
@@ -226,7 +226,7 @@ def _evaluate(network, images, rows, prep, device, batch_size, workers, tta):
 
 
 def _save(out, images, record, network, head, trunk, heldout, eval_name, history, fit_seconds, params, selection,
-          start_weights, log) -> Path:
+          start_weights, device, log) -> Path:
     import torch
 
     folder = finetune_dir(out, images.name, record.name)
@@ -236,7 +236,7 @@ def _save(out, images, record, network, head, trunk, heldout, eval_name, history
         torch.save({"backbone": record.name, "state_dict": {k: v.cpu() for k, v in trunk.state_dict().items()},
                     "head": {k: v.cpu() for k, v in head.state_dict().items()}, "class_names": images.class_names},
                    tmp)
-    config, fp = feature_config(record, str(checkpoint))
+    config, fp = feature_config(record, str(checkpoint), compute_precision(device))
     model = FeatureClassifier.from_linear_layer(head.weight.detach().cpu().numpy(), head.bias.detach().cpu().numpy(),
                                                 images.class_names, config, fp, str(checkpoint.resolve()))
     paths, truth, proba = heldout

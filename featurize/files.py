@@ -6,6 +6,7 @@ a killed writer carry its pid in their name and are swept by the next writer of 
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import re
@@ -85,16 +86,12 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
 def sweep_stale_tmp(path: Path) -> list[Path]:
     """Remove `<path>.tmp-<pid>` files left by writers that are no longer running."""
     removed = []
-    for tmp in path.parent.glob(f"{glob_escape(path.name)}{_TMP_MARK}*"):
+    for tmp in path.parent.glob(f"{glob.escape(path.name)}{_TMP_MARK}*"):
         pid = tmp.name.rsplit(_TMP_MARK, 1)[1]
         if pid.isdigit() and not pid_alive(int(pid)):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
-
-
-def glob_escape(name: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", name)
 
 
 def pid_alive(pid: int) -> bool:

@@ -92,12 +92,13 @@ class Journal:
         self.path, self.fp, self.dim = path, fp, dim
         self._fd = None
         self._synced = 0.0
+        self._salvage = None  # what resume() read, so the first append need not read it again
 
     def resume(self) -> tuple[Rows | None, list[str]]:
         """Rows a killed run left for these settings (None if there are none), and notes to show."""
         if not self.path.exists():
             return None, []
-        salvage = read_journal(self.path, self.dim)
+        salvage = self._salvage = read_journal(self.path, self.dim)
         if salvage.fingerprint is None:
             return None, [f"{self.path.name}: no readable rows (a run killed while starting); starting afresh"]
         if salvage.fingerprint != self.fp:
@@ -122,7 +123,7 @@ class Journal:
             self._synced = time.monotonic()
 
     def _open(self):
-        salvage = read_journal(self.path, self.dim) if self.path.exists() else None
+        salvage = self._salvage or (read_journal(self.path, self.dim) if self.path.exists() else None)
         if salvage is not None and salvage.fingerprint == self.fp:
             fd = os.open(self.path, os.O_WRONLY)
             os.ftruncate(fd, salvage.good_bytes)  # drop a torn tail before appending after it

@@ -121,7 +121,7 @@ def test_a_changed_model_file_is_refused_before_it_is_unpickled(tinted_store, tm
 
 
 def test_an_interrupted_save_never_pairs_a_new_record_with_an_old_model(tinted_store, tmp_path, monkeypatch):
-    import classifiers.model as module
+    import featurize.files as module  # where atomic_write makes a file official
 
     model, _ = _fitted(tinted_store)
     path, json_path = save_model(model, tmp_path / "m.joblib", {"version": 1})
