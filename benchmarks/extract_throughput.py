@@ -3,10 +3,13 @@
   (a) the usual tutorial loop: torchvision ImageFolder + PIL transforms + DataLoader(batch_size=32)
       + the eager fp32 model (NCHW, torch.no_grad), with the tutorial's num_workers=4 and with the
       DataLoader default num_workers=0; the faster of the two is the baseline;
-  (b) the forward pass alone, as `extract` runs it, on uint8 batches already in memory (the ceiling);
-  (c) `featurize.extract` end to end into a fresh store (discovery, decoding, model, HDF5 writes).
+  (b) the forward pass alone, as `extract` runs it, on uint8 batches already in memory (the ceiling),
+      with each engine (torch eager channels_last; onnxruntime on the exported graph);
+  (c) `featurize.extract` end to end into a fresh output folder (discovery, decoding, the model -
+      with onnxruntime its export to ONNX included - and the HDF5 writes), with each engine;
+  (d) the whole `cli.py extract` process (Python start and imports included) into a fresh folder.
 
-Prints images/s and the ratios c/a and c/b. Usage:
+Prints images/s and the ratios to the faster tutorial loop and to each engine's ceiling. Usage:
   python benchmarks/extract_throughput.py [--backbone efficientnet_lite0] [--data ../shared/datasets/hymenoptera]
       [--weights random] [--device auto] [--rounds 2] [--repeat 1]
 Each figure is the best of --rounds rounds. --repeat N measures on N copies of the data (symbolic
@@ -15,6 +18,7 @@ links to the same files), so fixed start-up costs weigh as they would on a large
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +32,8 @@ from torchvision import transforms as T
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from featurize import discover, extract, get_backbone  # noqa: E402
 from featurize.images import load_image  # noqa: E402
-from featurize.extract import default_batch_size, resolve_device  # noqa: E402
+from featurize.engines import ENGINES, load_embedder, resolve_engine  # noqa: E402
+from featurize.extract import default_batch_size, feature_config, resolve_device  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "hymenoptera"
 
@@ -54,29 +59,37 @@ def tutorial_loop(record, weights, data: Path, device: str, num_workers: int) ->
     return count / (time.perf_counter() - start), count
 
 
-def forward_only(record, weights, data: Path, device: str) -> tuple[float, int]:
+def forward_only(record, weights, data: Path, device: str, engine: str) -> tuple[float, int]:
     images = discover(data)
     transform = record.preprocessing().transform()
     tensors = torch.stack([transform(load_image(images.root / p)) for p in images.paths])
-    model = record.load(weights).to(device, memory_format=torch.channels_last)
+    model = load_embedder(record, weights, device, engine, feature_config(record, weights)[1])
     batch_size = default_batch_size(device)
-    on_cuda = device.startswith("cuda")
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=on_cuda):
-        model(tensors[:batch_size].to(device).contiguous(memory_format=torch.channels_last))  # warm-up
-        if on_cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for i in range(0, len(tensors), batch_size):
-            batch = tensors[i:i + batch_size].to(device, non_blocking=True)
-            model(batch.contiguous(memory_format=torch.channels_last)).float().cpu()
+    model.embed(tensors[:batch_size])  # warm-up (the embedder returns numpy: the device is synchronised)
+    start = time.perf_counter()
+    for i in range(0, len(tensors), batch_size):
+        model.embed(tensors[i:i + batch_size])
     return len(tensors) / (time.perf_counter() - start), len(tensors)
 
 
-def end_to_end(record, weights, data: Path, device: str) -> tuple[float, int]:
+def end_to_end(record, weights, data: Path, device: str, engine: str) -> tuple[float, int]:
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        result = extract(data=data, backbone=record.name, weights=weights, out=out, device=device, progress=False)
+        result = extract(data=data, backbone=record.name, weights=weights, out=out, device=device, progress=False,
+                         engine=engine)
         return result.extracted / (time.perf_counter() - start), result.extracted
+
+
+def whole_process(record, weights, data: Path, device: str, engine: str) -> tuple[float, int]:
+    cli = Path(__file__).resolve().parents[1] / "cli.py"
+    with tempfile.TemporaryDirectory() as out:
+        command = [sys.executable, str(cli), "extract", "--backbone", record.name, "--data", str(data), "--out", out,
+                   "--device", device, "--engine", engine, "--quiet"] + (["--weights", weights] if weights else [])
+        start = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        seconds = time.perf_counter() - start
+    count = len(discover(data))
+    return count / seconds, count
 
 
 def repeated(data: Path, times: int, into: Path) -> Path:
@@ -106,22 +119,30 @@ def main():
     record = get_backbone(args.backbone)
     print(f"backbone {record.name} ({record.weights_id(args.weights)}), device {device}, "
           f"torch threads {torch.get_num_threads()}, data {args.data}")
+    engines = [e for e in ENGINES if e == "torch" or resolve_engine("auto", device) == e]
+    measures = [
+        ("(a) tutorial loop, num_workers=4", lambda: tutorial_loop(record, args.weights, args.data, device, 4)),
+        ("(a) tutorial loop, num_workers=0", lambda: tutorial_loop(record, args.weights, args.data, device, 0)),
+    ]
+    for engine in engines:
+        measures += [
+            (f"(b) forward pass alone, {engine}", lambda e=engine: forward_only(record, args.weights, args.data, device, e)),
+            (f"(c) extract, {engine}", lambda e=engine: end_to_end(record, args.weights, args.data, device, e)),
+            (f"(d) cli.py extract process, {engine}",
+             lambda e=engine: whole_process(record, args.weights, args.data, device, e)),
+        ]
     rows = {}
     for _ in range(args.rounds):
-        for name, measure in [
-            ("(a) tutorial loop, num_workers=4", lambda: tutorial_loop(record, args.weights, args.data, device, 4)),
-            ("(a) tutorial loop, num_workers=0", lambda: tutorial_loop(record, args.weights, args.data, device, 0)),
-            ("(b) forward pass alone", lambda: forward_only(record, args.weights, args.data, device)),
-            ("(c) cnnfeat extract", lambda: end_to_end(record, args.weights, args.data, device)),
-        ]:
+        for name, measure in measures:
             rate, count = measure()
             rows[name] = max(rows.get(name, 0.0), rate)
-    for name, rate in rows.items():
-        print(f"{name:<36} {rate:8.1f} img/s  ({count} images)")
     a = max(rate for name, rate in rows.items() if name.startswith("(a)"))
-    b, c = rows["(b) forward pass alone"], rows["(c) cnnfeat extract"]
-    print(f"c/a = {c / a:.2f}   (extract vs the faster tutorial loop)")
-    print(f"c/b = {c / b:.2f}   (extract vs its forward-pass ceiling)")
+    print(f"{'':<40} {'img/s':>8} {'x tutorial':>11} {'x ceiling':>10}   ({count} images)")
+    for name, rate in rows.items():
+        engine = name.rsplit(", ", 1)[-1]
+        ceiling = rows.get(f"(b) forward pass alone, {engine}")
+        to_ceiling = f"{rate / ceiling:10.2f}" if ceiling and not name.startswith("(b)") else ""
+        print(f"{name:<40} {rate:8.1f} {rate / a:11.2f} {to_ceiling}")
 
 
 if __name__ == "__main__":

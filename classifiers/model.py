@@ -149,16 +149,16 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
     def _embed_pil(self, pil_images, extractor, device):
         import torch
 
-        from featurize.extract import embed_batch
         from featurize.images import pil_to_rgb_tensor
 
         transform = extractor.preprocessing.transform()
-        return embed_batch(extractor, torch.stack([transform(pil_to_rgb_tensor(image)) for image in pil_images]), device)
+        return extractor.embed(torch.stack([transform(pil_to_rgb_tensor(image)) for image in pil_images]))
 
     def _extractor_on(self, device):
         """Rebuild the backbone once per process, checking it makes the features we were fitted on."""
         from featurize import get_backbone
-        from featurize.extract import load_extractor, resolve_device
+        from featurize.engines import load_embedder, resolve_engine
+        from featurize.extract import resolve_device
 
         device = resolve_device(device)
         cached = getattr(self, "_extractor", None)
@@ -176,9 +176,12 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
             if config.get(key) != value:
                 raise FeatureMismatch(f"rebuilding {backbone.name} here gives {key} {value}, but the model was "
                                       f"fitted on features with {config.get(key)}")
-        # Precision is not checked: it follows the device (float16 on CUDA), so a model fitted on
-        # GPU features still predicts on a CPU, in float32. The feature config records which it had.
-        self._extractor = (load_extractor(backbone, weights, device), device)
+        # Precision and engine are not checked: they follow the device (float16 torch on CUDA), so a
+        # model fitted on GPU features still predicts on a CPU, in float32, and the other way round.
+        # The features' own engine is used where the device allows it.
+        engine = config.get("engine", "torch")
+        engine = resolve_engine("auto" if engine == "onnxruntime" and device != "cpu" else engine, device)
+        self._extractor = (load_embedder(backbone, weights, device, engine), device)
         return self._extractor
 
     def __getstate__(self):

@@ -25,7 +25,8 @@ from classifiers.linear import warmup_cosine
 from featurize import discover, get_backbone
 from featurize.errors import CnnfeatError
 from featurize.files import atomic_write
-from featurize.extract import ImageDataset, compute_precision, default_workers, feature_config, resolve_device
+from featurize.engines import compute_precision
+from featurize.extract import ImageDataset, default_workers, feature_config, resolve_device
 
 FINETUNE_ROW = "finetuned"
 SELECTION_FRACTION = 0.2  # of the training images, held back to choose the epoch

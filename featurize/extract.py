@@ -12,20 +12,19 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from .backbones import DEFAULT_BACKBONE, POOLING, get_backbone, weights_kind
+from .engines import ExportFailed, compute_precision, load_embedder, resolve_engine
 from .errors import CnnfeatError, DataError
 from .files import sweep_stale_tmp
 from .images import UnreadableImage, discover, file_identity, load_image
 from .journal import Journal
 from .store import (FORMAT_VERSION, exclusive, fingerprint, library_versions, read_rows, read_skipped, store_matches,
                     write_store)
-
-ENGINE = "torch"
 
 MISSING_FILE = (-1, -1)  # identity of a listed file that does not exist
 
@@ -62,12 +61,6 @@ def _cuda_available() -> bool:
         return False
     import torch
     return torch.cuda.is_available()
-
-
-def compute_precision(device: str) -> str:
-    """The precision the backbone runs in on `device`: float16 autocast on CUDA, float32 elsewhere.
-    It changes the vectors, so it is part of a store's fingerprint."""
-    return "float16" if device.startswith("cuda") else "float32"
 
 
 def default_batch_size(device: str) -> int:
@@ -116,6 +109,7 @@ class RunOptions:
     """How a run goes (not what it computes): these never change a vector."""
 
     device: str = "cpu"  # resolved: cpu, cuda, cuda:N
+    engine: str = "torch"  # resolved: torch, onnxruntime
     batch_size: int | None = None
     workers: int | None = None
     progress: bool = True
@@ -124,14 +118,27 @@ class RunOptions:
 def extract(data: str | os.PathLike = "data", backbone: str = DEFAULT_BACKBONE, weights: str | None = None,
             out: str | os.PathLike = "artifacts", device: str = "auto", batch_size: int | None = None,
             workers: int | None = None, strict: bool = False, progress: bool = True,
-            trust_pickle: bool = False) -> ExtractResult:
-    """Bring the feature store of `data` under `out` up to date and return what was done."""
+            trust_pickle: bool = False, engine: str = "auto") -> ExtractResult:
+    """Bring the feature store of `data` under `out` up to date and return what was done.
+
+    `engine`: auto (onnxruntime on the CPU, torch on CUDA), torch or onnxruntime. A backbone that
+    does not export to ONNX is run by torch, and the result's notes say so."""
+    device = resolve_device(device)
+    options = RunOptions(device, resolve_engine(engine, device), batch_size, workers, progress)
+    try:
+        return _extract(data, backbone, weights, Path(out), options, strict, trust_pickle)
+    except ExportFailed as error:
+        result = _extract(data, backbone, weights, Path(out), replace(options, engine="torch"), strict, trust_pickle)
+        result.notes.insert(0, f"{backbone} does not export to ONNX ({error}); extracted with torch instead")
+        return result
+
+
+def _extract(data, backbone, weights, out: Path, options: RunOptions, strict: bool, trust_pickle: bool):
     started = time.perf_counter()
     images = discover(data)
     record = get_backbone(backbone)
-    options = RunOptions(resolve_device(device), batch_size, workers, progress)
-    config, fp = feature_config(record, weights, compute_precision(options.device))
-    store = store_path_for(Path(out), images.name, record.name, weights, config["weights"])
+    config, fp = feature_config(record, weights, compute_precision(options.device, options.engine), options.engine)
+    store = store_path_for(out, images.name, record.name, weights, config["weights"])
     store.parent.mkdir(parents=True, exist_ok=True)
 
     with exclusive(store), _sigterm_as_interrupt():
@@ -164,7 +171,7 @@ def extract(data: str | os.PathLike = "data", backbone: str = DEFAULT_BACKBONE, 
         if todo:
             result.model_loaded = True
             try:
-                model = load_extractor(record, weights, options.device, trust_pickle)
+                model = load_embedder(record, weights, options.device, options.engine, fp, out / "onnx", trust_pickle)
                 _run_model(model, images, identities, todo, journal, known, options)
             except KeyboardInterrupt:
                 raise CnnfeatError(f"interrupted; the images done so far are kept in {journal.path.name}: "
@@ -204,12 +211,12 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def feature_config(record, weights: str | None, precision: str = "float32") -> tuple[dict, str]:
+def feature_config(record, weights: str | None, precision: str = "float32", engine: str = "torch") -> tuple[dict, str]:
     """What the vectors of `record` with `weights` depend on, as stored in the feature file, and its fingerprint."""
     config = {"backbone": record.name, "weights": record.weights_id(weights),
               "preprocessing": json.loads(json.dumps(record.preprocessing().as_dict())),
               "pooling": POOLING, "feature_dim": record.feature_dim, "format_version": FORMAT_VERSION,
-              "engine": ENGINE, "precision": precision}
+              "engine": engine, "precision": precision}
     return config, fingerprint(config)
 
 
@@ -248,31 +255,10 @@ def _run_model(model, images, identities, todo, journal, known, options: RunOpti
             known[images.paths[i]] = (identities[i], None if reason else vector, reason)
 
 
-def load_extractor(record, weights, device: str, trust_pickle: bool = False):
-    """The backbone's frozen feature extractor on `device`, channels_last (faster on CPU and GPU)."""
-    import torch
-    model = record.load(weights, trust_pickle).to(device, memory_format=torch.channels_last)
-    model.name = record.name
-    return model
-
-
-def embed_batch(model, batch, device: str) -> np.ndarray:
-    """uint8 images (N,3,H,W) -> float32 vectors (N,D), in the device's compute precision.
-
-    The one place a batch meets the model: extraction, and prediction from files or from PIL
-    images, all go through it, so they compute the same numbers."""
-    import torch
-
-    device_type = "cuda" if device.startswith("cuda") else "cpu"
-    half = compute_precision(device) == "float16"
-    batch = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), torch.autocast(device_type, dtype=torch.float16, enabled=half):
-        return model(batch).float().cpu().numpy()
-
-
 def iter_vectors(model, device: str, root: Path, paths: list[str], batch_size: int | None = None,
                  workers: int | None = None, progress: bool = False, desc: str = "images"):
-    """Decode `paths` (relative to `root`) in worker processes and run them through `model`.
+    """Decode `paths` (relative to `root`) in worker processes and run them through `model` (an
+    embedder of featurize.engines).
 
     Yields, batch by batch: (positions of the good images in `paths`, their vectors (k, D) float32,
     [(position, reason)] of the unreadable ones).
@@ -289,6 +275,6 @@ def iter_vectors(model, device: str, root: Path, paths: list[str], batch_size: i
         for good, batch, bad in loader:
             vectors = np.zeros((0, model.feature_dim), np.float32)
             if batch is not None:
-                vectors = embed_batch(model, batch, device)
+                vectors = model.embed(batch)
             yield good, vectors, bad
             bar.update(len(good) + len(bad))

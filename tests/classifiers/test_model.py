@@ -153,19 +153,22 @@ def test_an_interrupted_save_never_pairs_a_new_record_with_an_old_model(tinted_s
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("m.")) == ["m.joblib", "m.json"]
 
 
-@pytest.mark.parametrize("precision", ["float32", "float16"])
-def test_pil_images_and_files_give_the_same_vectors(tinted_store, tmp_path, monkeypatch, precision):
+@pytest.mark.parametrize("engine,precision", [("onnxruntime", "float32"), ("torch", "float32"), ("torch", "float16")])
+def test_pil_images_and_files_give_the_same_vectors(tinted_store, tmp_path, monkeypatch, engine, precision):
     """One path from a batch to the model: PIL images and files (PNG: the same pixels) agree exactly,
-    in either compute precision."""
-    engine = importlib.import_module("featurize.extract")  # the module, not the function of that name
-    monkeypatch.setattr(engine, "compute_precision", lambda device: precision)
+    with either engine and in either compute precision."""
+    engines = importlib.import_module("featurize.engines")
+    monkeypatch.setattr(engines, "compute_precision", lambda device, engine: precision)
     model, features = _fitted(tinted_store)
+    assert features.config["engine"] == "onnxruntime"  # auto on a CPU
+    model.feature_config = {**features.config, "engine": engine}  # the engine predicting follows the features'
     paths = [f"{features.data_root}/{p}" for p in features.paths[:5]]
     from_files, _ = model.embed_images(paths)
     from_pil, _ = model.embed_images([Image.open(p) for p in paths])
     np.testing.assert_array_equal(from_files, from_pil)
-    if precision == "float32":
-        np.testing.assert_allclose(from_files, features.X[:5], rtol=1e-5, atol=1e-5)
+    if precision == "float32":  # torch and onnxruntime agree to float32 rounding
+        np.testing.assert_allclose(from_files, features.X[:5], rtol=1e-5 if engine == "onnxruntime" else 1e-4,
+                                   atol=1e-5 if engine == "onnxruntime" else 1e-4)
     else:  # float16 autocast moves the vectors a little, so it has its own fingerprint
         assert not np.allclose(from_files, features.X[:5], rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(from_files, features.X[:5], rtol=0.05, atol=0.05)

@@ -81,7 +81,7 @@ def test_store_contents_and_metadata(class_folders, tmp_path):
     assert features.data_root == str(class_folders.resolve()) and features.skipped == []
     assert re.fullmatch(r"pets-[0-9a-f]{8}-resnet18-random\.h5", result.store.name)
     assert features.dataset == result.store.name[:-len("-resnet18-random.h5")]
-    assert (features.config["engine"], features.config["precision"]) == ("torch", "float32")
+    assert (features.config["engine"], features.config["precision"]) == ("onnxruntime", "float32")  # auto on a CPU
 
 
 def test_second_run_extracts_nothing_and_changes_are_picked_up(class_folders, tmp_path):
@@ -153,10 +153,11 @@ def test_compute_precision_is_part_of_the_fingerprint(class_folders, tmp_path, m
     import importlib
     engine = importlib.import_module("featurize.extract")
 
-    first = extract(data=class_folders, out=tmp_path, **RANDOM)
+    first = extract(data=class_folders, out=tmp_path, engine="torch", **RANDOM)
     fp32 = load_features(first.store)
-    monkeypatch.setattr(engine, "compute_precision", lambda device: "float16")
-    second = extract(data=class_folders, out=tmp_path, **RANDOM)
+    for module in (engine, importlib.import_module("featurize.engines")):  # the fingerprint, and the forward pass
+        monkeypatch.setattr(module, "compute_precision", lambda device, engine: "float16")
+    second = extract(data=class_folders, out=tmp_path, engine="torch", **RANDOM)
     fp16 = load_features(second.store)
     assert second.store == first.store and second.extracted == 7 and second.reused == 0
     assert any("made with other settings" in note for note in second.notes)

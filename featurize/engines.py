@@ -1,0 +1,149 @@
+"""Engines: what runs a backbone's forward pass. One registry, two entries.
+
+- ``torch``: the eager module, channels_last, float16 autocast on CUDA.
+- ``onnxruntime``: the same module exported once to ONNX (uint8 images in, pooled vectors out, the
+  normalisation inside the graph) and run by onnxruntime on the CPU: about 2-3x torch eager here.
+
+Every engine gives an *embedder*: ``name``, ``feature_dim``, ``preprocessing`` and ``embed(batch)``
+(uint8 images (N,3,H,W) -> float32 vectors (N,D)). Extraction, prediction from files and from PIL
+images all call ``embed``, so they compute the same numbers for a given engine.
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CnnfeatError
+from .files import atomic_write
+
+ENGINES = ("torch", "onnxruntime")
+ONNX_OPSET = 17
+INPUT_NAME, OUTPUT_NAME = "images", "features"
+
+
+class ExportFailed(CnnfeatError):
+    """The backbone does not export to ONNX; extraction falls back to torch and says so."""
+
+
+def onnxruntime_installed() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def resolve_engine(engine: str, device: str) -> str:
+    """`auto` = onnxruntime on the CPU (faster there), torch on CUDA."""
+    if engine == "auto":
+        return "onnxruntime" if not device.startswith("cuda") and onnxruntime_installed() else "torch"
+    if engine not in ENGINES:
+        raise CnnfeatError(f"--engine {engine}: unknown (choose auto, {', '.join(ENGINES)})")
+    if engine == "onnxruntime":
+        if device.startswith("cuda"):
+            raise CnnfeatError("--engine onnxruntime runs on the CPU here; use --engine torch (or auto) with CUDA")
+        if not onnxruntime_installed():
+            raise CnnfeatError("--engine onnxruntime: onnxruntime is not installed (pip install onnxruntime)")
+    return engine
+
+
+def compute_precision(device: str, engine: str = "torch") -> str:
+    """The precision the backbone runs in: float16 autocast with torch on CUDA, float32 elsewhere.
+    It changes the vectors, so it is part of a store's fingerprint."""
+    return "float16" if engine == "torch" and device.startswith("cuda") else "float32"
+
+
+class TorchEmbedder:
+    """The eager torch module on `device`."""
+
+    engine = "torch"
+
+    def __init__(self, model, device: str, name: str):
+        import torch
+        self.model = model.to(device, memory_format=torch.channels_last)
+        self.device, self.name = device, name
+        self.feature_dim, self.preprocessing = model.feature_dim, model.preprocessing
+
+    def embed(self, batch) -> np.ndarray:
+        import torch
+
+        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        half = compute_precision(self.device, self.engine) == "float16"
+        batch = torch.as_tensor(batch).to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(device_type, dtype=torch.float16, enabled=half):
+            return self.model(batch).float().cpu().numpy()
+
+
+class OnnxEmbedder:
+    """An onnxruntime session on the CPU, from an exported backbone graph."""
+
+    engine = "onnxruntime"
+
+    def __init__(self, graph: bytes | str, name: str, feature_dim: int, preprocessing):
+        self.session = cpu_session(graph)
+        self.name, self.feature_dim, self.preprocessing = name, feature_dim, preprocessing
+
+    def embed(self, batch) -> np.ndarray:
+        images = np.ascontiguousarray(np.asarray(batch), dtype=np.uint8)
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: images})[0].astype(np.float32, copy=False)
+
+
+def cpu_session(graph: bytes | str | os.PathLike):
+    """An onnxruntime CPU session using every core (decoding runs in other processes)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count() or 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    source = str(graph) if isinstance(graph, (str, os.PathLike)) else graph
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def export_backbone(model) -> bytes:
+    """The feature extractor (uint8 (N,3,H,W) -> (N,D), normalisation included) as ONNX bytes."""
+    import torch
+
+    crop = model.preprocessing.crop_size
+    example = torch.zeros((1, 3, crop, crop), dtype=torch.uint8)
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+            torch.onnx.export(model.cpu().eval(), (example,), buffer, input_names=[INPUT_NAME],
+                              output_names=[OUTPUT_NAME], opset_version=ONNX_OPSET, dynamo=False,
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    except Exception as error:  # the exporter raises many kinds for an unsupported layer
+        raise ExportFailed(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
+    return buffer.getvalue()
+
+
+def cached_backbone_graph(record, weights, fingerprint: str, cache_dir: Path | None, trust_pickle: bool):
+    """The exported graph of `record` with `weights`: read from `cache_dir/<backbone>-<fingerprint>.onnx`
+    when it is there, else exported (and written there, atomically, when a cache dir is given)."""
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"{record.name}-{fingerprint}.onnx"
+        if path.is_file():
+            return str(path)
+    graph = export_backbone(record.load(weights, trust_pickle))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as tmp:
+            tmp.write_bytes(graph)
+    return graph
+
+
+def load_embedder(record, weights, device: str, engine: str, fingerprint: str = "", cache_dir: Path | None = None,
+                  trust_pickle: bool = False):
+    """The backbone's frozen feature extractor on `device`, run by `engine` (already resolved)."""
+    if engine == "onnxruntime":
+        graph = cached_backbone_graph(record, weights, fingerprint, cache_dir, trust_pickle)
+        try:
+            return OnnxEmbedder(graph, record.name, record.feature_dim, record.preprocessing())
+        except Exception as error:  # a damaged cache file: export again, in memory
+            if isinstance(graph, bytes):
+                raise ExportFailed(f"onnxruntime cannot load the exported graph ({error})") from None
+            Path(graph).unlink(missing_ok=True)
+            return load_embedder(record, weights, device, engine, fingerprint, cache_dir, trust_pickle)
+    return TorchEmbedder(record.load(weights, trust_pickle), device, record.name)
