@@ -139,6 +139,17 @@ def predict(model_path, inputs, out_csv, device, batch_size, workers, quiet):
 
 
 @cli.command()
+@click.option("--model", "model_path", required=True, help="A .joblib file written by `cnnfeat fit` or `compare`.")
+@click.option("--out", required=True, help="Folder to write model.onnx into.")
+def export(model_path, out):
+    """Write the model (backbone + head) as one ONNX graph: uint8 images in, label and probabilities
+    out, class names and preprocessing in its metadata. Loading it runs no code: the format to share."""
+    from classifiers.export import export_onnx
+
+    click.echo(f"model: {export_onnx(model_path, out)}")
+
+
+@cli.command()
 @click.option("--features", multiple=True, help="Feature file(s); several = several backbones, one table "
                                                 "[default: the newest under OUT/features].")
 @click.option("--out", default=DEFAULT_OUT, show_default=True, help="Output root; reports go to OUT/reports/.")

@@ -8,6 +8,7 @@ RBF gamma is then one elementwise exp. Same model as SVC (tested: equal decision
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections import OrderedDict
 
@@ -47,6 +48,18 @@ class PrecomputedKernelSVC(ClassifierMixin, BaseEstimator):
 
     def predict(self, X):
         return self.svc_.predict(self._kernel_to_fit(X))
+
+    def as_svc(self) -> SVC:
+        """The fitted scikit-learn SVC with this kernel that computes the same decisions: libsvm's
+        solution with the support vectors put back (a precomputed-kernel SVC keeps only their
+        indices). For tools that know SVC (skl2onnx); tested equal to `decision_function`."""
+        check_is_fitted(self, "svc_")
+        svc = copy.deepcopy(self.svc_)
+        svc.kernel, svc.gamma, svc._gamma = self.kernel, self.gamma_, self.gamma_
+        svc.support_vectors_ = self.X_fit_[svc.support_]
+        svc.shape_fit_ = self.X_fit_.shape
+        svc.n_features_in_ = self.X_fit_.shape[1]
+        return svc
 
     def _kernel_to_fit(self, X):
         check_is_fitted(self, "svc_")

@@ -156,7 +156,6 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
 
     def _extractor_on(self, device):
         """Rebuild the backbone once per process, checking it makes the features we were fitted on."""
-        from featurize import get_backbone
         from featurize.engines import load_embedder, resolve_engine
         from featurize.extract import resolve_device
 
@@ -164,6 +163,20 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         cached = getattr(self, "_extractor", None)
         if cached is not None and cached[1] == device:
             return cached
+        backbone, weights = self.backbone_record()
+        # Precision and engine are not checked: they follow the device (float16 torch on CUDA), so a
+        # model fitted on GPU features still predicts on a CPU, in float32, and the other way round.
+        # The features' own engine is used where the device allows it.
+        engine = self.feature_config.get("engine", "torch")
+        engine = resolve_engine("auto" if engine == "onnxruntime" and device != "cpu" else engine, device)
+        self._extractor = (load_embedder(backbone, weights, device, engine), device)
+        return self._extractor
+
+    def backbone_record(self):
+        """(the registry's backbone record, weights) that rebuild the network of our features; a
+        clear error when this machine would build another one (other weights or preprocessing)."""
+        from featurize import get_backbone
+
         config = self.feature_config or {}
         if "backbone" not in config:
             raise CnnfeatError("this model does not record the backbone of its features, so it cannot "
@@ -176,13 +189,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
             if config.get(key) != value:
                 raise FeatureMismatch(f"rebuilding {backbone.name} here gives {key} {value}, but the model was "
                                       f"fitted on features with {config.get(key)}")
-        # Precision and engine are not checked: they follow the device (float16 torch on CUDA), so a
-        # model fitted on GPU features still predicts on a CPU, in float32, and the other way round.
-        # The features' own engine is used where the device allows it.
-        engine = config.get("engine", "torch")
-        engine = resolve_engine("auto" if engine == "onnxruntime" and device != "cpu" else engine, device)
-        self._extractor = (load_embedder(backbone, weights, device, engine), device)
-        return self._extractor
+        return backbone, weights
 
     def __getstate__(self):
         state = super().__getstate__()

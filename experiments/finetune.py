@@ -25,7 +25,7 @@ from classifiers.linear import warmup_cosine
 from featurize import discover, get_backbone
 from featurize.errors import CnnfeatError
 from featurize.files import atomic_write
-from featurize.engines import compute_precision
+from featurize.engines import compute_precision, resolve_engine
 from featurize.extract import ImageDataset, default_workers, feature_config, resolve_device
 
 FINETUNE_ROW = "finetuned"
@@ -237,7 +237,8 @@ def _save(out, images, record, network, head, trunk, heldout, eval_name, history
         torch.save({"backbone": record.name, "state_dict": {k: v.cpu() for k, v in trunk.state_dict().items()},
                     "head": {k: v.cpu() for k, v in head.state_dict().items()}, "class_names": images.class_names},
                    tmp)
-    config, fp = feature_config(record, str(checkpoint), compute_precision(device))
+    engine = resolve_engine("auto", device)  # the fingerprint `extract --weights checkpoint.pth` will give
+    config, fp = feature_config(record, str(checkpoint), compute_precision(device, engine), engine)
     model = FeatureClassifier.from_linear_layer(head.weight.detach().cpu().numpy(), head.bias.detach().cpu().numpy(),
                                                 images.class_names, config, fp, str(checkpoint.resolve()))
     paths, truth, proba = heldout
