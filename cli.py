@@ -150,6 +150,24 @@ def export(model_path, out):
 
 
 @cli.command()
+@click.option("--model", "model_path", required=True, help="A .joblib (fit/compare) or a model.onnx (export).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Images of concurrent requests run together (1: every request alone).")
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="How long a request waits for others to share its batch.")
+@click.option("--max-request-mb", type=click.FloatRange(min=0.001), default=20.0, show_default=True,
+              help="Larger requests are refused (413) before they are read.")
+@click.option("--device", default="auto", show_default=True, help="For a .joblib model: auto, cpu, cuda or cuda:N.")
+def serve(model_path, host, port, max_batch, max_wait_ms, max_request_mb, device):
+    """Serve a model over HTTP: POST /predict (multipart field 'images'), GET /health, GET /model."""
+    from serving.app import ServeSettings, serve as run_server
+
+    run_server(model_path, host, port, ServeSettings(max_batch, max_wait_ms, max_request_mb), device, log=click.echo)
+
+
+@cli.command()
 @click.option("--features", multiple=True, help="Feature file(s); several = several backbones, one table "
                                                 "[default: the newest under OUT/features].")
 @click.option("--out", default=DEFAULT_OUT, show_default=True, help="Output root; reports go to OUT/reports/.")

@@ -20,7 +20,7 @@ import numpy as np
 from featurize.errors import CnnfeatError
 from featurize.files import atomic_write
 
-from .model import load_model
+from .model import load_model, model_record
 
 ML_OPSET = 3  # ai.onnx.ml, for the tree, SVM, scaler and kNN operators
 HEAD_INPUT, OUTPUTS = "features", ("label", "probabilities")
@@ -50,7 +50,7 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike) -> Path:
                                      "normalisation": "inside the graph"}),
         "backbone": record.name,
         "feature_fingerprint": model.feature_fingerprint or "",
-        "model_info": json.dumps(_info(model_path)),
+        "model_info": json.dumps(model_record(model_path)),
     }
     onnx.helper.set_model_props(merged, metadata)
     onnx.checker.check_model(merged)
@@ -136,13 +136,3 @@ def _align_opsets(*models) -> None:
     for model in models:
         for entry in model.opset_import:
             entry.version = versions[entry.domain]
-
-
-def _info(model_path) -> dict:
-    """The saved model's record (.json beside it) without the bulky parts: what `serve` shows."""
-    json_path = Path(model_path).with_suffix(".json")
-    try:
-        info = json.loads(json_path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return {k: v for k, v in info.items() if k not in ("history", "cv", "feature_config")}

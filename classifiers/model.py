@@ -127,7 +127,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         training features. Returns (vectors of the readable ones, in order; [(position, reason)])."""
         from featurize.extract import iter_vectors
 
-        extractor, device = self._extractor_on(device)
+        extractor, device = self.embedder(device)
         vectors = np.zeros((len(images), extractor.feature_dim), np.float32)
         readable = np.ones(len(images), dtype=bool)
         failures = []
@@ -154,8 +154,9 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         transform = extractor.preprocessing.transform()
         return extractor.embed(torch.stack([transform(pil_to_rgb_tensor(image)) for image in pil_images]))
 
-    def _extractor_on(self, device):
-        """Rebuild the backbone once per process, checking it makes the features we were fitted on."""
+    def embedder(self, device: str = "auto"):
+        """(the embedder of featurize.engines that made our features, the device it runs on): the
+        backbone rebuilt once per process, checked to make the features we were fitted on."""
         from featurize.engines import load_embedder, resolve_engine
         from featurize.extract import resolve_device
 
@@ -257,3 +258,13 @@ def load_model(path: str | os.PathLike, verify: bool = True) -> FeatureClassifie
         raise CnnfeatError(f"--model {path}: a joblib file, but not a cnnfeat model (it holds a "
                            f"{type(model).__name__})")
     return model
+
+
+def model_record(model_path: str | os.PathLike) -> dict:
+    """The saved model's .json beside it, less its bulky parts (search history, feature config):
+    what `serve` shows and `export` keeps in its metadata. {} when there is none."""
+    try:
+        info = json.loads(Path(model_path).with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in info.items() if k not in ("history", "cv", "feature_config")}

@@ -171,12 +171,18 @@ def load_image(path: str | os.PathLike):
 
     Raises UnreadableImage with a short reason for empty, foreign, truncated or oversized files.
     """
+    with _reasons():
+        data = Path(path).read_bytes()
+    return decode_image_bytes(data)
+
+
+def decode_image_bytes(data: bytes):
+    """An image file's bytes (a file, an upload) -> the uint8 RGB tensor (3, H, W), as load_image."""
     import torch
     from PIL import Image
     from torchvision.io import ImageReadMode, decode_image
 
     with _reasons():
-        data = Path(path).read_bytes()
         if not data:
             raise UnreadableImage("empty file")
         with Image.open(io.BytesIO(data)) as image:  # reads the header: format, mode, size (bomb check)
