@@ -155,7 +155,7 @@ def export(model_path, out):
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
               help="Images of concurrent requests run together (1: every request alone).")
-@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=2.0, show_default=True,
               help="How long a request waits for others to share its batch.")
 @click.option("--max-request-mb", type=click.FloatRange(min=0.001), default=20.0, show_default=True,
               help="Larger requests are refused (413) before they are read.")

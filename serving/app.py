@@ -22,7 +22,7 @@ FIELD = "images"
 @dataclass(frozen=True)
 class ServeSettings:
     max_batch: int = 16  # images per forward pass; 1 runs every request alone
-    max_wait_ms: float = 5.0  # how long a request waits for others to share its batch
+    max_wait_ms: float = 2.0  # how long a request waits for others to share its batch
     max_request_mb: float = 20.0
     max_images: int = 64  # files per request
 
@@ -76,9 +76,14 @@ class Batcher:
         count = len(items[0][0])
         while count < self.settings.max_batch:
             try:
-                item = await asyncio.wait_for(self.queue.get(), max(0.0, deadline - loop.time()))
-            except asyncio.TimeoutError:
-                return
+                item = self.queue.get_nowait()  # those already waiting (queued while the model ran)
+            except asyncio.QueueEmpty:
+                if loop.time() >= deadline:
+                    return
+                try:
+                    item = await asyncio.wait_for(self.queue.get(), deadline - loop.time())
+                except asyncio.TimeoutError:
+                    return
             items.append(item)
             count += len(item[0])
 
