@@ -19,6 +19,7 @@ from featurize import CnnfeatError, load_features
 from tests.test_cli import assert_one_line_error, run
 
 HEAD_CASES = [
+    ("knn", {"metric": "cosine", "weights": "distance"}), ("knn", {"metric": "euclidean", "weights": "distance"}),
     ("logreg", {}), ("svm", {"kernel": "rbf", "gamma": 1e-2}), ("svm", {"kernel": "linear", "C": 0.01}),
     ("knn", {"metric": "cosine"}), ("knn", {"metric": "euclidean"}), ("rf", {"n_estimators": 20}),
     ("mlp", {"hidden_layer_sizes": (32,)}), ("linear", {"epochs": 5}),
@@ -57,10 +58,22 @@ def test_every_head_converts_to_the_same_numbers(name, params, classes):
     np.testing.assert_array_equal(labels[clear], pipeline.predict(X_test[y_test < classes])[clear])
 
 
-def test_a_head_that_cannot_be_converted_faithfully_is_a_clear_error():
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_a_weighted_knn_query_on_a_training_row_votes_with_that_row_alone(metric):
+    """scikit-learn gives a neighbour at distance 0 all the weight; the graph must too."""
     X, y, _, _ = _digits()
-    with pytest.raises(CnnfeatError, match="distance weights"):
-        head_graph(_fitted_head("knn", {"weights": "distance"}, X, y), 64, 17)
+    pipeline = _fitted_head("knn", {"weights": "distance", "metric": metric}, X, y)
+    session = ort.InferenceSession(head_graph(pipeline, 64, 17).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    labels, probabilities = session.run(None, {"features": X[:50]})
+    np.testing.assert_allclose(probabilities, pipeline.predict_proba(X[:50]), atol=1e-3)
+    np.testing.assert_array_equal(labels, y[:50])
+
+
+def test_a_head_that_cannot_be_converted_is_a_clear_error():
+    X, y, _, _ = _digits()
+    with pytest.raises(CnnfeatError, match="distance-weighted kNN with metric manhattan"):
+        head_graph(_fitted_head("knn", {"weights": "distance", "metric": "manhattan"}, X, y), 64, 17)
     from sklearn.semi_supervised import LabelSpreading
     with pytest.raises(CnnfeatError, match="skl2onnx does not convert LabelSpreading"):
         head_graph(LabelSpreading().fit(X[:200], y[:200]), 64, 17)
@@ -145,9 +158,9 @@ def test_onnxruntime_alone_agrees_with_predict_on_hymenoptera(hymenoptera_lite0,
 
 def test_cli_export_and_its_errors(tinted_store, tmp_path):
     features = load_features(tinted_store)
-    _, path = _saved(features, tmp_path, "knn", {"weights": "distance"})
+    _, path = _saved(features, tmp_path, "knn", {"weights": "distance", "metric": "manhattan"})
     result = run("export", "--model", path, "--out", tmp_path / "x")
-    assert_one_line_error(result, "distance weights")
+    assert_one_line_error(result, "cannot export this head to ONNX")
     assert not (tmp_path / "x" / "model.onnx").exists()
     _, path = _saved(features, tmp_path, "rf", {"n_estimators": 10})
     result = run("export", "--model", path, "--out", tmp_path / "x")
