@@ -42,19 +42,23 @@ def cli():
 @click.option("--engine", type=click.Choice(["auto", "torch", "onnxruntime"]), default="auto", show_default=True,
               help="What runs the backbone: auto = onnxruntime on the CPU (the backbone exported once to "
                    "OUT/onnx/), torch on CUDA.")
+@click.option("--ray", default=None, metavar="local|ADDRESS",
+              help="Run the backbone on a Ray cluster: 'local' starts one here, ADDRESS joins one (`ray start "
+                   "--head`). One actor per CPU (or per GPU with --device cuda); this process writes the file. "
+                   "Needs pip install -e '.[ray]'.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per forward pass [default: 16 on CPU, 128 on CUDA].")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Decoding processes [default: CPU cores - 1, at most 8].")
 @click.option("--strict", is_flag=True, help="Fail (exit 1) if any image cannot be read.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def extract(backbone, data, weights, trust_pickle, out, device, engine, batch_size, workers, strict, quiet):
+def extract(backbone, data, weights, trust_pickle, out, device, engine, ray, batch_size, workers, strict, quiet):
     """Extract one pooled feature vector per image into an HDF5 file (incremental, resumable)."""
     from featurize import extract as run_extract
 
     result = run_extract(data=data, backbone=backbone, weights=weights, out=out, device=device,
                          batch_size=batch_size, workers=workers, strict=strict, progress=not quiet,
-                         trust_pickle=trust_pickle, engine=engine)
+                         trust_pickle=trust_pickle, engine=engine, ray=ray)
     for note in result.notes:
         click.echo(note)
     if not result.model_loaded and not result.dropped and result.reused == result.total:

@@ -80,8 +80,8 @@ class OnnxEmbedder:
 
     engine = "onnxruntime"
 
-    def __init__(self, graph: bytes | str, name: str, feature_dim: int, preprocessing):
-        self.session = cpu_session(graph)
+    def __init__(self, graph: bytes | str, name: str, feature_dim: int, preprocessing, threads: int | None = None):
+        self.session = cpu_session(graph, threads)
         self.name, self.feature_dim, self.preprocessing = name, feature_dim, preprocessing
 
     def embed(self, batch) -> np.ndarray:
@@ -89,12 +89,12 @@ class OnnxEmbedder:
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: images})[0].astype(np.float32, copy=False)
 
 
-def cpu_session(graph: bytes | str | os.PathLike):
-    """An onnxruntime CPU session using every core (decoding runs in other processes)."""
+def cpu_session(graph: bytes | str | os.PathLike, threads: int | None = None):
+    """An onnxruntime CPU session; `threads` default: every core (decoding runs in other processes)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = os.cpu_count() or 1
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     source = str(graph) if isinstance(graph, (str, os.PathLike)) else graph
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])

@@ -89,12 +89,17 @@ class ImageDataset:
         return len(self.paths)
 
     def __getitem__(self, i):
-        try:
-            return i, self.transform(load_image(self.root / self.paths[i])), ""
-        except UnreadableImage as error:
-            return i, None, str(error)
-        except Exception as error:  # one odd image must not stop a run over thousands
-            return i, None, f"could not decode ({type(error).__name__}: {error})"
+        return (i, *decode_or_reason(self.root / self.paths[i], self.transform))
+
+
+def decode_or_reason(path: Path, transform):
+    """(the transformed uint8 tensor, "") or (None, why the image cannot be used). Never raises."""
+    try:
+        return transform(load_image(path)), ""
+    except UnreadableImage as error:
+        return None, str(error)
+    except Exception as error:  # one odd image must not stop a run over thousands
+        return None, f"could not decode ({type(error).__name__}: {error})"
 
 
 def _collate(items):
@@ -110,6 +115,7 @@ class RunOptions:
 
     device: str = "cpu"  # resolved: cpu, cuda, cuda:N
     engine: str = "torch"  # resolved: torch, onnxruntime
+    ray: str | None = None  # None: this process; "local" or a cluster address: a Ray cluster
     batch_size: int | None = None
     workers: int | None = None
     progress: bool = True
@@ -118,13 +124,15 @@ class RunOptions:
 def extract(data: str | os.PathLike = "data", backbone: str = DEFAULT_BACKBONE, weights: str | None = None,
             out: str | os.PathLike = "artifacts", device: str = "auto", batch_size: int | None = None,
             workers: int | None = None, strict: bool = False, progress: bool = True,
-            trust_pickle: bool = False, engine: str = "auto") -> ExtractResult:
+            trust_pickle: bool = False, engine: str = "auto", ray: str | None = None) -> ExtractResult:
     """Bring the feature store of `data` under `out` up to date and return what was done.
 
     `engine`: auto (onnxruntime on the CPU, torch on CUDA), torch or onnxruntime. A backbone that
-    does not export to ONNX is run by torch, and the result's notes say so."""
-    device = resolve_device(device)
-    options = RunOptions(device, resolve_engine(engine, device), batch_size, workers, progress)
+    does not export to ONNX is run by torch, and the result's notes say so. `ray`: "local" or a
+    cluster's address runs the backbone on a Ray cluster (featurize.distributed); this process
+    still writes the store."""
+    device = resolve_device(device) if not ray else ("cpu" if device == "auto" else device)
+    options = RunOptions(device, resolve_engine(engine, device), ray, batch_size, workers, progress)
     try:
         return _extract(data, backbone, weights, Path(out), options, strict, trust_pickle)
     except ExportFailed as error:
@@ -171,8 +179,9 @@ def _extract(data, backbone, weights, out: Path, options: RunOptions, strict: bo
         if todo:
             result.model_loaded = True
             try:
-                model = load_embedder(record, weights, options.device, options.engine, fp, out / "onnx", trust_pickle)
-                _run_model(model, images, identities, todo, journal, known, options)
+                batches = _batches(record, weights, fp, out, [images.paths[i] for i in todo], images.root, options,
+                                   trust_pickle)
+                _store_batches(batches, images, identities, todo, journal, known, record.feature_dim)
             except KeyboardInterrupt:
                 raise CnnfeatError(f"interrupted; the images done so far are kept in {journal.path.name}: "
                                    f"run the same command again to resume") from None
@@ -243,13 +252,30 @@ def _check_strict(result: ExtractResult, strict: bool) -> None:
                         f"are stored in {result.store}")
 
 
-def _run_model(model, images, identities, todo, journal, known, options: RunOptions):
-    batches = iter_vectors(model, options.device, images.root, [images.paths[i] for i in todo], options.batch_size,
-                           options.workers, options.progress, desc=f"extract {model.name}")
+def _batches(record, weights, fp: str, out: Path, paths: list[str], root: Path, options: RunOptions, trust_pickle):
+    """The (good positions, vectors, [(position, reason)]) batches of `paths`, from this process or a
+    Ray cluster. Loading fails here, before the first batch (an export that fails falls back)."""
+    desc = f"extract {record.name}"
+    if options.ray:
+        from .distributed import connect, iter_vectors_ray
+        from .engines import cached_backbone_graph
+
+        ray = connect(options.ray, options.device)
+        graph = None
+        if options.engine == "onnxruntime":  # exported once here, shipped to every actor
+            graph = cached_backbone_graph(record, weights, fp, out / "onnx", trust_pickle)
+            graph = Path(graph).read_bytes() if isinstance(graph, str) else graph
+        return iter_vectors_ray(ray, record, weights, graph, options, root, paths, trust_pickle, desc)
+    model = load_embedder(record, weights, options.device, options.engine, fp, out / "onnx", trust_pickle)
+    return iter_vectors(model, options.device, root, paths, options.batch_size, options.workers, options.progress,
+                        desc=desc)
+
+
+def _store_batches(batches, images, identities, todo, journal, known, dim: int):
     for good, vectors, bad in batches:
         rows = [todo[j] for j in good] + [todo[j] for j, _ in bad]
         reasons = [""] * len(good) + [reason for _, reason in bad]
-        vectors = np.concatenate([vectors, np.zeros((len(bad), model.feature_dim), np.float32)])
+        vectors = np.concatenate([vectors, np.zeros((len(bad), dim), np.float32)])
         journal.append([images.paths[i] for i in rows], [identities[i] for i in rows], vectors, reasons)
         for i, vector, reason in zip(rows, vectors, reasons):
             known[images.paths[i]] = (identities[i], None if reason else vector, reason)

@@ -1,0 +1,119 @@
+"""Extraction on a Ray cluster (`extract --ray local|ADDRESS`, extra `[ray]`).
+
+Ray Data shards the list of images to embed; a pool of actors, each holding the backbone (one per
+GPU, or one per CPU slot), decodes and embeds its shards in batches; the rows stream back to the
+driver, which alone writes the journal and the HDF5 store - so "up to date", resume after a kill
+and the lock behave exactly as in a local run. Workers read the images and a `--weights` file
+from the same paths as the driver (a shared file system on a multi-machine cluster).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CnnfeatError
+
+INSTALL = "pip install -e '.[ray]'"
+
+
+def connect(address: str, device: str):
+    """Start a local Ray cluster (`local`) or join the one at `address`; check it has what `device` needs."""
+    try:
+        import ray
+    except ImportError:
+        raise CnnfeatError(f"--ray needs Ray: {INSTALL}") from None
+    if not ray.is_initialized():
+        if address != "local":
+            _check_reachable(address)
+        try:
+            if address == "local":
+                ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+            else:
+                ray.init(address=address, log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            raise CnnfeatError(f"--ray {address}: cannot reach a Ray cluster ({str(error).splitlines()[0]}); start "
+                               f"one with `ray start --head` on the head node, or use --ray local") from None
+    resources = ray.cluster_resources()
+    if device.startswith("cuda") and resources.get("GPU", 0) < 1:
+        raise CnnfeatError(f"--device {device}: the Ray cluster has no GPU ({resources.get('CPU', 0):g} CPUs)")
+    return ray
+
+
+class EmbedShard:
+    """A Ray Data actor: one backbone, decoding and embedding the batches of paths it is given. On
+    CPUs there is one actor per core, each single-threaded: decoding in one overlaps the forward
+    pass in another."""
+
+    def __init__(self, backbone: str, weights, device: str, graph: bytes | None, root: str, trust_pickle: bool):
+        from .backbones import get_backbone
+        from .engines import OnnxEmbedder, TorchEmbedder
+
+        record = get_backbone(backbone)
+        if graph is not None:  # the driver's exported graph: every actor computes the driver's numbers
+            self.embedder = OnnxEmbedder(graph, record.name, record.feature_dim, record.preprocessing(), threads=1)
+        else:
+            self.embedder = TorchEmbedder(record.load(weights, trust_pickle), device, record.name)
+        self.transform = self.embedder.preprocessing.transform()
+        self.root = Path(root)
+
+    def __call__(self, batch: dict) -> dict:
+        from .extract import decode_or_reason
+
+        dim = self.embedder.feature_dim
+        decoded = [decode_or_reason(self.root / str(p), self.transform) for p in batch["path"]]
+        good = [i for i, (tensor, _) in enumerate(decoded) if tensor is not None]
+        vectors = np.zeros((len(decoded), dim), np.float32)
+        if good:
+            import torch
+            vectors[good] = self.embedder.embed(torch.stack([decoded[i][0] for i in good]))
+        return {"position": batch["position"], "vector": vectors, "reason": np.asarray([r for _, r in decoded])}
+
+
+def iter_vectors_ray(ray, record, weights, graph: bytes | None, options, root: Path, paths: list[str],
+                     trust_pickle: bool = False, desc: str = "images"):
+    """As featurize.extract.iter_vectors, on the cluster: yields (positions of the good images in
+    `paths`, their vectors, [(position, reason)]), batch by batch as they arrive (in any order).
+    `graph`: the exported backbone for the onnxruntime engine (None: torch, built by each actor)."""
+    from tqdm import tqdm
+
+    from .extract import default_batch_size
+
+    ray.data.DataContext.get_current().enable_progress_bars = False  # ours is the one bar
+    batch_size = options.batch_size or default_batch_size(options.device)
+    actors = default_actors(ray, options.device)
+    gpus = 1 if options.device.startswith("cuda") else 0
+    items = [{"position": i, "path": p} for i, p in enumerate(paths)]
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch_size, 64 * actors)))
+    embedded = dataset.map_batches(
+        EmbedShard, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus,
+        num_cpus=0 if gpus else 1,
+        fn_constructor_kwargs={"backbone": record.name, "weights": weights, "device": "cuda" if gpus else "cpu",
+                               "graph": graph, "root": str(root), "trust_pickle": trust_pickle})
+    with tqdm(total=len(paths), unit="img", desc=desc, disable=not options.progress, smoothing=0.1) as bar:
+        for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
+            reasons = batch["reason"]
+            good = [int(p) for p, r in zip(batch["position"], reasons) if not r]
+            bad = [(int(p), str(r)) for p, r in zip(batch["position"], reasons) if r]
+            yield good, batch["vector"][reasons == ""], bad
+            bar.update(len(reasons))
+
+
+def default_actors(ray, device: str) -> int:
+    """One actor per GPU, or per CPU slot of the cluster."""
+    resources = ray.cluster_resources()
+    return max(1, int(resources.get("GPU", 0) if device.startswith("cuda") else resources.get("CPU", 1)))
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Ray waits minutes on an address where no cluster answers: try the TCP port first."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise CnnfeatError(f"--ray {address}: expected 'local' or HOST:PORT (ray://HOST:PORT for Ray Client)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise CnnfeatError(f"--ray {address}: no Ray cluster answers there ({error}); start one with "
+                           f"`ray start --head` on the head node, or use --ray local") from None

@@ -1,0 +1,44 @@
+"""`extract --ray`: a real local Ray cluster (2 CPUs), the driver alone writing the store."""
+import numpy as np
+import pytest
+
+from featurize import extract, load_features
+from tests.conftest import write_image
+from tests.test_cli import assert_one_line_error, run
+
+RANDOM = {"backbone": "resnet18", "weights": "random", "progress": False}
+
+
+@pytest.fixture(scope="module")
+def local_cluster():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_a_ray_run_writes_the_store_a_local_run_writes(local_cluster, class_folders, tmp_path):
+    (class_folders / "cats" / "broken.png").write_bytes(b"not a png")
+    plain = load_features(extract(data=class_folders, out=tmp_path / "plain", workers=0, **RANDOM).store)
+    result = extract(data=class_folders, out=tmp_path / "ray", ray="local", **RANDOM)
+    on_ray = load_features(result.store)
+    assert result.extracted == 8 and on_ray.fingerprint == plain.fingerprint
+    assert list(on_ray.paths) == list(plain.paths) and on_ray.skipped[0][0] == "cats/broken.png"
+    np.testing.assert_allclose(on_ray.X, plain.X, rtol=1e-5, atol=1e-5)
+
+    again = extract(data=class_folders, out=tmp_path / "ray", ray="local", **RANDOM)
+    assert (again.extracted, again.model_loaded) == (0, False)  # "up to date" never needs the cluster
+    write_image(class_folders / "dogs" / "new.png", seed=55)
+    third = extract(data=class_folders, out=tmp_path / "ray", ray="local", **RANDOM)
+    assert (third.extracted, third.reused) == (1, 8)
+
+
+def test_cluster_errors_are_one_line(local_cluster, class_folders, tmp_path):
+    result = run("extract", "--data", class_folders, "--out", tmp_path, "--backbone", "resnet18", "--weights",
+                 "random", "--ray", "local", "--device", "cuda", "--quiet")
+    assert_one_line_error(result, "the Ray cluster has no GPU")
+    local_cluster.shutdown()  # joining an address is tried only when no cluster is connected
+    result = run("extract", "--data", class_folders, "--out", tmp_path, "--backbone", "resnet18", "--weights",
+                 "random", "--ray", "127.0.0.1:1", "--quiet")
+    assert_one_line_error(result, "--ray 127.0.0.1:1: no Ray cluster answers there")
