@@ -23,6 +23,7 @@ def connect(address: str, device: str):
         import ray
     except ImportError:
         raise CnnfeatError(f"--ray needs Ray: {INSTALL}") from None
+    _quiet_ray_logs()
     if not ray.is_initialized():
         if address != "local":
             _check_reachable(address)
@@ -80,6 +81,7 @@ def iter_vectors_ray(ray, record, weights, graph: bytes | None, options, root: P
     from .extract import default_batch_size
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # ours is the one bar
+    _quiet_ray_logs()  # again: ray.data sets up its loggers when first used
     batch_size = options.batch_size or default_batch_size(options.device)
     actors = default_actors(ray, options.device)
     gpus = 1 if options.device.startswith("cuda") else 0
@@ -91,12 +93,24 @@ def iter_vectors_ray(ray, record, weights, graph: bytes | None, options, root: P
         fn_constructor_kwargs={"backbone": record.name, "weights": weights, "device": "cuda" if gpus else "cpu",
                                "graph": graph, "root": str(root), "trust_pickle": trust_pickle})
     with tqdm(total=len(paths), unit="img", desc=desc, disable=not options.progress, smoothing=0.1) as bar:
-        for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
-            reasons = batch["reason"]
-            good = [int(p) for p, r in zip(batch["position"], reasons) if not r]
-            bad = [(int(p), str(r)) for p, r in zip(batch["position"], reasons) if r]
-            yield good, batch["vector"][reasons == ""], bad
-            bar.update(len(reasons))
+        try:
+            yield from _arriving(embedded, bar)
+        except ray.exceptions.RayError as error:  # an actor that could not start or kept failing
+            lines = str(error).splitlines() or [""]
+            cause = next((line.strip() for line in reversed(lines) if "Error: " in line), lines[0])
+            if options.ray == "local":
+                ray.shutdown()  # our own cluster: stop its retries (and their log lines) now
+            raise CnnfeatError(f"the Ray cluster failed ({type(error).__name__}: {cause}); the images done "
+                               f"so far are kept: run the same command again to resume") from None
+
+
+def _arriving(embedded, bar):
+    for batch in embedded.iter_batches(batch_size=None, batch_format="numpy"):
+        reasons = batch["reason"]
+        good = [int(p) for p, r in zip(batch["position"], reasons) if not r]
+        bad = [(int(p), str(r)) for p, r in zip(batch["position"], reasons) if r]
+        yield good, batch["vector"][reasons == ""], bad
+        bar.update(len(reasons))
 
 
 def default_actors(ray, device: str) -> int:
@@ -117,3 +131,10 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
     except OSError as error:
         raise CnnfeatError(f"--ray {address}: no Ray cluster answers there ({error}); start one with "
                            f"`ray start --head` on the head node, or use --ray local") from None
+
+
+def _quiet_ray_logs():
+    """Ray's INFO/ERROR lines on the driver: our progress bar and one error line say what matters."""
+    import logging
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)

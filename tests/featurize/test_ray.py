@@ -42,3 +42,18 @@ def test_cluster_errors_are_one_line(local_cluster, class_folders, tmp_path):
     result = run("extract", "--data", class_folders, "--out", tmp_path, "--backbone", "resnet18", "--weights",
                  "random", "--ray", "127.0.0.1:1", "--quiet")
     assert_one_line_error(result, "--ray 127.0.0.1:1: no Ray cluster answers there")
+
+
+def test_an_actor_that_cannot_start_is_a_clear_error_and_keeps_nothing_half_done(class_folders, tmp_path):
+    """The driver checks the weights file exists; only the actors load it (torch engine): a
+    checkpoint of another network fails there, and the driver reports it in one line."""
+    import torch
+
+    torch.save({"not": torch.zeros(1)}, tmp_path / "other.pth")
+    result = run("extract", "--data", class_folders, "--out", tmp_path / "out", "--backbone", "resnet18",
+                 "--weights", tmp_path / "other.pth", "--engine", "torch", "--ray", "local", "--quiet")
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert result.exit_code == 1 and len(errors) == 1, result.output
+    assert "the Ray cluster failed" in errors[0] and "does not fit backbone resnet18" in errors[0]
+    # (Ray's raylet may still print one line of its own as the cluster stops: not ours to silence)
+    assert not list((tmp_path / "out" / "features").glob("*.h5"))
