@@ -80,7 +80,7 @@ class OnnxEmbedder:
 
     engine = "onnxruntime"
 
-    def __init__(self, graph: bytes | str, name: str, feature_dim: int, preprocessing, threads: int | None = None):
+    def __init__(self, graph: bytes, name: str, feature_dim: int, preprocessing, threads: int | None = None):
         self.session = cpu_session(graph, threads)
         self.name, self.feature_dim, self.preprocessing = name, feature_dim, preprocessing
 
@@ -118,14 +118,15 @@ def export_backbone(model) -> bytes:
     return buffer.getvalue()
 
 
-def cached_backbone_graph(record, weights, fingerprint: str, cache_dir: Path | None, trust_pickle: bool):
-    """The exported graph of `record` with `weights`: read from `cache_dir/<backbone>-<fingerprint>.onnx`
-    when it is there, else exported (and written there, atomically, when a cache dir is given)."""
-    path = None
-    if cache_dir is not None:
-        path = Path(cache_dir) / f"{record.name}-{fingerprint}.onnx"
-        if path.is_file():
-            return str(path)
+def backbone_graph(record, weights, fingerprint: str, cache_dir: Path | None, trust_pickle: bool) -> bytes:
+    """The exported graph of `record` with `weights`, as bytes: read from
+    `cache_dir/<backbone>-<fingerprint>.onnx` when a readable one is there, else exported (and
+    written there, atomically, when a cache dir is given: a damaged file is replaced)."""
+    path = Path(cache_dir) / f"{record.name}-{fingerprint}.onnx" if cache_dir is not None else None
+    if path is not None and path.is_file():
+        graph = path.read_bytes()
+        if _readable(graph):
+            return graph
     graph = export_backbone(record.load(weights, trust_pickle))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,16 +135,24 @@ def cached_backbone_graph(record, weights, fingerprint: str, cache_dir: Path | N
     return graph
 
 
+def _readable(graph: bytes) -> bool:
+    """A whole, valid ONNX model (a cache file cut short or overwritten is not)."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(onnx.load_from_string(graph))
+        return True
+    except Exception:  # protobuf's DecodeError, onnx's ValidationError
+        return False
+
+
 def load_embedder(record, weights, device: str, engine: str, fingerprint: str = "", cache_dir: Path | None = None,
                   trust_pickle: bool = False):
     """The backbone's frozen feature extractor on `device`, run by `engine` (already resolved)."""
     if engine == "onnxruntime":
-        graph = cached_backbone_graph(record, weights, fingerprint, cache_dir, trust_pickle)
+        graph = backbone_graph(record, weights, fingerprint, cache_dir, trust_pickle)
         try:
             return OnnxEmbedder(graph, record.name, record.feature_dim, record.preprocessing())
-        except Exception as error:  # a damaged cache file: export again, in memory
-            if isinstance(graph, bytes):
-                raise ExportFailed(f"onnxruntime cannot load the exported graph ({error})") from None
-            Path(graph).unlink(missing_ok=True)
-            return load_embedder(record, weights, device, engine, fingerprint, cache_dir, trust_pickle)
+        except Exception as error:  # onnxruntime's own kinds: a graph it cannot run
+            raise ExportFailed(f"onnxruntime cannot load the exported graph ({error})") from None
     return TorchEmbedder(record.load(weights, trust_pickle), device, record.name)

@@ -258,13 +258,12 @@ def _batches(record, weights, fp: str, out: Path, paths: list[str], root: Path, 
     desc = f"extract {record.name}"
     if options.ray:
         from .distributed import connect, iter_vectors_ray
-        from .engines import cached_backbone_graph
+        from .engines import backbone_graph
 
         ray = connect(options.ray, options.device)
         graph = None
         if options.engine == "onnxruntime":  # exported once here, shipped to every actor
-            graph = cached_backbone_graph(record, weights, fp, out / "onnx", trust_pickle)
-            graph = Path(graph).read_bytes() if isinstance(graph, str) else graph
+            graph = backbone_graph(record, weights, fp, out / "onnx", trust_pickle)
         return iter_vectors_ray(ray, record, weights, graph, options, root, paths, trust_pickle, desc)
     model = load_embedder(record, weights, options.device, options.engine, fp, out / "onnx", trust_pickle)
     return iter_vectors(model, options.device, root, paths, options.batch_size, options.workers, options.progress,
