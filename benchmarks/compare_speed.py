@@ -39,18 +39,27 @@ OLD = SearchSettings(search="grid", jobs=1)  # what `compare` did before: full g
 NEW = SearchSettings()  # today's default
 
 
+def _sklearn_svc(seed):
+    from sklearn.svm import SVC
+    return _pipeline(_standardise(), SVC(random_state=seed))
+
+
+# The heads as they were: scikit-learn's SVC (its kernel evaluated inside libsvm per candidate) and
+# the MLP's full grid of 15.
+OLD_HEADS = {"svm": {"build": _sklearn_svc},
+             "mlp": {"grid": [{"hidden_layer_sizes": [[256], [512], [256, 128]],
+                               "alpha": [1e-4, 1e-3, 1e-2, 1e-1, 1.0]}]}}
+
+
 @contextmanager
-def sklearn_svc():
-    """The svm head as it was: scikit-learn's SVC, its kernel evaluated inside libsvm per candidate."""
-    def build(seed):
-        from sklearn.svm import SVC
-        return _pipeline(_standardise(), SVC(random_state=seed))
-    head = HEADS["svm"]
-    HEADS["svm"] = dataclasses.replace(head, build=build)
+def old_heads():
+    saved = dict(HEADS)
+    for name, changes in OLD_HEADS.items():
+        HEADS[name] = dataclasses.replace(HEADS[name], **changes)
     try:
         yield
     finally:
-        HEADS["svm"] = head
+        HEADS.update(saved)
 
 
 def generated_store(folder: Path, rows: int, dim: int = 1280, classes: int = 6, seed: int = 0) -> Path:
@@ -93,7 +102,7 @@ def measure(store: Path, settings: SearchSettings, out: Path) -> tuple[float, di
 
 
 def report(name: str, store: Path, work: Path) -> tuple[float, float]:
-    with sklearn_svc():
+    with old_heads():
         old_seconds, old = measure(store, OLD, work / f"{name}-old")
     new_seconds, new = measure(store, NEW, work / f"{name}-new")
     print(f"\n### {name}\n")

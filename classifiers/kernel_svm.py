@@ -69,8 +69,12 @@ class PrecomputedKernelSVC(ClassifierMixin, BaseEstimator):
     def _kernel(self, products, row_norms, fit_norms):
         if self.kernel == "linear":
             return products
-        squared = np.maximum(row_norms[:, None] + fit_norms[None, :] - 2 * products, 0)
-        return np.exp(-self.gamma_ * squared)
+        kernel = products * -2.0  # then in place: ||a||^2 + ||b||^2 - 2ab, clipped at 0, times -gamma, exp
+        kernel += row_norms[:, None]
+        kernel += fit_norms[None, :]
+        np.maximum(kernel, 0, out=kernel)
+        kernel *= -self.gamma_
+        return np.exp(kernel, out=kernel)
 
 
 def _gram(X: np.ndarray):

@@ -61,8 +61,18 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         model.n_features_in_ = layer.n_features_in_
         return model
 
-    def fit(self, X, y):
+    def fit(self, X, y, fitted=None):
+        """Fit the head on vectors X and labels y (class names, or indices into class_names).
+        `fitted`: a clone of `pipeline` the caller already fitted on (X, encode_labels(y)) - the
+        forest an out-of-bag search grew on these very rows - is taken as it is."""
         X = self._check_vectors(X, fitting=True)
+        index = self.encode_labels(y)
+        self.pipeline_ = fitted if fitted is not None else clone(self.pipeline).fit(X, index)
+        return self
+
+    def encode_labels(self, y) -> np.ndarray:
+        """Set `classes_` (class_names order, those present in y) and return y as indices into
+        it: the labels the pipeline is fitted on."""
         y = np.asarray(y)
         if self.class_names is not None:
             names = np.asarray(self.class_names, dtype=object)
@@ -72,8 +82,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         else:
             self.classes_ = np.unique(y).astype(object)
         index = {c: i for i, c in enumerate(self.classes_.tolist())}
-        self.pipeline_ = clone(self.pipeline).fit(X, np.asarray([index[c] for c in y.tolist()]))
-        return self
+        return np.asarray([index[c] for c in y.tolist()])
 
     def predict(self, X):
         check_is_fitted(self, "pipeline_")

@@ -1,6 +1,7 @@
 """Cross-validated search of a head's grid on the training rows (scikit-learn's model selection)."""
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass, replace
@@ -12,7 +13,7 @@ from featurize.errors import CnnfeatError
 from .heads import get_head, resolve_grid
 
 SCORINGS = ("accuracy", "balanced_accuracy", "f1_macro")
-METHODS = ("auto", "grid", "halving")
+METHODS = ("auto", "grid", "halving", "coordinate", "path")
 HALVING_ABOVE = 10_000  # training rows past which `search="auto"` uses successive halving for every head
 # Training rows past which `search="auto"` uses a head's own cheaper method (Head.auto_search: out-of-bag
 # scores for the forest). Below it the full grid is quick anyway.
@@ -26,7 +27,7 @@ class SearchSettings:
 
     cv: int = 5
     scoring: str = "accuracy"
-    search: str = "auto"  # auto (see method_for), grid or halving
+    search: str = "auto"  # one of METHODS; auto: see method_for
     seed: int = 0
     budget: float | None = None  # seconds per head; the search stops at its best candidate so far
     jobs: int = -1  # parallel fits; -1: every core (never changes a number)
@@ -43,6 +44,8 @@ class SearchSettings:
             return "grid"  # a budget stops an exhaustive search between candidates
         if self.search != "auto":
             return self.search
+        if head.auto_search == "path":
+            return "path"  # the same scores as the grid at any size, for about one candidate's fits
         if rows > HALVING_ABOVE:
             return "oob" if head.auto_search == "oob" else "halving"
         return head.auto_search if rows > OWN_METHOD_ABOVE else "grid"
@@ -72,11 +75,14 @@ class SearchResult:
     pipeline: object  # unfitted Pipeline with the best parameters set (calibrated where the head asks)
     notes: list
     evaluated: int = 0  # candidates scored at full size (fewer than `candidates` when the budget ran out)
+    fitted: object = None  # `pipeline` already fitted on all the searched rows, where the search made it
 
 
-def check_folds(y, cv: int) -> tuple[int, list[str]]:
+def check_folds(y, cv: int, label_names=None) -> tuple[int, list[str]]:
     """Folds to use for labels `y`: lowered, with a note, when a class has fewer rows than `cv`."""
     names, counts = np.unique(y, return_counts=True)
+    if label_names is not None:
+        names = np.asarray(label_names, dtype=object)[names]
     if len(names) < 2:
         raise CnnfeatError(f"the training rows hold one class only ({names[0] if len(names) else 'none'}); "
                            f"a classifier needs at least two")
@@ -93,14 +99,16 @@ def check_folds(y, cv: int) -> tuple[int, list[str]]:
 
 
 def search_head(name: str, X: np.ndarray, y: np.ndarray, grid=None, settings: SearchSettings | None = None,
-                log=print, **overrides) -> SearchResult:
-    """Search `name`'s grid by stratified K-fold CV on (X, y); nothing is refitted here."""
+                log=print, label_names=None, **overrides) -> SearchResult:
+    """Search `name`'s grid by stratified K-fold CV on (X, y) (`label_names[y]` names the classes in
+    messages when y holds indices). Nothing is refitted here; a search that fits the best candidate
+    on all of (X, y) anyway (out-of-bag) hands that model back as `fitted`."""
     from sklearn.model_selection import ParameterGrid
 
     settings = replace(settings or SearchSettings(), **overrides).check()
     head = get_head(name)
     grid = resolve_grid(head, grid)
-    folds, notes = check_folds(y, settings.cv)
+    folds, notes = check_folds(y, settings.cv, label_names)
     grid = _fit_neighbours_to_folds(grid, len(X) - -(-len(X) // folds), notes)
     candidates = len(ParameterGrid(grid))
     method = settings.method_for(head, len(X))
@@ -113,24 +121,28 @@ def search_head(name: str, X: np.ndarray, y: np.ndarray, grid=None, settings: Se
     folds = OOB_FOLDS if method == "oob" else folds
     jobs = settings.jobs
     scheme = {OOB_FOLDS: "out-of-bag scores", 1: "a 20% validation slice"}.get(folds, f"{folds} folds")
-    log(f"{head.name}: {method} search over {candidates} candidates x {scheme} on {len(X)} rows "
+    swept = f" (one parameter at a time: {_coordinate_count(grid)} of them)" if method == "coordinate" else ""
+    log(f"{head.name}: {method} search over {candidates} candidates{swept} x {scheme} on {len(X)} rows "
         f"({settings.scoring}, {'all cores' if jobs == -1 else f'{jobs} job' + ('s' if jobs != 1 else '')}"
         f"{f', budget {settings.budget:g} s' if settings.budget is not None else ''})")
     pipeline = head.build(settings.seed)
     started = time.perf_counter()
+    if method == "coordinate":
+        grid = [_axes_first(g, head.axes) for g in grid]
     searcher = _searcher(method, pipeline, grid, splitter, settings, head.name)
     searcher.fit(X, y)
     best = searcher.best_index_
     results = searcher.cv_results_
     best_params = dict(searcher.best_params_)
     evaluated = getattr(searcher, "evaluated_", candidates)
-    if evaluated < candidates:
+    if settings.budget is not None and evaluated < candidates:
         notes.append(f"{head.name}: the {settings.budget:g} s budget ran out after {evaluated} of {candidates} "
                      f"candidates; the best of those was kept")
         log(notes[-1])
     pipeline.set_params(**best_params)
     if method == "oob":
         pipeline.set_params(clf__n_jobs=settings.jobs)  # the refit too uses every core
+    fitted = getattr(searcher, "best_fitted_", None)
     if head.calibrate:
         from sklearn.calibration import CalibratedClassifierCV
         pipeline.set_params(clf=CalibratedClassifierCV(pipeline.named_steps["clf"], ensemble=False, cv=folds))
@@ -139,6 +151,7 @@ def search_head(name: str, X: np.ndarray, y: np.ndarray, grid=None, settings: Se
         cv_mean=float(results["mean_test_score"][best]), cv_std=float(results["std_test_score"][best]),
         folds=folds, scoring=settings.scoring, candidates=candidates, method=method,
         seconds=time.perf_counter() - started, pipeline=pipeline, notes=notes, evaluated=evaluated,
+        fitted=None if head.calibrate else fitted,
     )
 
 
@@ -155,6 +168,8 @@ def _searcher(method, pipeline, grid, splitter, settings: SearchSettings, head_n
               "verbose": settings.verbose}
     if method == "oob":
         return OutOfBagSearch(pipeline, grid, settings.scoring, settings.jobs, settings.progress, f"search {head_name}")
+    if method == "path":
+        return PathSearch(pipeline, grid, splitter, settings.scoring, settings.progress, f"search {head_name}")
     if method == "halving":
         from sklearn.experimental import enable_halving_search_cv  # noqa: F401
         from sklearn.model_selection import HalvingGridSearchCV
@@ -163,6 +178,7 @@ def _searcher(method, pipeline, grid, splitter, settings: SearchSettings, head_n
         from sklearn.model_selection import GridSearchCV
         searcher = _tracked(GridSearchCV)(pipeline, grid, **common)
     searcher.progress, searcher.budget, searcher.desc = settings.progress, settings.budget, f"search {head_name}"
+    searcher.coordinate = method == "coordinate"
     return searcher
 
 
@@ -174,7 +190,7 @@ def _tracked(search_class):
     from tqdm import tqdm
 
     class Tracked(search_class):
-        progress, budget, desc = False, None, "search"
+        progress, budget, desc, coordinate = False, None, "search", False
 
         def _run_search(self, evaluate_candidates, *, callback_ctx=None):
             with tqdm(unit="candidate", desc=self.desc, disable=not self.progress) as bar:
@@ -185,7 +201,9 @@ def _tracked(search_class):
                     bar.update(len(candidates))
                     return results
 
-                if search_class is GridSearchCV:
+                if self.coordinate:
+                    self.evaluated_ = sum(len(_coordinate_sweeps(evaluate, grid)) for grid in self.param_grid)
+                elif search_class is GridSearchCV:
                     self._run_grid(evaluate, list(ParameterGrid(self.param_grid)))
                 else:
                     super()._run_search(evaluate, callback_ctx=callback_ctx)
@@ -205,6 +223,35 @@ def _tracked(search_class):
     return Tracked
 
 
+def _coordinate_sweeps(evaluate, grid: dict) -> list[dict]:
+    """Coordinate search of one sub-grid: start at every parameter's first value, sweep the first
+    parameter over all its values with the others held, keep the best, then sweep the next from
+    there. Each candidate is cross-validated like any other (`evaluate` is scikit-learn's
+    evaluate_candidates); sum(len(values)) - (parameters - 1) fits instead of their product.
+    Returns the candidates evaluated."""
+    current, evaluated = {key: values[0] for key, values in grid.items()}, []
+    for key, values in grid.items():
+        sweep = [{**current, key: value} for value in values]
+        new = [candidate for candidate in sweep if candidate not in evaluated]
+        if not new:
+            continue
+        results = evaluate(new)
+        evaluated += new
+        scores = {repr(sorted(p.items())): s for p, s in zip(results["params"], results["mean_test_score"])}
+        current = max(sweep, key=lambda candidate: scores[repr(sorted(candidate.items()))])
+    return evaluated
+
+
+def _coordinate_count(grids: list[dict]) -> int:
+    return sum(1 + sum(len(values) - 1 for values in grid.values()) for grid in grids)
+
+
+def _axes_first(grid: dict, axes: tuple) -> dict:
+    """`grid` with the parameters named in `axes` first (the order a coordinate search sweeps them)."""
+    first = [f"clf__{axis}" for axis in axes if f"clf__{axis}" in grid]
+    return {**{key: grid[key] for key in first}, **{k: v for k, v in grid.items() if k not in first}}
+
+
 class OutOfBagSearch:
     """A forest's grid scored by its out-of-bag predictions: each candidate is fitted once on all the
     rows, and each row is predicted only by the trees whose bootstrap sample left it out - an
@@ -222,16 +269,18 @@ class OutOfBagSearch:
         from tqdm import tqdm
 
         candidates = list(ParameterGrid(self.param_grid))
-        order = sorted(range(len(candidates)), key=lambda i: (_without_trees(candidates[i]),
+        order = sorted(range(len(candidates)), key=lambda i: (_without(candidates[i], TREES),
                                                               candidates[i].get(TREES, 100)))
-        scores, model, grown = np.zeros(len(candidates)), None, None
+        scores, model, grown, best = np.full(len(candidates), -np.inf), None, None, None
         for i in tqdm(order, unit="candidate", desc=self.desc, disable=not self.progress):
             params = candidates[i]
-            if grown != _without_trees(params):  # another forest: start afresh
+            if grown != _without(params, TREES):  # another forest: start afresh
                 model, grown = clone(self.pipeline).set_params(clf__warm_start=True, clf__oob_score=True,
-                                                               clf__n_jobs=self.n_jobs), _without_trees(params)
+                                                               clf__n_jobs=self.n_jobs), _without(params, TREES)
             model.set_params(**params).fit(X, y)  # adds trees to the forest grown so far
             scores[i] = _oob_score(model.named_steps["clf"], y, self.scoring)
+            if best is None or (scores[i], -i) > (scores[best], -best):  # argmax's choice among ties
+                best, self.best_fitted_ = i, copy.deepcopy(model).set_params(clf__warm_start=False)
         self.best_index_ = int(np.argmax(scores))
         self.best_params_ = candidates[self.best_index_]
         self.cv_results_ = {"mean_test_score": scores, "std_test_score": np.zeros(len(scores))}
@@ -239,13 +288,62 @@ class OutOfBagSearch:
         return self
 
 
+class PathSearch:
+    """A grid whose candidates differ in the estimator's `path_param` (the linear head's weight
+    decay), trained side by side by its `fit_path` on each split: the scaler is fitted once per
+    split on its training rows, each candidate is scored on the split's held-out rows with the
+    search's scorer. The same models and scores as a grid search (tested), for about one
+    candidate's fits. Offers the attributes of the searches `search_head` reads."""
+
+    def __init__(self, pipeline, param_grid, splitter, scoring, progress=False, desc="search"):
+        self.pipeline, self.param_grid, self.splitter, self.scoring = pipeline, param_grid, splitter, scoring
+        self.progress, self.desc = progress, desc
+
+    def fit(self, X, y):
+        from sklearn.base import clone
+        from sklearn.metrics import check_scoring
+        from sklearn.model_selection import ParameterGrid
+        from tqdm import tqdm
+
+        X, y = np.asarray(X), np.asarray(y)
+        candidates = list(ParameterGrid(self.param_grid))
+        path = f"clf__{self.pipeline.named_steps['clf'].path_param}"
+        groups: dict[str, list[int]] = {}  # candidates equal but for the path parameter share a run
+        for i, candidate in enumerate(candidates):
+            groups.setdefault(_without(candidate, path), []).append(i)
+        splits = list(self.splitter.split(X, y))
+        scores = np.zeros((len(candidates), len(splits)))
+        with tqdm(total=len(candidates) * len(splits), unit="candidate", desc=self.desc,
+                  disable=not self.progress) as bar:
+            for s, (train, held_out) in enumerate(splits):
+                for indices in groups.values():
+                    shared = {k: v for k, v in candidates[indices[0]].items() if k != path}
+                    pipeline = clone(self.pipeline).set_params(**shared)
+                    scale = pipeline[:-1].fit(X[train], y[train])
+                    clf = pipeline.named_steps["clf"]
+                    values = [candidates[i].get(path, clf.get_params()[clf.path_param]) for i in indices]
+                    models = clf.fit_path(scale.transform(X[train]), y[train], values)
+                    held = scale.transform(X[held_out])
+                    for i, model in zip(indices, models):
+                        scores[i, s] = check_scoring(model, scoring=self.scoring)(model, held, y[held_out])
+                    bar.update(len(indices))
+        self.cv_results_ = {"mean_test_score": scores.mean(axis=1), "std_test_score": scores.std(axis=1),
+                            "params": candidates}
+        self.best_index_ = int(np.argmax(self.cv_results_["mean_test_score"]))
+        self.best_params_ = candidates[self.best_index_]
+        self.evaluated_ = len(candidates)
+        return self
+
+
+def _without(params: dict, key: str) -> str:
+    return repr(sorted((k, v) for k, v in params.items() if k != key))
+
+
 TREES = "clf__n_estimators"
 OOB_FOLDS = 0  # what SearchResult.folds says for out-of-bag scores
 OOB_METRICS = {"accuracy": "accuracy_score", "balanced_accuracy": "balanced_accuracy_score", "f1_macro": "f1_score"}
 
 
-def _without_trees(params: dict) -> str:
-    return repr(sorted((k, v) for k, v in params.items() if k != TREES))
 
 
 def _oob_score(forest, y, scoring: str) -> float:

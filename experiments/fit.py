@@ -64,12 +64,14 @@ def fit_and_score(data, split, clf, grid=None, settings: SearchSettings = Search
     head = get_head(clf)
     names = np.asarray(data.class_names, dtype=object)
     X_train, y_train = data.X[split.train], data.y[split.train]
-    result = search_head(head.name, X_train, names[y_train], parse_grid(grid) if isinstance(grid, str) else grid,
-                         settings, log=log)
-    model = FeatureClassifier(result.pipeline, class_names=data.class_names, feature_config=data.config,
+    model = FeatureClassifier(None, class_names=data.class_names, feature_config=data.config,
                               feature_fingerprint=data.fingerprint, weights_source=data.weights_source)
+    # The search sees the labels the model is fitted on, so a model it fitted can be kept as it is.
+    result = search_head(head.name, X_train, model.encode_labels(y_train),
+                         parse_grid(grid) if isinstance(grid, str) else grid, settings, log=log,
+                         label_names=model.classes_)
     started = time.perf_counter()
-    model.fit(X_train, y_train)
+    model.set_params(pipeline=result.pipeline).fit(X_train, y_train, fitted=result.fitted)
     fit_seconds = time.perf_counter() - started
 
     X_eval, y_eval = data.X[split.evaluate], names[data.y[split.evaluate]]

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from sklearn.base import clone
 from sklearn.model_selection import ParameterGrid
 
 from classifiers import HEADS, get_head, register_head, resolve_grid
@@ -84,6 +85,9 @@ def test_auto_search_picks_each_heads_method_by_size():
     auto, rf, logreg = SearchSettings(), get_head("rf"), get_head("logreg")
     assert [auto.method_for(rf, rows) for rows in (245, 2021, 50_000)] == ["grid", "oob", "oob"]
     assert [auto.method_for(logreg, rows) for rows in (245, 2021, 50_000)] == ["grid", "grid", "halving"]
+    mlp, linear = get_head("mlp"), get_head("linear")
+    assert [auto.method_for(mlp, rows) for rows in (245, 2021, 50_000)] == ["grid", "coordinate", "halving"]
+    assert [auto.method_for(linear, rows) for rows in (245, 2021, 50_000)] == ["path", "path", "path"]
     assert SearchSettings(search="grid").method_for(rf, 50_000) == "grid"
     assert SearchSettings(budget=5).method_for(rf, 2021) == "grid"  # a budget stops a grid between candidates
     with pytest.raises(CnnfeatError, match="does not combine with --search halving"):
@@ -116,13 +120,17 @@ def test_forest_candidates_scored_out_of_bag_match_scikit_learns_own_oob_score()
     from sklearn.ensemble import RandomForestClassifier
     X, y = load_digits(return_X_y=True)
     y = y.astype(str)
-    result = search_head("rf", X, y, grid={"n_estimators": [60], "max_features": ["sqrt", 0.5]}, jobs=1,
+    result = search_head("rf", X, y, grid={"n_estimators": [20, 60], "max_features": ["sqrt", 0.5]}, jobs=1,
                          log=lambda _: None)  # 1,797 rows: auto scores a forest out of bag
-    assert result.method == "oob" and result.folds == 0 and result.candidates == 2
+    assert result.method == "oob" and result.folds == 0 and result.candidates == 4
     best = result.best_params
-    reference = RandomForestClassifier(n_estimators=60, max_features=best["max_features"], oob_score=True,
-                                       random_state=0).fit(X, y)
+    reference = RandomForestClassifier(n_estimators=best["n_estimators"], max_features=best["max_features"],
+                                       oob_score=True, random_state=0).fit(X, y)
     assert result.cv_mean == pytest.approx(reference.oob_score_, abs=1e-12) and result.cv_mean > 0.9
+    # The best forest, grown by warm start during the search, is handed back: the very model a refit gives.
+    forest = result.fitted.named_steps["clf"]
+    assert len(forest.estimators_) == best["n_estimators"] and not forest.warm_start
+    np.testing.assert_array_equal(result.fitted.predict_proba(X), clone(result.pipeline).fit(X, y).predict_proba(X))
 
 
 def test_the_svm_with_a_shared_kernel_matrix_decides_exactly_like_svc():
@@ -138,3 +146,42 @@ def test_the_svm_with_a_shared_kernel_matrix_decides_exactly_like_svc():
         theirs = SVC(C=C, kernel=kernel, gamma=gamma).fit(X[:1200], y[:1200])
         np.testing.assert_allclose(ours.decision_function(X[1200:]), theirs.decision_function(X[1200:]), atol=1e-9)
         assert (ours.predict(X[1200:]) == theirs.predict(X[1200:])).all()
+
+
+def test_coordinate_search_sweeps_one_parameter_at_a_time_with_gridsearchcvs_scores():
+    """Its choice, worked out by hand from the full grid's scores: from every parameter's first
+    value, the best n_neighbors, then the best weights there, then the best metric."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+    X, y = load_digits(return_X_y=True)
+    X, y = X[:300], y[:300].astype(str)
+    head = get_head("knn")
+    grid = resolve_grid(head)[0]
+    full = GridSearchCV(head.build(0), grid, cv=StratifiedKFold(3, shuffle=True, random_state=0)).fit(X, y)
+    score = {repr(sorted(p.items())): s for p, s in zip(full.cv_results_["params"], full.cv_results_["mean_test_score"])}
+    current = {key: values[0] for key, values in grid.items()}
+    for key, values in grid.items():
+        current = max(({**current, key: v} for v in values), key=lambda c: score[repr(sorted(c.items()))])
+    logs = []
+    ours = search_head("knn", X, y, cv=3, search="coordinate", jobs=1, log=logs.append)
+    assert ours.best_params == {k.split("__", 1)[1]: v for k, v in current.items()}
+    assert ours.cv_mean == score[repr(sorted(current.items()))]
+    sizes = [len(v) for v in grid.values()]
+    assert ours.evaluated == sizes[0] + sum(n - 1 for n in sizes[1:]) < ours.candidates == np.prod(sizes)
+    assert f"one parameter at a time: {ours.evaluated} of them" in logs[-1]
+    assert not any("budget" in note for note in ours.notes)
+
+
+def test_path_search_scores_exactly_like_the_grid():
+    """The linear head's weight decays trained side by side score as the grid's separate fits do."""
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X, y = X[:400], y[:400].astype(str)
+    grid = {"weight_decay": [1e-4, 1e-1, 3.0, 30.0], "epochs": [3, 6]}
+    path = search_head("linear", X, y, grid=grid, search="path", seed=4, log=lambda _: None)
+    reference = search_head("linear", X, y, grid=grid, search="grid", seed=4, jobs=1, log=lambda _: None)
+    assert path.method == "path" and path.candidates == reference.candidates == 8
+    assert path.best_params == reference.best_params
+    assert abs(path.cv_mean - reference.cv_mean) < 1e-9

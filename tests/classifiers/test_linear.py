@@ -41,3 +41,15 @@ def test_warmup_then_cosine():
     assert factors[0] == 0.1 and factors[9] == 1.0 and max(factors) == 1.0
     assert abs(factors[55] - 0.5) < 0.02 and factors[-1] < 0.001
     assert all(a >= b for a, b in zip(factors[9:], factors[10:]))
+
+
+def test_a_path_of_weight_decays_gives_the_models_lone_fits_give():
+    X, y, X_test, _ = _digits()
+    decays = [1e-4, 1e-1, 3.0]
+    path = TorchLinearClassifier(epochs=8, seed=5).fit_path(X, y, decays)
+    for decay, model in zip(decays, path):
+        alone = TorchLinearClassifier(epochs=8, seed=5, weight_decay=decay).fit(X, y)
+        assert model.get_params() == alone.get_params()
+        np.testing.assert_allclose(model.coef_, alone.coef_, atol=1e-5)
+        np.testing.assert_allclose(model.predict_proba(X_test), alone.predict_proba(X_test), atol=1e-5)
+    assert np.abs(path[0].coef_).sum() > 1.2 * np.abs(path[-1].coef_).sum()  # the decay did act
