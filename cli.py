@@ -72,16 +72,21 @@ def extract(backbone, data, weights, trust_pickle, out, device, engine, ray, bat
     click.echo(f"features: {result.store}")
 
 
+SEARCH_METHODS = ["auto", "grid", "halving", "coordinate", "path"]  # classifiers.search.METHODS (tested), without
+# importing scikit-learn for --help
+
+
 def search_options(command):
     """The options of `fit` and `compare` that say how heads are searched (one SearchSettings)."""
     options = [
         click.option("--cv", type=click.IntRange(min=2), default=5, show_default=True, help="Cross-validation folds."),
         click.option("--scoring", type=click.Choice(["accuracy", "balanced_accuracy", "f1_macro"]),
                      default="accuracy", show_default=True, help="What the search maximises and the table ranks by."),
-        click.option("--search", type=click.Choice(["auto", "grid", "halving"]), default="auto", show_default=True,
-                     help="grid: every candidate on every fold; halving: successive halving; auto: the full grid, "
-                          "but out-of-bag scores for rf above 1,000 training rows and halving for the other heads "
-                          "above 10,000."),
+        click.option("--search", type=click.Choice(SEARCH_METHODS), default="auto", show_default=True,
+                     help="grid: every candidate on every fold; halving: successive halving; coordinate: one "
+                          "parameter at a time; path: a path of weight decays trained side by side (linear); "
+                          "auto: path for linear, the full grid for the others but, above 1,000 training rows, "
+                          "out-of-bag scores for rf and coordinate for mlp, and above 10,000 halving."),
         click.option("--budget", type=click.FloatRange(min=0, min_open=True), default=None,
                      help="Seconds per head: an exhaustive grid search that stops at its best candidate so far "
                           "(the report says so)."),

@@ -112,6 +112,10 @@ def search_head(name: str, X: np.ndarray, y: np.ndarray, grid=None, settings: Se
     grid = _fit_neighbours_to_folds(grid, len(X) - -(-len(X) // folds), notes)
     candidates = len(ParameterGrid(grid))
     method = settings.method_for(head, len(X))
+    pipeline = head.build(settings.seed)
+    if method == "path" and not hasattr(pipeline.named_steps["clf"], "fit_path"):
+        notes.append(f"{head.name} trains no path of candidates side by side: grid search instead")
+        method = "grid"
     if head.scales_badly_above and len(X) > head.scales_badly_above:
         notes.append(f"{head.name} with {len(X)} training rows: its default grid may take hours "
                      f"(its cost grows quickly with rows); consider --clf logreg, or narrow --grid")
@@ -119,13 +123,7 @@ def search_head(name: str, X: np.ndarray, y: np.ndarray, grid=None, settings: Se
         log(note)
     splitter, folds = _splitter(head.validation, folds, settings.seed)
     folds = OOB_FOLDS if method == "oob" else folds
-    jobs = settings.jobs
-    scheme = {OOB_FOLDS: "out-of-bag scores", 1: "a 20% validation slice"}.get(folds, f"{folds} folds")
-    swept = f" (one parameter at a time: {_coordinate_count(grid)} of them)" if method == "coordinate" else ""
-    log(f"{head.name}: {method} search over {candidates} candidates{swept} x {scheme} on {len(X)} rows "
-        f"({settings.scoring}, {'all cores' if jobs == -1 else f'{jobs} job' + ('s' if jobs != 1 else '')}"
-        f"{f', budget {settings.budget:g} s' if settings.budget is not None else ''})")
-    pipeline = head.build(settings.seed)
+    log(_describe(head.name, method, grid, folds, len(X), settings))
     started = time.perf_counter()
     if method == "coordinate":
         grid = [_axes_first(g, head.axes) for g in grid]
@@ -153,6 +151,18 @@ def search_head(name: str, X: np.ndarray, y: np.ndarray, grid=None, settings: Se
         seconds=time.perf_counter() - started, pipeline=pipeline, notes=notes, evaluated=evaluated,
         fitted=None if head.calibrate else fitted,
     )
+
+
+def _describe(head: str, method: str, grid: list[dict], folds: int, rows: int, settings: SearchSettings) -> str:
+    """The line that says how a head is searched."""
+    from sklearn.model_selection import ParameterGrid
+
+    jobs = settings.jobs
+    scheme = {OOB_FOLDS: "out-of-bag scores", 1: "a 20% validation slice"}.get(folds, f"{folds} folds")
+    swept = f" (one parameter at a time: {_coordinate_count(grid)} of them)" if method == "coordinate" else ""
+    return (f"{head}: {method} search over {len(ParameterGrid(grid))} candidates{swept} x {scheme} on {rows} rows "
+            f"({settings.scoring}, {'all cores' if jobs == -1 else f'{jobs} job' + ('s' if jobs != 1 else '')}"
+            f"{f', budget {settings.budget:g} s' if settings.budget is not None else ''})")
 
 
 def _splitter(validation: str, folds: int, seed: int):

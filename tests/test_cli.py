@@ -30,6 +30,12 @@ def test_help_does_not_import_torch():
     assert out.strip().endswith("False")
 
 
+def test_search_choices_are_the_searchers_methods():
+    import cli
+    from classifiers.search import METHODS
+    assert tuple(cli.SEARCH_METHODS) == METHODS
+
+
 def test_extract_then_up_to_date(class_folders, tmp_path):
     first = run("extract", "--data", class_folders, "--out", tmp_path, "--backbone", "resnet18",
                 "--weights", "random", "--workers", "0", "--quiet")

@@ -185,3 +185,6 @@ def test_path_search_scores_exactly_like_the_grid():
     assert path.method == "path" and path.candidates == reference.candidates == 8
     assert path.best_params == reference.best_params
     assert abs(path.cv_mean - reference.cv_mean) < 1e-9
+    logs = []
+    knn = search_head("knn", X, y, cv=3, search="path", log=logs.append)  # no path to train: the grid
+    assert knn.method == "grid" and "grid search instead" in logs[0]
