@@ -50,15 +50,21 @@ def cli():
               help="Images per forward pass [default: 16 on CPU, 128 on CUDA].")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Decoding processes [default: CPU cores - 1, at most 8].")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="How the vectors are stored: float16 halves the file (a separate file: its numbers are rounded).")
+@click.option("--compression", type=click.Choice(["none", "lzf", "gzip"]), default="none", show_default=True,
+              help="HDF5 compression of the vectors (never changes a number; asking for another one rewrites the file).")
 @click.option("--strict", is_flag=True, help="Fail (exit 1) if any image cannot be read.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def extract(backbone, data, weights, trust_pickle, out, device, engine, ray, batch_size, workers, strict, quiet):
+def extract(backbone, data, weights, trust_pickle, out, device, engine, ray, batch_size, workers, dtype, compression,
+            strict, quiet):
     """Extract one pooled feature vector per image into an HDF5 file (incremental, resumable)."""
     from featurize import extract as run_extract
+    from featurize.store import Storage
 
     result = run_extract(data=data, backbone=backbone, weights=weights, out=out, device=device,
                          batch_size=batch_size, workers=workers, strict=strict, progress=not quiet,
-                         trust_pickle=trust_pickle, engine=engine, ray=ray)
+                         trust_pickle=trust_pickle, engine=engine, ray=ray, storage=Storage(dtype, compression))
     for note in result.notes:
         click.echo(note)
     if not result.model_loaded and not result.dropped and result.reused == result.total:
@@ -93,6 +99,9 @@ def search_options(command):
         click.option("--jobs", type=int, default=-1, show_default=True, help="Parallel fits (-1: every core)."),
         click.option("--seed", type=int, default=0, show_default=True,
                      help="Seed of CV folds, hold-out split, estimators."),
+        click.option("--ray", default=None, metavar="local|ADDRESS",
+                     help="Run the cross-validation fits as tasks on a Ray cluster ('local' starts one here; the "
+                          "same scores). Needs pip install -e '.[ray]'."),
         click.option("--verbose", is_flag=True, help="Print every cross-validation fit."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
@@ -101,10 +110,10 @@ def search_options(command):
     return command
 
 
-def search_settings(cv, scoring, search, budget, jobs, seed, verbose, quiet):
+def search_settings(cv, scoring, search, budget, jobs, seed, ray, verbose, quiet):
     from classifiers.search import SearchSettings
     return SearchSettings(cv=cv, scoring=scoring, search=search, seed=seed, budget=budget, jobs=jobs,
-                          verbose=2 if verbose else 0, progress=not quiet)
+                          verbose=2 if verbose else 0, progress=not quiet, ray=ray)
 
 
 @cli.command()

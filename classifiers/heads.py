@@ -25,7 +25,8 @@ class Head:
     grid: list[dict] = field(default_factory=list)
     calibrate: bool = False
     validation: str = "kfold"  # or "slice": one stratified 20% validation slice of the training rows
-    scales_badly_above: int | None = None  # training rows past which the default grid is slow
+    scales_badly_above: int | None = None  # training rows past which the default grid takes hours:
+    # `fit` warns, `compare --clf all` leaves the head out (naming it runs it)
     auto_search: str = "grid"  # what `--search auto` runs above 1,000 rows: "oob" (out-of-bag scores, one
     # fit per candidate) for a forest, "coordinate" (one parameter at a time) where fits are dear; "path"
     # (the estimator's fit_path trains the candidates side by side) at any size
@@ -83,6 +84,7 @@ def _svm(seed):
 @register_head(
     "knn", "k nearest neighbours (L2-normalised)",
     {"n_neighbors": [1, 3, 5, 7, 11, 15, 21], "weights": ["uniform", "distance"], "metric": ["euclidean", "cosine"]},
+    scales_badly_above=50_000,  # brute force: every held-out row against every training row, per candidate
 )
 def _knn(seed):
     from sklearn.neighbors import KNeighborsClassifier

@@ -134,16 +134,13 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
     def embed_images(self, images, device: str = "auto", batch_size=None, workers=None, progress=False):
         """Vectors for image paths or PIL images, with the exact backbone and preprocessing of the
         training features. Returns (vectors of the readable ones, in order; [(position, reason)])."""
-        from featurize.extract import iter_vectors
-
         extractor, device = self.embedder(device)
         vectors = np.zeros((len(images), extractor.feature_dim), np.float32)
         readable = np.ones(len(images), dtype=bool)
         failures = []
         paths = [i for i, image in enumerate(images) if not hasattr(image, "convert")]
         if paths:
-            batches = iter_vectors(extractor, device, Path(), [str(images[i]) for i in paths], batch_size,
-                                   0 if len(paths) < 64 else workers, progress, desc="predict")
+            batches = self.iter_embedded([images[i] for i in paths], device, batch_size, workers, progress)
             for good, batch, bad in batches:
                 vectors[[paths[j] for j in good]] = batch
                 for j, reason in bad:
@@ -154,6 +151,15 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         if in_memory:
             vectors[in_memory] = self._embed_pil([images[i] for i in in_memory], extractor, device)
         return vectors[readable], sorted(failures)
+
+    def iter_embedded(self, paths, device: str = "auto", batch_size=None, workers=None, progress=False):
+        """Image files embedded batch by batch, in order: (positions of the readable ones in
+        `paths`, their vectors, [(position, reason)] of the others) - memory of one batch."""
+        from featurize.extract import iter_vectors
+
+        extractor, device = self.embedder(device)
+        return iter_vectors(extractor, device, Path(), [str(p) for p in paths], batch_size,
+                            0 if len(paths) < 64 else workers, progress, desc="predict")
 
     def _embed_pil(self, pil_images, extractor, device):
         import torch

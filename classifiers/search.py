@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -33,6 +34,7 @@ class SearchSettings:
     jobs: int = -1  # parallel fits; -1: every core (never changes a number)
     verbose: int = 0
     progress: bool = False
+    ray: str | None = None  # "local" or a cluster's address: the CV fits run as Ray tasks (never changes a number)
 
     def numbers(self) -> dict:
         """The settings that change the fitted heads (not jobs, verbosity or progress)."""
@@ -128,7 +130,8 @@ def search_head(name: str, X: np.ndarray, y: np.ndarray, grid=None, settings: Se
     if method == "coordinate":
         grid = [_axes_first(g, head.axes) for g in grid]
     searcher = _searcher(method, pipeline, grid, splitter, settings, head.name)
-    searcher.fit(X, y)
+    with _cross_validation_backend(settings.ray if method in ("grid", "halving", "coordinate") else None):
+        searcher.fit(X, y)
     best = searcher.best_index_
     results = searcher.cv_results_
     best_params = dict(searcher.best_params_)
@@ -143,7 +146,8 @@ def search_head(name: str, X: np.ndarray, y: np.ndarray, grid=None, settings: Se
     fitted = getattr(searcher, "best_fitted_", None)
     if head.calibrate:
         from sklearn.calibration import CalibratedClassifierCV
-        pipeline.set_params(clf=CalibratedClassifierCV(pipeline.named_steps["clf"], ensemble=False, cv=folds))
+        pipeline.set_params(clf=CalibratedClassifierCV(pipeline.named_steps["clf"], ensemble=False, cv=folds,
+                                                       n_jobs=settings.jobs))
     return SearchResult(
         head=head.name, best_params={k.split("__", 1)[1]: _plain(v) for k, v in best_params.items()},
         cv_mean=float(results["mean_test_score"][best]), cv_std=float(results["std_test_score"][best]),
@@ -151,6 +155,24 @@ def search_head(name: str, X: np.ndarray, y: np.ndarray, grid=None, settings: Se
         seconds=time.perf_counter() - started, pipeline=pipeline, notes=notes, evaluated=evaluated,
         fitted=None if head.calibrate else fitted,
     )
+
+
+@contextmanager
+def _cross_validation_backend(ray_address: str | None):
+    """With --ray, scikit-learn's cross-validation fits run as tasks on a Ray cluster (Ray's joblib
+    backend): the same fits, the same scores, on more cores. The out-of-bag and path searches have
+    no CV fits to spread and stay here."""
+    if not ray_address:
+        yield
+        return
+    import joblib
+
+    from featurize.distributed import connect
+    connect(ray_address, "cpu")
+    from ray.util.joblib import register_ray
+    register_ray()
+    with joblib.parallel_backend("ray"):
+        yield
 
 
 def _describe(head: str, method: str, grid: list[dict], folds: int, rows: int, settings: SearchSettings) -> str:

@@ -99,6 +99,8 @@ def compare(features=None, out="artifacts", clf="all", finetune=False, refit=Fal
         eval_paths = [str(p) for p in data.paths[split.evaluate]]
         truth = list(np.asarray(data.class_names, dtype=object)[data.y[split.evaluate]])
         for head in heads:
+            if clf in ("all", "", None) and _too_many_rows(head, len(split.train), label, notes, log):
+                continue
             try:
                 rows.append(_scored_row(data, label, split, head, (eval_paths, truth), report_dir, refit, settings,
                                         log))
@@ -123,6 +125,17 @@ def compare(features=None, out="artifacts", clf="all", finetune=False, refit=Fal
     markdown = write_report(report_dir, rows, failures, notes, meta={
         "dataset": stores[0].dataset, "feature_files": [str(p) for p in paths], **settings.numbers()})
     return CompareOutcome(report_dir, markdown, rows, failures, notes)
+
+
+def _too_many_rows(head: str, rows: int, label: str, notes: list, log) -> bool:
+    """`--clf all` leaves out a head whose default grid would take hours at this size, and says so."""
+    limit = get_head(head).scales_badly_above
+    if limit is None or rows <= limit:
+        return False
+    notes.append(f"{label}: {head} left out of --clf all: {rows:,} training rows is past {limit:,}, where its "
+                 f"search takes hours (its cost grows with rows squared); --clf {head} runs it anyway")
+    log(notes[-1])
+    return True
 
 
 def _report_name(stores) -> str:

@@ -27,12 +27,15 @@ def heldout_scores(y_true, y_pred, proba=None, classes=None) -> dict:
 
 
 def bootstrap_interval(correct, seed: int = 0, resamples: int = 2000, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of accuracy from per-image correctness (resampling images)."""
-    correct = np.asarray(correct, dtype=float)
+    """Percentile bootstrap interval of accuracy from per-image correctness (resampling images).
+
+    A resample of n images with replacement holds Binomial(n, k/n) correct ones (k: correct in
+    all), so the resamples are drawn as counts: memory grows with `resamples`, not resamples x n."""
+    correct = np.asarray(correct, dtype=bool)
     if not len(correct):
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    means = correct[rng.integers(0, len(correct), size=(resamples, len(correct)))].mean(axis=1)
+    means = rng.binomial(len(correct), correct.mean(), size=resamples) / len(correct)
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
     return float(low), float(high)

@@ -23,24 +23,23 @@ def expand_inputs(inputs) -> list[str]:
 
 def predict_to_csv(model_path, inputs, out_csv="predictions.csv", device="auto", batch_size=None, workers=None,
                    progress=True) -> tuple[Path, int, int]:
-    """Predict every image; returns (csv path, rows written, unreadable images)."""
+    """Predict every image, writing the CSV batch by batch in input order (memory of one batch,
+    however many images); returns (csv path, rows written, unreadable images)."""
     model = load_model(model_path)
     paths = expand_inputs(inputs)
-    vectors, failures = model.embed_images(paths, device=device, batch_size=batch_size, workers=workers,
-                                           progress=progress)
-    failed = dict(failures)
-    readable = [p for i, p in enumerate(paths) if i not in failed]
     classes = [str(c) for c in model.classes_]
-    rows = {}
-    if readable:
-        proba = model.predict_proba(vectors)
-        for path, predicted, probabilities in zip(readable, model.predict(vectors), proba):
-            column = classes.index(str(predicted))
-            rows[path] = [path, predicted, f"{probabilities[column]:.6f}", *(f"{p:.6f}" for p in probabilities), ""]
+    failed = 0
     out_csv = Path(out_csv)
     with atomic_write(out_csv) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "predicted", "probability", *(f"p_{c}" for c in classes), "error"])
-        for i, path in enumerate(paths):
-            writer.writerow(rows[path] if i not in failed else [path, "", "", *([""] * len(classes)), failed[i]])
-    return out_csv, len(paths), len(failed)
+        for good, vectors, bad in model.iter_embedded(paths, device, batch_size, workers, progress):
+            rows = {j: [paths[j], "", "", *([""] * len(classes)), reason] for j, reason in bad}
+            if len(good):
+                for j, predicted, probabilities in zip(good, model.predict(vectors), model.predict_proba(vectors)):
+                    column = classes.index(str(predicted))
+                    rows[j] = [paths[j], predicted, f"{probabilities[column]:.6f}",
+                               *(f"{p:.6f}" for p in probabilities), ""]
+            writer.writerows(rows[j] for j in sorted(rows))
+            failed += len(bad)
+    return out_csv, len(paths), failed

@@ -23,8 +23,8 @@ from .errors import CnnfeatError, DataError
 from .files import sweep_stale_tmp
 from .images import UnreadableImage, discover, file_identity, load_image
 from .journal import Journal
-from .store import (FORMAT_VERSION, exclusive, fingerprint, library_versions, read_rows, read_skipped, store_matches,
-                    write_store)
+from .store import (FORMAT_VERSION, Storage, VectorReader, exclusive, fingerprint, library_versions, read_rows,
+                    read_skipped, store_matches, write_store)
 
 MISSING_FILE = (-1, -1)  # identity of a listed file that does not exist
 
@@ -72,10 +72,13 @@ def default_workers() -> int:
     return min(8, max(1, (os.cpu_count() or 2) - 1))
 
 
-def store_path_for(out: Path, dataset: str, backbone: str, weights: str | None, weights_id: str) -> Path:
+def store_path_for(out: Path, dataset: str, backbone: str, weights: str | None, weights_id: str,
+                   storage_dtype: str = "float32") -> Path:
     tag = {"random": "-random"}.get(weights, "")
     if weights_id.startswith("file:"):
         tag = f"-ft{weights_id[5:13]}"
+    if storage_dtype != "float32":  # its own file, beside the float32 one
+        tag += f"-{storage_dtype}"
     return Path(out) / "features" / f"{dataset}-{backbone}{tag}.h5"
 
 
@@ -119,20 +122,22 @@ class RunOptions:
     batch_size: int | None = None
     workers: int | None = None
     progress: bool = True
+    storage: Storage = Storage()  # its dtype does change the stored numbers: it is in the fingerprint
 
 
 def extract(data: str | os.PathLike = "data", backbone: str = DEFAULT_BACKBONE, weights: str | None = None,
             out: str | os.PathLike = "artifacts", device: str = "auto", batch_size: int | None = None,
             workers: int | None = None, strict: bool = False, progress: bool = True,
-            trust_pickle: bool = False, engine: str = "auto", ray: str | None = None) -> ExtractResult:
+            trust_pickle: bool = False, engine: str = "auto", ray: str | None = None,
+            storage: Storage = Storage()) -> ExtractResult:
     """Bring the feature store of `data` under `out` up to date and return what was done.
 
     `engine`: auto (onnxruntime on the CPU, torch on CUDA), torch or onnxruntime. A backbone that
     does not export to ONNX is run by torch, and the result's notes say so. `ray`: "local" or a
     cluster's address runs the backbone on a Ray cluster (featurize.distributed); this process
-    still writes the store."""
+    still writes the store. `storage`: the vectors' dtype and compression on disk."""
     device = resolve_device(device) if not ray else ("cpu" if device == "auto" else device)
-    options = RunOptions(device, resolve_engine(engine, device), ray, batch_size, workers, progress)
+    options = RunOptions(device, resolve_engine(engine, device), ray, batch_size, workers, progress, storage.check())
     try:
         return _extract(data, backbone, weights, Path(out), options, strict, trust_pickle)
     except ExportFailed as error:
@@ -145,15 +150,16 @@ def _extract(data, backbone, weights, out: Path, options: RunOptions, strict: bo
     started = time.perf_counter()
     images = discover(data)
     record = get_backbone(backbone)
-    config, fp = feature_config(record, weights, compute_precision(options.device, options.engine), options.engine)
-    store = store_path_for(out, images.name, record.name, weights, config["weights"])
+    config, fp = feature_config(record, weights, compute_precision(options.device, options.engine), options.engine,
+                                options.storage.dtype)
+    store = store_path_for(out, images.name, record.name, weights, config["weights"], options.storage.dtype)
     store.parent.mkdir(parents=True, exist_ok=True)
 
     with exclusive(store), _sigterm_as_interrupt():
         sweep_stale_tmp(store)
         identities = [_identity(images.root / p) for p in images.paths]
         result = ExtractResult(store=store, total=len(images), extracted=0, reused=0, dropped=0)
-        if store.exists() and store_matches(store, fp, images, identities):
+        if store.exists() and store_matches(store, fp, images, identities, options.storage):
             result.reused = len(images)
             result.skipped = read_skipped(store)
             result.seconds = time.perf_counter() - started
@@ -195,7 +201,8 @@ def _extract(data, backbone, weights, out: Path, options: RunOptions, strict: bo
             "dataset": images.name, "layout": images.layout, "weights_source": _weights_source(weights),
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        write_store(store, images, identities, known, record.feature_dim, attrs)
+        reader = VectorReader(record.feature_dim, store if old_rows is not None else None, journal.path)
+        write_store(store, images, identities, known, record.feature_dim, attrs, reader, options.storage)
         journal.remove()
     result.skipped = _skipped(images, known)
     result.seconds = time.perf_counter() - started
@@ -220,12 +227,15 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def feature_config(record, weights: str | None, precision: str = "float32", engine: str = "torch") -> tuple[dict, str]:
+def feature_config(record, weights: str | None, precision: str = "float32", engine: str = "torch",
+                   storage_dtype: str = "float32") -> tuple[dict, str]:
     """What the vectors of `record` with `weights` depend on, as stored in the feature file, and its fingerprint."""
     config = {"backbone": record.name, "weights": record.weights_id(weights),
               "preprocessing": json.loads(json.dumps(record.preprocessing().as_dict())),
               "pooling": POOLING, "feature_dim": record.feature_dim, "format_version": FORMAT_VERSION,
               "engine": engine, "precision": precision}
+    if storage_dtype != "float32":  # absent by default, so stores made before it keep their fingerprint
+        config["storage_dtype"] = storage_dtype
     return config, fingerprint(config)
 
 
@@ -275,9 +285,9 @@ def _store_batches(batches, images, identities, todo, journal, known, dim: int):
         rows = [todo[j] for j in good] + [todo[j] for j, _ in bad]
         reasons = [""] * len(good) + [reason for _, reason in bad]
         vectors = np.concatenate([vectors, np.zeros((len(bad), dim), np.float32)])
-        journal.append([images.paths[i] for i in rows], [identities[i] for i in rows], vectors, reasons)
-        for i, vector, reason in zip(rows, vectors, reasons):
-            known[images.paths[i]] = (identities[i], None if reason else vector, reason)
+        places = journal.append([images.paths[i] for i in rows], [identities[i] for i in rows], vectors, reasons)
+        for i, place, reason in zip(rows, places, reasons):  # the vectors stay in the journal, not in memory
+            known[images.paths[i]] = (identities[i], None if reason else place, reason)
 
 
 def iter_vectors(model, device: str, root: Path, paths: list[str], batch_size: int | None = None,

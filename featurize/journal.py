@@ -16,6 +16,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -25,6 +26,11 @@ RECORD_MAGIC = b"ROWS"
 FSYNC_EVERY_S = 2.0  # a kill -9 loses nothing already written; fsync bounds what power loss can take
 
 
+class InJournal(NamedTuple):
+    """Where a row's vector lies in the journal file: read when the store is written, never held."""
+    offset: int  # byte offset of its D float32
+
+
 @dataclass
 class Rows:
     """Rows of a store, in order: one per image, good (a vector) or skipped (a reason)."""
@@ -32,7 +38,8 @@ class Rows:
     paths: list[str] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
     mtimes: list[int] = field(default_factory=list)
-    vectors: list = field(default_factory=list)  # np.ndarray (D,), or None where skipped
+    vectors: list = field(default_factory=list)  # where each vector is (InJournal, store.InStore, or an
+    # np.ndarray (D,) in memory), or None where skipped
     reasons: list[str] = field(default_factory=list)  # "" where good
 
     def append(self, path, identity, vector, reason=""):
@@ -59,30 +66,54 @@ class Salvage:
 
 
 def read_journal(path: Path, dim: int) -> Salvage:
-    data = path.read_bytes() if path.exists() else b""
+    """The rows of the journal at `path`, read record by record (memory: one record); their
+    vectors are left in the file (InJournal)."""
     rows = Rows()
-    header_end = data.find(b"\n", len(MAGIC)) + 1
-    if not data.startswith(MAGIC) or header_end == 0:
-        return Salvage(rows, 0, len(data), None)
-    try:
-        header = json.loads(data[len(MAGIC):header_end])
-    except ValueError:
-        return Salvage(rows, 0, len(data), None)
-    if header.get("dim") != dim:
-        return Salvage(rows, header_end, len(data) - header_end, None)
-    offset = header_end
-    while offset + RECORD.size <= len(data):
-        magic, count, meta_bytes, crc = RECORD.unpack_from(data, offset)
-        body_start = offset + RECORD.size
-        body_end = body_start + meta_bytes + count * dim * 4
-        if magic != RECORD_MAGIC or body_end > len(data) or zlib.crc32(data[body_start:body_end]) != crc:
-            break
-        meta = json.loads(data[body_start:body_start + meta_bytes])
-        vectors = np.frombuffer(data, np.float32, count * dim, body_start + meta_bytes).reshape(count, dim)
-        for p, (s, m), r, v in zip(meta["paths"], meta["identities"], meta["reasons"], vectors):
-            rows.append(p, (s, m), None if r else v.copy(), r)
-        offset = body_end
-    return Salvage(rows, offset, len(data) - offset, header.get("fingerprint"))
+    if not path.exists():
+        return Salvage(rows, 0, 0, None)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(len(MAGIC) + 4096)
+        header_end = head.find(b"\n", len(MAGIC)) + 1
+        if not head.startswith(MAGIC) or header_end == 0:
+            return Salvage(rows, 0, size, None)
+        try:
+            header = json.loads(head[len(MAGIC):header_end])
+        except ValueError:
+            return Salvage(rows, 0, size, None)
+        if header.get("dim") != dim:
+            return Salvage(rows, header_end, size - header_end, None)
+        offset = header_end
+        while offset + RECORD.size <= size:
+            f.seek(offset)
+            magic, count, meta_bytes, crc = RECORD.unpack(f.read(RECORD.size))
+            body_end = offset + RECORD.size + meta_bytes + count * dim * 4
+            if magic != RECORD_MAGIC or body_end > size:
+                break
+            body = f.read(body_end - offset - RECORD.size)
+            if zlib.crc32(body) != crc:
+                break
+            meta = json.loads(body[:meta_bytes])
+            first = offset + RECORD.size + meta_bytes
+            for k, (p, (s, m), r) in enumerate(zip(meta["paths"], meta["identities"], meta["reasons"])):
+                rows.append(p, (s, m), None if r else InJournal(first + k * dim * 4), r)
+            offset = body_end
+    return Salvage(rows, offset, size - offset, header.get("fingerprint"))
+
+
+def read_vectors(f, offsets: list[int], dim: int) -> np.ndarray:
+    """The vectors at byte `offsets` of the open journal `f`, (len(offsets), dim) float32; one read
+    per run of vectors that lie back to back (a batch's rows do)."""
+    out = np.empty((len(offsets), dim), np.float32)
+    step, k = dim * 4, 0
+    while k < len(offsets):
+        end = k + 1
+        while end < len(offsets) and offsets[end] == offsets[end - 1] + step:
+            end += 1
+        f.seek(offsets[k])
+        out[k:end] = np.frombuffer(f.read((end - k) * step), np.float32).reshape(end - k, dim)
+        k = end
+    return out
 
 
 class Journal:
@@ -91,6 +122,7 @@ class Journal:
     def __init__(self, path: Path, fp: str, dim: int):
         self.path, self.fp, self.dim = path, fp, dim
         self._fd = None
+        self._end = 0  # the file's length: where the next record starts
         self._synced = 0.0
         self._salvage = None  # what resume() read, so the first append need not read it again
 
@@ -109,7 +141,8 @@ class Journal:
                          f"interrupted run; the {len(salvage.rows.paths)} rows before it are kept")
         return salvage.rows, notes
 
-    def append(self, paths, identities, vectors, reasons) -> None:
+    def append(self, paths, identities, vectors, reasons) -> list[InJournal]:
+        """Append one batch as one record; where each row's vector now lies."""
         if self._fd is None:
             self._open()
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(paths), self.dim)
@@ -117,20 +150,25 @@ class Journal:
                            "reasons": list(reasons)}).encode()
         body = meta + vectors.tobytes()
         record = RECORD.pack(RECORD_MAGIC, len(paths), len(meta), zlib.crc32(body)) + body
+        first = self._end + RECORD.size + len(meta)
         _write_all(self._fd, record)  # appended whole or torn at the end, never reordered
+        self._end += len(record)
         if time.monotonic() - self._synced > FSYNC_EVERY_S:
             os.fsync(self._fd)
             self._synced = time.monotonic()
+        return [InJournal(first + k * self.dim * 4) for k in range(len(paths))]
 
     def _open(self):
         salvage = self._salvage or (read_journal(self.path, self.dim) if self.path.exists() else None)
         if salvage is not None and salvage.fingerprint == self.fp:
             fd = os.open(self.path, os.O_WRONLY)
             os.ftruncate(fd, salvage.good_bytes)  # drop a torn tail before appending after it
-            os.lseek(fd, salvage.good_bytes, os.SEEK_SET)
+            self._end = os.lseek(fd, salvage.good_bytes, os.SEEK_SET)
         else:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            _write_all(fd, MAGIC + json.dumps({"fingerprint": self.fp, "dim": self.dim}).encode() + b"\n")
+            header = MAGIC + json.dumps({"fingerprint": self.fp, "dim": self.dim}).encode() + b"\n"
+            _write_all(fd, header)
+            self._end = len(header)
         self._fd = fd
         self._synced = time.monotonic()
 

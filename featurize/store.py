@@ -17,14 +17,46 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from .errors import StoreError
 from .files import atomic_write, check_name, pid_alive
-from .journal import Rows
+from .journal import InJournal, Rows, read_vectors
 
 FORMAT_VERSION = 1
+DTYPES = ("float32", "float16")
+COMPRESSIONS = ("none", "lzf", "gzip")
+COPY_ROWS = 1024  # rows per chunk when a store is written: memory is one chunk (5 MiB at 1280-d), whatever N is
+
+
+@dataclass(frozen=True)
+class Storage:
+    """How the vectors are kept on disk. `dtype` float16 rounds them (so it is part of the
+    fingerprint); compression never changes a number and applies when the store is next written."""
+
+    dtype: str = "float32"
+    compression: str = "none"
+
+    def check(self) -> "Storage":
+        if self.dtype not in DTYPES:
+            raise StoreError(f"--dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
+        if self.compression not in COMPRESSIONS:
+            raise StoreError(f"--compression {self.compression!r}; valid: {', '.join(COMPRESSIONS)}")
+        return self
+
+    def dataset_options(self, rows: int, dim: int) -> dict:
+        chunk_rows = max(1, min(rows, max(1, (1 << 20) // (dim * 4))))  # about 1 MiB per HDF5 chunk
+        options = {"dtype": self.dtype, "chunks": (chunk_rows, dim) if rows else None}
+        if self.compression != "none" and rows:
+            options["compression"] = self.compression
+        return options
+
+
+class InStore(NamedTuple):
+    """A row's vector in the store being replaced: copied from it in chunks when the new one is written."""
+    row: int
 
 
 def _str_dtype():
@@ -57,7 +89,7 @@ class Features:
     """What other code reads from a complete store, as numpy arrays."""
 
     path: Path
-    X: np.ndarray  # (N, D) float32
+    X: np.ndarray  # (N, D) float32; with load_features(lazy=True) the h5py dataset (stored dtype)
     y: np.ndarray  # (N,) int64, indices into class_names
     class_names: list[str]
     paths: np.ndarray  # (N,) str, relative to data_root
@@ -83,38 +115,49 @@ def _open(path: Path, mode: str = "r"):
         raise StoreError(f"{path}: not a readable HDF5 feature file ({error})") from None
 
 
-def load_features(path: str | os.PathLike) -> Features:
-    """Read a complete feature store; refuse a missing, foreign or unfinished one."""
+def load_features(path: str | os.PathLike, lazy: bool = False) -> Features:
+    """Read a complete feature store; refuse a missing, foreign or unfinished one. `lazy`: X is the
+    h5py dataset itself (the file stays open while it is referenced), read by whoever slices it -
+    a million rows need not sit in memory twice, or at all."""
     path = Path(path)
     if not path.is_file():
         raise StoreError(f"{path}: no such feature file (run `cnnfeat extract` first)")
-    with _open(path) as h5:
-        attrs = h5.attrs
-        if "fingerprint" not in attrs or "features" not in h5:
-            raise StoreError(f"{path}: not a cnnfeat feature file")
-        if not attrs.get("complete", False):
-            raise StoreError(f"{path}: incomplete feature file (its extraction did not finish); "
-                             f"run `cnnfeat extract` again")
-        config = json.loads(attrs["config"])
-        # These two become parts of output paths (reports, fine-tune folders): a shared file must
-        # not be able to write outside --out.
-        dataset = check_name(str(attrs["dataset"]), "dataset name", path)
-        check_name(config.get("backbone"), "backbone name", path)
-        return Features(
-            path=path,
-            X=h5["features"][:].astype(np.float32, copy=False),
-            y=h5["labels"][:].astype(np.int64),
-            class_names=json.loads(attrs["class_names"]),
-            paths=h5["paths"].asstr()[:],
-            splits=h5["splits"].asstr()[:],
-            fingerprint=str(attrs["fingerprint"]),
-            config=config,
-            versions=json.loads(attrs["versions"]),
-            data_root=str(attrs["data_root"]),
-            dataset=dataset,
-            skipped=_skipped_of(h5),
-            weights_source=str(attrs.get("weights_source", "")),
-        )
+    h5 = _open(path)
+    try:
+        features = _features_of(path, h5, lazy)
+    finally:
+        if not lazy:
+            h5.close()
+    return features
+
+
+def _features_of(path: Path, h5, lazy: bool) -> Features:
+    attrs = h5.attrs
+    if "fingerprint" not in attrs or "features" not in h5:
+        raise StoreError(f"{path}: not a cnnfeat feature file")
+    if not attrs.get("complete", False):
+        raise StoreError(f"{path}: incomplete feature file (its extraction did not finish); "
+                         f"run `cnnfeat extract` again")
+    config = json.loads(attrs["config"])
+    # These two become parts of output paths (reports, fine-tune folders): a shared file must
+    # not be able to write outside --out.
+    dataset = check_name(str(attrs["dataset"]), "dataset name", path)
+    check_name(config.get("backbone"), "backbone name", path)
+    return Features(
+        path=path,
+        X=h5["features"] if lazy else h5["features"][:].astype(np.float32, copy=False),
+        y=h5["labels"][:].astype(np.int64),
+        class_names=json.loads(attrs["class_names"]),
+        paths=h5["paths"].asstr()[:],
+        splits=h5["splits"].asstr()[:],
+        fingerprint=str(attrs["fingerprint"]),
+        config=config,
+        versions=json.loads(attrs["versions"]),
+        data_root=str(attrs["data_root"]),
+        dataset=dataset,
+        skipped=_skipped_of(h5),
+        weights_source=str(attrs.get("weights_source", "")),
+    )
 
 
 def _skipped_of(h5) -> list[tuple[str, str]]:
@@ -134,28 +177,70 @@ def _same_settings(h5, fp: str, data_root: str) -> bool:
 
 
 def read_rows(path: Path, expected_fingerprint: str, data_root: str) -> Rows | None:
-    """All rows of a complete store with this fingerprint and root, or None (absent, other settings, broken)."""
+    """All rows of a complete store with this fingerprint and root, or None (absent, other settings,
+    broken). Its vectors stay in the file (InStore): memory grows with the paths, not N x D."""
     try:
         with _open(path) as h5:
             if not _same_settings(h5, expected_fingerprint, data_root):
                 return None
-            return _rows_of(h5["features"][:], h5["paths"].asstr()[:], h5["file_size"][:],
-                            h5["file_mtime_ns"][:], h5["skipped"])
+            rows = Rows()
+            _add_rows(rows, h5, h5["features"].shape[0] * [""])
+            _add_rows(rows, h5["skipped"], h5["skipped/reasons"].asstr()[:])
+            return rows
     except (StoreError, KeyError, OSError):
         return None
 
 
-def _rows_of(vectors, paths, sizes, mtimes, skipped) -> Rows:
-    rows = Rows()
-    for p, s, m, v in zip(paths, sizes, mtimes, vectors):
-        rows.append(p, (s, m), v)
-    for p, s, m, r in zip(skipped["paths"].asstr()[:], skipped["file_size"][:],
-                          skipped["file_mtime_ns"][:], skipped["reasons"].asstr()[:]):
-        rows.append(p, (s, m), None, r)
-    return rows
+def _add_rows(rows: Rows, group, reasons) -> None:
+    for i, (p, s, m, r) in enumerate(zip(group["paths"].asstr()[:], group["file_size"][:].tolist(),
+                                         group["file_mtime_ns"][:].tolist(), reasons)):
+        rows.append(p, (s, m), None if r else InStore(i), r)
 
 
-def store_matches(path: Path, fp: str, images, identities) -> bool:
+class VectorReader:
+    """Reads vectors wherever they lie - the store being replaced (InStore), the journal (InJournal),
+    or memory (an array) - a chunk at a time, one read per run of neighbouring rows."""
+
+    def __init__(self, dim: int, store: Path | None = None, journal: Path | None = None):
+        self.dim, self.store, self.journal = dim, store, journal
+
+    def __enter__(self):
+        import h5py
+        self._h5 = h5py.File(self.store, "r") if self.store else None
+        self._journal = open(self.journal, "rb") if self.journal and self.journal.exists() else None
+        return self
+
+    def __exit__(self, *exc):
+        for handle in (self._h5, self._journal):
+            if handle is not None:
+                handle.close()
+
+    def read(self, locations: list) -> np.ndarray:
+        out = np.empty((len(locations), self.dim), np.float32)
+        kinds: dict[type, list[int]] = {}
+        for k, where in enumerate(locations):
+            kinds.setdefault(type(where), []).append(k)
+        for kind, ks in kinds.items():
+            if kind is InStore:
+                out[ks] = self._from_store([locations[k].row for k in ks])
+            elif kind is InJournal:
+                out[ks] = read_vectors(self._journal, [locations[k].offset for k in ks], self.dim)
+            else:
+                out[ks] = np.stack([locations[k] for k in ks])
+        return out
+
+    def _from_store(self, rows: list[int]) -> np.ndarray:
+        features, out, k = self._h5["features"], np.empty((len(rows), self.dim), np.float32), 0
+        while k < len(rows):
+            end = k + 1
+            while end < len(rows) and rows[end] == rows[end - 1] + 1:
+                end += 1
+            out[k:end] = features[rows[k]:rows[end - 1] + 1]
+            k = end
+        return out
+
+
+def store_matches(path: Path, fp: str, images, identities, storage: Storage = Storage()) -> bool:
     """True when the complete store at `path` already says exactly what a rebuild would write.
 
     Reads paths, labels, splits and file identities only, never the vectors: the "up to date"
@@ -165,6 +250,8 @@ def store_matches(path: Path, fp: str, images, identities) -> bool:
             if not _same_settings(h5, fp, str(images.root)):
                 return False
             if json.loads(h5.attrs["class_names"]) != images.class_names:
+                return False
+            if _storage_of(h5).compression != storage.compression:  # rewritten (copied) the way asked
                 return False
             stored = {}  # path -> (label, split, (size, mtime)), good and skipped rows alike
             for group in (h5, h5["skipped"]):
@@ -178,18 +265,27 @@ def store_matches(path: Path, fp: str, images, identities) -> bool:
         for p, label, split, identity in zip(images.paths, images.labels, images.splits, identities))
 
 
-def write_store(path: Path, images, identities, rows_by_path, dim: int, attrs: dict) -> tuple[int, int]:
-    """Write the complete store for `images` from `rows_by_path` atomically; (good, skipped)."""
+def _storage_of(h5) -> Storage:
+    return Storage(**json.loads(h5.attrs.get("storage", "{}")))
+
+
+def write_store(path: Path, images, identities, rows_by_path, dim: int, attrs: dict,
+                reader: VectorReader | None = None, storage: Storage = Storage()) -> tuple[int, int]:
+    """Write the complete store for `images` from `rows_by_path` (path -> (identity, where its
+    vector is, reason)) atomically, COPY_ROWS rows at a time; (good, skipped)."""
+    import h5py
+
     good = [i for i, p in enumerate(images.paths) if rows_by_path[p][1] is not None]
     bad = [i for i, p in enumerate(images.paths) if rows_by_path[p][1] is None]
-    vectors = np.zeros((len(good), dim), dtype=np.float32)
-    for row, i in enumerate(good):
-        vectors[row] = rows_by_path[images.paths[i]][1]
-    import h5py
-    with atomic_write(path) as tmp, h5py.File(tmp, "w") as h5:
+    reader = reader or VectorReader(dim)
+    with atomic_write(path) as tmp, h5py.File(tmp, "w") as h5, reader:
         for key, value in attrs.items():
             h5.attrs[key] = value
-        h5.create_dataset("features", data=vectors, chunks=(max(1, min(len(good), 1024)), dim) if good else None)
+        h5.attrs["storage"] = json.dumps({"dtype": storage.dtype, "compression": storage.compression})
+        features = h5.create_dataset("features", shape=(len(good), dim), **storage.dataset_options(len(good), dim))
+        for start in range(0, len(good), COPY_ROWS):
+            part = good[start:start + COPY_ROWS]
+            features[start:start + len(part)] = reader.read([rows_by_path[images.paths[i]][1] for i in part])
         _write_columns(h5, images, identities, good)
         h5.create_dataset("labels", data=np.asarray([images.labels[i] for i in good], dtype=np.int64))
         skipped = h5.create_group("skipped")

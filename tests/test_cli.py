@@ -43,6 +43,9 @@ def test_extract_then_up_to_date(class_folders, tmp_path):
     assert "7 images: 7 extracted" in first.output and re.search(r"pets-[0-9a-f]{8}-resnet18-random\.h5", first.output)
     again = run("extract", "--data", class_folders, "--out", tmp_path, "--backbone", "resnet18", "--weights", "random")
     assert "up to date: 7 images, nothing to extract" in again.output
+    half = run("extract", "--data", class_folders, "--out", tmp_path, "--backbone", "resnet18", "--weights", "random",
+               "--workers", "0", "--quiet", "--dtype", "float16", "--compression", "lzf")
+    assert "7 images: 7 extracted" in half.output and "resnet18-random-float16.h5" in half.output
 
 
 def test_unreadable_images_named_exit_0_unless_strict(class_folders, tmp_path):

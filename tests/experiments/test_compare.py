@@ -184,6 +184,11 @@ def test_statistics_against_independent_computations():
     low, high = bootstrap_interval(a, seed=1)
     normal = 1.96 * math.sqrt(a.mean() * (1 - a.mean()) / len(a))
     assert low < a.mean() < high and abs((high - low) / 2 - normal) < 0.01
+    # Drawn as counts, the resamples match resampling the images themselves (2,000 index vectors).
+    resampled = a[rng.integers(0, len(a), size=(2000, len(a)))].mean(axis=1)
+    assert np.percentile(resampled, [2.5, 97.5]) == pytest.approx([low, high], abs=0.011)
+    low, high = bootstrap_interval(np.ones(10**7, bool) & (np.arange(10**7) % 10 > 0))  # 10M images, no 2000 x n
+    assert low < 0.9 < high and high - low < 0.001
 
 
 def test_a_budget_is_said_in_the_report(tinted_store, tmp_path):
@@ -192,3 +197,21 @@ def test_a_budget_is_said_in_the_report(tinted_store, tmp_path):
     assert result.exit_code == 0, result.output
     report = next((tmp_path / "reports").iterdir()) / "report.md"
     assert "knn: the 1e-06 s budget ran out after 2 of 28 candidates" in report.read_text()
+
+
+def test_all_leaves_out_heads_too_slow_for_the_size_and_naming_one_runs_it(tinted_store, tmp_path, monkeypatch):
+    """Above a head's stated size `--clf all` leaves it out with a note (lowered here to the 36
+    training rows of the tinted set); named, it runs."""
+    import dataclasses
+
+    from classifiers.heads import HEADS
+    for name in [n for n in HEADS if n != "logreg"]:
+        monkeypatch.setitem(HEADS, name, dataclasses.replace(HEADS[name], scales_badly_above=10))
+    logs = []
+    outcome = compare(features=[tinted_store], out=tmp_path, clf="all", jobs=1, log=logs.append)
+    assert [row.head for row in outcome.rows] == ["logreg"]
+    assert any("knn left out of --clf all: 36 training rows is past 10" in note and "--clf knn runs it anyway" in note
+               for note in outcome.notes)
+    assert "left out of --clf all" in (outcome.report_dir / "report.md").read_text()
+    named = compare(features=[tinted_store], out=tmp_path, clf="knn", jobs=1, log=logs.append)
+    assert [row.head for row in named.rows] == ["knn"]

@@ -1,5 +1,6 @@
 import csv
 import json
+import shutil
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import pytest
 from experiments.fit import fit_model
 from experiments.splits import train_eval_split
 from featurize import extract, load_features
+from featurize.images import find_images
 from tests.conftest import REPO, write_image
 from tests.test_cli import assert_one_line_error, run
 
@@ -37,12 +39,16 @@ def test_predict_csv_matches_a_fresh_interpreter(tinted_store, tmp_path):
     assert fitted.exit_code == 0, fitted.output
     model_path = tmp_path / "models" / f"{tinted_store.stem}-knn.joblib"
     features = load_features(tinted_store)
-    folder = f"{features.data_root}/val"
+    folder = tmp_path / "val"
+    shutil.copytree(f"{features.data_root}/val", folder)
     (tmp_path / "broken.png").write_bytes(b"nope")
+    (folder / "blue" / "b2-broken.png").write_bytes(b"nope")  # a bad file amid the good ones
     result = run("predict", "--model", model_path, folder, tmp_path / "broken.png", "--out", tmp_path / "p.csv",
-                 "--quiet")
-    assert result.exit_code == 0 and "13 images, 1 unreadable" in result.output
+                 "--quiet", "--batch-size", "5")  # written batch by batch: rows still in input order
+    assert result.exit_code == 0 and "14 images, 2 unreadable" in result.output
     rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert [r["path"] for r in rows] == [*map(str, find_images(folder)), str(tmp_path / "broken.png")]
+    assert [r["path"].endswith("broken.png") for r in rows] == [r["error"] != "" for r in rows]
     assert list(rows[0]) == ["path", "predicted", "probability", "p_blue", "p_red", "error"]
     assert rows[-1]["error"] == "not an image PIL can read" and rows[-1]["predicted"] == ""
     good = [r for r in rows if not r["error"]]

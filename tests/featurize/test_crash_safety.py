@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from featurize import extract, load_features
-from featurize.journal import Journal, read_journal
+from featurize.journal import Journal, read_journal, read_vectors
 from tests.conftest import REPO, write_image
 from tests.test_cli import assert_one_line_error, run
 
@@ -129,16 +129,20 @@ def test_two_concurrent_runs_one_writes_the_other_says_so(many_images, tmp_path)
 def test_a_torn_journal_is_salvaged_up_to_its_last_good_batch(tmp_path):
     path = tmp_path / "x.h5.partial"
     journal = Journal(path, "fp", dim=4)
+    places = []
     for batch in range(3):
-        journal.append([f"{batch}-{i}.png" for i in range(2)], [(10, batch)] * 2,
-                       np.full((2, 4), batch, np.float32), ["", "bad" if batch == 1 else ""])
+        places += journal.append([f"{batch}-{i}.png" for i in range(2)], [(10, batch)] * 2,
+                                 np.full((2, 4), batch, np.float32) + [[0], [0.5]], ["", "bad" if batch == 1 else ""])
     journal.close()
+    with open(path, "rb") as f:  # where append said each vector went, read back in runs
+        np.testing.assert_array_equal(read_vectors(f, [p.offset for p in places], 4),
+                                      np.repeat([0, 0.5, 1, 1.5, 2, 2.5], 4).reshape(6, 4))
     whole = path.read_bytes()
     path.write_bytes(whole[:-7])  # killed in the middle of writing the third batch
     rows, notes = Journal(path, "fp", dim=4).resume()
     assert rows.paths == ["0-0.png", "0-1.png", "1-0.png", "1-1.png"] and rows.vectors[3] is None
     assert rows.reasons[3] == "bad" and "dropped the last, torn batch" in notes[0]
-    np.testing.assert_array_equal(rows.vectors[2], np.ones(4, np.float32))
+    assert rows.vectors[2] == places[2]  # the salvaged rows point into the file, not into memory
 
     corrupt = bytearray(whole)
     corrupt[-3] ^= 0xFF  # a flipped byte in the last batch fails its checksum

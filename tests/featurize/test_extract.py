@@ -84,7 +84,9 @@ def test_store_contents_and_metadata(class_folders, tmp_path):
     assert (features.config["engine"], features.config["precision"]) == ("onnxruntime", "float32")  # auto on a CPU
 
 
-def test_second_run_extracts_nothing_and_changes_are_picked_up(class_folders, tmp_path):
+def test_second_run_extracts_nothing_and_changes_are_picked_up(class_folders, tmp_path, monkeypatch):
+    import featurize.store
+    monkeypatch.setattr(featurize.store, "COPY_ROWS", 3)  # the store is copied in several chunks
     first = extract(data=class_folders, out=tmp_path, **RANDOM)
     assert (first.extracted, first.reused, first.model_loaded) == (7, 0, True)
     before = _vectors_by_path(first.store)
@@ -177,3 +179,32 @@ def test_two_projects_with_a_data_folder_each_keep_two_stores(tmp_path):
         again = extract(data=tmp_path / project / "data", out=out, **RANDOM)
         assert again.store == first.store and not again.model_loaded
         assert load_features(again.store).data_root == str((tmp_path / project / "data").resolve())
+
+
+def test_float16_and_compressed_stores(class_folders, tmp_path):
+    """float16 is a file of its own (its numbers are rounded: another fingerprint), within float16's
+    precision of the float32 one; another compression rewrites the file, changing no number; a lazy
+    load reads the same rows from the file."""
+    from featurize.store import Storage
+
+    plain = extract(data=class_folders, out=tmp_path, **RANDOM)
+    half = extract(data=class_folders, out=tmp_path, storage=Storage("float16", "gzip"), **RANDOM)
+    assert half.store != plain.store and half.store.name.endswith("-random-float16.h5") and plain.store.exists()
+    with h5py.File(half.store) as h5:
+        assert h5["features"].dtype == np.float16 and h5["features"].compression == "gzip"
+    exact, rounded = load_features(plain.store), load_features(half.store)
+    assert exact.fingerprint != rounded.fingerprint and rounded.X.dtype == np.float32
+    np.testing.assert_allclose(rounded.X, exact.X, rtol=1e-3, atol=1e-4)
+    assert not np.array_equal(rounded.X, exact.X)
+
+    again = extract(data=class_folders, out=tmp_path, storage=Storage("float16", "gzip"), **RANDOM)
+    assert (again.extracted, again.reused, again.model_loaded) == (0, 7, False)
+    lzf = extract(data=class_folders, out=tmp_path, storage=Storage("float16", "lzf"), **RANDOM)
+    assert (lzf.extracted, lzf.reused, lzf.model_loaded) == (0, 7, False)
+    with h5py.File(lzf.store) as h5:
+        assert h5["features"].compression == "lzf"
+    np.testing.assert_array_equal(load_features(lzf.store).X, rounded.X)
+
+    lazy = load_features(plain.store, lazy=True)
+    assert isinstance(lazy.X, h5py.Dataset) and lazy.X.shape == exact.X.shape
+    np.testing.assert_array_equal(lazy.X[2:5], exact.X[2:5])

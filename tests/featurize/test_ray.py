@@ -1,4 +1,6 @@
-"""`extract --ray`: a real local Ray cluster (2 CPUs), the driver alone writing the store."""
+"""`extract --ray` and `fit --ray`: a real local Ray cluster (2 CPUs); the driver alone writes the store."""
+import json
+
 import numpy as np
 import pytest
 
@@ -60,3 +62,30 @@ def test_an_actor_that_cannot_start_is_a_clear_error_and_keeps_nothing_half_done
     assert "the Ray cluster failed" in errors[0] and "does not fit backbone resnet18" in errors[0]
     # (Ray's raylet may still print one line of its own as the cluster stops: not ours to silence)
     assert not list((tmp_path / "out" / "features").glob("*.h5"))
+
+
+@pytest.mark.parametrize("clf, search", [("logreg", "grid"), ("knn", "coordinate")])
+def test_fit_on_ray_finds_what_a_local_fit_finds(local_cluster, tinted_store, tmp_path, monkeypatch, clf, search):
+    """`fit --ray`: the cross-validation fits run as Ray tasks (Ray's joblib backend), same scores."""
+    from experiments.fit import fit_model
+
+    from ray.util.joblib.ray_backend import RayBackend
+
+    local = fit_model(features=tinted_store, out=tmp_path / "local", clf=clf, search=search, jobs=1, log=lambda _: None)
+    configured = []
+    monkeypatch.setattr(RayBackend, "configure", _spy(RayBackend.configure, configured))
+    result = run("fit", "--features", tinted_store, "--out", tmp_path / "ray", "--clf", clf, "--search", search,
+                 "--ray", "local", "--quiet")
+    assert result.exit_code == 0, result.output
+    on_ray = json.loads((tmp_path / "ray" / "models" / local.json_path.name).read_text())
+    assert on_ray["best_params"] == local.info["best_params"]
+    assert on_ray["cv"] == {**local.info["cv"], "seconds": on_ray["cv"]["seconds"]}
+    assert on_ray["heldout"]["accuracy"] == local.info["heldout"]["accuracy"]
+    assert configured  # the fits did go through Ray's backend
+
+
+def _spy(method, calls):
+    def spied(*args, **kwargs):
+        calls.append(kwargs)
+        return method(*args, **kwargs)
+    return spied
