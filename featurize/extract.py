@@ -169,17 +169,20 @@ def _extract(data, backbone, weights, out: Path, options: RunOptions, strict: bo
         old_rows = read_rows(store, fp, str(images.root)) if store.exists() else None
         if store.exists() and old_rows is None:
             result.notes.append(f"{store.name} was made with other settings or is unfinished; rebuilding it")
-        if old_rows is not None:
+        reuse_store = old_rows is not None
+        if reuse_store:
+            current = set(images.paths)
+            result.dropped = sum(1 for p in old_rows.paths if p not in current)
             known.update(old_rows.by_path())
+            del old_rows, current  # a million rows' lists: not held while the store is written
         journal = Journal(store.with_name(store.name + ".partial"), fp, record.feature_dim)
         resumed, notes = journal.resume()
         result.notes += notes
         if resumed is not None and resumed.paths:
             known.update(resumed.by_path())
             result.notes.append(f"resuming: {len(resumed.paths)} images from an interrupted run")
+        del resumed
 
-        current = set(images.paths)
-        result.dropped = sum(1 for p in (old_rows.paths if old_rows else []) if p not in current)
         todo = [i for i, p in enumerate(images.paths) if p not in known or known[p][0] != identities[i]]
         result.reused = len(images) - len(todo)
         if todo:
@@ -201,7 +204,7 @@ def _extract(data, backbone, weights, out: Path, options: RunOptions, strict: bo
             "dataset": images.name, "layout": images.layout, "weights_source": _weights_source(weights),
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        reader = VectorReader(record.feature_dim, store if old_rows is not None else None, journal.path)
+        reader = VectorReader(record.feature_dim, store if reuse_store else None, journal.path)
         write_store(store, images, identities, known, record.feature_dim, attrs, reader, options.storage)
         journal.remove()
     result.skipped = _skipped(images, known)

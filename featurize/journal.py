@@ -130,7 +130,8 @@ class Journal:
         """Rows a killed run left for these settings (None if there are none), and notes to show."""
         if not self.path.exists():
             return None, []
-        salvage = self._salvage = read_journal(self.path, self.dim)
+        salvage = read_journal(self.path, self.dim)
+        self._salvage = Salvage(Rows(), salvage.good_bytes, salvage.torn_bytes, salvage.fingerprint)  # for _open
         if salvage.fingerprint is None:
             return None, [f"{self.path.name}: no readable rows (a run killed while starting); starting afresh"]
         if salvage.fingerprint != self.fp:
