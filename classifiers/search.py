@@ -269,8 +269,8 @@ def _coordinate_sweeps(evaluate, grid: dict) -> list[dict]:
             continue
         results = evaluate(new)
         evaluated += new
-        scores = {repr(sorted(p.items())): s for p, s in zip(results["params"], results["mean_test_score"])}
-        current = max(sweep, key=lambda candidate: scores[repr(sorted(candidate.items()))])
+        scores = {_without(p): s for p, s in zip(results["params"], results["mean_test_score"])}
+        current = max(sweep, key=lambda candidate: scores[_without(candidate)])
     return evaluated
 
 
@@ -367,15 +367,14 @@ class PathSearch:
         return self
 
 
-def _without(params: dict, key: str) -> str:
+def _without(params: dict, key: str | None = None) -> str:
+    """A candidate's parameters but `key`, as a hashable, order-free key."""
     return repr(sorted((k, v) for k, v in params.items() if k != key))
 
 
 TREES = "clf__n_estimators"
 OOB_FOLDS = 0  # what SearchResult.folds says for out-of-bag scores
 OOB_METRICS = {"accuracy": "accuracy_score", "balanced_accuracy": "balanced_accuracy_score", "f1_macro": "f1_score"}
-
-
 
 
 def _oob_score(forest, y, scoring: str) -> float:

@@ -105,3 +105,15 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:  # exists, owned by someone else
         return True
     return True
+
+
+def runs(starts: list[int], step: int):
+    """(first, end) index ranges of `starts` whose values follow each other by `step`: the rows (or
+    byte offsets) that one read can fetch together."""
+    first = 0
+    while first < len(starts):
+        end = first + 1
+        while end < len(starts) and starts[end] == starts[end - 1] + step:
+            end += 1
+        yield first, end
+        first = end

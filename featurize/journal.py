@@ -20,6 +20,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .files import runs
+
 MAGIC = b"CNNFEAT-JOURNAL 1\n"
 RECORD = struct.Struct("<4sIII")  # b"ROWS", rows, JSON bytes, CRC-32 of JSON + vectors
 RECORD_MAGIC = b"ROWS"
@@ -105,14 +107,9 @@ def read_vectors(f, offsets: list[int], dim: int) -> np.ndarray:
     """The vectors at byte `offsets` of the open journal `f`, (len(offsets), dim) float32; one read
     per run of vectors that lie back to back (a batch's rows do)."""
     out = np.empty((len(offsets), dim), np.float32)
-    step, k = dim * 4, 0
-    while k < len(offsets):
-        end = k + 1
-        while end < len(offsets) and offsets[end] == offsets[end - 1] + step:
-            end += 1
-        f.seek(offsets[k])
-        out[k:end] = np.frombuffer(f.read((end - k) * step), np.float32).reshape(end - k, dim)
-        k = end
+    for first, end in runs(offsets, dim * 4):
+        f.seek(offsets[first])
+        out[first:end] = np.frombuffer(f.read((end - first) * dim * 4), np.float32).reshape(end - first, dim)
     return out
 
 
