@@ -7,6 +7,7 @@ import sys
 import click
 
 from featurize.errors import CnnfeatError
+from featurize.store import COMPRESSIONS, DTYPES
 
 DEFAULT_OUT = "artifacts"
 
@@ -50,10 +51,11 @@ def cli():
               help="Images per forward pass [default: 16 on CPU, 128 on CUDA].")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Decoding processes [default: CPU cores - 1, at most 8].")
-@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
               help="How the vectors are stored: float16 halves the file (a separate file: its numbers are rounded).")
-@click.option("--compression", type=click.Choice(["none", "lzf", "gzip"]), default="none", show_default=True,
-              help="HDF5 compression of the vectors (never changes a number; asking for another one rewrites the file).")
+@click.option("--compression", type=click.Choice(COMPRESSIONS), default=None,
+              help="HDF5 compression of the vectors (never changes a number). Default: the file's own (none for a "
+                   "new file); asking for another one rewrites the file.")
 @click.option("--strict", is_flag=True, help="Fail (exit 1) if any image cannot be read.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract(backbone, data, weights, trust_pickle, out, device, engine, ray, batch_size, workers, dtype, compression,

@@ -157,9 +157,10 @@ def _extract(data, backbone, weights, out: Path, options: RunOptions, strict: bo
 
     with exclusive(store), _sigterm_as_interrupt():
         sweep_stale_tmp(store)
+        storage = options.storage.resolved(store)
         identities = [_identity(images.root / p) for p in images.paths]
         result = ExtractResult(store=store, total=len(images), extracted=0, reused=0, dropped=0)
-        if store.exists() and store_matches(store, fp, images, identities, options.storage):
+        if store.exists() and store_matches(store, fp, images, identities, storage):
             result.reused = len(images)
             result.skipped = read_skipped(store)
             result.seconds = time.perf_counter() - started
@@ -205,7 +206,7 @@ def _extract(data, backbone, weights, out: Path, options: RunOptions, strict: bo
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         reader = VectorReader(record.feature_dim, store if reuse_store else None, journal.path)
-        write_store(store, images, identities, known, record.feature_dim, attrs, reader, options.storage)
+        write_store(store, images, identities, known, record.feature_dim, attrs, reader, storage)
         journal.remove()
     result.skipped = _skipped(images, known)
     result.seconds = time.perf_counter() - started

@@ -14,7 +14,7 @@ import json
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import NamedTuple
@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .errors import StoreError
-from .files import atomic_write, check_name, pid_alive
+from .files import atomic_write, check_name, pid_alive, runs
 from .journal import InJournal, Rows, read_vectors
 
 FORMAT_VERSION = 1
@@ -34,24 +34,35 @@ COPY_ROWS = 1024  # rows per chunk when a store is written: memory is one chunk 
 @dataclass(frozen=True)
 class Storage:
     """How the vectors are kept on disk. `dtype` float16 rounds them (so it is part of the
-    fingerprint); compression never changes a number and applies when the store is next written."""
+    fingerprint); compression never changes a number. Compression None: whatever the existing
+    file has (none for a new one), so a run that does not ask never rewrites a file to change it."""
 
     dtype: str = "float32"
-    compression: str = "none"
+    compression: str | None = None
 
     def check(self) -> "Storage":
         if self.dtype not in DTYPES:
             raise StoreError(f"--dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
-        if self.compression not in COMPRESSIONS:
+        if self.compression is not None and self.compression not in COMPRESSIONS:
             raise StoreError(f"--compression {self.compression!r}; valid: {', '.join(COMPRESSIONS)}")
         return self
 
     def dataset_options(self, rows: int, dim: int) -> dict:
-        chunk_rows = max(1, min(rows, max(1, (1 << 20) // (dim * 4))))  # about 1 MiB per HDF5 chunk
+        chunk_rows = max(1, min(rows, (1 << 20) // (dim * 4)))  # about 1 MiB per HDF5 chunk
         options = {"dtype": self.dtype, "chunks": (chunk_rows, dim) if rows else None}
-        if self.compression != "none" and rows:
+        if self.compression not in (None, "none") and rows:
             options["compression"] = self.compression
         return options
+
+    def resolved(self, path: Path) -> "Storage":
+        """This storage with compression None made the one of the file at `path` (none if unreadable)."""
+        if self.compression is not None:
+            return self
+        try:
+            with _open(path) as h5:
+                return replace(self, compression=_storage_of(h5).compression)
+        except (StoreError, OSError, ValueError):
+            return replace(self, compression="none")
 
 
 class InStore(NamedTuple):
@@ -230,13 +241,9 @@ class VectorReader:
         return out
 
     def _from_store(self, rows: list[int]) -> np.ndarray:
-        features, out, k = self._h5["features"], np.empty((len(rows), self.dim), np.float32), 0
-        while k < len(rows):
-            end = k + 1
-            while end < len(rows) and rows[end] == rows[end - 1] + 1:
-                end += 1
-            out[k:end] = features[rows[k]:rows[end - 1] + 1]
-            k = end
+        features, out = self._h5["features"], np.empty((len(rows), self.dim), np.float32)
+        for first, end in runs(rows, 1):
+            out[first:end] = features[rows[first]:rows[end - 1] + 1]
         return out
 
 
@@ -251,7 +258,7 @@ def store_matches(path: Path, fp: str, images, identities, storage: Storage = St
                 return False
             if json.loads(h5.attrs["class_names"]) != images.class_names:
                 return False
-            if _storage_of(h5).compression != storage.compression:  # rewritten (copied) the way asked
+            if storage.resolved(path).compression != _storage_of(h5).compression:  # asked for another: rewrite
                 return False
             stored = {}  # path -> (label, split, (size, mtime)), good and skipped rows alike
             for group in (h5, h5["skipped"]):
@@ -266,7 +273,9 @@ def store_matches(path: Path, fp: str, images, identities, storage: Storage = St
 
 
 def _storage_of(h5) -> Storage:
-    return Storage(**json.loads(h5.attrs.get("storage", "{}")))
+    """How the file keeps its vectors (files from before the attribute: float32, uncompressed)."""
+    stored = json.loads(h5.attrs.get("storage", "{}"))
+    return Storage(stored.get("dtype", "float32"), stored.get("compression") or "none")
 
 
 def write_store(path: Path, images, identities, rows_by_path, dim: int, attrs: dict,
@@ -281,7 +290,7 @@ def write_store(path: Path, images, identities, rows_by_path, dim: int, attrs: d
     with atomic_write(path) as tmp, h5py.File(tmp, "w") as h5, reader:
         for key, value in attrs.items():
             h5.attrs[key] = value
-        h5.attrs["storage"] = json.dumps({"dtype": storage.dtype, "compression": storage.compression})
+        h5.attrs["storage"] = json.dumps({**asdict(storage), "compression": storage.compression or "none"})
         features = h5.create_dataset("features", shape=(len(good), dim), **storage.dataset_options(len(good), dim))
         for start in range(0, len(good), COPY_ROWS):
             part = good[start:start + COPY_ROWS]

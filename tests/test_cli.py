@@ -8,7 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from cli import cli
-from tests.conftest import REPO
+from tests.conftest import REPO, write_image
 
 
 def run(*args):
@@ -115,3 +115,26 @@ def test_a_hostile_weights_file_is_refused_without_running_it(class_folders, tmp
     trusted = run(*args, "--trust-pickle")  # the opt-in is what lets it run: it does, then fits nothing
     assert target.exists()
     assert_one_line_error(trusted, "does not fit backbone resnet18")
+
+
+def test_a_plain_rerun_keeps_the_files_compression(class_folders, tmp_path):
+    """`--compression` once, then the everyday command without it: the file stays compressed, an
+    unchanged folder is up to date (no rewrite), a new image is the only one extracted."""
+    import h5py
+
+    common = ("--data", class_folders, "--out", tmp_path, "--backbone", "resnet18", "--weights", "random",
+              "--workers", "0", "--quiet")
+    first = run("extract", *common, "--compression", "gzip")
+    store = next((tmp_path / "features").glob("*.h5"))
+    written = store.stat().st_ino
+    again = run("extract", *common)
+    assert "up to date: 7 images" in again.output and store.stat().st_ino == written, again.output  # not rewritten
+    write_image(class_folders / "cats" / "c9.png", seed=98)
+    third = run("extract", *common)
+    assert first.exit_code == third.exit_code == 0 and "8 images: 1 extracted" in third.output, third.output
+    with h5py.File(store) as h5:
+        assert h5["features"].compression == "gzip"
+    plain = run("extract", *common, "--compression", "none")  # asked for: rewritten without, nothing extracted
+    assert plain.exit_code == 0 and "nothing to extract" in plain.output, plain.output
+    with h5py.File(store) as h5:
+        assert h5["features"].compression is None
