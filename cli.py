@@ -7,6 +7,7 @@ import sys
 import click
 
 from featurize.errors import CnnfeatError
+from featurize.fuse import FUSE_MODES
 from featurize.store import COMPRESSIONS, DTYPES
 
 DEFAULT_OUT = "artifacts"
@@ -194,13 +195,16 @@ def serve(model_path, host, port, max_batch, max_wait_ms, max_request_mb, device
 @click.option("--clf", default="all", show_default=True, help="Heads: all, or a comma list (svm,rf,...).")
 @click.option("--finetune", "with_finetune", is_flag=True, help="Also fine-tune the backbone end to end first.")
 @click.option("--refit", is_flag=True, help="Search again even where nothing changed.")
+@click.option("--fuse", type=click.Choice(FUSE_MODES), default="concat", show_default=True,
+              help="With several --features: also fit every head on each image's vectors joined (each "
+                   "backbone's L2-normalised first); none: only the files one by one.")
 @search_options
-def compare(features, out, clf, with_finetune, refit, **options):
+def compare(features, out, clf, with_finetune, refit, fuse, **options):
     """Fit every head on the same split, then write and print one report table."""
     from experiments.compare import compare as run_compare
 
     outcome = run_compare(features=list(features) or None, out=out, clf=clf, finetune=with_finetune, refit=refit,
-                          settings=search_settings(**options), log=click.echo)
+                          fuse=fuse, settings=search_settings(**options), log=click.echo)
     click.echo("")
     click.echo(outcome.markdown)
     click.echo(f"report: {outcome.report_dir}/report.md (+ .csv, .json, predictions/, confusion/, summary.png)")

@@ -124,6 +124,25 @@ def _linear(seed):
     return _pipeline(_standardise(), TorchLinearClassifier(seed=seed))
 
 
+def fused_head(head: Head, widths: list[int]) -> Head:
+    """`head` for joined vectors of several backbones (featurize.fuse): its pipeline starts by
+    L2-normalising each backbone's part on its own, so none drowns the others by the size of its
+    activations. Stateless, so it leaks nothing across folds; it travels with the saved model."""
+    import dataclasses
+
+    def build(seed):
+        from sklearn.compose import ColumnTransformer
+        from sklearn.pipeline import Pipeline
+        from sklearn.preprocessing import Normalizer
+
+        edges = np.cumsum([0, *widths])
+        parts = [(f"part{i}", Normalizer(), slice(start, end))
+                 for i, (start, end) in enumerate(zip(edges[:-1].tolist(), edges[1:].tolist()))]
+        return Pipeline([("fuse", ColumnTransformer(parts)), *head.build(seed).steps])
+
+    return dataclasses.replace(head, build=build)
+
+
 def resolve_grid(head: Head, override=None) -> list[dict]:
     """The head's default grid with `override` applied, in full `clf__` names, validated.
 

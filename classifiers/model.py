@@ -131,11 +131,21 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         return (self.feature_config or {}).get("backbone", "unknown backbone")
 
     # -- images ------------------------------------------------------------------------------
+    def sources(self) -> list["BackboneSource"]:
+        """The backbone(s) our features come from: one, or one per part of fused features."""
+        cached = getattr(self, "_sources", None)
+        if cached is None:
+            config = self.feature_config or {}
+            parts = config.get("fused") or [{"config": config, "weights_source": self.weights_source}]
+            self._sources = cached = [BackboneSource(part["config"], part["weights_source"]) for part in parts]
+        return cached
+
     def embed_images(self, images, device: str = "auto", batch_size=None, workers=None, progress=False):
-        """Vectors for image paths or PIL images, with the exact backbone and preprocessing of the
+        """Vectors for image paths or PIL images, with the exact backbone(s) and preprocessing of the
         training features. Returns (vectors of the readable ones, in order; [(position, reason)])."""
-        extractor, device = self.embedder(device)
-        vectors = np.zeros((len(images), extractor.feature_dim), np.float32)
+        sources = self.sources()
+        width = sum(source.embedder(device)[0].feature_dim for source in sources)
+        vectors = np.zeros((len(images), width), np.float32)
         readable = np.ones(len(images), dtype=bool)
         failures = []
         paths = [i for i, image in enumerate(images) if not hasattr(image, "convert")]
@@ -149,68 +159,122 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         on_disk = set(paths)
         in_memory = [i for i in range(len(images)) if i not in on_disk]
         if in_memory:
-            vectors[in_memory] = self._embed_pil([images[i] for i in in_memory], extractor, device)
+            vectors[in_memory] = np.hstack([source.embed_pil([images[i] for i in in_memory], device)
+                                            for source in sources])
         return vectors[readable], sorted(failures)
 
     def iter_embedded(self, paths, device: str = "auto", batch_size=None, workers=None, progress=False):
         """Image files embedded batch by batch, in order: (positions of the readable ones in
         `paths`, their vectors, [(position, reason)] of the others) - memory of one batch."""
+        sources = self.sources()
+        if len(sources) == 1:
+            return sources[0].iter_embedded(paths, device, batch_size, workers, progress)
+        return _iter_joined(sources, [str(p) for p in paths], device, batch_size, workers, progress)
+
+    def embedder(self, device: str = "auto"):
+        """(the embedder of featurize.engines that made our features, the device it runs on), for a
+        one-backbone model (what `serve` and `export` take)."""
+        return self._single_source().embedder(device)
+
+    def backbone_record(self):
+        """(the registry's backbone record, weights) that rebuild the network of our features."""
+        return self._single_source().record()
+
+    def _single_source(self) -> "BackboneSource":
+        sources = self.sources()
+        if len(sources) > 1:
+            raise CnnfeatError(f"this model joins the features of {len(sources)} backbones "
+                               f"({self._backbone_name()}); serve and export take one-backbone models")
+        return sources[0]
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_sources", None)  # torch modules: rebuilt on first use, never pickled
+        return state
+
+
+class BackboneSource:
+    """One backbone a model's features were made with: rebuilt once per process and device, and
+    checked to make the features the model was fitted on."""
+
+    def __init__(self, config: dict, weights_source: str = ""):
+        self.config, self.weights_source, self._embedder = config or {}, weights_source, None
+
+    def record(self):
+        """(the registry's backbone record, weights); a clear error when this machine would build
+        another network (other weights or preprocessing)."""
+        from featurize import get_backbone
+
+        if "backbone" not in self.config:
+            raise CnnfeatError("this model does not record the backbone of its features, so it cannot "
+                               "predict from images; pass feature vectors")
+        backbone = get_backbone(self.config["backbone"])
+        weights = self.weights_source or None
+        rebuilt = {"weights": backbone.weights_id(weights),
+                   "preprocessing": json.loads(json.dumps(backbone.preprocessing().as_dict()))}
+        for key, value in rebuilt.items():
+            if self.config.get(key) != value:
+                raise FeatureMismatch(f"rebuilding {backbone.name} here gives {key} {value}, but the model was "
+                                      f"fitted on features with {self.config.get(key)}")
+        return backbone, weights
+
+    def embedder(self, device: str = "auto"):
+        """(the embedder of featurize.engines, the device it runs on)."""
+        from featurize.engines import load_embedder, resolve_engine
+        from featurize.extract import resolve_device
+
+        device = resolve_device(device)
+        if self._embedder is not None and self._embedder[1] == device:
+            return self._embedder
+        backbone, weights = self.record()
+        # Precision and engine are not checked: they follow the device (float16 torch on CUDA), so a
+        # model fitted on GPU features still predicts on a CPU, in float32, and the other way round.
+        # The features' own engine is used where the device allows it.
+        engine = self.config.get("engine", "torch")
+        engine = resolve_engine("auto" if engine == "onnxruntime" and device != "cpu" else engine, device)
+        self._embedder = (load_embedder(backbone, weights, device, engine), device)
+        return self._embedder
+
+    def iter_embedded(self, paths, device="auto", batch_size=None, workers=None, progress=False):
         from featurize.extract import iter_vectors
 
         extractor, device = self.embedder(device)
         return iter_vectors(extractor, device, Path(), [str(p) for p in paths], batch_size,
                             0 if len(paths) < 64 else workers, progress, desc="predict")
 
-    def _embed_pil(self, pil_images, extractor, device):
+    def embed_pil(self, pil_images, device="auto") -> np.ndarray:
         import torch
 
         from featurize.images import pil_to_rgb_tensor
 
+        extractor, _ = self.embedder(device)
         transform = extractor.preprocessing.transform()
         return extractor.embed(torch.stack([transform(pil_to_rgb_tensor(image)) for image in pil_images]))
 
-    def embedder(self, device: str = "auto"):
-        """(the embedder of featurize.engines that made our features, the device it runs on): the
-        backbone rebuilt once per process, checked to make the features we were fitted on."""
-        from featurize.engines import load_embedder, resolve_engine
-        from featurize.extract import resolve_device
 
-        device = resolve_device(device)
-        cached = getattr(self, "_extractor", None)
-        if cached is not None and cached[1] == device:
-            return cached
-        backbone, weights = self.backbone_record()
-        # Precision and engine are not checked: they follow the device (float16 torch on CUDA), so a
-        # model fitted on GPU features still predicts on a CPU, in float32, and the other way round.
-        # The features' own engine is used where the device allows it.
-        engine = self.feature_config.get("engine", "torch")
-        engine = resolve_engine("auto" if engine == "onnxruntime" and device != "cpu" else engine, device)
-        self._extractor = (load_embedder(backbone, weights, device, engine), device)
-        return self._extractor
+JOINED_CHUNK = 256  # images per round of a fused model's backbones: memory of one chunk
 
-    def backbone_record(self):
-        """(the registry's backbone record, weights) that rebuild the network of our features; a
-        clear error when this machine would build another one (other weights or preprocessing)."""
-        from featurize import get_backbone
 
-        config = self.feature_config or {}
-        if "backbone" not in config:
-            raise CnnfeatError("this model does not record the backbone of its features, so it cannot "
-                               "predict from images; pass feature vectors")
-        backbone = get_backbone(config["backbone"])
-        weights = self.weights_source or None
-        rebuilt = {"weights": backbone.weights_id(weights),
-                   "preprocessing": json.loads(json.dumps(backbone.preprocessing().as_dict()))}
-        for key, value in rebuilt.items():
-            if config.get(key) != value:
-                raise FeatureMismatch(f"rebuilding {backbone.name} here gives {key} {value}, but the model was "
-                                      f"fitted on features with {config.get(key)}")
-        return backbone, weights
+def _iter_joined(sources, paths, device, batch_size, workers, progress):
+    """iter_embedded for fused features: each chunk of paths embedded by every backbone in turn; an
+    image's vectors joined where every backbone read it (the first reason given otherwise)."""
+    from tqdm import tqdm
 
-    def __getstate__(self):
-        state = super().__getstate__()
-        state.pop("_extractor", None)  # a torch module: rebuilt on first use, never pickled
-        return state
+    for start in tqdm(range(0, len(paths), JOINED_CHUNK), unit="chunk", desc="predict", disable=not progress):
+        chunk = paths[start:start + JOINED_CHUNK]
+        found, failed = [], {}
+        for source in sources:
+            vectors = {}
+            for good, batch, bad in source.iter_embedded(chunk, device, batch_size, workers):
+                vectors.update(zip(good, batch))
+                for position, reason in bad:
+                    failed.setdefault(position, reason)
+            found.append(vectors)
+        good = [i for i in range(len(chunk)) if i not in failed]
+        joined = np.hstack([np.asarray([vectors[i] for i in good], np.float32).reshape(
+            len(good), source.embedder(device)[0].feature_dim) for source, vectors in zip(sources, found)])
+        yield ([start + i for i in good], joined,
+               [(start + i, reason) for i, reason in sorted(failed.items())])
 
 
 def _as_image_list(X):

@@ -11,7 +11,7 @@ import numpy as np
 
 from featurize.errors import CnnfeatError
 
-from .heads import get_head, resolve_grid
+from .heads import Head, get_head, resolve_grid
 
 SCORINGS = ("accuracy", "balanced_accuracy", "f1_macro")
 METHODS = ("auto", "grid", "halving", "coordinate", "path")
@@ -100,15 +100,15 @@ def check_folds(y, cv: int, label_names=None) -> tuple[int, list[str]]:
     return cv, []
 
 
-def search_head(name: str, X: np.ndarray, y: np.ndarray, grid=None, settings: SearchSettings | None = None,
+def search_head(name, X: np.ndarray, y: np.ndarray, grid=None, settings: SearchSettings | None = None,
                 log=print, label_names=None, **overrides) -> SearchResult:
-    """Search `name`'s grid by stratified K-fold CV on (X, y) (`label_names[y]` names the classes in
-    messages when y holds indices). Nothing is refitted here; a search that fits the best candidate
+    """Search head `name`'s grid (a registered name, or a Head, e.g. a fused_head) by stratified
+    K-fold CV on (X, y) (`label_names[y]` names the classes in messages when y holds indices). Nothing is refitted here; a search that fits the best candidate
     on all of (X, y) anyway (out-of-bag) hands that model back as `fitted`."""
     from sklearn.model_selection import ParameterGrid
 
     settings = replace(settings or SearchSettings(), **overrides).check()
-    head = get_head(name)
+    head = name if isinstance(name, Head) else get_head(name)
     grid = resolve_grid(head, grid)
     folds, notes = check_folds(y, settings.cv, label_names)
     grid = _fit_neighbours_to_folds(grid, len(X) - -(-len(X) // folds), notes)

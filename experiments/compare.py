@@ -5,6 +5,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -13,6 +14,7 @@ from classifiers.search import SearchSettings
 from featurize import load_features
 from featurize.errors import CnnfeatError
 from featurize.files import safe_name
+from featurize.fuse import fuse_features
 from featurize.store import library_versions
 
 from .finetune import FINETUNE_ROW, load_finetuned_row, run_finetune
@@ -61,15 +63,17 @@ def parse_heads(clf: str) -> list[str]:
 def feature_label(data) -> str:
     """What tells a feature file apart within one dataset: its name less the dataset, e.g.
     `efficientnet_lite0` or `efficientnet_lite0-ft1a2b3c4d` (fine-tuned weights)."""
+    if data.parts:  # fused features: their parts' labels joined
+        return "+".join(feature_label(part) for part in data.parts)
     stem = Path(data.path).stem
     return stem[len(data.dataset) + 1:] if stem.startswith(data.dataset + "-") else safe_name(stem)
 
 
 def cache_key(data, split, head: str, settings: SearchSettings) -> str:
     """Everything a fitted head's numbers depend on: reuse it only when all of it is unchanged."""
-    stat = Path(data.path).stat()
+    stats = [Path(f).stat() for f in data.files]
     spec = get_head(head)
-    record = {"fingerprint": data.fingerprint, "file": [stat.st_size, stat.st_mtime_ns], "head": head,
+    record = {"fingerprint": data.fingerprint, "file": [[stat.st_size, stat.st_mtime_ns] for stat in stats], "head": head,
               "grid": repr(resolve_grid(spec)), **settings.numbers(), "method": settings.method_for(spec, len(split.train)),
               "pipeline": {k: repr(v) for k, v in spec.build(settings.seed).get_params(deep=True).items()},
               "calibrate": spec.calibrate, "validation": spec.validation, "split": split.describe(),
@@ -77,7 +81,7 @@ def cache_key(data, split, head: str, settings: SearchSettings) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def compare(features=None, out="artifacts", clf="all", finetune=False, refit=False,
+def compare(features=None, out="artifacts", clf="all", finetune=False, refit=False, fuse="concat",
             settings: SearchSettings | None = None, finetune_options=None, log=print, **overrides) -> CompareOutcome:
     """`cnnfeat compare`; `overrides` are SearchSettings fields (cv=3, seed=7, jobs=1, ...)."""
     settings = replace(settings or SearchSettings(), **overrides).check()
@@ -89,35 +93,29 @@ def compare(features=None, out="artifacts", clf="all", finetune=False, refit=Fal
     stores = [load_features(p) for p in paths]
     report_dir = Path(out, "reports", _report_name(stores))
     rows, failures, notes = [], [], []
+    fused = None
+    if len(stores) > 1 and fuse != "none":  # joined first: files that cannot be are refused before any fit
+        fused, fuse_notes = fuse_features(stores, log)
+        notes += fuse_notes
+    run = HeadRun(heads, clf, report_dir, refit, settings, notes, failures, log)
     for data in stores:
         label = feature_label(data)
-        split = train_eval_split(data, seed)
-        if split.note:
-            notes.append(f"{label}: {split.note}")
-            log(notes[-1])
-        _check_heldout(data, label, split, notes, log)
-        eval_paths = [str(p) for p in data.paths[split.evaluate]]
-        truth = list(np.asarray(data.class_names, dtype=object)[data.y[split.evaluate]])
-        for head in heads:
-            if clf in ("all", "", None) and _too_many_rows(head, len(split.train), label, notes, log):
-                continue
-            try:
-                rows.append(_scored_row(data, label, split, head, (eval_paths, truth), report_dir, refit, settings,
-                                        log))
-            except CnnfeatError as error:
-                failures.append((label, head, str(error)))
-                log(f"{label} {head}: not fitted: {error}")
+        split = _split(data, label, run)
+        rows += _head_rows(data, label, split, run)
         if finetune and data.weights_source in ("", "random"):
             run_finetune(data=data.data_root, backbone=data.backbone, weights=data.weights_source or None, out=out,
                          seed=seed, log=log, **(finetune_options or {}))
         try:
-            finetuned = load_finetuned_row(out, data, eval_paths, truth, log)
+            finetuned = load_finetuned_row(out, data, *_heldout(data, split), log)
         except CnnfeatError as error:
             failures.append((label, FINETUNE_ROW, str(error)))
             log(f"{label} {FINETUNE_ROW}: left out: {error}")
             finetuned = None
         if finetuned is not None:
             rows.append(Row(label, FINETUNE_ROW, **finetuned))
+    if fused is not None:
+        label = feature_label(fused)
+        rows += _head_rows(fused, label, _split(fused, label, run), run)
     if not rows:
         raise CnnfeatError("no head could be fitted: " + "; ".join(f"{h}: {r}" for _, h, r in failures))
     notes += [f"{row.backbone} {row.head}: {note}" for row in rows for note in row.info.get("notes", [])]
@@ -125,6 +123,51 @@ def compare(features=None, out="artifacts", clf="all", finetune=False, refit=Fal
     markdown = write_report(report_dir, rows, failures, notes, meta={
         "dataset": stores[0].dataset, "feature_files": [str(p) for p in paths], **settings.numbers()})
     return CompareOutcome(report_dir, markdown, rows, failures, notes)
+
+
+class HeadRun(NamedTuple):
+    """What one compare fits every feature file's heads with, and where it collects what it says."""
+
+    heads: list
+    clf: str
+    report_dir: Path
+    refit: bool
+    settings: SearchSettings
+    notes: list
+    failures: list  # (feature label, head, reason)
+    log: object
+
+
+def _split(data, label: str, run: HeadRun):
+    """The feature file's train/held-out split, with what is worth saying about it."""
+    split = train_eval_split(data, run.settings.seed)
+    if split.note:
+        run.notes.append(f"{label}: {split.note}")
+        run.log(run.notes[-1])
+    _check_heldout(data, label, split, run.notes, run.log)
+    return split
+
+
+def _head_rows(data, label: str, split, run: HeadRun) -> list[Row]:
+    """Every asked head searched, fitted and scored on one feature file's split (or reused)."""
+    heldout = _heldout(data, split)
+    rows = []
+    for head in run.heads:
+        if run.clf in ("all", "", None) and _too_many_rows(head, len(split.train), label, run.notes, run.log):
+            continue
+        try:
+            rows.append(_scored_row(data, label, split, head, heldout, run.report_dir, run.refit, run.settings,
+                                    run.log))
+        except CnnfeatError as error:
+            run.failures.append((label, head, str(error)))
+            run.log(f"{label} {head}: not fitted: {error}")
+    return rows
+
+
+def _heldout(data, split) -> tuple[list, list]:
+    """(paths, true class names) of the split's held-out rows."""
+    return ([str(p) for p in data.paths[split.evaluate]],
+            list(np.asarray(data.class_names, dtype=object)[data.y[split.evaluate]]))
 
 
 def _too_many_rows(head: str, rows: int, label: str, notes: list, log) -> bool:

@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from classifiers import FeatureClassifier, get_head, save_model, search_head
+from classifiers.heads import fused_head
 from classifiers.search import SearchSettings
 from featurize import load_features
 from featurize.errors import CnnfeatError
+from featurize.fuse import part_widths
 from featurize.store import library_versions
 
 from .metrics import heldout_scores
@@ -62,12 +64,14 @@ class Scored:
 def fit_and_score(data, split, clf, grid=None, settings: SearchSettings = SearchSettings(), log=print) -> Scored:
     """Search `clf` on the training rows of `split`, refit on all of them, score the held-out rows."""
     head = get_head(clf)
+    if data.parts:  # joined vectors of several backbones: each part L2-normalised first
+        head = fused_head(head, part_widths(data.config))
     names = np.asarray(data.class_names, dtype=object)
     X_train, y_train = data.X[split.train], data.y[split.train]
     model = FeatureClassifier(None, class_names=data.class_names, feature_config=data.config,
                               feature_fingerprint=data.fingerprint, weights_source=data.weights_source)
     # The search sees the labels the model is fitted on, so a model it fitted can be kept as it is.
-    result = search_head(head.name, X_train, model.encode_labels(y_train),
+    result = search_head(head, X_train, model.encode_labels(y_train),
                          parse_grid(grid) if isinstance(grid, str) else grid, settings, log=log,
                          label_names=model.classes_)
     started = time.perf_counter()
@@ -94,7 +98,7 @@ def fit_and_score(data, split, clf, grid=None, settings: SearchSettings = Search
                "candidates": result.candidates, "evaluated": result.evaluated, "search": result.method,
                "seconds": round(result.seconds, 3)},
         "heldout": {**split.describe(), **heldout_scores(y_eval, predicted, proba, model.classes_)},
-        "class_names": data.class_names, "dataset": data.dataset, "feature_file": str(Path(data.path).resolve()),
+        "class_names": data.class_names, "dataset": data.dataset, "feature_file": " + ".join(str(Path(f).resolve()) for f in data.files),
         "feature_fingerprint": data.fingerprint, "feature_config": data.config, "seed": settings.seed,
         "search_seconds": round(result.seconds, 3), "refit_seconds": round(fit_seconds, 3),
         "fit_seconds": round(result.seconds + fit_seconds, 3), "predict_seconds_per_image": predict_seconds,

@@ -112,10 +112,16 @@ class Features:
     dataset: str
     skipped: list[tuple[str, str]]  # (path, reason) of images that could not be read
     weights_source: str = ""  # how to rebuild the backbone: "" (its own weights), "random", or a checkpoint path
+    parts: tuple = ()  # fused features (featurize.fuse): the Features joined, in order
 
     @property
     def backbone(self) -> str:
         return self.config["backbone"]
+
+    @property
+    def files(self) -> tuple:
+        """The feature file(s) these rows were read from."""
+        return tuple(part.path for part in self.parts) or (self.path,)
 
 
 def _open(path: Path, mode: str = "r"):

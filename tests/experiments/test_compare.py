@@ -66,7 +66,8 @@ def test_several_backbones_make_one_table(tinted_store, tmp_path):
     outcome = compare(features=[tinted_store, other], out=tmp_path, clf="logreg", **QUIET)
     dataset = load_features(tinted_store).dataset
     assert outcome.report_dir.name == f"{dataset}-resnet18-random+mobilenet_v3_small-random"
-    assert sorted(r.backbone for r in outcome.rows) == ["mobilenet_v3_small-random", "resnet18-random"]
+    assert sorted(r.backbone for r in outcome.rows) == [  # each file, and the two joined (tests/experiments/test_fuse.py)
+        "mobilenet_v3_small-random", "resnet18-random", "resnet18-random+mobilenet_v3_small-random"]
     assert all(r.metrics["n"] == 12 for r in outcome.rows)
 
 
