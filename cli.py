@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from featurize.backbones import TTA_MODES
 from featurize.errors import CnnfeatError
 from featurize.fuse import FUSE_MODES
 from featurize.store import COMPRESSIONS, DTYPES
@@ -57,17 +58,20 @@ def cli():
 @click.option("--compression", type=click.Choice(COMPRESSIONS), default=None,
               help="HDF5 compression of the vectors (never changes a number). Default: the file's own (none for a "
                    "new file); asking for another one rewrites the file.")
+@click.option("--tta", type=click.Choice(TTA_MODES), default="none", show_default=True,
+              help="flip: store the mean of each image's vector and its mirror image's (twice the compute; a "
+                   "separate file, never mixed with plain vectors).")
 @click.option("--strict", is_flag=True, help="Fail (exit 1) if any image cannot be read.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract(backbone, data, weights, trust_pickle, out, device, engine, ray, batch_size, workers, dtype, compression,
-            strict, quiet):
+            tta, strict, quiet):
     """Extract one pooled feature vector per image into an HDF5 file (incremental, resumable)."""
     from featurize import extract as run_extract
     from featurize.store import Storage
 
     result = run_extract(data=data, backbone=backbone, weights=weights, out=out, device=device,
                          batch_size=batch_size, workers=workers, strict=strict, progress=not quiet,
-                         trust_pickle=trust_pickle, engine=engine, ray=ray, storage=Storage(dtype, compression))
+                         trust_pickle=trust_pickle, engine=engine, ray=ray, storage=Storage(dtype, compression), tta=tta)
     for note in result.notes:
         click.echo(note)
     if not result.model_loaded and not result.dropped and result.reused == result.total:

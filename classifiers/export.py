@@ -36,7 +36,8 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike) -> Path:
     if not hasattr(model.pipeline_, "predict_proba"):
         raise CnnfeatError(f"--model {model_path}: its head gives no probabilities, so it cannot be exported")
     record, weights = model.backbone_record()
-    backbone = onnx.load_from_string(export_backbone(record.load(weights)))
+    tta = model.feature_config.get("tta", "none")  # a flip-averaged backbone flips inside the graph too
+    backbone = onnx.load_from_string(export_backbone(record.load(weights, tta=tta)))
     head = head_graph(model.pipeline_, model.n_features_in_, ONNX_OPSET)
     head = onnx.compose.add_prefix(head, "head/", rename_inputs=False, rename_outputs=False)
     head.ir_version = backbone.ir_version = max(head.ir_version, backbone.ir_version)
@@ -47,7 +48,7 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike) -> Path:
         "class_names": json.dumps(model.classes_.tolist()),
         "preprocessing": json.dumps({"resize_size": preprocessing.resize_size, "crop_size": preprocessing.crop_size,
                                      "interpolation": preprocessing.interpolation, "input": "uint8 RGB NCHW",
-                                     "normalisation": "inside the graph"}),
+                                     "normalisation": "inside the graph", "tta": tta}),
         "backbone": record.name,
         "feature_fingerprint": model.feature_fingerprint or "",
         "model_info": json.dumps(model_record(model_path)),

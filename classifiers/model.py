@@ -232,7 +232,7 @@ class BackboneSource:
         # The features' own engine is used where the device allows it.
         engine = self.config.get("engine", "torch")
         engine = resolve_engine("auto" if engine == "onnxruntime" and device != "cpu" else engine, device)
-        self._embedder = (load_embedder(backbone, weights, device, engine), device)
+        self._embedder = (load_embedder(backbone, weights, device, engine, tta=self.config.get("tta", "none")), device)
         return self._embedder
 
     def iter_embedded(self, paths, device="auto", batch_size=None, workers=None, progress=False):

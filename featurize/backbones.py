@@ -17,6 +17,7 @@ from .files import file_sha256
 # Exported as the default of every command that takes --backbone: it works with no network.
 DEFAULT_BACKBONE = "efficientnet_lite0"
 POOLING = "global-average"
+TTA_MODES = ("none", "flip")  # flip: each vector the mean of the image's and its mirror image's
 
 
 @dataclass(frozen=True)
@@ -95,9 +96,11 @@ class Backbone:
                                 f"'random' for benchmarks, or leave it out for {self.name}'s own weights)")
         return f"file:{file_sha256(path)[:16]}"
 
-    def load(self, weights: str | None = None, trust_pickle: bool = False):
+    def load(self, weights: str | None = None, trust_pickle: bool = False, tta: str = "none"):
         """The frozen feature extractor, in eval mode, on the CPU. `trust_pickle` lets a checkpoint
-        that is a whole pickled module load: that runs code from the file."""
+        that is a whole pickled module load: that runs code from the file. `tta` (TTA_MODES): "flip"
+        averages each image's vector with its mirror image's, inside the module, so every engine
+        and the exported graph compute it alike."""
         import torch
 
         kind = weights_kind(weights)
@@ -108,7 +111,10 @@ class Backbone:
             load_checkpoint(trunk, weights, self.name, trust_pickle)
         from .network import FeatureExtractor
 
-        return FeatureExtractor(trunk, self.preprocessing(), self.feature_dim).eval().requires_grad_(False)
+        if tta not in TTA_MODES:
+            raise BackboneError(f"--tta {tta!r}; valid: {', '.join(TTA_MODES)}")
+        return FeatureExtractor(trunk, self.preprocessing(), self.feature_dim, flip=tta == "flip").eval() \
+            .requires_grad_(False)
 
 
 BACKBONES: dict[str, Backbone] = {}

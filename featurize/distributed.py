@@ -46,7 +46,8 @@ class EmbedShard:
     CPUs there is one actor per core, each single-threaded: decoding in one overlaps the forward
     pass in another."""
 
-    def __init__(self, backbone: str, weights, device: str, graph: bytes | None, root: str, trust_pickle: bool):
+    def __init__(self, backbone: str, weights, device: str, graph: bytes | None, root: str, trust_pickle: bool,
+                 tta: str = "none"):
         from .backbones import get_backbone
         from .engines import OnnxEmbedder, TorchEmbedder
 
@@ -54,7 +55,7 @@ class EmbedShard:
         if graph is not None:  # the driver's exported graph: every actor computes the driver's numbers
             self.embedder = OnnxEmbedder(graph, record.name, record.feature_dim, record.preprocessing(), threads=1)
         else:
-            self.embedder = TorchEmbedder(record.load(weights, trust_pickle), device, record.name)
+            self.embedder = TorchEmbedder(record.load(weights, trust_pickle, tta), device, record.name)
         self.transform = self.embedder.preprocessing.transform()
         self.root = Path(root)
 
@@ -91,7 +92,7 @@ def iter_vectors_ray(ray, record, weights, graph: bytes | None, options, root: P
         EmbedShard, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus,
         num_cpus=0 if gpus else 1,
         fn_constructor_kwargs={"backbone": record.name, "weights": weights, "device": "cuda" if gpus else "cpu",
-                               "graph": graph, "root": str(root), "trust_pickle": trust_pickle})
+                               "graph": graph, "root": str(root), "trust_pickle": trust_pickle, "tta": options.tta})
     with tqdm(total=len(paths), unit="img", desc=desc, disable=not options.progress, smoothing=0.1) as bar:
         try:
             yield from _arriving(embedded, bar)

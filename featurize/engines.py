@@ -118,7 +118,8 @@ def export_backbone(model) -> bytes:
     return buffer.getvalue()
 
 
-def backbone_graph(record, weights, fingerprint: str, cache_dir: Path | None, trust_pickle: bool) -> bytes:
+def backbone_graph(record, weights, fingerprint: str, cache_dir: Path | None, trust_pickle: bool,
+                   tta: str = "none") -> bytes:
     """The exported graph of `record` with `weights`, as bytes: read from
     `cache_dir/<backbone>-<fingerprint>.onnx` when a readable one is there, else exported (and
     written there, atomically, when a cache dir is given: a damaged file is replaced)."""
@@ -127,7 +128,7 @@ def backbone_graph(record, weights, fingerprint: str, cache_dir: Path | None, tr
         graph = path.read_bytes()
         if _readable(graph):
             return graph
-    graph = export_backbone(record.load(weights, trust_pickle))
+    graph = export_backbone(record.load(weights, trust_pickle, tta))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path) as tmp:
@@ -147,12 +148,12 @@ def _readable(graph: bytes) -> bool:
 
 
 def load_embedder(record, weights, device: str, engine: str, fingerprint: str = "", cache_dir: Path | None = None,
-                  trust_pickle: bool = False):
+                  trust_pickle: bool = False, tta: str = "none"):
     """The backbone's frozen feature extractor on `device`, run by `engine` (already resolved)."""
     if engine == "onnxruntime":
-        graph = backbone_graph(record, weights, fingerprint, cache_dir, trust_pickle)
+        graph = backbone_graph(record, weights, fingerprint, cache_dir, trust_pickle, tta)
         try:
             return OnnxEmbedder(graph, record.name, record.feature_dim, record.preprocessing())
         except Exception as error:  # onnxruntime's own kinds: a graph it cannot run
             raise ExportFailed(f"onnxruntime cannot load the exported graph ({error})") from None
-    return TorchEmbedder(record.load(weights, trust_pickle), device, record.name)
+    return TorchEmbedder(record.load(weights, trust_pickle, tta), device, record.name)

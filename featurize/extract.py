@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backbones import DEFAULT_BACKBONE, POOLING, get_backbone, weights_kind
+from .backbones import DEFAULT_BACKBONE, POOLING, TTA_MODES, get_backbone, weights_kind
 from .engines import ExportFailed, compute_precision, load_embedder, resolve_engine
 from .errors import CnnfeatError, DataError
 from .files import sweep_stale_tmp
@@ -73,10 +73,12 @@ def default_workers() -> int:
 
 
 def store_path_for(out: Path, dataset: str, backbone: str, weights: str | None, weights_id: str,
-                   storage_dtype: str = "float32") -> Path:
+                   storage_dtype: str = "float32", tta: str = "none") -> Path:
     tag = {"random": "-random"}.get(weights, "")
     if weights_id.startswith("file:"):
         tag = f"-ft{weights_id[5:13]}"
+    if tta != "none":  # its own file, beside the plain one
+        tag += f"-{tta}"
     if storage_dtype != "float32":  # its own file, beside the float32 one
         tag += f"-{storage_dtype}"
     return Path(out) / "features" / f"{dataset}-{backbone}{tag}.h5"
@@ -123,21 +125,26 @@ class RunOptions:
     workers: int | None = None
     progress: bool = True
     storage: Storage = Storage()  # its dtype does change the stored numbers: it is in the fingerprint
+    tta: str = "none"  # TTA_MODES: "flip" changes every vector, so it too is in the fingerprint
 
 
 def extract(data: str | os.PathLike = "data", backbone: str = DEFAULT_BACKBONE, weights: str | None = None,
             out: str | os.PathLike = "artifacts", device: str = "auto", batch_size: int | None = None,
             workers: int | None = None, strict: bool = False, progress: bool = True,
             trust_pickle: bool = False, engine: str = "auto", ray: str | None = None,
-            storage: Storage = Storage()) -> ExtractResult:
+            storage: Storage = Storage(), tta: str = "none") -> ExtractResult:
     """Bring the feature store of `data` under `out` up to date and return what was done.
 
     `engine`: auto (onnxruntime on the CPU, torch on CUDA), torch or onnxruntime. A backbone that
     does not export to ONNX is run by torch, and the result's notes say so. `ray`: "local" or a
     cluster's address runs the backbone on a Ray cluster (featurize.distributed); this process
-    still writes the store. `storage`: the vectors' dtype and compression on disk."""
+    still writes the store. `storage`: the vectors' dtype and compression on disk. `tta`: "flip"
+    stores the mean of each image's vector and its mirror image's (its own file and fingerprint)."""
     device = resolve_device(device) if not ray else ("cpu" if device == "auto" else device)
-    options = RunOptions(device, resolve_engine(engine, device), ray, batch_size, workers, progress, storage.check())
+    if tta not in TTA_MODES:
+        raise CnnfeatError(f"--tta {tta!r}; valid: {', '.join(TTA_MODES)}")
+    options = RunOptions(device, resolve_engine(engine, device), ray, batch_size, workers, progress, storage.check(),
+                         tta)
     try:
         return _extract(data, backbone, weights, Path(out), options, strict, trust_pickle)
     except ExportFailed as error:
@@ -151,8 +158,9 @@ def _extract(data, backbone, weights, out: Path, options: RunOptions, strict: bo
     images = discover(data)
     record = get_backbone(backbone)
     config, fp = feature_config(record, weights, compute_precision(options.device, options.engine), options.engine,
-                                options.storage.dtype)
-    store = store_path_for(out, images.name, record.name, weights, config["weights"], options.storage.dtype)
+                                options.storage.dtype, options.tta)
+    store = store_path_for(out, images.name, record.name, weights, config["weights"], options.storage.dtype,
+                           options.tta)
     store.parent.mkdir(parents=True, exist_ok=True)
 
     with exclusive(store), _sigterm_as_interrupt():
@@ -232,7 +240,7 @@ def _sigterm_as_interrupt():
 
 
 def feature_config(record, weights: str | None, precision: str = "float32", engine: str = "torch",
-                   storage_dtype: str = "float32") -> tuple[dict, str]:
+                   storage_dtype: str = "float32", tta: str = "none") -> tuple[dict, str]:
     """What the vectors of `record` with `weights` depend on, as stored in the feature file, and its fingerprint."""
     config = {"backbone": record.name, "weights": record.weights_id(weights),
               "preprocessing": json.loads(json.dumps(record.preprocessing().as_dict())),
@@ -240,6 +248,8 @@ def feature_config(record, weights: str | None, precision: str = "float32", engi
               "engine": engine, "precision": precision}
     if storage_dtype != "float32":  # absent by default, so stores made before it keep their fingerprint
         config["storage_dtype"] = storage_dtype
+    if tta != "none":  # the same: absent unless asked
+        config["tta"] = tta
     return config, fingerprint(config)
 
 
@@ -277,9 +287,9 @@ def _batches(record, weights, fp: str, out: Path, paths: list[str], root: Path, 
         ray = connect(options.ray, options.device)
         graph = None
         if options.engine == "onnxruntime":  # exported once here, shipped to every actor
-            graph = backbone_graph(record, weights, fp, out / "onnx", trust_pickle)
+            graph = backbone_graph(record, weights, fp, out / "onnx", trust_pickle, options.tta)
         return iter_vectors_ray(ray, record, weights, graph, options, root, paths, trust_pickle, desc)
-    model = load_embedder(record, weights, options.device, options.engine, fp, out / "onnx", trust_pickle)
+    model = load_embedder(record, weights, options.device, options.engine, fp, out / "onnx", trust_pickle, options.tta)
     return iter_vectors(model, options.device, root, paths, options.batch_size, options.workers, options.progress,
                         desc=desc)
 

@@ -158,3 +158,12 @@ def _command_line(pid: int) -> str:
         return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def test_flip_averaged_vectors_on_ray_equal_the_local_ones(local_cluster, class_folders, tmp_path):
+    """The torch engine in Ray's actors builds its own network: it must flip as the local run does."""
+    options = {**RANDOM, "engine": "torch", "tta": "flip"}
+    plain = load_features(extract(data=class_folders, out=tmp_path / "plain", workers=0, **options).store)
+    on_ray = load_features(extract(data=class_folders, out=tmp_path / "ray", ray="local", **options).store)
+    assert on_ray.fingerprint == plain.fingerprint and on_ray.config["tta"] == "flip"
+    np.testing.assert_allclose(on_ray.X, plain.X, rtol=1e-5, atol=1e-5)
