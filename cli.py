@@ -202,13 +202,16 @@ def serve(model_path, host, port, max_batch, max_wait_ms, max_request_mb, device
 @click.option("--fuse", type=click.Choice(FUSE_MODES), default="concat", show_default=True,
               help="With several --features: also fit every head on each image's vectors joined (each "
                    "backbone's L2-normalised first); none: only the files one by one.")
+@click.option("--ensemble", default="vote", show_default=True, metavar="vote|stack|vote,stack|all|none",
+              help="Rows combining each feature file's heads: vote (the mean of their probabilities; no fit) and "
+                   "stack (logistic regression on their out-of-fold probabilities; each head fitted CV+1 more times).")
 @search_options
-def compare(features, out, clf, with_finetune, refit, fuse, **options):
+def compare(features, out, clf, with_finetune, refit, fuse, ensemble, **options):
     """Fit every head on the same split, then write and print one report table."""
     from experiments.compare import compare as run_compare
 
     outcome = run_compare(features=list(features) or None, out=out, clf=clf, finetune=with_finetune, refit=refit,
-                          fuse=fuse, settings=search_settings(**options), log=click.echo)
+                          fuse=fuse, ensemble=ensemble, settings=search_settings(**options), log=click.echo)
     click.echo("")
     click.echo(outcome.markdown)
     click.echo(f"report: {outcome.report_dir}/report.md (+ .csv, .json, predictions/, confusion/, summary.png)")

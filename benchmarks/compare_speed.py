@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from classifiers.heads import HEADS, _pipeline, _standardise  # noqa: E402
 from classifiers.search import SearchSettings  # noqa: E402
 from experiments.compare import compare  # noqa: E402
-from featurize import extract  # noqa: E402
+from featurize import extract, load_features  # noqa: E402
 from featurize.images import ImageList  # noqa: E402
 from featurize.store import fingerprint, library_versions, write_store  # noqa: E402
 
@@ -105,7 +105,8 @@ def report(name: str, store: Path, work: Path) -> tuple[float, float]:
     with old_heads():
         old_seconds, old = measure(store, OLD, work / f"{name}-old")
     new_seconds, new = measure(store, NEW, work / f"{name}-new")
-    print(f"\n### {name}\n")
+    data = load_features(store)
+    print(f"\n### {name} ({np.sum(data.splits == 'train'):,} train / {np.sum(data.splits == 'val'):,} val)\n")
     print("| head | old: s | old: val acc | new: s | new: val acc | Δ acc (points) |")
     print("|---|---|---|---|---|---|")
     for head in old:
@@ -133,9 +134,9 @@ def main():
             digits = cache / "digits"
             if not digits.exists():
                 write_digits(digits)
-            report("digits, efficientnet_lite0 (1,437 train / 360 val)", real_store(digits, cache), work)
+            report("digits, efficientnet_lite0", real_store(digits, cache), work)
             if HYMENOPTERA.is_dir():
-                report("hymenoptera, efficientnet_lite0 (245 train / 153 val)", real_store(HYMENOPTERA, cache), work)
+                report("hymenoptera, efficientnet_lite0", real_store(HYMENOPTERA, cache), work)
 
 
 if __name__ == "__main__":

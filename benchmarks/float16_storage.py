@@ -22,7 +22,7 @@ from experiments.compare import compare  # noqa: E402
 from featurize import extract, load_features  # noqa: E402
 from featurize.store import Storage  # noqa: E402
 
-HYMENOPTERA = REPO.parent / "shared" / "datasets" / "hymenoptera"
+from data import image_folders  # noqa: E402  (benchmarks/data.py)
 
 
 def accuracies(store: Path, out: Path) -> dict:
@@ -52,13 +52,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         cache = args.cache or work / "cache"
-        from featurize.demo_data import write_digits
-        digits = cache / "digits"
-        if not digits.exists():
-            write_digits(digits)
-        report("digits", digits, cache, work)
-        if HYMENOPTERA.is_dir():
-            report("hymenoptera", HYMENOPTERA, cache, work)
+        for name, folder in image_folders(cache):
+            report(name, folder, cache, work)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import numpy as np
 from featurize.errors import CnnfeatError
 from featurize.files import atomic_write
 
+from .ensemble import is_ensemble
 from .model import load_model, model_record
 
 ML_OPSET = 3  # ai.onnx.ml, for the tree, SVM, scaler and kNN operators
@@ -33,6 +34,9 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike) -> Path:
     from featurize.engines import ONNX_OPSET, export_backbone
 
     model = load_model(model_path)
+    if is_ensemble(model.pipeline_):  # skl2onnx would convert a distance-weighted kNN inside it wrongly
+        raise CnnfeatError(f"--model {model_path}: an ensemble of heads; export takes one head (serve and "
+                           f"joblib.load take the ensemble)")
     if not hasattr(model.pipeline_, "predict_proba"):
         raise CnnfeatError(f"--model {model_path}: its head gives no probabilities, so it cannot be exported")
     record, weights = model.backbone_record()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -10,6 +11,7 @@ from typing import NamedTuple
 import numpy as np
 
 from classifiers import HEADS, get_head, load_model, resolve_grid, save_model
+from classifiers.ensemble import ensemble_model, parse_ensembles
 from classifiers.search import SearchSettings
 from featurize import load_features
 from featurize.errors import CnnfeatError
@@ -18,7 +20,7 @@ from featurize.fuse import fuse_features
 from featurize.store import library_versions
 
 from .finetune import FINETUNE_ROW, load_finetuned_row, run_finetune
-from .fit import MODEL_PACKAGES, fit_and_score, latest_features
+from .fit import MODEL_PACKAGES, Scored, evaluate, fit_and_score, latest_features, provenance
 from .metrics import bootstrap_interval, heldout_scores, mcnemar_p
 from .report import write_report
 from .splits import train_eval_split
@@ -38,6 +40,7 @@ class Row:
     classes: list
     reused: bool = False
     metrics: dict = field(default_factory=dict)
+    model: object = None  # the fitted FeatureClassifier (not the fine-tuned network's row)
 
     @property
     def correct(self) -> np.ndarray:
@@ -81,7 +84,7 @@ def cache_key(data, split, head: str, settings: SearchSettings) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def compare(features=None, out="artifacts", clf="all", finetune=False, refit=False, fuse="concat",
+def compare(features=None, out="artifacts", clf="all", finetune=False, refit=False, fuse="concat", ensemble="vote",
             settings: SearchSettings | None = None, finetune_options=None, log=print, **overrides) -> CompareOutcome:
     """`cnnfeat compare`; `overrides` are SearchSettings fields (cv=3, seed=7, jobs=1, ...)."""
     settings = replace(settings or SearchSettings(), **overrides).check()
@@ -97,7 +100,7 @@ def compare(features=None, out="artifacts", clf="all", finetune=False, refit=Fal
     if len(stores) > 1 and fuse != "none":  # joined first: files that cannot be are refused before any fit
         fused, fuse_notes = fuse_features(stores, log)
         notes += fuse_notes
-    run = HeadRun(heads, clf, report_dir, refit, settings, notes, failures, log)
+    run = HeadRun(heads, clf, report_dir, refit, settings, parse_ensembles(ensemble), notes, failures, log)
     for data in stores:
         label = feature_label(data)
         split = _split(data, label, run)
@@ -133,6 +136,7 @@ class HeadRun(NamedTuple):
     report_dir: Path
     refit: bool
     settings: SearchSettings
+    ensembles: list  # of classifiers.ensemble.ENSEMBLES
     notes: list
     failures: list  # (feature label, head, reason)
     log: object
@@ -156,12 +160,11 @@ def _head_rows(data, label: str, split, run: HeadRun) -> list[Row]:
         if run.clf in ("all", "", None) and _too_many_rows(head, len(split.train), label, run.notes, run.log):
             continue
         try:
-            rows.append(_scored_row(data, label, split, head, heldout, run.report_dir, run.refit, run.settings,
-                                    run.log))
+            rows.append(_scored_row(data, label, split, head, heldout, run))
         except CnnfeatError as error:
             run.failures.append((label, head, str(error)))
             run.log(f"{label} {head}: not fitted: {error}")
-    return rows
+    return rows + _ensemble_rows(data, label, split, heldout, rows, run)
 
 
 def _heldout(data, split) -> tuple[list, list]:
@@ -206,22 +209,66 @@ def _check_heldout(data, label, split, notes, log):
         log(notes[-1])
 
 
-def _scored_row(data, label, split, head, heldout, report_dir, refit, settings, log) -> Row:
-    eval_paths, truth = heldout
-    key = cache_key(data, split, head, settings)
-    model_path = report_dir / "models" / f"{label}-{head}.joblib"
-    reused = None if refit else _reuse(model_path, key, log)
+def _scored_row(data, label, split, head, heldout, run: HeadRun) -> Row:
+    key = cache_key(data, split, head, run.settings)
+    return _saved_or_fitted(data, label, split, head, heldout, run, key,
+                            lambda: fit_and_score(data, split, head, settings=run.settings, log=run.log))
+
+
+def _ensemble_rows(data, label, split, heldout, members: list[Row], run: HeadRun) -> list[Row]:
+    """The asked ensembles of the rows' fitted heads (all on this feature file's training rows)."""
+    members = [row for row in members if hasattr(row.model.pipeline_, "predict_proba")]
+    if len(members) < 2:
+        return []
+    rows = []
+    for kind in run.ensembles:
+        record = {"ensemble": kind, "members": sorted(row.info["cache_key"] for row in members),
+                  **run.settings.numbers()}
+        key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+        try:
+            rows.append(_saved_or_fitted(data, label, split, kind, heldout, run, key,
+                                         lambda: _fit_ensemble(kind, data, split, members, run)))
+        except CnnfeatError as error:
+            run.failures.append((label, kind, str(error)))
+            run.log(f"{label} {kind}: not fitted: {error}")
+    return rows
+
+
+def _fit_ensemble(kind, data, split, members: list[Row], run: HeadRun) -> Scored:
+    names = [row.head for row in members]
+    run.log(f"{kind}: " + (f"soft vote of {', '.join(names)}" if kind == "vote" else
+                           f"logistic regression on the out-of-fold probabilities of {', '.join(names)} "
+                           f"({run.settings.cv} folds; each head fitted {run.settings.cv + 1} more times)"))
+    started = time.perf_counter()
+    model = ensemble_model(kind, {row.head: row.model for row in members}, data.X[split.train], data.y[split.train],
+                           run.settings.cv, run.settings.seed, run.settings.jobs)
+    seconds = time.perf_counter() - started
+    scored = evaluate(model, data, split)
+    selection = ("mean of the heads' probabilities" if kind == "vote" else
+                 f"logistic regression on {run.settings.cv}-fold out-of-fold probabilities on train")
+    info = {"head": kind, "members": names, "best_params": {"members": "+".join(names)}, "selection": selection, "heldout": scored.heldout,
+            **provenance(data, run.settings.seed), "fit_seconds": round(seconds, 3),
+            "predict_seconds_per_image": scored.seconds_per_image, "notes": []}
+    return Scored(model, info, scored.predicted, scored.proba)
+
+
+def _saved_or_fitted(data, label, split, name: str, heldout, run: HeadRun, key: str, fit) -> Row:
+    """The row of model `name`: the one saved under this cache key when there is one, else `fit()`'s
+    (a Scored), saved for next time."""
+    model_path = run.report_dir / "models" / f"{label}-{name}.joblib"
+    reused = None if run.refit else _reuse(model_path, key, run.log)
     if reused is not None:
         model, info = reused
+        run.log(f"{label} {name}: nothing changed, reusing the fitted model ({model_path.name}; --refit "
+                f"searches again)")
         X_eval = data.X[split.evaluate]
-        log(f"{label} {head}: nothing changed, reusing the fitted model ({model_path.name}; --refit "
-            f"searches again)")
-        return Row(label, head, info, eval_paths, truth, list(model.predict(X_eval)),
-                   model.predict_proba(X_eval), list(model.classes_), reused=True)
-    scored = fit_and_score(data, split, head, settings=settings, log=log)
-    save_model(scored.model, model_path, {**scored.info, "cache_key": key})
-    return Row(label, head, scored.info, eval_paths, truth, list(scored.predicted), scored.proba,
-               list(scored.model.classes_))
+        predicted, proba = model.predict(X_eval), model.predict_proba(X_eval)
+    else:
+        scored = fit()
+        model, info, predicted, proba = scored.model, {**scored.info, "cache_key": key}, scored.predicted, scored.proba
+        save_model(model, model_path, info)
+    return Row(label, name, info, *heldout, list(predicted), proba, list(model.classes_), reused=reused is not None,
+               model=model)
 
 
 def _reuse(model_path: Path, key: str, log):

@@ -5,6 +5,7 @@ import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -66,7 +67,6 @@ def fit_and_score(data, split, clf, grid=None, settings: SearchSettings = Search
     head = get_head(clf)
     if data.parts:  # joined vectors of several backbones: each part L2-normalised first
         head = fused_head(head, part_widths(data.config))
-    names = np.asarray(data.class_names, dtype=object)
     X_train, y_train = data.X[split.train], data.y[split.train]
     model = FeatureClassifier(None, class_names=data.class_names, feature_config=data.config,
                               feature_fingerprint=data.fingerprint, weights_source=data.weights_source)
@@ -78,17 +78,8 @@ def fit_and_score(data, split, clf, grid=None, settings: SearchSettings = Search
     model.set_params(pipeline=result.pipeline).fit(X_train, y_train, fitted=result.fitted)
     fit_seconds = time.perf_counter() - started
 
-    X_eval, y_eval = data.X[split.evaluate], names[data.y[split.evaluate]]
-    started = time.perf_counter()
-    predicted = model.predict(X_eval)
-    proba = model.predict_proba(X_eval)
-    predict_seconds = (time.perf_counter() - started) / max(1, len(X_eval))
-    notes = list(result.notes)
-    unseen = sorted(set(y_eval.tolist()) - set(model.classes_.tolist()))
-    if unseen:
-        notes.append(f"classes {', '.join(unseen)} are in {split.name} but not in the training rows: "
-                     f"the model cannot predict them")
-        log(notes[-1])
+    scored = evaluate(model, data, split)
+    notes = list(result.notes) + _unseen_classes(model, data, split, log)
     selection = {0: "out-of-bag score on train, one fit per candidate",
                  1: f"{result.method} search, a stratified 20% slice of train"}.get(
         result.folds, f"{result.method} search, {result.folds}-fold CV on train")
@@ -97,14 +88,49 @@ def fit_and_score(data, split, clf, grid=None, settings: SearchSettings = Search
         "cv": {"scoring": result.scoring, "mean": result.cv_mean, "std": result.cv_std, "folds": result.folds,
                "candidates": result.candidates, "evaluated": result.evaluated, "search": result.method,
                "seconds": round(result.seconds, 3)},
-        "heldout": {**split.describe(), **heldout_scores(y_eval, predicted, proba, model.classes_)},
-        "class_names": data.class_names, "dataset": data.dataset, "feature_file": " + ".join(str(Path(f).resolve()) for f in data.files),
-        "feature_fingerprint": data.fingerprint, "feature_config": data.config, "seed": settings.seed,
+        "heldout": scored.heldout, **provenance(data, settings.seed),
         "search_seconds": round(result.seconds, 3), "refit_seconds": round(fit_seconds, 3),
-        "fit_seconds": round(result.seconds + fit_seconds, 3), "predict_seconds_per_image": predict_seconds,
-        "versions": library_versions(MODEL_PACKAGES), "notes": notes,
+        "fit_seconds": round(result.seconds + fit_seconds, 3), "predict_seconds_per_image": scored.seconds_per_image,
+        "notes": notes,
     }
-    return Scored(model, info, predicted, proba)
+    return Scored(model, info, scored.predicted, scored.proba)
+
+
+class Evaluation(NamedTuple):
+    """A fitted model on a split's held-out rows."""
+
+    predicted: np.ndarray  # class names
+    proba: np.ndarray  # in model.classes_ order
+    seconds_per_image: float  # predicting
+    heldout: dict  # the split, and the held-out scores
+
+
+def evaluate(model: FeatureClassifier, data, split) -> Evaluation:
+    X_eval, y_eval = data.X[split.evaluate], np.asarray(data.class_names, dtype=object)[data.y[split.evaluate]]
+    started = time.perf_counter()
+    predicted = model.predict(X_eval)
+    proba = model.predict_proba(X_eval)
+    seconds = (time.perf_counter() - started) / max(1, len(X_eval))
+    return Evaluation(predicted, proba, seconds,
+                      {**split.describe(), **heldout_scores(y_eval, predicted, proba, model.classes_)})
+
+
+def provenance(data, seed: int) -> dict:
+    """What a saved model's record says of the features it was fitted on and the libraries."""
+    return {"class_names": data.class_names, "dataset": data.dataset,
+            "feature_file": " + ".join(str(Path(f).resolve()) for f in data.files),
+            "feature_fingerprint": data.fingerprint, "feature_config": data.config, "seed": seed,
+            "versions": library_versions(MODEL_PACKAGES)}
+
+
+def _unseen_classes(model, data, split, log) -> list[str]:
+    held = set(np.asarray(data.class_names, dtype=object)[data.y[split.evaluate]].tolist())
+    unseen = sorted(held - set(model.classes_.tolist()))
+    if not unseen:
+        return []
+    note = f"classes {', '.join(unseen)} are in {split.name} but not in the training rows: the model cannot predict them"
+    log(note)
+    return [note]
 
 
 def fit_model(features=None, out="artifacts", clf="svm", grid=None, settings: SearchSettings | None = None, log=print,

@@ -22,7 +22,8 @@ def heldout_scores(y_true, y_pred, proba=None, classes=None) -> dict:
         "log_loss": None,
     }
     if proba is not None and set(y_true.tolist()) <= set(classes.tolist()):
-        scores["log_loss"] = float(log_loss(y_true, proba, labels=list(classes)))
+        proba = np.asarray(proba, dtype=np.float64)  # rows off 1 by float32 rounding (a vote of float32 heads)
+        scores["log_loss"] = float(log_loss(y_true, proba / proba.sum(axis=1, keepdims=True), labels=list(classes)))
     return scores
 
 
