@@ -85,6 +85,7 @@ def extract(backbone, data, weights, trust_pickle, out, device, engine, ray, bat
     click.echo(f"features: {result.store}")
 
 
+EXPLAIN_METHODS = ["auto", "cam", "occlusion"]  # experiments.explain.METHODS (tested), without importing it
 SEARCH_METHODS = ["auto", "grid", "halving", "coordinate", "path"]  # classifiers.search.METHODS (tested), without
 # importing scikit-learn for --help
 
@@ -215,6 +216,23 @@ def compare(features, out, clf, with_finetune, refit, fuse, ensemble, **options)
     click.echo("")
     click.echo(outcome.markdown)
     click.echo(f"report: {outcome.report_dir}/report.md (+ .csv, .json, predictions/, confusion/, summary.png)")
+
+
+@cli.command()
+@click.option("--model", "model_path", required=True, help="A .joblib file written by `fit` or `compare`.")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--out", default="explain", show_default=True, help="Folder for one PNG per image.")
+@click.option("--class", "class_name", default=None, help="Explain this class [default: the predicted one].")
+@click.option("--method", type=click.Choice(EXPLAIN_METHODS), default="auto", show_default=True,
+              help="cam: the exact class activation map (linear heads on one backbone); occlusion: any head; "
+                   "auto: cam where it exists.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+def explain(model_path, inputs, out, class_name, method, device):
+    """Heatmaps of where the model looks: one PNG per image (files or folders)."""
+    from experiments.explain import explain_images
+
+    written, failures = explain_images(model_path, inputs, out, class_name, method, device, log=click.echo)
+    click.echo(f"{len(written)} heatmaps, {len(failures)} unreadable: {out}")
 
 
 @cli.command()

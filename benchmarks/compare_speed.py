@@ -12,6 +12,7 @@ fold; the forest's candidates scored out of bag above 1,000 rows), in one run, o
 Prints, per dataset and head: search + refit seconds and val accuracy both ways, then the total
 wall-clock time of each compare and the speed-up. Usage:
   python benchmarks/compare_speed.py [--rows 2527] [--skip-real] [--cache DIR]
+  python benchmarks/compare_speed.py --stack-only   (today's default plus the stack row, generated set)
 """
 from __future__ import annotations
 
@@ -94,9 +95,10 @@ def real_store(data: Path, cache: Path) -> Path:
     return extract(data=data, out=cache, progress=False).store
 
 
-def measure(store: Path, settings: SearchSettings, out: Path) -> tuple[float, dict]:
+def measure(store: Path, settings: SearchSettings, out: Path, ensemble: str = "vote") -> tuple[float, dict]:
     started = time.perf_counter()
-    outcome = compare(features=[store], out=out, clf="all", refit=True, settings=settings, log=lambda _: None)
+    outcome = compare(features=[store], out=out, clf="all", refit=True, settings=settings, ensemble=ensemble,
+                      log=lambda _: None)
     seconds = time.perf_counter() - started
     return seconds, {r.head: (r.info.get("fit_seconds") or 0.0, r.metrics["accuracy"]) for r in outcome.rows}
 
@@ -124,11 +126,20 @@ def main():
     parser.add_argument("--rows", type=int, default=2527)
     parser.add_argument("--skip-real", action="store_true", help="Only the generated features.")
     parser.add_argument("--cache", type=Path, default=None, help="Keep extracted feature files here.")
+    parser.add_argument("--stack-only", action="store_true",
+                        help="Only today's default with the stack row too (--ensemble vote,stack), generated set.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         cache = args.cache or work / "cache"
-        report(f"generated, {args.rows} rows x 1280, 6 classes", generated_store(work / "generated", args.rows), work)
+        generated = generated_store(work / "generated", args.rows)
+        if args.stack_only:
+            seconds, rows = measure(generated, NEW, work / "stack", ensemble="vote,stack")
+            print("| row | s | val acc |\n|---|---|---|")
+            print("\n".join(f"| {head} | {s:.1f} | {accuracy:.3f} |" for head, (s, accuracy) in rows.items()))
+            print(f"| **compare, wall clock** | **{seconds:.0f}** | |")
+            return
+        report(f"generated, {args.rows} rows x 1280, 6 classes", generated, work)
         if not args.skip_real:
             from featurize.demo_data import write_digits
             digits = cache / "digits"

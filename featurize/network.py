@@ -22,8 +22,11 @@ class FeatureExtractor(nn.Module):
         self.register_buffer("mean", torch.tensor(preprocessing.mean).view(1, 3, 1, 1) * 255)
         self.register_buffer("std", torch.tensor(preprocessing.std).view(1, 3, 1, 1) * 255)
 
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() - self.mean) / self.std
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        images = (images.float() - self.mean) / self.std
+        images = self.normalise(images)
         if not self.flip:
             return self.trunk(images)
         both = self.trunk(torch.cat([images, images.flip(3)]))
@@ -38,3 +41,29 @@ class PooledEfficientNetLite(EfficientNet):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.extract_features(inputs).mean(dim=(2, 3))
+
+
+def last_feature_map(extractor: FeatureExtractor, images: torch.Tensor) -> torch.Tensor | None:
+    """The trunk's last feature map (N,C,H,W) for uint8 `images`, where the pooled vector is its
+    plain spatial mean (what a class activation map needs); None where it is not (a LayerNorm after
+    the pool, as in ConvNeXt, or pooling done outside a module, as in DenseNet). Checked on the
+    batch itself, not assumed. The mirror image of `flip` is not taken: the caller does that."""
+    trunk, x = extractor.trunk, extractor.normalise(images)
+    captured = []
+    if isinstance(trunk, PooledEfficientNetLite):
+        captured.append(trunk.extract_features(x))
+        pooled = captured[0].mean(dim=(2, 3))
+    else:
+        pool = getattr(trunk, "avgpool", None)
+        if pool is None:
+            return None
+        handle = pool.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+        try:
+            pooled = trunk(x)
+        finally:
+            handle.remove()
+    if not captured or captured[0].dim() != 4 or pooled.shape != captured[0].shape[:2]:
+        return None
+    if not torch.allclose(captured[0].mean(dim=(2, 3)), pooled, rtol=1e-4, atol=1e-5):
+        return None
+    return captured[0]

@@ -1,0 +1,96 @@
+"""`explain`: heatmaps checked against a direct computation, shown to follow the object, and the CLI."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from classifiers import load_model
+from classifiers.linear_form import linear_form
+from experiments.explain import METHODS, class_activation_map, occlusion_map
+from experiments.fit import fit_model
+from featurize import extract, load_features, load_image
+from tests.test_cli import assert_one_line_error, run
+
+QUIET = {"log": lambda _: None}
+
+
+def _model(store, tmp_path, clf="logreg"):
+    return load_model(fit_model(features=store, out=tmp_path, clf=clf, **QUIET).model_path)
+
+
+@pytest.mark.parametrize("clf,tta", [("logreg", "none"), ("linear", "none"), ("logreg", "flip")])
+def test_the_cam_averages_to_the_head_s_own_score(tinted_store, tmp_path, clf, tta):
+    """The spatial mean of the map plus the bias is the class's score: the head's own decision on the
+    image's vector, computed the ordinary way (embed, scale, linear layer; softmax = predict_proba)."""
+    store = tinted_store
+    if tta == "flip":
+        store = extract(data=load_features(tinted_store).data_root, backbone="resnet18", weights="random",
+                        out=tmp_path, workers=0, progress=False, tta="flip").store
+    model, data = _model(store, tmp_path, clf), load_features(store)
+    path = f"{data.data_root}/{data.paths[0]}"
+    W, b = linear_form(model.pipeline_)
+    vector = model.embed_images([path])[0][0]
+    for k in range(len(model.classes_)):
+        heat = class_activation_map(model, load_image(path), str(model.classes_[k]))
+        assert heat.class_name == model.classes_[k] and heat.heat.shape == (7, 7)
+        np.testing.assert_allclose(heat.heat.mean() + b[k], W[k] @ vector + b[k], rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(heat.probability, model.predict_proba([path])[0, k], atol=1e-3)
+
+
+def test_the_heat_follows_the_object_when_the_image_is_mirrored(hymenoptera_lite0, tmp_path):
+    model, data = _model(hymenoptera_lite0, tmp_path), load_features(hymenoptera_lite0)
+    images = [load_image(f"{data.data_root}/{p}") for p in data.paths[data.splits == "val"][:12]]
+
+    def off_centre(heat):  # how far the heat's centre of mass lies from the middle, left-right
+        weights = np.clip(heat, 0, None).sum(axis=0)
+        return abs((weights * np.linspace(-1, 1, len(weights))).sum() / max(weights.sum(), 1e-12))
+
+    for explain in (class_activation_map, occlusion_map):
+        image = max(images, key=lambda im: off_centre(explain(model, im, None).heat))  # an object off the middle
+        heat, mirrored = explain(model, image, None).heat, explain(model, image.flip(2), None).heat
+        follows = np.corrcoef(mirrored.ravel(), heat[:, ::-1].ravel())[0, 1]
+        stays = np.corrcoef(mirrored.ravel(), heat.ravel())[0, 1]
+        print(f"{explain.__name__}: corr with the mirrored heat {follows:.2f}, with the unmoved heat {stays:.2f}")
+        assert follows > 0.5 and follows > stays + 0.3
+
+
+def test_explain_cli_writes_a_png_per_good_image_and_says_why_for_the_others(tinted_store, tmp_path):
+    data = load_features(tinted_store)
+    model = fit_model(features=tinted_store, out=tmp_path, clf="logreg", **QUIET).model_path
+    knn = fit_model(features=tinted_store, out=tmp_path, clf="knn", **QUIET).model_path
+    good = [f"{data.data_root}/{p}" for p in data.paths[:2]]
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    result = run("explain", "--model", model, *good, tmp_path / "broken.png", "--out", tmp_path / "heat")
+    assert result.exit_code == 0, result.output
+    assert "class activation map" in result.output and "skipped" in result.output and "broken.png" in result.output
+    pngs = sorted((tmp_path / "heat").glob("*.png"))
+    assert len(pngs) == 2 and all(p.stat().st_size > 5000 for p in pngs)
+
+    other = run("explain", "--model", knn, good[0], "--out", tmp_path / "knn", "--class", "red")
+    assert other.exit_code == 0 and "occlusion" in other.output, other.output
+    assert_one_line_error(run("explain", "--model", knn, good[0], "--method", "cam"), "needs a linear head")
+    assert_one_line_error(run("explain", "--model", model, good[0], "--class", "green"), "--class green")
+    nothing = run("explain", "--model", model, tmp_path / "broken.png", "--out", tmp_path / "x")
+    assert nothing.exit_code == 1 and "Traceback" not in nothing.output
+    assert nothing.output.strip().splitlines()[-1] == "Error: none of the 1 images could be read"
+
+
+def test_occlusion_explains_a_head_without_a_linear_form(tmp_path):
+    """Grey images with a red or a blue square on the left: an SVM (calibrated; lite0 features) that
+    tells the colours apart loses confidence when the square is hidden, so the heat sits on it."""
+    for i in range(12):
+        for colour, rgb in (("red", (220, 40, 40)), ("blue", (40, 40, 220))):
+            image = np.full((64, 96, 3), 128, np.uint8)
+            image[20:44, 8 + i % 3:36 + i % 3] = rgb
+            path = tmp_path / "squares" / ("val" if i % 4 == 0 else "train") / colour / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(path)
+    store = extract(data=tmp_path / "squares", out=tmp_path, progress=False, workers=0).store
+    model = _model(store, tmp_path, "svm")
+    heat = occlusion_map(model, load_image(tmp_path / "squares" / "val" / "red" / "0.png"), None)
+    assert heat.class_name == "red" and heat.heat.shape == (64, 96)
+    assert heat.heat[20:44, 8:36].mean() > max(0.0, 2 * abs(heat.heat[:, 56:].mean()))
+
+
+def test_cli_methods_match_the_library():
+    import cli
+    assert tuple(cli.EXPLAIN_METHODS) == METHODS
