@@ -238,6 +238,8 @@ def explain(model_path, inputs, out, class_name, method, device):
 @cli.command()
 @click.option("--backbone", default="efficientnet_lite0", show_default=True, help="Registered backbone.")
 @click.option("--data", default="data", show_default=True, help="Image folder with train/ and val/ (or test/).")
+@click.option("--weights", default=None, help="Start from: the backbone's own pretrained weights [default], a "
+                                              "checkpoint PATH, or 'random'.")
 @click.option("--out", default=DEFAULT_OUT, show_default=True, help="Output root; writes OUT/finetune/.")
 @click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--unfreeze", default="last-3-blocks", show_default=True, help="all, none, or last-N-blocks.")
@@ -248,14 +250,23 @@ def explain(model_path, inputs, out, class_name, method, device):
 @click.option("--device", default="auto", show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="Decoding processes.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--teacher", default=None, help="A saved model (.joblib: any head, ensemble or fused model) whose "
+                                              "probabilities the network also learns (distillation).")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
+              help="With --teacher: how much both distributions are softened.")
+@click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="With --teacher: the teacher's share of the loss (the labels get 1 - alpha).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def finetune(backbone, data, out, epochs, unfreeze, lr, batch_size, label_smoothing, tta, device, workers, seed, quiet):
+def finetune(backbone, data, weights, out, epochs, unfreeze, lr, batch_size, label_smoothing, tta, device, workers, seed,
+             teacher, temperature, alpha, quiet):
     """Fine-tune a backbone + linear layer end to end; the epoch is chosen on a slice of train."""
+    from experiments.distill import Distillation
     from experiments.finetune import run_finetune
 
-    run_finetune(data=data, backbone=backbone, out=out, epochs=epochs, unfreeze=unfreeze, lr=lr,
+    run_finetune(data=data, backbone=backbone, weights=weights, out=out, epochs=epochs, unfreeze=unfreeze, lr=lr,
                  batch_size=batch_size, label_smoothing=label_smoothing, tta=tta, device=device, workers=workers,
-                 seed=seed, progress=not quiet, log=click.echo)
+                 seed=seed, progress=not quiet, log=click.echo,
+                 distill=Distillation(teacher, temperature, alpha) if teacher else None)
 
 
 @cli.command()

@@ -28,6 +28,8 @@ from featurize.files import atomic_write
 from featurize.engines import compute_precision, resolve_engine
 from featurize.extract import ImageDataset, default_workers, feature_config, resolve_device
 
+from .distill import Distillation, teacher_probabilities
+
 FINETUNE_ROW = "finetuned"
 SELECTION_FRACTION = 0.2  # of the training images, held back to choose the epoch
 
@@ -102,8 +104,10 @@ class _Labelled:
 
 def run_finetune(data="data", backbone="efficientnet_lite0", weights=None, out="artifacts", epochs=5, unfreeze="last-3-blocks",
                  lr=1e-3, backbone_lr_scale=0.1, batch_size=None, label_smoothing=0.1, weight_decay=0.05,
-                 tta=False, device="auto", workers=None, seed=0, progress=True, log=print) -> Path:
-    """Fine-tune and save; returns the folder it wrote."""
+                 tta=False, device="auto", workers=None, seed=0, progress=True, log=print,
+                 distill: Distillation | None = None) -> Path:
+    """Fine-tune and save; returns the folder it wrote. `distill`: also learn a saved model's
+    probabilities (experiments.distill)."""
     import torch
     from torch import nn
     from torch.utils.data import DataLoader
@@ -129,13 +133,15 @@ def run_finetune(data="data", backbone="efficientnet_lite0", weights=None, out="
         v2.RandomHorizontalFlip(),
     ])
 
-    def loader(rows, transform, shuffle):
-        dataset = _Labelled(ImageDataset(images.root, [images.paths[i] for i in rows], transform),
-                            [images.labels[i] for i in rows])
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=workers,
-                          collate_fn=_collate_labelled, pin_memory=device.startswith("cuda"))
-
-    train_loader = loader(train_rows, train_transform, True)
+    # Each training image comes with its position in train_rows: its label, and its teacher's probabilities.
+    dataset = _Labelled(ImageDataset(images.root, [images.paths[i] for i in train_rows], train_transform),
+                        list(range(len(train_rows))))
+    train_loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator, num_workers=workers,
+                              collate_fn=_collate_labelled, pin_memory=device.startswith("cuda"))
+    train_labels = torch.tensor([images.labels[i] for i in train_rows])
+    if distill is not None:
+        targets = torch.from_numpy(teacher_probabilities(distill.check(), images, train_rows,
+                                                         finetune_dir(out, images.name, record.name), device, log))
     trainable = [p for p in trunk.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": head.parameters(), "lr": lr},
                                    {"params": trainable, "lr": lr * backbone_lr_scale}], weight_decay=weight_decay)
@@ -153,13 +159,16 @@ def run_finetune(data="data", backbone="efficientnet_lite0", weights=None, out="
         network.train()
         _freeze_frozen_batchnorm(trunk)
         seen, loss_sum = 0, 0.0
-        for batch, labels in tqdm(train_loader, desc=f"epoch {epoch}/{epochs}", unit="batch", disable=not progress):
+        for batch, positions in tqdm(train_loader, desc=f"epoch {epoch}/{epochs}", unit="batch",
+                                     disable=not progress):
             if batch is None:
                 continue
             batch = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            labels = labels.to(device)
+            labels = train_labels[positions].to(device)
             with torch.autocast("cuda", dtype=torch.float16, enabled=device.startswith("cuda")):
-                loss = loss_fn(network(batch), labels)
+                logits = network(batch)
+                loss = (loss_fn(logits, labels) if distill is None else
+                        distill.loss(logits, labels, targets[positions].to(device), loss_fn))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -177,7 +186,8 @@ def run_finetune(data="data", backbone="efficientnet_lite0", weights=None, out="
     return _save(out, images, record, network, head, trunk, heldout, eval_name, history, fit_seconds,
                  {"epochs": epochs, "unfreeze": unfreeze, "lr": lr, "backbone_lr_scale": backbone_lr_scale,
                   "label_smoothing": label_smoothing, "weight_decay": weight_decay, "tta": tta,
-                  "batch_size": batch_size, "seed": seed, "best_epoch": best[1]},
+                  "batch_size": batch_size, "seed": seed, "best_epoch": best[1],
+                  **({"distillation": distill.describe()} if distill is not None else {})},
                  f"best epoch on a stratified {SELECTION_FRACTION:.0%} slice of train ({len(select_rows)} images)",
                  record.weights_id(weights), device, log)
 
