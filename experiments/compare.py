@@ -22,7 +22,7 @@ from featurize.store import library_versions
 from .finetune import FINETUNE_ROW, load_finetuned_row, run_finetune
 from .fit import MODEL_PACKAGES, Scored, evaluate, fit_and_score, latest_features, provenance
 from .metrics import bootstrap_interval, heldout_scores, mcnemar_p
-from .report import write_report
+from .report import Embedding, write_report
 from .splits import train_eval_split
 
 
@@ -101,9 +101,11 @@ def compare(features=None, out="artifacts", clf="all", finetune=False, refit=Fal
         fused, fuse_notes = fuse_features(stores, log)
         notes += fuse_notes
     run = HeadRun(heads, clf, report_dir, refit, settings, parse_ensembles(ensemble), notes, failures, log)
+    splits = {}  # feature label -> (its features, its split)
     for data in stores:
         label = feature_label(data)
         split = _split(data, label, run)
+        splits[label] = (data, split)
         rows += _head_rows(data, label, split, run)
         if finetune and data.weights_source in ("", "random"):
             run_finetune(data=data.data_root, backbone=data.backbone, weights=data.weights_source or None, out=out,
@@ -118,13 +120,15 @@ def compare(features=None, out="artifacts", clf="all", finetune=False, refit=Fal
             rows.append(Row(label, FINETUNE_ROW, **finetuned))
     if fused is not None:
         label = feature_label(fused)
-        rows += _head_rows(fused, label, _split(fused, label, run), run)
+        splits[label] = (fused, _split(fused, label, run))
+        rows += _head_rows(fused, label, splits[label][1], run)
     if not rows:
         raise CnnfeatError("no head could be fitted: " + "; ".join(f"{h}: {r}" for _, h, r in failures))
     notes += [f"{row.backbone} {row.head}: {note}" for row in rows for note in row.info.get("notes", [])]
     _score_rows(rows, settings.scoring, seed)
     markdown = write_report(report_dir, rows, failures, notes, meta={
-        "dataset": stores[0].dataset, "feature_files": [str(p) for p in paths], **settings.numbers()})
+        "dataset": stores[0].dataset, "feature_files": [str(p) for p in paths], **settings.numbers()},
+        embedding=_embedding(rows, splits))
     return CompareOutcome(report_dir, markdown, rows, failures, notes)
 
 
@@ -150,6 +154,16 @@ def _split(data, label: str, run: HeadRun):
         run.log(run.notes[-1])
     _check_heldout(data, label, split, run.notes, run.log)
     return split
+
+
+def _embedding(rows, splits) -> Embedding | None:
+    """The held-out vectors of the best row that was fitted on vectors, with its predictions."""
+    best = next((row for row in rows if row.model is not None), None)
+    if best is None:
+        return None
+    data, split = splits[best.backbone]
+    return Embedding(data.X[split.evaluate], best.truth, best.predicted,
+                     f"{best.backbone}; mistakes of its {best.head}, the best row on them")
 
 
 def _head_rows(data, label: str, split, run: HeadRun) -> list[Row]:

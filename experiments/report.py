@@ -1,10 +1,15 @@
 """The report of `compare`: report.md/.csv/.json, predictions per head, confusion matrices, one chart."""
 from __future__ import annotations
 
+import base64
 import csv
+import html
 import io
 import json
 from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
 
 from featurize.files import write_bytes_atomic
 
@@ -62,7 +67,19 @@ def _fmt(value, digits=3):
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def write_report(report_dir: Path, rows, failures, notes, meta: dict) -> str:
+class Embedding(NamedTuple):
+    """Held-out vectors to draw in 2-D, with their true and predicted classes."""
+
+    vectors: np.ndarray
+    truth: list
+    predicted: list
+    title: str  # whose vectors and whose predictions
+
+
+EMBEDDED_AT_MOST = 5000  # held-out rows in the t-SNE plot (a seeded sample above it)
+
+
+def write_report(report_dir: Path, rows, failures, notes, meta: dict, embedding: Embedding | None = None) -> str:
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     recs = records(rows)
@@ -80,6 +97,9 @@ def write_report(report_dir: Path, rows, failures, notes, meta: dict) -> str:
     for row in rows:
         _write_predictions(report_dir / "predictions" / f"{row.backbone}-{row.head}.csv", row)
     _plots(report_dir, rows, recs)
+    if embedding is not None and len(embedding.vectors) >= 5:
+        _embedding_plot(report_dir / "embedding.png", embedding, meta.get("seed", 0))
+    write_bytes_atomic(report_dir / "report.html", _html(report_dir, rows, recs, notes, failures, meta).encode())
     return markdown
 
 
@@ -118,3 +138,77 @@ def _plots(report_dir: Path, rows, recs):
     figure.tight_layout()
     figure.savefig(report_dir / "summary.png", dpi=100)
     plt.close(figure)
+
+
+def _embedding_plot(path: Path, embedding: Embedding, seed: int):
+    """t-SNE of the held-out vectors, coloured by true class; the mistakes of the row named in the
+    title ringed in red."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+    from sklearn.preprocessing import StandardScaler
+
+    rows = np.arange(len(embedding.vectors))
+    if len(rows) > EMBEDDED_AT_MOST:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, EMBEDDED_AT_MOST, replace=False))
+    X = StandardScaler().fit_transform(np.asarray(embedding.vectors[rows], dtype=np.float32))
+    points = TSNE(2, perplexity=min(30.0, (len(rows) - 1) / 3), init="pca", random_state=seed).fit_transform(X)
+    truth, predicted = np.asarray(embedding.truth, dtype=object)[rows], np.asarray(embedding.predicted, dtype=object)[rows]
+    figure, axes = plt.subplots(figsize=(7, 6))
+    for name in sorted(set(truth.tolist()), key=str):
+        mine = truth == name
+        axes.scatter(points[mine, 0], points[mine, 1], s=12, label=str(name), alpha=0.8)
+    wrong = truth != predicted
+    axes.scatter(points[wrong, 0], points[wrong, 1], s=60, facecolors="none", edgecolors="red", linewidths=1.2,
+                 label=f"mistakes ({int(wrong.sum())})")
+    sampled = f", {len(rows):,} of {len(embedding.vectors):,} sampled" if len(rows) < len(embedding.vectors) else ""
+    axes.set_title(f"t-SNE of the held-out vectors ({embedding.title}{sampled})", fontsize=9)
+    axes.legend(fontsize=7, markerscale=1.2, loc="best")
+    axes.set_xticks([])
+    axes.set_yticks([])
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+HTML_COLUMNS = ("rank", "backbone", "head", "accuracy", "ci_low", "ci_high", "balanced_accuracy", "f1_macro",
+                "log_loss", "cv_mean", "mcnemar_p_vs_best", "fit_seconds", "best_params", "selected_by")
+
+
+def _html(report_dir: Path, rows, recs, notes, failures, meta) -> str:
+    """report.html: the table, notes, summary, embedding and confusion matrices in one file, the
+    pictures inlined, so it opens offline and can be mailed as it is."""
+    def cell(value):
+        if isinstance(value, float):
+            return f"{value:.3f}"
+        if isinstance(value, dict):
+            return ", ".join(f"{k}={v}" for k, v in value.items())
+        return "—" if value is None else str(value)
+
+    def picture(path: Path, alt: str) -> str:
+        if not path.is_file():
+            return ""
+        data = base64.b64encode(path.read_bytes()).decode()
+        return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></figure>'
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in HTML_COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell(r[c]))}</td>" for c in HTML_COLUMNS) + "</tr>"
+                   for r in recs)
+    said = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+    said += "".join(f"<li>not fitted: {html.escape(f'{b} {h}: {r}')}</li>" for b, h, r in failures)
+    confusion = "".join(picture(report_dir / "confusion" / f"{row.backbone}-{row.head}.png", f"{row.backbone} {row.head}")
+                        for row in rows)
+    title = html.escape(f"{meta['dataset']}: which head wins")
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;font-size:13px}}
+td,th{{border:1px solid #ccc;padding:3px 6px}} figure{{display:inline-block;margin:6px}} img{{max-width:100%}}</style>
+</head><body><h1>{title}</h1>
+<p>Ranked by held-out {html.escape(meta['scoring'].replace('_', ' '))}; no row was chosen on the held-out images.
+Feature files: {html.escape(', '.join(meta.get('feature_files', [])))}</p>
+<table><tr>{head}</tr>{body}</table><ul>{said}</ul>
+{picture(report_dir / "summary.png", "summary")}{picture(report_dir / "embedding.png", "embedding")}
+<h2>Confusion matrices</h2>{confusion}
+</body></html>
+"""

@@ -216,3 +216,17 @@ def test_all_leaves_out_heads_too_slow_for_the_size_and_naming_one_runs_it(tinte
     assert "left out of --clf all" in (outcome.report_dir / "report.md").read_text()
     named = compare(features=[tinted_store], out=tmp_path, clf="knn", jobs=1, log=logs.append)
     assert [row.head for row in named.rows] == ["knn"]
+
+
+def test_report_html_holds_the_table_and_every_picture_inline(tinted_store, tmp_path):
+    import base64
+    import re
+
+    outcome = compare(features=[tinted_store], out=tmp_path, clf="knn,logreg", **QUIET)
+    page = (outcome.report_dir / "report.html").read_text()
+    assert "<td>knn</td>" in page and "<td>logreg</td>" in page and "<td>vote</td>" in page
+    pictures = [base64.b64decode(data) for data in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
+    files = [outcome.report_dir / "summary.png", outcome.report_dir / "embedding.png",
+             *(outcome.report_dir / "confusion" / f"resnet18-random-{h}.png" for h in ("knn", "logreg", "vote"))]
+    assert sorted(pictures) == sorted(f.read_bytes() for f in files)  # opens offline: nothing linked
+    assert "src=\"http" not in page and "href=" not in page
