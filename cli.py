@@ -226,13 +226,18 @@ def compare(features, out, clf, with_finetune, refit, fuse, ensemble, **options)
 @click.option("--method", type=click.Choice(EXPLAIN_METHODS), default="auto", show_default=True,
               help="cam: the exact class activation map (linear heads on one backbone); occlusion: any head; "
                    "auto: cam where it exists.")
+@click.option("--feature-maps", "feature_maps", is_flag=False, flag_value="last", default=None, metavar="[LAYER]",
+              help="Also <image>-maps.png: the 16 strongest channels of LAYER (a module name such as layer3 or "
+                   "_blocks.10; alone: the last feature map).")
+@click.option("--filters", is_flag=True, help="Also filters.png: the first convolution's kernels.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-def explain(model_path, inputs, out, class_name, method, device):
+def explain(model_path, inputs, out, class_name, method, feature_maps, filters, device):
     """Heatmaps of where the model looks: one PNG per image (files or folders)."""
-    from experiments.explain import explain_images
+    from experiments.explain import ExplainSettings, explain_images
 
-    written, failures = explain_images(model_path, inputs, out, class_name, method, device, log=click.echo)
-    click.echo(f"{len(written)} heatmaps, {len(failures)} unreadable: {out}")
+    settings = ExplainSettings(class_name, method, device, feature_maps, filters)
+    written, failures = explain_images(model_path, inputs, out, settings, log=click.echo)
+    click.echo(f"{len(written)} pictures, {len(failures)} unreadable: {out}")
 
 
 @cli.command()

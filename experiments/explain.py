@@ -40,6 +40,16 @@ class OcclusionGrid:
         return [(x, y, x + w, y + h) for y in ys.tolist() for x in xs.tolist()]
 
 
+@dataclass(frozen=True)
+class ExplainSettings:
+    class_name: str | None = None  # explain this class; None: the predicted one
+    method: str = "auto"  # METHODS
+    device: str = "auto"
+    feature_maps: str | None = None  # also a grid of a layer's strongest channels: a layer name, or "last"
+    filters: bool = False  # also the first convolution's kernels (one PNG)
+    grid: OcclusionGrid = OcclusionGrid()
+
+
 class Heatmap(NamedTuple):
     image: np.ndarray  # (H, W, 3) uint8: what the heat is drawn on
     heat: np.ndarray  # (H', W') float, any scale; drawn stretched over the image
@@ -48,33 +58,46 @@ class Heatmap(NamedTuple):
     method: str
 
 
-def explain_images(model_path, inputs, out, class_name=None, method="auto", device="auto",
-                   grid: OcclusionGrid = OcclusionGrid(), log=print) -> tuple[list[Path], list[tuple[str, str]]]:
-    """One PNG per readable image under `out` (each image a uint8 tensor from load_image); returns
-    (written files, [(image, reason)] of the others)."""
+def explain_images(model_path, inputs, out, settings: ExplainSettings = ExplainSettings(),
+                   log=print) -> tuple[list[Path], list[tuple[str, str]]]:
+    """One PNG per readable image under `out` (and the grids `settings` asks for); returns (written
+    files, [(image, reason)] of the unreadable ones)."""
     from featurize import load_image
     from featurize.images import UnreadableImage
 
-    if method not in METHODS:
-        raise CnnfeatError(f"--method {method!r}; valid: {', '.join(METHODS)}")
+    if settings.method not in METHODS:
+        raise CnnfeatError(f"--method {settings.method!r}; valid: {', '.join(METHODS)}")
     model = load_model(model_path)
+    class_name, out = settings.class_name, Path(out)
     if class_name is not None and class_name not in model.classes_.tolist():
         raise CnnfeatError(f"--class {class_name}: not a class of this model ({', '.join(map(str, model.classes_))})")
-    chosen = _method_for(model, method)
+    chosen = _method_for(model, settings.method)
+    if settings.feature_maps not in (None, "last"):
+        _layers(*_first_backbone(model), settings.feature_maps)  # a wrong name fails before any work
     head = model.pipeline_.steps[-1][1] if hasattr(model.pipeline_, "steps") else model.pipeline_
     log(f"explain: {'the exact class activation map' if chosen == 'cam' else 'occlusion'} of a "
         f"{type(head).__name__} on {model.feature_config.get('backbone')} features")
     written, failures, names = [], [], set()
-    for path in expand_inputs(inputs):
+    if settings.filters:
+        kernels, name = first_layer_filters(model)
+        written.append(_grid_png(kernels, f"first-layer filters: {name} ({len(kernels)})", out / "filters.png"))
+    paths = expand_inputs(inputs)
+    for path in paths:
         try:
             image = load_image(Path(path))
         except (UnreadableImage, OSError) as error:
             failures.append((path, str(error)))
             log(f"  skipped {path}: {error}")
             continue
-        heatmap = (class_activation_map if chosen == "cam" else occlusion_map)(model, image, class_name, device, grid)
-        written.append(_save(heatmap, Path(out), _unique_name(Path(path).stem, names), path))
-    if not written:
+        heatmap = (class_activation_map if chosen == "cam" else occlusion_map)(model, image, class_name,
+                                                                              settings.device, settings.grid)
+        name = _unique_name(Path(path).stem, names)
+        written.append(_save(heatmap, out, name, path))
+        if settings.feature_maps is not None:
+            maps, layer = feature_map_grid(model, image, None if settings.feature_maps == "last" else settings.feature_maps)
+            written.append(_grid_png(maps, f"{Path(path).name}: the {len(maps)} strongest channels of {layer}",
+                                     out / f"{name}-maps.png"))
+    if len(failures) == len(paths):
         raise CnnfeatError(f"none of the {len(failures)} images could be read")
     return written, failures
 
@@ -137,6 +160,87 @@ def occlusion_map(model, image, class_name, device="auto", grid: OcclusionGrid =
         drop[y0:y1, x0:x1] += probabilities[0, k] - p
         covered[y0:y1, x0:x1] += 1
     return Heatmap(rgb, drop / np.maximum(covered, 1), str(model.classes_[k]), float(probabilities[0, k]), "occlusion")
+
+
+STRONGEST = 16  # channels shown by --feature-maps
+
+
+def feature_map_grid(model, image, layer: str | None) -> tuple[np.ndarray, str]:
+    """(the STRONGEST channels (by mean activation) of `layer`'s output for the image, (k, H, W); the
+    layer's name). `layer` None: the last feature map (the pooled one)."""
+    import torch
+
+    extractor, record = _first_backbone(model)
+    crop = record.preprocessing().transform()(image).unsqueeze(0)
+    modules = _layers(extractor, record, layer)
+    captured = []
+    with torch.inference_mode():
+        if layer is None:
+            from featurize.network import last_feature_map
+            captured.append(last_feature_map(extractor, crop))
+            layer = "the last feature map"
+        else:
+            handle = modules[layer].register_forward_hook(lambda module, args, output: captured.append(output))
+            try:
+                extractor(crop)
+            finally:
+                handle.remove()
+    maps = captured[0] if captured and isinstance(captured[0], torch.Tensor) else None
+    if maps is None or maps.dim() != 4:
+        raise CnnfeatError(f"--feature-maps: {layer} of {record.name} gives no (channels, height, width) map")
+    maps = maps[0].float().numpy()
+    return maps[np.argsort(-maps.mean(axis=(1, 2)))[:STRONGEST]], layer
+
+
+def _layers(extractor, record, layer: str | None) -> dict:
+    """The trunk's modules by name; a clear error when `layer` is not one of them."""
+    modules = dict(extractor.trunk.named_modules())
+    if layer is not None and layer not in modules:
+        shown = ", ".join(name for name, _ in extractor.trunk.named_children())
+        raise CnnfeatError(f"--feature-maps {layer}: {record.name} has no such layer (its top-level ones: {shown}; "
+                           f"deeper ones as 'layer4.1', '_blocks.15')")
+    return modules
+
+
+def first_layer_filters(model) -> tuple[np.ndarray, str]:
+    """(the first convolution's kernels on the RGB input as (k, h, w, 3) images in [0, 1], its name)."""
+    from torch import nn
+
+    extractor, record = _first_backbone(model)
+    name, conv = next(((n, m) for n, m in extractor.trunk.named_modules()
+                       if isinstance(m, nn.Conv2d) and m.in_channels == 3), (None, None))
+    if conv is None:
+        raise CnnfeatError(f"--filters: {record.name} has no convolution on the RGB input")
+    kernels = conv.weight.detach().float().numpy().transpose(0, 2, 3, 1)
+    low = kernels.min(axis=(1, 2, 3), keepdims=True)
+    span = kernels.max(axis=(1, 2, 3), keepdims=True) - low
+    return (kernels - low) / np.where(span > 0, span, 1), f"{record.name} {name}"
+
+
+def _first_backbone(model):
+    """(the torch feature extractor, registry record) of the model's (first) backbone."""
+    record, weights = model.sources()[0].record()
+    return record.load(weights), record
+
+
+def _grid_png(tiles: np.ndarray, title: str, path: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = int(np.ceil(np.sqrt(len(tiles))))
+    rows = int(np.ceil(len(tiles) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(1.4 * columns, 1.4 * rows + 0.5), squeeze=False)
+    for axis, tile in zip(axes.ravel(), tiles):
+        axis.imshow(tile, cmap=None if tile.ndim == 3 else "viridis", interpolation="nearest")
+    for axis in axes.ravel():
+        axis.axis("off")
+    figure.suptitle(title, fontsize=9)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_bytes_atomic(path, buffer.getvalue())
 
 
 def _class_index(model, class_name, probabilities) -> int:

@@ -1,4 +1,6 @@
 """`explain`: heatmaps checked against a direct computation, shown to follow the object, and the CLI."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -64,6 +66,12 @@ def test_explain_cli_writes_a_png_per_good_image_and_says_why_for_the_others(tin
     assert "class activation map" in result.output and "skipped" in result.output and "broken.png" in result.output
     pngs = sorted((tmp_path / "heat").glob("*.png"))
     assert len(pngs) == 2 and all(p.stat().st_size > 5000 for p in pngs)
+    grids = run("explain", "--model", model, good[0], "--out", tmp_path / "grids", "--feature-maps", "layer2",
+                "--filters")
+    assert grids.exit_code == 0, grids.output
+    assert sorted(p.name for p in (tmp_path / "grids").iterdir()) == \
+        sorted(["filters.png", f"{Path(good[0]).stem}.png", f"{Path(good[0]).stem}-maps.png"])
+    assert_one_line_error(run("explain", "--model", model, good[0], "--feature-maps", "layer9"), "no such layer")
 
     other = run("explain", "--model", knn, good[0], "--out", tmp_path / "knn", "--class", "red")
     assert other.exit_code == 0 and "occlusion" in other.output, other.output
@@ -94,3 +102,24 @@ def test_occlusion_explains_a_head_without_a_linear_form(tmp_path):
 def test_cli_methods_match_the_library():
     import cli
     assert tuple(cli.EXPLAIN_METHODS) == METHODS
+
+
+def test_feature_maps_are_the_strongest_channels_and_filters_the_first_kernels(tinted_store, tmp_path):
+    import torch
+
+    from experiments.explain import feature_map_grid, first_layer_filters
+    from featurize import get_backbone
+
+    model, data = _model(tinted_store, tmp_path), load_features(tinted_store)
+    image = load_image(f"{data.data_root}/{data.paths[0]}")
+    maps, layer = feature_map_grid(model, image, "layer3")
+    network = get_backbone("resnet18").load("random")
+    with torch.inference_mode():
+        x = network.normalise(network.preprocessing.transform()(image).unsqueeze(0))
+        t = network.trunk
+        direct = t.layer3(t.layer2(t.layer1(t.maxpool(t.relu(t.bn1(t.conv1(x)))))))[0].numpy()
+    strongest = np.sort(direct.mean(axis=(1, 2)))[::-1][:16]
+    assert layer == "layer3" and maps.shape == (16, 14, 14)
+    np.testing.assert_allclose(maps.mean(axis=(1, 2)), strongest, rtol=1e-5)
+    kernels, name = first_layer_filters(model)
+    assert kernels.shape == (64, 7, 7, 3) and name == "resnet18 conv1" and kernels.min() == 0 and kernels.max() == 1
