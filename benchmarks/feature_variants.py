@@ -14,9 +14,7 @@ Usage: python benchmarks/feature_variants.py [--cache DIR]   (about 20 minutes o
 """
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,7 +22,7 @@ sys.path.insert(0, str(REPO))
 from experiments.compare import compare  # noqa: E402
 from featurize import extract  # noqa: E402
 
-from data import image_folders  # noqa: E402  (benchmarks/data.py)
+from data import run_on_image_folders  # noqa: E402  (benchmarks/data.py)
 
 COLUMNS = ("lite0", "lite0 flip", "lite2", "lite0+lite2")
 
@@ -57,16 +55,5 @@ def report(name: str, data: Path, cache: Path, work: Path) -> None:
     print("| **best head** | " + " | ".join(f"**{best[c]:.3f}**" for c in COLUMNS) + " |", flush=True)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache", type=Path, default=None, help="Keep images and feature files here.")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        cache = args.cache or work / "cache"
-        for name, folder in image_folders(cache):
-            report(name, folder, cache, work)
-
-
 if __name__ == "__main__":
-    main()
+    run_on_image_folders(report, __doc__)

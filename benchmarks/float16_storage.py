@@ -9,9 +9,7 @@ Usage: python benchmarks/float16_storage.py [--cache DIR]
 """
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +20,7 @@ from experiments.compare import compare  # noqa: E402
 from featurize import extract, load_features  # noqa: E402
 from featurize.store import Storage  # noqa: E402
 
-from data import image_folders  # noqa: E402  (benchmarks/data.py)
+from data import run_on_image_folders  # noqa: E402  (benchmarks/data.py)
 
 
 def accuracies(store: Path, out: Path) -> dict:
@@ -45,16 +43,5 @@ def report(name: str, data: Path, cache: Path, work: Path) -> None:
         print(f"| {head} | {full[head]:.3f} | {rounded[head]:.3f} | {100 * (rounded[head] - full[head]):+.1f} |")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache", type=Path, default=None, help="Keep images and feature files here.")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        cache = args.cache or work / "cache"
-        for name, folder in image_folders(cache):
-            report(name, folder, cache, work)
-
-
 if __name__ == "__main__":
-    main()
+    run_on_image_folders(report, __doc__)

@@ -24,6 +24,15 @@ def write_image(path: Path, seed: int, size=(96, 72), mode="RGB", fmt=None, tint
     return path
 
 
+def write_tinted(root: Path, count: int) -> Path:
+    """`count` reddish and `count` bluish images, every 4th in val/, the rest in train/."""
+    for i in range(count):
+        split = "val" if i % 4 == 0 else "train"
+        write_image(root / split / "red" / f"r{i}.png", seed=i, tint=(1.0, 0.4, 0.4))
+        write_image(root / split / "blue" / f"b{i}.png", seed=100 + i, tint=(0.4, 0.4, 1.0))
+    return root
+
+
 @pytest.fixture
 def class_folders(tmp_path) -> Path:
     """data/{cats,dogs}/*.png: 4 + 3 images, no split."""
@@ -71,10 +80,6 @@ def tinted_store(tmp_path_factory) -> Path:
     """A small real feature file: reddish vs bluish images (train/ and val/), random-weight resnet18."""
     from featurize import extract
 
-    root = tmp_path_factory.mktemp("tinted") / "tinted"
-    for i in range(24):
-        split = "val" if i % 4 == 0 else "train"
-        write_image(root / split / "red" / f"r{i}.png", seed=i, tint=(1.0, 0.4, 0.4))
-        write_image(root / split / "blue" / f"b{i}.png", seed=100 + i, tint=(0.4, 0.4, 1.0))
+    root = write_tinted(tmp_path_factory.mktemp("tinted") / "tinted", 24)
     out = tmp_path_factory.mktemp("tinted-artifacts")
     return extract(data=root, backbone="resnet18", weights="random", out=out, workers=0, progress=False).store

@@ -12,7 +12,7 @@ from experiments.compare import compare
 from featurize import extract, load_features
 from featurize.errors import CnnfeatError
 from featurize.fuse import fuse_features
-from tests.conftest import write_image
+from tests.conftest import write_tinted
 from tests.test_cli import assert_one_line_error, run
 
 QUIET = {"log": lambda _: None}
@@ -22,11 +22,7 @@ QUIET = {"log": lambda _: None}
 def two_backbones(tmp_path_factory):
     """The same folder through two random-weight backbones; one image deleted between the two runs,
     so the second file lacks it."""
-    root = tmp_path_factory.mktemp("fuse") / "shapes"
-    for i in range(20):
-        split = "val" if i % 4 == 0 else "train"
-        write_image(root / split / "red" / f"r{i}.png", seed=i, tint=(1.0, 0.4, 0.4))
-        write_image(root / split / "blue" / f"b{i}.png", seed=100 + i, tint=(0.4, 0.4, 1.0))
+    root = write_tinted(tmp_path_factory.mktemp("fuse") / "shapes", 20)
     out = tmp_path_factory.mktemp("fuse-artifacts")
     first = extract(data=root, backbone="resnet18", weights="random", out=out, workers=0, progress=False).store
     (root / "train" / "blue" / "b5.png").unlink()
