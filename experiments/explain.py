@@ -105,8 +105,8 @@ def explain_images(model_path, inputs, out, settings: ExplainSettings = ExplainS
 def _method_for(model, method: str) -> str:
     cam_possible = linear_form(model.pipeline_) is not None and len(model.sources()) == 1
     if method == "cam" and not cam_possible:
-        raise CnnfeatError("--method cam needs a linear head (logreg or linear) on one backbone's features; "
-                           "this model's head is not one: use --method occlusion (or auto)")
+        raise CnnfeatError("--method cam needs a linear head (logreg, linear, or a two-class linear SVM) on one "
+                           "backbone's features; this model's head is not one: use --method occlusion (or auto)")
     return "cam" if method in ("cam", "auto") and cam_possible else "occlusion"
 
 
@@ -116,7 +116,7 @@ def class_activation_map(model, image, class_name, device="auto", grid=None) -> 
 
     from featurize.network import last_feature_map
 
-    W, b = linear_form(model.pipeline_)
+    W, _ = linear_form(model.pipeline_)
     source = model.sources()[0]
     record, weights = source.record()
     extractor = record.load(weights)  # the torch module, also where features came from onnxruntime
@@ -131,9 +131,9 @@ def class_activation_map(model, image, class_name, device="auto", grid=None) -> 
     cams = np.einsum("kc,nchw->nkhw", W, maps)  # one map per class (and per mirror image)
     if flip:  # the vector was the mean of the image's and its mirror's: so is the map, mirrored back
         cams = (cams[:1] + cams[1:, :, :, ::-1]) / 2
-    scores = cams[0].mean(axis=(1, 2)) + b
-    probabilities = np.exp(scores - scores.max())
-    probabilities /= probabilities.sum()
+    # The model's own probabilities of the pooled vector (the maps' mean, as the backbone pools them)
+    pooled = maps.mean(axis=(2, 3)).mean(axis=0, keepdims=True)
+    probabilities = model.pipeline_.predict_proba(pooled.astype(np.float32))[0]
     k = _class_index(model, class_name, probabilities)
     return Heatmap(crop[0].permute(1, 2, 0).numpy(), cams[0, k], str(model.classes_[k]), float(probabilities[k]),
                    "class activation map")

@@ -15,27 +15,39 @@ from tests.test_cli import assert_one_line_error, run
 QUIET = {"log": lambda _: None}
 
 
-def _model(store, tmp_path, clf="logreg"):
-    return load_model(fit_model(features=store, out=tmp_path, clf=clf, **QUIET).model_path)
+def _model(store, tmp_path, clf="logreg", grid=None):
+    return load_model(fit_model(features=store, out=tmp_path, clf=clf, grid=grid, **QUIET).model_path)
 
 
-@pytest.mark.parametrize("clf,tta", [("logreg", "none"), ("linear", "none"), ("logreg", "flip")])
-def test_the_cam_averages_to_the_head_s_own_score(tinted_store, tmp_path, clf, tta):
-    """The spatial mean of the map plus the bias is the class's score: the head's own decision on the
-    image's vector, computed the ordinary way (embed, scale, linear layer; softmax = predict_proba)."""
+LINEAR_SVM = '{"kernel": ["linear"], "C": [1.0]}'
+
+
+@pytest.mark.parametrize("clf,grid,tta", [("logreg", None, "none"), ("linear", None, "none"), ("logreg", None, "flip"),
+                                          ("svm", LINEAR_SVM, "none")])
+def test_the_cam_averages_to_the_head_s_own_score(tinted_store, tmp_path, clf, grid, tta):
+    """The spatial mean of each class's map plus its bias is the head's own score on the image's
+    vector, computed the ordinary way: embed, then predict_proba (softmax of the scores, for logreg
+    and linear) or the SVM's decision function (the score difference, for the linear SVM)."""
     store = tinted_store
     if tta == "flip":
         store = extract(data=load_features(tinted_store).data_root, backbone="resnet18", weights="random",
                         out=tmp_path, workers=0, progress=False, tta="flip").store
-    model, data = _model(store, tmp_path, clf), load_features(store)
+    model, data = _model(store, tmp_path, clf, grid), load_features(store)
     path = f"{data.data_root}/{data.paths[0]}"
     W, b = linear_form(model.pipeline_)
-    vector = model.embed_images([path])[0][0]
-    for k in range(len(model.classes_)):
-        heat = class_activation_map(model, load_image(path), str(model.classes_[k]))
-        assert heat.class_name == model.classes_[k] and heat.heat.shape == (7, 7)
-        np.testing.assert_allclose(heat.heat.mean() + b[k], W[k] @ vector + b[k], rtol=1e-3, atol=1e-3)
-        np.testing.assert_allclose(heat.probability, model.predict_proba([path])[0, k], atol=1e-3)
+    vector = model.embed_images([path])[0]
+    heats = [class_activation_map(model, load_image(path), str(c)) for c in model.classes_]
+    assert [h.class_name for h in heats] == list(model.classes_) and heats[0].heat.shape == (7, 7)
+    scores = np.asarray([h.heat.mean() for h in heats]) + b
+    np.testing.assert_allclose(scores, W @ vector[0] + b, rtol=1e-3, atol=1e-3)  # the map pools to the vector
+    proba = model.predict_proba(vector)[0]
+    np.testing.assert_allclose([h.probability for h in heats], proba, atol=1e-3)
+    if clf == "svm":
+        svm = model.pipeline_.named_steps["clf"].calibrated_classifiers_[0].estimator
+        margin = svm.decision_function(model.pipeline_.named_steps["scale"].transform(vector))[0]
+        assert scores[1] - scores[0] == pytest.approx(margin, rel=1e-3, abs=1e-3)
+    else:
+        np.testing.assert_allclose(np.exp(scores) / np.exp(scores).sum(), proba, atol=1e-3)
 
 
 def test_the_heat_follows_the_object_when_the_image_is_mirrored(hymenoptera_lite0, tmp_path):
