@@ -215,7 +215,8 @@ def compare(features, out, clf, with_finetune, refit, fuse, ensemble, **options)
                           fuse=fuse, ensemble=ensemble, settings=search_settings(**options), log=click.echo)
     click.echo("")
     click.echo(outcome.markdown)
-    click.echo(f"report: {outcome.report_dir}/report.md (+ .csv, .json, predictions/, confusion/, summary.png)")
+    click.echo(f"report: {outcome.report_dir}/report.html (+ report.md, .csv, .json, predictions/, confusion/, "
+               f"summary.png, embedding.png, models/)")
 
 
 @cli.command()
