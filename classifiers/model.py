@@ -198,7 +198,15 @@ class BackboneSource:
     checked to make the features the model was fitted on."""
 
     def __init__(self, config: dict, weights_source: str = ""):
-        self.config, self.weights_source, self._embedder = config or {}, weights_source, None
+        self.config, self.weights_source, self._embedder, self._network = config or {}, weights_source, None, None
+
+    def network(self):
+        """The torch feature extractor itself, on the CPU, without the flip (what `explain` looks
+        inside), built once."""
+        if self._network is None:
+            backbone, weights = self.record()
+            self._network = backbone.load(weights)
+        return self._network
 
     def record(self):
         """(the registry's backbone record, weights); a clear error when this machine would build

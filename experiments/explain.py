@@ -1,7 +1,7 @@
 """`cnnfeat explain`: where in an image a saved model looks, one PNG heatmap per image.
 
-- `cam` (linear heads: logreg, `linear`, on one backbone whose vector is the plain spatial mean of
-  its last feature map): the exact class activation map. The head folded with its scaler is one
+- `cam` (linear heads: logreg, `linear`, a two-class linear SVM, on one backbone whose vector is
+  the plain spatial mean of its last feature map): the exact class activation map. The head folded with its scaler is one
   linear layer on the pooled vector (classifiers.linear_form), so a class's score is the spatial
   mean of sum_c W[k, c] F[c] (+ b[k]): that sum, on the centre crop the backbone sees.
 - `occlusion` (every head, fused and flip-averaged features included): a grey patch slid over the
@@ -89,17 +89,21 @@ def explain_images(model_path, inputs, out, settings: ExplainSettings = ExplainS
             failures.append((path, str(error)))
             log(f"  skipped {path}: {error}")
             continue
-        heatmap = (class_activation_map if chosen == "cam" else occlusion_map)(model, image, class_name,
-                                                                              settings.device, settings.grid)
-        name = _unique_name(Path(path).stem, names)
-        written.append(_save(heatmap, out, name, path))
-        if settings.feature_maps is not None:
-            maps, layer = feature_map_grid(model, image, None if settings.feature_maps == "last" else settings.feature_maps)
-            written.append(_grid_png(maps, f"{Path(path).name}: the {len(maps)} strongest channels of {layer}",
-                                     out / f"{name}-maps.png"))
+        written += _explain_one(model, image, path, chosen, settings, out / _unique_name(Path(path).stem, names))
     if len(failures) == len(paths):
         raise CnnfeatError(f"none of the {len(failures)} images could be read")
     return written, failures
+
+
+def _explain_one(model, image, path: str, method: str, settings: ExplainSettings, stem: Path) -> list[Path]:
+    """The heatmap of one image (and its feature-map grid when asked): `stem`.png (`stem`-maps.png)."""
+    explain = class_activation_map if method == "cam" else occlusion_map
+    written = [_save(explain(model, image, settings.class_name, settings.device, settings.grid), stem, path)]
+    if settings.feature_maps is not None:
+        maps, layer = feature_map_grid(model, image, None if settings.feature_maps == "last" else settings.feature_maps)
+        written.append(_grid_png(maps, f"{Path(path).name}: the {len(maps)} strongest channels of {layer}",
+                                 stem.with_name(f"{stem.name}-maps.png")))
+    return written
 
 
 def _method_for(model, method: str) -> str:
@@ -117,11 +121,9 @@ def class_activation_map(model, image, class_name, device="auto", grid=None) -> 
     from featurize.network import last_feature_map
 
     W, _ = linear_form(model.pipeline_)
-    source = model.sources()[0]
-    record, weights = source.record()
-    extractor = record.load(weights)  # the torch module, also where features came from onnxruntime
+    extractor, record = _first_backbone(model)  # the torch module, also where features came from onnxruntime
     crop = record.preprocessing().transform()(image).unsqueeze(0)
-    flip = source.config.get("tta", "none") == "flip"
+    flip = model.sources()[0].config.get("tta", "none") == "flip"
     with torch.inference_mode():
         maps = last_feature_map(extractor, torch.cat([crop, crop.flip(3)]) if flip else crop)
     if maps is None:
@@ -219,8 +221,8 @@ def first_layer_filters(model) -> tuple[np.ndarray, str]:
 
 def _first_backbone(model):
     """(the torch feature extractor, registry record) of the model's (first) backbone."""
-    record, weights = model.sources()[0].record()
-    return record.load(weights), record
+    source = model.sources()[0]
+    return source.network(), source.record()[0]
 
 
 def _grid_png(tiles: np.ndarray, title: str, path: Path) -> Path:
@@ -247,7 +249,7 @@ def _class_index(model, class_name, probabilities) -> int:
     return int(np.argmax(probabilities)) if class_name is None else model.classes_.tolist().index(class_name)
 
 
-def _save(heatmap: Heatmap, out: Path, name: str, source: str) -> Path:
+def _save(heatmap: Heatmap, stem: Path, source: str) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -262,8 +264,8 @@ def _save(heatmap: Heatmap, out: Path, name: str, source: str) -> Path:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(figure)
-    out.mkdir(parents=True, exist_ok=True)
-    return write_bytes_atomic(out / f"{name}.png", buffer.getvalue())
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    return write_bytes_atomic(stem.with_name(f"{stem.name}.png"), buffer.getvalue())
 
 
 def _unique_name(stem: str, taken: set) -> str:
