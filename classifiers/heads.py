@@ -7,6 +7,7 @@ every candidate of the search.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -31,6 +32,19 @@ class Head:
     # fit per candidate) for a forest, "coordinate" (one parameter at a time) where fits are dear; "path"
     # (the estimator's fit_path trains the candidates side by side) at any size
     axes: tuple = ()  # the parameters a coordinate search sweeps first, in order (the rest follow in grid order)
+    at_scale: Callable[[int], object] | None = None  # seed -> the pipeline past MINIBATCH_ABOVE training
+    # rows: the same model trained on mini-batches, its grid one path (see for_rows)
+
+    def for_rows(self, rows: int) -> "Head":
+        """This head as it is searched on `rows` training rows: past MINIBATCH_ABOVE, a head with a
+        mini-batch form trains that one, its whole grid side by side on one validation slice."""
+        if self.at_scale is None or rows <= MINIBATCH_ABOVE:
+            return self
+        return dataclasses.replace(self, build=self.at_scale, at_scale=None, validation="slice", auto_search="path")
+
+
+MINIBATCH_ABOVE = 50_000  # training rows past which logreg trains on mini-batches (lbfgs on 100k x 1280 x 100
+# classes takes minutes a fit, and a search makes dozens)
 
 
 HEADS: dict[str, Head] = {}
@@ -64,7 +78,13 @@ def _standardise():
     return StandardScaler()
 
 
-@register_head("logreg", "logistic regression (standardised)", {"C": C_DECADES})
+def _minibatch_logreg(seed):
+    from .linear import MiniBatchLogisticRegression
+    return _pipeline(_standardise(), MiniBatchLogisticRegression(seed=seed))
+
+
+@register_head("logreg", "logistic regression (standardised; mini-batches past 50,000 rows)", {"C": C_DECADES},
+               at_scale=_minibatch_logreg)
 def _logreg(seed):
     from sklearn.linear_model import LogisticRegression
     return _pipeline(_standardise(), LogisticRegression(max_iter=5000, random_state=seed))
@@ -128,19 +148,19 @@ def fused_head(head: Head, widths: list[int]) -> Head:
     """`head` for joined vectors of several backbones (featurize.fuse): its pipeline starts by
     L2-normalising each backbone's part on its own, so none drowns the others by the size of its
     activations. Stateless, so it leaks nothing across folds; it travels with the saved model."""
-    import dataclasses
+    def fused(build):
+        def fused_build(seed):
+            from sklearn.compose import ColumnTransformer
+            from sklearn.pipeline import Pipeline
+            from sklearn.preprocessing import Normalizer
 
-    def build(seed):
-        from sklearn.compose import ColumnTransformer
-        from sklearn.pipeline import Pipeline
-        from sklearn.preprocessing import Normalizer
+            edges = np.cumsum([0, *widths])
+            parts = [(f"part{i}", Normalizer(), slice(start, end))
+                     for i, (start, end) in enumerate(zip(edges[:-1].tolist(), edges[1:].tolist()))]
+            return Pipeline([("fuse", ColumnTransformer(parts)), *build(seed).steps])
+        return fused_build
 
-        edges = np.cumsum([0, *widths])
-        parts = [(f"part{i}", Normalizer(), slice(start, end))
-                 for i, (start, end) in enumerate(zip(edges[:-1].tolist(), edges[1:].tolist()))]
-        return Pipeline([("fuse", ColumnTransformer(parts)), *head.build(seed).steps])
-
-    return dataclasses.replace(head, build=build)
+    return dataclasses.replace(head, build=fused(head.build), at_scale=head.at_scale and fused(head.at_scale))
 
 
 def resolve_grid(head: Head, override=None) -> list[dict]:

@@ -108,9 +108,13 @@ def search_head(name, X: np.ndarray, y: np.ndarray, grid=None, settings: SearchS
     from sklearn.model_selection import ParameterGrid
 
     settings = replace(settings or SearchSettings(), **overrides).check()
-    head = name if isinstance(name, Head) else get_head(name)
+    named = name if isinstance(name, Head) else get_head(name)
+    head = named.for_rows(len(X))
     grid = resolve_grid(head, grid)
     folds, notes = check_folds(y, settings.cv, label_names)
+    if head is not named:
+        notes.append(f"{head.name} with {len(X)} training rows: trained on mini-batches "
+                     f"({type(head.build(0).named_steps['clf']).__name__}), every candidate side by side")
     grid = _fit_neighbours_to_folds(grid, len(X) - -(-len(X) // folds), notes)
     candidates = len(ParameterGrid(grid))
     method = settings.method_for(head, len(X))

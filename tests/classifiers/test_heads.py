@@ -188,3 +188,29 @@ def test_path_search_scores_exactly_like_the_grid():
     logs = []
     knn = search_head("knn", X, y, cv=3, search="path", log=logs.append)  # no path to train: the grid
     assert knn.method == "grid" and "grid search instead" in logs[0]
+
+
+def test_logreg_past_its_size_trains_on_mini_batches_every_C_side_by_side(monkeypatch):
+    """Past MINIBATCH_ABOVE rows (lowered here) logreg is the mini-batch form of the same objective,
+    its Cs one path on a validation slice, scored exactly as the grid's separate fits would be."""
+    from sklearn.datasets import load_digits
+
+    from classifiers import heads
+    from classifiers.heads import fused_head
+    from classifiers.linear import MiniBatchLogisticRegression
+
+    X, y = load_digits(return_X_y=True)
+    X, y = X[:400], y[:400].astype(str)
+    grid = {"C": [0.001, 0.1, 10.0]}
+    small = search_head("logreg", X, y, grid=grid, cv=3, log=lambda _: None)
+    assert small.method == "grid" and type(small.pipeline.named_steps["clf"]).__name__ == "LogisticRegression"
+    monkeypatch.setattr(heads, "MINIBATCH_ABOVE", 300)
+    logs = []
+    path = search_head("logreg", X, y, grid=grid, seed=1, log=logs.append)
+    reference = search_head("logreg", X, y, grid=grid, search="grid", seed=1, jobs=1, log=lambda _: None)
+    assert isinstance(path.pipeline.named_steps["clf"], MiniBatchLogisticRegression)
+    assert path.method == "path" and path.folds == 1 and "trained on mini-batches" in logs[0]
+    assert path.best_params == reference.best_params and abs(path.cv_mean - reference.cv_mean) < 1e-9
+    assert path.pipeline.fit(X, y).score(X, y) > 0.9
+    fused = fused_head(get_head("logreg"), [32, 32]).for_rows(400).build(0)
+    assert list(fused.named_steps) == ["fuse", "scale", "clf"] and isinstance(fused[-1], MiniBatchLogisticRegression)

@@ -1,10 +1,10 @@
 import numpy as np
 from sklearn.base import clone
-from sklearn.datasets import load_digits
+from sklearn.datasets import load_breast_cancer, load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from classifiers.linear import TorchLinearClassifier, warmup_cosine
+from classifiers.linear import MiniBatchLogisticRegression, TorchLinearClassifier, auto_epochs, warmup_cosine
 
 
 def _digits():
@@ -53,3 +53,44 @@ def test_a_path_of_weight_decays_gives_the_models_lone_fits_give():
         np.testing.assert_allclose(model.coef_, alone.coef_, atol=1e-5)
         np.testing.assert_allclose(model.predict_proba(X_test), alone.predict_proba(X_test), atol=1e-5)
     assert np.abs(path[0].coef_).sum() > 1.2 * np.abs(path[-1].coef_).sum()  # the decay did act
+
+
+def _logistic_objective(model, X, y, C):
+    """scikit-learn's penalised objective, C * sum of log-losses + ||W||^2 / 2, in its own form
+    (one weight vector for two classes), computed from the model's probabilities and weights."""
+    proba = model.predict_proba(X)
+    log_loss = -np.log(proba[np.arange(len(y)), np.searchsorted(model.classes_, y)]).sum()
+    coef = model.coef_
+    if len(model.classes_) == 2 and len(coef) == 2:  # the softmax pair as LogisticRegression's one vector
+        coef = coef[1:] - coef[:1]
+    return C * log_loss + 0.5 * (coef ** 2).sum()
+
+
+def test_minibatch_logistic_regression_minimises_scikit_learns_objective():
+    digits = _digits()[:2]
+    cancer = load_breast_cancer(return_X_y=True)
+    for X, y in (digits, (StandardScaler().fit_transform(cancer[0]), cancer[1])):  # many classes; two
+        for C in (0.01, 1.0):
+            reference = LogisticRegression(C=C, max_iter=5000).fit(X, y)
+            ours = MiniBatchLogisticRegression(C=C, epochs=100, batch_size=64).fit(X, y)
+            best, reached = _logistic_objective(reference, X, y, C), _logistic_objective(ours, X, y, C)
+            assert best <= reached * 1.0001 and reached < best * 1.08, (len(set(y)), C, reached, best)
+            assert (ours.predict(X) == reference.predict(X)).mean() >= 0.98
+
+
+def test_minibatch_logistic_regression_path_of_C_and_estimator_rules():
+    X, y, X_test, _ = _digits()
+    path = MiniBatchLogisticRegression(epochs=4, seed=2).fit_path(X, y, [0.001, 10.0])
+    for C, model in zip([0.001, 10.0], path):
+        alone = MiniBatchLogisticRegression(C=C, epochs=4, seed=2).fit(X, y)
+        assert model.get_params() == alone.get_params() and model.C == C
+        np.testing.assert_allclose(model.predict_proba(X_test), alone.predict_proba(X_test), atol=1e-5)
+    assert np.abs(path[0].coef_).sum() < 0.5 * np.abs(path[1].coef_).sum()  # small C: strong penalty
+    assert sorted(clone(path[0]).get_params()) == ["C", "batch_size", "device", "epochs", "lr", "seed"]
+
+
+def test_auto_epochs_keep_small_sets_as_they_were_and_bound_large_ones():
+    assert auto_epochs(245) == auto_epochs(20_000) == 100
+    assert auto_epochs(100_000) == 20 and auto_epochs(1_000_000) == 5
+    rows = [1_000, 20_000, 50_000, 200_000, 1_000_000, 10_000_000]
+    assert all(auto_epochs(n) * n <= max(100 * n, 5 * n, 2_000_000 + n) for n in rows)
