@@ -33,7 +33,8 @@ from classifiers.search import SearchSettings  # noqa: E402
 from experiments.compare import compare  # noqa: E402
 from featurize import extract, load_features  # noqa: E402
 from featurize.images import ImageList  # noqa: E402
-from featurize.store import fingerprint, library_versions, write_store  # noqa: E402
+from featurize.placement import IN_MEMORY, Placement  # noqa: E402
+from featurize.store import VectorReader, fingerprint, library_versions, write_store  # noqa: E402
 
 HYMENOPTERA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "hymenoptera"
 OLD = SearchSettings(search="grid", jobs=1)  # what `compare` did before: full grids, one job
@@ -80,14 +81,15 @@ def generated_store(folder: Path, rows: int, dim: int = 1280, classes: int = 6, 
         images.add(f"{'val' if i % 5 == 0 else 'train'}/{names[label]}/{i:06d}.png", int(label),
                    "val" if i % 5 == 0 else "train")
     config = {"backbone": "efficientnet_lite0", "weights": "generated", "feature_dim": dim}
-    identities = [(1, 1)] * rows
-    known = {p: ((1, 1), X[i], "") for i, p in enumerate(images.paths)}
+    identities = np.ones((rows, 2), np.int64)
+    placement = Placement(images.paths)
+    placement.put(np.arange(rows), identities, np.arange(rows), [""] * rows, IN_MEMORY)
     attrs = {"format_version": 1, "fingerprint": fingerprint(config), "config": json.dumps(config),
              "versions": json.dumps(library_versions()), "class_names": json.dumps(names),
              "data_root": str(folder), "dataset": images.name, "layout": images.layout, "weights_source": ""}
     store = folder / "features" / f"{images.name}-efficientnet_lite0.h5"
     store.parent.mkdir(parents=True, exist_ok=True)
-    write_store(store, images, identities, known, dim, attrs)
+    write_store(store, images, identities, placement, dim, attrs, VectorReader(dim, memory=X))
     return store
 
 

@@ -8,6 +8,12 @@ go through the store's own API, the way `extract` uses it:
   one-file    one image changed: its row from the journal, the other N-1 copied from the old store
   append 1%   N/100 new images: the old rows copied, the new ones from the journal
   load        load_features (all of X in memory), and load_features(lazy=True) + one 4096-row slice
+  fit HEAD    `cnnfeat fit --clf HEAD` on the store (logreg, linear, knn; the default search; 80%
+              train / 20% val): its search + refit + held-out scoring, timed after X is loaded. Each
+              class's vectors lie around a centre of their own, so the heads have something to learn
+              and the held-out accuracy is printed too. A head past its scales_badly_above (knn past
+              50,000 rows: brute force, every held-out row against every training row) is left out,
+              as `compare --clf all` leaves it out.
 
 Each (operation, N) runs in a fresh process, which reports its wall time and its peak resident
 memory (ru_maxrss). Prints one table; time per row should stay flat as N grows, and memory should
@@ -32,7 +38,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 DIM, CLASSES, BATCH = 1280, 100, 256
-OPERATIONS = ("create", "up-to-date", "one-file", "append 1%", "load", "load lazy")
+STORE_OPERATIONS = ("create", "up-to-date", "one-file", "append 1%", "load", "load lazy")
+FIT_OPERATIONS = tuple(f"fit {head}" for head in ("logreg", "linear", "knn"))
+OPERATIONS = STORE_OPERATIONS + FIT_OPERATIONS
+SPREAD = 8.0  # each coordinate's noise around its class centre (centres: standard normal)
 
 
 def image_list(rows: int, folder: Path):
@@ -41,7 +50,8 @@ def image_list(rows: int, folder: Path):
     images = ImageList(root=folder, name="scale-00000000", layout="class-folders",
                        class_names=[f"class{c:03d}" for c in range(CLASSES)])
     for i in range(rows):
-        images.add(f"class{i % CLASSES:03d}/{i:07d}.jpg", i % CLASSES, "train" if i % 5 else "val")
+        # every fifth row of each class is val: each class in both splits
+        images.add(f"class{i % CLASSES:03d}/{i:07d}.jpg", i % CLASSES, "val" if (i // CLASSES) % 5 == 0 else "train")
     return images
 
 
@@ -55,67 +65,95 @@ def attrs_for(images) -> dict:
 
 
 def vectors(start: int, count: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng([seed, start]).random((count, DIM), dtype=np.float32)
+    """Rows start..start+count-1 (row i is of class i % CLASSES): its class centre plus noise."""
+    centres = np.random.default_rng(12345).standard_normal((CLASSES, DIM), dtype=np.float32)
+    noise = np.random.default_rng([seed, start]).standard_normal((count, DIM), dtype=np.float32)
+    return centres[np.arange(start, start + count) % CLASSES] + SPREAD * noise
 
 
-def journal_rows(journal, images, identities, todo: list[int], known: dict, seed: int = 0) -> None:
-    """What extract's _store_batches does with each batch the backbone yields."""
-    for start in range(0, len(todo), BATCH):
-        rows = todo[start:start + BATCH]
-        places = journal.append([images.paths[i] for i in rows], [identities[i] for i in rows],
-                                vectors(rows[0], len(rows), seed), [""] * len(rows))
-        for i, place in zip(rows, places):
-            known[images.paths[i]] = (identities[i], place, "")
+def journal_rows(journal, images, identities, todo: np.ndarray, placement, seed: int = 0) -> None:
+    """Extract's own _store_batches, fed generated batches as the backbone would yield them."""
+    from featurize.extract import _store_batches
+
+    batches = ((list(range(start, min(start + BATCH, len(todo)))), vectors(int(todo[start]), min(BATCH, len(todo) - start),
+                                                                          seed), [])
+               for start in range(0, len(todo), BATCH))
+    _store_batches(batches, images, identities, todo, journal, placement, DIM)
 
 
-def rewrite(store: Path, images, identities, changed: list[int], seed: int) -> None:
+def rewrite(store: Path, images, identities, changed: np.ndarray, seed: int) -> None:
     """An incremental run's store update: old rows from the store, `changed` from the journal."""
     from featurize.journal import Journal
-    from featurize.store import VectorReader, read_rows, write_store
+    from featurize.placement import Placement
+    from featurize.store import VectorReader, place_store_rows, write_store
 
     attrs = attrs_for(images)
-    known = read_rows(store, attrs["fingerprint"], str(images.root)).by_path()
+    placement = Placement(images.paths)
+    place_store_rows(placement, store, attrs["fingerprint"], str(images.root))
     journal = Journal(store.with_name(store.name + ".partial"), attrs["fingerprint"], DIM)
-    journal_rows(journal, images, identities, changed, known, seed)
+    journal_rows(journal, images, identities, changed, placement, seed)
     journal.close()
-    write_store(store, images, identities, known, DIM, attrs, VectorReader(DIM, store, journal.path))
+    write_store(store, images, identities, placement, DIM, attrs, VectorReader(DIM, store, journal.path))
     journal.remove()
 
 
 def run_operation(operation: str, rows: int, folder: Path) -> None:
     """One operation in this process; prints a JSON line with its seconds and peak RSS."""
     from featurize.journal import Journal
+    from featurize.placement import Placement
     from featurize.store import VectorReader, load_features, store_matches, write_store
 
     store = folder / f"scale-{rows}.h5"
     images = image_list(rows, folder)
-    identities = [(i, i) for i in range(rows)]
+    identities = np.repeat(np.arange(rows, dtype=np.int64)[:, None], 2, axis=1)  # (size, mtime) of row i: (i, i)
     attrs = attrs_for(images)
     started = time.perf_counter()
     if operation == "create":
-        journal, known = Journal(store.with_name(store.name + ".partial"), attrs["fingerprint"], DIM), {}
-        journal_rows(journal, images, identities, list(range(rows)), known)
+        journal, placement = Journal(store.with_name(store.name + ".partial"), attrs["fingerprint"], DIM), \
+            Placement(images.paths)
+        journal_rows(journal, images, identities, np.arange(rows), placement)
         journal.close()
-        write_store(store, images, identities, known, DIM, attrs, VectorReader(DIM, None, journal.path))
+        write_store(store, images, identities, placement, DIM, attrs, VectorReader(DIM, None, journal.path))
         journal.remove()
     elif operation == "up-to-date":
         assert store_matches(store, attrs["fingerprint"], images, identities)
     elif operation == "one-file":
         identities[rows // 2] = (-5, -5)
-        rewrite(store, images, identities, [rows // 2], seed=1)
+        rewrite(store, images, identities, np.array([rows // 2]), seed=1)
     elif operation == "append 1%":
         old = rows - rows // 100  # the store holds the first 99%: take the last 1% out, then add it back
         small = image_list(old, folder)
-        rewrite(store, small, identities[:old], [], seed=0)
+        rewrite(store, small, identities[:old], np.arange(0), seed=0)
         started = time.perf_counter()
-        rewrite(store, images, identities, list(range(old, rows)), seed=2)
+        rewrite(store, images, identities, np.arange(old, rows), seed=2)
     elif operation == "load":
         assert load_features(store).X.shape == (rows, DIM)
     elif operation == "load lazy":
         assert load_features(store, lazy=True).X[rows // 2:rows // 2 + 4096].shape[1] == DIM
+    elif operation.startswith("fit "):
+        return print(json.dumps(fit_head(store, operation.split()[1])))
     seconds = time.perf_counter() - started
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"seconds": seconds, "peak_mib": peak_mib}))
+
+
+def fit_head(store: Path, head: str) -> dict:
+    """What `cnnfeat fit --clf HEAD` does, timed once X is in memory; None where the head is left out."""
+    from classifiers import get_head
+    from experiments.fit import fit_and_score
+    from experiments.splits import train_eval_split
+    from featurize.store import load_features
+
+    data = load_features(store)
+    split = train_eval_split(data)
+    limit = get_head(head).scales_badly_above
+    if limit and len(split.train) > limit:
+        return {"seconds": None, "peak_mib": None, "left_out": f"above {limit:,} training rows"}
+    started = time.perf_counter()
+    scored = fit_and_score(data, split, head, log=lambda line: print(line, file=sys.stderr))
+    return {"seconds": time.perf_counter() - started,
+            "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "accuracy": scored.info["heldout"]["accuracy"], "search": scored.info["cv"]["search"]}
 
 
 def measure(operation: str, rows: int, folder: Path) -> dict:
@@ -130,22 +168,30 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--dir", type=Path, default=None, help="Where the stores go (default: a temporary folder).")
+    parser.add_argument("--only", choices=("store", "fit"), help="Only the store operations, or only the fits.")
     parser.add_argument("--operation", choices=OPERATIONS, help=argparse.SUPPRESS)  # one measurement, in a child
     args = parser.parse_args()
     if args.operation:
         return run_operation(args.operation, args.rows[0], args.dir)
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
-        results = {rows: {op: measure(op, rows, Path(folder)) for op in OPERATIONS} for rows in args.rows}
+        operations = {"store": STORE_OPERATIONS, "fit": ("create", *FIT_OPERATIONS), None: OPERATIONS}[args.only]
+        results = {rows: {op: measure(op, rows, Path(folder)) for op in operations} for rows in args.rows}
         for rows in args.rows:
             (Path(folder) / f"scale-{rows}.h5").unlink()
     print(f"| operation | {' | '.join(f'{n:,} rows: s' for n in args.rows)} | µs per row at each N | "
           f"{' | '.join(f'peak MiB at {n:,}' for n in args.rows)} |")
     print("|---|" + "---|" * (2 * len(args.rows) + 1))
-    for op in OPERATIONS:
-        seconds = [results[n][op]["seconds"] for n in args.rows]
-        per_row = " / ".join(f"{1e6 * s / n:.1f}" for s, n in zip(seconds, args.rows))
-        peaks = " | ".join(f"{results[n][op]['peak_mib']:.0f}" for n in args.rows)
-        print(f"| {op} | {' | '.join(f'{s:.2f}' for s in seconds)} | {per_row} | {peaks} |")
+    for op in operations:
+        measured = [results[n][op] for n in args.rows]
+        seconds = " | ".join("left out" if m["seconds"] is None else f"{m['seconds']:.2f}" for m in measured)
+        per_row = " / ".join("-" if m["seconds"] is None else f"{1e6 * m['seconds'] / n:.1f}"
+                             for m, n in zip(measured, args.rows))
+        peaks = " | ".join("-" if m["peak_mib"] is None else f"{m['peak_mib']:.0f}" for m in measured)
+        print(f"| {op} | {seconds} | {per_row} | {peaks} |")
+    for op in (op for op in operations if op in FIT_OPERATIONS):
+        said = [results[n][op].get("left_out") or f"{results[n][op]['search']} search, held-out accuracy "
+                f"{results[n][op]['accuracy']:.3f}" for n in args.rows]
+        print(f"{op}: " + "; ".join(f"{n:,} rows: {s}" for n, s in zip(args.rows, said)))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ model sees uint8 batches and normalises them itself (see network.FeatureExtracto
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -23,8 +24,9 @@ from .errors import CnnfeatError, DataError
 from .files import sweep_stale_tmp
 from .images import UnreadableImage, discover, file_identity, load_image
 from .journal import Journal
-from .store import (FORMAT_VERSION, Storage, VectorReader, exclusive, fingerprint, library_versions, read_rows,
-                    read_skipped, store_matches, write_store)
+from .placement import Placement
+from .store import (FORMAT_VERSION, Storage, VectorReader, exclusive, fingerprint, library_versions,
+                    place_store_rows, read_skipped, store_matches, write_store)
 
 MISSING_FILE = (-1, -1)  # identity of a listed file that does not exist
 
@@ -166,7 +168,7 @@ def _extract(data, backbone, weights, out: Path, options: RunOptions, strict: bo
     with exclusive(store), _sigterm_as_interrupt():
         sweep_stale_tmp(store)
         storage = options.storage.resolved(store)
-        identities = [_identity(images.root / p) for p in images.paths]
+        identities = _identities(images)
         result = ExtractResult(store=store, total=len(images), extracted=0, reused=0, dropped=0)
         if store.exists() and store_matches(store, fp, images, identities, storage):
             result.reused = len(images)
@@ -174,32 +176,29 @@ def _extract(data, backbone, weights, out: Path, options: RunOptions, strict: bo
             result.seconds = time.perf_counter() - started
             _check_strict(result, strict)
             return result
-        known = {}
-        old_rows = read_rows(store, fp, str(images.root)) if store.exists() else None
-        if store.exists() and old_rows is None:
+        placement = Placement(images.paths)
+        dropped = place_store_rows(placement, store, fp, str(images.root)) if store.exists() else None
+        if store.exists() and dropped is None:
             result.notes.append(f"{store.name} was made with other settings or is unfinished; rebuilding it")
-        reuse_store = old_rows is not None
-        if reuse_store:
-            current = set(images.paths)
-            result.dropped = sum(1 for p in old_rows.paths if p not in current)
-            known.update(old_rows.by_path())
-            del old_rows, current  # a million rows' lists: not held while the store is written
+        reuse_store = dropped is not None
+        result.dropped = dropped or 0
         journal = Journal(store.with_name(store.name + ".partial"), fp, record.feature_dim)
         resumed, notes = journal.resume()
         result.notes += notes
         if resumed is not None and resumed.paths:
-            known.update(resumed.by_path())
+            placement.put_paths(resumed.paths, np.column_stack([resumed.sizes, resumed.mtimes]), resumed.offsets(),
+                                resumed.reasons)
             result.notes.append(f"resuming: {len(resumed.paths)} images from an interrupted run")
         del resumed
 
-        todo = [i for i, p in enumerate(images.paths) if p not in known or known[p][0] != identities[i]]
+        todo = placement.todo(identities)
         result.reused = len(images) - len(todo)
-        if todo:
+        if len(todo):
             result.model_loaded = True
             try:
-                batches = _batches(record, weights, fp, out, [images.paths[i] for i in todo], images.root, options,
-                                   trust_pickle)
-                _store_batches(batches, images, identities, todo, journal, known, record.feature_dim)
+                batches = _batches(record, weights, fp, out, [images.paths[i] for i in todo.tolist()], images.root,
+                                   options, trust_pickle)
+                _store_batches(batches, images, identities, todo, journal, placement, record.feature_dim)
             except KeyboardInterrupt:
                 raise CnnfeatError(f"interrupted; the images done so far are kept in {journal.path.name}: "
                                    f"run the same command again to resume") from None
@@ -214,9 +213,9 @@ def _extract(data, backbone, weights, out: Path, options: RunOptions, strict: bo
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         reader = VectorReader(record.feature_dim, store if reuse_store else None, journal.path)
-        write_store(store, images, identities, known, record.feature_dim, attrs, reader, storage)
+        write_store(store, images, identities, placement, record.feature_dim, attrs, reader, storage)
         journal.remove()
-    result.skipped = _skipped(images, known)
+    result.skipped = [(images.paths[i], placement.reasons[i]) for i in placement.skipped().tolist()]
     result.seconds = time.perf_counter() - started
     _check_strict(result, strict)
     return result
@@ -265,8 +264,10 @@ def _identity(path: Path) -> tuple[int, int]:
         return MISSING_FILE
 
 
-def _skipped(images, known) -> list[tuple[str, str]]:
-    return [(p, known[p][2]) for p in images.paths if known[p][1] is None]
+def _identities(images) -> np.ndarray:
+    """(N, 2) int64: each image's file identity (size, mtime), one stat per file, no tuple kept per row."""
+    pairs = itertools.chain.from_iterable(_identity(images.root / p) for p in images.paths)
+    return np.fromiter(pairs, np.int64, count=2 * len(images.paths)).reshape(-1, 2)
 
 
 def _check_strict(result: ExtractResult, strict: bool) -> None:
@@ -294,14 +295,13 @@ def _batches(record, weights, fp: str, out: Path, paths: list[str], root: Path, 
                         desc=desc)
 
 
-def _store_batches(batches, images, identities, todo, journal, known, dim: int):
+def _store_batches(batches, images, identities, todo, journal, placement, dim: int):
     for good, vectors, bad in batches:
-        rows = [todo[j] for j in good] + [todo[j] for j, _ in bad]
+        rows = np.asarray([todo[j] for j in good] + [todo[j] for j, _ in bad], np.int64)
         reasons = [""] * len(good) + [reason for _, reason in bad]
         vectors = np.concatenate([vectors, np.zeros((len(bad), dim), np.float32)])
-        places = journal.append([images.paths[i] for i in rows], [identities[i] for i in rows], vectors, reasons)
-        for i, place, reason in zip(rows, places, reasons):  # the vectors stay in the journal, not in memory
-            known[images.paths[i]] = (identities[i], None if reason else place, reason)
+        offsets = journal.append([images.paths[i] for i in rows.tolist()], identities[rows], vectors, reasons)
+        placement.put(rows, identities[rows], offsets, reasons)  # the vectors stay in the journal, not in memory
 
 
 def iter_vectors(model, device: str, root: Path, paths: list[str], batch_size: int | None = None,

@@ -16,7 +16,6 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
@@ -28,20 +27,14 @@ RECORD_MAGIC = b"ROWS"
 FSYNC_EVERY_S = 2.0  # a kill -9 loses nothing already written; fsync bounds what power loss can take
 
 
-class InJournal(NamedTuple):
-    """Where a row's vector lies in the journal file: read when the store is written, never held."""
-    offset: int  # byte offset of its D float32
-
-
 @dataclass
 class Rows:
-    """Rows of a store, in order: one per image, good (a vector) or skipped (a reason)."""
+    """Rows of a journal, in order: one per image, good (a vector) or skipped (a reason)."""
 
     paths: list[str] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
     mtimes: list[int] = field(default_factory=list)
-    vectors: list = field(default_factory=list)  # where each vector is (InJournal, store.InStore, or an
-    # np.ndarray (D,) in memory), or None where skipped
+    vectors: list = field(default_factory=list)  # each vector's byte offset in the journal, None where skipped
     reasons: list[str] = field(default_factory=list)  # "" where good
 
     def append(self, path, identity, vector, reason=""):
@@ -51,10 +44,9 @@ class Rows:
         self.vectors.append(vector)
         self.reasons.append(reason)
 
-    def by_path(self) -> dict:
-        """path -> ((size, mtime), vector, reason); later rows win."""
-        return {p: ((s, m), v, r) for p, s, m, v, r in
-                zip(self.paths, self.sizes, self.mtimes, self.vectors, self.reasons)}
+    def offsets(self) -> list[int]:
+        """Each row's vector's byte offset in the journal (0 where skipped)."""
+        return [0 if offset is None else offset for offset in self.vectors]
 
 
 @dataclass
@@ -69,7 +61,7 @@ class Salvage:
 
 def read_journal(path: Path, dim: int) -> Salvage:
     """The rows of the journal at `path`, read record by record (memory: one record); their
-    vectors are left in the file (InJournal)."""
+    vectors are left in the file (their byte offsets)."""
     rows = Rows()
     if not path.exists():
         return Salvage(rows, 0, 0, None)
@@ -98,7 +90,7 @@ def read_journal(path: Path, dim: int) -> Salvage:
             meta = json.loads(body[:meta_bytes])
             first = offset + RECORD.size + meta_bytes
             for k, (p, (s, m), r) in enumerate(zip(meta["paths"], meta["identities"], meta["reasons"])):
-                rows.append(p, (s, m), None if r else InJournal(first + k * dim * 4), r)
+                rows.append(p, (s, m), None if r else first + k * dim * 4, r)
             offset = body_end
     return Salvage(rows, offset, size - offset, header.get("fingerprint"))
 
@@ -139,8 +131,8 @@ class Journal:
                          f"interrupted run; the {len(salvage.rows.paths)} rows before it are kept")
         return salvage.rows, notes
 
-    def append(self, paths, identities, vectors, reasons) -> list[InJournal]:
-        """Append one batch as one record; where each row's vector now lies."""
+    def append(self, paths, identities, vectors, reasons) -> np.ndarray:
+        """Append one batch as one record; the byte offset where each row's vector now lies."""
         if self._fd is None:
             self._open()
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(paths), self.dim)
@@ -154,7 +146,7 @@ class Journal:
         if time.monotonic() - self._synced > FSYNC_EVERY_S:
             os.fsync(self._fd)
             self._synced = time.monotonic()
-        return [InJournal(first + k * self.dim * 4) for k in range(len(paths))]
+        return first + np.arange(len(paths), dtype=np.int64) * self.dim * 4
 
     def _open(self):
         salvage = self._salvage or (read_journal(self.path, self.dim) if self.path.exists() else None)

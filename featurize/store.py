@@ -17,13 +17,13 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
 from .errors import StoreError
 from .files import atomic_write, check_name, pid_alive, runs
-from .journal import InJournal, Rows, read_vectors
+from .journal import read_vectors
+from .placement import IN_JOURNAL, IN_MEMORY, IN_STORE, NOWHERE, SKIPPED, Placement
 
 FORMAT_VERSION = 1
 DTYPES = ("float32", "float16")
@@ -63,11 +63,6 @@ class Storage:
                 return replace(self, compression=_storage_of(h5).compression)
         except (StoreError, OSError, ValueError):
             return replace(self, compression="none")
-
-
-class InStore(NamedTuple):
-    """A row's vector in the store being replaced: copied from it in chunks when the new one is written."""
-    row: int
 
 
 def _str_dtype():
@@ -193,33 +188,36 @@ def _same_settings(h5, fp: str, data_root: str) -> bool:
     return bool(attrs.get("complete", False)) and attrs.get("fingerprint") == fp and attrs.get("data_root") == data_root
 
 
-def read_rows(path: Path, expected_fingerprint: str, data_root: str) -> Rows | None:
-    """All rows of a complete store with this fingerprint and root, or None (absent, other settings,
-    broken). Its vectors stay in the file (InStore): memory grows with the paths, not N x D."""
+def place_store_rows(placement: Placement, path: Path, expected_fingerprint: str, data_root: str) -> int | None:
+    """Put the rows of the complete store at `path` into `placement` (their vectors stay in the
+    file: IN_STORE), COPY_ROWS at a time; how many rows name no image of the list (dropped), or None
+    where the store is absent, of other settings or broken."""
     try:
         with _open(path) as h5:
             if not _same_settings(h5, expected_fingerprint, data_root):
                 return None
-            rows = Rows()
-            _add_rows(rows, h5, h5["features"].shape[0] * [""])
-            _add_rows(rows, h5["skipped"], h5["skipped/reasons"].asstr()[:])
-            return rows
+            dropped = 0
+            for group, kind in ((h5, IN_STORE), (h5["skipped"], SKIPPED)):
+                rows = group["paths"].shape[0]
+                for start in range(0, rows, COPY_ROWS):
+                    end = min(rows, start + COPY_ROWS)
+                    reasons = group["reasons"].asstr()[start:end] if kind == SKIPPED else [""] * (end - start)
+                    identities = np.stack([group["file_size"][start:end], group["file_mtime_ns"][start:end]], axis=1)
+                    dropped += placement.put_paths(group["paths"].asstr()[start:end], identities,
+                                                   np.arange(start, end), reasons, IN_STORE)
+            return dropped
     except (StoreError, KeyError, OSError):
         return None
 
 
-def _add_rows(rows: Rows, group, reasons) -> None:
-    for i, (p, s, m, r) in enumerate(zip(group["paths"].asstr()[:], group["file_size"][:].tolist(),
-                                         group["file_mtime_ns"][:].tolist(), reasons)):
-        rows.append(p, (s, m), None if r else InStore(i), r)
-
-
 class VectorReader:
-    """Reads vectors wherever they lie - the store being replaced (InStore), the journal (InJournal),
-    or memory (an array) - a chunk at a time, one read per run of neighbouring rows."""
+    """Reads vectors wherever they lie - the store being replaced (IN_STORE), the journal
+    (IN_JOURNAL), or an array in memory (IN_MEMORY) - a chunk at a time, one read per run of
+    neighbouring rows."""
 
-    def __init__(self, dim: int, store: Path | None = None, journal: Path | None = None):
-        self.dim, self.store, self.journal = dim, store, journal
+    def __init__(self, dim: int, store: Path | None = None, journal: Path | None = None,
+                 memory: np.ndarray | None = None):
+        self.dim, self.store, self.journal, self.memory = dim, store, journal, memory
 
     def __enter__(self):
         import h5py
@@ -232,18 +230,13 @@ class VectorReader:
             if handle is not None:
                 handle.close()
 
-    def read(self, locations: list) -> np.ndarray:
-        out = np.empty((len(locations), self.dim), np.float32)
-        kinds: dict[type, list[int]] = {}
-        for k, where in enumerate(locations):
-            kinds.setdefault(type(where), []).append(k)
-        for kind, ks in kinds.items():
-            if kind is InStore:
-                out[ks] = self._from_store([locations[k].row for k in ks])
-            elif kind is InJournal:
-                out[ks] = read_vectors(self._journal, [locations[k].offset for k in ks], self.dim)
-            else:
-                out[ks] = np.stack([locations[k] for k in ks])
+    def read(self, kinds: np.ndarray, wheres: np.ndarray) -> np.ndarray:
+        out = np.empty((len(kinds), self.dim), np.float32)
+        for kind, read in ((IN_STORE, self._from_store), (IN_MEMORY, self._from_memory),
+                           (IN_JOURNAL, lambda offsets: read_vectors(self._journal, offsets, self.dim))):
+            ks = np.flatnonzero(kinds == kind)
+            if len(ks):
+                out[ks] = read(wheres[ks].tolist())
         return out
 
     def _from_store(self, rows: list[int]) -> np.ndarray:
@@ -252,12 +245,16 @@ class VectorReader:
             out[first:end] = features[rows[first]:rows[end - 1] + 1]
         return out
 
+    def _from_memory(self, rows: list[int]) -> np.ndarray:
+        return self.memory[rows]
+
 
 def store_matches(path: Path, fp: str, images, identities, storage: Storage = Storage()) -> bool:
     """True when the complete store at `path` already says exactly what a rebuild would write.
 
-    Reads paths, labels, splits and file identities only, never the vectors: the "up to date"
-    answer stays fast however large the store."""
+    Reads paths, labels, splits and file identities only, never the vectors, and those COPY_ROWS
+    rows at a time, in the images' order (the order a rebuild writes): the "up to date" answer
+    stays fast however large the store, and its memory is a chunk plus the skipped rows."""
     try:
         with _open(path) as h5:
             if not _same_settings(h5, fp, str(images.root)):
@@ -266,16 +263,26 @@ def store_matches(path: Path, fp: str, images, identities, storage: Storage = St
                 return False
             if storage.resolved(path).compression != _storage_of(h5).compression:  # asked for another: rewrite
                 return False
-            stored = {}  # path -> (label, split, (size, mtime)), good and skipped rows alike
-            for group in (h5, h5["skipped"]):
-                stored.update(zip(group["paths"].asstr()[:],
-                                  zip(group["labels"][:].tolist(), group["splits"].asstr()[:],
-                                      zip(group["file_size"][:].tolist(), group["file_mtime_ns"][:].tolist()))))
+            skipped = dict(zip(h5["skipped/paths"].asstr()[:], _row_facts(h5["skipped"], 0, None)))
+            if h5["paths"].shape[0] + len(skipped) != len(images.paths):
+                return False
+            good = (i for i, p in enumerate(images.paths) if p not in skipped)
+            for start in range(0, h5["paths"].shape[0], COPY_ROWS):
+                paths = h5["paths"].asstr()[start:start + COPY_ROWS]
+                for p, facts in zip(paths, _row_facts(h5, start, start + COPY_ROWS)):
+                    i = next(good)
+                    if images.paths[i] != p or facts != (images.labels[i], images.splits[i], tuple(identities[i])):
+                        return False
+            return all(skipped[p] == (label, split, tuple(identity)) for p, label, split, identity
+                       in zip(images.paths, images.labels, images.splits, identities) if p in skipped)
     except (StoreError, KeyError, OSError):
         return False
-    return len(stored) == len(images.paths) and all(
-        stored.get(p) == (label, split, identity)
-        for p, label, split, identity in zip(images.paths, images.labels, images.splits, identities))
+
+
+def _row_facts(group, start: int, end: int | None):
+    """(label, split, (size, mtime)) of the group's rows start..end, as Python values."""
+    return zip(group["labels"][start:end].tolist(), group["splits"].asstr()[start:end],
+               zip(group["file_size"][start:end].tolist(), group["file_mtime_ns"][start:end].tolist()))
 
 
 def _storage_of(h5) -> Storage:
@@ -284,14 +291,15 @@ def _storage_of(h5) -> Storage:
     return Storage(stored.get("dtype", "float32"), stored.get("compression") or "none")
 
 
-def write_store(path: Path, images, identities, rows_by_path, dim: int, attrs: dict,
+def write_store(path: Path, images, identities: np.ndarray, placement: Placement, dim: int, attrs: dict,
                 reader: VectorReader | None = None, storage: Storage = Storage()) -> tuple[int, int]:
-    """Write the complete store for `images` from `rows_by_path` (path -> (identity, where its
-    vector is, reason)) atomically, COPY_ROWS rows at a time; (good, skipped)."""
+    """Write the complete store for `images` (every one placed: a vector or a reason) atomically,
+    COPY_ROWS rows at a time; (good, skipped)."""
     import h5py
 
-    good = [i for i, p in enumerate(images.paths) if rows_by_path[p][1] is not None]
-    bad = [i for i, p in enumerate(images.paths) if rows_by_path[p][1] is None]
+    if np.any(placement.kind == NOWHERE):
+        raise StoreError(f"{path}: {int(np.sum(placement.kind == NOWHERE))} images have no vector and no reason")
+    good, bad = np.flatnonzero(placement.kind != SKIPPED), placement.skipped()
     reader = reader or VectorReader(dim)
     with atomic_write(path) as tmp, h5py.File(tmp, "w") as h5, reader:
         for key, value in attrs.items():
@@ -300,23 +308,26 @@ def write_store(path: Path, images, identities, rows_by_path, dim: int, attrs: d
         features = h5.create_dataset("features", shape=(len(good), dim), **storage.dataset_options(len(good), dim))
         for start in range(0, len(good), COPY_ROWS):
             part = good[start:start + COPY_ROWS]
-            features[start:start + len(part)] = reader.read([rows_by_path[images.paths[i]][1] for i in part])
+            features[start:start + len(part)] = reader.read(placement.kind[part], placement.where[part])
         _write_columns(h5, images, identities, good)
-        h5.create_dataset("labels", data=np.asarray([images.labels[i] for i in good], dtype=np.int64))
         skipped = h5.create_group("skipped")
         _write_columns(skipped, images, identities, bad)
-        skipped.create_dataset("reasons", data=[rows_by_path[images.paths[i]][2] for i in bad],
-                               dtype=_str_dtype())
-        skipped.create_dataset("labels", data=np.asarray([images.labels[i] for i in bad], dtype=np.int64))
+        skipped.create_dataset("reasons", data=[placement.reasons[i] for i in bad.tolist()], dtype=_str_dtype())
         h5.attrs["complete"] = True  # last: a file without it is never read as a store
     return len(good), len(bad)
 
 
-def _write_columns(group, images, identities, rows):
-    group.create_dataset("paths", data=[images.paths[i] for i in rows], dtype=_str_dtype())
-    group.create_dataset("splits", data=[images.splits[i] for i in rows], dtype=_str_dtype())
-    group.create_dataset("file_size", data=np.asarray([identities[i][0] for i in rows], dtype=np.int64))
-    group.create_dataset("file_mtime_ns", data=np.asarray([identities[i][1] for i in rows], dtype=np.int64))
+def _write_columns(group, images, identities: np.ndarray, rows: np.ndarray):
+    """Paths, splits, labels and file identities of `rows` (strings COPY_ROWS at a time: h5py
+    makes an object per string it writes)."""
+    for name, column in (("paths", images.paths), ("splits", images.splits)):
+        dataset = group.create_dataset(name, shape=(len(rows),), dtype=_str_dtype())
+        for start in range(0, len(rows), COPY_ROWS):
+            part = rows[start:start + COPY_ROWS].tolist()
+            dataset[start:start + len(part)] = [column[i] for i in part]
+    group.create_dataset("labels", data=np.asarray(images.labels, dtype=np.int64)[rows])
+    group.create_dataset("file_size", data=identities[rows, 0].astype(np.int64))
+    group.create_dataset("file_mtime_ns", data=identities[rows, 1].astype(np.int64))
 
 
 LOCK_WAIT_S = 2.0  # how long to wait for a lock whose holder has not yet said who it is

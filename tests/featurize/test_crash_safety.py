@@ -131,11 +131,12 @@ def test_a_torn_journal_is_salvaged_up_to_its_last_good_batch(tmp_path):
     journal = Journal(path, "fp", dim=4)
     places = []
     for batch in range(3):
-        places += journal.append([f"{batch}-{i}.png" for i in range(2)], [(10, batch)] * 2,
-                                 np.full((2, 4), batch, np.float32) + [[0], [0.5]], ["", "bad" if batch == 1 else ""])
+        places.extend(journal.append([f"{batch}-{i}.png" for i in range(2)], [(10, batch)] * 2,
+                                     np.full((2, 4), batch, np.float32) + [[0], [0.5]],
+                                     ["", "bad" if batch == 1 else ""]))
     journal.close()
     with open(path, "rb") as f:  # where append said each vector went, read back in runs
-        np.testing.assert_array_equal(read_vectors(f, [p.offset for p in places], 4),
+        np.testing.assert_array_equal(read_vectors(f, [int(p) for p in places], 4),
                                       np.repeat([0, 0.5, 1, 1.5, 2, 2.5], 4).reshape(6, 4))
     whole = path.read_bytes()
     path.write_bytes(whole[:-7])  # killed in the middle of writing the third batch
