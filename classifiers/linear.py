@@ -37,12 +37,12 @@ class TorchLinearClassifier(ClassifierMixin, BaseEstimator):
         self.coef_, self.intercept_ = fitted.coef_, fitted.intercept_
         return self
 
-    def fit_path(self, X, y, values) -> list["TorchLinearClassifier"]:
+    def fit_path(self, X, y, values, report=None) -> list["TorchLinearClassifier"]:
         """One fitted copy of this estimator per value of `path_param` (the weight decay), trained
         side by side: the same seeded start, the same batches and learning rates, each layer its own
         optimizer group, so each copy is the model `fit` would give with that value (tested), for
         little more than one fit's time: the batches' cost is shared and one wider product replaces
-        several narrow ones."""
+        several narrow ones. `report(done_fraction)` is called after every epoch (a progress bar)."""
         import torch
 
         X = np.asarray(X, dtype=np.float32)
@@ -53,7 +53,7 @@ class TorchLinearClassifier(ClassifierMixin, BaseEstimator):
         optimizer = self._optimizer([group for layer, value in zip(layers, values)
                                      for group in self._groups(layer, value, len(X))])
         self._train(layers, optimizer, torch.from_numpy(X).to(device),
-                    torch.from_numpy(y_index.astype(np.int64)).to(device))
+                    torch.from_numpy(y_index.astype(np.int64)).to(device), report)
         fitted = []
         for layer, value in zip(layers, values):
             model = self.__class__(**{**self.get_params(), self.path_param: value})
@@ -79,7 +79,7 @@ class TorchLinearClassifier(ClassifierMixin, BaseEstimator):
             return torch.optim.SGD(groups, lr=self.lr, momentum=0.9, nesterov=True)
         raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
 
-    def _train(self, layers, optimizer, inputs, targets):
+    def _train(self, layers, optimizer, inputs, targets, report=None):
         """Mini-batch epochs with warm-up + cosine; the layers' losses are summed, so each layer's
         gradient is its own loss's."""
         import torch
@@ -91,7 +91,7 @@ class TorchLinearClassifier(ClassifierMixin, BaseEstimator):
         warmup = max(1, int(self.warmup_fraction * total))
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
         loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=self.label_smoothing, reduction="sum")
-        for _ in range(epochs):
+        for epoch in range(epochs):
             order = torch.randperm(len(inputs), generator=generator).to(inputs.device)
             for start in range(0, len(inputs), self.batch_size):
                 batch = order[start:start + self.batch_size]
@@ -103,6 +103,8 @@ class TorchLinearClassifier(ClassifierMixin, BaseEstimator):
                 (loss / len(batch)).backward()
                 optimizer.step()
                 schedule.step()
+            if report is not None:
+                report((epoch + 1) / epochs)
 
     def decision_function(self, X):
         check_is_fitted(self, "coef_")

@@ -349,7 +349,7 @@ class PathSearch:
             groups.setdefault(_without(candidate, path), []).append(i)
         splits = list(self.splitter.split(X, y))
         scores = np.zeros((len(candidates), len(splits)))
-        with tqdm(total=len(candidates) * len(splits), unit="candidate", desc=self.desc,
+        with tqdm(total=len(candidates) * len(splits), unit="candidate", desc=self.desc, unit_scale=True,
                   disable=not self.progress) as bar:
             for s, (train, held_out) in enumerate(splits):
                 for indices in groups.values():
@@ -358,11 +358,12 @@ class PathSearch:
                     scale = pipeline[:-1].fit(X[train], y[train])
                     clf = pipeline.named_steps["clf"]
                     values = [candidates[i].get(path, clf.get_params()[clf.path_param]) for i in indices]
-                    models = clf.fit_path(scale.transform(X[train]), y[train], values)
+                    before = bar.n  # the bar moves every epoch: a path on a million rows takes minutes
+                    models = clf.fit_path(scale.transform(X[train]), y[train], values,
+                                          report=lambda done: bar.update(before + done * len(indices) - bar.n))
                     held = scale.transform(X[held_out])
                     for i, model in zip(indices, models):
                         scores[i, s] = check_scoring(model, scoring=self.scoring)(model, held, y[held_out])
-                    bar.update(len(indices))
         self.cv_results_ = {"mean_test_score": scores.mean(axis=1), "std_test_score": scores.std(axis=1),
                             "params": candidates}
         self.best_index_ = int(np.argmax(self.cv_results_["mean_test_score"]))

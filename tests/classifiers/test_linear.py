@@ -46,7 +46,9 @@ def test_warmup_then_cosine():
 def test_a_path_of_weight_decays_gives_the_models_lone_fits_give():
     X, y, X_test, _ = _digits()
     decays = [1e-4, 1e-1, 3.0]
-    path = TorchLinearClassifier(epochs=8, seed=5).fit_path(X, y, decays)
+    reported = []
+    path = TorchLinearClassifier(epochs=8, seed=5).fit_path(X, y, decays, report=reported.append)
+    assert reported == [(epoch + 1) / 8 for epoch in range(8)]  # what moves the search's progress bar
     for decay, model in zip(decays, path):
         alone = TorchLinearClassifier(epochs=8, seed=5, weight_decay=decay).fit(X, y)
         assert model.get_params() == alone.get_params()
