@@ -355,12 +355,13 @@ class PathSearch:
                 for indices in groups.values():
                     shared = {k: v for k, v in candidates[indices[0]].items() if k != path}
                     pipeline = clone(self.pipeline).set_params(**shared)
-                    scale = pipeline[:-1].fit(X[train], y[train])
-                    clf = pipeline.named_steps["clf"]
+                    scale, clf = _in_place(pipeline[:-1]), pipeline.named_steps["clf"]
+                    scaled = scale.fit_transform(X[train], y[train])  # scales its own copy of the rows
                     values = [candidates[i].get(path, clf.get_params()[clf.path_param]) for i in indices]
                     before = bar.n  # the bar moves every epoch: a path on a million rows takes minutes
-                    models = clf.fit_path(scale.transform(X[train]), y[train], values,
+                    models = clf.fit_path(scaled, y[train], values,
                                           report=lambda done: bar.update(before + done * len(indices) - bar.n))
+                    del scaled
                     held = scale.transform(X[held_out])
                     for i, model in zip(indices, models):
                         scores[i, s] = check_scoring(model, scoring=self.scoring)(model, held, y[held_out])
@@ -370,6 +371,14 @@ class PathSearch:
         self.best_params_ = candidates[self.best_index_]
         self.evaluated_ = len(candidates)
         return self
+
+
+def _in_place(steps):
+    """The scaling steps with StandardScaler's copy off: the path search hands them copies of rows
+    (X[train]) it may overwrite, so a million rows are held twice, not three times."""
+    if "scale__copy" in steps.get_params():
+        steps.set_params(scale__copy=False)
+    return steps
 
 
 def _without(params: dict, key: str | None = None) -> str:

@@ -15,7 +15,7 @@ from classifiers.search import SearchSettings
 from featurize import load_features
 from featurize.errors import CnnfeatError
 from featurize.fuse import part_widths
-from featurize.store import library_versions
+from featurize.store import library_versions, take_rows
 
 from .metrics import heldout_scores
 from .splits import train_eval_split
@@ -67,7 +67,7 @@ def fit_and_score(data, split, clf, grid=None, settings: SearchSettings = Search
     head = get_head(clf)
     if data.parts:  # joined vectors of several backbones: each part L2-normalised first
         head = fused_head(head, part_widths(data.config))
-    X_train, y_train = data.X[split.train], data.y[split.train]
+    X_train, y_train = take_rows(data.X, split.train), data.y[split.train]
     model = FeatureClassifier(None, class_names=data.class_names, feature_config=data.config,
                               feature_fingerprint=data.fingerprint, weights_source=data.weights_source)
     # The search sees the labels the model is fitted on, so a model it fitted can be kept as it is.
@@ -106,7 +106,7 @@ class Evaluation(NamedTuple):
 
 
 def evaluate(model: FeatureClassifier, data, split) -> Evaluation:
-    X_eval, y_eval = data.X[split.evaluate], np.asarray(data.class_names, dtype=object)[data.y[split.evaluate]]
+    X_eval, y_eval = take_rows(data.X, split.evaluate), np.asarray(data.class_names, dtype=object)[data.y[split.evaluate]]
     started = time.perf_counter()
     predicted = model.predict(X_eval)
     proba = model.predict_proba(X_eval)
@@ -141,7 +141,7 @@ def fit_model(features=None, out="artifacts", clf="svm", grid=None, settings: Se
     features_path = Path(features) if features else latest_features(out)
     if not features:
         log(f"features: {features_path} (the newest under {Path(out, 'features')})")
-    data = load_features(features_path)
+    data = load_features(features_path, lazy=True)  # X stays in the file: only the rows a step needs are read
     split = train_eval_split(data, settings.seed)
     if split.note:
         log(split.note)

@@ -143,6 +143,27 @@ def load_features(path: str | os.PathLike, lazy: bool = False) -> Features:
     return features
 
 
+READ_BYTES = 4 << 20  # take_rows reads a lazy store in spans of about this many bytes
+
+
+def take_rows(X, rows: np.ndarray, block: int | None = None) -> np.ndarray:
+    """X[rows] as float32, where X is an array or a lazily loaded store's h5py dataset: the dataset is
+    read in blocks of neighbouring rows, so only the rows asked for are ever held (a million-row
+    `fit` needs its training rows in memory, not the whole matrix beside them)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if isinstance(X, np.ndarray):
+        return X[rows].astype(np.float32, copy=False)
+    block = block or max(1, READ_BYTES // (X.shape[1] * X.dtype.itemsize))
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
+    out = np.empty((len(rows), X.shape[1]), np.float32)
+    for begin in range(int(ordered[0]), int(ordered[-1]) + 1, block) if len(rows) else ():
+        lo, hi = np.searchsorted(ordered, [begin, begin + block])
+        if hi > lo:  # one read of the span holding these rows, then the rows asked for
+            out[order[lo:hi]] = X[begin:int(ordered[hi - 1]) + 1][ordered[lo:hi] - begin]
+    return out
+
+
 def _features_of(path: Path, h5, lazy: bool) -> Features:
     attrs = h5.attrs
     if "fingerprint" not in attrs or "features" not in h5:

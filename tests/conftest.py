@@ -83,3 +83,29 @@ def tinted_store(tmp_path_factory) -> Path:
     root = write_tinted(tmp_path_factory.mktemp("tinted") / "tinted", 24)
     out = tmp_path_factory.mktemp("tinted-artifacts")
     return extract(data=root, backbone="resnet18", weights="random", out=out, workers=0, progress=False).store
+
+
+def generated_store(folder: Path, rows: int, dim: int = 8, classes: int = 7):
+    """A store of `rows` random vectors written through the store's API (every fifth row val), and
+    what it was made from: (store, images, identities, attrs, X)."""
+    import json
+
+    from featurize.images import ImageList
+    from featurize.placement import IN_MEMORY, Placement
+    from featurize.store import VectorReader, fingerprint, write_store
+
+    images = ImageList(root=folder, name="scale-00000000", layout="class-folders",
+                       class_names=[f"class{c}" for c in range(classes)])
+    for i in range(rows):
+        images.add(f"class{i % classes}/{i:06d}.jpg", i % classes, "val" if i % 5 == 0 else "train")
+    config = {"backbone": "generated", "feature_dim": dim}
+    attrs = {"fingerprint": fingerprint(config), "config": json.dumps(config), "versions": "{}",
+             "class_names": json.dumps(images.class_names), "data_root": str(folder), "dataset": images.name}
+    identities = np.stack([np.arange(rows), np.arange(rows)], axis=1)
+    X = np.random.default_rng(0).random((rows, dim), dtype=np.float32)
+    X[np.arange(rows), np.arange(rows) % classes % dim] += 1  # something to learn
+    placement = Placement(images.paths)
+    placement.put(np.arange(rows), identities, np.arange(rows), [""] * rows, IN_MEMORY)
+    store = folder / "scale.h5"
+    write_store(store, images, identities, placement, dim, attrs, VectorReader(dim, memory=X))
+    return store, images, identities, attrs, X

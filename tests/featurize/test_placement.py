@@ -1,14 +1,13 @@
 """The store's bookkeeping at size: numpy columns by position, found by hashed paths."""
-import json
 import tracemalloc
 
 import numpy as np
 
 import featurize.placement
-from featurize.images import ImageList
 from featurize.journal import Journal
-from featurize.placement import IN_JOURNAL, IN_MEMORY, IN_STORE, NOWHERE, SKIPPED, PathIndex, Placement
-from featurize.store import VectorReader, fingerprint, load_features, place_store_rows, store_matches, write_store
+from featurize.placement import IN_JOURNAL, IN_STORE, NOWHERE, SKIPPED, PathIndex, Placement
+from featurize.store import VectorReader, load_features, place_store_rows, store_matches, take_rows, write_store
+from tests.conftest import generated_store
 
 PATHS = [f"class{i % 7}/{i:06d}.jpg" for i in range(500)]
 
@@ -37,29 +36,12 @@ def test_placement_later_rows_win_and_rows_of_other_paths_are_counted():
     assert placement.todo(now).tolist() == [3]
 
 
-def _store_of(tmp_path, rows: int, dim: int = 8):
-    images = ImageList(root=tmp_path, name="scale-00000000", layout="class-folders",
-                       class_names=[f"class{c}" for c in range(7)])
-    for i in range(rows):
-        images.add(f"class{i % 7}/{i:06d}.jpg", i % 7, "val" if i % 5 == 0 else "train")
-    config = {"backbone": "generated", "feature_dim": dim}
-    attrs = {"fingerprint": fingerprint(config), "config": json.dumps(config), "versions": "{}",
-             "class_names": json.dumps(images.class_names), "data_root": str(tmp_path), "dataset": images.name}
-    identities = np.stack([np.arange(rows), np.arange(rows)], axis=1)
-    X = np.random.default_rng(0).random((rows, dim), dtype=np.float32)
-    placement = Placement(images.paths)
-    placement.put(np.arange(rows), identities, np.arange(rows), [""] * rows, IN_MEMORY)
-    store = tmp_path / "scale.h5"
-    write_store(store, images, identities, placement, dim, attrs, VectorReader(dim, memory=X))
-    return store, images, identities, attrs, X
-
-
 def test_a_one_file_update_of_a_large_store_holds_tens_of_bytes_a_row_not_a_python_object(tmp_path):
     """The fault: every row of the old store became a dict entry of tuples (0.75 GiB at a million
     rows; this measurement gave 419 bytes a row). Now a one-file update of 60,000 rows allocates
     under 100 bytes a row (66 measured) beyond the image list itself, and writes the right store."""
     rows, dim = 60_000, 8
-    store, images, identities, attrs, X = _store_of(tmp_path, rows, dim)
+    store, images, identities, attrs, X = generated_store(tmp_path, rows, dim)
     identities[123] = (-5, -5)  # one file changed
     tracemalloc.start()
     placement = Placement(images.paths)
@@ -78,3 +60,14 @@ def test_a_one_file_update_of_a_large_store_holds_tens_of_bytes_a_row_not_a_pyth
     expected[123] += 1
     np.testing.assert_array_equal(features.X, expected)
     assert list(features.paths) == images.paths and store_matches(store, attrs["fingerprint"], images, identities)
+
+
+def test_take_rows_reads_just_the_rows_asked_for_from_a_lazy_store(tmp_path):
+    store, _, _, _, X = generated_store(tmp_path, 3_000, dim=5)
+    lazy = load_features(store, lazy=True).X
+    rng = np.random.default_rng(1)
+    for rows in (np.arange(3_000), np.flatnonzero(rng.random(3_000) < 0.01), rng.integers(0, 3_000, 500),
+                 np.array([2_999, 0, 0, 17]), np.array([], np.int64)):
+        for block in (1, 7, 1_000_000):
+            np.testing.assert_array_equal(take_rows(lazy, rows, block), X[rows])
+            np.testing.assert_array_equal(take_rows(X, rows, block), X[rows])
