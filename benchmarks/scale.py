@@ -9,7 +9,7 @@ go through the store's own API, the way `extract` uses it:
   append 1%   N/100 new images: the old rows copied, the new ones from the journal
   load        load_features (all of X in memory), and load_features(lazy=True) + one 4096-row slice
   fit HEAD    `cnnfeat fit --clf HEAD` on the store (logreg, linear, knn; the default search; 80%
-              train / 20% val): its search + refit + held-out scoring, timed after X is loaded. Each
+              train / 20% val): reading its rows, search, refit, held-out scoring. Each
               class's vectors lie around a centre of their own, so the heads have something to learn
               and the held-out accuracy is printed too. A head past its scales_badly_above (knn past
               50,000 rows: brute force, every held-out row against every training row) is left out,
@@ -138,13 +138,13 @@ def run_operation(operation: str, rows: int, folder: Path) -> None:
 
 
 def fit_head(store: Path, head: str) -> dict:
-    """What `cnnfeat fit --clf HEAD` does, timed once X is in memory; None where the head is left out."""
+    """What `cnnfeat fit --clf HEAD` does, timed; seconds None where the head is left out."""
     from classifiers import get_head
     from experiments.fit import fit_and_score
     from experiments.splits import train_eval_split
     from featurize.store import load_features
 
-    data = load_features(store)
+    data = load_features(store, lazy=True)  # as `cnnfeat fit` reads it: the rows a step needs, when it needs them
     split = train_eval_split(data)
     limit = get_head(head).scales_badly_above
     if limit and len(split.train) > limit:

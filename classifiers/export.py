@@ -93,8 +93,11 @@ def onnx_equivalent(estimator):
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.pipeline import Pipeline
 
+    from sklearn.preprocessing import StandardScaler
+
     from .kernel_svm import PrecomputedKernelSVC
     from .linear import TorchLinearClassifier
+    from .scaling import ChunkedStandardScaler
 
     if isinstance(estimator, Pipeline):
         copied = copy.copy(estimator)
@@ -110,6 +113,10 @@ def onnx_equivalent(estimator):
         return estimator.as_svc()
     if isinstance(estimator, TorchLinearClassifier):
         return _as_logistic_regression(estimator)
+    if isinstance(estimator, ChunkedStandardScaler):  # the same fitted statistics in the class skl2onnx knows
+        plain = StandardScaler()
+        plain.__dict__.update(estimator.__dict__)
+        return plain
     return estimator
 
 

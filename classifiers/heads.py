@@ -74,8 +74,8 @@ def _pipeline(scale, clf):
 
 
 def _standardise():
-    from sklearn.preprocessing import StandardScaler
-    return StandardScaler()
+    from .scaling import ChunkedStandardScaler  # StandardScaler, fitted a chunk of rows at a time
+    return ChunkedStandardScaler()
 
 
 def _minibatch_logreg(seed):

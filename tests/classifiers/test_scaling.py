@@ -1,0 +1,28 @@
+import tracemalloc
+
+import numpy as np
+from sklearn.preprocessing import StandardScaler
+
+import classifiers.scaling
+from classifiers.scaling import ChunkedStandardScaler
+
+
+def test_chunked_scaler_fits_what_standard_scaler_fits_without_its_temporary_copies(monkeypatch):
+    X = np.random.default_rng(0).random((40_000, 64), dtype=np.float32) * 3 + 1
+    reference = StandardScaler().fit(X)
+    whole = ChunkedStandardScaler().fit(X)  # one chunk: scikit-learn's own fit, bit for bit
+    np.testing.assert_array_equal(whole.mean_, reference.mean_)
+    np.testing.assert_array_equal(whole.scale_, reference.scale_)
+    monkeypatch.setattr(classifiers.scaling, "FIT_BYTES", 64 * 4 * 999)  # 41 chunks
+    tracemalloc.start()
+    chunked = ChunkedStandardScaler().fit(X)
+    chunked_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.reset_peak()
+    StandardScaler().fit(X)
+    plain_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    np.testing.assert_allclose(chunked.mean_, reference.mean_, rtol=1e-12)
+    np.testing.assert_allclose(chunked.var_, reference.var_, rtol=1e-12)
+    assert chunked.n_samples_seen_ == reference.n_samples_seen_ == 40_000
+    np.testing.assert_allclose(chunked.transform(X[:100]), reference.transform(X[:100]), rtol=1e-6)
+    assert plain_peak > 2 * X.nbytes and chunked_peak < 0.1 * X.nbytes, (plain_peak, chunked_peak)
