@@ -14,18 +14,26 @@ go through the store's own API, the way `extract` uses it:
               and the held-out accuracy is printed too. A head past its scales_badly_above (knn past
               50,000 rows: brute force, every held-out row against every training row) is left out,
               as `compare --clf all` leaves it out.
+  extract one-file    `cli.py extract` as a user types it (lite0, the default engine), on a folder
+              of N files whose store is up to date but for one file, replaced by a real JPEG: the
+              listing, a stat per file, the model loaded for that one image, the store rewritten.
+              The other N-1 files are empty: they are never decoded, their vectors are in the store.
+  extract up-to-date  the same command again: nothing to extract (no model loaded).
 
 Each (operation, N) runs in a fresh process, which reports its wall time and its peak resident
-memory (ru_maxrss). Prints one table; time per row should stay flat as N grows, and memory should
-not grow with N x D (a 1M x 1280 float32 matrix is 4.9 GiB).
+memory (ru_maxrss; for the extract runs, the `cli.py` process's own and its workers', from
+wait4). Prints one table; time per row should stay flat as N grows, and memory should not grow
+with N x D (a 1M x 1280 float32 matrix is 4.9 GiB).
 
-Usage: python benchmarks/scale.py [--rows 10000 100000 1000000] [--dir DIR]
+Usage: python benchmarks/scale.py [--rows 10000 100000 1000000] [--dir DIR] [--only store|fit|cli]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,7 +48,9 @@ sys.path.insert(0, str(REPO))
 DIM, CLASSES, BATCH = 1280, 100, 256
 STORE_OPERATIONS = ("create", "up-to-date", "one-file", "append 1%", "load", "load lazy")
 FIT_OPERATIONS = tuple(f"fit {head}" for head in ("logreg", "linear", "knn"))
-OPERATIONS = STORE_OPERATIONS + FIT_OPERATIONS
+CLI_OPERATIONS = ("extract one-file", "extract up-to-date")
+OPERATIONS = STORE_OPERATIONS + FIT_OPERATIONS + CLI_OPERATIONS
+CLI_BACKBONE = "efficientnet_lite0"  # 1280-wide, like the generated vectors; its weights ship with the package
 SPREAD = 8.0  # each coordinate's noise around its class centre (centres: standard normal)
 
 
@@ -56,12 +66,11 @@ def image_list(rows: int, folder: Path):
 
 
 def attrs_for(images) -> dict:
-    from featurize.store import FORMAT_VERSION, fingerprint, library_versions
+    from featurize.extract import store_attrs
+    from featurize.store import fingerprint
 
     config = {"backbone": "generated", "weights": "generated", "feature_dim": DIM}
-    return {"format_version": FORMAT_VERSION, "fingerprint": fingerprint(config), "config": json.dumps(config),
-            "versions": json.dumps(library_versions()), "class_names": json.dumps(images.class_names),
-            "data_root": str(images.root), "dataset": images.name, "layout": images.layout, "weights_source": ""}
+    return store_attrs(config, fingerprint(config), images, None)
 
 
 def vectors(start: int, count: int, seed: int = 0) -> np.ndarray:
@@ -79,6 +88,20 @@ def journal_rows(journal, images, identities, todo: np.ndarray, placement, seed:
                                                                           seed), [])
                for start in range(0, len(todo), BATCH))
     _store_batches(batches, images, identities, todo, journal, placement, DIM)
+
+
+def create(store: Path, images, identities, attrs: dict) -> None:
+    """A new store: every row through the journal, then the store written from it."""
+    from featurize.journal import Journal
+    from featurize.placement import Placement
+    from featurize.store import VectorReader, write_store
+
+    journal, placement = Journal(store.with_name(store.name + ".partial"), attrs["fingerprint"], DIM), \
+        Placement(images.paths)
+    journal_rows(journal, images, identities, np.arange(len(images)), placement)
+    journal.close()
+    write_store(store, images, identities, placement, DIM, attrs, VectorReader(DIM, None, journal.path))
+    journal.remove()
 
 
 def rewrite(store: Path, images, identities, changed: np.ndarray, seed: int) -> None:
@@ -99,22 +122,17 @@ def rewrite(store: Path, images, identities, changed: np.ndarray, seed: int) -> 
 
 def run_operation(operation: str, rows: int, folder: Path) -> None:
     """One operation in this process; prints a JSON line with its seconds and peak RSS."""
-    from featurize.journal import Journal
-    from featurize.placement import Placement
-    from featurize.store import VectorReader, load_features, store_matches, write_store
+    from featurize.store import load_features, store_matches
 
+    if operation in CLI_OPERATIONS:
+        return print(json.dumps(run_cli(operation, rows, folder)))
     store = folder / f"scale-{rows}.h5"
     images = image_list(rows, folder)
     identities = np.repeat(np.arange(rows, dtype=np.int64)[:, None], 2, axis=1)  # (size, mtime) of row i: (i, i)
     attrs = attrs_for(images)
     started = time.perf_counter()
     if operation == "create":
-        journal, placement = Journal(store.with_name(store.name + ".partial"), attrs["fingerprint"], DIM), \
-            Placement(images.paths)
-        journal_rows(journal, images, identities, np.arange(rows), placement)
-        journal.close()
-        write_store(store, images, identities, placement, DIM, attrs, VectorReader(DIM, None, journal.path))
-        journal.remove()
+        create(store, images, identities, attrs)
     elif operation == "up-to-date":
         assert store_matches(store, attrs["fingerprint"], images, identities)
     elif operation == "one-file":
@@ -135,6 +153,65 @@ def run_operation(operation: str, rows: int, folder: Path) -> None:
     seconds = time.perf_counter() - started
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"seconds": seconds, "peak_mib": peak_mib}))
+
+
+def run_cli(operation: str, rows: int, folder: Path) -> dict:
+    """`cli.py extract` as a user types it, on a folder of `rows` files whose store is already
+    written; "extract one-file" first builds both and replaces one file with a real JPEG."""
+    tree, out = folder / f"tree-{rows}", folder / f"out-{rows}"
+
+    def extract(data: Path) -> list[str]:
+        return [sys.executable, str(REPO / "cli.py"), "extract", "--backbone", CLI_BACKBONE, "--data", str(data),
+                "--out", str(out), "--quiet"]
+
+    if operation == "extract one-file":
+        changed = cli_tree_and_store(tree, out, rows)
+        warm = folder / "warm-up"  # the ONNX export (once per backbone, cached in OUT/onnx/) is not what is timed
+        write_jpeg(warm / "a" / "one.jpg")
+        subprocess.run(extract(warm), check=True, capture_output=True)
+        write_jpeg(changed)
+    return measured_child(extract(tree))
+
+
+def cli_tree_and_store(tree: Path, out: Path, rows: int) -> Path:
+    """A folder of `rows` empty files (image_list's paths) and their up-to-date store, written
+    through the store's API with the fingerprint the CLI computes; returns the middle file."""
+    from featurize.backbones import get_backbone
+    from featurize.extract import feature_config, image_identities, store_attrs, store_path_for
+    from featurize.images import discover
+
+    for c in range(CLASSES):
+        (tree / f"class{c:03d}").mkdir(parents=True)
+    paths = image_list(rows, tree).paths
+    for path in paths:
+        (tree / path).touch()
+    record = get_backbone(CLI_BACKBONE)
+    config, fp = feature_config(record, None, "float32", "onnxruntime")
+    images = discover(tree)
+    store = store_path_for(out, images.name, record.name, None, config["weights"])
+    store.parent.mkdir(parents=True)
+    create(store, images, image_identities(images), store_attrs(config, fp, images, None))
+    return tree / paths[rows // 2]
+
+
+def write_jpeg(path: Path) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (96, 96), (200, 120, 40)).save(path, "JPEG")
+
+
+def measured_child(command: list[str]) -> dict:
+    """Wall time and peak RSS of one child process (its own, from wait4), which must succeed."""
+    with tempfile.TemporaryFile() as errors:
+        started = time.perf_counter()
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=errors)
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - started
+        if os.waitstatus_to_exitcode(status):
+            errors.seek(0)
+            raise SystemExit(f"{' '.join(command)} failed:\n{errors.read().decode()}")
+    return {"seconds": seconds, "peak_mib": usage.ru_maxrss / 1024}
 
 
 def fit_head(store: Path, head: str) -> dict:
@@ -168,16 +245,20 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--dir", type=Path, default=None, help="Where the stores go (default: a temporary folder).")
-    parser.add_argument("--only", choices=("store", "fit"), help="Only the store operations, or only the fits.")
+    parser.add_argument("--only", choices=("store", "fit", "cli"),
+                        help="Only the store operations, only the fits, or only the `cli.py extract` runs.")
     parser.add_argument("--operation", choices=OPERATIONS, help=argparse.SUPPRESS)  # one measurement, in a child
     args = parser.parse_args()
     if args.operation:
         return run_operation(args.operation, args.rows[0], args.dir)
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
-        operations = {"store": STORE_OPERATIONS, "fit": ("create", *FIT_OPERATIONS), None: OPERATIONS}[args.only]
-        results = {rows: {op: measure(op, rows, Path(folder)) for op in operations} for rows in args.rows}
+        operations = {"store": STORE_OPERATIONS, "fit": ("create", *FIT_OPERATIONS), "cli": CLI_OPERATIONS,
+                      None: OPERATIONS}[args.only]
+        results = {}
         for rows in args.rows:
-            (Path(folder) / f"scale-{rows}.h5").unlink()
+            results[rows] = {op: measure(op, rows, Path(folder)) for op in operations}
+            for leftover in (Path(folder) / name for name in (f"scale-{rows}.h5", f"tree-{rows}", f"out-{rows}")):
+                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink(missing_ok=True)  # GBs at 1M
     print(f"| operation | {' | '.join(f'{n:,} rows: s' for n in args.rows)} | µs per row at each N | "
           f"{' | '.join(f'peak MiB at {n:,}' for n in args.rows)} |")
     print("|---|" + "---|" * (2 * len(args.rows) + 1))

@@ -15,7 +15,7 @@ def expand_inputs(inputs) -> list[str]:
     paths = []
     for item in inputs:
         item = Path(item)
-        paths.extend(str(p) for p in find_images(item)) if item.is_dir() else paths.append(str(item))
+        paths.extend(find_images(item)) if item.is_dir() else paths.append(str(item))
     if not paths:
         raise CnnfeatError(f"no images in {', '.join(map(str, inputs))}")
     return paths

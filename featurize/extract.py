@@ -168,7 +168,7 @@ def _extract(data, backbone, weights, out: Path, options: RunOptions, strict: bo
     with exclusive(store), _sigterm_as_interrupt():
         sweep_stale_tmp(store)
         storage = options.storage.resolved(store)
-        identities = _identities(images)
+        identities = image_identities(images)
         result = ExtractResult(store=store, total=len(images), extracted=0, reused=0, dropped=0)
         if store.exists() and store_matches(store, fp, images, identities, storage):
             result.reused = len(images)
@@ -205,13 +205,7 @@ def _extract(data, backbone, weights, out: Path, options: RunOptions, strict: bo
             finally:
                 journal.close()
             result.extracted = len(todo)
-        attrs = {
-            "format_version": FORMAT_VERSION, "fingerprint": fp, "config": json.dumps(config, sort_keys=True),
-            "versions": json.dumps(library_versions(), sort_keys=True),
-            "class_names": json.dumps(images.class_names), "data_root": str(images.root),
-            "dataset": images.name, "layout": images.layout, "weights_source": _weights_source(weights),
-            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
+        attrs = store_attrs(config, fp, images, weights)
         reader = VectorReader(record.feature_dim, store if reuse_store else None, journal.path)
         write_store(store, images, identities, placement, record.feature_dim, attrs, reader, storage)
         journal.remove()
@@ -252,6 +246,17 @@ def feature_config(record, weights: str | None, precision: str = "float32", engi
     return config, fingerprint(config)
 
 
+def store_attrs(config: dict, fp: str, images, weights: str | None) -> dict:
+    """The store's attributes: what made its vectors, and which dataset they describe."""
+    return {
+        "format_version": FORMAT_VERSION, "fingerprint": fp, "config": json.dumps(config, sort_keys=True),
+        "versions": json.dumps(library_versions(), sort_keys=True),
+        "class_names": json.dumps(images.class_names), "data_root": str(images.root),
+        "dataset": images.name, "layout": images.layout, "weights_source": _weights_source(weights),
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
 def _weights_source(weights: str | None) -> str:
     """What rebuilds the backbone later (a saved model predicting from images): a checkpoint's absolute path."""
     return str(Path(weights).resolve()) if weights_kind(weights) == "file" else (weights or "")
@@ -264,7 +269,7 @@ def _identity(path: Path) -> tuple[int, int]:
         return MISSING_FILE
 
 
-def _identities(images) -> np.ndarray:
+def image_identities(images) -> np.ndarray:
     """(N, 2) int64: each image's file identity (size, mtime), one stat per file, no tuple kept per row."""
     pairs = itertools.chain.from_iterable(_identity(images.root / p) for p in images.paths)
     return np.fromiter(pairs, np.int64, count=2 * len(images.paths)).reshape(-1, 2)

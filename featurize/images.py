@@ -49,19 +49,25 @@ def _class_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def find_images(folder: Path) -> list[Path]:
-    """Image files under `folder`, recursively, sorted; hidden files and folders skipped.
+def find_images(folder: str | os.PathLike, relative_to: str | os.PathLike | None = None) -> list[str]:
+    """Image files under `folder`, recursively, sorted; hidden files and folders skipped. Paths are
+    strings (a million Path objects cost ~300 MB): whole, or relative to `relative_to` (a folder
+    holding `folder`) with "/" between parts.
 
     Symlinked folders are followed, each real folder once: a link loop cannot hang the walk."""
-    found, seen = [], set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+    found, seen, top = [], set(), os.fspath(folder)
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
         real = os.stat(dirpath)
         if (real.st_dev, real.st_ino) in seen:
             dirnames[:] = []
             continue
         seen.add((real.st_dev, real.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(Path(dirpath) / f for f in sorted(filenames) if _is_image(f))
+        if relative_to is not None:
+            prefix = os.path.relpath(dirpath, relative_to).replace(os.sep, "/") + "/"
+        else:
+            prefix = os.path.join(dirpath, "")
+        found.extend(prefix + f for f in sorted(filenames) if _is_image(f))
     return found
 
 
@@ -91,21 +97,21 @@ def discover(data: str | os.PathLike) -> ImageList:
     split_folders = {SPLIT_ALIASES[p.name.lower()]: p for p in folders if p.name.lower() in SPLIT_ALIASES}
     split_lists = [data / f"{s}.txt" for s in ("train", "val", "test") if (data / f"{s}.txt").is_file()]
     if split_folders:
-        per_split = {split: {c.name: find_images(c) for c in _class_folders(split_folders[split])}
+        per_split = {split: {c.name: find_images(c, data) for c in _class_folders(split_folders[split])}
                      for split in ("train", "val", "test") if split in split_folders}
         layout = "split-folders"
     elif split_lists:  # explicit lists win over the folders their paths point into
         return _from_lists(data, split_lists)
     else:
-        per_split = {"": {c.name: find_images(c) for c in folders}}
+        per_split = {"": {c.name: find_images(c, data) for c in folders}}
         layout = "class-folders"
     class_names = _sorted_labels(c for classes in per_split.values() for c, files in classes.items() if files)
     images = ImageList(root=data.resolve(), name=dataset_name(data.resolve().name, data.resolve()), layout=layout,
                        class_names=class_names)
     for split, classes in per_split.items():
         for label, class_name in enumerate(class_names):
-            for f in classes.get(class_name, []):
-                images.add(f.relative_to(data).as_posix(), label, split)
+            for path in classes.get(class_name, []):
+                images.add(path, label, split)
     if not images.paths:
         raise DataError(f"--data {data}: no images found; expected one folder per class (or train/ "
                         f"and val/ folders of them) holding {', '.join(IMAGE_EXTENSIONS)} files, "

@@ -79,6 +79,27 @@ def test_a_symlink_loop_does_not_hang_discovery(tmp_path):
     assert images.paths == ["cats/c.png", "cats/sub/s.png", "dogs/d.png"]  # each real folder once
 
 
+def test_discovery_holds_strings_not_path_objects(tmp_path):
+    """A million images: discover made a Path per file (~380 bytes a file at its peak, 10 s per
+    200,000 files here), where the list itself needs ~90 bytes a file."""
+    import tracemalloc
+
+    files = 20_000
+    for i in range(files):
+        folder = tmp_path / "d" / f"class{i % 4}" / ("deep" if i % 3 == 0 else "")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i:05d}.jpg").touch()
+    discover(tmp_path / "d")  # a warm-up: imports and caches are not the list
+    tracemalloc.start()
+    images = discover(tmp_path / "d")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(images) == files and images.paths[0] == "class0/00004.jpg"  # a folder's files, then its folders
+    assert images.paths[1] == "class0/00008.jpg" and images.paths[-1] == "class3/deep/19995.jpg"
+    assert all(type(p) is str for p in images.paths)
+    assert peak / files < 150, f"{peak / files:.0f} bytes a file"  # measured: 102 (the Path objects: 384)
+
+
 def test_missing_and_empty_folders_are_clear_errors(tmp_path):
     with pytest.raises(DataError, match="no such file or folder"):
         discover(tmp_path / "absent")
