@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Callable
+from functools import partial
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 from featurize.errors import CnnfeatError
 
 C_DECADES = [float(c) for c in np.logspace(-4, 3, 8)]  # 1e-4 ... 1e3
+
+
+class Bound(NamedTuple):
+    """Parameters that keep a fitted model's size bounded on large data, and the note saying so."""
+    params: dict  # full names, set on the pipeline before the search
+    why: str
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,8 @@ class Head:
     axes: tuple = ()  # the parameters a coordinate search sweeps first, in order (the rest follow in grid order)
     at_scale: Callable[[int], object] | None = None  # seed -> the pipeline past MINIBATCH_ABOVE training
     # rows: the same model trained on mini-batches, its grid one path (see for_rows)
+    bound: Callable[[int, int], Bound | None] | None = None  # (training rows, classes) -> what keeps the
+    # fitted model's memory bounded there (a forest's trees grown on fewer rows), None where nothing need
 
     def for_rows(self, rows: int) -> "Head":
         """This head as it is searched on `rows` training rows: past MINIBATCH_ABOVE, a head with a
@@ -42,12 +51,24 @@ class Head:
             return self
         return dataclasses.replace(self, build=self.at_scale, at_scale=None, validation="slice", auto_search="path")
 
+    def bounded(self, rows: int, classes: int) -> tuple["Head", str | None]:
+        """This head with its `bound` for `rows` training rows of `classes` classes set on every
+        pipeline it builds, and the note that says so (None where no bound is needed)."""
+        bound = self.bound(rows, classes) if self.bound else None
+        if bound is None:
+            return self, None
+        return dataclasses.replace(self, build=partial(_with_params, self.build, bound.params), bound=None), bound.why
+
 
 MINIBATCH_ABOVE = 50_000  # training rows past which logreg trains on mini-batches (lbfgs on 100k x 1280 x 100
 # classes takes minutes a fit, and a search makes dozens)
 
 
 HEADS: dict[str, Head] = {}
+
+
+def _with_params(build, params: dict, seed: int):
+    return build(seed).set_params(**params)
 
 
 def register_head(name: str, description: str, grid, **settings):
@@ -112,10 +133,32 @@ def _knn(seed):
     return _pipeline(Normalizer(), KNeighborsClassifier())
 
 
+FOREST_BYTES = 2 * 2**30  # the grid's largest forest (300 trees) is kept under this, in memory and on disk
+FOREST_TREES = 300
+NODES_PER_DRAW = 1.3  # a fully grown tree's nodes per row drawn for it: measured 0.95-1.28 on 1,280-wide
+# vectors of 100 hard-to-split classes (more with fewer rows drawn, as fewer repeat)
+
+
+def _forest_bound(rows: int, classes: int) -> Bound | None:
+    """Each tree grown on at most as many rows as keep 300 trees under FOREST_BYTES. A fully grown
+    tree has about a node per training row, and each node keeps a float64 per class: 300 trees on
+    40,000 rows of 100 classes need ~11 GB, twice that while the search holds its best forest beside
+    the one it grows (an out-of-memory kill here, at 24 GB)."""
+    node_bytes = 128 + 8 * classes  # measured: 970 bytes a node pickled with 100 classes, 278 with 20, 90 with 2
+    draws = int(FOREST_BYTES / FOREST_TREES / (NODES_PER_DRAW * node_bytes))
+    if draws >= rows:
+        return None
+    return Bound({"clf__max_samples": draws / rows},
+                 f"rf with {rows} training rows of {classes} classes: each tree grown on {draws} rows drawn "
+                 f"(max_samples {draws / rows:.3g}), so {FOREST_TREES} trees stay under "
+                 f"{FOREST_BYTES / 2**30:g} GiB in memory and on disk (grown on every row: "
+                 f"~{FOREST_TREES * NODES_PER_DRAW * node_bytes * rows / 2**30:.0f} GiB)")
+
+
 @register_head(
     "rf", "random forest (no scaling: trees do not need it)",
     {"n_estimators": [100, 300], "max_features": ["sqrt", "log2", 0.1]}, scales_badly_above=200_000,
-    auto_search="oob",
+    auto_search="oob", bound=_forest_bound,
 )
 def _rf(seed):
     from sklearn.ensemble import RandomForestClassifier

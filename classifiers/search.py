@@ -109,12 +109,15 @@ def search_head(name, X: np.ndarray, y: np.ndarray, grid=None, settings: SearchS
 
     settings = replace(settings or SearchSettings(), **overrides).check()
     named = name if isinstance(name, Head) else get_head(name)
-    head = named.for_rows(len(X))
+    scaled = named.for_rows(len(X))
+    head, bounded = scaled.bounded(len(X), len(np.unique(y)))
     grid = resolve_grid(head, grid)
     folds, notes = check_folds(y, settings.cv, label_names)
-    if head is not named:
+    if scaled is not named:
         notes.append(f"{head.name} with {len(X)} training rows: trained on mini-batches "
                      f"({type(head.build(0).named_steps['clf']).__name__}), every candidate side by side")
+    if bounded:
+        notes.append(bounded)
     grid = _fit_neighbours_to_folds(grid, len(X) - -(-len(X) // folds), notes)
     candidates = len(ParameterGrid(grid))
     method = settings.method_for(head, len(X))
@@ -316,6 +319,7 @@ class OutOfBagSearch:
             model.set_params(**params).fit(X, y)  # adds trees to the forest grown so far
             scores[i] = _oob_score(model.named_steps["clf"], y, self.scoring)
             if best is None or (scores[i], -i) > (scores[best], -best):  # argmax's choice among ties
+                self.best_fitted_ = None  # two forests at a time, not three
                 best, self.best_fitted_ = i, copy.deepcopy(model).set_params(clf__warm_start=False)
         self.best_index_ = int(np.argmax(scores))
         self.best_params_ = candidates[self.best_index_]

@@ -115,6 +115,34 @@ def test_every_core_gives_the_same_search_as_one(capsys):
     assert "search logreg" in capsys.readouterr().err  # the progress bar names the head
 
 
+def test_a_forest_on_many_rows_of_many_classes_stays_under_its_memory_bound(monkeypatch):
+    """compare --clf all on 50,000 rows of 100 classes was killed for memory (24 GB): fully grown
+    trees keep a node per row and a float64 per class in each. Here the bound is lowered so 2,400
+    rows of 20 classes with nothing to learn (the trees split down to single rows) cross it."""
+    import pickle
+
+    from classifiers import heads
+
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((2400, 16)).astype(np.float32), np.arange(2400) % 20
+    grid = {"n_estimators": [10, 30], "max_features": ["sqrt"]}
+
+    def tree_bytes(result):
+        forest = result.fitted.named_steps["clf"]
+        return len(pickle.dumps(forest)) / len(forest.estimators_)
+
+    notes = []
+    unbounded = search_head("rf", X, y, grid=grid, jobs=1, log=notes.append)
+    assert not any("max_samples" in n for n in notes)
+    monkeypatch.setattr(heads, "FOREST_BYTES", 600 * heads.FOREST_TREES * heads.NODES_PER_DRAW * (128 + 8 * 20))
+    bounded = search_head("rf", X, y, grid=grid, jobs=1, log=notes.append)
+    assert bounded.method == "oob" and bounded.fitted.named_steps["clf"].max_samples == pytest.approx(600 / 2400)
+    assert any("each tree grown on 600 rows drawn (max_samples 0.25)" in n for n in bounded.notes)
+    limit = heads.FOREST_BYTES / heads.FOREST_TREES
+    assert tree_bytes(bounded) <= limit < tree_bytes(unbounded)  # the bound holds, and was needed
+    assert clone(bounded.pipeline).get_params()["clf__max_samples"] == pytest.approx(0.25)  # the refit keeps it
+
+
 def test_forest_candidates_scored_out_of_bag_match_scikit_learns_own_oob_score():
     from sklearn.datasets import load_digits
     from sklearn.ensemble import RandomForestClassifier
