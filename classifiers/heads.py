@@ -151,7 +151,7 @@ def _forest_bound(rows: int, classes: int) -> Bound | None:
     return Bound({"clf__max_samples": draws / rows},
                  f"rf with {rows} training rows of {classes} classes: each tree grown on {draws} rows drawn "
                  f"(max_samples {draws / rows:.3g}), so {FOREST_TREES} trees stay under "
-                 f"{FOREST_BYTES / 2**30:g} GiB in memory and on disk (grown on every row: "
+                 f"{FOREST_BYTES / 2**30:g} GiB in memory and on disk (grown on every row: up to "
                  f"~{FOREST_TREES * NODES_PER_DRAW * node_bytes * rows / 2**30:.0f} GiB)")
 
 
