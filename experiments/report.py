@@ -77,6 +77,7 @@ class Embedding(NamedTuple):
 
 
 EMBEDDED_AT_MOST = 5000  # held-out rows in the t-SNE plot (a seeded sample above it)
+LEGEND_AT_MOST = 30  # classes named in its legend
 
 
 def write_report(report_dir: Path, rows, failures, notes, meta: dict, embedding: Embedding | None = None) -> str:
@@ -160,11 +161,14 @@ def _embedding_plot(path: Path, embedding: Embedding, seed: int):
         mine = truth == name
         axes.scatter(points[mine, 0], points[mine, 1], s=12, label=str(name), alpha=0.8)
     wrong = truth != predicted
-    axes.scatter(points[wrong, 0], points[wrong, 1], s=60, facecolors="none", edgecolors="red", linewidths=1.2,
-                 label=f"mistakes ({int(wrong.sum())})")
+    mistakes = axes.scatter(points[wrong, 0], points[wrong, 1], s=60, facecolors="none", edgecolors="red",
+                            linewidths=1.2, label=f"mistakes ({int(wrong.sum())})")
     sampled = f", {len(rows):,} of {len(embedding.vectors):,} sampled" if len(rows) < len(embedding.vectors) else ""
-    axes.set_title(f"t-SNE of the held-out vectors ({embedding.title}{sampled})", fontsize=9)
-    axes.legend(fontsize=7, markerscale=1.2, loc="best")
+    classes = len(set(truth.tolist()))
+    unnamed = f", {classes} classes, unnamed" if classes > LEGEND_AT_MOST else ""
+    axes.set_title(f"t-SNE of the held-out vectors ({embedding.title}{sampled}{unnamed})", fontsize=9)
+    # past a few dozen classes a legend covers the plot and names nothing readable: the mistakes only
+    axes.legend(handles=[mistakes] if unnamed else None, fontsize=7, markerscale=1.2, loc="best")
     axes.set_xticks([])
     axes.set_yticks([])
     figure.tight_layout()

@@ -230,3 +230,20 @@ def test_report_html_holds_the_table_and_every_picture_inline(tinted_store, tmp_
              *(outcome.report_dir / "confusion" / f"resnet18-random-{h}.png" for h in ("knn", "logreg", "vote"))]
     assert sorted(pictures) == sorted(f.read_bytes() for f in files)  # opens offline: nothing linked
     assert "src=\"http" not in page and "href=" not in page
+
+
+def test_embedding_of_a_hundred_classes_draws_without_a_legend_that_cannot_fit(tmp_path):
+    """100 classes once named 101 legend entries, which matplotlib could not lay out (a warning on
+    the user's screen and a plot covered by its legend); now only the mistakes are in the legend."""
+    import warnings
+
+    from experiments.report import Embedding, _embedding_plot
+
+    rng = np.random.default_rng(0)
+    truth = [f"class{i % 100:03d}" for i in range(400)]
+    predicted = truth[:300] + truth[301:] + truth[:1]
+    embedding = Embedding(rng.normal(size=(400, 8)).astype(np.float32), truth, predicted, "generated")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _embedding_plot(tmp_path / "embedding.png", embedding, seed=0)
+    assert (tmp_path / "embedding.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
