@@ -57,7 +57,7 @@ SPREAD = 8.0  # each coordinate's noise around its class centre (centres: standa
 def image_list(rows: int, folder: Path):
     from featurize.images import ImageList
 
-    images = ImageList(root=folder, name="scale-00000000", layout="class-folders",
+    images = ImageList(root=folder, name=f"scale-{rows}", layout="class-folders",
                        class_names=[f"class{c:03d}" for c in range(CLASSES)])
     for i in range(rows):
         # every fifth row of each class is val: each class in both splits
