@@ -157,15 +157,15 @@ def _embedding_plot(path: Path, embedding: Embedding, seed: int):
     points = TSNE(2, perplexity=min(30.0, (len(rows) - 1) / 3), init="pca", random_state=seed).fit_transform(X)
     truth, predicted = np.asarray(embedding.truth, dtype=object)[rows], np.asarray(embedding.predicted, dtype=object)[rows]
     figure, axes = plt.subplots(figsize=(7, 6))
-    for name in sorted(set(truth.tolist()), key=str):
+    classes = sorted(set(truth.tolist()), key=str)
+    for name in classes:
         mine = truth == name
         axes.scatter(points[mine, 0], points[mine, 1], s=12, label=str(name), alpha=0.8)
     wrong = truth != predicted
     mistakes = axes.scatter(points[wrong, 0], points[wrong, 1], s=60, facecolors="none", edgecolors="red",
                             linewidths=1.2, label=f"mistakes ({int(wrong.sum())})")
     sampled = f", {len(rows):,} of {len(embedding.vectors):,} sampled" if len(rows) < len(embedding.vectors) else ""
-    classes = len(set(truth.tolist()))
-    unnamed = f", {classes} classes, unnamed" if classes > LEGEND_AT_MOST else ""
+    unnamed = f", {len(classes)} classes, unnamed" if len(classes) > LEGEND_AT_MOST else ""
     axes.set_title(f"t-SNE of the held-out vectors ({embedding.title}{sampled}{unnamed})", fontsize=9)
     # past a few dozen classes a legend covers the plot and names nothing readable: the mistakes only
     axes.legend(handles=[mistakes] if unnamed else None, fontsize=7, markerscale=1.2, loc="best")
