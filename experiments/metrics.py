@@ -23,7 +23,12 @@ def heldout_scores(y_true, y_pred, proba=None, classes=None) -> dict:
     }
     if proba is not None and set(y_true.tolist()) <= set(classes.tolist()):
         proba = np.asarray(proba, dtype=np.float64)  # rows off 1 by float32 rounding (a vote of float32 heads)
-        scores["log_loss"] = float(log_loss(y_true, proba / proba.sum(axis=1, keepdims=True), labels=list(classes)))
+        # log_loss pairs sorted labels with proba's columns: named classes not in sorted order
+        # ("2" before "10") would be scored against the wrong column, so score column numbers
+        column = {name: i for i, name in enumerate(classes.tolist())}
+        y_column = np.array([column[name] for name in y_true.tolist()])
+        scores["log_loss"] = float(log_loss(y_column, proba / proba.sum(axis=1, keepdims=True),
+                                            labels=np.arange(len(column))))
     return scores
 
 

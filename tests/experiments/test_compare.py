@@ -232,18 +232,49 @@ def test_report_html_holds_the_table_and_every_picture_inline(tinted_store, tmp_
     assert "src=\"http" not in page and "href=" not in page
 
 
-def test_embedding_of_a_hundred_classes_draws_without_a_legend_that_cannot_fit(tmp_path):
-    """100 classes once named 101 legend entries, which matplotlib could not lay out (a warning on
-    the user's screen and a plot covered by its legend); now only the mistakes are in the legend."""
-    import warnings
 
-    from experiments.report import Embedding, _embedding_plot
+def test_compare_on_a_hundred_classes_prints_no_plotting_warning(tmp_path):
+    """`cli.py compare` on 100 held-out classes once put 101 entries in the t-SNE legend, which matplotlib
+    could not lay out: a `UserWarning: Tight layout not applied` with a file path on the user's
+    screen, and a plot covered by its legend. Now past 30 classes the legend names the mistakes only."""
+    import subprocess
+    import sys
 
-    rng = np.random.default_rng(0)
-    truth = [f"class{i % 100:03d}" for i in range(400)]
-    predicted = truth[:300] + truth[301:] + truth[:1]
-    embedding = Embedding(rng.normal(size=(400, 8)).astype(np.float32), truth, predicted, "generated")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        _embedding_plot(tmp_path / "embedding.png", embedding, seed=0)
-    assert (tmp_path / "embedding.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from tests.conftest import REPO, generated_store
+
+    store = generated_store(tmp_path, 1_010, dim=8, classes=101)[0]  # every fifth row val: all 101 held out
+    done = subprocess.run([sys.executable, str(REPO / "cli.py"), "compare", "--features", str(store),
+                           "--out", str(tmp_path / "out"), "--clf", "logreg", "--ensemble", "none"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "Tight layout" not in done.stderr and "UserWarning" not in done.stderr, done.stderr
+    assert (tmp_path / "out" / "reports" / "scale" / "embedding.png").stat().st_size > 0
+
+
+def test_log_loss_of_numbered_classes_scores_each_image_against_its_own_class(tmp_path):
+    """Class folders 0..10 sort as numbers ("2" before "10"), not as scikit-learn's log_loss sorts
+    labels ("10" before "2"): the report's log-loss once paired images with other classes'
+    probabilities. Checked against -mean log p(true class) from the saved model, loaded with joblib."""
+    import joblib
+
+    from tests.conftest import write_image
+
+    root = tmp_path / "digits"
+    for c in range(11):
+        for i in range(6):
+            write_image(root / ("val" if i < 2 else "train") / str(c) / f"{i}.png", seed=20 * c + i,
+                        tint=(1.0, 0.3 + 0.07 * c, 1.0 - 0.07 * c))
+    store = extract(data=root, backbone="resnet18", weights="random", out=tmp_path / "out", workers=0,
+                    progress=False).store
+    result = run("compare", "--features", store, "--out", tmp_path / "out", "--clf", "logreg", "--ensemble", "none")
+    assert result.exit_code == 0, result.output
+    report = tmp_path / "out" / "reports" / store.stem
+    reported = json.loads((report / "report.json").read_text())["rows"][0]["log_loss"]
+    model = joblib.load(next((report / "models").glob("*-logreg.joblib")))
+    features = load_features(store)
+    val = features.splits == "val"
+    proba = model.predict_proba(features.X[val])
+    truth = np.asarray(features.class_names, dtype=object)[features.y[val]]
+    column = np.array([list(model.classes_).index(name) for name in truth])
+    assert features.class_names[:3] == ["0", "1", "2"] and len(set(truth)) == 11
+    assert reported == pytest.approx(-np.log(proba[np.arange(len(truth)), column]).mean(), rel=1e-6)
