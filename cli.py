@@ -62,27 +62,31 @@ def cli():
               help="flip: store the mean of each image's vector and its mirror image's (twice the compute; a "
                    "separate file, never mixed with plain vectors).")
 @click.option("--strict", is_flag=True, help="Fail (exit 1) if any image cannot be read.")
+@click.option("--verify", is_flag=True, help="Check every stored vector against its checksum and extract the images of "
+                                             "damaged ones again (done by itself after a reader found damage).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract(backbone, data, weights, trust_pickle, out, device, engine, ray, batch_size, workers, dtype, compression,
-            tta, strict, quiet):
+            tta, strict, verify, quiet):
     """Extract one pooled feature vector per image into an HDF5 file (incremental, resumable)."""
     from featurize import extract as run_extract
+    from featurize.files import printable
     from featurize.store import Storage
 
     result = run_extract(data=data, backbone=backbone, weights=weights, out=out, device=device,
                          batch_size=batch_size, workers=workers, strict=strict, progress=not quiet,
-                         trust_pickle=trust_pickle, engine=engine, ray=ray, storage=Storage(dtype, compression), tta=tta)
+                         trust_pickle=trust_pickle, engine=engine, ray=ray, storage=Storage(dtype, compression), tta=tta,
+                         verify=verify)
     for note in result.notes:
         click.echo(note)
-    if not result.model_loaded and not result.dropped and result.reused == result.total:
+    if not result.rewritten:
         click.echo(f"up to date: {result.total} images, nothing to extract ({result.seconds:.1f} s)")
     else:
         rate = f" ({result.images_per_second:.1f} img/s overall)" if result.extracted else ""
         click.echo(f"{result.total} images: {result.extracted} extracted{rate}, {result.reused} reused, "
                    f"{result.dropped} dropped (files gone), {len(result.skipped)} unreadable")
     for path, reason in result.skipped:
-        click.echo(f"  skipped {path}: {reason}")
-    click.echo(f"features: {result.store}")
+        click.echo(f"  skipped {printable(path)}: {printable(reason)}")
+    click.echo(f"features: {printable(result.store)}")
 
 
 EXPLAIN_METHODS = ["auto", "cam", "occlusion"]  # experiments.explain.METHODS (tested), without importing it

@@ -319,24 +319,18 @@ def save_model(model: FeatureClassifier, path: str | os.PathLike, info: dict) ->
 
 
 def load_model(path: str | os.PathLike, verify: bool = True) -> FeatureClassifier:
-    """Load a saved model. With `verify`, the file's sha256 must match the .json beside it (when
-    there is one), checked before anything is unpickled. That is a check against corruption and
-    half-finished saves, not a signature: whoever can change the .joblib can change the .json. A
-    .joblib file runs code when loaded: load only files you trust."""
+    """Load a saved model. With `verify` (the default, and always through the CLI), the record
+    saved beside it (the .json) must be there, parse, and give the file's sha256, checked before
+    anything is unpickled. That is a check against corruption and half-finished saves, not a
+    signature: whoever can change the .joblib can change the .json. A .joblib file runs code when
+    loaded: load only files you trust; `verify=False` skips the check for those who know why."""
     import joblib
 
     path = Path(path)
     if not path.is_file():
         raise CnnfeatError(f"--model {path}: no such file")
-    json_path = path.with_suffix(".json")
-    if verify and json_path.is_file():
-        try:
-            expected = json.loads(json_path.read_text()).get("sha256")
-        except (ValueError, OSError):
-            expected = None
-        if expected and file_sha256(path) != expected:
-            raise CnnfeatError(f"--model {path}: its sha256 does not match {json_path.name} (the file changed "
-                               f"after it was saved, or its save was interrupted); refusing to load it")
+    if verify:
+        _check_record(path)
     try:
         model = joblib.load(path)
     except Exception as error:  # pickle raises many kinds for a corrupt or foreign file
@@ -345,6 +339,28 @@ def load_model(path: str | os.PathLike, verify: bool = True) -> FeatureClassifie
         raise CnnfeatError(f"--model {path}: a joblib file, but not a cnnfeat model (it holds a "
                            f"{type(model).__name__})")
     return model
+
+
+def _check_record(path: Path) -> None:
+    """Refuse a model whose record is missing, unreadable or names another file's sha256."""
+    json_path = path.with_suffix(".json")
+    try:
+        record = json.loads(json_path.read_text())
+        expected = record.get("sha256") if isinstance(record, dict) else None
+    except FileNotFoundError:
+        raise CnnfeatError(f"--model {path}: no {json_path.name} beside it, so nothing says it is the file that was "
+                           f"saved; refusing to load it. A .joblib file runs code when it is loaded: load it only "
+                           f"if you trust it (load_model(path, verify=False) in Python), and share models as "
+                           f"`cnnfeat export` ONNX files instead") from None
+    except (OSError, ValueError) as error:
+        raise CnnfeatError(f"--model {path}: its record {json_path.name} is damaged ({type(error).__name__}: "
+                           f"{error}); refusing to load it (fit it again, or restore the record)") from None
+    if not isinstance(expected, str):
+        raise CnnfeatError(f"--model {path}: its record {json_path.name} gives no sha256 of the model; refusing "
+                           f"to load it (fit it again, or restore the record)")
+    if file_sha256(path) != expected:
+        raise CnnfeatError(f"--model {path}: its sha256 does not match {json_path.name} (the file changed "
+                           f"after it was saved, or its save was interrupted); refusing to load it")
 
 
 def model_record(model_path: str | os.PathLike) -> dict:

@@ -15,7 +15,7 @@ from classifiers.ensemble import ensemble_model, parse_ensembles
 from classifiers.search import SearchSettings
 from featurize import load_features
 from featurize.errors import CnnfeatError
-from featurize.files import safe_name
+from featurize.files import ensure_writable, exclusive, safe_name
 from featurize.fuse import fuse_features
 from featurize.store import library_versions
 
@@ -88,13 +88,20 @@ def compare(features=None, out="artifacts", clf="all", finetune=False, refit=Fal
             settings: SearchSettings | None = None, finetune_options=None, log=print, **overrides) -> CompareOutcome:
     """`cnnfeat compare`; `overrides` are SearchSettings fields (cv=3, seed=7, jobs=1, ...)."""
     settings = replace(settings or SearchSettings(), **overrides).check()
-    seed = settings.seed
     heads = parse_heads(clf)
     paths = [Path(p) for p in features] if features else [latest_features(out)]
     if not features:
         log(f"features: {paths[0]} (the newest under {Path(out, 'features')})")
     stores = [load_features(p) for p in paths]
-    report_dir = Path(out, "reports", _report_name(stores))
+    report_dir = ensure_writable(Path(out, "reports", _report_name(stores)))
+    with exclusive(report_dir, "cnnfeat compare"):  # one writer per report folder: its rows and models agree
+        return _compare_into(report_dir, stores, paths, out, heads, clf, finetune, refit, fuse, ensemble, settings,
+                             finetune_options, log)
+
+
+def _compare_into(report_dir, stores, paths, out, heads, clf, finetune, refit, fuse, ensemble, settings,
+                  finetune_options, log) -> CompareOutcome:
+    seed = settings.seed
     rows, failures, notes = [], [], []
     fused = None
     if len(stores) > 1 and fuse != "none":  # joined first: files that cannot be are refused before any fit
@@ -270,7 +277,7 @@ def _saved_or_fitted(data, label, split, name: str, heldout, run: HeadRun, key: 
     """The row of model `name`: the one saved under this cache key when there is one, else `fit()`'s
     (a Scored), saved for next time."""
     model_path = run.report_dir / "models" / f"{label}-{name}.joblib"
-    reused = None if run.refit else _reuse(model_path, key, run.log)
+    reused = None if run.refit else _reuse(model_path, key, name, data.fingerprint, run.log)
     if reused is not None:
         model, info = reused
         run.log(f"{label} {name}: nothing changed, reusing the fitted model ({model_path.name}; --refit "
@@ -285,21 +292,26 @@ def _saved_or_fitted(data, label, split, name: str, heldout, run: HeadRun, key: 
                model=model)
 
 
-def _reuse(model_path: Path, key: str, log):
+def _reuse(model_path: Path, key: str, name: str, fingerprint: str, log):
     """(model, info) saved by an earlier run with this cache key, or None: then the head is fitted
-    again (a missing, changed or half-saved model file included, with a line saying so)."""
+    again (a missing, changed or half-saved model file included, with a line saying so). The model
+    must be the one its record describes (its sha256), of this head, on these features."""
     json_path = model_path.with_suffix(".json")
     try:
         info = json.loads(json_path.read_text()) if json_path.is_file() else {}
-    except ValueError:
+    except (OSError, ValueError):
         info = {}
-    if info.get("cache_key") != key:
+    if not isinstance(info, dict) or info.get("cache_key") != key:
         return None
     try:
-        return load_model(model_path), info
+        model = load_model(model_path)
     except CnnfeatError as error:
         log(f"cannot reuse {model_path.name} ({error}); fitting it again")
         return None
+    if info.get("head") != name or model.feature_fingerprint != fingerprint:
+        log(f"cannot reuse {model_path.name} (it is not the {name} of these features); fitting it again")
+        return None
+    return model, info
 
 
 def _score_rows(rows, scoring: str, seed: int):

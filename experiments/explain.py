@@ -20,7 +20,7 @@ import numpy as np
 from classifiers import load_model
 from classifiers.linear_form import linear_form
 from featurize.errors import CnnfeatError
-from featurize.files import write_bytes_atomic
+from featurize.files import ensure_writable, printable, write_bytes_atomic
 
 from .predict import expand_inputs
 
@@ -68,7 +68,7 @@ def explain_images(model_path, inputs, out, settings: ExplainSettings = ExplainS
     if settings.method not in METHODS:
         raise CnnfeatError(f"--method {settings.method!r}; valid: {', '.join(METHODS)}")
     model = load_model(model_path)
-    class_name, out = settings.class_name, Path(out)
+    class_name, out = settings.class_name, ensure_writable(out)
     if class_name is not None and class_name not in model.classes_.tolist():
         raise CnnfeatError(f"--class {class_name}: not a class of this model ({', '.join(map(str, model.classes_))})")
     chosen = _method_for(model, settings.method)
@@ -87,7 +87,7 @@ def explain_images(model_path, inputs, out, settings: ExplainSettings = ExplainS
             image = load_image(Path(path))
         except (UnreadableImage, OSError) as error:
             failures.append((path, str(error)))
-            log(f"  skipped {path}: {error}")
+            log(f"  skipped {printable(path)}: {printable(error)}")
             continue
         written += _explain_one(model, image, path, chosen, settings, out / _unique_name(Path(path).stem, names))
     if len(failures) == len(paths):
@@ -258,8 +258,8 @@ def _save(heatmap: Heatmap, stem: Path, source: str) -> Path:
     figure, axis = plt.subplots(figsize=(5, 5 * height / width + 0.4))
     axis.imshow(heatmap.image)
     axis.imshow(heatmap.heat, cmap="jet", alpha=0.45, extent=(0, width, height, 0), interpolation="bilinear")
-    axis.set_title(f"{heatmap.class_name} (p={heatmap.probability:.2f}) - {heatmap.method}\n{Path(source).name}",
-                   fontsize=9)
+    axis.set_title(f"{printable(heatmap.class_name)} (p={heatmap.probability:.2f}) - {heatmap.method}\n"
+                   f"{printable(Path(source).name)}", fontsize=9)
     axis.axis("off")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")

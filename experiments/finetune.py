@@ -254,7 +254,9 @@ def _save(out, images, record, network, head, trunk, heldout, eval_name, history
     paths, truth, proba = heldout
     accuracy = float((proba.argmax(1) == np.asarray(truth)).mean()) if len(truth) else float("nan")
     names = np.asarray(images.class_names, dtype=object)
-    with atomic_write(folder / "heldout.csv") as tmp, open(tmp, "w", newline="") as handle:
+    # surrogateescape: a file name that is not UTF-8 goes in as its own bytes, and comes back the same
+    with atomic_write(folder / "heldout.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8",
+                                                                     errors="surrogateescape") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "true", "predicted", *(f"p_{c}" for c in images.class_names)])
         for p, t, row in zip(paths, truth, proba):
@@ -286,7 +288,7 @@ def load_finetuned_row(out, data, eval_paths, truth, log):
     if not info.get("selection"):
         raise CnnfeatError(f"{folder} chose its epoch on the images it is scored on (an older cnnfeat); run "
                            f"`cnnfeat finetune` again")
-    with open(folder / "heldout.csv", newline="") as handle:
+    with open(folder / "heldout.csv", newline="", encoding="utf-8", errors="surrogateescape") as handle:
         rows = list(csv.DictReader(handle))
     scored, wanted = {r["path"] for r in rows}, set(eval_paths)
     if scored != wanted or len(rows) != len(scored):

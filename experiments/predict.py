@@ -6,7 +6,7 @@ from pathlib import Path
 
 from classifiers import load_model
 from featurize.errors import CnnfeatError
-from featurize.files import atomic_write
+from featurize.files import atomic_write, ensure_writable, printable
 from featurize.images import find_images
 
 
@@ -24,21 +24,26 @@ def expand_inputs(inputs) -> list[str]:
 def predict_to_csv(model_path, inputs, out_csv="predictions.csv", device="auto", batch_size=None, workers=None,
                    progress=True) -> tuple[Path, int, int]:
     """Predict every image, writing the CSV batch by batch in input order (memory of one batch,
-    however many images); returns (csv path, rows written, unreadable images)."""
+    however many images); returns (csv path, rows written, unreadable images). `out_csv` may be a
+    folder: the CSV is then predictions.csv in it. Names that are not UTF-8 are written readably
+    (\\xNN escapes): the CSV is UTF-8 text for any program to read."""
+    out_csv = Path(out_csv)
+    if out_csv.is_dir():
+        out_csv = out_csv / "predictions.csv"
+    ensure_writable(out_csv.parent)
     model = load_model(model_path)
     paths = expand_inputs(inputs)
     classes = [str(c) for c in model.classes_]
     failed = 0
-    out_csv = Path(out_csv)
-    with atomic_write(out_csv) as tmp, open(tmp, "w", newline="") as handle:
+    with atomic_write(out_csv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "predicted", "probability", *(f"p_{c}" for c in classes), "error"])
+        writer.writerow(["path", "predicted", "probability", *(f"p_{printable(c)}" for c in classes), "error"])
         for good, vectors, bad in model.iter_embedded(paths, device, batch_size, workers, progress):
-            rows = {j: [paths[j], "", "", *([""] * len(classes)), reason] for j, reason in bad}
+            rows = {j: [printable(paths[j]), "", "", *([""] * len(classes)), printable(reason)] for j, reason in bad}
             if len(good):
                 for j, predicted, probabilities in zip(good, model.predict(vectors), model.predict_proba(vectors)):
                     column = classes.index(str(predicted))
-                    rows[j] = [paths[j], predicted, f"{probabilities[column]:.6f}",
+                    rows[j] = [printable(paths[j]), printable(predicted), f"{probabilities[column]:.6f}",
                                *(f"{p:.6f}" for p in probabilities), ""]
             writer.writerows(rows[j] for j in sorted(rows))
             failed += len(bad)

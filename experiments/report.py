@@ -1,4 +1,8 @@
-"""The report of `compare`: report.md/.csv/.json, predictions per head, confusion matrices, one chart."""
+"""The report of `compare`: report.md/.csv/.json, predictions per head, confusion matrices, one chart.
+
+Every file is written whole (files.write_bytes_atomic): a full disk or a kill leaves the previous
+version or none, never half of one. Text is UTF-8; a name that is not (a file name from another
+system) is written readably, with \\xNN escapes."""
 from __future__ import annotations
 
 import base64
@@ -11,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from featurize.files import write_bytes_atomic
+from featurize.files import printable, write_bytes_atomic
 
 COLUMNS = ["rank", "backbone", "head", "n", "accuracy", "ci_low", "ci_high", "balanced_accuracy", "f1_macro",
            "log_loss", "cv_scoring", "cv_mean", "cv_std", "cv_folds", "mcnemar_p_vs_best", "fit_seconds",
@@ -85,33 +89,46 @@ def write_report(report_dir: Path, rows, failures, notes, meta: dict, embedding:
     report_dir.mkdir(parents=True, exist_ok=True)
     recs = records(rows)
     markdown = f"# {meta['dataset']}: which head wins\n\n" + markdown_table(recs, notes, failures, meta["scoring"])
-    write_bytes_atomic(report_dir / "report.md", markdown.encode())
-    write_bytes_atomic(report_dir / "report.json", json.dumps(
+    _write_text(report_dir / "report.md", markdown)
+    _write_text(report_dir / "report.json", json.dumps(
         {"meta": meta, "rows": recs, "notes": notes,
          "failures": [{"backbone": b, "head": h, "reason": r} for b, h, r in failures]}, indent=2,
-        default=str).encode())
-    table = io.StringIO(newline="")
-    writer = csv.DictWriter(table, fieldnames=COLUMNS)
-    writer.writeheader()
-    writer.writerows({**r, "best_params": json.dumps(r["best_params"])} for r in recs)
-    write_bytes_atomic(report_dir / "report.csv", table.getvalue().encode())
+        default=str))
+    _write_csv(report_dir / "report.csv", [COLUMNS] + [[json.dumps(r[c]) if c == "best_params" else r[c]
+                                                        for c in COLUMNS] for r in recs])
     for row in rows:
         _write_predictions(report_dir / "predictions" / f"{row.backbone}-{row.head}.csv", row)
     _plots(report_dir, rows, recs)
     if embedding is not None and len(embedding.vectors) >= 5:
         _embedding_plot(report_dir / "embedding.png", embedding, meta.get("seed", 0))
-    write_bytes_atomic(report_dir / "report.html", _html(report_dir, rows, recs, notes, failures, meta).encode())
+    _write_text(report_dir / "report.html", _html(report_dir, rows, recs, notes, failures, meta))
     return markdown
 
 
+def _write_text(path: Path, text: str) -> None:
+    write_bytes_atomic(path, printable(text).encode())
+
+
+def _write_csv(path: Path, rows) -> None:
+    table = io.StringIO(newline="")
+    csv.writer(table).writerows(rows)
+    _write_text(path, table.getvalue())
+
+
+def _save_figure(figure, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
 def _write_predictions(path: Path, row):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "true", "predicted", "probability"])
-        for i, (p, t, y) in enumerate(zip(row.paths, row.truth, row.predicted)):
-            probability = "" if row.proba is None else f"{row.proba[i][row.classes.index(y)]:.6f}"
-            writer.writerow([p, t, y, probability])
+    lines = [["path", "true", "predicted", "probability"]]
+    for i, (p, t, y) in enumerate(zip(row.paths, row.truth, row.predicted)):
+        lines.append([p, t, y, "" if row.proba is None else f"{row.proba[i][row.classes.index(y)]:.6f}"])
+    _write_csv(path, lines)
 
 
 def _plots(report_dir: Path, rows, recs):
@@ -120,15 +137,14 @@ def _plots(report_dir: Path, rows, recs):
     import matplotlib.pyplot as plt
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    (report_dir / "confusion").mkdir(exist_ok=True)
     for row in rows:
         labels = sorted(set(row.truth) | set(row.predicted), key=lambda c: (c not in row.classes, str(c)))
         figure, axes = plt.subplots(figsize=(2 + 0.5 * len(labels), 1.6 + 0.5 * len(labels)))
-        ConfusionMatrixDisplay.from_predictions(row.truth, row.predicted, labels=labels, ax=axes, colorbar=False)
+        ConfusionMatrixDisplay.from_predictions(row.truth, row.predicted, labels=labels, ax=axes, colorbar=False,
+                                                display_labels=[printable(label) for label in labels])
         axes.set_title(f"{row.backbone} {row.head}: accuracy {row.metrics['accuracy']:.3f}", fontsize=9)
         figure.tight_layout()
-        figure.savefig(report_dir / "confusion" / f"{row.backbone}-{row.head}.png", dpi=100)
-        plt.close(figure)
+        _save_figure(figure, report_dir / "confusion" / f"{row.backbone}-{row.head}.png")
     names = [f"{r['backbone']} {r['head']}" for r in recs][::-1]
     accuracy = [r["accuracy"] for r in recs][::-1]
     errors = [[r["accuracy"] - r["ci_low"] for r in recs][::-1], [r["ci_high"] - r["accuracy"] for r in recs][::-1]]
@@ -137,8 +153,7 @@ def _plots(report_dir: Path, rows, recs):
     axes.set_xlim(max(0.0, min(r["ci_low"] for r in recs) - 0.05), 1.0)
     axes.set_xlabel("held-out accuracy (95% bootstrap interval)")
     figure.tight_layout()
-    figure.savefig(report_dir / "summary.png", dpi=100)
-    plt.close(figure)
+    _save_figure(figure, report_dir / "summary.png")
 
 
 def _embedding_plot(path: Path, embedding: Embedding, seed: int):
@@ -160,7 +175,7 @@ def _embedding_plot(path: Path, embedding: Embedding, seed: int):
     classes = sorted(set(truth.tolist()), key=str)
     for name in classes:
         mine = truth == name
-        axes.scatter(points[mine, 0], points[mine, 1], s=12, label=str(name), alpha=0.8)
+        axes.scatter(points[mine, 0], points[mine, 1], s=12, label=printable(name), alpha=0.8)
     wrong = truth != predicted
     mistakes = axes.scatter(points[wrong, 0], points[wrong, 1], s=60, facecolors="none", edgecolors="red",
                             linewidths=1.2, label=f"mistakes ({int(wrong.sum())})")
@@ -172,8 +187,7 @@ def _embedding_plot(path: Path, embedding: Embedding, seed: int):
     axes.set_xticks([])
     axes.set_yticks([])
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    _save_figure(figure, path)
 
 
 HTML_COLUMNS = ("rank", "backbone", "head", "accuracy", "ci_low", "ci_high", "balanced_accuracy", "f1_macro",

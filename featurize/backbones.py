@@ -150,17 +150,19 @@ def load_checkpoint(trunk, path: str | os.PathLike, backbone_name: str, trust_pi
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "Unsupported global" not in str(error):  # not pickled objects: a corrupt or foreign file
-            raise BackboneError(f"--weights {path}: not a readable torch checkpoint ({error})") from None
+        objects = _pickled_objects(path)
+        if not objects:  # not pickled objects: a corrupt or foreign file
+            raise BackboneError(f"--weights {path}: not a readable torch checkpoint "
+                                f"({_first_line(error)})") from None
         if not trust_pickle:
             raise BackboneError(
-                f"--weights {path}: holds pickled Python objects, not only tensors (e.g. a whole module), "
-                f"and loading those runs code from the file; refusing. Save a state dict instead "
-                f"(torch.save(model.state_dict(), PATH)), or, only if you trust the file, pass "
-                f"--trust-pickle") from None
+                f"--weights {path}: holds pickled Python objects ({', '.join(objects[:3])}"
+                f"{', ...' if len(objects) > 3 else ''}), not only tensors, and loading those runs code from the "
+                f"file; refusing. Save a state dict instead (torch.save(model.state_dict(), PATH)), or, only if "
+                f"you trust the file, pass --trust-pickle") from None
         checkpoint = _load_trusted(path, error)
     except Exception as error:
-        raise BackboneError(f"--weights {path}: not a readable torch checkpoint ({error})") from None
+        raise BackboneError(f"--weights {path}: not a readable torch checkpoint ({_first_line(error)})") from None
     if isinstance(checkpoint, nn.Module):
         checkpoint = checkpoint.state_dict()
     if isinstance(checkpoint, dict):
@@ -184,13 +186,31 @@ def load_checkpoint(trunk, path: str | os.PathLike, backbone_name: str, trust_pi
     trunk.load_state_dict({key: checkpoint[key] for key in expected})
 
 
+def _pickled_objects(path) -> list[str]:
+    """The Python objects (classes, functions) a checkpoint's pickle names beyond what torch's safe
+    loader allows, read without running any of them; [] for a file that is not a torch checkpoint.
+    Asked of torch itself rather than read from its error message, whose wording changes."""
+    import torch
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # not a zip checkpoint, or a damaged one
+        return []
+
+
+def _first_line(error: Exception) -> str:
+    """The cause in torch's error, without its paragraph of advice."""
+    text = str(error).split("WeightsUnpickler error:", 1)[-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
 def _load_trusted(path, safe_error):
     import torch
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:
-        raise BackboneError(f"--weights {path}: not a readable torch checkpoint ({error}; "
-                            f"safe loader: {str(safe_error).splitlines()[0]})") from None
+        raise BackboneError(f"--weights {path}: not a readable torch checkpoint ({_first_line(error)}; "
+                            f"safe loader: {_first_line(safe_error)})") from None
 
 
 # -- torchvision backbones -----------------------------------------------------------------------

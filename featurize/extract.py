@@ -21,12 +21,13 @@ import numpy as np
 from .backbones import DEFAULT_BACKBONE, POOLING, TTA_MODES, get_backbone, weights_kind
 from .engines import ExportFailed, compute_precision, load_embedder, resolve_engine
 from .errors import CnnfeatError, DataError
-from .files import sweep_stale_tmp
+from .files import OutputError, ensure_writable, exclusive, sweep_stale_tmp
 from .images import UnreadableImage, discover, file_identity, load_image
+from .integrity import DamagedStore, damage_mark
 from .journal import Journal
-from .placement import Placement
-from .store import (FORMAT_VERSION, Storage, VectorReader, exclusive, fingerprint, library_versions,
-                    place_store_rows, read_skipped, store_matches, write_store)
+from .placement import IN_STORE, Placement
+from .store import (FORMAT_VERSION, Storage, VectorReader, fingerprint, library_versions, place_store_rows,
+                    read_skipped, store_damage, store_matches, write_store)
 
 MISSING_FILE = (-1, -1)  # identity of a listed file that does not exist
 
@@ -41,6 +42,7 @@ class ExtractResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     seconds: float = 0.0
     model_loaded: bool = False
+    rewritten: bool = False  # the store was written anew (else it was up to date as it was)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -110,10 +112,17 @@ def decode_or_reason(path: Path, transform):
 
 
 def _collate(items):
-    import torch
+    # default_collate stacks straight into shared memory in a worker, so a worker that cannot get
+    # any (a small /dev/shm, a file-size limit) fails here, where the DataLoader reports it, and not
+    # later in its queue's feeder thread, where the batch is lost and the run waits for it forever.
+    from torch.utils.data import default_collate
     good = [(i, t) for i, t, _ in items if t is not None]
-    images = torch.stack([t for _, t in good]) if good else None
+    images = default_collate([t for _, t in good]) if good else None
     return [i for i, _ in good], images, [(i, r) for i, t, r in items if t is None]
+
+
+class WorkerFailed(CnnfeatError):
+    """A decoding worker died or could not hand over a batch."""
 
 
 @dataclass(frozen=True)
@@ -134,28 +143,32 @@ def extract(data: str | os.PathLike = "data", backbone: str = DEFAULT_BACKBONE, 
             out: str | os.PathLike = "artifacts", device: str = "auto", batch_size: int | None = None,
             workers: int | None = None, strict: bool = False, progress: bool = True,
             trust_pickle: bool = False, engine: str = "auto", ray: str | None = None,
-            storage: Storage = Storage(), tta: str = "none") -> ExtractResult:
+            storage: Storage = Storage(), tta: str = "none", verify: bool = False) -> ExtractResult:
     """Bring the feature store of `data` under `out` up to date and return what was done.
 
     `engine`: auto (onnxruntime on the CPU, torch on CUDA), torch or onnxruntime. A backbone that
     does not export to ONNX is run by torch, and the result's notes say so. `ray`: "local" or a
     cluster's address runs the backbone on a Ray cluster (featurize.distributed); this process
     still writes the store. `storage`: the vectors' dtype and compression on disk. `tta`: "flip"
-    stores the mean of each image's vector and its mirror image's (its own file and fingerprint)."""
+    stores the mean of each image's vector and its mirror image's (its own file and fingerprint).
+    `verify`: check every stored vector against its checksum (also done when a reader has left the
+    store's damage mark) and extract the images of damaged ones again."""
     device = resolve_device(device) if not ray else ("cpu" if device == "auto" else device)
     if tta not in TTA_MODES:
         raise CnnfeatError(f"--tta {tta!r}; valid: {', '.join(TTA_MODES)}")
     options = RunOptions(device, resolve_engine(engine, device), ray, batch_size, workers, progress, storage.check(),
                          tta)
     try:
-        return _extract(data, backbone, weights, Path(out), options, strict, trust_pickle)
+        return _extract(data, backbone, weights, Path(out), options, strict, trust_pickle, verify)
     except ExportFailed as error:
-        result = _extract(data, backbone, weights, Path(out), replace(options, engine="torch"), strict, trust_pickle)
+        result = _extract(data, backbone, weights, Path(out), replace(options, engine="torch"), strict, trust_pickle,
+                          verify)
         result.notes.insert(0, f"{backbone} does not export to ONNX ({error}); extracted with torch instead")
         return result
 
 
-def _extract(data, backbone, weights, out: Path, options: RunOptions, strict: bool, trust_pickle: bool):
+def _extract(data, backbone, weights, out: Path, options: RunOptions, strict: bool, trust_pickle: bool,
+             verify: bool):
     started = time.perf_counter()
     images = discover(data)
     record = get_backbone(backbone)
@@ -163,56 +176,120 @@ def _extract(data, backbone, weights, out: Path, options: RunOptions, strict: bo
                                 options.storage.dtype, options.tta)
     store = store_path_for(out, images.name, record.name, weights, config["weights"], options.storage.dtype,
                            options.tta)
-    store.parent.mkdir(parents=True, exist_ok=True)
-
+    ensure_writable(store.parent)
+    run = Run(images, record, weights, config, fp, store, out, options, trust_pickle)
     with exclusive(store), _sigterm_as_interrupt():
         sweep_stale_tmp(store)
-        storage = options.storage.resolved(store)
-        identities = image_identities(images)
         result = ExtractResult(store=store, total=len(images), extracted=0, reused=0, dropped=0)
-        if store.exists() and store_matches(store, fp, images, identities, storage):
-            result.reused = len(images)
-            result.skipped = read_skipped(store)
-            result.seconds = time.perf_counter() - started
-            _check_strict(result, strict)
-            return result
-        placement = Placement(images.paths)
-        dropped = place_store_rows(placement, store, fp, str(images.root)) if store.exists() else None
-        if store.exists() and dropped is None:
-            result.notes.append(f"{store.name} was made with other settings or is unfinished; rebuilding it")
-        reuse_store = dropped is not None
-        result.dropped = dropped or 0
-        journal = Journal(store.with_name(store.name + ".partial"), fp, record.feature_dim)
-        resumed, notes = journal.resume()
-        result.notes += notes
-        if resumed is not None and resumed.paths:
-            placement.put_paths(resumed.paths, np.column_stack([resumed.sizes, resumed.mtimes]), resumed.offsets(),
-                                resumed.reasons)
-            result.notes.append(f"resuming: {len(resumed.paths)} images from an interrupted run")
-        del resumed
-
-        todo = placement.todo(identities)
-        result.reused = len(images) - len(todo)
-        if len(todo):
-            result.model_loaded = True
-            try:
-                batches = _batches(record, weights, fp, out, [images.paths[i] for i in todo.tolist()], images.root,
-                                   options, trust_pickle)
-                _store_batches(batches, images, identities, todo, journal, placement, record.feature_dim)
-            except KeyboardInterrupt:
-                raise CnnfeatError(f"interrupted; the images done so far are kept in {journal.path.name}: "
-                                   f"run the same command again to resume") from None
-            finally:
-                journal.close()
-            result.extracted = len(todo)
-        attrs = store_attrs(config, fp, images, weights)
-        reader = VectorReader(record.feature_dim, store if reuse_store else None, journal.path)
-        write_store(store, images, identities, placement, record.feature_dim, attrs, reader, storage)
-        journal.remove()
-    result.skipped = [(images.paths[i], placement.reasons[i]) for i in placement.skipped().tolist()]
+        try:
+            _update(run, result, verify or damage_mark(store).exists())
+        except DamagedStore as error:  # found while copying the old rows: check them all, extract those again
+            result.notes.append(f"{store.name}: damaged vectors found while copying it (from row {error.rows[0]}); "
+                                f"checking every row")
+            _update(run, result, verify=True)
+        damage_mark(store).unlink(missing_ok=True)
+    result.reused = result.total - result.extracted
     result.seconds = time.perf_counter() - started
     _check_strict(result, strict)
     return result
+
+
+@dataclass(frozen=True)
+class Run:
+    """What one extraction brings up to date, and how."""
+
+    images: object  # featurize.images.ImageList
+    record: object  # the backbone
+    weights: str | None
+    config: dict
+    fp: str
+    store: Path
+    out: Path
+    options: RunOptions
+    trust_pickle: bool
+
+    @property
+    def journal_path(self) -> Path:
+        return self.store.with_name(self.store.name + ".partial")
+
+
+def _update(run: Run, result: ExtractResult, verify: bool) -> None:
+    """Bring the store up to date: reuse what is there (its vectors checked when `verify`), resume an
+    interrupted run's journal, extract the rest, write the store."""
+    store, images = run.store, run.images
+    storage = run.options.storage.resolved(store)
+    identities = image_identities(images)
+    damaged = _damaged_rows(store, result) if verify and store.exists() else np.zeros(0, np.int64)
+    if not len(damaged) and store.exists() and store_matches(store, run.fp, images, identities, storage):
+        result.skipped = read_skipped(store)
+        return
+    placement = Placement(images.paths)
+    dropped = place_store_rows(placement, store, run.fp, str(images.root)) if store.exists() else None
+    if store.exists() and dropped is None:
+        result.notes.append(f"{store.name} was made with other settings, is unfinished or is damaged; rebuilding it")
+    result.dropped = dropped or 0
+    if placement.forget(IN_STORE, damaged):
+        result.notes.append(f"{len(damaged)} rows of {store.name} failed their checksums: extracting their images again")
+    journal = Journal(run.journal_path, run.fp, run.record.feature_dim)
+    _resume(journal, placement, result)
+    todo = placement.todo(identities)
+    if len(todo):
+        result.model_loaded = True
+        _extract_into(run, journal, placement, identities, todo)
+        result.extracted += len(todo)
+    reader = VectorReader(run.record.feature_dim, store if dropped is not None else None, journal.path)
+    try:
+        write_store(store, images, identities, placement, run.record.feature_dim,
+                    store_attrs(run.config, run.fp, images, run.weights), reader, storage)
+    except OutputError as error:
+        raise OutputError(f"{error}{_kept(journal)}") from None
+    journal.remove()
+    result.rewritten = True
+    result.skipped = [(images.paths[i], placement.reasons[i]) for i in placement.skipped().tolist()]
+
+
+def _damaged_rows(store: Path, result: ExtractResult) -> np.ndarray:
+    try:
+        return store_damage(store)
+    except CnnfeatError:  # unreadable as a store: rebuilt anyway
+        return np.zeros(0, np.int64)
+
+
+def _resume(journal: Journal, placement: Placement, result: ExtractResult) -> None:
+    """Place the rows an interrupted run left in the journal."""
+    resumed, notes = journal.resume()
+    result.notes += notes
+    if resumed is not None and resumed.paths:
+        placement.put_paths(resumed.paths, np.column_stack([resumed.sizes, resumed.mtimes]), resumed.offsets(),
+                            resumed.reasons)
+        result.notes.append(f"resuming: {len(resumed.paths)} images from an interrupted run")
+
+
+def _extract_into(run: Run, journal: Journal, placement: Placement, identities, todo) -> None:
+    """Run the images at `todo` through the backbone into the journal; a kill, a full disk or a
+    failed worker ends the run with one line, the images done so far kept for the next run."""
+    images = run.images
+    try:
+        batches = _batches(run.record, run.weights, run.fp, run.out, [images.paths[i] for i in todo.tolist()],
+                           images.root, run.options, run.trust_pickle)
+        _store_batches(batches, images, identities, todo, journal, placement, run.record.feature_dim)
+    except KeyboardInterrupt:
+        journal.close(quiet=True)
+        raise CnnfeatError(f"interrupted{_kept(journal) or '; nothing was extracted yet'}") from None
+    except (OutputError, WorkerFailed) as error:
+        journal.close(quiet=True)
+        raise type(error)(f"{error}{_kept(journal)}") from None
+    except BaseException:
+        journal.close(quiet=True)
+        raise
+    journal.close()
+
+
+def _kept(journal: Journal) -> str:
+    """What the error of a stopped run adds: where its finished images are, and how to go on."""
+    if not journal.path.exists() or journal.path.stat().st_size == 0:
+        return ""
+    return f"; the images done so far are kept in {journal.path.name}: run the same command again to resume"
 
 
 @contextmanager
@@ -326,9 +403,27 @@ def iter_vectors(model, device: str, root: Path, paths: list[str], batch_size: i
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
                         pin_memory=device.startswith("cuda"), prefetch_factor=4 if workers else None)
     with tqdm(total=len(paths), unit="img", desc=desc, disable=not progress, smoothing=0.1) as bar:
-        for good, batch, bad in loader:
+        for good, batch, bad in _checked(loader, workers):
             vectors = np.zeros((0, model.feature_dim), np.float32)
             if batch is not None:
                 vectors = model.embed(batch)
             yield good, vectors, bad
             bar.update(len(good) + len(bad))
+
+
+def _checked(loader, workers: int):
+    """The loader's batches; a worker that dies or cannot hand a batch over ends the run in one line."""
+    batches = iter(loader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (RuntimeError, OSError) as error:
+            if not workers:
+                raise
+            cause = [line for line in str(error).splitlines() if line.strip()][-1].strip()
+            raise WorkerFailed(f"a decoding worker failed ({cause}); run with --workers 0 to decode in this "
+                               f"process, or give the workers more shared memory (`df -h /dev/shm`; in Docker, "
+                               f"--shm-size)") from None
+        yield batch

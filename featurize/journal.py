@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import runs
+from .files import OutputError, describe_os_error, printable, runs
 
 MAGIC = b"CNNFEAT-JOURNAL 1\n"
 RECORD = struct.Struct("<4sIII")  # b"ROWS", rows, JSON bytes, CRC-32 of JSON + vectors
@@ -132,7 +132,14 @@ class Journal:
         return salvage.rows, notes
 
     def append(self, paths, identities, vectors, reasons) -> np.ndarray:
-        """Append one batch as one record; the byte offset where each row's vector now lies."""
+        """Append one batch as one record; the byte offset where each row's vector now lies. A write
+        that fails (disk full, file-size limit) is an OutputError; the records before it stay whole."""
+        try:
+            return self._append(paths, identities, vectors, reasons)
+        except OSError as error:
+            raise OutputError(f"cannot write {printable(self.path)}: {describe_os_error(error)}") from None
+
+    def _append(self, paths, identities, vectors, reasons) -> np.ndarray:
         if self._fd is None:
             self._open()
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(paths), self.dim)
@@ -162,11 +169,19 @@ class Journal:
         self._fd = fd
         self._synced = time.monotonic()
 
-    def close(self):
-        if self._fd is not None:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = None
+    def close(self, quiet: bool = False):
+        """fsync and close; `quiet`: on the way out of a failed run, where a second error (fsync on a
+        full disk) must not hide the first."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.fsync(fd)
+        except OSError:
+            if not quiet:
+                raise
+        finally:
+            os.close(fd)
 
     def remove(self):
         self.close()

@@ -79,5 +79,11 @@ class Placement:
         """Positions with no vector, or one made from a file that has changed since."""
         return np.flatnonzero((self.kind == NOWHERE) | (self.identity != identities).any(axis=1))
 
+    def forget(self, kind: int, wheres: np.ndarray) -> int:
+        """Take back the rows of `kind` that lie at `wheres` (damaged vectors): extracted again; how many."""
+        lost = (self.kind == kind) & np.isin(self.where, wheres)
+        self.kind[lost] = NOWHERE
+        return int(lost.sum())
+
     def skipped(self) -> np.ndarray:
         return np.flatnonzero(self.kind == SKIPPED)

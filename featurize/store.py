@@ -4,31 +4,37 @@ A complete store is only ever written whole, to a temporary name, fsynced, then 
 place, with a `complete` attribute set last; rows extracted by a run that has not finished go to
 the append-only journal `<store>.partial` beside it (see journal.py), which the next run salvages.
 So a killed run never leaves a file that looks complete, and loses at most the batch it was writing.
-One writer at a time holds a POSIX lock beside the store; the kernel drops it when that writer dies.
+One writer at a time holds a POSIX lock beside the store (files.exclusive); the kernel drops it
+when that writer dies. Every attribute is validated as it is read (a store that does not parse is
+refused in one line, and rebuilt by `extract`), and the vectors carry checksums (integrity.py).
+
+Paths are file names as the operating system gives them: a name that is not valid UTF-8 is kept
+losslessly (its raw bytes in the file, surrogate escapes in Python, as os.listdir gives it).
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
-import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
-from .errors import StoreError
-from .files import atomic_write, check_name, pid_alive, runs
+from .errors import CnnfeatError, StoreError
+from .files import OutputError, atomic_write, check_name, describe_os_error, printable, runs
+from .integrity import Checksums, CheckedRows, block_checksum
 from .journal import read_vectors
 from .placement import IN_JOURNAL, IN_MEMORY, IN_STORE, NOWHERE, SKIPPED, Placement
 
 FORMAT_VERSION = 1
 DTYPES = ("float32", "float16")
 COMPRESSIONS = ("none", "lzf", "gzip")
-COPY_ROWS = 1024  # rows per chunk when a store is written: memory is one chunk (5 MiB at 1280-d), whatever N is
+COPY_ROWS = 1024  # rows per chunk when a store is written: memory is one chunk (5 MiB at 1280-d), whatever N is;
+# one checksum per chunk (the file says how many rows: its `checksum_rows`)
+DAMAGED_OR_FOREIGN = (StoreError, OSError, KeyError, ValueError, TypeError, IndexError)  # what reading a store
+# that is not a whole, valid cnnfeat store can raise
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,7 @@ class Storage:
         try:
             with _open(path) as h5:
                 return replace(self, compression=_storage_of(h5).compression)
-        except (StoreError, OSError, ValueError):
+        except DAMAGED_OR_FOREIGN:
             return replace(self, compression="none")
 
 
@@ -95,7 +101,7 @@ class Features:
     """What other code reads from a complete store, as numpy arrays."""
 
     path: Path
-    X: np.ndarray  # (N, D) float32; with load_features(lazy=True) the h5py dataset (stored dtype)
+    X: np.ndarray  # (N, D) float32; with load_features(lazy=True) a CheckedRows: slice it, a batch at a time
     y: np.ndarray  # (N,) int64, indices into class_names
     class_names: list[str]
     paths: np.ndarray  # (N,) str, relative to data_root
@@ -124,22 +130,139 @@ def _open(path: Path, mode: str = "r"):
     try:
         return h5py.File(path, mode)
     except OSError as error:
-        raise StoreError(f"{path}: not a readable HDF5 feature file ({error})") from None
+        raise StoreError(f"{printable(path)}: not a readable HDF5 feature file ({error})") from None
 
+
+# -- what a store says about itself, validated --------------------------------------------------
+
+@dataclass(frozen=True)
+class Header:
+    """A complete store's attributes, each checked as it is read: a store cut short, damaged or
+    crafted is refused here in one line, never halfway through a fit."""
+
+    fingerprint: str
+    config: dict
+    class_names: list
+    versions: dict
+    data_root: str
+    dataset: str
+    storage: Storage
+    weights_source: str
+    rows: int
+    dim: int
+    checksums: Checksums | None  # None in a store from before them
+
+
+def read_header(path: Path, h5) -> Header:
+    attrs = h5.attrs
+    if "fingerprint" not in attrs or "features" not in h5:
+        raise StoreError(f"{printable(path)}: not a cnnfeat feature file")
+    if not attrs.get("complete", False):
+        raise StoreError(f"{printable(path)}: incomplete feature file (its extraction did not finish); "
+                         f"run `cnnfeat extract` again")
+    try:
+        header = _parse_header(path, h5)
+    except CnnfeatError:
+        raise
+    except DAMAGED_OR_FOREIGN as error:
+        raise StoreError(f"{printable(path)}: a damaged feature file ({type(error).__name__}: {error}); run "
+                         f"`cnnfeat extract` on its data again to rebuild it") from None
+    return header
+
+
+def _parse_header(path: Path, h5) -> Header:
+    attrs, features = h5.attrs, h5["features"]
+    config = _json_attr(attrs, "config", dict)
+    class_names = _json_attr(attrs, "class_names", list)
+    if not class_names or not all(isinstance(c, str) for c in class_names):
+        raise ValueError(f"class_names {class_names!r} is not a list of names")
+    storage = _json_attr(attrs, "storage", dict, default="{}")
+    if len(features.shape) != 2 or features.shape[1] != config.get("feature_dim", features.shape[1]):
+        raise ValueError(f"vectors of shape {features.shape} where the config says {config.get('feature_dim')}-d")
+    rows = features.shape[0]
+    for group, names in ((h5, ("paths", "splits", "labels", "file_size", "file_mtime_ns")),
+                         (h5["skipped"], ("paths", "splits", "labels", "file_size", "file_mtime_ns", "reasons"))):
+        lengths = {name: group[name].shape for name in names}
+        expected = (rows,) if group is h5 else lengths["paths"]
+        if any(shape != expected for shape in lengths.values()):
+            raise ValueError(f"columns of different lengths ({lengths}) beside {rows} vectors")
+    checksums = _checksums_of(h5)
+    if checksums is not None and checksums.sums.shape != (-(-rows // checksums.rows),):
+        raise ValueError(f"{checksums.sums.shape} checksums of {checksums.rows} rows for {rows} rows")
+    if storage.get("dtype", "float32") not in DTYPES:
+        raise ValueError(f"vectors stored as {storage.get('dtype')!r}")
+    # The dataset and backbone names become parts of output paths (reports, fine-tune folders): a
+    # shared file must not be able to write outside --out.
+    check_name(config.get("backbone"), "backbone name", path)
+    return Header(
+        fingerprint=_text(attrs["fingerprint"]), config=config, class_names=class_names,
+        versions=_json_attr(attrs, "versions", dict, default="{}"), data_root=_text(attrs["data_root"]),
+        dataset=check_name(_text(attrs["dataset"]), "dataset name", path),
+        storage=Storage(storage.get("dtype", "float32"), str(storage.get("compression") or "none")),
+        weights_source=_text(attrs.get("weights_source", "")), rows=rows, dim=features.shape[1],
+        checksums=checksums)
+
+
+def _checksums_of(h5) -> Checksums | None:
+    if "checksums" not in h5:
+        return None
+    rows = int(h5.attrs["checksum_rows"])
+    if rows < 1:
+        raise ValueError(f"checksum_rows {rows}")
+    return Checksums(h5["checksums"][:], rows)
+
+
+def _json_attr(attrs, name: str, kind: type, default: str | None = None):
+    value = json.loads(_text(attrs[name] if default is None else attrs.get(name, default)))
+    if not isinstance(value, kind):
+        raise ValueError(f"attribute {name} is a {type(value).__name__}, not a {kind.__name__}")
+    return value
+
+
+def _text(value) -> str:
+    """An attribute as text: a str, or the bytes of a name that is not UTF-8 (see _put_text)."""
+    if isinstance(value, (bytes, np.bytes_)):
+        return bytes(value).decode("utf-8", "surrogateescape")
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not text")
+    return value
+
+
+def _put_text(attrs, name: str, value) -> None:
+    """Text attributes as UTF-8; a path that is not (surrogate escapes) as its raw bytes."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            value = np.bytes_(value.encode("utf-8", "surrogateescape"))
+    attrs[name] = value
+
+
+def _strings(dataset, start: int = 0, end: int | None = None):
+    """Strings of a column as Python str, names that are not UTF-8 included (surrogate escapes)."""
+    return dataset.asstr(errors="surrogateescape")[start:end]
+
+
+# -- reading ---------------------------------------------------------------------------------------
 
 def load_features(path: str | os.PathLike, lazy: bool = False) -> Features:
-    """Read a complete feature store; refuse a missing, foreign or unfinished one. `lazy`: X is the
-    h5py dataset itself (the file stays open while it is referenced), read by whoever slices it -
-    a million rows need not sit in memory twice, or at all."""
+    """Read a complete feature store; refuse a missing, foreign, unfinished or damaged one. `lazy`: X
+    is read by whoever slices it (the file stays open while it is referenced) - a million rows need
+    not sit in memory twice, or at all. Every vector read is checked against its block's checksum."""
     path = Path(path)
     if not path.is_file():
-        raise StoreError(f"{path}: no such feature file (run `cnnfeat extract` first)")
+        raise StoreError(f"{printable(path)}: no such feature file (run `cnnfeat extract` first)")
     h5 = _open(path)
     try:
         features = _features_of(path, h5, lazy)
-    finally:
-        if not lazy:
-            h5.close()
+    except DAMAGED_OR_FOREIGN as error:
+        h5.close()
+        if isinstance(error, CnnfeatError):
+            raise
+        raise StoreError(f"{printable(path)}: a damaged feature file ({type(error).__name__}: {error}); run "
+                         f"`cnnfeat extract` on its data again to rebuild it") from None
+    if not lazy:
+        h5.close()
     return features
 
 
@@ -147,17 +270,20 @@ READ_BYTES = 4 << 20  # take_rows reads a lazy store in spans of about this many
 
 
 def take_rows(X, rows: np.ndarray, block: int | None = None) -> np.ndarray:
-    """X[rows] as float32, where X is an array or a lazily loaded store's h5py dataset: the dataset is
-    read in blocks of neighbouring rows, so only the rows asked for are ever held (a million-row
-    `fit` needs its training rows in memory, not the whole matrix beside them)."""
+    """X[rows] as float32, where X is an array or a lazily loaded store's vectors: those are read in
+    spans of neighbouring rows (whole checksum blocks), so only the rows asked for are ever held (a
+    million-row `fit` needs its training rows in memory, not the whole matrix beside them)."""
     rows = np.asarray(rows, dtype=np.int64)
     if isinstance(X, np.ndarray):
         return X[rows].astype(np.float32, copy=False)
     block = block or max(1, READ_BYTES // (X.shape[1] * X.dtype.itemsize))
+    align = getattr(X, "block_rows", 1)
+    block = -(-block // align) * align  # whole checksum blocks: each is read (and checked) once
     order = np.argsort(rows, kind="stable")
     ordered = rows[order]
     out = np.empty((len(rows), X.shape[1]), np.float32)
-    for begin in range(int(ordered[0]), int(ordered[-1]) + 1, block) if len(rows) else ():
+    first = int(ordered[0]) - int(ordered[0]) % align if len(rows) else 0
+    for begin in range(first, int(ordered[-1]) + 1, block) if len(rows) else ():
         lo, hi = np.searchsorted(ordered, [begin, begin + block])
         if hi > lo:  # one read of the span holding these rows, then the rows asked for
             out[order[lo:hi]] = X[begin:int(ordered[hi - 1]) + 1][ordered[lo:hi] - begin]
@@ -165,36 +291,28 @@ def take_rows(X, rows: np.ndarray, block: int | None = None) -> np.ndarray:
 
 
 def _features_of(path: Path, h5, lazy: bool) -> Features:
-    attrs = h5.attrs
-    if "fingerprint" not in attrs or "features" not in h5:
-        raise StoreError(f"{path}: not a cnnfeat feature file")
-    if not attrs.get("complete", False):
-        raise StoreError(f"{path}: incomplete feature file (its extraction did not finish); "
-                         f"run `cnnfeat extract` again")
-    config = json.loads(attrs["config"])
-    # These two become parts of output paths (reports, fine-tune folders): a shared file must
-    # not be able to write outside --out.
-    dataset = check_name(str(attrs["dataset"]), "dataset name", path)
-    check_name(config.get("backbone"), "backbone name", path)
+    header = read_header(path, h5)
+    labels = h5["labels"][:].astype(np.int64)
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(header.class_names)):
+        raise StoreError(f"{printable(path)}: labels outside its {len(header.class_names)} classes (a damaged "
+                         f"or crafted file); run `cnnfeat extract` on its data again to rebuild it")
+    if lazy:
+        X = CheckedRows(path, h5["features"], header.checksums)
+    else:
+        stored = h5["features"][:]
+        if header.checksums is not None:
+            header.checksums.check(path, 0, stored)
+        X = stored.astype(np.float32, copy=False)
     return Features(
-        path=path,
-        X=h5["features"] if lazy else h5["features"][:].astype(np.float32, copy=False),
-        y=h5["labels"][:].astype(np.int64),
-        class_names=json.loads(attrs["class_names"]),
-        paths=h5["paths"].asstr()[:],
-        splits=h5["splits"].asstr()[:],
-        fingerprint=str(attrs["fingerprint"]),
-        config=config,
-        versions=json.loads(attrs["versions"]),
-        data_root=str(attrs["data_root"]),
-        dataset=dataset,
-        skipped=_skipped_of(h5),
-        weights_source=str(attrs.get("weights_source", "")),
+        path=path, X=X, y=labels, class_names=header.class_names, paths=_strings(h5["paths"]),
+        splits=_strings(h5["splits"]), fingerprint=header.fingerprint, config=header.config,
+        versions=header.versions, data_root=header.data_root, dataset=header.dataset, skipped=_skipped_of(h5),
+        weights_source=header.weights_source,
     )
 
 
 def _skipped_of(h5) -> list[tuple[str, str]]:
-    return list(zip(h5["skipped/paths"].asstr()[:], h5["skipped/reasons"].asstr()[:]))
+    return list(zip(_strings(h5["skipped/paths"]), _strings(h5["skipped/reasons"])))
 
 
 def read_skipped(path: Path) -> list[tuple[str, str]]:
@@ -203,38 +321,39 @@ def read_skipped(path: Path) -> list[tuple[str, str]]:
         return _skipped_of(h5)
 
 
-def _same_settings(h5, fp: str, data_root: str) -> bool:
-    """A complete store of these settings, made from the images under this root."""
-    attrs = h5.attrs
-    return bool(attrs.get("complete", False)) and attrs.get("fingerprint") == fp and attrs.get("data_root") == data_root
+def _same_settings(header: Header, fp: str, data_root: str) -> bool:
+    """A store of these settings, made from the images under this root."""
+    return header.fingerprint == fp and header.data_root == data_root
 
 
 def place_store_rows(placement: Placement, path: Path, expected_fingerprint: str, data_root: str) -> int | None:
     """Put the rows of the complete store at `path` into `placement` (their vectors stay in the
     file: IN_STORE), COPY_ROWS at a time; how many rows name no image of the list (dropped), or None
-    where the store is absent, of other settings or broken."""
+    where the store is absent, of other settings or damaged."""
     try:
         with _open(path) as h5:
-            if not _same_settings(h5, expected_fingerprint, data_root):
+            header = read_header(path, h5)
+            if not _same_settings(header, expected_fingerprint, data_root):
                 return None
             dropped = 0
             for group, kind in ((h5, IN_STORE), (h5["skipped"], SKIPPED)):
                 rows = group["paths"].shape[0]
                 for start in range(0, rows, COPY_ROWS):
                     end = min(rows, start + COPY_ROWS)
-                    reasons = group["reasons"].asstr()[start:end] if kind == SKIPPED else [""] * (end - start)
+                    reasons = _strings(group["reasons"], start, end) if kind == SKIPPED else [""] * (end - start)
                     identities = np.stack([group["file_size"][start:end], group["file_mtime_ns"][start:end]], axis=1)
-                    dropped += placement.put_paths(group["paths"].asstr()[start:end], identities,
+                    dropped += placement.put_paths(_strings(group["paths"], start, end), identities,
                                                    np.arange(start, end), reasons, IN_STORE)
             return dropped
-    except (StoreError, KeyError, OSError):
+    except DAMAGED_OR_FOREIGN:
         return None
 
 
 class VectorReader:
     """Reads vectors wherever they lie - the store being replaced (IN_STORE), the journal
     (IN_JOURNAL), or an array in memory (IN_MEMORY) - a chunk at a time, one read per run of
-    neighbouring rows."""
+    neighbouring rows. Rows of the old store are checked against their checksums as they are read,
+    so a damaged vector is never copied into the new store under a fresh checksum."""
 
     def __init__(self, dim: int, store: Path | None = None, journal: Path | None = None,
                  memory: np.ndarray | None = None):
@@ -243,6 +362,8 @@ class VectorReader:
     def __enter__(self):
         import h5py
         self._h5 = h5py.File(self.store, "r") if self.store else None
+        if self._h5 is not None:  # a store from before checksums is copied as it is, then has them
+            self._rows = CheckedRows(self.store, self._h5["features"], _checksums_of(self._h5))
         self._journal = open(self.journal, "rb") if self.journal and self.journal.exists() else None
         return self
 
@@ -261,9 +382,9 @@ class VectorReader:
         return out
 
     def _from_store(self, rows: list[int]) -> np.ndarray:
-        features, out = self._h5["features"], np.empty((len(rows), self.dim), np.float32)
+        out = np.empty((len(rows), self.dim), np.float32)
         for first, end in runs(rows, 1):
-            out[first:end] = features[rows[first]:rows[end - 1] + 1]
+            out[first:end] = self._rows[rows[first]:rows[end - 1] + 1]
         return out
 
     def _from_memory(self, rows: list[int]) -> np.ndarray:
@@ -275,34 +396,43 @@ def store_matches(path: Path, fp: str, images, identities, storage: Storage = St
 
     Reads paths, labels, splits and file identities only, never the vectors, and those COPY_ROWS
     rows at a time, in the images' order (the order a rebuild writes): the "up to date" answer
-    stays fast however large the store, and its memory is a chunk plus the skipped rows."""
+    stays fast however large the store, and its memory is a chunk plus the skipped rows. A store
+    from before checksums does not match (rewritten once, no image extracted again)."""
     try:
         with _open(path) as h5:
-            if not _same_settings(h5, fp, str(images.root)):
+            header = read_header(path, h5)
+            if not _same_settings(header, fp, str(images.root)) or header.checksums is None:
                 return False
-            if json.loads(h5.attrs["class_names"]) != images.class_names:
+            if header.class_names != images.class_names:
                 return False
-            if storage.resolved(path).compression != _storage_of(h5).compression:  # asked for another: rewrite
+            if storage.resolved(path).compression != header.storage.compression:  # asked for another: rewrite
                 return False
-            skipped = dict(zip(h5["skipped/paths"].asstr()[:], _row_facts(h5["skipped"], 0, None)))
+            skipped = dict(zip(_strings(h5["skipped/paths"]), _row_facts(h5["skipped"], 0, None)))
             if h5["paths"].shape[0] + len(skipped) != len(images.paths):
                 return False
             good = (i for i, p in enumerate(images.paths) if p not in skipped)
             for start in range(0, h5["paths"].shape[0], COPY_ROWS):
-                paths = h5["paths"].asstr()[start:start + COPY_ROWS]
+                paths = _strings(h5["paths"], start, start + COPY_ROWS)
                 for p, facts in zip(paths, _row_facts(h5, start, start + COPY_ROWS)):
                     i = next(good)
                     if images.paths[i] != p or facts != (images.labels[i], images.splits[i], tuple(identities[i])):
                         return False
             return all(skipped[p] == (label, split, tuple(identity)) for p, label, split, identity
                        in zip(images.paths, images.labels, images.splits, identities) if p in skipped)
-    except (StoreError, KeyError, OSError):
+    except DAMAGED_OR_FOREIGN:
         return False
+
+
+def store_damage(path: Path) -> np.ndarray:
+    """Rows of the store at `path` whose vectors fail their checksums (`extract --verify`)."""
+    with _open(path) as h5:
+        header = read_header(path, h5)
+        return header.checksums.damaged(h5["features"]) if header.checksums else np.zeros(0, np.int64)
 
 
 def _row_facts(group, start: int, end: int | None):
     """(label, split, (size, mtime)) of the group's rows start..end, as Python values."""
-    return zip(group["labels"][start:end].tolist(), group["splits"].asstr()[start:end],
+    return zip(group["labels"][start:end].tolist(), _strings(group["splits"], start, end),
                zip(group["file_size"][start:end].tolist(), group["file_mtime_ns"][start:end].tolist()))
 
 
@@ -312,85 +442,90 @@ def _storage_of(h5) -> Storage:
     return Storage(stored.get("dtype", "float32"), stored.get("compression") or "none")
 
 
+# -- writing ---------------------------------------------------------------------------------------
+
 def write_store(path: Path, images, identities: np.ndarray, placement: Placement, dim: int, attrs: dict,
                 reader: VectorReader | None = None, storage: Storage = Storage()) -> tuple[int, int]:
     """Write the complete store for `images` (every one placed: a vector or a reason) atomically,
-    COPY_ROWS rows at a time; (good, skipped)."""
+    COPY_ROWS rows at a time, each chunk's checksum beside it; (good, skipped). The space it needs
+    is reserved first: a full disk or a file-size limit is one error before HDF5 writes a byte
+    (HDF5 crashes the process when it cannot flush a file it is closing)."""
     import h5py
 
     if np.any(placement.kind == NOWHERE):
         raise StoreError(f"{path}: {int(np.sum(placement.kind == NOWHERE))} images have no vector and no reason")
     good, bad = np.flatnonzero(placement.kind != SKIPPED), placement.skipped()
     reader = reader or VectorReader(dim)
-    with atomic_write(path) as tmp, h5py.File(tmp, "w") as h5, reader:
-        for key, value in attrs.items():
-            h5.attrs[key] = value
-        h5.attrs["storage"] = json.dumps({**asdict(storage), "compression": storage.compression or "none"})
-        features = h5.create_dataset("features", shape=(len(good), dim), **storage.dataset_options(len(good), dim))
-        for start in range(0, len(good), COPY_ROWS):
-            part = good[start:start + COPY_ROWS]
-            features[start:start + len(part)] = reader.read(placement.kind[part], placement.where[part])
-        _write_columns(h5, images, identities, good)
-        skipped = h5.create_group("skipped")
-        _write_columns(skipped, images, identities, bad)
-        skipped.create_dataset("reasons", data=[placement.reasons[i] for i in bad.tolist()], dtype=_str_dtype())
-        h5.attrs["complete"] = True  # last: a file without it is never read as a store
+    with atomic_write(path) as tmp:
+        _reserve(tmp, _size_bound(images, len(good), dim, storage), path)
+        with h5py.File(tmp, "r+") as h5, reader:
+            for key, value in attrs.items():
+                _put_text(h5.attrs, key, value)
+            h5.attrs["storage"] = json.dumps({**asdict(storage), "compression": storage.compression or "none"})
+            features = h5.create_dataset("features", shape=(len(good), dim), **storage.dataset_options(len(good), dim))
+            checksums = h5.create_dataset("checksums", shape=(-(-len(good) // COPY_ROWS),), dtype=np.uint32)
+            h5.attrs["checksum_rows"] = COPY_ROWS
+            for start in range(0, len(good), COPY_ROWS):
+                part = good[start:start + COPY_ROWS]
+                block = reader.read(placement.kind[part], placement.where[part]).astype(storage.dtype)
+                features[start:start + len(part)] = block
+                checksums[start // COPY_ROWS] = block_checksum(block)
+            _write_columns(h5, images, identities, good)
+            skipped = h5.create_group("skipped")
+            _write_columns(skipped, images, identities, bad)
+            _write_strings(skipped, "reasons", [placement.reasons[i] for i in bad.tolist()])
+            h5.attrs["complete"] = True  # last: a file without it is never read as a store
     return len(good), len(bad)
+
+
+def _size_bound(images, rows: int, dim: int, storage: Storage) -> int:
+    """More bytes than the store can take (vectors uncompressed; each string with HDF5's heap
+    overhead): what to reserve."""
+    strings = sum(len(p) for p in images.paths) * 4 + len(images.paths) * (2 * 64 + 8)  # UTF-8: at most 4x chars
+    return int(rows * dim * np.dtype(storage.dtype).itemsize * 1.02) + strings + len(images.paths) * 32 + (256 << 10)
+
+
+def _reserve(tmp: Path, size: int, path: Path) -> None:
+    """Create the empty HDF5 file `tmp` with `size` bytes allocated to it (HDF5 trims it on close)."""
+    import h5py
+
+    probe = tmp.with_name(tmp.name + ".reserve")
+    try:  # the space first, in a plain file: if it is not there, HDF5 never starts writing
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        finally:
+            os.close(fd)
+            probe.unlink(missing_ok=True)
+        h5py.File(tmp, "w").close()
+        fd = os.open(tmp, os.O_WRONLY)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        finally:
+            os.close(fd)
+    except OSError as error:
+        raise OutputError(f"cannot write {printable(path)}: {describe_os_error(error)}; it needs up to "
+                          f"{size / 2**20:,.0f} MiB") from None
 
 
 def _write_columns(group, images, identities: np.ndarray, rows: np.ndarray):
     """Paths, splits, labels and file identities of `rows` (strings COPY_ROWS at a time: h5py
     makes an object per string it writes)."""
     for name, column in (("paths", images.paths), ("splits", images.splits)):
-        dataset = group.create_dataset(name, shape=(len(rows),), dtype=_str_dtype())
-        for start in range(0, len(rows), COPY_ROWS):
-            part = rows[start:start + COPY_ROWS].tolist()
-            dataset[start:start + len(part)] = [column[i] for i in part]
+        _write_strings(group, name, (column[i] for i in rows.tolist()), len(rows))
     group.create_dataset("labels", data=np.asarray(images.labels, dtype=np.int64)[rows])
     group.create_dataset("file_size", data=identities[rows, 0].astype(np.int64))
     group.create_dataset("file_mtime_ns", data=identities[rows, 1].astype(np.int64))
 
 
-LOCK_WAIT_S = 2.0  # how long to wait for a lock whose holder has not yet said who it is
-_HELD_HERE: set[Path] = set()  # POSIX locks do not exclude the process that holds them: these do
+def _write_strings(group, name: str, strings, count: int | None = None):
+    """A column of strings, written COPY_ROWS at a time; a name that is not UTF-8 as its own bytes."""
+    import h5py
+    from itertools import islice
 
-
-@contextmanager
-def exclusive(path: Path):
-    """Hold a lock beside `path` for the duration; a second writer stops with a clear message.
-
-    A POSIX record lock (lockf), not flock: it belongs to this process only, so the DataLoader
-    workers forked while it is held do not keep it alive after this process is killed, and the
-    kernel releases it the moment this process dies, whatever killed it."""
-    lock_path = path.with_name(path.name + ".lock").resolve()
-    if lock_path in _HELD_HERE:
-        raise StoreError(f"{path} is being written by this process (pid {os.getpid()}); wait for that run to "
-                         f"finish and run again")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        _acquire(fd, path)
-        _HELD_HERE.add(lock_path)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"cnnfeat extract (pid {os.getpid()})".encode(), 0)
-        yield
-    finally:
-        _HELD_HERE.discard(lock_path)
-        os.close(fd)  # releases the lock
-
-
-def _acquire(fd: int, path: Path) -> None:
-    deadline = time.monotonic() + LOCK_WAIT_S
-    while True:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except OSError:  # EAGAIN / EACCES: held by a live process
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
-            pid = holder.rsplit("pid ", 1)[-1].rstrip(")")
-            # A held lock whose recorded pid is gone belongs to a writer that has just started and
-            # not yet written its pid: wait a moment rather than name a dead process.
-            if (pid.isdigit() and pid_alive(int(pid))) or time.monotonic() > deadline:
-                named = holder if pid.isdigit() and pid_alive(int(pid)) else "another process"
-                raise StoreError(f"{path} is being written by {named}; wait for that run to finish "
-                                 f"and run again") from None
-            time.sleep(0.05)
+    count = len(strings) if count is None else count
+    dataset = group.create_dataset(name, shape=(count,), dtype=h5py.string_dtype("utf-8"))
+    strings = iter(strings)
+    for start in range(0, count, COPY_ROWS):
+        part = [s.encode("utf-8", "surrogateescape") for s in islice(strings, COPY_ROWS)]
+        dataset[start:start + len(part)] = part

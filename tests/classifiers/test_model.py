@@ -90,12 +90,48 @@ def test_load_model_refuses_changed_corrupt_or_foreign_files(tinted_store, tmp_p
         load_model(path)
     (tmp_path / "junk.joblib").write_bytes(b"\x80\x04 junk")
     with pytest.raises(CnnfeatError, match="not a readable model file"):
-        load_model(tmp_path / "junk.joblib")
+        load_model(tmp_path / "junk.joblib", verify=False)
     joblib.dump({"a": 1}, tmp_path / "dict.joblib")
     with pytest.raises(CnnfeatError, match="not a cnnfeat model .it holds a dict"):
-        load_model(tmp_path / "dict.joblib")
+        load_model(tmp_path / "dict.joblib", verify=False)
     with pytest.raises(CnnfeatError, match="no such file"):
         load_model(tmp_path / "absent.joblib")
+
+
+def _edit_one_coefficient(path):
+    """Change one byte of the saved logistic regression's coef_ in the .joblib (its raw float64s)."""
+    model = joblib.load(path)
+    target = model.pipeline_.coef_.tobytes()[:64]
+    data = bytearray(path.read_bytes())
+    at = data.index(target) + 7  # the top byte of the first weight: its sign and exponent
+    data[at] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("record", ["missing", "cut short", "without sha256"])
+def test_a_model_without_its_record_is_refused_through_the_cli(tinted_store, tmp_path, record):
+    """Fault 7: an edited coefficient with the .json gone or unreadable predicted on, exit 0."""
+    model, features = _fitted(tinted_store)
+    path, json_path = save_model(model, tmp_path / "m.joblib", {"head": "logreg"})
+    _edit_one_coefficient(path)
+    assert joblib.load(path).predict_proba(features.X[:5]).tolist() != model.predict_proba(features.X[:5]).tolist()
+    if record == "missing":
+        json_path.unlink()
+    elif record == "cut short":
+        json_path.write_text(json_path.read_text()[:40])
+    else:
+        json_path.write_text(json.dumps({k: v for k, v in json.loads(json_path.read_text()).items() if k != "sha256"}))
+    image = f"{features.data_root}/{features.paths[0]}"
+    fragment = {"missing": "no m.json beside it", "cut short": "its record m.json is damaged",
+                "without sha256": "gives no sha256"}[record]
+    assert_one_line_error(run("predict", "--model", path, "--out", tmp_path / "p.csv", image), fragment,
+                          "refusing to load it")
+    assert not (tmp_path / "p.csv").exists()
+    with pytest.raises(CnnfeatError, match=fragment):
+        load_model(path)
+    assert isinstance(load_model(path, verify=False), FeatureClassifier)  # for those who know why
+    if record == "missing":
+        assert "runs code when it is loaded" in run("predict", "--model", path, image).output
 
 
 class _CreatesAFile:

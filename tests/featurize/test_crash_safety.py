@@ -60,8 +60,8 @@ def _check_complete(store, reference):
     assert sorted(features.paths) == sorted(reference) and len(set(features.paths)) == len(reference)
     for path, vector in zip(features.paths, features.X):
         np.testing.assert_allclose(vector, reference[path], rtol=1e-5, atol=1e-5)
-    leftovers = sorted(p.name for p in store.parent.iterdir() if p.name not in (store.name, store.name + ".lock"))
-    assert leftovers == [], leftovers  # no .partial, no .tmp-* files
+    leftovers = sorted(p.name for p in store.parent.iterdir() if p.name != store.name)
+    assert leftovers == [], leftovers  # no .partial, no .tmp-* files, no .lock (a killed run's is removed too)
 
 
 def _kill_rerun_kill_finish(many_images, tmp_path, moments, seed):
