@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -75,8 +76,10 @@ def head_graph(pipeline, n_features: int, opset: int):
         return weighted_knn_graph(pipeline, opset)
     convertible = onnx_equivalent(pipeline)
     try:
-        graph = to_onnx(convertible, initial_types=[(HEAD_INPUT, FloatTensorType([None, n_features]))],
-                        options={"zipmap": False}, target_opset={"": opset, "ai.onnx.ml": ML_OPSET})
+        with warnings.catch_warnings():  # skl2onnx's SVC converter reads probA_/probB_, deprecated in scikit-learn 1.9
+            warnings.filterwarnings("ignore", "Attribute `prob[AB]_` was deprecated", FutureWarning)
+            graph = to_onnx(convertible, initial_types=[(HEAD_INPUT, FloatTensorType([None, n_features]))],
+                            options={"zipmap": False}, target_opset={"": opset, "ai.onnx.ml": ML_OPSET})
     except Exception as error:  # skl2onnx raises several kinds for an estimator it does not know
         final = pipeline.steps[-1][1] if hasattr(pipeline, "steps") else pipeline
         raise CnnfeatError(f"cannot export this head to ONNX: skl2onnx does not convert "

@@ -8,6 +8,7 @@ every candidate of the search.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, NamedTuple
@@ -43,6 +44,8 @@ class Head:
     # rows: the same model trained on mini-batches, its grid one path (see for_rows)
     bound: Callable[[int, int], Bound | None] | None = None  # (training rows, classes) -> what keeps the
     # fitted model's memory bounded there (a forest's trees grown on fewer rows), None where nothing need
+    constraints: Callable[[], dict] | None = None  # () -> scikit-learn parameter constraints for an estimator
+    # of ours that declares none (`_parameter_constraints`): --grid values are checked against them
 
     def for_rows(self, rows: int) -> "Head":
         """This head as it is searched on `rows` training rows: past MINIBATCH_ABOVE, a head with a
@@ -111,11 +114,22 @@ def _logreg(seed):
     return _pipeline(_standardise(), LogisticRegression(max_iter=5000, random_state=seed))
 
 
+def _svc_constraints() -> dict:
+    """PrecomputedKernelSVC's parameters by SVC's rules: C is SVC's (it hands C to an SVC), gamma
+    and kernel those of SVC it computes ('scale' or a float; 'linear' or 'rbf')."""
+    from numbers import Real
+
+    from sklearn.svm import SVC
+    from sklearn.utils._param_validation import Interval, StrOptions
+    return {"C": SVC._parameter_constraints["C"], "gamma": [StrOptions({"scale"}), Interval(Real, 0.0, None, closed="left")],
+            "kernel": [StrOptions({"linear", "rbf"})]}
+
+
 @register_head(
     "svm", "support vector machine, linear and RBF kernels (standardised)",
     [{"kernel": ["linear"], "C": C_DECADES},
      {"kernel": ["rbf"], "C": [0.1, 1.0, 10.0, 100.0, 1000.0], "gamma": ["scale", 1e-4, 1e-3, 1e-2]}],
-    calibrate=True, scales_badly_above=20_000,
+    calibrate=True, scales_badly_above=20_000, constraints=_svc_constraints,
 )
 def _svm(seed):
     from .kernel_svm import PrecomputedKernelSVC  # SVC, with its kernel matrix computed once per fold
@@ -206,12 +220,17 @@ def fused_head(head: Head, widths: list[int]) -> Head:
     return dataclasses.replace(head, build=fused(head.build), at_scale=head.at_scale and fused(head.at_scale))
 
 
+GRID_SHAPE = "a JSON object of parameter -> list of values, or a list of such objects"
+
+
 def resolve_grid(head: Head, override=None) -> list[dict]:
     """The head's default grid with `override` applied, in full `clf__` names, validated.
 
     `override` is a dict (its keys replace those values in every sub-grid that has them, or are
-    added) or a list of dicts (replaces the grid). Unknown parameters are a clear error."""
-    valid = sorted(k for k in head.build(0).get_params() if k.startswith(("clf__", "scale__")))
+    added) or a list of dicts (replaces the grid). Unknown parameters, empty lists of values and
+    values the estimator refuses are a clear error here, before any fit."""
+    pipeline = head.build(0)
+    valid = sorted(k for k in pipeline.get_params() if k.startswith(("clf__", "scale__")))
     short = {k.split("__", 1)[1]: k for k in valid if k.startswith("clf__")}
 
     def full(key):
@@ -223,18 +242,57 @@ def resolve_grid(head: Head, override=None) -> list[dict]:
 
     def normalise(grid):
         if not isinstance(grid, dict):
-            raise CnnfeatError(f"--grid: expected a JSON object of parameter -> list of values, got {grid!r}")
+            raise CnnfeatError(f"--grid: expected {GRID_SHAPE}; got {json.dumps(grid, default=repr)}")
+        for key, values in grid.items():
+            if values == []:
+                raise CnnfeatError(f"--grid: {key} has an empty list of values; give it at least one")
         return {full(k): [_tuple_sizes(v) for v in (values if isinstance(values, list) else [values])]
                 for k, values in grid.items()}
 
+    if (override is not None and not isinstance(override, (dict, list))) or override == []:
+        raise CnnfeatError(f"--grid: expected {GRID_SHAPE}; got {json.dumps(override, default=repr)}")
     if isinstance(override, list):
-        return [normalise(g) for g in override]
-    grids = [normalise(g) for g in head.grid]
-    if override:
-        extra = normalise(override)
-        merged = [{**g, **extra} for g in grids]
-        grids = list({repr(sorted(g.items())): g for g in merged}.values())  # drop sub-grids made equal
+        grids = [normalise(g) for g in override]
+    else:
+        grids = [normalise(g) for g in head.grid]
+        if override:
+            merged = [{**g, **normalise(override)} for g in grids]
+            grids = list({repr(sorted(g.items())): g for g in merged}.values())  # drop sub-grids made equal
+    _check_values(head, pipeline, grids)
     return grids
+
+
+def _check_values(head: Head, pipeline, grids: list[dict]) -> None:
+    """Every value of `grids` as its estimator would take it: a refused one would otherwise fail its
+    fits midway through the search (a traceback), or be skipped with a warning among good ones."""
+    for grid in grids:
+        for key, values in grid.items():
+            for value in values:
+                why = refusal(head, pipeline, key, value)
+                if why:
+                    name = key.split("__", 1)[1] if key.startswith("clf__") else key
+                    raise CnnfeatError(f"--grid: {head.name} cannot take {name}={json.dumps(value, default=repr)}: "
+                                       f"{why}")
+
+
+def refusal(head: Head, pipeline, key: str, value) -> str | None:
+    """Why the step of `pipeline` that owns parameter `key` (clf__C) refuses `value`, by scikit-learn's
+    own parameter validation (what its fit would raise); None where it takes it."""
+    from sklearn.utils._param_validation import (
+        InvalidParameterError,
+        validate_parameter_constraints,
+    )
+
+    owner_key, name = key.rsplit("__", 1)
+    owner = pipeline.get_params()[owner_key]
+    rules = getattr(owner, "_parameter_constraints", None)
+    if rules is None and owner_key == "clf" and head.constraints:
+        rules = head.constraints()
+    try:
+        validate_parameter_constraints(rules or {}, {name: value}, caller_name=type(owner).__name__)
+    except InvalidParameterError as error:
+        return str(error).splitlines()[0]
+    return None
 
 
 def _tuple_sizes(value):

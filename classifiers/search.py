@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import numbers
 import os
 import time
 from contextlib import contextmanager
@@ -11,7 +12,7 @@ import numpy as np
 
 from featurize.errors import CnnfeatError
 
-from .heads import Head, get_head, resolve_grid
+from .heads import Head, get_head, refusal, resolve_grid
 
 SCORINGS = ("accuracy", "balanced_accuracy", "f1_macro")
 METHODS = ("auto", "grid", "halving", "coordinate", "path")
@@ -138,7 +139,7 @@ def search_head(name, X: np.ndarray, y: np.ndarray, grid=None, settings: SearchS
         grid = [_axes_first(g, head.axes) for g in grid]
     searcher = _searcher(method, pipeline, grid, splitter, settings, head.name)
     with _cross_validation_backend(settings.ray if method in ("grid", "halving", "coordinate") else None):
-        searcher.fit(X, y)
+        _fit_every_candidate(searcher, X, y, head.name)
     best = searcher.best_index_
     results = searcher.cv_results_
     best_params = dict(searcher.best_params_)
@@ -147,6 +148,9 @@ def search_head(name, X: np.ndarray, y: np.ndarray, grid=None, settings: SearchS
         notes.append(f"{head.name}: the {settings.budget:g} s budget ran out after {evaluated} of {candidates} "
                      f"candidates; the best of those was kept")
         log(notes[-1])
+    for note in edge_notes(head, pipeline, grid, best_params):
+        notes.append(note)
+        log(note)
     pipeline.set_params(**best_params)
     if method == "oob":
         pipeline.set_params(clf__n_jobs=settings.jobs)  # the refit too uses every core
@@ -162,6 +166,62 @@ def search_head(name, X: np.ndarray, y: np.ndarray, grid=None, settings: SearchS
         seconds=time.perf_counter() - started, pipeline=pipeline, notes=notes, evaluated=evaluated,
         fitted=None if head.calibrate else fitted,
     )
+
+
+def _fit_every_candidate(searcher, X, y, head: str) -> None:
+    """searcher.fit, where a search whose every fit failed (a --grid value refused at fit time that no
+    parameter check catches, e.g. an MLP layer of 0 units) is one line saying why, not a traceback."""
+    try:
+        searcher.fit(X, y)
+    except ValueError as error:
+        if "fits failed" not in str(error):
+            raise
+        why = [line for line in str(error).splitlines() if line.strip()][-1].strip()
+        raise CnnfeatError(f"{head}: its fits failed ({why}); check --grid") from None
+
+
+def edge_notes(head: Head, pipeline, grid: list[dict], best: dict) -> list[str]:
+    """A note for each numeric parameter (3 or more values) whose best value is the smallest or the
+    largest of its grid: the best may lie past it. Not where the estimator refuses every value past
+    it (n_neighbors=1), so the note's wider grid always runs."""
+    searched = next((g for g in grid if set(g) == set(best) and all(best[k] in g[k] for k in g)), {})
+    notes = []
+    for key, values in searched.items():
+        ordered = sorted({v for v in values if _is_number(v)})
+        if len(ordered) < 3 or not _is_number(best[key]) or best[key] not in (ordered[0], ordered[-1]):
+            continue
+        low = best[key] == ordered[0]
+        past = [v for v in _past(ordered, low) if not refusal(head, pipeline, key, v)]
+        if not past:
+            continue
+        name = key.split("__", 1)[1] if key.startswith("clf__") else key
+        wider = ", ".join(_shown(v) for v in sorted([*past, best[key]]))
+        notes.append(f"{head.name}: best {name}={_shown(best[key])} is the {'smallest' if low else 'largest'} value "
+                     f"of its grid ({_shown(ordered[0])} to {_shown(ordered[-1])}): the best may lie past it; widen "
+                     f"the grid, e.g. --grid '{{\"{name}\": [{wider}]}}'")
+    return notes
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _past(ordered: list, low: bool) -> list:
+    """Two values past the end of `ordered` numbers (its smallest end when `low`), spaced as its last
+    two: by their ratio where they have one sign (decades stay decades), else by their difference.
+    Integers stay integers where rounding keeps the values apart (n_neighbors 21 -> 29, 41)."""
+    edge, inner = (ordered[0], ordered[1]) if low else (ordered[-1], ordered[-2])
+    if edge * inner <= 0:
+        return [edge + (edge - inner), edge + 2 * (edge - inner)]
+    past = [edge * (edge / inner), edge * (edge / inner) ** 2]
+    rounded = [round(v) for v in past]
+    if all(isinstance(v, numbers.Integral) for v in ordered) and len({edge, *rounded}) == 3:
+        return rounded
+    return past
+
+
+def _shown(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 @contextmanager
@@ -232,10 +292,8 @@ def _tracked(search_class):
         progress, budget, desc, coordinate = False, None, "search", False
 
         def _run_search(self, evaluate_candidates, *, callback_ctx=None):
-            with tqdm(unit="candidate", desc=self.desc, disable=not self.progress) as bar:
+            with tqdm(total=self._planned(), unit="candidate", desc=self.desc, disable=not self.progress) as bar:
                 def evaluate(candidates, *args, **kwargs):
-                    bar.total = (bar.total or 0) + len(candidates)  # halving adds each round as it comes
-                    bar.refresh()
                     results = evaluate_candidates(candidates, *args, **kwargs)
                     bar.update(len(candidates))
                     return results
@@ -246,6 +304,13 @@ def _tracked(search_class):
                     self._run_grid(evaluate, list(ParameterGrid(self.param_grid)))
                 else:
                     super()._run_search(evaluate, callback_ctx=callback_ctx)
+
+        def _planned(self) -> int:
+            """Candidate evaluations this search makes, known before the first: the bar's ETA holds."""
+            if self.coordinate:
+                return _coordinate_count(self.param_grid)
+            candidates = len(ParameterGrid(self.param_grid))
+            return candidates if search_class is GridSearchCV else sum(_halving_rounds(self, candidates))
 
         def _run_grid(self, evaluate, candidates):
             started = time.perf_counter()
@@ -260,6 +325,24 @@ def _tracked(search_class):
                 self.evaluated_ += len(part)
 
     return Tracked
+
+
+def _halving_rounds(search, candidates: int) -> list[int]:
+    """The candidates of each round a HalvingGridSearchCV (its fit under way: min_resources_ and
+    max_resources_ set) evaluates, by scikit-learn's rules in BaseSuccessiveHalving._run_search."""
+    from math import ceil, floor, log
+
+    factor = search.factor
+    required = 1 + floor(log(candidates, factor))  # rounds until fewer than `factor` candidates are left
+    smallest = search.min_resources_
+    if search.min_resources == "exhaust":  # the last round uses (nearly) every row
+        smallest = max(smallest, search.max_resources_ // factor ** (required - 1))
+    possible = 1 + floor(log(search.max_resources_ // smallest, factor))  # rounds the rows allow
+    rounds = required if search.aggressive_elimination else min(possible, required)
+    schedule = [candidates]
+    for _ in range(rounds - 1):
+        schedule.append(ceil(schedule[-1] / factor))
+    return schedule
 
 
 def _coordinate_sweeps(evaluate, grid: dict) -> list[dict]:

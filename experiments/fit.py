@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -39,13 +40,14 @@ def latest_features(out: str | Path) -> Path:
 
 
 def parse_grid(text: str | None):
-    """--grid: a JSON file or a JSON string (an object, or a list of objects)."""
+    """--grid: a JSON file or a JSON string (an object, or a list of objects; resolve_grid checks
+    its shape and values against the head)."""
     if not text:
         return None
-    source = Path(text).read_text() if Path(text).is_file() else text
-    try:
+    try:  # os.path.isfile: Path.is_file raises on a name too long for a file (a long grid)
+        source = Path(text).read_text() if os.path.isfile(text) else text
         return json.loads(source)
-    except ValueError as error:
+    except ValueError as error:  # UnicodeDecodeError too: a file that is not text
         raise CnnfeatError(f"--grid: neither a JSON file nor valid JSON ({error})") from None
 
 

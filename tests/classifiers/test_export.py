@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import onnx
@@ -166,3 +167,14 @@ def test_cli_export_and_its_errors(tinted_store, tmp_path):
     result = run("export", "--model", path, "--out", tmp_path / "x")
     assert result.exit_code == 0 and (tmp_path / "x" / "model.onnx").is_file()
     assert_one_line_error(run("export", "--model", tmp_path / "nope.joblib", "--out", tmp_path), "no such file")
+
+
+def test_exporting_an_svm_warns_of_nothing(tinted_store, tmp_path):
+    """skl2onnx's SVC converter reads probA_/probB_, deprecated in scikit-learn 1.9: `export` of an
+    svm model printed two FutureWarnings a user can do nothing about."""
+    _, path = _saved(load_features(tinted_store), tmp_path, "svm", {"kernel": "linear"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        result = run("export", "--model", path, "--out", tmp_path / "x")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "x" / "model.onnx").is_file() and "Warning" not in result.output

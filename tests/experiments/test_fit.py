@@ -13,7 +13,7 @@ from experiments.fit import fit_model
 from experiments.splits import train_eval_split
 from featurize import extract, load_features
 from featurize.images import find_images
-from tests.conftest import REPO, write_image
+from tests.conftest import REPO, generated_store, write_image
 from tests.test_cli import assert_one_line_error, run
 
 QUIET = {"log": lambda _: None}
@@ -134,6 +134,59 @@ def test_bad_input_is_one_line(tinted_store, tmp_path, case):
         result = run("predict", "--model", tmp_path / "m.joblib", tmp_path)
         fragments = ["not a cnnfeat model (it holds a list)"]
     assert_one_line_error(result, *fragments)
+
+
+@pytest.mark.parametrize("clf,grid,fragments", [
+    ("svm", '{"C": [-1]}', ["svm cannot take C=-1", "must be a float in the range (0.0, inf]"]),  # a traceback
+    ("logreg", '{"C": [-1]}', ["logreg cannot take C=-1", "LogisticRegression"]),
+    ("logreg", '{"C": [1, "x"]}', ['logreg cannot take C="x"']),  # was skipped, with a warning, among good ones
+    ("svm", '{"kernel": ["poly"]}', ['svm cannot take kernel="poly"']),  # SVC takes it; our svm does not
+    ("svm", '{"C": []}', ["C has an empty list of values"]),  # a traceback
+    ("svm", "[]", ["expected a JSON object of parameter -> list of values, or a list of such objects; got []"]),
+    ("svm", '[{"C": [1]}, 2]', ["expected a JSON object", "got 2"]),
+])
+def test_a_grid_the_head_cannot_search_is_one_line_before_any_fit(tinted_store, tmp_path, clf, grid, fragments):
+    result = run("fit", "--clf", clf, "--features", tinted_store, "--out", tmp_path, "--grid", grid)
+    assert_one_line_error(result, *fragments)  # one line: not even the search's first
+
+
+def test_a_grid_whose_every_fit_fails_is_one_error_line(tinted_store, tmp_path):
+    """A value no parameter check refuses but every fit does (an MLP layer of no units)."""
+    result = run("fit", "--clf", "mlp", "--features", tinted_store, "--out", tmp_path, "--jobs", 1,
+                 "--grid", '{"hidden_layer_sizes": [[0]], "alpha": [1]}')
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1] == ("Error: mlp: its fits failed (ValueError: hidden_layer_sizes "
+                                                      "must be > 0, got [0].); check --grid")
+
+
+def test_a_long_grid_given_inline_is_read_as_json(tinted_store, tmp_path):
+    """Asking whether a grid longer than a file name may be is a file raised OSError (a traceback)."""
+    grid = json.dumps([{"kernel": ["linear"], "C": [0.01, 0.1, 1.0]},
+                       {"kernel": ["rbf"], "C": [0.1, 1.0, 10.0], "gamma": ["scale", 0.001, 0.01]}], indent=4)
+    assert len(grid) > 255
+    result = run("fit", "--clf", "svm", "--features", tinted_store, "--out", tmp_path, "--jobs", 1, "--grid", grid)
+    assert result.exit_code == 0, result.output
+    assert "svm: grid search over 12 candidates" in result.output
+
+
+def test_a_best_value_at_the_edge_of_its_grid_is_flagged_with_a_wider_grid(tmp_path):
+    """The svm chose C=1e-4, the smallest value of its grid, and nothing said so. On these vectors a
+    linear svm does best at C=0.01 (CV 0.99; 0.3 at 1e-3, 0.98 at 0.1)."""
+    store = generated_store(tmp_path, 300)[0]
+
+    def fit(values):
+        result = run("fit", "--clf", "svm", "--features", store, "--out", tmp_path, "--jobs", 1,
+                     "--grid", json.dumps([{"kernel": ["linear"], "C": values}]))
+        assert result.exit_code == 0, result.output
+        return result.output, json.loads((tmp_path / "models" / "scale-svm.json").read_text())
+
+    output, saved = fit([0.01, 0.1, 1.0])
+    note = ("svm: best C=0.01 is the smallest value of its grid (0.01 to 1): the best may lie past it; widen the "
+            """grid, e.g. --grid '{"C": [0.0001, 0.001, 0.01]}'""")
+    assert saved["best_params"]["C"] == 0.01 and note in output
+    assert saved["notes"] == [note]  # what compare's report lists as its notes
+    output, saved = fit([0.001, 0.01, 0.1])
+    assert saved["best_params"]["C"] == 0.01 and saved["notes"] == [] and "best C=" not in output
 
 
 @pytest.mark.parametrize("clf", ["linear", "logreg"])

@@ -1,0 +1,57 @@
+"""The search's progress bar and its notes on the best candidate."""
+import numpy as np
+import pytest
+import tqdm
+from sklearn.datasets import load_digits
+
+from classifiers import get_head
+from classifiers.search import edge_notes, search_head
+
+
+@pytest.mark.parametrize("rows,candidates,rounds", [(600, 9, [9, 3, 1]), (240, 9, [9, 3])])
+def test_a_halving_search_bar_knows_its_total_before_the_first_round(monkeypatch, rows, candidates, rounds):
+    """The bar's total grew as halving asked for each round (0, 4/4 100%, 4/8 50%, ...): no ETA. On
+    240 rows the rows run out before the candidates do (2 rounds where 9 candidates need 3)."""
+    bars = []
+
+    class Recorded(tqdm.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.totals = [self.total]
+            bars.append(self)
+
+        def update(self, n=1):
+            self.totals.append(self.total)
+            return super().update(n)
+
+    monkeypatch.setattr(tqdm, "tqdm", Recorded)
+    X, y = load_digits(return_X_y=True)
+    grid = {"C": np.logspace(-3, 1, candidates).tolist()}
+    result = search_head("logreg", X[:rows], y[:rows].astype(str), grid=grid, cv=3, search="halving", jobs=1,
+                         progress=True, log=lambda _: None)
+    assert result.method == "halving" and len(bars) == 1
+    bar = bars[0]
+    assert bar.totals == [sum(rounds)] * len(bar.totals) and len(bar.totals) == 1 + len(rounds)
+    assert bar.n == sum(rounds)  # every evaluation it counted, and no more
+
+
+def test_an_edge_note_only_where_a_wider_grid_can_go_past_the_edge():
+    knn = get_head("knn")
+    pipeline = knn.build(0)
+    grid = [{"clf__n_neighbors": [1, 3, 5, 7, 11, 15, 21], "clf__weights": ["uniform", "distance"],
+             "clf__metric": ["euclidean", "cosine", "manhattan"]}]
+    best = {"clf__n_neighbors": 21, "clf__weights": "distance", "clf__metric": "manhattan"}
+    notes = edge_notes(knn, pipeline, grid, best)  # the metric, at the end of its list, is no scale
+    assert len(notes) == 1 and "best n_neighbors=21 is the largest value of its grid (1 to 21)" in notes[0]
+    assert """--grid '{"n_neighbors": [21, 29, 41]}'""" in notes[0]  # spaced as its last two, integers
+    assert edge_notes(knn, pipeline, grid, {**best, "clf__n_neighbors": 7}) == []
+    assert edge_notes(knn, pipeline, grid, {**best, "clf__n_neighbors": 1}) == []  # none below 1
+    two = [{**grid[0], "clf__n_neighbors": [3, 5]}]
+    assert edge_notes(knn, pipeline, two, {**best, "clf__n_neighbors": 5}) == []  # two values: no scale to go on
+    svm = get_head("svm")
+    rbf = [{"clf__kernel": ["rbf"], "clf__C": [0.1, 1.0, 10.0], "clf__gamma": ["scale", 1e-4, 1e-3, 1e-2]}]
+    notes = edge_notes(svm, svm.build(0), rbf, {"clf__kernel": "rbf", "clf__C": 1.0, "clf__gamma": 1e-2})
+    assert len(notes) == 1 and """--grid '{"gamma": [0.01, 0.1, 1]}'""" in notes[0]  # by decades, as spaced
+    logreg = get_head("logreg")
+    notes = edge_notes(logreg, logreg.build(0), [{"clf__C": [1, 10, 100]}], {"clf__C": 1})  # as JSON writes them
+    assert len(notes) == 1 and """--grid '{"C": [0.01, 0.1, 1]}'""" in notes[0]
