@@ -314,6 +314,9 @@ def demo_data(dest):
 
 
 def main():
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is shown escaped, never a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     cli(prog_name="cnnfeat")
 
 

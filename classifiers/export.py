@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from featurize.errors import CnnfeatError
-from featurize.files import atomic_write
+from featurize.files import atomic_write, ensure_writable
 
 from .ensemble import is_ensemble
 from .model import load_model, model_record
@@ -34,6 +34,7 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike) -> Path:
 
     from featurize.engines import ONNX_OPSET, export_backbone
 
+    out = ensure_writable(out)
     model = load_model(model_path)
     if is_ensemble(model.pipeline_):  # skl2onnx would convert a distance-weighted kNN inside it wrongly
         raise CnnfeatError(f"--model {model_path}: an ensemble of heads; export takes one head (serve and "
@@ -60,8 +61,7 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike) -> Path:
     }
     onnx.helper.set_model_props(merged, metadata)
     onnx.checker.check_model(merged)
-    path = Path(out) / "model.onnx"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = out / "model.onnx"
     with atomic_write(path) as tmp:
         tmp.write_bytes(merged.SerializeToString())
     return path

@@ -24,9 +24,9 @@ from classifiers import FeatureClassifier, save_model
 from classifiers.linear import warmup_cosine
 from featurize import discover, get_backbone
 from featurize.errors import CnnfeatError
-from featurize.files import atomic_write
+from featurize.files import atomic_write, ensure_writable
 from featurize.engines import compute_precision, resolve_engine
-from featurize.extract import ImageDataset, default_workers, feature_config, resolve_device
+from featurize.extract import ImageDataset, checked_batches, default_workers, feature_config, resolve_device
 
 from .distill import Distillation, teacher_probabilities
 
@@ -80,15 +80,23 @@ def _freeze_frozen_batchnorm(trunk):
 
 
 def _collate_labelled(items):
+    """(the readable images stacked - in shared memory, inside a worker: see extract._collate -, their
+    labels), or (None, None)."""
     import torch
+    from torch.utils.data import default_collate
     good = [(t, label) for (_, t, _), label in items if t is not None]
     if not good:
         return None, None
-    return torch.stack([t for t, _ in good]), torch.tensor([label for _, label in good])
+    return default_collate([t for t, _ in good]), torch.tensor([label for _, label in good])
 
 
-def _as_list(items):
-    return items
+def _collate_positions(items):
+    """(positions of the readable images, their labels, the images stacked), or None where none is."""
+    from torch.utils.data import default_collate
+    good = [(i, t, label) for (i, t, _), label in items if t is not None]
+    if not good:
+        return None
+    return [i for i, _, _ in good], [label for _, _, label in good], default_collate([t for _, t, _ in good])
 
 
 class _Labelled:
@@ -117,6 +125,7 @@ def run_finetune(data="data", backbone="efficientnet_lite0", weights=None, out="
     images = discover(data)
     train_rows, select_rows, eval_rows, eval_name = _finetune_rows(images, data, seed)
     record = get_backbone(backbone)
+    ensure_writable(finetune_dir(out, images.name, record.name))
     device = resolve_device(device)
     batch_size = batch_size or (64 if device.startswith("cuda") else 16)
     workers = default_workers() if workers is None else workers
@@ -159,8 +168,8 @@ def run_finetune(data="data", backbone="efficientnet_lite0", weights=None, out="
         network.train()
         _freeze_frozen_batchnorm(trunk)
         seen, loss_sum = 0, 0.0
-        for batch, positions in tqdm(train_loader, desc=f"epoch {epoch}/{epochs}", unit="batch",
-                                     disable=not progress):
+        for batch, positions in tqdm(checked_batches(train_loader, workers), desc=f"epoch {epoch}/{epochs}",
+                                     unit="batch", total=len(train_loader), disable=not progress):
             if batch is None:
                 continue
             batch = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
@@ -220,19 +229,19 @@ def _evaluate(network, images, rows, prep, device, batch_size, workers, tta):
                         [images.labels[i] for i in rows])
     network.eval()
     paths, truth, probabilities = [], [], []
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_as_list)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate_positions)
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=device.startswith("cuda")):
-        for items in loader:
-            good = [((i, t, r), label) for (i, t, r), label in items if t is not None]
-            if not good:
+        for item in checked_batches(loader, workers):
+            if item is None:
                 continue
-            batch = torch.stack([t for (_, t, _), _ in good]).to(device).contiguous(memory_format=torch.channels_last)
+            positions, labels, batch = item
+            batch = batch.to(device).contiguous(memory_format=torch.channels_last)
             proba = network(batch).float().softmax(1)
             if tta:
                 proba = (proba + network(torch.flip(batch, dims=[3])).float().softmax(1)) / 2
             probabilities.append(proba.cpu().numpy())
-            paths += [dataset.images.paths[i] for (i, _, _), _ in good]
-            truth += [label for _, label in good]
+            paths += [dataset.images.paths[i] for i in positions]
+            truth += labels
     return paths, truth, np.concatenate(probabilities) if probabilities else np.zeros((0, 0))
 
 

@@ -15,6 +15,7 @@ from classifiers.heads import fused_head
 from classifiers.search import SearchSettings
 from featurize import load_features
 from featurize.errors import CnnfeatError
+from featurize.files import ensure_writable
 from featurize.fuse import part_widths
 from featurize.store import library_versions, take_rows
 
@@ -144,10 +145,11 @@ def fit_model(features=None, out="artifacts", clf="svm", grid=None, settings: Se
     if not features:
         log(f"features: {features_path} (the newest under {Path(out, 'features')})")
     data = load_features(features_path, lazy=True)  # X stays in the file: only the rows a step needs are read
+    model_path = Path(out, "models", f"{features_path.stem}-{clf}.joblib")
+    ensure_writable(model_path.parent)  # a read-only --out is found before the search, not after
     split = train_eval_split(data, settings.seed)
     if split.note:
         log(split.note)
     scored = fit_and_score(data, split, clf, grid, settings, log)
-    model_path = Path(out, "models", f"{features_path.stem}-{clf}.joblib")
     model_path, json_path = save_model(scored.model, model_path, scored.info)
     return FitOutcome(model_path, json_path, scored.info, scored.info["notes"])

@@ -1,9 +1,12 @@
 """A dataset that ships with the dependencies: scikit-learn's handwritten digits as image folders."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
+
+from .files import ensure_writable, write_bytes_atomic
 
 
 def write_digits(dest: str | Path, size: int = 64) -> tuple[Path, int]:
@@ -13,7 +16,7 @@ def write_digits(dest: str | Path, size: int = 64) -> tuple[Path, int]:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    dest = Path(dest)
+    dest = ensure_writable(dest, "demo-data")
     seen = {}
     for number, (pixels, label) in enumerate(zip(digits.images, digits.target)):
         seen[label] = seen.get(label, 0) + 1
@@ -21,7 +24,8 @@ def write_digits(dest: str | Path, size: int = 64) -> tuple[Path, int]:
         target = dest / split / str(label) / f"{number:04d}.png"
         if target.exists():
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
         grey = (255 - pixels * (255 / 16)).astype(np.uint8)  # dark ink on white, like a scan
-        Image.fromarray(grey, "L").resize((size, size), Image.NEAREST).save(target)
+        png = io.BytesIO()
+        Image.fromarray(grey, "L").resize((size, size), Image.NEAREST).save(png, format="PNG")
+        write_bytes_atomic(target, png.getvalue())  # never half an image, which a re-run would keep
     return dest, len(digits.target)

@@ -403,7 +403,7 @@ def iter_vectors(model, device: str, root: Path, paths: list[str], batch_size: i
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
                         pin_memory=device.startswith("cuda"), prefetch_factor=4 if workers else None)
     with tqdm(total=len(paths), unit="img", desc=desc, disable=not progress, smoothing=0.1) as bar:
-        for good, batch, bad in _checked(loader, workers):
+        for good, batch, bad in checked_batches(loader, workers):
             vectors = np.zeros((0, model.feature_dim), np.float32)
             if batch is not None:
                 vectors = model.embed(batch)
@@ -411,7 +411,7 @@ def iter_vectors(model, device: str, root: Path, paths: list[str], batch_size: i
             bar.update(len(good) + len(bad))
 
 
-def _checked(loader, workers: int):
+def checked_batches(loader, workers: int):
     """The loader's batches; a worker that dies or cannot hand a batch over ends the run in one line."""
     batches = iter(loader)
     while True:

@@ -103,8 +103,12 @@ def ensure_writable(folder: str | os.PathLike, option: str = "--out") -> Path:
     """Make `folder` (and its parents) and prove a file can be created in it, before any long work
     whose result would go there: a read-only or mistyped output is found first, not after an hour."""
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(f"{option} {printable(folder)}: is a file, not a folder")
+    for part in (folder, *folder.parents):
+        if part.exists():
+            if not part.is_dir():
+                where = "is" if part == folder else f"is inside {printable(part)}, which is"
+                raise OutputError(f"{option} {printable(folder)}: {where} a file, not a folder")
+            break
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):

@@ -79,6 +79,32 @@ def test_user_errors_are_one_line(class_folders, tmp_path, case):
 def test_torchvision_weights_offline_is_one_line(class_folders, tmp_path, offline_torch_hub):
     result = run("extract", "--data", class_folders, "--out", tmp_path, "--backbone", "resnet50")
     assert_one_line_error(result, "resnet50-11ad3fa6.pth", "--weights PATH")
+    assert list((tmp_path / "features").iterdir()) == []  # no .lock left for a store that does not exist
+
+
+class _MakesAFolder:
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):  # a function of a module torch's safe loader blocks outright (posix)
+        import os
+        return (os.mkdir, (self.target,))
+
+
+def test_a_pickle_torch_blocks_is_named_with_the_flag_that_would_run_it(class_folders, tmp_path):
+    """Fault 12: torch 2.14 words this 'unsupported GLOBAL posix.mkdir ... is blocked', and the old check
+    looked for 'Unsupported global': the user got torch's paragraph and no --trust-pickle."""
+    target = tmp_path / "made-by-the-pickle"
+    torch.save({"state_dict": _MakesAFolder(target)}, tmp_path / "blocked.pth")
+    result = run("extract", "--data", class_folders, "--out", tmp_path / "out", "--backbone", "resnet18",
+                 "--weights", tmp_path / "blocked.pth", "--workers", "0", "--quiet")
+    assert_one_line_error(result, "holds pickled Python objects (posix.mkdir)", "runs code", "--trust-pickle")
+    assert "Weights only load failed" not in result.output and not target.exists()
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint" * 8)
+    junk = run("extract", "--data", class_folders, "--out", tmp_path / "out", "--backbone", "resnet18",
+               "--weights", tmp_path / "junk.pth", "--workers", "0", "--quiet")
+    assert_one_line_error(junk, "not a readable torch checkpoint")
+    assert "--trust-pickle" not in junk.output and "weights_only" not in junk.output
 
 
 def test_backbones_lists_every_backbone_and_where_weights_are():

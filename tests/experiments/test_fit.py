@@ -100,6 +100,11 @@ def _store_with(tmp_path, classes):
                    progress=False).store
 
 
+def _record_beside(path):
+    from featurize.files import file_sha256
+    path.with_suffix(".json").write_text(json.dumps({"sha256": file_sha256(path)}))
+
+
 @pytest.mark.parametrize("case", ["unknown head", "no feature file", "incomplete file", "one class", "bad grid",
                                   "unknown parameter", "corrupt model", "foreign model"])
 def test_bad_input_is_one_line(tinted_store, tmp_path, case):
@@ -125,12 +130,14 @@ def test_bad_input_is_one_line(tinted_store, tmp_path, case):
     elif case == "unknown parameter":
         result = run("fit", "--clf", "rf", "--features", tinted_store, "--grid", '{"depth": [2]}', "--out", tmp_path)
         fragments = ["rf has no parameter 'depth'", "max_features"]
-    elif case == "corrupt model":
+    elif case == "corrupt model":  # beside a record that vouches for it: what is inside is then read
         (tmp_path / "m.joblib").write_bytes(b"garbage")
+        _record_beside(tmp_path / "m.joblib")
         result = run("predict", "--model", tmp_path / "m.joblib", tmp_path)
         fragments = ["not a readable model file"]
     else:
         joblib.dump([1, 2], tmp_path / "m.joblib")
+        _record_beside(tmp_path / "m.joblib")
         result = run("predict", "--model", tmp_path / "m.joblib", tmp_path)
         fragments = ["not a cnnfeat model (it holds a list)"]
     assert_one_line_error(result, *fragments)

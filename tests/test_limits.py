@@ -1,0 +1,208 @@
+"""The machine says no: a file-size limit, a full disk, a read-only --out, no shared memory for the
+decoding workers, a second compare into the same folder. Each command, run as a user runs it (its
+own process, its real limit or file system), ends in one `Error:` line naming the path and the
+cause, having lost nothing: no traceback, no crash, no hang, no half-written file."""
+import csv
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from featurize import load_features
+from tests.conftest import REPO, generated_store, write_image, write_tinted
+from tests.test_cli import assert_one_line_error, run
+
+RANDOM = ["--backbone", "resnet18", "--weights", "random", "--engine", "torch"]
+
+
+def cli(args, file_size=None, timeout=300):
+    """`python cli.py ARGS` in its own process, under `ulimit -f` of `file_size` bytes when given:
+    (exit status, everything it printed)."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
+
+    done = subprocess.run([sys.executable, str(REPO / "cli.py"), *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, preexec_fn=limit if file_size else None)
+    return done.returncode, done.stdout + done.stderr
+
+
+def assert_one_error_line(code, said, *fragments):
+    lines = said.strip().splitlines()
+    assert code == 1 and lines and lines[-1].startswith("Error: "), (code, said)
+    assert "Traceback" not in said and not any(line.startswith("Error: ") for line in lines[:-1]), said
+    for fragment in fragments:
+        assert fragment in lines[-1], lines[-1]
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / "images"
+    for i in range(64):
+        write_image(folder / ("a" if i % 2 else "b") / f"{i:02d}.png", seed=i)
+    return folder
+
+
+def test_workers_without_shared_memory_end_the_run_in_one_line(images, tmp_path):
+    """Fault 2: the worker logged 'unable to resize file' and the run waited for its batch forever."""
+    args = ["extract", "--data", images, "--out", tmp_path / "out", *RANDOM, "--batch-size", "16", "--quiet"]
+    code, said = cli(args + ["--workers", "1"], file_size=1 << 20, timeout=180)  # a batch is 2.4 MB of pixels
+    assert_one_error_line(code, said, "a decoding worker failed", "--workers 0", "shared memory")
+    code, said = cli(args + ["--workers", "0"], file_size=1 << 20)  # the way out it names, under the same limit
+    assert code == 0 and "64 images: 64 extracted" in said, said
+
+
+def test_a_file_size_limit_while_the_store_is_rewritten(images, tmp_path):
+    """Fault 10: HDF5 failed to write, then crashed the process as it closed the file (exit 139)."""
+    out = tmp_path / "out"
+    args = ["extract", "--data", images, "--out", out, *RANDOM, "--workers", "0", "--quiet"]
+    assert cli(args)[0] == 0
+    store = next((out / "features").glob("*.h5"))
+    before = load_features(store)
+    write_image(images / "a" / "new.png", seed=99)  # one more image: the journal is small, the rewrite is not
+    code, said = cli(args, file_size=64 << 10)
+    assert_one_error_line(code, said, f"cannot write {store}", "File too large", "ulimit -f",
+                          f"kept in {store.name}.partial")
+    np.testing.assert_array_equal(load_features(store).X, before.X)  # the old store is whole
+    assert sorted(p.name for p in store.parent.iterdir()) == [store.name, store.name + ".partial"]
+    code, said = cli(args)
+    assert code == 0 and "resuming: 1 images" in said and "65 images: 0 extracted" in said, said
+
+
+def _report_files_are_whole(report):
+    for path in report.rglob("*"):
+        assert ".tmp-" not in path.name, path
+        if path.suffix == ".csv":
+            rows = list(csv.reader(path.open()))
+            assert rows and all(len(row) == len(rows[0]) for row in rows), path
+        elif path.suffix == ".png":
+            Image.open(path).load()
+
+
+def test_a_file_size_limit_while_compare_writes_its_report(tmp_path):
+    """Fault 9: a truncated predictions/...csv beside a complete report, and exit 0 or a traceback."""
+    store = generated_store(tmp_path, 3000, dim=8, classes=3)[0]
+    args = ["compare", "--features", store, "--out", tmp_path / "out", "--clf", "logreg", "--ensemble", "none",
+            "--cv", "2", "--quiet"]
+    code, said = cli(args, file_size=12 << 10)  # the model fits; the 600-row predictions file does not
+    assert_one_error_line(code, said, "cannot write", "File too large")
+    _report_files_are_whole(tmp_path / "out" / "reports")
+    code, said = cli(args)
+    assert code == 0, said
+    predictions = next((tmp_path / "out" / "reports").rglob("*logreg.csv"))
+    assert len(list(csv.reader(predictions.open()))) == 601
+    _report_files_are_whole(tmp_path / "out" / "reports")
+
+
+def test_outputs_that_are_files_or_folders_are_one_line(tinted_store, tmp_path):
+    """Fault 11: extract --out FILE, export --out FILE, demo-data into a file gave tracebacks; predict
+    --out DIR writes DIR/predictions.csv."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    data = write_tinted(tmp_path / "tinted", 2)
+    assert_one_line_error(run("extract", "--data", data, "--out", afile, *RANDOM), "--out", "is a file, not a folder")
+    assert_one_line_error(run("demo-data", afile / "digits"), str(afile))
+    fitted = run("fit", "--clf", "logreg", "--features", tinted_store, "--out", tmp_path / "a", "--cv", "2")
+    model = fitted.output.strip().splitlines()[-1].split()[1]
+    assert_one_line_error(run("export", "--model", model, "--out", afile), "is a file, not a folder")
+    folder = tmp_path / "predictions"
+    folder.mkdir()
+    result = run("predict", "--model", model, "--out", folder, data / "val")
+    assert result.exit_code == 0 and (folder / "predictions.csv").is_file(), result.output
+
+
+@pytest.fixture(scope="module")
+def namespaces():
+    """Whether this machine lets a test mount its own small file systems (a user and mount namespace)."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no `unshare`: cannot mount a small or read-only file system without root")
+    if subprocess.run(["unshare", "-rm", "mount", "-t", "tmpfs", "tmpfs", "/mnt"], capture_output=True).returncode:
+        pytest.skip("this machine does not allow user namespaces that mount file systems")
+
+
+def in_namespace(script: str, timeout=600) -> subprocess.CompletedProcess:
+    """`script` (bash) as root of a new user and mount namespace: its mounts vanish when it ends."""
+    return subprocess.run(["unshare", "-rm", "bash", "-c", script], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_a_full_disk_ends_in_one_line_and_a_rerun_with_space_finishes(images, tmp_path, namespaces):
+    """Fault 10, a real ENOSPC: a 256 KiB file system takes the journal, not the store."""
+    disk, logs = tmp_path / "disk", tmp_path / "logs"
+    disk.mkdir()
+    logs.mkdir()
+    command = f"{sys.executable} cli.py extract --data {images} --out {disk} {' '.join(RANDOM)} --workers 0 --quiet"
+    done = in_namespace(f"""
+        mount -t tmpfs -o size=256k tmpfs {disk}
+        {command} > {logs}/full.log 2>&1; echo $? > {logs}/full.code
+        mount -o remount,size=16m {disk}
+        {command} > {logs}/room.log 2>&1; echo $? > {logs}/room.code
+        {sys.executable} -c "from featurize import load_features; import glob; \\
+print(len(load_features(glob.glob('{disk}/features/*.h5')[0]).paths))" > {logs}/rows.txt 2>&1
+    """)
+    assert done.returncode == 0, done.stderr
+    said = (logs / "full.log").read_text()
+    assert_one_error_line(int((logs / "full.code").read_text()), said, "cannot write", "No space left on device",
+                          ".partial: run the same command again to resume")
+    said = (logs / "room.log").read_text()
+    assert (logs / "room.code").read_text().strip() == "0" and "resuming: 64 images" in said, said
+    assert (logs / "rows.txt").read_text().strip() == "64"
+
+
+def test_a_read_only_out_is_found_before_any_work(tinted_store, tmp_path, namespaces):
+    """Fault 10: fit and compare searched every head, then failed to save with a traceback."""
+    readonly, logs = tmp_path / "readonly", tmp_path / "logs"
+    readonly.mkdir()
+    logs.mkdir()
+    data = write_tinted(tmp_path / "tinted", 2)
+    fitted = run("fit", "--clf", "logreg", "--features", tinted_store, "--out", tmp_path / "a", "--cv", "2")
+    model = fitted.output.strip().splitlines()[-1].split()[1]
+    commands = {
+        "extract": f"extract --data {data} --out {readonly} {' '.join(RANDOM)}",
+        "fit": f"fit --clf svm --features {tinted_store} --out {readonly}",
+        "compare": f"compare --features {tinted_store} --out {readonly} --clf svm",
+        "predict": f"predict --model {model} --out {readonly}/p.csv {data}/val",
+        "export": f"export --model {model} --out {readonly}/onnx",
+        "explain": f"explain --model {model} --out {readonly}/why {data}/val",
+    }
+    runs = "\n".join(f"{sys.executable} cli.py {args} > {logs}/{name}.log 2>&1; echo $? > {logs}/{name}.code"
+                     for name, args in commands.items())
+    done = in_namespace(f"mount -t tmpfs -o ro tmpfs {readonly}\n{runs}")
+    assert done.returncode == 0, done.stderr
+    for name in commands:
+        said = (logs / f"{name}.log").read_text()
+        assert_one_error_line(int((logs / f"{name}.code").read_text()), said, str(readonly),
+                              "Read-only file system")
+        assert "search" not in said and "extract" not in said.lower().replace("cnnfeat extract", ""), said
+
+
+def test_one_compare_per_report_folder(tinted_store, tmp_path):
+    """Fault 8: two compares into one --out both exit 0, the knn row of one and the knn model of the other."""
+    out = tmp_path / "out"
+    args = ["compare", "--features", tinted_store, "--out", out, "--clf", "rf,knn", "--quiet"]
+    first = subprocess.Popen([sys.executable, str(REPO / "cli.py"), *map(str, args)], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lock = out / "reports" / f"{tinted_store.stem}.lock"
+    deadline = time.monotonic() + 120
+    while not lock.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    second = run(*args, "--cv", "3")
+    said, code = first.communicate(timeout=300)[0], first.returncode
+    assert code == 0, said
+    assert_one_line_error(second, "is being written by cnnfeat compare", f"(pid {first.pid})")
+    assert not lock.exists()
+
+    models = out / "reports" / tinted_store.stem / "models"  # a model file that is not the row's
+    knn = next(models.glob("*-knn.json"))
+    key = knn.read_text().split('"cache_key": "')[1].split('"')[0]
+    for suffix in (".joblib", ".json"):
+        shutil.copy(next(models.glob(f"*-rf{suffix}")), knn.with_suffix(suffix))
+    knn.write_text(knn.read_text().replace('"cache_key": "', f'"cache_key": "{key}", "old_key": "', 1))
+    again = run(*args)
+    assert again.exit_code == 0 and "cannot reuse" in again.output and "not the knn of these features" in again.output
+    assert "rf: nothing changed, reusing" in again.output
