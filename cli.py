@@ -182,19 +182,33 @@ def export(model_path, out):
 @cli.command()
 @click.option("--model", "model_path", required=True, help="A .joblib (fit/compare) or a model.onnx (export).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="0: any free port (the line printed at start says which).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
               help="Images of concurrent requests run together (1: every request alone).")
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=2.0, show_default=True,
               help="How long a request waits for others to share its batch.")
 @click.option("--max-request-mb", type=click.FloatRange(min=0.001), default=20.0, show_default=True,
               help="Larger requests are refused (413) before they are read.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=40_000_000, show_default=True,
+              help="An image that would decode to more pixels is refused from its header (16-bit ones count "
+                   "twice); a JPEG far larger than the crop decodes at a reduced scale first. Bounds the memory "
+                   "of one decode: ~4 bytes a pixel (JPEG, PNG, WebP) to ~17 (TIFF, BMP).")
+@click.option("--decode-threads", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Uploads decoded at once (with --max-pixels, what bounds decoding's memory).")
+@click.option("--max-queue", type=click.IntRange(min=1), default=32, show_default=True,
+              help="/predict requests in the server at once (reading, decoding, waiting for the model); one "
+                   "more is answered 503 with a Retry-After header, before its body is read.")
+@click.option("--docs", is_flag=True,
+              help="Also serve /docs, /redoc and /openapi.json (off by default: the pages load Swagger's "
+                   "scripts from a CDN, and a model server need not publish its schema).")
 @click.option("--device", default="auto", show_default=True, help="For a .joblib model: auto, cpu, cuda or cuda:N.")
-def serve(model_path, host, port, max_batch, max_wait_ms, max_request_mb, device):
-    """Serve a model over HTTP: POST /predict (multipart field 'images'), GET /health, GET /model."""
+def serve(model_path, host, port, device, **limits):
+    """Serve a model over HTTP: POST /predict (multipart field 'images'), GET /health (503 when the model
+    loop has stopped), GET /model."""
     from serving.app import ServeSettings, serve as run_server
 
-    run_server(model_path, host, port, ServeSettings(max_batch, max_wait_ms, max_request_mb), device, log=click.echo)
+    run_server(model_path, host, port, ServeSettings(**limits), device, log=click.echo)
 
 
 @cli.command()

@@ -1,32 +1,33 @@
 """What `serve` runs: a saved model (.joblib) or an exported graph (.onnx), behind one interface.
 
 A predictor turns an uploaded file's bytes into the uint8 crop its backbone expects (`prepare`,
-run per image, in threads) and a batch of crops into class probabilities (`predict`, run on
-batches the server gathers).
+run per image, in threads; decoding bounded by featurize.images.decode_upload) and a batch of
+crops into class probabilities (`predict`, run on batches the server gathers).
 """
 from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 
 from featurize.backbones import crop_transform
 from featurize.errors import CnnfeatError
-from featurize.images import decode_image_bytes
+from featurize.images import decode_upload
 
 
 class Predictor:
     classes: list[str]
     info: dict  # what GET /model shows
 
-    def __init__(self, transform):
-        self._transform = transform
+    def __init__(self, transform, resize_size: int):
+        self._transform, self._resize_size = transform, resize_size
 
-    def prepare(self, data: bytes) -> np.ndarray:
-        """An image file's bytes -> uint8 (3, crop, crop); UnreadableImage with a reason."""
-        return self._transform(decode_image_bytes(data)).numpy()
+    def prepare(self, data: bytes, max_pixels: int) -> np.ndarray:
+        """An image file's bytes -> uint8 (3, crop, crop); UnreadableImage with a reason (one over
+        `max_pixels` among them)."""
+        return self._transform(decode_upload(data, self._resize_size, max_pixels)).numpy()
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -40,13 +41,13 @@ class JoblibPredictor(Predictor):
 
         self.model = load_model(path)
         embedder, _ = self.model.embedder(device)
-        super().__init__(embedder.preprocessing.transform())
+        super().__init__(embedder.preprocessing.transform(), embedder.preprocessing.resize_size)
         self.embedder = embedder
         self.classes = self.model.classes_.tolist()
         config = self.model.feature_config or {}
         self.info = {"format": "joblib", "classes": self.classes, "backbone": config.get("backbone"),
                      "engine": embedder.engine, "feature_fingerprint": self.model.feature_fingerprint,
-                     "model": model_record(path)}
+                     "model": without_paths(model_record(path))}
 
     def predict(self, crops):
         return self.model.pipeline_.predict_proba(self.embedder.embed(crops))
@@ -63,16 +64,30 @@ class OnnxPredictor(Predictor):
             meta = self.session.get_modelmeta().custom_metadata_map
             self.classes = json.loads(meta["class_names"])
             prep = json.loads(meta["preprocessing"])
-        except Exception as error:  # onnxruntime's own kinds, or a graph without our metadata
+        except Exception as error:  # noqa: BLE001  (onnxruntime's own kinds, or a graph without our metadata)
             raise CnnfeatError(f"--model {path}: not a model.onnx written by `cnnfeat export` "
                                f"({type(error).__name__}: {error})") from None
-        super().__init__(crop_transform(prep["resize_size"], prep["crop_size"], prep["interpolation"]))
+        super().__init__(crop_transform(prep["resize_size"], prep["crop_size"], prep["interpolation"]),
+                         prep["resize_size"])
         self.info = {"format": "onnx", "classes": self.classes, "backbone": meta.get("backbone"),
                      "engine": "onnxruntime", "feature_fingerprint": meta.get("feature_fingerprint"),
-                     "model": json.loads(meta.get("model_info", "{}"))}
+                     "model": without_paths(json.loads(meta.get("model_info", "{}")))}
 
     def predict(self, crops):
         return self.session.run(["probabilities"], {"images": np.ascontiguousarray(crops)})[0]
+
+
+def without_paths(record: dict) -> dict:
+    """A model's record as GET /model shows it: a path on the server's disk (feature_file,
+    checkpoint, data_root) by its file name only; a client has no use for the rest."""
+    return {key: _names(value) if isinstance(value, str) else value for key, value in record.items()}
+
+
+def _names(value: str) -> str:
+    parts = value.split(" + ")  # `fit` joins the feature files of several backbones with " + "
+    if all(PurePosixPath(p).is_absolute() or PureWindowsPath(p).is_absolute() for p in parts):
+        return " + ".join(PureWindowsPath(p).name for p in parts)  # splits at / and \ alike
+    return value
 
 
 def load_predictor(path: str | os.PathLike, device: str = "auto") -> Predictor:

@@ -1,26 +1,41 @@
 """`cnnfeat serve`: a real uvicorn process on 127.0.0.1, real HTTP requests, bounded in number."""
+import asyncio
+import io
 import socket
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
+from sklearn.base import BaseEstimator
 
 from classifiers import FeatureClassifier, save_model
 from classifiers.export import export_onnx
 from classifiers.heads import HEADS
 from featurize import load_features
-from tests.conftest import REPO
+from featurize.backbones import crop_transform
+from featurize.images import UnreadableImage, decode_image_bytes, decode_upload
+from serving.app import Batcher, ModelLoopDown, ServeSettings
+from tests.conftest import REPO, write_image
 from tests.test_cli import assert_one_line_error, run
 
 
 @contextmanager
 def running_server(model_path, *options):
-    """`cli.py serve` on a free loopback port; stopped (SIGTERM, then SIGKILL) whatever happens."""
+    """`cli.py serve` on a free loopback port: its URL; stopped (SIGTERM, then SIGKILL) whatever happens."""
+    with server_process(model_path, *options) as (url, _):
+        yield url
+
+
+@contextmanager
+def server_process(model_path, *options):
+    """running_server's (url, subprocess.Popen): for a caller that watches the process itself."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -41,7 +56,7 @@ def running_server(model_path, *options):
             if time.monotonic() > deadline:
                 raise AssertionError("serve did not answer /health within 120 s")
             time.sleep(0.2)
-        yield url
+        yield url, process
     finally:
         process.terminate()
         try:
@@ -61,7 +76,8 @@ def served(tinted_store, tmp_path_factory):
     train = features.splits == "train"
     model.fit(features.X[train], features.y[train])
     folder = tmp_path_factory.mktemp("served")
-    path, _ = save_model(model, folder / "model.joblib", {"head": "logreg", "heldout": {"accuracy": 1.0}})
+    record = {"head": "logreg", "heldout": {"accuracy": 1.0}, "feature_file": str(Path(tinted_store).resolve())}
+    path, _ = save_model(model, folder / "model.joblib", record)
     images = [f"{features.data_root}/{p}" for p in features.paths[features.splits == "val"]]
     with running_server(path, "--max-request-mb", "1", "--max-wait-ms", "50") as url:
         yield model, path, images, url
@@ -71,8 +87,8 @@ def _files(paths):
     return [("images", (p.rsplit("/", 1)[-1], open(p, "rb").read(), "image/png")) for p in paths]
 
 
-def _post(url, files, **kwargs):
-    return httpx.post(f"{url}/predict", files=files, timeout=60, **kwargs)
+def _post(url, files, timeout=60, **kwargs):
+    return httpx.post(f"{url}/predict", files=files, timeout=timeout, **kwargs)
 
 
 def test_predictions_are_the_models(served):
@@ -87,13 +103,20 @@ def test_predictions_are_the_models(served):
         assert entry["class"] == model.classes_[row.argmax()] and entry["probability"] == pytest.approx(row.max())
 
 
-def test_model_and_health(served):
+def test_model_and_health(served, tinted_store):
     model, _, _, url = served
-    about = httpx.get(f"{url}/model").json()
+    answer = httpx.get(f"{url}/model")
+    about = answer.json()
     assert about["classes"] == list(model.classes_) and about["backbone"] == "resnet18"
     assert about["feature_fingerprint"] == model.feature_fingerprint and about["model"]["heldout"] == {"accuracy": 1.0}
-    assert about["serving"]["max_request_mb"] == 1.0
-    assert httpx.get(f"{url}/health").json()["status"] == "ok"
+    assert about["serving"]["max_request_mb"] == 1.0 and about["serving"]["max_pixels"] == 40_000_000
+    # the server's own folders are nobody's business: the feature file by its name only
+    assert about["model"]["feature_file"] == Path(tinted_store).name
+    assert str(Path(tinted_store).resolve().parent) not in answer.text
+    health = httpx.get(f"{url}/health")
+    assert health.status_code == 200 and health.json()["status"] == "ok" and health.json()["model_loop"] == "running"
+    # no --docs: no Swagger pages and no schema
+    assert [httpx.get(f"{url}/{page}").status_code for page in ("docs", "redoc", "openapi.json")] == [404] * 3
 
 
 def test_bad_input_gets_a_4xx_with_a_message_and_the_server_stays_up(served):
@@ -106,7 +129,7 @@ def test_bad_input_gets_a_4xx_with_a_message_and_the_server_stays_up(served):
 
     only_bad = _post(url, [("images", ("empty.png", b"", "image/png"))])
     assert only_bad.status_code == 422 and only_bad.json()["predictions"][0]["error"] == "empty file"
-    wrong_field = _post(url, [("image", ("a.png", open(images[0], "rb").read(), "image/png"))])
+    wrong_field = _post(url, [("image", ("a.png", Path(images[0]).read_bytes(), "image/png"))])
     assert wrong_field.status_code == 400 and "no field 'images' (got: image)" in wrong_field.json()["error"]
     not_multipart = httpx.post(f"{url}/predict", content=b"{}", headers={"content-type": "application/json"})
     assert not_multipart.status_code == 415
@@ -163,13 +186,249 @@ def test_an_exported_graph_serves_the_same_answers(served, tmp_path):
         predictions = _post(url, _files(images[:4])).json()["predictions"]
         about = httpx.get(f"{url}/model").json()
     assert about["format"] == "onnx" and about["classes"] == list(model.classes_)
+    assert "/" not in about["model"]["feature_file"]
     got = np.asarray([[e["probabilities"][c] for c in model.classes_] for e in predictions])
     np.testing.assert_allclose(got, model.predict_proba(images[:4]), atol=1e-4)
 
 
 def test_serve_errors_are_one_line(tmp_path):
-    assert_one_line_error(run("serve", "--model", tmp_path / "nope.joblib"), "no such file")
+    assert_one_line_error(run("serve", "--model", tmp_path / "nope.joblib", "--port", 0), "no such file")
     (tmp_path / "model.onnx").write_bytes(b"not a graph")
-    assert_one_line_error(run("serve", "--model", tmp_path / "model.onnx"), "not a model.onnx written by")
+    assert_one_line_error(run("serve", "--model", tmp_path / "model.onnx", "--port", 0), "not a model.onnx written by")
 
 
+def test_a_port_in_use_is_one_error_line_before_anything_is_printed(served):
+    _, path, _, _ = served
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, str(REPO / "cli.py"), "serve", "--model", str(path), "--port", str(port)],
+                              capture_output=True, text=True, timeout=120, check=False)
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stdout + done.stderr
+    assert lines[0] == (f"Error: cannot listen on 127.0.0.1:{port}: the address is already in use (another server?): "
+                        f"stop it, or choose another --port (0: any free one)")
+
+
+# -- memory: pixels per upload, decodes at once, requests at once -------------------------------
+
+def test_an_image_over_max_pixels_is_refused_from_its_header(served):
+    _, _, images, url = served
+    huge = io.BytesIO()
+    Image.new("L", (9000, 9000)).save(huge, "PNG")  # 81 MP: under Pillow's own limit (89 MP), ~80 KB
+    upload = ("images", ("huge.png", huge.getvalue(), "image/png"))
+    mixed = _post(url, [upload] + _files(images[:1]))
+    assert mixed.status_code == 200
+    refused, predicted = mixed.json()["predictions"]
+    assert refused["error"] == ("9000x9000 image: 81.0 megapixels to decode, over this server's limit of 40 "
+                                "megapixels (--max-pixels)")
+    assert "class" in predicted
+    alone = _post(url, [upload])
+    assert alone.status_code == 422 and "--max-pixels" in alone.json()["predictions"][0]["error"]
+
+
+def test_a_16_bit_image_counts_twice():
+    wide = io.BytesIO()
+    Image.new("I;16", (2000, 1500)).save(wide, "PNG")  # converting it to 8 bits takes twice the memory
+    assert decode_upload(wide.getvalue(), 256, 6_000_000).shape == (3, 1500, 2000)
+    with pytest.raises(UnreadableImage, match=r"6.0 megapixels to decode \(16-bit or float: 2 per pixel\)"):
+        decode_upload(wide.getvalue(), 256, 5_000_000)
+
+
+def test_a_large_jpeg_decodes_reduced_and_close_to_the_full_decode(served, tmp_path):
+    model, _, _, url = served
+    small = write_image(tmp_path / "small.png", seed=7, size=(512, 384))
+    path = tmp_path / "large.jpg"
+    Image.open(small).resize((2048, 1536), Image.BICUBIC).save(path, quality=90)
+    data = path.read_bytes()
+    reduced, full = decode_upload(data, 256, 40_000_000), decode_image_bytes(data)
+    assert tuple(reduced.shape) == (3, 768, 1024) and tuple(full.shape) == (3, 1536, 2048)  # DCT scale 1/2
+    crop = crop_transform(256, 224, "bilinear")  # resnet18's
+    difference = np.abs(crop(reduced).numpy().astype(int) - crop(full).numpy().astype(int))
+    print(f"reduced vs full decode, after the crop: mean {difference.mean():.2f}, max {difference.max()} grey levels")
+    assert difference.mean() < 2
+    answer = _post(url, [("images", ("large.jpg", data, "image/jpeg"))])
+    assert answer.status_code == 200
+    got = [answer.json()["predictions"][0]["probabilities"][c] for c in model.classes_]
+    np.testing.assert_allclose(got, model.predict_proba([str(path)])[0], atol=0.02)
+
+
+
+
+# -- the model loop: a failing batch, a client gone, a loop that crashes, a full queue ------------
+
+class ModelCrash(BaseException):
+    """What no batch should raise: it ends the model loop rather than the batch."""
+
+
+class FaultsOnDemand(BaseEstimator):
+    """A fitted head that misbehaves when told to, by files in `folder` (the server process
+    unpickles it from this module). A batch touches `started`, waits while `hold` exists (a minute
+    at most), then raises if `fail` (RuntimeError) or `crash` (ModelCrash) exists."""
+
+    def __init__(self, head=None, folder=""):
+        self.head, self.folder = head, folder
+
+    def predict_proba(self, X):
+        folder = Path(self.folder)
+        (folder / "started").touch()
+        deadline = time.monotonic() + 60
+        while (folder / "hold").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if (folder / "fail").exists():
+            raise RuntimeError("the head failed on purpose")
+        if (folder / "crash").exists():
+            raise ModelCrash("the head crashed on purpose")
+        return self.head.predict_proba(X)
+
+
+def _faulty_model(model, folder: Path) -> Path:
+    faulty = FeatureClassifier(**model.get_params(deep=False))
+    faulty.pipeline_, faulty.classes_, faulty.n_features_in_ = (FaultsOnDemand(model.pipeline_, str(folder)),
+                                                                 model.classes_, model.n_features_in_)
+    return save_model(faulty, folder / "model.joblib", {"head": "faulty"})[0]
+
+
+def _switches(folder: Path, *names):
+    for name in ("started", "hold", "fail", "crash"):
+        (folder / name).unlink(missing_ok=True)
+    for name in names:
+        (folder / name).touch()
+
+
+def _wait_for(condition, what: str):
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < deadline, f"waited a minute for {what}"
+        time.sleep(0.05)
+
+
+@contextmanager
+def _client_that_hangs_up(url, files):
+    """Sends a whole /predict request, then (leaving the block) hangs up without reading the answer."""
+    request = httpx.Request("POST", f"{url}/predict", files=files)
+    body = request.read()
+    host, port = request.url.host, request.url.port
+    head = (f"POST /predict HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {request.headers['content-type']}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection((host, port), timeout=60) as client:
+        client.sendall(head + body)
+        yield
+
+
+@pytest.fixture(scope="module")
+def faulty(served, tmp_path_factory):
+    """A server (--max-queue 1, --docs) of the served model with a head that fails on demand."""
+    model, _, images, _ = served
+    folder = tmp_path_factory.mktemp("faulty")
+    with running_server(_faulty_model(model, folder), "--max-queue", "1", "--docs") as url:
+        yield url, folder, images
+
+
+def test_a_failing_batch_whose_client_left_fails_alone_and_the_loop_goes_on(faulty):
+    url, folder, images = faulty
+    _switches(folder, "hold", "fail")
+    with _client_that_hangs_up(url, _files(images[:1])):
+        _wait_for(lambda: (folder / "started").exists(), "its batch to start")
+    _wait_for(lambda: httpx.get(f"{url}/health").json()["in_progress"] == 0, "the server to see the client go")
+    (folder / "hold").unlink()  # the batch raises now, its one request cancelled
+    failed = _post(url, _files(images[:1]), timeout=30)  # a loop that died on it would never answer
+    assert failed.status_code == 500
+    assert failed.json()["error"] == "the model failed on this batch (RuntimeError: the head failed on purpose)"
+    _switches(folder)
+    assert _post(url, _files(images[:1]), timeout=30).status_code == 200
+    health = httpx.get(f"{url}/health")
+    assert health.status_code == 200 and health.json()["model_loop"] == "running"
+    assert health.json()["failed_batches"] == 2 and health.json()["restarts"] == 0
+
+
+def test_a_full_queue_answers_503_with_retry_after(faulty):
+    url, folder, images = faulty
+    _switches(folder, "hold")
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(_post, url, _files(images[:1]))
+        _wait_for(lambda: (folder / "started").exists(), "the first request to reach the model")
+        busy = [_post(url, _files(images[:1])) for _ in range(3)]  # --max-queue 1: no place left
+        (folder / "hold").unlink()
+        answers = [first.result()] + busy
+    assert [a.status_code for a in answers] == [200, 503, 503, 503]
+    for answer in busy:
+        assert answer.headers["retry-after"] == "1"
+        assert answer.json()["error"] == "server busy: 1 requests in progress (--max-queue); retry in 1 s"
+    assert _post(url, _files(images[:1])).status_code == 200  # the place is free again
+
+
+def test_docs_only_with_the_flag(faulty):
+    url, _, _, = faulty
+    assert [httpx.get(f"{url}/{page}").status_code for page in ("docs", "redoc", "openapi.json")] == [200] * 3
+
+
+def test_a_model_loop_that_keeps_crashing_gives_up_and_health_fails(served, tmp_path):
+    model, _, images, _ = served
+    _switches(tmp_path, "crash")  # what escapes a batch: the loop restarts, RESTARTS times in a row
+    with running_server(_faulty_model(model, tmp_path)) as url:
+        crashed = [_post(url, _files(images[:1]), timeout=30)]
+        restarted = httpx.get(f"{url}/health")
+        crashed += [_post(url, _files(images[:1]), timeout=30) for _ in range(Batcher.RESTARTS)]
+        health = httpx.get(f"{url}/health")
+        after = _post(url, _files(images[:1]), timeout=30)
+    assert [a.status_code for a in crashed] == [500] * (Batcher.RESTARTS + 1)
+    assert crashed[0].json()["error"] == ("the model failed on this batch (RuntimeError: the model loop crashed on "
+                                          "this batch (ModelCrash: the head crashed on purpose))")
+    assert restarted.status_code == 200 and restarted.json()["restarts"] == 1
+    assert health.status_code == 503 and health.json()["status"] == "down" and health.json()["model_loop"] == "stopped"
+    assert health.json()["error"].startswith("the model loop gave up after 4 crashes in a row")
+    assert after.status_code == 503 and after.json()["error"] == health.json()["error"]
+
+
+def test_the_supervisor_counts_crashes_in_a_row_and_fails_what_waits_when_it_gives_up():
+    """The loop's bookkeeping, at the asyncio level: a good batch resets the count of crashes;
+    giving up fails the requests still queued (503) rather than leaving them waiting."""
+    import threading
+
+    plan, release = ["crash", "ok", "crash", "crash", "crash", "crash"], threading.Event()
+
+    def predict(batch):
+        if plan.pop(0) == "ok":
+            return np.full((len(batch), 2), 0.5)
+        if not plan:  # the last crash waits until a second request is queued behind it
+            release.wait(10)
+        raise ModelCrash("boom")
+
+    async def scenario():
+        batcher = Batcher(predict, ServeSettings(max_wait_ms=0))
+        batcher.start()
+        crop = [np.zeros((3, 2, 2), np.uint8)]
+        outcomes = [await asyncio.gather(batcher.submit(crop), return_exceptions=True) for _ in range(5)]
+        last, queued = batcher.submit(crop), None
+        await asyncio.sleep(0.05)  # `last` is in the model now
+        queued = batcher.submit(crop)
+        release.set()
+        outcomes += [await asyncio.gather(last, queued, return_exceptions=True)]
+        with pytest.raises(ModelLoopDown):
+            batcher.submit(crop)
+        alive, restarts = batcher.alive, batcher.restarts
+        batcher.stop()
+        return outcomes, alive, restarts
+
+    outcomes, alive, restarts = asyncio.run(scenario())
+    kinds = [[type(o).__name__ for o in outcome] for outcome in outcomes]
+    assert kinds == [["RuntimeError"], ["ndarray"], ["RuntimeError"], ["RuntimeError"], ["RuntimeError"],
+                     ["RuntimeError", "ModelLoopDown"]]
+    assert not alive and restarts == 4
+
+
+def test_a_batch_that_cannot_be_stacked_fails_alone():
+    async def scenario():
+        batcher = Batcher(lambda batch: np.full((len(batch), 2), 0.5), ServeSettings(max_wait_ms=0))
+        batcher.start()
+        mismatched = [np.zeros((3, 2, 2), np.uint8), np.zeros((3, 4, 4), np.uint8)]
+        failed = (await asyncio.gather(batcher.submit(mismatched), return_exceptions=True))[0]
+        answered = await batcher.submit(mismatched[:1])
+        counts = batcher.failed_batches, batcher.restarts
+        batcher.stop()
+        return failed, answered, counts
+
+    failed, answered, counts = asyncio.run(scenario())
+    assert isinstance(failed, ValueError) and answered.shape == (1, 2) and counts == (1, 0)
