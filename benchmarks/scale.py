@@ -5,6 +5,7 @@ go through the store's own API, the way `extract` uses it:
 
   create      N rows appended to the journal in batches of 256, then the store written from it
   up-to-date  the "nothing changed" check (paths, labels, splits, file identities; no vectors)
+  verify      `extract --verify`'s check: every vector read and checked against its block's checksum
   one-file    one image changed: its row from the journal, the other N-1 copied from the old store
   append 1%   N/100 new images: the old rows copied, the new ones from the journal
   load        load_features (all of X in memory), and load_features(lazy=True) + one 4096-row slice
@@ -46,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 DIM, CLASSES, BATCH = 1280, 100, 256
-STORE_OPERATIONS = ("create", "up-to-date", "one-file", "append 1%", "load", "load lazy")
+STORE_OPERATIONS = ("create", "up-to-date", "verify", "one-file", "append 1%", "load", "load lazy")
 FIT_OPERATIONS = tuple(f"fit {head}" for head in ("logreg", "linear", "knn"))
 CLI_OPERATIONS = ("extract one-file", "extract up-to-date")
 OPERATIONS = STORE_OPERATIONS + FIT_OPERATIONS + CLI_OPERATIONS
@@ -122,7 +123,7 @@ def rewrite(store: Path, images, identities, changed: np.ndarray, seed: int) -> 
 
 def run_operation(operation: str, rows: int, folder: Path) -> None:
     """One operation in this process; prints a JSON line with its seconds and peak RSS."""
-    from featurize.store import load_features, store_matches
+    from featurize.store import load_features, store_damage, store_matches
 
     if operation in CLI_OPERATIONS:
         return print(json.dumps(run_cli(operation, rows, folder)))
@@ -135,6 +136,8 @@ def run_operation(operation: str, rows: int, folder: Path) -> None:
         create(store, images, identities, attrs)
     elif operation == "up-to-date":
         assert store_matches(store, attrs["fingerprint"], images, identities)
+    elif operation == "verify":
+        assert len(store_damage(store)) == 0
     elif operation == "one-file":
         identities[rows // 2] = (-5, -5)
         rewrite(store, images, identities, np.array([rows // 2]), seed=1)

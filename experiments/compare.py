@@ -88,18 +88,18 @@ def compare(features=None, out="artifacts", clf="all", finetune=False, refit=Fal
             settings: SearchSettings | None = None, finetune_options=None, log=print, **overrides) -> CompareOutcome:
     """`cnnfeat compare`; `overrides` are SearchSettings fields (cv=3, seed=7, jobs=1, ...)."""
     settings = replace(settings or SearchSettings(), **overrides).check()
-    heads = parse_heads(clf)
+    heads, ensembles = parse_heads(clf), parse_ensembles(ensemble)  # wrong names fail before anything is written
     paths = [Path(p) for p in features] if features else [latest_features(out)]
     if not features:
         log(f"features: {paths[0]} (the newest under {Path(out, 'features')})")
     stores = [load_features(p) for p in paths]
     report_dir = ensure_writable(Path(out, "reports", _report_name(stores)))
     with exclusive(report_dir, "cnnfeat compare"):  # one writer per report folder: its rows and models agree
-        return _compare_into(report_dir, stores, paths, out, heads, clf, finetune, refit, fuse, ensemble, settings,
+        return _compare_into(report_dir, stores, paths, out, heads, clf, finetune, refit, fuse, ensembles, settings,
                              finetune_options, log)
 
 
-def _compare_into(report_dir, stores, paths, out, heads, clf, finetune, refit, fuse, ensemble, settings,
+def _compare_into(report_dir, stores, paths, out, heads, clf, finetune, refit, fuse, ensembles, settings,
                   finetune_options, log) -> CompareOutcome:
     seed = settings.seed
     rows, failures, notes = [], [], []
@@ -107,7 +107,7 @@ def _compare_into(report_dir, stores, paths, out, heads, clf, finetune, refit, f
     if len(stores) > 1 and fuse != "none":  # joined first: files that cannot be are refused before any fit
         fused, fuse_notes = fuse_features(stores, log)
         notes += fuse_notes
-    run = HeadRun(heads, clf, report_dir, refit, settings, parse_ensembles(ensemble), notes, failures, log)
+    run = HeadRun(heads, clf, report_dir, refit, settings, ensembles, notes, failures, log)
     splits = {}  # feature label -> (its features, its split)
     for data in stores:
         label = feature_label(data)

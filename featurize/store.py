@@ -255,9 +255,9 @@ def load_features(path: str | os.PathLike, lazy: bool = False) -> Features:
     h5 = _open(path)
     try:
         features = _features_of(path, h5, lazy)
-    except DAMAGED_OR_FOREIGN as error:
+    except BaseException as error:
         h5.close()
-        if isinstance(error, CnnfeatError):
+        if isinstance(error, CnnfeatError) or not isinstance(error, DAMAGED_OR_FOREIGN):
             raise
         raise StoreError(f"{printable(path)}: a damaged feature file ({type(error).__name__}: {error}); run "
                          f"`cnnfeat extract` on its data again to rebuild it") from None
