@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featurize.errors import CnnfeatError
+from featurize.errors import CnnfeatError, error_line
 from featurize.files import atomic_write, ensure_writable
 
 from .ensemble import is_ensemble
@@ -34,8 +34,8 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike) -> Path:
 
     from featurize.engines import ONNX_OPSET, export_backbone
 
-    out = ensure_writable(out)
     model = load_model(model_path)
+    out = ensure_writable(out)
     if is_ensemble(model.pipeline_):  # skl2onnx would convert a distance-weighted kNN inside it wrongly
         raise CnnfeatError(f"--model {model_path}: an ensemble of heads; export takes one head (serve and "
                            f"joblib.load take the ensemble)")
@@ -83,7 +83,7 @@ def head_graph(pipeline, n_features: int, opset: int):
     except Exception as error:  # skl2onnx raises several kinds for an estimator it does not know
         final = pipeline.steps[-1][1] if hasattr(pipeline, "steps") else pipeline
         raise CnnfeatError(f"cannot export this head to ONNX: skl2onnx does not convert "
-                           f"{type(final).__name__} ({type(error).__name__}: {str(error).splitlines()[0]})") from None
+                           f"{type(final).__name__} ({type(error).__name__}: {error_line(error)})") from None
     names = [output.name for output in graph.graph.output]
     if names != list(OUTPUTS):
         raise CnnfeatError(f"cannot export this head to ONNX: skl2onnx gave outputs {names}, not {list(OUTPUTS)}")

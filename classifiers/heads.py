@@ -15,7 +15,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from featurize.errors import CnnfeatError
+from featurize.errors import CnnfeatError, error_line
 
 C_DECADES = [float(c) for c in np.logspace(-4, 3, 8)]  # 1e-4 ... 1e3
 
@@ -291,7 +291,7 @@ def refusal(head: Head, pipeline, key: str, value) -> str | None:
     try:
         validate_parameter_constraints(rules or {}, {name: value}, caller_name=type(owner).__name__)
     except InvalidParameterError as error:
-        return str(error).splitlines()[0]
+        return error_line(error)
     return None
 
 

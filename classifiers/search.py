@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from featurize.errors import CnnfeatError
+from featurize.errors import CnnfeatError, error_line
 
 from .heads import Head, get_head, refusal, resolve_grid
 
@@ -148,7 +148,7 @@ def search_head(name, X: np.ndarray, y: np.ndarray, grid=None, settings: SearchS
         notes.append(f"{head.name}: the {settings.budget:g} s budget ran out after {evaluated} of {candidates} "
                      f"candidates; the best of those was kept")
         log(notes[-1])
-    for note in edge_notes(head, pipeline, grid, best_params):
+    for note in edge_notes(head, pipeline, grid, best_params, results):
         notes.append(note)
         log(note)
     pipeline.set_params(**best_params)
@@ -176,14 +176,14 @@ def _fit_every_candidate(searcher, X, y, head: str) -> None:
     except ValueError as error:
         if "fits failed" not in str(error):
             raise
-        why = [line for line in str(error).splitlines() if line.strip()][-1].strip()
-        raise CnnfeatError(f"{head}: its fits failed ({why}); check --grid") from None
+        raise CnnfeatError(f"{head}: its fits failed ({error_line(error, last=True)}); check --grid") from None
 
 
-def edge_notes(head: Head, pipeline, grid: list[dict], best: dict) -> list[str]:
+def edge_notes(head: Head, pipeline, grid: list[dict], best: dict, results: dict | None = None) -> list[str]:
     """A note for each numeric parameter (3 or more values) whose best value is the smallest or the
     largest of its grid: the best may lie past it. Not where the estimator refuses every value past
-    it (n_neighbors=1), so the note's wider grid always runs."""
+    it (n_neighbors=1), so the note's wider grid always runs, nor where the next value inward scored
+    the same (`results`: the search's cv_results_), so the grid is not at fault."""
     searched = next((g for g in grid if set(g) == set(best) and all(best[k] in g[k] for k in g)), {})
     notes = []
     for key, values in searched.items():
@@ -192,7 +192,7 @@ def edge_notes(head: Head, pipeline, grid: list[dict], best: dict) -> list[str]:
             continue
         low = best[key] == ordered[0]
         past = [v for v in _past(ordered, low) if not refusal(head, pipeline, key, v)]
-        if not past:
+        if not past or _tied_inward(results, best, key, ordered[1] if low else ordered[-2]):
             continue
         name = key.split("__", 1)[1] if key.startswith("clf__") else key
         wider = ", ".join(_shown(v) for v in sorted([*past, best[key]]))
@@ -200,6 +200,15 @@ def edge_notes(head: Head, pipeline, grid: list[dict], best: dict) -> list[str]:
                      f"of its grid ({_shown(ordered[0])} to {_shown(ordered[-1])}): the best may lie past it; widen "
                      f"the grid, e.g. --grid '{{\"{name}\": [{wider}]}}'")
     return notes
+
+
+def _tied_inward(results: dict | None, best: dict, key: str, inward) -> bool:
+    """Whether the candidate that is `best` but for `key` = `inward` scored as well as the best."""
+    if not results or "params" not in results:
+        return False
+    scores = {_without(p): s for p, s in zip(results["params"], results["mean_test_score"]) if not np.isnan(s)}
+    neighbour = scores.get(_without({**best, key: inward}))
+    return neighbour is not None and neighbour >= scores.get(_without(best), np.inf)
 
 
 def _is_number(value) -> bool:

@@ -17,7 +17,8 @@ from featurize import load_features
 from featurize.errors import CnnfeatError
 from featurize.files import ensure_writable
 from featurize.fuse import part_widths
-from featurize.store import library_versions, take_rows
+from featurize.integrity import take_rows
+from featurize.store import library_versions
 
 from .metrics import heldout_scores
 from .splits import train_eval_split

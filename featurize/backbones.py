@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import BackboneError
+from .errors import BackboneError, error_line
 from .files import file_sha256
 
 # Exported as the default of every command that takes --backbone: it works with no network.
@@ -199,9 +199,7 @@ def _pickled_objects(path) -> list[str]:
 
 def _first_line(error: Exception) -> str:
     """The cause in torch's error, without its paragraph of advice."""
-    text = str(error).split("WeightsUnpickler error:", 1)[-1]
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
+    return error_line(error, after="WeightsUnpickler error:")
 
 
 def _load_trusted(path, safe_error):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CnnfeatError
+from .errors import CnnfeatError, error_line
 from .files import atomic_write
 
 ENGINES = ("torch", "onnxruntime")
@@ -114,7 +114,7 @@ def export_backbone(model) -> bytes:
                               output_names=[OUTPUT_NAME], opset_version=ONNX_OPSET, dynamo=False,
                               dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
     except Exception as error:  # the exporter raises many kinds for an unsupported layer
-        raise ExportFailed(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
+        raise ExportFailed(f"{type(error).__name__}: {error_line(error)}") from None
     return buffer.getvalue()
 
 

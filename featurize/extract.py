@@ -20,7 +20,7 @@ import numpy as np
 
 from .backbones import DEFAULT_BACKBONE, POOLING, TTA_MODES, get_backbone, weights_kind
 from .engines import ExportFailed, compute_precision, load_embedder, resolve_engine
-from .errors import CnnfeatError, DataError
+from .errors import CnnfeatError, DataError, error_line
 from .files import OutputError, ensure_writable, exclusive, sweep_stale_tmp
 from .images import UnreadableImage, discover, file_identity, load_image
 from .integrity import DamagedStore, damage_mark
@@ -186,7 +186,7 @@ def _extract(data, backbone, weights, out: Path, options: RunOptions, strict: bo
         except DamagedStore as error:  # found while copying the old rows: check them all, extract those again
             result.notes.append(f"{store.name}: damaged vectors found while copying it (from row {error.rows[0]}); "
                                 f"checking every row")
-            _update(run, result, verify=True)
+            _update(run, result, verify=True, again=True)
         damage_mark(store).unlink(missing_ok=True)
     result.reused = result.total - result.extracted
     result.seconds = time.perf_counter() - started
@@ -213,9 +213,10 @@ class Run:
         return self.store.with_name(self.store.name + ".partial")
 
 
-def _update(run: Run, result: ExtractResult, verify: bool) -> None:
+def _update(run: Run, result: ExtractResult, verify: bool, again: bool = False) -> None:
     """Bring the store up to date: reuse what is there (its vectors checked when `verify`), resume an
-    interrupted run's journal, extract the rest, write the store."""
+    interrupted run's journal (`again`: this run's own, from an attempt that found damage), extract
+    the rest, write the store."""
     store, images = run.store, run.images
     storage = run.options.storage.resolved(store)
     identities = image_identities(images)
@@ -231,7 +232,7 @@ def _update(run: Run, result: ExtractResult, verify: bool) -> None:
     if placement.forget(IN_STORE, damaged):
         result.notes.append(f"{len(damaged)} rows of {store.name} failed their checksums: extracting their images again")
     journal = Journal(run.journal_path, run.fp, run.record.feature_dim)
-    _resume(journal, placement, result)
+    _resume(journal, placement, result, quiet=again)
     todo = placement.todo(identities)
     if len(todo):
         result.model_loaded = True
@@ -255,14 +256,14 @@ def _damaged_rows(store: Path, result: ExtractResult) -> np.ndarray:
         return np.zeros(0, np.int64)
 
 
-def _resume(journal: Journal, placement: Placement, result: ExtractResult) -> None:
-    """Place the rows an interrupted run left in the journal."""
+def _resume(journal: Journal, placement: Placement, result: ExtractResult, quiet: bool = False) -> None:
+    """Place the rows an interrupted run left in the journal (`quiet`: rows of this very run)."""
     resumed, notes = journal.resume()
-    result.notes += notes
     if resumed is not None and resumed.paths:
         placement.put_paths(resumed.paths, np.column_stack([resumed.sizes, resumed.mtimes]), resumed.offsets(),
                             resumed.reasons)
-        result.notes.append(f"resuming: {len(resumed.paths)} images from an interrupted run")
+        notes.append(f"resuming: {len(resumed.paths)} images from an interrupted run")
+    result.notes += [] if quiet else notes
 
 
 def _extract_into(run: Run, journal: Journal, placement: Placement, identities, todo) -> None:
@@ -422,8 +423,7 @@ def checked_batches(loader, workers: int):
         except (RuntimeError, OSError) as error:
             if not workers:
                 raise
-            cause = [line for line in str(error).splitlines() if line.strip()][-1].strip()
-            raise WorkerFailed(f"a decoding worker failed ({cause}); run with --workers 0 to decode in this "
+            raise WorkerFailed(f"a decoding worker failed ({error_line(error, last=True)}); run with --workers 0 to decode in this "
                                f"process, or give the workers more shared memory (`df -h /dev/shm`; in Docker, "
                                f"--shm-size)") from None
         yield batch

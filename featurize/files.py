@@ -47,7 +47,10 @@ def printable(text) -> str:
     """A name for a person to read: bytes of a file name that are not UTF-8 (kept losslessly as
     surrogates, the way os.listdir gives them) shown as \\xNN escapes instead of breaking the output."""
     text = os.fsdecode(text) if isinstance(text, bytes) else str(text)
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate no file name makes (a crafted file): escaped as such
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def check_name(value, what: str, source) -> str:
@@ -87,7 +90,13 @@ def atomic_write(path: str | os.PathLike):
         finally:
             tmp.unlink(missing_ok=True)
     except OSError as error:
+        if error.errno not in WRITE_ERRNOS:
+            raise  # not a failed write (a damaged input read in the block): its own kind
         raise OutputError(f"cannot write {printable(path)}: {describe_os_error(error)}") from None
+
+
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+                errno.EISDIR, errno.ENAMETOOLONG, errno.ENOENT, errno.EIO, errno.EEXIST}  # how a write is refused
 
 
 def describe_os_error(error: OSError) -> str:

@@ -2,10 +2,10 @@
 of the bytes as stored, computed as the store is written and checked as it is read.
 
 A flipped bit in a vector is otherwise silent: a NaN that scikit-learn reports with a traceback, or
-a wrong exponent that a head trains on without a word. A reader that finds a block whose bytes do
-not match its checksum stops with one line naming the store, and leaves a mark beside it
-(`<store>.damaged`) so that the next `extract` checks every block and extracts the damaged rows'
-images again.
+a wrong exponent that a head trains on without a word. A block that does not match its checksum,
+or that HDF5 cannot read at all (a damaged compressed chunk), stops its reader with one line naming
+the store, and leaves a mark beside it (`<store>.damaged`) so that the next `extract` checks every
+block and extracts the damaged rows' images again.
 """
 from __future__ import annotations
 
@@ -18,16 +18,17 @@ import numpy as np
 from .errors import StoreError
 from .files import printable
 
+READ_BYTES = 4 << 20  # take_rows reads a lazy store in spans of about this many bytes
+
 
 class DamagedStore(StoreError):
-    """A store whose vectors no longer match their checksums."""
+    """A store whose vectors no longer match their checksums, or cannot be read."""
 
     def __init__(self, path: Path, rows: np.ndarray):
         self.path, self.rows = Path(path), rows
-        mark_damaged(self.path)
         super().__init__(
-            f"{printable(path)}: the vectors of {len(rows)} rows (from row {int(rows[0])}) do not match their "
-            f"checksums: the file was damaged on disk. Run `cnnfeat extract` on its data again: it extracts "
+            f"{printable(path)}: the vectors of {len(rows)} rows (from row {int(rows[0])}) cannot be read or do not "
+            f"match their checksums: the file was damaged on disk. Run `cnnfeat extract` on its data again: it extracts "
             f"those images again (`cnnfeat extract --verify` checks every row)")
 
 
@@ -39,13 +40,15 @@ def damage_mark(path: Path) -> Path:
     return Path(path).with_name(Path(path).name + ".damaged")
 
 
-def mark_damaged(path: Path) -> None:
-    """Leave the mark that makes the next extract check every block (best effort: a reader may not
-    be allowed to write beside the store, and the error it raises says what to do anyway)."""
+def found_damage(path: Path, rows: np.ndarray) -> DamagedStore:
+    """The error to raise for damaged `rows`, once the mark that makes the next extract check every
+    block is left (best effort: a reader may not be allowed to write beside the store, and the
+    error says what to do anyway)."""
     try:
         damage_mark(path).touch()
     except OSError:
         pass
+    return DamagedStore(path, rows)
 
 
 @dataclass(frozen=True)
@@ -55,28 +58,36 @@ class Checksums:
     sums: np.ndarray
     rows: int
 
-    def check(self, path: Path, first_row: int, block: np.ndarray) -> None:
-        """Raise DamagedStore when the stored rows `block`, starting at `first_row` (a multiple of
-        `rows`), do not match their checksums."""
-        for start in range(0, len(block), self.rows):
-            if block_checksum(block[start:start + self.rows]) != int(self.sums[(first_row + start) // self.rows]):
-                first = first_row + start
-                raise DamagedStore(path, np.arange(first, min(first + self.rows, first_row + len(block))))
+    def matches(self, first_row: int, block: np.ndarray) -> bool:
+        """Whether the stored rows `block`, starting at `first_row` (a multiple of `rows`), match."""
+        return all(block_checksum(block[start:start + self.rows]) == int(self.sums[(first_row + start) // self.rows])
+                   for start in range(0, len(block), self.rows))
 
     def damaged(self, dataset) -> np.ndarray:
-        """Rows of every block of `dataset` that fails its checksum (reads them all, a block at a time)."""
+        """Rows of every block of `dataset` that fails its checksum or cannot be read (reads them all,
+        a block at a time)."""
         bad = []
         for first in range(0, dataset.shape[0], self.rows):
-            block = dataset[first:first + self.rows]
-            if block_checksum(block) != int(self.sums[first // self.rows]):
-                bad.append(np.arange(first, first + len(block)))
+            rows = np.arange(first, min(first + self.rows, dataset.shape[0]))
+            block = _read(dataset, first, first + len(rows))
+            if block is None or not self.matches(first, block):
+                bad.append(rows)
         return np.concatenate(bad) if bad else np.zeros(0, np.int64)
+
+
+def _read(dataset, start: int, stop: int) -> np.ndarray | None:
+    """dataset[start:stop], or None where HDF5 cannot read it (a compressed chunk that fails to
+    decompress raises OSError, not a checksum mismatch)."""
+    try:
+        return dataset[start:stop]
+    except OSError:
+        return None
 
 
 class CheckedRows:
     """A store's vectors read lazily (`load_features(lazy=True).X`): slicing it reads the blocks that
     hold the rows asked for, checks each against its checksum (`checksums` None: a store from
-    before them, read as it is), and gives float32 rows."""
+    before them, read as it is), and gives float32 rows. `np.asarray` of it reads every row."""
 
     def __init__(self, path: Path, dataset, checksums: Checksums | None):
         self.path, self.dataset, self.checksums = Path(path), dataset, checksums
@@ -86,19 +97,71 @@ class CheckedRows:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def __array__(self, dtype=None, copy=None):
+        rows = self[:]
+        return rows if dtype is None else rows.astype(dtype, copy=False)
+
+    def __iter__(self):
+        span = max(self.block_rows, READ_BYTES // (self.shape[1] * self.dtype.itemsize) // self.block_rows
+                   * self.block_rows)
+        for start in range(0, self.shape[0], span):
+            yield from self[start:start + span]
+
     def __getitem__(self, key):
         if isinstance(key, (int, np.integer)):
             index = range(self.shape[0])[key]
-            return self[index:index + 1][0]
+            return self[index:index + 1][0].copy()  # not a view that keeps its whole block alive
         if not isinstance(key, slice):  # row indices: fetched in spans of neighbours
-            from .store import take_rows
             return take_rows(self, np.asarray(key))
         start, stop, step = key.indices(self.shape[0])
         if start >= stop:
             return np.zeros((0, self.shape[1]), np.float32)
-        first = start - start % self.block_rows
-        end = min(self.shape[0], -(-stop // self.block_rows) * self.block_rows)
-        block = self.dataset[first:end]
-        if self.checksums is not None:
-            self.checksums.check(self.path, first, block)
-        return block[start - first:stop - first:step].astype(np.float32, copy=False)
+        out = np.empty((stop - start, self.shape[1]), np.float32)
+        first, last = start - start % self.block_rows, -(-stop // self.block_rows) * self.block_rows
+        for begin in range(first, stop, self._span()):  # whole blocks, a few MB at a time
+            end = min(self.shape[0], begin + self._span(), last)
+            block = self._checked(begin, end)
+            lo, hi = max(begin, start), min(end, stop)
+            out[lo - start:hi - start] = block[lo - begin:hi - begin]
+        return out[::step] if step != 1 else out
+
+    def _span(self) -> int:
+        rows = max(1, READ_BYTES // (self.shape[1] * self.dtype.itemsize))
+        return -(-rows // self.block_rows) * self.block_rows
+
+    def _checked(self, begin: int, end: int) -> np.ndarray:
+        block = _read(self.dataset, begin, end)
+        if block is None or (self.checksums is not None and not self.checksums.matches(begin, block)):
+            raise found_damage(self.path, self._bad_rows(begin, end))
+        return block
+
+    def _bad_rows(self, begin: int, end: int) -> np.ndarray:
+        """The rows of the blocks between `begin` and `end` that fail (each block read on its own)."""
+        if self.checksums is None:
+            return np.arange(begin, end)
+        bad = [np.arange(b, min(b + self.block_rows, end)) for b in range(begin, end, self.block_rows)
+               if (block := _read(self.dataset, b, min(b + self.block_rows, end))) is None
+               or not self.checksums.matches(b, block)]
+        return np.concatenate(bad) if bad else np.arange(begin, end)
+
+
+def take_rows(X, rows: np.ndarray, block: int | None = None) -> np.ndarray:
+    """X[rows] as float32, where X is an array or a lazily loaded store's vectors: those are read in
+    spans of neighbouring rows (whole checksum blocks, each read and checked once), so only the rows
+    asked for are ever held (a million-row `fit` needs its training rows in memory, not the whole
+    matrix beside them)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if isinstance(X, np.ndarray):
+        return X[rows].astype(np.float32, copy=False)
+    align = getattr(X, "block_rows", 1)
+    block = block or max(1, READ_BYTES // (X.shape[1] * X.dtype.itemsize))
+    block = -(-block // align) * align
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
+    out = np.empty((len(rows), X.shape[1]), np.float32)
+    first = int(ordered[0]) - int(ordered[0]) % align if len(rows) else 0
+    for begin in range(first, int(ordered[-1]) + 1, block) if len(rows) else ():
+        lo, hi = np.searchsorted(ordered, [begin, begin + block])
+        if hi > lo:  # one read of the span holding these rows, then the rows asked for
+            out[order[lo:hi]] = X[begin:int(ordered[hi - 1]) + 1][ordered[lo:hi] - begin]
+    return out

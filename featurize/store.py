@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CnnfeatError, StoreError
-from .files import OutputError, atomic_write, check_name, describe_os_error, printable, runs
-from .integrity import Checksums, CheckedRows, block_checksum
+from .files import OutputError, atomic_write, check_name, describe_os_error, printable
+from .integrity import Checksums, CheckedRows, block_checksum, take_rows
 from .journal import read_vectors
 from .placement import IN_JOURNAL, IN_MEMORY, IN_STORE, NOWHERE, SKIPPED, Placement
 
@@ -66,14 +66,9 @@ class Storage:
             return self
         try:
             with _open(path) as h5:
-                return replace(self, compression=_storage_of(h5).compression)
+                return replace(self, compression=read_header(path, h5).storage.compression)
         except DAMAGED_OR_FOREIGN:
             return replace(self, compression="none")
-
-
-def _str_dtype():
-    import h5py
-    return h5py.string_dtype("utf-8")
 
 
 def fingerprint(config: dict) -> str:
@@ -165,9 +160,13 @@ def read_header(path: Path, h5) -> Header:
     except CnnfeatError:
         raise
     except DAMAGED_OR_FOREIGN as error:
-        raise StoreError(f"{printable(path)}: a damaged feature file ({type(error).__name__}: {error}); run "
-                         f"`cnnfeat extract` on its data again to rebuild it") from None
+        raise _damaged_file(path, error) from None
     return header
+
+
+def _damaged_file(path: Path, error: Exception) -> StoreError:
+    return StoreError(f"{printable(path)}: a damaged feature file ({type(error).__name__}: {error}); run "
+                      f"`cnnfeat extract` on its data again to rebuild it")
 
 
 def _parse_header(path: Path, h5) -> Header:
@@ -259,35 +258,10 @@ def load_features(path: str | os.PathLike, lazy: bool = False) -> Features:
         h5.close()
         if isinstance(error, CnnfeatError) or not isinstance(error, DAMAGED_OR_FOREIGN):
             raise
-        raise StoreError(f"{printable(path)}: a damaged feature file ({type(error).__name__}: {error}); run "
-                         f"`cnnfeat extract` on its data again to rebuild it") from None
+        raise _damaged_file(path, error) from None
     if not lazy:
         h5.close()
     return features
-
-
-READ_BYTES = 4 << 20  # take_rows reads a lazy store in spans of about this many bytes
-
-
-def take_rows(X, rows: np.ndarray, block: int | None = None) -> np.ndarray:
-    """X[rows] as float32, where X is an array or a lazily loaded store's vectors: those are read in
-    spans of neighbouring rows (whole checksum blocks), so only the rows asked for are ever held (a
-    million-row `fit` needs its training rows in memory, not the whole matrix beside them)."""
-    rows = np.asarray(rows, dtype=np.int64)
-    if isinstance(X, np.ndarray):
-        return X[rows].astype(np.float32, copy=False)
-    block = block or max(1, READ_BYTES // (X.shape[1] * X.dtype.itemsize))
-    align = getattr(X, "block_rows", 1)
-    block = -(-block // align) * align  # whole checksum blocks: each is read (and checked) once
-    order = np.argsort(rows, kind="stable")
-    ordered = rows[order]
-    out = np.empty((len(rows), X.shape[1]), np.float32)
-    first = int(ordered[0]) - int(ordered[0]) % align if len(rows) else 0
-    for begin in range(first, int(ordered[-1]) + 1, block) if len(rows) else ():
-        lo, hi = np.searchsorted(ordered, [begin, begin + block])
-        if hi > lo:  # one read of the span holding these rows, then the rows asked for
-            out[order[lo:hi]] = X[begin:int(ordered[hi - 1]) + 1][ordered[lo:hi] - begin]
-    return out
 
 
 def _features_of(path: Path, h5, lazy: bool) -> Features:
@@ -296,13 +270,9 @@ def _features_of(path: Path, h5, lazy: bool) -> Features:
     if len(labels) and (labels.min() < 0 or labels.max() >= len(header.class_names)):
         raise StoreError(f"{printable(path)}: labels outside its {len(header.class_names)} classes (a damaged "
                          f"or crafted file); run `cnnfeat extract` on its data again to rebuild it")
-    if lazy:
-        X = CheckedRows(path, h5["features"], header.checksums)
-    else:
-        stored = h5["features"][:]
-        if header.checksums is not None:
-            header.checksums.check(path, 0, stored)
-        X = stored.astype(np.float32, copy=False)
+    X = CheckedRows(path, h5["features"], header.checksums)
+    if not lazy:
+        X = X[:]  # read a few MB at a time, each block checked
     return Features(
         path=path, X=X, y=labels, class_names=header.class_names, paths=_strings(h5["paths"]),
         splits=_strings(h5["splits"]), fingerprint=header.fingerprint, config=header.config,
@@ -382,10 +352,7 @@ class VectorReader:
         return out
 
     def _from_store(self, rows: list[int]) -> np.ndarray:
-        out = np.empty((len(rows), self.dim), np.float32)
-        for first, end in runs(rows, 1):
-            out[first:end] = self._rows[rows[first]:rows[end - 1] + 1]
-        return out
+        return take_rows(self._rows, np.asarray(rows, np.int64))  # each block read and checked once
 
     def _from_memory(self, rows: list[int]) -> np.ndarray:
         return self.memory[rows]
@@ -436,12 +403,6 @@ def _row_facts(group, start: int, end: int | None):
                zip(group["file_size"][start:end].tolist(), group["file_mtime_ns"][start:end].tolist()))
 
 
-def _storage_of(h5) -> Storage:
-    """How the file keeps its vectors (files from before the attribute: float32, uncompressed)."""
-    stored = json.loads(h5.attrs.get("storage", "{}"))
-    return Storage(stored.get("dtype", "float32"), stored.get("compression") or "none")
-
-
 # -- writing ---------------------------------------------------------------------------------------
 
 def write_store(path: Path, images, identities: np.ndarray, placement: Placement, dim: int, attrs: dict,
@@ -455,34 +416,51 @@ def write_store(path: Path, images, identities: np.ndarray, placement: Placement
     if np.any(placement.kind == NOWHERE):
         raise StoreError(f"{path}: {int(np.sum(placement.kind == NOWHERE))} images have no vector and no reason")
     good, bad = np.flatnonzero(placement.kind != SKIPPED), placement.skipped()
-    reader = reader or VectorReader(dim)
+    reasons = [placement.reasons[i] for i in bad.tolist()]
     with atomic_write(path) as tmp:
-        _reserve(tmp, _size_bound(images, len(good), dim, storage), path)
-        with h5py.File(tmp, "r+") as h5, reader:
+        _reserve(tmp, size_bound(images, len(good), dim, storage, reasons, attrs), path)
+        with h5py.File(tmp, "r+") as h5, reader or VectorReader(dim) as vectors:
             for key, value in attrs.items():
                 _put_text(h5.attrs, key, value)
             h5.attrs["storage"] = json.dumps({**asdict(storage), "compression": storage.compression or "none"})
-            features = h5.create_dataset("features", shape=(len(good), dim), **storage.dataset_options(len(good), dim))
-            checksums = h5.create_dataset("checksums", shape=(-(-len(good) // COPY_ROWS),), dtype=np.uint32)
-            h5.attrs["checksum_rows"] = COPY_ROWS
-            for start in range(0, len(good), COPY_ROWS):
-                part = good[start:start + COPY_ROWS]
-                block = reader.read(placement.kind[part], placement.where[part]).astype(storage.dtype)
-                features[start:start + len(part)] = block
-                checksums[start // COPY_ROWS] = block_checksum(block)
+            _write_vectors(h5, vectors, placement, good, storage)
             _write_columns(h5, images, identities, good)
             skipped = h5.create_group("skipped")
             _write_columns(skipped, images, identities, bad)
-            _write_strings(skipped, "reasons", [placement.reasons[i] for i in bad.tolist()])
+            _write_strings(skipped, "reasons", reasons)
             h5.attrs["complete"] = True  # last: a file without it is never read as a store
     return len(good), len(bad)
 
 
-def _size_bound(images, rows: int, dim: int, storage: Storage) -> int:
-    """More bytes than the store can take (vectors uncompressed; each string with HDF5's heap
-    overhead): what to reserve."""
-    strings = sum(len(p) for p in images.paths) * 4 + len(images.paths) * (2 * 64 + 8)  # UTF-8: at most 4x chars
-    return int(rows * dim * np.dtype(storage.dtype).itemsize * 1.02) + strings + len(images.paths) * 32 + (256 << 10)
+def _write_vectors(h5, vectors: VectorReader, placement: Placement, good: np.ndarray, storage: Storage) -> None:
+    """The `good` rows' vectors, COPY_ROWS at a time, and each chunk's checksum (of the bytes stored)."""
+    dim = vectors.dim
+    features = h5.create_dataset("features", shape=(len(good), dim), **storage.dataset_options(len(good), dim))
+    checksums = h5.create_dataset("checksums", shape=(-(-len(good) // COPY_ROWS),), dtype=np.uint32)
+    h5.attrs["checksum_rows"] = COPY_ROWS
+    for start in range(0, len(good), COPY_ROWS):
+        part = good[start:start + COPY_ROWS]
+        block = vectors.read(placement.kind[part], placement.where[part]).astype(storage.dtype)
+        features[start:start + len(part)] = block
+        checksums[start // COPY_ROWS] = block_checksum(block)
+
+
+STRING_OVERHEAD = 64  # bytes HDF5 spends on a variable-length string beside its own: a heap reference
+# (16), the heap object's header (16), padding to 8, and a share of its heap collection
+
+
+def size_bound(images, rows: int, dim: int, storage: Storage, reasons: list, attrs: dict) -> int:
+    """More bytes than the store can take: the vectors in whole HDF5 chunks (the last one is
+    allocated whole) and uncompressed, every string at 4 bytes a character (UTF-8's most) with
+    HDF5's overhead, the number columns, the attributes; plus 5% and 1 MiB for HDF5's own indexes."""
+    chunks = storage.dataset_options(rows, dim)["chunks"]
+    padded = -(-rows // chunks[0]) * chunks[0] if chunks else rows
+    vectors = padded * dim * np.dtype(storage.dtype).itemsize
+    texts = [*images.paths, *images.splits, *reasons]
+    strings = 4 * sum(map(len, texts)) + STRING_OVERHEAD * len(texts)
+    numbers = 3 * 8 * len(images.paths) + 4 * (-(-rows // COPY_ROWS))  # labels, sizes, mtimes; checksums
+    attributes = 4 * sum(len(str(value)) + len(key) for key, value in attrs.items()) + 4096
+    return int((vectors + strings + numbers + attributes) * 1.05) + (1 << 20)
 
 
 def _reserve(tmp: Path, size: int, path: Path) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 
 from featurize.backbones import crop_transform
 from featurize.errors import CnnfeatError
+from featurize.files import printable
 from featurize.images import decode_upload
 
 
@@ -43,7 +44,7 @@ class JoblibPredictor(Predictor):
         embedder, _ = self.model.embedder(device)
         super().__init__(embedder.preprocessing.transform(), embedder.preprocessing.resize_size)
         self.embedder = embedder
-        self.classes = self.model.classes_.tolist()
+        self.classes = [printable(c) for c in self.model.classes_.tolist()]  # JSON: names not UTF-8 escaped
         config = self.model.feature_config or {}
         self.info = {"format": "joblib", "classes": self.classes, "backbone": config.get("backbone"),
                      "engine": embedder.engine, "feature_fingerprint": self.model.feature_fingerprint,
@@ -62,7 +63,7 @@ class OnnxPredictor(Predictor):
         try:
             self.session = cpu_session(path)
             meta = self.session.get_modelmeta().custom_metadata_map
-            self.classes = json.loads(meta["class_names"])
+            self.classes = [printable(c) for c in json.loads(meta["class_names"])]
             prep = json.loads(meta["preprocessing"])
         except Exception as error:  # noqa: BLE001  (onnxruntime's own kinds, or a graph without our metadata)
             raise CnnfeatError(f"--model {path}: not a model.onnx written by `cnnfeat export` "
@@ -77,10 +78,15 @@ class OnnxPredictor(Predictor):
         return self.session.run(["probabilities"], {"images": np.ascontiguousarray(crops)})[0]
 
 
-def without_paths(record: dict) -> dict:
+def without_paths(record):
     """A model's record as GET /model shows it: a path on the server's disk (feature_file,
-    checkpoint, data_root) by its file name only; a client has no use for the rest."""
-    return {key: _names(value) if isinstance(value, str) else value for key, value in record.items()}
+    checkpoint, data_root, a distillation's teacher, at any depth) by its file name only - a client
+    has no use for the rest -, and every string valid UTF-8 (a class name that is not: escaped)."""
+    if isinstance(record, dict):
+        return {printable(key): without_paths(value) for key, value in record.items()}
+    if isinstance(record, list):
+        return [without_paths(value) for value in record]
+    return printable(_names(record)) if isinstance(record, str) else record
 
 
 def _names(value: str) -> str:

@@ -24,6 +24,32 @@ def assert_one_line_error(result, *fragments):
         assert fragment in lines[0], lines[0]
 
 
+def cli_process(*args, file_size=None, timeout=300):
+    """`python cli.py ARGS` in its own process, as a user runs it (stdout a pipe: strict UTF-8, as a
+    log file is), under `ulimit -f` of `file_size` bytes when given; (exit status, what it printed).
+    An argument may be bytes: a file name that is not UTF-8."""
+    import os
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
+
+    command = [os.fsencode(sys.executable), os.fsencode(REPO / "cli.py")]
+    command += [arg if isinstance(arg, bytes) else os.fsencode(str(arg)) for arg in args]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, timeout=timeout,
+                          preexec_fn=limit if file_size else None)
+    return done.returncode, done.stdout.decode("utf-8") + done.stderr.decode("utf-8")
+
+
+def assert_ends_in_one_error_line(code, said, *fragments):
+    """A process's output: its last line the one `Error:` line (notes may come before), exit 1."""
+    lines = said.strip().splitlines()
+    assert code == 1 and lines and lines[-1].startswith("Error: "), (code, said)
+    assert "Traceback" not in said and not any(line.startswith("Error: ") for line in lines[:-1]), said
+    for fragment in fragments:
+        assert fragment in lines[-1], lines[-1]
+
+
 def test_help_does_not_import_torch():
     code = "import sys, cli; sys.argv = ['cnnfeat', '--help']\ntry: cli.main()\nexcept SystemExit: pass\nprint('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout

@@ -3,8 +3,6 @@ decoding workers, a second compare into the same folder. Each command, run as a 
 own process, its real limit or file system), ends in one `Error:` line naming the path and the
 cause, having lost nothing: no traceback, no crash, no hang, no half-written file."""
 import csv
-import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -16,28 +14,9 @@ from PIL import Image
 
 from featurize import load_features
 from tests.conftest import REPO, generated_store, write_image, write_tinted
-from tests.test_cli import assert_one_line_error, run
+from tests.test_cli import assert_ends_in_one_error_line, assert_one_line_error, cli_process, run
 
 RANDOM = ["--backbone", "resnet18", "--weights", "random", "--engine", "torch"]
-
-
-def cli(args, file_size=None, timeout=300):
-    """`python cli.py ARGS` in its own process, under `ulimit -f` of `file_size` bytes when given:
-    (exit status, everything it printed)."""
-    def limit():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
-
-    done = subprocess.run([sys.executable, str(REPO / "cli.py"), *map(str, args)], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, preexec_fn=limit if file_size else None)
-    return done.returncode, done.stdout + done.stderr
-
-
-def assert_one_error_line(code, said, *fragments):
-    lines = said.strip().splitlines()
-    assert code == 1 and lines and lines[-1].startswith("Error: "), (code, said)
-    assert "Traceback" not in said and not any(line.startswith("Error: ") for line in lines[:-1]), said
-    for fragment in fragments:
-        assert fragment in lines[-1], lines[-1]
 
 
 @pytest.fixture
@@ -50,10 +29,10 @@ def images(tmp_path):
 
 def test_workers_without_shared_memory_end_the_run_in_one_line(images, tmp_path):
     """Fault 2: the worker logged 'unable to resize file' and the run waited for its batch forever."""
-    args = ["extract", "--data", images, "--out", tmp_path / "out", *RANDOM, "--batch-size", "16", "--quiet"]
-    code, said = cli(args + ["--workers", "1"], file_size=1 << 20, timeout=180)  # a batch is 2.4 MB of pixels
-    assert_one_error_line(code, said, "a decoding worker failed", "--workers 0", "shared memory")
-    code, said = cli(args + ["--workers", "0"], file_size=1 << 20)  # the way out it names, under the same limit
+    args = ["extract", "--data", images, "--out", tmp_path / "out", *RANDOM, "--batch-size", "32", "--quiet"]
+    code, said = cli_process(*args, "--workers", "1", file_size=3 << 20, timeout=180)  # a batch: 4.8 MB of pixels
+    assert_ends_in_one_error_line(code, said, "a decoding worker failed", "--workers 0", "shared memory")
+    code, said = cli_process(*args, "--workers", "0", file_size=3 << 20)  # the way out it names, under the same limit
     assert code == 0 and "64 images: 64 extracted" in said, said
 
 
@@ -61,16 +40,16 @@ def test_a_file_size_limit_while_the_store_is_rewritten(images, tmp_path):
     """Fault 10: HDF5 failed to write, then crashed the process as it closed the file (exit 139)."""
     out = tmp_path / "out"
     args = ["extract", "--data", images, "--out", out, *RANDOM, "--workers", "0", "--quiet"]
-    assert cli(args)[0] == 0
+    assert cli_process(*args)[0] == 0
     store = next((out / "features").glob("*.h5"))
     before = load_features(store)
     write_image(images / "a" / "new.png", seed=99)  # one more image: the journal is small, the rewrite is not
-    code, said = cli(args, file_size=64 << 10)
-    assert_one_error_line(code, said, f"cannot write {store}", "File too large", "ulimit -f",
+    code, said = cli_process(*args, file_size=64 << 10)
+    assert_ends_in_one_error_line(code, said, f"cannot write {store}", "File too large", "ulimit -f",
                           f"kept in {store.name}.partial")
     np.testing.assert_array_equal(load_features(store).X, before.X)  # the old store is whole
     assert sorted(p.name for p in store.parent.iterdir()) == [store.name, store.name + ".partial"]
-    code, said = cli(args)
+    code, said = cli_process(*args)
     assert code == 0 and "resuming: 1 images" in said and "65 images: 0 extracted" in said, said
 
 
@@ -89,10 +68,10 @@ def test_a_file_size_limit_while_compare_writes_its_report(tmp_path):
     store = generated_store(tmp_path, 3000, dim=8, classes=3)[0]
     args = ["compare", "--features", store, "--out", tmp_path / "out", "--clf", "logreg", "--ensemble", "none",
             "--cv", "2", "--quiet"]
-    code, said = cli(args, file_size=12 << 10)  # the model fits; the 600-row predictions file does not
-    assert_one_error_line(code, said, "cannot write", "File too large")
+    code, said = cli_process(*args, file_size=12 << 10)  # the model fits; the 600-row predictions file does not
+    assert_ends_in_one_error_line(code, said, "cannot write", "File too large")
     _report_files_are_whole(tmp_path / "out" / "reports")
-    code, said = cli(args)
+    code, said = cli_process(*args)
     assert code == 0, said
     predictions = next((tmp_path / "out" / "reports").rglob("*logreg.csv"))
     assert len(list(csv.reader(predictions.open()))) == 601
@@ -147,7 +126,7 @@ print(len(load_features(glob.glob('{disk}/features/*.h5')[0]).paths))" > {logs}/
     """)
     assert done.returncode == 0, done.stderr
     said = (logs / "full.log").read_text()
-    assert_one_error_line(int((logs / "full.code").read_text()), said, "cannot write", "No space left on device",
+    assert_ends_in_one_error_line(int((logs / "full.code").read_text()), said, "cannot write", "No space left on device",
                           ".partial: run the same command again to resume")
     said = (logs / "room.log").read_text()
     assert (logs / "room.code").read_text().strip() == "0" and "resuming: 64 images" in said, said
@@ -176,7 +155,7 @@ def test_a_read_only_out_is_found_before_any_work(tinted_store, tmp_path, namesp
     assert done.returncode == 0, done.stderr
     for name in commands:
         said = (logs / f"{name}.log").read_text()
-        assert_one_error_line(int((logs / f"{name}.code").read_text()), said, str(readonly),
+        assert_ends_in_one_error_line(int((logs / f"{name}.code").read_text()), said, str(readonly),
                               "Read-only file system")
         assert "search" not in said and "extract" not in said.lower().replace("cnnfeat extract", ""), said
 
@@ -206,3 +185,71 @@ def test_one_compare_per_report_folder(tinted_store, tmp_path):
     again = run(*args)
     assert again.exit_code == 0 and "cannot reuse" in again.output and "not the knn of these features" in again.output
     assert "rf: nothing changed, reusing" in again.output
+
+
+def test_workers_with_a_small_dev_shm_end_the_run_in_one_line(images, tmp_path, namespaces):
+    """Fault 2 as a container meets it: /dev/shm of 1 MiB (Docker's is 64 MB), batches of 4.8 MB."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    command = (f"{sys.executable} cli.py extract --data {images} --out {tmp_path / 'out'} {' '.join(RANDOM)} "
+               f"--batch-size 32 --quiet")
+    done = in_namespace(f"""
+        mount -t tmpfs -o size=1m tmpfs /dev/shm
+        timeout 120 {command} --workers 1 > {logs}/shm.log 2>&1; echo $? > {logs}/shm.code
+        timeout 120 {command} --workers 0 > {logs}/zero.log 2>&1; echo $? > {logs}/zero.code
+    """)
+    assert done.returncode == 0, done.stderr
+    assert_ends_in_one_error_line(int((logs / "shm.code").read_text()), (logs / "shm.log").read_text(),
+                                  "a decoding worker failed", "--workers 0", "shared memory")
+    said = (logs / "zero.log").read_text()
+    assert (logs / "zero.code").read_text().strip() == "0" and "64 images: 64 extracted" in said, said
+
+
+@pytest.mark.parametrize("rows,dim,dtype,compression,skipped,reason", [
+    (1, 8, "float32", None, 0, 0), (0, 8, "float32", None, 3, 20), (205, 1280, "float32", None, 0, 0),
+    (206, 1280, "float16", None, 0, 0), (205, 1280, "float32", "gzip", 0, 0), (10, 1280, "float32", None, 5000, 1000),
+    (1025, 1280, "float16", "lzf", 7, 300)])
+def test_the_space_reserved_for_a_store_is_never_less_than_it_takes(tmp_path, rows, dim, dtype, compression,
+                                                                      skipped, reason):
+    """Fault 10: HDF5 crashes the process when it cannot write a file it is closing, so the bound the
+    store reserves first must hold for every shape: a last chunk allocated whole, long reasons of
+    skipped images, long names that are not ASCII, attributes."""
+    from featurize.images import ImageList
+    from featurize.placement import IN_MEMORY, Placement
+    from featurize.store import Storage, VectorReader, size_bound, write_store
+
+    images = ImageList(root=tmp_path, name="x-00000000", layout="class-folders", class_names=["é" * 40, "b"])
+    total = rows + skipped
+    for i in range(total):
+        images.add(f"{'é' * 60}/{i:06d}.jpg", i % 2, "train")
+    reasons = [""] * rows + ["bad " * (reason // 4)] * skipped
+    placement = Placement(images.paths)
+    placement.put(np.arange(total), np.ones((total, 2)), np.arange(total), reasons, IN_MEMORY)
+    storage, attrs = Storage(dtype, compression), {"fingerprint": "x", "config": "{" + "x" * 3000 + "}"}
+    X = np.random.default_rng(0).random((total, dim), dtype=np.float32)
+    store = tmp_path / "s.h5"
+    write_store(store, images, np.ones((total, 2), np.int64), placement, dim, attrs, VectorReader(dim, memory=X),
+                storage)
+    assert store.stat().st_size <= size_bound(images, rows, dim, storage, [r for r in reasons if r], attrs)
+
+
+def _file_size_limit(size: int):
+    def limit():
+        import resource
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+    return limit
+
+
+def test_a_file_size_limit_between_the_store_and_its_bound_stops_before_hdf5_writes(tmp_path):
+    """The reservation errs on the large side: a limit above the store's size but below its bound
+    stops the write, with an OutputError, before HDF5 starts (never a crash)."""
+    size = generated_store(tmp_path, 3000, dim=64)[0].stat().st_size
+    (tmp_path / "again").mkdir()
+    script = (f"import sys; sys.path.insert(0, {str(REPO)!r}); from pathlib import Path; "
+              f"from tests.conftest import generated_store; generated_store(Path({str(tmp_path / 'again')!r}), 3000, "
+              f"dim=64)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          preexec_fn=_file_size_limit(size + 4096))
+    assert done.returncode == 1 and "OutputError: cannot write" in done.stderr and "needs up to" in done.stderr, \
+        (done.returncode, done.stderr[-2000:])
+    assert list((tmp_path / "again").iterdir()) == []

@@ -172,3 +172,44 @@ def test_extract_resumes_from_a_torn_journal_and_sweeps_dead_writers_tmp_files(m
     result = extract(data=data, out=out, **RANDOM)
     assert any("torn batch" in note for note in result.notes) and result.reused > 0
     _check_complete(result.store, reference)
+
+
+def _hold_the_lock_repeatedly(path, seconds, results):
+    """A writer that takes the store's lock again and again, and proves it is alone while it holds it."""
+    from featurize.files import Busy, exclusive
+
+    taken = overlaps = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with exclusive(path):
+                try:
+                    fd = os.open(f"{path}.inside", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                except FileExistsError:
+                    overlaps += 1
+                    continue
+                os.close(fd)
+                taken += 1
+                os.unlink(f"{path}.inside")
+        except Busy:
+            pass
+    results.put((taken, overlaps))
+
+
+def test_the_lock_file_removed_on_release_never_lets_two_writers_in(tmp_path):
+    """The lock file goes away when its holder is done; a writer that had opened it just before must
+    see that and lock the new one, never hold a removed file while another holds the new."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    writers = [context.Process(target=_hold_the_lock_repeatedly, args=(tmp_path / "x.h5", 3.0, results))
+               for _ in range(4)]
+    for writer in writers:
+        writer.start()
+    counts = [results.get(timeout=60) for _ in writers]
+    for writer in writers:
+        writer.join()
+    print(f"lock taken {sum(t for t, _ in counts)} times by 4 writers")
+    assert sum(overlaps for _, overlaps in counts) == 0 and sum(taken for taken, _ in counts) > 100
+    assert list(tmp_path.iterdir()) == []

@@ -209,3 +209,6 @@ def test_float16_and_compressed_stores(class_folders, tmp_path):
     assert not isinstance(lazy.X, np.ndarray) and lazy.X.shape == exact.X.shape  # read as it is sliced
     np.testing.assert_array_equal(lazy.X[2:5], exact.X[2:5])
     np.testing.assert_array_equal(lazy.X[[6, 0, 3]], exact.X[[6, 0, 3]])
+    np.testing.assert_array_equal(np.asarray(lazy.X), exact.X)  # read a block at a time, not a row
+    np.testing.assert_array_equal(np.stack(list(lazy.X)), exact.X)
+    assert lazy.X[4].base is None  # a row of its own, not a view keeping its block alive

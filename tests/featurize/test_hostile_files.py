@@ -4,29 +4,19 @@ where a setting has to be patched) and fails on the code before the fix."""
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import h5py
 import numpy as np
 import pytest
 
 import featurize.store
-from featurize import extract, load_features
+from featurize import load_features
 from featurize.integrity import DamagedStore, damage_mark
-from tests.conftest import REPO, write_image, write_tinted
-from tests.test_cli import assert_one_line_error, run
+from tests.conftest import write_image, write_tinted
+from tests.test_cli import assert_one_line_error, cli_process, run
 
 RANDOM = ("--backbone", "resnet18", "--weights", "random")
 BAD_NAME = os.fsdecode(b"bad-\xff\xfe.png")  # as os.listdir gives it: surrogate escapes
-
-
-def cli(*args, timeout=600):
-    """`python cli.py ARGS` in its own process, stdout a pipe (strict UTF-8, as in a terminal or a log)."""
-    command = [os.fsencode(sys.executable), os.fsencode(REPO / "cli.py")]
-    command += [arg if isinstance(arg, bytes) else os.fsencode(str(arg)) for arg in args]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, timeout=timeout)
-    return done.returncode, done.stdout.decode("utf-8") + done.stderr.decode("utf-8")
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +30,9 @@ def odd_names(tmp_path_factory):
 def test_a_name_that_is_not_utf8_is_stored_losslessly_and_shown_readably(odd_names, tmp_path):
     """Fault 1: every image was extracted, then the store's write failed on that name, at every re-run."""
     out = tmp_path / "out"
-    code, said = cli("extract", "--data", odd_names, "--out", out, *RANDOM, "--quiet")
+    code, said = cli_process("extract", "--data", odd_names, "--out", out, *RANDOM, "--quiet")
     assert code == 0 and "25 images: 25 extracted" in said, said
-    code, said = cli("extract", "--data", odd_names, "--out", out, *RANDOM)
+    code, said = cli_process("extract", "--data", odd_names, "--out", out, *RANDOM)
     assert code == 0 and "up to date: 25 images" in said, said
     store = next((out / "features").glob("*.h5"))
     features = load_features(store)
@@ -53,7 +43,7 @@ def test_a_name_that_is_not_utf8_is_stored_losslessly_and_shown_readably(odd_nam
     with h5py.File(store) as h5:  # the file holds the name's own bytes
         assert b"val/red/bad-\xff\xfe.png" in h5["paths"][:].tolist()
 
-    code, said = cli("compare", "--features", store, "--out", out, "--clf", "logreg", "--ensemble", "none",
+    code, said = cli_process("compare", "--features", store, "--out", out, "--clf", "logreg", "--ensemble", "none",
                      "--cv", "2", "--quiet")
     assert code == 0, said
     report = out / "reports" / store.stem
@@ -61,12 +51,12 @@ def test_a_name_that_is_not_utf8_is_stored_losslessly_and_shown_readably(odd_nam
     assert "val/red/bad-\\xff\\xfe.png" in predictions  # readable, and the CSV stays UTF-8
 
     model = report / "models" / "resnet18-random-logreg.joblib"
-    code, said = cli("predict", "--model", model, "--out", tmp_path / "p.csv", odd_names / "val", "--quiet")
+    code, said = cli_process("predict", "--model", model, "--out", tmp_path / "p.csv", odd_names / "val", "--quiet")
     assert code == 0 and "7 images, 0 unreadable" in said, said
     rows = (tmp_path / "p.csv").read_text(encoding="utf-8").splitlines()
     assert len(rows) == 8 and any(row.startswith(str(odd_names / "val" / "red") + "/bad-\\xff\\xfe.png,red")
                                   for row in rows), rows
-    code, said = cli("explain", "--model", model, "--out", tmp_path / "why",
+    code, said = cli_process("explain", "--model", model, "--out", tmp_path / "why",
                      os.fsencode(odd_names / "val" / "red") + b"/bad-\xff\xfe.png")
     assert code == 0 and "1 pictures, 0 unreadable" in said, said
     assert os.listdir(os.fsencode(tmp_path / "why")) == [b"bad-\xff\xfe.png"]
@@ -92,12 +82,14 @@ def _extract(data, out, *more):
 
 
 def _damage(store, row: int, how: str):
-    """Change the bytes of stored vector `row` in place, as a failing disk or a stray write would."""
+    """Change the bytes of stored vector `row` in place, as a failing disk or a stray write would (in
+    a compressed store: bytes in the middle of the chunk holding it)."""
     with h5py.File(store) as h5:
         features = h5["features"]
-        per_chunk = features.chunks[0]
+        per_chunk, itemsize = features.chunks[0], features.dtype.itemsize
         info = features.id.get_chunk_info_by_coord((row - row % per_chunk, 0))
-        offset = info.byte_offset + (row % per_chunk) * features.shape[1] * 4
+        compressed = features.compression is not None
+        offset = info.byte_offset + (info.size // 2 if compressed else (row % per_chunk) * features.shape[1] * itemsize)
     with open(store, "r+b") as handle:
         handle.seek(offset + 40)
         if how == "64 bytes":
@@ -105,37 +97,61 @@ def _damage(store, row: int, how: str):
             handle.seek(offset + 40)
             handle.write(b"\xff" * 8)  # a NaN among the zeros
         else:  # one exponent byte: a number off by a factor, silently
-            byte = handle.read(4)[3]
-            handle.seek(offset + 43)
+            byte = handle.read(itemsize)[itemsize - 1]
+            handle.seek(offset + 40 + itemsize - 1)
             handle.write(bytes([byte ^ 0x01]))
 
 
-@pytest.mark.parametrize("how", ["64 bytes", "exponent"])
-def test_damaged_vectors_stop_readers_and_extract_repairs_them(tinted_data, tmp_path, small_blocks, how):
-    """Fault 5: 'up to date', then fit died with scikit-learn's NaN traceback or trained on a wrong number."""
-    out = tmp_path / "out"
-    _extract(tinted_data, out)
+STORAGES = {"float32": (), "float16": ("--dtype", "float16"), "gzip": ("--compression", "gzip"),
+            "float16 lzf": ("--dtype", "float16", "--compression", "lzf")}
+
+
+@pytest.mark.parametrize("how,storage", [("64 bytes", "float32"), ("exponent", "float32"), ("exponent", "float16"),
+                                         ("64 bytes", "gzip"), ("64 bytes", "float16 lzf")])
+def test_damaged_vectors_stop_readers_and_extract_repairs_them(tinted_data, tmp_path, small_blocks, how, storage):
+    """Fault 5: 'up to date', then fit died with scikit-learn's NaN traceback or trained on a wrong number.
+    In a compressed store the damaged chunk cannot even be decompressed: the same line, the same repair
+    (of every row in that HDF5 chunk: here all 48)."""
+    out, options = tmp_path / "out", STORAGES[storage]
+    _extract(tinted_data, out, *options)
     store = next((out / "features").glob("*.h5"))
     before = load_features(store)
     row = 21  # in the third block of 8 rows: rows 16..23
     _damage(store, row, how)
-    with h5py.File(store) as h5:
-        assert not np.array_equal(h5["features"][row], before.X[row])
+    compressed = "gzip" in storage or "lzf" in storage  # the damage reaches past the row: which rows, it says
 
     for command in (["fit", "--clf", "logreg", "--features", store, "--out", out, "--cv", "2"],
                     ["compare", "--features", store, "--out", out, "--clf", "logreg", "--cv", "2"]):
-        assert_one_line_error(run(*command), store.name, "do not match their checksums", "rows (from row 16)")
-    with pytest.raises(DamagedStore):
-        load_features(store, lazy=True).X[20:22]
-    np.testing.assert_array_equal(load_features(store, lazy=True).X[0:16], before.X[0:16])  # other blocks read
+        assert_one_line_error(run(*command), store.name, "do not match their checksums",
+                              "rows (from row" if compressed else "8 rows (from row 16)")
+    with pytest.raises(DamagedStore):  # row 21's block (in a compressed store, wherever the damage reached)
+        load_features(store, lazy=True).X[slice(0, 48) if compressed else slice(20, 22)]
+    if not compressed:  # the other blocks read as they are
+        np.testing.assert_array_equal(load_features(store, lazy=True).X[0:16], before.X[0:16])
     assert damage_mark(store).exists()
 
-    said = _extract(tinted_data, out)  # the plain command: the mark makes it check, and repair
-    assert "8 rows of" in said and "failed their checksums" in said and "48 images: 8 extracted" in said, said
+    said = _extract(tinted_data, out, *options)  # the plain command: the mark makes it check, and repair
+    assert "failed their checksums" in said and "48 images: " in said and " extracted" in said, said
+    if not compressed:
+        assert "8 rows of" in said and "48 images: 8 extracted" in said, said
     repaired = load_features(store)
-    np.testing.assert_allclose(repaired.X, before.X, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(repaired.X, before.X, rtol=1e-3 if "float16" in storage else 1e-5, atol=1e-6)
     assert not damage_mark(store).exists()
     assert run("fit", "--clf", "logreg", "--features", store, "--out", out, "--cv", "2").exit_code == 0
+
+
+def test_a_store_from_before_checksums_is_rewritten_once_with_them(tinted_data, tmp_path):
+    out = tmp_path / "out"
+    _extract(tinted_data, out)
+    store = next((out / "features").glob("*.h5"))
+    before = load_features(store)
+    with h5py.File(store, "r+") as h5:  # what an earlier cnnfeat wrote
+        del h5["checksums"], h5.attrs["checksum_rows"]
+    np.testing.assert_array_equal(load_features(store, lazy=True).X[3:9], before.X[3:9])  # read as it is
+    assert "48 images: 0 extracted, 48 reused" in _extract(tinted_data, out)
+    with h5py.File(store) as h5:
+        assert h5["checksums"].shape == (1,)
+    assert "up to date" in _extract(tinted_data, out)
 
 
 def test_extract_verify_finds_damage_no_reader_has_met(tinted_data, tmp_path, small_blocks):

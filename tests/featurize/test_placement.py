@@ -6,7 +6,8 @@ import numpy as np
 import featurize.placement
 from featurize.journal import Journal
 from featurize.placement import IN_JOURNAL, IN_STORE, NOWHERE, SKIPPED, PathIndex, Placement
-from featurize.store import VectorReader, load_features, place_store_rows, store_matches, take_rows, write_store
+from featurize.integrity import take_rows
+from featurize.store import VectorReader, load_features, place_store_rows, store_matches, write_store
 from tests.conftest import generated_store
 
 PATHS = [f"class{i % 7}/{i:06d}.jpg" for i in range(500)]

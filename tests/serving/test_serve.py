@@ -1,6 +1,7 @@
 """`cnnfeat serve`: a real uvicorn process on 127.0.0.1, real HTTP requests, bounded in number."""
 import asyncio
 import io
+import os
 import socket
 import subprocess
 import sys
@@ -18,11 +19,11 @@ from sklearn.base import BaseEstimator
 from classifiers import FeatureClassifier, save_model
 from classifiers.export import export_onnx
 from classifiers.heads import HEADS
-from featurize import load_features
+from featurize import extract, load_features
 from featurize.backbones import crop_transform
 from featurize.images import UnreadableImage, decode_image_bytes, decode_upload
 from serving.app import Batcher, ModelLoopDown, ServeSettings
-from tests.conftest import REPO, write_image
+from tests.conftest import REPO, write_image, write_tinted
 from tests.test_cli import assert_one_line_error, run
 
 
@@ -432,3 +433,87 @@ def test_a_batch_that_cannot_be_stacked_fails_alone():
 
     failed, answered, counts = asyncio.run(scenario())
     assert isinstance(failed, ValueError) and answered.shape == (1, 2) and counts == (1, 0)
+
+
+def test_model_shows_nested_paths_by_name_and_every_string_as_utf8():
+    from serving.predictors import without_paths
+
+    record = {"feature_file": "/srv/a/x.h5 + /srv/b/y.h5", "class_names": ["ok", "blu\udcff"],
+              "best_params": {"distillation": {"teacher": "/home/me/models/t.joblib", "alpha": 0.5}},
+              "history": [{"checkpoint": "/tmp/run/checkpoint.pth"}], "head": "logreg"}
+    assert without_paths(record) == {
+        "feature_file": "x.h5 + y.h5", "class_names": ["ok", "blu\\xff"],
+        "best_params": {"distillation": {"teacher": "t.joblib", "alpha": 0.5}},
+        "history": [{"checkpoint": "checkpoint.pth"}], "head": "logreg"}
+
+
+def test_a_class_named_with_bytes_that_are_not_utf8_is_served(tmp_path):
+    """A class folder from another system: its model predicted, but every JSON answer was a 500."""
+    data = write_tinted(tmp_path / "tinted", 6)
+    os.rename(data / "train" / "blue", os.fsencode(data / "train") + b"/blu\xff")
+    os.rename(data / "val" / "blue", os.fsencode(data / "val") + b"/blu\xff")
+    store = load_features(extract(data=data, backbone="resnet18", weights="random", out=tmp_path / "out", workers=0,
+                                  progress=False).store)
+    model = FeatureClassifier(HEADS["logreg"].build(0), class_names=store.class_names, feature_config=store.config,
+                              feature_fingerprint=store.fingerprint, weights_source=store.weights_source)
+    model.fit(store.X, store.y)
+    path, _ = save_model(model, tmp_path / "model.joblib", {"head": "logreg"})
+    image = data / "val" / "red" / "r0.png"
+    with running_server(path) as url:
+        about = httpx.get(f"{url}/model")
+        answer = _post(url, _files([str(image)]))
+    assert about.status_code == 200 and sorted(about.json()["classes"]) == ["blu\\xff", "red"]
+    assert answer.status_code == 200 and set(answer.json()["predictions"][0]["probabilities"]) == {"blu\\xff", "red"}
+
+
+class _SlowDecodes:
+    """A predictor whose decoding takes a while and counts how many decodes run at once."""
+
+    classes, info = ["a", "b"], {}
+
+    def __init__(self):
+        import threading
+        self.lock, self.running, self.peak = threading.Lock(), 0, 0
+
+    def prepare(self, data, max_pixels):
+        with self.lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        time.sleep(0.3)
+        with self.lock:
+            self.running -= 1
+        return np.zeros((3, 8, 8), np.uint8)
+
+    def predict(self, crops):
+        return np.full((len(crops), 2), 0.5)
+
+
+@pytest.mark.parametrize("decode_threads", [2, 4])
+def test_no_more_decodes_at_once_than_decode_threads(decode_threads):
+    """Fault 4: what bounds decoding's memory is how many decodes run at once, whatever the concurrency."""
+    import threading
+
+    import uvicorn
+
+    from serving.app import create_app
+
+    predictor = _SlowDecodes()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(predictor, ServeSettings(decode_threads=decode_threads)),
+                                           host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: _post(f"http://127.0.0.1:{port}", [("images", ("a.png", b"x"))]),
+                                    range(8)))
+    finally:
+        server.should_exit = True
+        thread.join(30)
+    assert [a.status_code for a in answers] == [200] * 8
+    assert predictor.peak == decode_threads
