@@ -7,7 +7,8 @@ import sys
 import click
 
 from featurize.backbones import TTA_MODES
-from featurize.errors import CnnfeatError
+from featurize.errors import CnnfeatError, machine_refusal
+from featurize.files import printable
 from featurize.fuse import FUSE_MODES
 from featurize.store import COMPRESSIONS, DTYPES
 
@@ -22,6 +23,11 @@ class Cli(click.Group):
             return super().invoke(ctx)
         except CnnfeatError as error:
             raise click.ClickException(str(error)) from None
+        except Exception as error:  # a full disk or a file-size limit met inside a library
+            refusal = machine_refusal(error)
+            if refusal is None:
+                raise
+            raise click.ClickException(refusal) from None
 
 
 @click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -69,7 +75,6 @@ def extract(backbone, data, weights, trust_pickle, out, device, engine, ray, bat
             tta, strict, verify, quiet):
     """Extract one pooled feature vector per image into an HDF5 file (incremental, resumable)."""
     from featurize import extract as run_extract
-    from featurize.files import printable
     from featurize.store import Storage
 
     result = run_extract(data=data, backbone=backbone, weights=weights, out=out, device=device,
@@ -148,7 +153,7 @@ def fit(clf, features, out, grid, **options):
     click.echo(f"{held['evaluated_on']} ({held['n']} images): accuracy {held['accuracy']:.4f}, balanced "
                f"{held['balanced_accuracy']:.4f}, macro-F1 {held['f1_macro']:.4f}"
                + (f", log-loss {held['log_loss']:.4f}" if held["log_loss"] is not None else ""))
-    click.echo(f"model: {outcome.model_path} (+ {outcome.json_path.name})")
+    click.echo(f"model: {printable(outcome.model_path)} (+ {printable(outcome.json_path.name)})")
 
 
 @cli.command()
@@ -165,7 +170,7 @@ def predict(model_path, inputs, out_csv, device, batch_size, workers, quiet):
 
     path, rows, failed = predict_to_csv(model_path, inputs, out_csv, device=device, batch_size=batch_size,
                                         workers=workers, progress=not quiet)
-    click.echo(f"{rows} images, {failed} unreadable: {path}")
+    click.echo(f"{rows} images, {failed} unreadable: {printable(path)}")
 
 
 @cli.command()
@@ -176,7 +181,7 @@ def export(model_path, out):
     out, class names and preprocessing in its metadata. Loading it runs no code: the format to share."""
     from classifiers.export import export_onnx
 
-    click.echo(f"model: {export_onnx(model_path, out)}")
+    click.echo(f"model: {printable(export_onnx(model_path, out))}")
 
 
 @cli.command()
@@ -233,7 +238,7 @@ def compare(features, out, clf, with_finetune, refit, fuse, ensemble, **options)
                           fuse=fuse, ensemble=ensemble, settings=search_settings(**options), log=click.echo)
     click.echo("")
     click.echo(outcome.markdown)
-    click.echo(f"report: {outcome.report_dir}/report.html (+ report.md, .csv, .json, predictions/, confusion/, "
+    click.echo(f"report: {printable(outcome.report_dir)}/report.html (+ report.md, .csv, .json, predictions/, confusion/, "
                f"summary.png, embedding.png, models/)")
 
 
@@ -256,7 +261,7 @@ def explain(model_path, inputs, out, class_name, method, feature_maps, filters, 
 
     settings = ExplainSettings(class_name, method, device, feature_maps, filters)
     written, failures = explain_images(model_path, inputs, out, settings, log=click.echo)
-    click.echo(f"{len(written)} pictures, {len(failures)} unreadable: {out}")
+    click.echo(f"{len(written)} pictures, {len(failures)} unreadable: {printable(out)}")
 
 
 @cli.command()
@@ -324,7 +329,7 @@ def demo_data(dest):
     from featurize.demo_data import write_digits
 
     folder, count = write_digits(dest)
-    click.echo(f"{count} digit images in {folder}")
+    click.echo(f"{count} digit images in {printable(folder)}")
 
 
 def main():

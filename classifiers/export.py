@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from featurize.errors import CnnfeatError, error_line
-from featurize.files import atomic_write, ensure_writable
+from featurize.files import atomic_write, ensure_writable, printable
 
 from .ensemble import is_ensemble
 from .model import load_model, model_record
@@ -51,7 +51,7 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike) -> Path:
     merged = onnx.compose.merge_models(backbone, head, io_map=[(HEAD_INPUT, HEAD_INPUT)])
     preprocessing = record.preprocessing()
     metadata = {
-        "class_names": json.dumps(model.classes_.tolist()),
+        "class_names": json.dumps([printable(c) for c in model.classes_.tolist()]),  # valid UTF-8 for any reader
         "preprocessing": json.dumps({"resize_size": preprocessing.resize_size, "crop_size": preprocessing.crop_size,
                                      "interpolation": preprocessing.interpolation, "input": "uint8 RGB NCHW",
                                      "normalisation": "inside the graph", "tta": tta}),

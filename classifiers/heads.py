@@ -44,8 +44,6 @@ class Head:
     # rows: the same model trained on mini-batches, its grid one path (see for_rows)
     bound: Callable[[int, int], Bound | None] | None = None  # (training rows, classes) -> what keeps the
     # fitted model's memory bounded there (a forest's trees grown on fewer rows), None where nothing need
-    constraints: Callable[[], dict] | None = None  # () -> scikit-learn parameter constraints for an estimator
-    # of ours that declares none (`_parameter_constraints`): --grid values are checked against them
 
     def for_rows(self, rows: int) -> "Head":
         """This head as it is searched on `rows` training rows: past MINIBATCH_ABOVE, a head with a
@@ -114,22 +112,11 @@ def _logreg(seed):
     return _pipeline(_standardise(), LogisticRegression(max_iter=5000, random_state=seed))
 
 
-def _svc_constraints() -> dict:
-    """PrecomputedKernelSVC's parameters by SVC's rules: C is SVC's (it hands C to an SVC), gamma
-    and kernel those of SVC it computes ('scale' or a float; 'linear' or 'rbf')."""
-    from numbers import Real
-
-    from sklearn.svm import SVC
-    from sklearn.utils._param_validation import Interval, StrOptions
-    return {"C": SVC._parameter_constraints["C"], "gamma": [StrOptions({"scale"}), Interval(Real, 0.0, None, closed="left")],
-            "kernel": [StrOptions({"linear", "rbf"})]}
-
-
 @register_head(
     "svm", "support vector machine, linear and RBF kernels (standardised)",
     [{"kernel": ["linear"], "C": C_DECADES},
      {"kernel": ["rbf"], "C": [0.1, 1.0, 10.0, 100.0, 1000.0], "gamma": ["scale", 1e-4, 1e-3, 1e-2]}],
-    calibrate=True, scales_badly_above=20_000, constraints=_svc_constraints,
+    calibrate=True, scales_badly_above=20_000,
 )
 def _svm(seed):
     from .kernel_svm import PrecomputedKernelSVC  # SVC, with its kernel matrix computed once per fold
@@ -226,8 +213,9 @@ GRID_SHAPE = "a JSON object of parameter -> list of values, or a list of such ob
 def resolve_grid(head: Head, override=None) -> list[dict]:
     """The head's default grid with `override` applied, in full `clf__` names, validated.
 
-    `override` is a dict (its keys replace those values in every sub-grid that has them, or are
-    added) or a list of dicts (replaces the grid). Unknown parameters, empty lists of values and
+    `override` is a dict (its keys replace those values in every sub-grid that has them; a key no
+    sub-grid has is added to all: the SVM's gamma goes to its RBF sub-grid only) or a list of dicts
+    (replaces the grid). Unknown parameters, empty lists of values and
     values the estimator refuses are a clear error here, before any fit."""
     pipeline = head.build(0)
     valid = sorted(k for k in pipeline.get_params() if k.startswith(("clf__", "scale__")))
@@ -256,10 +244,21 @@ def resolve_grid(head: Head, override=None) -> list[dict]:
     else:
         grids = [normalise(g) for g in head.grid]
         if override:
-            merged = [{**g, **normalise(override)} for g in grids]
+            given = normalise(override)
+            merged = [{**g, **{k: v for k, v in given.items() if k in g or not any(k in h for h in grids)}}
+                      for g in grids]
             grids = list({repr(sorted(g.items())): g for g in merged}.values())  # drop sub-grids made equal
+            defaults = pipeline.get_params()
+            grids = [g for g in grids if not any(_covered(g, other, defaults) for other in grids)]
     _check_values(head, pipeline, grids)
     return grids
+
+
+def _covered(grid: dict, other: dict, defaults: dict) -> bool:
+    """Whether every candidate of `grid` is one of `other`'s: its keys are some of other's, with the
+    same values, and other's further keys list the value `grid` leaves at its default."""
+    return set(grid) < set(other) and all(grid[k] == other[k] for k in grid) and \
+        all(defaults.get(k) in other[k] for k in set(other) - set(grid))
 
 
 def _check_values(head: Head, pipeline, grids: list[dict]) -> None:
@@ -286,8 +285,6 @@ def refusal(head: Head, pipeline, key: str, value) -> str | None:
     owner_key, name = key.rsplit("__", 1)
     owner = pipeline.get_params()[owner_key]
     rules = getattr(owner, "_parameter_constraints", None)
-    if rules is None and owner_key == "clf" and head.constraints:
-        rules = head.constraints()
     try:
         validate_parameter_constraints(rules or {}, {name: value}, caller_name=type(owner).__name__)
     except InvalidParameterError as error:

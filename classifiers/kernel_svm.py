@@ -12,10 +12,12 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections import OrderedDict
+from numbers import Real
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.svm import SVC
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 _GRAMS: OrderedDict = OrderedDict()  # digest of X -> (X X^T, squared row norms), per process
@@ -27,6 +29,11 @@ _KEEP_PRODUCTS_UP_TO = 8_000_000  # entries (64 MB of float64)
 class PrecomputedKernelSVC(ClassifierMixin, BaseEstimator):
     """SVC with kernel 'linear' or 'rbf' (gamma: a float or 'scale', as SVC's)."""
 
+    # SVC's rules: C is SVC's own (it is handed to one); gamma and kernel those of the kernels computed here
+    _parameter_constraints = {"C": SVC._parameter_constraints["C"],
+                              "gamma": [StrOptions({"scale"}), Interval(Real, 0.0, None, closed="left")],
+                              "kernel": [StrOptions({"linear", "rbf"})], "random_state": ["random_state"]}
+
     def __init__(self, C=1.0, kernel="rbf", gamma="scale", random_state=None):
         self.C = C
         self.kernel = kernel
@@ -34,9 +41,8 @@ class PrecomputedKernelSVC(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
 
     def fit(self, X, y):
+        self._validate_params()
         X, y = validate_data(self, X, y, dtype=np.float64)
-        if self.kernel not in ("linear", "rbf"):
-            raise ValueError(f"kernel {self.kernel!r}: use 'linear' or 'rbf'")
         self.X_fit_ = X
         self.gamma_ = 1.0 / (X.shape[1] * X.var()) if self.gamma == "scale" else float(self.gamma)
         self.fit_key_ = _digest(X)

@@ -7,10 +7,20 @@ predict from vectors.
 from __future__ import annotations
 
 import math
+from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
+
+_SHARED_CONSTRAINTS = {
+    "lr": [Interval(Real, 0, None, closed="neither")],
+    "epochs": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+    "batch_size": [Interval(Integral, 1, None, closed="left")],
+    "seed": [Integral],
+    "device": [str],
+}
 
 
 class TorchLinearClassifier(ClassifierMixin, BaseEstimator):
@@ -30,6 +40,14 @@ class TorchLinearClassifier(ClassifierMixin, BaseEstimator):
         self.device = device
 
     path_param = "weight_decay"  # what fit_path trains side by side
+    # scikit-learn's parameter rules: a --grid value outside them is one clear error before any fit
+    _parameter_constraints = {
+        **_SHARED_CONSTRAINTS,
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "optimizer": [StrOptions({"adamw", "sgd"})],
+        "label_smoothing": [Interval(Real, 0, 1, closed="left")],
+        "warmup_fraction": [Interval(Real, 0, 1, closed="both")],
+    }
 
     def fit(self, X, y):
         fitted = self.fit_path(X, y, [getattr(self, self.path_param)])[0]
@@ -45,6 +63,9 @@ class TorchLinearClassifier(ClassifierMixin, BaseEstimator):
         several narrow ones. `report(done_fraction)` is called after every epoch (a progress bar)."""
         import torch
 
+        self._validate_params()
+        for value in values:
+            self.__class__(**{**self.get_params(), self.path_param: value})._validate_params()
         X = np.asarray(X, dtype=np.float32)
         classes, y_index = np.unique(y, return_inverse=True)
         device = "cuda" if self.device == "auto" and torch.cuda.is_available() else \
@@ -129,6 +150,7 @@ class MiniBatchLogisticRegression(TorchLinearClassifier):
 
     path_param = "C"
     label_smoothing, warmup_fraction = 0.0, 0.1  # fixed: plain log-loss
+    _parameter_constraints = {**_SHARED_CONSTRAINTS, "C": [Interval(Real, 0, None, closed="neither")]}
 
     def __init__(self, C=1.0, lr=1e-2, epochs="auto", batch_size=256, seed=0, device="auto"):
         self.C = C

@@ -318,48 +318,49 @@ def save_model(model: FeatureClassifier, path: str | os.PathLike, info: dict) ->
     return path, json_path
 
 
-def load_model(path: str | os.PathLike, verify: bool = True) -> FeatureClassifier:
+def load_model(path: str | os.PathLike, verify: bool = True, option: str = "--model") -> FeatureClassifier:
     """Load a saved model. With `verify` (the default, and always through the CLI), the record
     saved beside it (the .json) must be there, parse, and give the file's sha256, checked before
     anything is unpickled. That is a check against corruption and half-finished saves, not a
     signature: whoever can change the .joblib can change the .json. A .joblib file runs code when
-    loaded: load only files you trust; `verify=False` skips the check for those who know why."""
+    loaded: load only files you trust; `verify=False` skips the check for those who know why.
+    `option`: how errors name the file (the command's option)."""
     import joblib
 
     path = Path(path)
     if not path.is_file():
-        raise CnnfeatError(f"--model {path}: no such file")
+        raise CnnfeatError(f"{option} {path}: no such file")
     if verify:
-        _check_record(path)
+        check_record(path, option)
     try:
         model = joblib.load(path)
     except Exception as error:  # pickle raises many kinds for a corrupt or foreign file
-        raise CnnfeatError(f"--model {path}: not a readable model file ({type(error).__name__}: {error})") from None
+        raise CnnfeatError(f"{option} {path}: not a readable model file ({type(error).__name__}: {error})") from None
     if not isinstance(model, FeatureClassifier):
-        raise CnnfeatError(f"--model {path}: a joblib file, but not a cnnfeat model (it holds a "
+        raise CnnfeatError(f"{option} {path}: a joblib file, but not a cnnfeat model (it holds a "
                            f"{type(model).__name__})")
     return model
 
 
-def _check_record(path: Path) -> None:
+def check_record(path: Path, option: str = "--model") -> None:
     """Refuse a model whose record is missing, unreadable or names another file's sha256."""
     json_path = path.with_suffix(".json")
     try:
         record = json.loads(json_path.read_text())
         expected = record.get("sha256") if isinstance(record, dict) else None
     except FileNotFoundError:
-        raise CnnfeatError(f"--model {path}: no {json_path.name} beside it, so nothing says it is the file that was "
+        raise CnnfeatError(f"{option} {path}: no {json_path.name} beside it, so nothing says it is the file that was "
                            f"saved; refusing to load it. A .joblib file runs code when it is loaded: load it only "
                            f"if you trust it (load_model(path, verify=False) in Python), and share models as "
                            f"`cnnfeat export` ONNX files instead") from None
     except (OSError, ValueError) as error:
-        raise CnnfeatError(f"--model {path}: its record {json_path.name} is damaged ({type(error).__name__}: "
+        raise CnnfeatError(f"{option} {path}: its record {json_path.name} is damaged ({type(error).__name__}: "
                            f"{error}); refusing to load it (fit it again, or restore the record)") from None
     if not isinstance(expected, str):
-        raise CnnfeatError(f"--model {path}: its record {json_path.name} gives no sha256 of the model; refusing "
+        raise CnnfeatError(f"{option} {path}: its record {json_path.name} gives no sha256 of the model; refusing "
                            f"to load it (fit it again, or restore the record)")
     if file_sha256(path) != expected:
-        raise CnnfeatError(f"--model {path}: its sha256 does not match {json_path.name} (the file changed "
+        raise CnnfeatError(f"{option} {path}: its sha256 does not match {json_path.name} (the file changed "
                            f"after it was saved, or its save was interrupted); refusing to load it")
 
 

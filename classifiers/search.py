@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import numbers
 import os
 import time
@@ -195,7 +196,8 @@ def edge_notes(head: Head, pipeline, grid: list[dict], best: dict, results: dict
         if not past or _tied_inward(results, best, key, ordered[1] if low else ordered[-2]):
             continue
         name = key.split("__", 1)[1] if key.startswith("clf__") else key
-        wider = ", ".join(_shown(v) for v in sorted([*past, best[key]]))
+        # the grid's own values and those past its edge: a search of it cannot send the user back
+        wider = ", ".join(_shown(v) for v in [*sorted({*ordered, *past}), *(v for v in values if not _is_number(v))])
         notes.append(f"{head.name}: best {name}={_shown(best[key])} is the {'smallest' if low else 'largest'} value "
                      f"of its grid ({_shown(ordered[0])} to {_shown(ordered[-1])}): the best may lie past it; widen "
                      f"the grid, e.g. --grid '{{\"{name}\": [{wider}]}}'")
@@ -230,7 +232,8 @@ def _past(ordered: list, low: bool) -> list:
 
 
 def _shown(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    """A grid value as --grid's JSON writes it."""
+    return f"{value:g}" if isinstance(value, float) else json.dumps(value)
 
 
 @contextmanager
@@ -498,9 +501,14 @@ def _oob_score(forest, y, scoring: str) -> float:
 
 
 def _fit_neighbours_to_folds(grid, fold_rows: int, notes: list) -> list[dict]:
-    """KNN cannot ask for more neighbours than a training fold has rows: drop those values."""
+    """KNN cannot ask for more neighbours than a training fold has rows: drop those values (and
+    refuse a grid with none left: fitting a value nobody asked for would be a silent change)."""
     key = "clf__n_neighbors"
-    trimmed = [{**g, key: [k for k in g[key] if k <= fold_rows] or [1]} if key in g else g for g in grid]
+    trimmed = [{**g, key: [k for k in g[key] if k <= fold_rows]} if key in g else g for g in grid]
+    if any(key in g and not g[key] for g in trimmed):
+        asked = ", ".join(str(k) for g in grid if key in g for k in g[key])
+        raise CnnfeatError(f"n_neighbors {asked}: more than the {fold_rows} rows of a training fold; ask for at "
+                           f"most {fold_rows} (--grid)")
     if trimmed != grid:
         notes.append(f"n_neighbors above {fold_rows} (the rows of a training fold) left out of the grid")
     return trimmed

@@ -15,7 +15,7 @@ from classifiers.ensemble import ensemble_model, parse_ensembles
 from classifiers.search import SearchSettings
 from featurize import load_features
 from featurize.errors import CnnfeatError
-from featurize.files import ensure_writable, exclusive, safe_name
+from featurize.files import OutputError, ensure_writable, exclusive, safe_name
 from featurize.fuse import fuse_features
 from featurize.store import library_versions
 
@@ -56,8 +56,10 @@ class CompareOutcome:
     notes: list
 
 
-def parse_heads(clf: str) -> list[str]:
-    names = list(HEADS) if clf in ("all", "", None) else [c.strip() for c in clf.split(",") if c.strip()]
+def parse_heads(clf: str | None) -> list[str]:
+    names = list(HEADS) if clf in ("all", None) else [c.strip() for c in clf.split(",") if c.strip()]
+    if not names:
+        raise CnnfeatError(f"--clf {clf!r}: no head named; give all, or a comma list of {', '.join(HEADS)}")
     for name in names:
         get_head(name)
     return names
@@ -131,7 +133,8 @@ def _compare_into(report_dir, stores, paths, out, heads, clf, finetune, refit, f
         rows += _head_rows(fused, label, splits[label][1], run)
     if not rows:
         raise CnnfeatError("no head could be fitted: " + "; ".join(f"{h}: {r}" for _, h, r in failures))
-    notes += [f"{row.backbone} {row.head}: {note}" for row in rows for note in row.info.get("notes", [])]
+    notes += [f"{row.backbone} {row.head}: {note.removeprefix(row.head + ': ')}" for row in rows
+              for note in row.info.get("notes", [])]
     _score_rows(rows, settings.scoring, seed)
     markdown = write_report(report_dir, rows, failures, notes, meta={
         "dataset": stores[0].dataset, "feature_files": [str(p) for p in paths], **settings.numbers()},
@@ -182,6 +185,8 @@ def _head_rows(data, label: str, split, run: HeadRun) -> list[Row]:
             continue
         try:
             rows.append(_scored_row(data, label, split, head, heldout, run))
+        except OutputError:
+            raise  # the machine's refusal to write (a full disk), not this head's: the run stops
         except CnnfeatError as error:
             run.failures.append((label, head, str(error)))
             run.log(f"{label} {head}: not fitted: {error}")
@@ -249,6 +254,8 @@ def _ensemble_rows(data, label, split, heldout, members: list[Row], run: HeadRun
         try:
             rows.append(_saved_or_fitted(data, label, split, kind, heldout, run, key,
                                          lambda: _fit_ensemble(kind, data, split, members, run)))
+        except OutputError:
+            raise
         except CnnfeatError as error:
             run.failures.append((label, kind, str(error)))
             run.log(f"{label} {kind}: not fitted: {error}")

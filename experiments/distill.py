@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from classifiers import load_model
-from classifiers.model import model_record
+from classifiers.model import check_record, model_record
 from featurize.errors import CnnfeatError
 from featurize.files import atomic_write, file_sha256
 from featurize.images import file_identity
@@ -29,8 +29,10 @@ class Distillation:
     alpha: float = 0.5  # the teacher's share of the loss; the labels get 1 - alpha
 
     def check(self) -> "Distillation":
+        """Refuse a missing teacher, one whose saved record does not vouch for it, or settings out of range."""
         if not Path(self.teacher).is_file():
             raise CnnfeatError(f"--teacher {self.teacher}: no such file")
+        check_record(Path(self.teacher), "--teacher")
         if self.temperature <= 0 or not 0 <= self.alpha <= 1:
             raise CnnfeatError(f"--temperature must be > 0 and --alpha within [0, 1] (got {self.temperature}, "
                                f"{self.alpha})")
@@ -65,7 +67,7 @@ def teacher_probabilities(distill: Distillation, images, rows: list[int], folder
         if json.loads(str(stored["key"])) == key:
             log(f"teacher probabilities: from {cache.name}")
             return stored["probabilities"]
-    teacher = load_model(distill.teacher)
+    teacher = load_model(distill.teacher, option="--teacher")
     missing = sorted(set(map(str, teacher.classes_)) - set(images.class_names))
     if missing:
         raise CnnfeatError(f"--teacher {distill.teacher}: it predicts classes this data does not have "

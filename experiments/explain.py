@@ -70,7 +70,8 @@ def explain_images(model_path, inputs, out, settings: ExplainSettings = ExplainS
     model = load_model(model_path)
     class_name, out = settings.class_name, ensure_writable(out)
     if class_name is not None and class_name not in model.classes_.tolist():
-        raise CnnfeatError(f"--class {class_name}: not a class of this model ({', '.join(map(str, model.classes_))})")
+        raise CnnfeatError(f"--class {printable(class_name)}: not a class of this model "
+                           f"({', '.join(map(printable, model.classes_))})")
     chosen = _method_for(model, settings.method)
     if settings.feature_maps not in (None, "last"):
         _layers(*_first_backbone(model), settings.feature_maps)  # a wrong name fails before any work

@@ -125,6 +125,8 @@ def run_finetune(data="data", backbone="efficientnet_lite0", weights=None, out="
     images = discover(data)
     train_rows, select_rows, eval_rows, eval_name = _finetune_rows(images, data, seed)
     record = get_backbone(backbone)
+    if distill is not None:
+        distill.check()  # a teacher that cannot be used is refused before anything is made
     ensure_writable(finetune_dir(out, images.name, record.name))
     device = resolve_device(device)
     batch_size = batch_size or (64 if device.startswith("cuda") else 16)

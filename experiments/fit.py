@@ -46,11 +46,12 @@ def parse_grid(text: str | None):
     its shape and values against the head)."""
     if not text:
         return None
-    try:  # os.path.isfile: Path.is_file raises on a name too long for a file (a long grid)
-        source = Path(text).read_text() if os.path.isfile(text) else text
-        return json.loads(source)
+    is_file = os.path.isfile(text)  # os.path: Path.is_file raises on a name too long for a file (a long grid)
+    try:
+        return json.loads(Path(text).read_text() if is_file else text)
     except ValueError as error:  # UnicodeDecodeError too: a file that is not text
-        raise CnnfeatError(f"--grid: neither a JSON file nor valid JSON ({error})") from None
+        what = f"the file {text} is not valid JSON" if is_file else "neither a JSON file nor valid JSON"
+        raise CnnfeatError(f"--grid: {what} ({error})") from None
 
 
 MODEL_PACKAGES = ("cnnfeat", "scikit-learn", "numpy", "joblib", "torch", "torchvision", "h5py")

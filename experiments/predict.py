@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 from classifiers import load_model
@@ -27,9 +28,9 @@ def predict_to_csv(model_path, inputs, out_csv="predictions.csv", device="auto",
     however many images); returns (csv path, rows written, unreadable images). `out_csv` may be a
     folder: the CSV is then predictions.csv in it. Names that are not UTF-8 are written readably
     (\\xNN escapes): the CSV is UTF-8 text for any program to read."""
+    if Path(out_csv).is_dir() or str(out_csv).endswith(("/", os.sep)):  # a folder, made if need be
+        out_csv = Path(out_csv) / "predictions.csv"
     out_csv = Path(out_csv)
-    if out_csv.is_dir():
-        out_csv = out_csv / "predictions.csv"
     ensure_writable(out_csv.parent)
     model = load_model(model_path)
     paths = expand_inputs(inputs)

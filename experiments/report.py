@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from featurize.files import printable, write_bytes_atomic
+from featurize.files import printable, written_together
 
 COLUMNS = ["rank", "backbone", "head", "n", "accuracy", "ci_low", "ci_high", "balanced_accuracy", "f1_macro",
            "log_loss", "cv_scoring", "cv_mean", "cv_std", "cv_folds", "mcnemar_p_vs_best", "fit_seconds",
@@ -85,58 +85,61 @@ LEGEND_AT_MOST = 30  # classes named in its legend
 
 
 def write_report(report_dir: Path, rows, failures, notes, meta: dict, embedding: Embedding | None = None) -> str:
-    report_dir = Path(report_dir)
-    report_dir.mkdir(parents=True, exist_ok=True)
+    """Every file of the report, made in memory, then written together: each whole under a temporary
+    name first, then all renamed into place - a full disk leaves the previous report, not a mix."""
     recs = records(rows)
     markdown = f"# {meta['dataset']}: which head wins\n\n" + markdown_table(recs, notes, failures, meta["scoring"])
-    _write_text(report_dir / "report.md", markdown)
-    _write_text(report_dir / "report.json", json.dumps(
+    files = {"report.md": _text(markdown), "report.json": _text(json.dumps(
         {"meta": meta, "rows": recs, "notes": notes,
-         "failures": [{"backbone": b, "head": h, "reason": r} for b, h, r in failures]}, indent=2,
-        default=str))
-    _write_csv(report_dir / "report.csv", [COLUMNS] + [[json.dumps(r[c]) if c == "best_params" else r[c]
-                                                        for c in COLUMNS] for r in recs])
+         "failures": [{"backbone": b, "head": h, "reason": r} for b, h, r in failures]}, indent=2, default=str)),
+        "report.csv": _csv([COLUMNS] + [[json.dumps(r[c]) if c == "best_params" else r[c] for c in COLUMNS]
+                                        for r in recs])}
     for row in rows:
-        _write_predictions(report_dir / "predictions" / f"{row.backbone}-{row.head}.csv", row)
-    _plots(report_dir, rows, recs)
+        files[f"predictions/{row.backbone}-{row.head}.csv"] = _predictions(row)
+    files.update(_plots(rows, recs))
     if embedding is not None and len(embedding.vectors) >= 5:
-        _embedding_plot(report_dir / "embedding.png", embedding, meta.get("seed", 0))
-    _write_text(report_dir / "report.html", _html(report_dir, rows, recs, notes, failures, meta))
+        files["embedding.png"] = _embedding_plot(embedding, meta.get("seed", 0))
+    files["report.html"] = _text(_html(files, rows, recs, notes, failures, meta))
+    with written_together() as put:
+        for name, data in files.items():
+            put(Path(report_dir) / name, data)
     return markdown
 
 
-def _write_text(path: Path, text: str) -> None:
-    write_bytes_atomic(path, printable(text).encode())
+def _text(text: str) -> bytes:
+    return printable(text).encode()
 
 
-def _write_csv(path: Path, rows) -> None:
+def _csv(rows) -> bytes:
     table = io.StringIO(newline="")
     csv.writer(table).writerows(rows)
-    _write_text(path, table.getvalue())
+    return _text(table.getvalue())
 
 
-def _save_figure(figure, path: Path) -> None:
+def _png(figure) -> bytes:
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)
-    write_bytes_atomic(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
-def _write_predictions(path: Path, row):
+def _predictions(row) -> bytes:
     lines = [["path", "true", "predicted", "probability"]]
     for i, (p, t, y) in enumerate(zip(row.paths, row.truth, row.predicted)):
         lines.append([p, t, y, "" if row.proba is None else f"{row.proba[i][row.classes.index(y)]:.6f}"])
-    _write_csv(path, lines)
+    return _csv(lines)
 
 
-def _plots(report_dir: Path, rows, recs):
+def _plots(rows, recs) -> dict:
+    """{file name: PNG bytes}: a confusion matrix per row, and the summary chart."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from sklearn.metrics import ConfusionMatrixDisplay
 
+    pictures = {}
     for row in rows:
         labels = sorted(set(row.truth) | set(row.predicted), key=lambda c: (c not in row.classes, str(c)))
         figure, axes = plt.subplots(figsize=(2 + 0.5 * len(labels), 1.6 + 0.5 * len(labels)))
@@ -144,7 +147,7 @@ def _plots(report_dir: Path, rows, recs):
                                                 display_labels=[printable(label) for label in labels])
         axes.set_title(f"{row.backbone} {row.head}: accuracy {row.metrics['accuracy']:.3f}", fontsize=9)
         figure.tight_layout()
-        _save_figure(figure, report_dir / "confusion" / f"{row.backbone}-{row.head}.png")
+        pictures[f"confusion/{row.backbone}-{row.head}.png"] = _png(figure)
     names = [f"{r['backbone']} {r['head']}" for r in recs][::-1]
     accuracy = [r["accuracy"] for r in recs][::-1]
     errors = [[r["accuracy"] - r["ci_low"] for r in recs][::-1], [r["ci_high"] - r["accuracy"] for r in recs][::-1]]
@@ -153,10 +156,11 @@ def _plots(report_dir: Path, rows, recs):
     axes.set_xlim(max(0.0, min(r["ci_low"] for r in recs) - 0.05), 1.0)
     axes.set_xlabel("held-out accuracy (95% bootstrap interval)")
     figure.tight_layout()
-    _save_figure(figure, report_dir / "summary.png")
+    pictures["summary.png"] = _png(figure)
+    return pictures
 
 
-def _embedding_plot(path: Path, embedding: Embedding, seed: int):
+def _embedding_plot(embedding: Embedding, seed: int) -> bytes:
     """t-SNE of the held-out vectors, coloured by true class; the mistakes of the row named in the
     title ringed in red."""
     import matplotlib
@@ -187,14 +191,14 @@ def _embedding_plot(path: Path, embedding: Embedding, seed: int):
     axes.set_xticks([])
     axes.set_yticks([])
     figure.tight_layout()
-    _save_figure(figure, path)
+    return _png(figure)
 
 
 HTML_COLUMNS = ("rank", "backbone", "head", "accuracy", "ci_low", "ci_high", "balanced_accuracy", "f1_macro",
                 "log_loss", "cv_mean", "mcnemar_p_vs_best", "fit_seconds", "best_params", "selected_by")
 
 
-def _html(report_dir: Path, rows, recs, notes, failures, meta) -> str:
+def _html(files: dict, rows, recs, notes, failures, meta) -> str:
     """report.html: the table, notes, summary, embedding and confusion matrices in one file, the
     pictures inlined, so it opens offline and can be mailed as it is."""
     def cell(value):
@@ -204,10 +208,10 @@ def _html(report_dir: Path, rows, recs, notes, failures, meta) -> str:
             return ", ".join(f"{k}={v}" for k, v in value.items())
         return "—" if value is None else str(value)
 
-    def picture(path: Path, alt: str) -> str:
-        if not path.is_file():
+    def picture(name: str, alt: str) -> str:  # one of this report's own pictures, inlined
+        if name not in files:
             return ""
-        data = base64.b64encode(path.read_bytes()).decode()
+        data = base64.b64encode(files[name]).decode()
         return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></figure>'
 
     head = "".join(f"<th>{html.escape(c)}</th>" for c in HTML_COLUMNS)
@@ -215,7 +219,7 @@ def _html(report_dir: Path, rows, recs, notes, failures, meta) -> str:
                    for r in recs)
     said = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
     said += "".join(f"<li>not fitted: {html.escape(f'{b} {h}: {r}')}</li>" for b, h, r in failures)
-    confusion = "".join(picture(report_dir / "confusion" / f"{row.backbone}-{row.head}.png", f"{row.backbone} {row.head}")
+    confusion = "".join(picture(f"confusion/{row.backbone}-{row.head}.png", f"{row.backbone} {row.head}")
                         for row in rows)
     title = html.escape(f"{meta['dataset']}: which head wins")
     return f"""<!doctype html>
@@ -226,7 +230,7 @@ td,th{{border:1px solid #ccc;padding:3px 6px}} figure{{display:inline-block;marg
 <p>Ranked by held-out {html.escape(meta['scoring'].replace('_', ' '))}; no row was chosen on the held-out images.
 Feature files: {html.escape(', '.join(meta.get('feature_files', [])))}</p>
 <table><tr>{head}</tr>{body}</table><ul>{said}</ul>
-{picture(report_dir / "summary.png", "summary")}{picture(report_dir / "embedding.png", "embedding")}
+{picture("summary.png", "summary")}{picture("embedding.png", "embedding")}
 <h2>Confusion matrices</h2>{confusion}
 </body></html>
 """

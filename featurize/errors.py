@@ -17,6 +17,28 @@ class StoreError(CnnfeatError):
     """A feature file that is missing, incomplete, foreign or locked."""
 
 
+_MACHINE_SAYS_NO = {27: "File too large (over the file-size limit: see `ulimit -f`)",
+                    28: "No space left on device", 122: "Disk quota exceeded"}  # EFBIG, ENOSPC, EDQUOT
+
+
+def machine_refusal(error: BaseException) -> str | None:
+    """One line for an error the machine caused where no code of ours could name the file: a write
+    refused by a full disk or a file-size limit deep inside a library - joblib's parallel workers
+    share arrays through temporary files, and its error says so only in the text of a remote
+    traceback. None for any other error."""
+    seen = error
+    while seen is not None:
+        errno = getattr(seen, "errno", None)
+        text = str(seen)
+        code = errno if errno in _MACHINE_SAYS_NO else next(
+            (code for code in _MACHINE_SAYS_NO if f"[Errno {code}]" in text), None)
+        if code is not None:
+            where = f" writing {seen.filename}" if getattr(seen, "filename", None) else ""
+            return f"the machine refused a write{where}: {_MACHINE_SAYS_NO[code]}{_parallel_hint(error)}"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def error_line(error: BaseException, last: bool = False, after: str = "") -> str:
     """One line of a library's error for ours: its first (or `last`) non-blank line, of the part after
     `after` when that marker is in it; the error's type where it says nothing. Libraries wrap the
@@ -24,3 +46,11 @@ def error_line(error: BaseException, last: bool = False, after: str = "") -> str
     text = str(error).split(after, 1)[-1] if after else str(error)
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return (lines[-1] if last else lines[0]) if lines else type(error).__name__
+
+
+def _parallel_hint(error: BaseException) -> str:
+    import pickle
+    if not isinstance(error, pickle.PicklingError):
+        return ""
+    return ("; parallel fits share the training rows through temporary files ($JOBLIB_TEMP_FOLDER, else /dev/shm "
+            "or $TMPDIR): make room there, or run with --jobs 1")

@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -21,7 +21,7 @@ import numpy as np
 from .backbones import DEFAULT_BACKBONE, POOLING, TTA_MODES, get_backbone, weights_kind
 from .engines import ExportFailed, compute_precision, load_embedder, resolve_engine
 from .errors import CnnfeatError, DataError, error_line
-from .files import OutputError, ensure_writable, exclusive, sweep_stale_tmp
+from .files import OutputError, ensure_writable, exclusive, printable, sweep_stale_tmp
 from .images import UnreadableImage, discover, file_identity, load_image
 from .integrity import DamagedStore, damage_mark
 from .journal import Journal
@@ -273,7 +273,8 @@ def _extract_into(run: Run, journal: Journal, placement: Placement, identities, 
     try:
         batches = _batches(run.record, run.weights, run.fp, run.out, [images.paths[i] for i in todo.tolist()],
                            images.root, run.options, run.trust_pickle)
-        _store_batches(batches, images, identities, todo, journal, placement, run.record.feature_dim)
+        with closing(batches):  # on an error too: the progress bar ends its line before the error's
+            _store_batches(batches, images, identities, todo, journal, placement, run.record.feature_dim)
     except KeyboardInterrupt:
         journal.close(quiet=True)
         raise CnnfeatError(f"interrupted{_kept(journal) or '; nothing was extracted yet'}") from None
@@ -355,7 +356,7 @@ def image_identities(images) -> np.ndarray:
 
 def _check_strict(result: ExtractResult, strict: bool) -> None:
     if strict and result.skipped:
-        first = "; ".join(f"{p}: {r}" for p, r in result.skipped[:3])
+        first = "; ".join(f"{printable(p)}: {printable(r)}" for p, r in result.skipped[:3])
         raise DataError(f"--strict: {len(result.skipped)} unreadable images ({first}); the readable ones "
                         f"are stored in {result.store}")
 

@@ -134,6 +134,37 @@ def publish(tmp: Path, path: Path) -> None:
     fsync_path(path.parent)
 
 
+@contextmanager
+def written_together():
+    """Yield `put(path, data)`: each file is written whole, fsynced, under its temporary name at once;
+    on leaving the block they all become official (renames, which need no space), or, if any write
+    failed, none does: a set of files that belong together (a report) is never half old, half new."""
+    pending = []
+
+    def put(path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sweep_stale_tmp(path)
+        tmp = tmp_name(path)
+        pending.append((tmp, path))
+        tmp.write_bytes(data)
+        fsync_path(tmp)
+
+    try:
+        yield put
+        for tmp, path in pending:
+            os.replace(tmp, path)
+        for folder in {path.parent for _, path in pending}:
+            fsync_path(folder)
+    except OSError as error:
+        if error.errno not in WRITE_ERRNOS:
+            raise
+        where = error.filename or (pending[-1][1] if pending else "the output")
+        raise OutputError(f"cannot write {printable(where)}: {describe_os_error(error)}") from None
+    finally:
+        for tmp, _ in pending:
+            tmp.unlink(missing_ok=True)
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_write(path) as tmp:
         tmp.write_bytes(data)

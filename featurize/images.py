@@ -73,7 +73,7 @@ def find_images(folder: str | os.PathLike, relative_to: str | os.PathLike | None
 
 def dataset_name(readable: str, source: Path) -> str:
     """`<readable>-<8 hex>`: two datasets both called data/ get two feature files, not one."""
-    return f"{safe_name(readable)}-{hashlib.sha256(str(source).encode()).hexdigest()[:8]}"
+    return f"{safe_name(readable)}-{hashlib.sha256(os.fsencode(source)).hexdigest()[:8]}"  # any name, UTF-8 or not
 
 
 def _sorted_labels(names) -> list[str]:

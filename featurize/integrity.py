@@ -1,5 +1,6 @@
-"""Checksums of a store's vectors: one CRC-32 per block of rows (the store's write chunk, 1,024 rows),
-of the bytes as stored, computed as the store is written and checked as it is read.
+"""Checksums of a store: one CRC-32 per block of vectors (the store's write chunk, 1,024 rows), of
+the bytes as stored, and one per column (labels, splits, paths, ...) and for its attributes as a
+whole (the store's "seal"), all computed as the store is written and checked as it is read.
 
 A flipped bit in a vector is otherwise silent: a NaN that scikit-learn reports with a traceback, or
 a wrong exponent that a head trains on without a word. A block that does not match its checksum,
@@ -9,6 +10,7 @@ block and extracts the damaged rows' images again.
 """
 from __future__ import annotations
 
+import json
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +34,25 @@ class DamagedStore(StoreError):
             f"those images again (`cnnfeat extract --verify` checks every row)")
 
 
-def block_checksum(block: np.ndarray) -> int:
-    return zlib.crc32(np.ascontiguousarray(block))
+def block_checksum(block: np.ndarray, crc: int = 0) -> int:
+    return zlib.crc32(np.ascontiguousarray(block), crc)
+
+
+def strings_checksum(encoded: list, crc: int = 0) -> int:
+    """Of a column of strings, as the bytes stored (`crc`: of the strings before these)."""
+    return zlib.crc32(b"".join(value + b"\0" for value in encoded), crc)
+
+
+def attributes_checksum(attrs) -> int:
+    """Of a store's attributes as stored (`complete` and the seal itself aside), in a canonical form:
+    h5py gives back numpy scalars and, for a path that is not UTF-8, bytes."""
+    def plain(value):
+        if isinstance(value, (bytes, np.bytes_)):
+            return bytes(value).decode("utf-8", "surrogateescape")
+        return value.item() if hasattr(value, "item") else value
+
+    canonical = {key: plain(attrs[key]) for key in sorted(attrs) if key not in ("complete", "sealed")}
+    return zlib.crc32(json.dumps(canonical, sort_keys=True).encode())
 
 
 def damage_mark(path: Path) -> Path:

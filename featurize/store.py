@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import CnnfeatError, StoreError
 from .files import OutputError, atomic_write, check_name, describe_os_error, printable
-from .integrity import Checksums, CheckedRows, block_checksum, take_rows
+from .integrity import Checksums, CheckedRows, attributes_checksum, block_checksum, strings_checksum, take_rows
 from .journal import read_vectors
 from .placement import IN_JOURNAL, IN_MEMORY, IN_STORE, NOWHERE, SKIPPED, Placement
 
@@ -146,6 +146,7 @@ class Header:
     rows: int
     dim: int
     checksums: Checksums | None  # None in a store from before them
+    columns: dict  # each column's checksum ({} in a store from before them)
 
 
 def read_header(path: Path, h5) -> Header:
@@ -185,6 +186,9 @@ def _parse_header(path: Path, h5) -> Header:
         expected = (rows,) if group is h5 else lengths["paths"]
         if any(shape != expected for shape in lengths.values()):
             raise ValueError(f"columns of different lengths ({lengths}) beside {rows} vectors")
+    sealed = _json_attr(attrs, "sealed", dict, default="{}")
+    if sealed and sealed.get("attributes") != attributes_checksum(attrs):
+        raise ValueError("its attributes do not match their checksum")
     checksums = _checksums_of(h5)
     if checksums is not None and checksums.sums.shape != (-(-rows // checksums.rows),):
         raise ValueError(f"{checksums.sums.shape} checksums of {checksums.rows} rows for {rows} rows")
@@ -199,7 +203,7 @@ def _parse_header(path: Path, h5) -> Header:
         dataset=check_name(_text(attrs["dataset"]), "dataset name", path),
         storage=Storage(storage.get("dtype", "float32"), str(storage.get("compression") or "none")),
         weights_source=_text(attrs.get("weights_source", "")), rows=rows, dim=features.shape[1],
-        checksums=checksums)
+        checksums=checksums, columns=sealed.get("columns", {}))
 
 
 def _checksums_of(h5) -> Checksums | None:
@@ -267,6 +271,7 @@ def load_features(path: str | os.PathLike, lazy: bool = False) -> Features:
 def _features_of(path: Path, h5, lazy: bool) -> Features:
     header = read_header(path, h5)
     labels = h5["labels"][:].astype(np.int64)
+    _check_column(path, header, "labels", block_checksum(labels))
     if len(labels) and (labels.min() < 0 or labels.max() >= len(header.class_names)):
         raise StoreError(f"{printable(path)}: labels outside its {len(header.class_names)} classes (a damaged "
                          f"or crafted file); run `cnnfeat extract` on its data again to rebuild it")
@@ -274,11 +279,25 @@ def _features_of(path: Path, h5, lazy: bool) -> Features:
     if not lazy:
         X = X[:]  # read a few MB at a time, each block checked
     return Features(
-        path=path, X=X, y=labels, class_names=header.class_names, paths=_strings(h5["paths"]),
-        splits=_strings(h5["splits"]), fingerprint=header.fingerprint, config=header.config,
-        versions=header.versions, data_root=header.data_root, dataset=header.dataset, skipped=_skipped_of(h5),
+        path=path, X=X, y=labels, class_names=header.class_names, paths=_checked_strings(path, header, h5, "paths"),
+        splits=_checked_strings(path, header, h5, "splits"), fingerprint=header.fingerprint, config=header.config,
+        versions=header.versions, data_root=header.data_root, dataset=header.dataset,
+        skipped=list(zip(*(_checked_strings(path, header, h5, f"skipped/{name}") for name in ("paths", "reasons")))),
         weights_source=header.weights_source,
     )
+
+
+def _checked_strings(path: Path, header: Header, h5, name: str) -> np.ndarray:
+    """A column of strings, checked against its checksum: names that are not UTF-8 as surrogates."""
+    encoded = h5[name][:].tolist()
+    _check_column(path, header, name, strings_checksum(encoded))
+    return np.asarray([value.decode("utf-8", "surrogateescape") for value in encoded], dtype=object)
+
+
+def _check_column(path: Path, header: Header, name: str, checksum: int) -> None:
+    if name in header.columns and header.columns[name] != checksum:
+        raise StoreError(f"{printable(path)}: its {name} column does not match its checksum (the file was damaged "
+                         f"on disk); run `cnnfeat extract` on its data again: it rewrites the columns")
 
 
 def _skipped_of(h5) -> list[tuple[str, str]]:
@@ -424,10 +443,12 @@ def write_store(path: Path, images, identities: np.ndarray, placement: Placement
                 _put_text(h5.attrs, key, value)
             h5.attrs["storage"] = json.dumps({**asdict(storage), "compression": storage.compression or "none"})
             _write_vectors(h5, vectors, placement, good, storage)
-            _write_columns(h5, images, identities, good)
+            columns = _write_columns(h5, images, identities, good)
             skipped = h5.create_group("skipped")
-            _write_columns(skipped, images, identities, bad)
-            _write_strings(skipped, "reasons", reasons)
+            columns.update({f"skipped/{name}": crc for name, crc in _write_columns(skipped, images, identities,
+                                                                                  bad).items()})
+            columns["skipped/reasons"] = _write_strings(skipped, "reasons", reasons)
+            h5.attrs["sealed"] = json.dumps({"attributes": attributes_checksum(h5.attrs), "columns": columns})
             h5.attrs["complete"] = True  # last: a file without it is never read as a store
     return len(good), len(bad)
 
@@ -486,24 +507,30 @@ def _reserve(tmp: Path, size: int, path: Path) -> None:
                           f"{size / 2**20:,.0f} MiB") from None
 
 
-def _write_columns(group, images, identities: np.ndarray, rows: np.ndarray):
+def _write_columns(group, images, identities: np.ndarray, rows: np.ndarray) -> dict:
     """Paths, splits, labels and file identities of `rows` (strings COPY_ROWS at a time: h5py
-    makes an object per string it writes)."""
-    for name, column in (("paths", images.paths), ("splits", images.splits)):
-        _write_strings(group, name, (column[i] for i in rows.tolist()), len(rows))
-    group.create_dataset("labels", data=np.asarray(images.labels, dtype=np.int64)[rows])
-    group.create_dataset("file_size", data=identities[rows, 0].astype(np.int64))
-    group.create_dataset("file_mtime_ns", data=identities[rows, 1].astype(np.int64))
+    makes an object per string it writes); each column's checksum."""
+    columns = {name: _write_strings(group, name, (column[i] for i in rows.tolist()), len(rows))
+               for name, column in (("paths", images.paths), ("splits", images.splits))}
+    numbers = {"labels": np.asarray(images.labels, dtype=np.int64)[rows],
+               "file_size": identities[rows, 0].astype(np.int64), "file_mtime_ns": identities[rows, 1].astype(np.int64)}
+    for name, values in numbers.items():
+        group.create_dataset(name, data=values)
+        columns[name] = block_checksum(values)
+    return columns
 
 
-def _write_strings(group, name: str, strings, count: int | None = None):
-    """A column of strings, written COPY_ROWS at a time; a name that is not UTF-8 as its own bytes."""
+def _write_strings(group, name: str, strings, count: int | None = None) -> int:
+    """A column of strings, written COPY_ROWS at a time; a name that is not UTF-8 as its own bytes;
+    the column's checksum."""
     import h5py
     from itertools import islice
 
     count = len(strings) if count is None else count
     dataset = group.create_dataset(name, shape=(count,), dtype=h5py.string_dtype("utf-8"))
-    strings = iter(strings)
+    strings, crc = iter(strings), 0
     for start in range(0, count, COPY_ROWS):
         part = [s.encode("utf-8", "surrogateescape") for s in islice(strings, COPY_ROWS)]
         dataset[start:start + len(part)] = part
+        crc = strings_checksum(part, crc)
+    return crc

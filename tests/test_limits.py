@@ -93,6 +93,8 @@ def test_outputs_that_are_files_or_folders_are_one_line(tinted_store, tmp_path):
     folder.mkdir()
     result = run("predict", "--model", model, "--out", folder, data / "val")
     assert result.exit_code == 0 and (folder / "predictions.csv").is_file(), result.output
+    result = run("predict", "--model", model, "--out", f"{tmp_path}/new/", data / "val")  # a folder to make
+    assert result.exit_code == 0 and (tmp_path / "new" / "predictions.csv").is_file(), result.output
 
 
 @pytest.fixture(scope="module")
@@ -253,3 +255,50 @@ def test_a_file_size_limit_between_the_store_and_its_bound_stops_before_hdf5_wri
     assert done.returncode == 1 and "OutputError: cannot write" in done.stderr and "needs up to" in done.stderr, \
         (done.returncode, done.stderr[-2000:])
     assert list((tmp_path / "again").iterdir()) == []
+
+
+def test_a_file_size_limit_met_by_the_parallel_fits_is_one_line(tmp_path):
+    """joblib hands the training rows to its workers through a temporary file: under `ulimit -f` that
+    failed deep inside it, a 40-line PicklingError traceback."""
+    store = generated_store(tmp_path, 4000, dim=128)[0]  # 2.6 MB of vectors: past joblib's 1 MB memmap threshold
+    args = ["fit", "--clf", "logreg", "--features", store, "--out", tmp_path / "out", "--quiet"]
+    code, said = cli_process(*args, file_size=1 << 20)
+    assert_ends_in_one_error_line(code, said, "File too large", "--jobs 1")
+    code, said = cli_process(*args, "--jobs", "1", file_size=1 << 20)  # the way out it names
+    assert code == 0, said
+
+
+def test_a_full_disk_while_compare_rewrites_its_report_leaves_the_previous_one_whole(tmp_path, namespaces):
+    """A nearly full disk: the report was left half new (report.md with one row, report.html missing),
+    and a head whose model could not be saved was listed as 'not fitted'."""
+    store = generated_store(tmp_path, 3000, dim=8, classes=3)[0]
+    disk, logs = tmp_path / "disk", tmp_path / "logs"
+    disk.mkdir()
+    logs.mkdir()
+    command = (f"{sys.executable} cli.py compare --features {store} --out {disk} --clf logreg,knn --ensemble none "
+               f"--quiet")
+    files = f"$(cd {disk}/reports && find . -type f -not -path './*/models/*' | sort)"
+    done = in_namespace(f"""
+        mount -t tmpfs -o size=16m tmpfs {disk}
+        {command} --cv 2 > {logs}/room.log 2>&1; echo $? > {logs}/room.code
+        (cd {disk}/reports && sha256sum {files}) > {logs}/before.txt
+        fallocate -l $(( $(df --output=avail -B1 {disk} | tail -1) - 40000 )) {disk}/filler
+        {command} --cv 3 > {logs}/full.log 2>&1; echo $? > {logs}/full.code
+        (cd {disk}/reports && sha256sum {files}) > {logs}/after.txt
+        ls -a {disk}/reports/* > {logs}/listing.txt
+    """)
+    assert done.returncode == 0, done.stderr
+    assert (logs / "room.code").read_text().strip() == "0", (logs / "room.log").read_text()
+    assert_ends_in_one_error_line(int((logs / "full.code").read_text()), (logs / "full.log").read_text(),
+                                  "cannot write", "No space left on device")
+    assert "not fitted" not in (logs / "full.log").read_text()
+    before = (logs / "before.txt").read_text()
+    assert "report.html" in before and (logs / "after.txt").read_text() == before  # the previous report, whole
+    assert ".tmp-" not in (logs / "listing.txt").read_text()
+
+
+def test_an_error_during_extraction_starts_its_own_line_after_the_progress_bar(images, tmp_path):
+    """The journal's write failed while the bar was drawn: 'Error: ...' was glued to the bar's line."""
+    code, said = cli_process("extract", "--data", images, "--out", tmp_path / "out", *RANDOM, "--workers", "0",
+                             file_size=64 << 10)  # no --quiet: the bar is drawn; the journal outgrows the limit
+    assert_ends_in_one_error_line(code, said, "cannot write", ".partial", "File too large")

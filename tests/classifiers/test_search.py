@@ -43,7 +43,7 @@ def test_an_edge_note_only_where_a_wider_grid_can_go_past_the_edge():
     best = {"clf__n_neighbors": 21, "clf__weights": "distance", "clf__metric": "manhattan"}
     notes = edge_notes(knn, pipeline, grid, best)  # the metric, at the end of its list, is no scale
     assert len(notes) == 1 and "best n_neighbors=21 is the largest value of its grid (1 to 21)" in notes[0]
-    assert """--grid '{"n_neighbors": [21, 29, 41]}'""" in notes[0]  # spaced as its last two, integers
+    assert """--grid '{"n_neighbors": [1, 3, 5, 7, 11, 15, 21, 29, 41]}'""" in notes[0]  # as its last two, integers
     assert edge_notes(knn, pipeline, grid, {**best, "clf__n_neighbors": 7}) == []
     assert edge_notes(knn, pipeline, grid, {**best, "clf__n_neighbors": 1}) == []  # none below 1
     two = [{**grid[0], "clf__n_neighbors": [3, 5]}]
@@ -51,7 +51,17 @@ def test_an_edge_note_only_where_a_wider_grid_can_go_past_the_edge():
     svm = get_head("svm")
     rbf = [{"clf__kernel": ["rbf"], "clf__C": [0.1, 1.0, 10.0], "clf__gamma": ["scale", 1e-4, 1e-3, 1e-2]}]
     notes = edge_notes(svm, svm.build(0), rbf, {"clf__kernel": "rbf", "clf__C": 1.0, "clf__gamma": 1e-2})
-    assert len(notes) == 1 and """--grid '{"gamma": [0.01, 0.1, 1]}'""" in notes[0]  # by decades, as spaced
+    assert len(notes) == 1 and """--grid '{"gamma": [0.0001, 0.001, 0.01, 0.1, 1, "scale"]}'""" in notes[0]
     logreg = get_head("logreg")
     notes = edge_notes(logreg, logreg.build(0), [{"clf__C": [1, 10, 100]}], {"clf__C": 1})  # as JSON writes them
-    assert len(notes) == 1 and """--grid '{"C": [0.01, 0.1, 1]}'""" in notes[0]
+    assert len(notes) == 1 and """--grid '{"C": [0.01, 0.1, 1, 10, 100]}'""" in notes[0]
+
+
+def test_a_grid_override_goes_to_the_sub_grids_that_have_its_key():
+    """--grid '{"gamma": [...]}' was added to the SVM's linear sub-grid too: 39 candidates instead of 23,
+    16 of them fits of a parameter the linear kernel ignores."""
+    from classifiers.heads import resolve_grid
+
+    linear, rbf = resolve_grid(get_head("svm"), {"gamma": [1e-6, 1e-5, 1e-4]})
+    assert "clf__gamma" not in linear and rbf["clf__gamma"] == [1e-6, 1e-5, 1e-4]
+    assert [grid["clf__C"] for grid in resolve_grid(get_head("svm"), {"C": [1.0]})] == [[1.0], [1.0]]

@@ -12,6 +12,7 @@ from experiments.compare import compare
 from experiments.metrics import bootstrap_interval, mcnemar_p
 from featurize import extract, load_features
 from featurize.errors import CnnfeatError
+from featurize.integrity import attributes_checksum
 from tests.conftest import write_image
 from tests.test_cli import assert_one_line_error, run
 
@@ -138,6 +139,8 @@ def test_names_from_a_shared_file_never_leave_out(tinted_store, tmp_path):
                 h5.attrs["config"] = json.dumps({**config, "backbone": "../../../evil"})
             else:
                 h5.attrs["dataset"] = value
+            sealed = json.loads(h5.attrs["sealed"])  # resealed, as whoever crafts a file can
+            h5.attrs["sealed"] = json.dumps({**sealed, "attributes": attributes_checksum(h5.attrs)})
         before = sorted(p for p in tmp_path.rglob("*"))
         result = run("compare", "--features", hostile, "--out", tmp_path / "out", "--clf", "knn", "--quiet")
         assert_one_line_error(result, "is not a plain name", "evil")
@@ -278,3 +281,8 @@ def test_log_loss_of_numbered_classes_scores_each_image_against_its_own_class(tm
     column = np.array([list(model.classes_).index(name) for name in truth])
     assert features.class_names[:3] == ["0", "1", "2"] and len(set(truth)) == 11
     assert reported == pytest.approx(-np.log(proba[np.arange(len(truth)), column]).mean(), rel=1e-6)
+
+
+def test_an_empty_clf_is_refused_not_read_as_all(tinted_store, tmp_path):
+    assert_one_line_error(run("compare", "--features", tinted_store, "--out", tmp_path, "--clf", ""),
+                          "--clf '': no head named")

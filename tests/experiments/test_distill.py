@@ -1,5 +1,6 @@
 """`finetune --teacher`: the Hinton loss, the teacher's cached probabilities, and their wiring."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import torch
 from classifiers import load_model
 from experiments.distill import Distillation
 from experiments.fit import fit_model
-from featurize import extract
+from featurize import extract, load_features
 from tests.conftest import write_image
 from tests.test_cli import assert_one_line_error, run
 
@@ -87,3 +88,14 @@ def test_teacher_errors_are_one_line(tinted, tmp_path):
     assert_one_line_error(run("finetune", "--data", other, "--backbone", "resnet18", "--weights", "random",
                               "--out", tmp_path / "o", "--epochs", "1", "--workers", "0", "--teacher", teacher),
                           "classes this data does not have")
+
+
+def test_a_teacher_without_its_record_is_refused_before_anything_is_made(tinted_store, tmp_path):
+    fitted = run("fit", "--clf", "logreg", "--features", tinted_store, "--out", tmp_path / "a", "--cv", "2")
+    model = Path(fitted.output.strip().splitlines()[-1].split()[1])
+    model.with_suffix(".json").unlink()
+    data = load_features(tinted_store).data_root
+    result = run("finetune", "--data", data, "--teacher", model, "--out", tmp_path / "out", "--backbone", "resnet18",
+                 "--weights", "random", "--epochs", "1", "--workers", "0", "--quiet")
+    assert_one_line_error(result, f"--teacher {model}: no {model.with_suffix('.json').name} beside it")
+    assert not (tmp_path / "out").exists()

@@ -151,6 +151,12 @@ def test_bad_input_is_one_line(tinted_store, tmp_path, case):
     ("svm", '{"C": []}', ["C has an empty list of values"]),  # a traceback
     ("svm", "[]", ["expected a JSON object of parameter -> list of values, or a list of such objects; got []"]),
     ("svm", '[{"C": [1]}, 2]', ["expected a JSON object", "got 2"]),
+    ("linear", '{"lr": [-1]}', ["linear cannot take lr=-1", "range (0.0, inf)"]),  # a traceback
+    ("linear", '{"batch_size": [0]}', ["linear cannot take batch_size=0"]),  # ZeroDivisionError
+    ("linear", '{"epochs": [0]}', ["linear cannot take epochs=0"]),  # fitted nothing, saved, accuracy 0.34
+    ("linear", '{"weight_decay": [-1]}', ["linear cannot take weight_decay=-1"]),  # fitted and saved
+    ("linear", '{"optimizer": ["nope"]}', ['linear cannot take optimizer="nope"', "'adamw'"]),
+    ("knn", '{"n_neighbors": [1000]}', ["n_neighbors 1000", "rows of a training fold"]),  # fitted n_neighbors=1
 ])
 def test_a_grid_the_head_cannot_search_is_one_line_before_any_fit(tinted_store, tmp_path, clf, grid, fragments):
     result = run("fit", "--clf", clf, "--features", tinted_store, "--out", tmp_path, "--grid", grid)
@@ -189,10 +195,10 @@ def test_a_best_value_at_the_edge_of_its_grid_is_flagged_with_a_wider_grid(tmp_p
 
     output, saved = fit([0.01, 0.1, 1.0])
     note = ("svm: best C=0.01 is the smallest value of its grid (0.01 to 1): the best may lie past it; widen the "
-            """grid, e.g. --grid '{"C": [0.0001, 0.001, 0.01]}'""")
+            """grid, e.g. --grid '{"C": [0.0001, 0.001, 0.01, 0.1, 1]}'""")
     assert saved["best_params"]["C"] == 0.01 and note in output
     assert saved["notes"] == [note]  # what compare's report lists as its notes
-    output, saved = fit([0.001, 0.01, 0.1])
+    output, saved = fit([0.0001, 0.001, 0.01, 0.1, 1])  # the advice, followed: no note sends the user back
     assert saved["best_params"]["C"] == 0.01 and saved["notes"] == [] and "best C=" not in output
 
 

@@ -11,6 +11,7 @@ import pytest
 
 import featurize.store
 from featurize import load_features
+from featurize.files import printable
 from featurize.integrity import DamagedStore, damage_mark
 from tests.conftest import write_image, write_tinted
 from tests.test_cli import assert_one_line_error, cli_process, run
@@ -21,8 +22,9 @@ BAD_NAME = os.fsdecode(b"bad-\xff\xfe.png")  # as os.listdir gives it: surrogate
 
 @pytest.fixture(scope="module")
 def odd_names(tmp_path_factory):
-    """Tinted images in train/ and val/, one val image named with bytes that are not UTF-8."""
-    root = write_tinted(tmp_path_factory.mktemp("names") / "tinted", 12)
+    """Tinted images in train/ and val/, one val image named with bytes that are not UTF-8, in a
+    folder whose own name is not UTF-8 either."""
+    root = write_tinted(tmp_path_factory.mktemp("names") / os.fsdecode(b"p\xe9re") / "tinted", 12)
     shutil.copy(root / "val" / "red" / "r0.png", os.fsencode(root / "val" / "red") + b"/bad-\xff\xfe.png")
     return root
 
@@ -54,7 +56,7 @@ def test_a_name_that_is_not_utf8_is_stored_losslessly_and_shown_readably(odd_nam
     code, said = cli_process("predict", "--model", model, "--out", tmp_path / "p.csv", odd_names / "val", "--quiet")
     assert code == 0 and "7 images, 0 unreadable" in said, said
     rows = (tmp_path / "p.csv").read_text(encoding="utf-8").splitlines()
-    assert len(rows) == 8 and any(row.startswith(str(odd_names / "val" / "red") + "/bad-\\xff\\xfe.png,red")
+    assert len(rows) == 8 and any(row.startswith(printable(odd_names / "val" / "red") + "/bad-\\xff\\xfe.png,red")
                                   for row in rows), rows
     code, said = cli_process("explain", "--model", model, "--out", tmp_path / "why",
                      os.fsencode(odd_names / "val" / "red") + b"/bad-\xff\xfe.png")
@@ -146,7 +148,7 @@ def test_a_store_from_before_checksums_is_rewritten_once_with_them(tinted_data, 
     store = next((out / "features").glob("*.h5"))
     before = load_features(store)
     with h5py.File(store, "r+") as h5:  # what an earlier cnnfeat wrote
-        del h5["checksums"], h5.attrs["checksum_rows"]
+        del h5["checksums"], h5.attrs["checksum_rows"], h5.attrs["sealed"]
     np.testing.assert_array_equal(load_features(store, lazy=True).X[3:9], before.X[3:9])  # read as it is
     assert "48 images: 0 extracted, 48 reused" in _extract(tinted_data, out)
     with h5py.File(store) as h5:
@@ -196,6 +198,51 @@ CRAFTED = {
     "a column cut short": lambda h5: (h5.move("splits", "old"), h5.create_dataset("splits", data=h5["old"][:-3])),
     "checksums missing a block": lambda h5: (h5.move("checksums", "old"), h5.create_dataset("checksums", data=[1])),
 }
+
+
+def _flip_labels(store):
+    """Flip the low bit of 20 stored labels in the file itself (a contiguous dataset: its bytes in place)."""
+    with h5py.File(store) as h5:
+        offset = h5["labels"].id.get_offset()
+    with open(store, "r+b") as handle:
+        for row in range(0, 40, 2):
+            handle.seek(offset + 8 * row)
+            value = handle.read(1)[0]
+            handle.seek(offset + 8 * row)
+            handle.write(bytes([value ^ 1]))
+
+
+CHANGED = {  # damage outside the vectors that a reader would otherwise use without a word
+    "labels": (_flip_labels, "its labels column does not match its checksum", "48 images: 0 extracted"),
+    "a split": (lambda store: _with_h5(store, lambda h5: h5["splits"].write_direct(
+        np.asarray([b"trai\xff"], dtype=object), np.s_[0:1], np.s_[3:4])), "its splits column", "0 extracted"),
+    "a path": (lambda store: _with_h5(store, lambda h5: h5["paths"].write_direct(
+        np.asarray([b"red/x.png"], dtype=object), np.s_[0:1], np.s_[5:6])), "its paths column", "1 extracted"),
+    "the crop size in the config": (lambda store: _with_h5(store, lambda h5: h5.attrs.modify(
+        "config", h5.attrs["config"].replace('"crop_size": 224', '"crop_size": 264'))),
+        "its attributes do not match their checksum", "48 extracted"),
+}
+
+
+def _with_h5(store, change):
+    with h5py.File(store, "r+") as h5:
+        change(h5)
+
+
+@pytest.mark.parametrize("case", list(CHANGED))
+def test_changed_labels_splits_paths_or_config_are_refused_and_repaired(tinted_data, tmp_path, case):
+    """Damage beside the vectors: fit trained on 20 wrong labels, or on a config that no longer
+    says how its vectors were made, with exit 0."""
+    out = tmp_path / "out"
+    _extract(tinted_data, out)
+    store = next((out / "features").glob("*.h5"))
+    damage, fragment, repaired = CHANGED[case]
+    damage(store)
+    assert_one_line_error(run("fit", "--clf", "logreg", "--features", store, "--out", out, "--cv", "2"),
+                          store.name, fragment)
+    said = _extract(tinted_data, out)
+    assert repaired in said, said
+    assert run("fit", "--clf", "logreg", "--features", store, "--out", out, "--cv", "2").exit_code == 0
 
 
 @pytest.mark.parametrize("case", list(CRAFTED))
