@@ -6,11 +6,9 @@ import sys
 
 import click
 
-from featurize.backbones import TTA_MODES
-from featurize.errors import CnnfeatError, machine_refusal
-from featurize.files import printable
-from featurize.fuse import FUSE_MODES
-from featurize.store import COMPRESSIONS, DTYPES
+from common.errors import CnnfeatError, machine_refusal
+from common.names import printable
+from featurize import COMPRESSIONS, DTYPES, FUSE_MODES, TTA_MODES
 
 DEFAULT_OUT = "artifacts"
 
@@ -74,8 +72,8 @@ def cli():
 def extract(backbone, data, weights, trust_pickle, out, device, engine, ray, batch_size, workers, dtype, compression,
             tta, strict, verify, quiet):
     """Extract one pooled feature vector per image into an HDF5 file (incremental, resumable)."""
+    from featurize import Storage
     from featurize import extract as run_extract
-    from featurize.store import Storage
 
     result = run_extract(data=data, backbone=backbone, weights=weights, out=out, device=device,
                          batch_size=batch_size, workers=workers, strict=strict, progress=not quiet,
@@ -128,7 +126,7 @@ def search_options(command):
 
 
 def search_settings(cv, scoring, search, budget, jobs, seed, ray, verbose, quiet):
-    from classifiers.search import SearchSettings
+    from classifiers import SearchSettings
     return SearchSettings(cv=cv, scoring=scoring, search=search, seed=seed, budget=budget, jobs=jobs,
                           verbose=2 if verbose else 0, progress=not quiet, ray=ray)
 
@@ -179,7 +177,7 @@ def predict(model_path, inputs, out_csv, device, batch_size, workers, quiet):
 def export(model_path, out):
     """Write the model (backbone + head) as one ONNX graph: uint8 images in, label and probabilities
     out, class names and preprocessing in its metadata. Loading it runs no code: the format to share."""
-    from classifiers.export import export_onnx
+    from classifiers import export_onnx
 
     click.echo(f"model: {printable(export_onnx(model_path, out))}")
 
@@ -211,7 +209,8 @@ def export(model_path, out):
 def serve(model_path, host, port, device, **limits):
     """Serve a model over HTTP: POST /predict (multipart field 'images'), GET /health (503 when the model
     loop has stopped), GET /model."""
-    from serving.app import ServeSettings, serve as run_server
+    from serving.app import ServeSettings
+    from serving.app import serve as run_server
 
     run_server(model_path, host, port, ServeSettings(**limits), device, log=click.echo)
 
@@ -326,7 +325,7 @@ def backbones():
 @click.argument("dest", default="data/digits")
 def demo_data(dest):
     """Write scikit-learn's digits as train/ and val/ image folders (a dataset needing no download)."""
-    from featurize.demo_data import write_digits
+    from featurize import write_digits
 
     folder, count = write_digits(dest)
     click.echo(f"{count} digit images in {printable(folder)}")

@@ -16,12 +16,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from data import HYMENOPTERA  # noqa: E402  (benchmarks/data.py)
+
 from experiments.distill import Distillation  # noqa: E402
 from experiments.finetune import run_finetune  # noqa: E402
 from experiments.fit import fit_model  # noqa: E402
 from featurize import extract  # noqa: E402
-
-from data import HYMENOPTERA  # noqa: E402  (benchmarks/data.py)
 
 
 def student(out: Path, epochs: int, distill=None) -> float:

@@ -19,10 +19,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from data import run_on_image_folders  # noqa: E402  (benchmarks/data.py)
+
 from experiments.compare import compare  # noqa: E402
 from featurize import extract  # noqa: E402
-
-from data import run_on_image_folders  # noqa: E402  (benchmarks/data.py)
 
 COLUMNS = ("lite0", "lite0 flip", "lite2", "lite0+lite2")
 

@@ -16,11 +16,11 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from data import run_on_image_folders  # noqa: E402  (benchmarks/data.py)
+
 from experiments.compare import compare  # noqa: E402
 from featurize import extract, load_features  # noqa: E402
 from featurize.store import Storage  # noqa: E402
-
-from data import run_on_image_folders  # noqa: E402  (benchmarks/data.py)
 
 
 def accuracies(store: Path, out: Path) -> dict:

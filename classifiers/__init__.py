@@ -1,8 +1,18 @@
 """Heads on cached feature vectors: the head registry with default grids, the cross-validated
-search, and the saved model (`FeatureClassifier`, `save_model`, `load_model`)."""
-from .heads import HEADS, Head, get_head, register_head, resolve_grid
-from .model import FeatureClassifier, FeatureMismatch, load_model, save_model
-from .search import SCORINGS, SearchResult, search_head
+search, the saved model, ensembles and the ONNX export.
 
-__all__ = ["HEADS", "Head", "get_head", "register_head", "resolve_grid", "FeatureClassifier", "FeatureMismatch",
-           "load_model", "save_model", "SCORINGS", "SearchResult", "search_head"]
+The names below are the package's public API: experiments, serving and the CLI import from
+`classifiers` itself, never from its modules, so the modules can be rearranged without touching them.
+"""
+from .ensemble import ensemble_model, parse_ensembles
+from .export import export_onnx
+from .heads import HEADS, Head, fused_head, get_head, register_head, resolve_grid
+from .linear import warmup_cosine
+from .linear_form import linear_form
+from .model import FeatureClassifier, FeatureMismatch, check_record, load_model, model_record, save_model
+from .search import SCORINGS, SearchResult, SearchSettings, search_head
+
+__all__ = ["HEADS", "Head", "fused_head", "get_head", "register_head", "resolve_grid", "FeatureClassifier",
+           "FeatureMismatch", "check_record", "load_model", "model_record", "save_model", "SCORINGS", "SearchResult",
+           "SearchSettings", "search_head", "ensemble_model", "parse_ensembles", "export_onnx", "warmup_cosine",
+           "linear_form"]

@@ -12,7 +12,7 @@ predicts from vectors and from images like any head.
 """
 from __future__ import annotations
 
-from featurize.errors import CnnfeatError
+from common.errors import CnnfeatError
 
 from .model import FeatureClassifier
 

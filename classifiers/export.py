@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from featurize.errors import CnnfeatError, error_line
-from featurize.files import atomic_write, ensure_writable, printable
+from common.errors import CnnfeatError, error_line
+from common.files import atomic_write, ensure_writable
+from common.names import printable
 
 from .ensemble import is_ensemble
 from .model import load_model, model_record
@@ -32,7 +33,7 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Write OUT/model.onnx for the saved model at `model_path`; return its path."""
     import onnx
 
-    from featurize.engines import ONNX_OPSET, export_backbone
+    from featurize import ONNX_OPSET, export_backbone
 
     model = load_model(model_path)
     out = ensure_writable(out)
@@ -95,7 +96,6 @@ def onnx_equivalent(estimator):
     function (same decisions and probabilities), so that skl2onnx can convert it."""
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.pipeline import Pipeline
-
     from sklearn.preprocessing import StandardScaler
 
     from .kernel_svm import PrecomputedKernelSVC

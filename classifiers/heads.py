@@ -15,7 +15,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from featurize.errors import CnnfeatError, error_line
+from common.errors import CnnfeatError, error_line
 
 C_DECADES = [float(c) for c in np.logspace(-4, 3, 8)]  # 1e-4 ... 1e3
 

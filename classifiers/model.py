@@ -16,8 +16,9 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
-from featurize.errors import CnnfeatError
-from featurize.files import atomic_write, file_sha256
+from common.errors import CnnfeatError
+from common.files import atomic_write
+from common.hashing import file_sha256
 
 
 class FeatureMismatch(CnnfeatError):
@@ -97,7 +98,7 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
     # -- inputs ------------------------------------------------------------------------------
     def vectors(self, X) -> np.ndarray:
         """Feature vectors for X: an (n, D) array, a featurize.Features, or images (paths / PIL)."""
-        from featurize.store import Features
+        from featurize import Features
 
         if isinstance(X, Features):
             if self.feature_fingerprint and X.fingerprint != self.feature_fingerprint:
@@ -228,8 +229,7 @@ class BackboneSource:
 
     def embedder(self, device: str = "auto"):
         """(the embedder of featurize.engines, the device it runs on)."""
-        from featurize.engines import load_embedder, resolve_engine
-        from featurize.extract import resolve_device
+        from featurize import load_embedder, resolve_device, resolve_engine
 
         device = resolve_device(device)
         if self._embedder is not None and self._embedder[1] == device:
@@ -244,7 +244,7 @@ class BackboneSource:
         return self._embedder
 
     def iter_embedded(self, paths, device="auto", batch_size=None, workers=None, progress=False):
-        from featurize.extract import iter_vectors
+        from featurize import iter_vectors
 
         extractor, device = self.embedder(device)
         return iter_vectors(extractor, device, Path(), [str(p) for p in paths], batch_size,
@@ -253,7 +253,7 @@ class BackboneSource:
     def embed_pil(self, pil_images, device="auto") -> np.ndarray:
         import torch
 
-        from featurize.images import pil_to_rgb_tensor
+        from featurize import pil_to_rgb_tensor
 
         extractor, _ = self.embedder(device)
         transform = extractor.preprocessing.transform()

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from featurize.errors import CnnfeatError, error_line
+from common.errors import CnnfeatError, error_line
 
 from .heads import Head, get_head, refusal, resolve_grid
 
@@ -246,8 +246,8 @@ def _cross_validation_backend(ray_address: str | None):
         return
     import joblib
 
-    from featurize.distributed import connect
-    connect(ray_address, "cpu")
+    from featurize import connect_ray
+    connect_ray(ray_address, "cpu")
     from ray.util.joblib import register_ray
     register_ray()
     with joblib.parallel_backend("ray"):

@@ -10,14 +10,22 @@ from typing import NamedTuple
 
 import numpy as np
 
-from classifiers import HEADS, get_head, load_model, resolve_grid, save_model
-from classifiers.ensemble import ensemble_model, parse_ensembles
-from classifiers.search import SearchSettings
-from featurize import load_features
-from featurize.errors import CnnfeatError
-from featurize.files import OutputError, ensure_writable, exclusive, safe_name
-from featurize.fuse import fuse_features
-from featurize.store import library_versions
+from classifiers import (
+    HEADS,
+    SearchSettings,
+    ensemble_model,
+    get_head,
+    load_model,
+    parse_ensembles,
+    resolve_grid,
+    save_model,
+)
+from common.errors import CnnfeatError, OutputError
+from common.files import ensure_writable
+from common.hashing import json_key
+from common.locks import exclusive
+from common.names import safe_name
+from featurize import fuse_features, library_versions, load_features
 
 from .finetune import FINETUNE_ROW, load_finetuned_row, run_finetune
 from .fit import MODEL_PACKAGES, Scored, evaluate, fit_and_score, latest_features, provenance
@@ -83,7 +91,7 @@ def cache_key(data, split, head: str, settings: SearchSettings) -> str:
               "pipeline": {k: repr(v) for k, v in spec.build(settings.seed).get_params(deep=True).items()},
               "calibrate": spec.calibrate, "validation": spec.validation, "split": split.describe(),
               "class_names": data.class_names, "versions": library_versions(MODEL_PACKAGES)}
-    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+    return json_key(record)
 
 
 def compare(features=None, out="artifacts", clf="all", finetune=False, refit=False, fuse="concat", ensemble="vote",
@@ -250,7 +258,7 @@ def _ensemble_rows(data, label, split, heldout, members: list[Row], run: HeadRun
     for kind in run.ensembles:
         record = {"ensemble": kind, "members": sorted(row.info["cache_key"] for row in members),
                   **run.settings.numbers()}
-        key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+        key = json_key(record)
         try:
             rows.append(_saved_or_fitted(data, label, split, kind, heldout, run, key,
                                          lambda: _fit_ensemble(kind, data, split, members, run)))

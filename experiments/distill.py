@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from classifiers import load_model
-from classifiers.model import check_record, model_record
-from featurize.errors import CnnfeatError
-from featurize.files import atomic_write, file_sha256
-from featurize.images import file_identity
+from classifiers import check_record, load_model, model_record
+from common.errors import CnnfeatError
+from common.files import atomic_write
+from common.hashing import file_sha256
+from featurize import file_identity
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from classifiers import load_model
-from classifiers.linear_form import linear_form
-from featurize.errors import CnnfeatError
-from featurize.files import ensure_writable, printable, write_bytes_atomic
+from classifiers import linear_form, load_model
+from common.errors import CnnfeatError
+from common.files import ensure_writable, write_bytes_atomic
+from common.names import printable
 
 from .predict import expand_inputs
 
@@ -62,8 +62,7 @@ def explain_images(model_path, inputs, out, settings: ExplainSettings = ExplainS
                    log=print) -> tuple[list[Path], list[tuple[str, str]]]:
     """One PNG per readable image under `out` (and the grids `settings` asks for); returns (written
     files, [(image, reason)] of the unreadable ones)."""
-    from featurize import load_image
-    from featurize.images import UnreadableImage
+    from featurize import UnreadableImage, load_image
 
     if settings.method not in METHODS:
         raise CnnfeatError(f"--method {settings.method!r}; valid: {', '.join(METHODS)}")

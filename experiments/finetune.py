@@ -20,13 +20,20 @@ from pathlib import Path
 
 import numpy as np
 
-from classifiers import FeatureClassifier, save_model
-from classifiers.linear import warmup_cosine
-from featurize import discover, get_backbone
-from featurize.errors import CnnfeatError
-from featurize.files import atomic_write, ensure_writable
-from featurize.engines import compute_precision, resolve_engine
-from featurize.extract import ImageDataset, checked_batches, default_workers, feature_config, resolve_device
+from classifiers import FeatureClassifier, save_model, warmup_cosine
+from common.errors import CnnfeatError
+from common.files import atomic_write, ensure_writable
+from featurize import (
+    ImageDataset,
+    checked_batches,
+    compute_precision,
+    default_workers,
+    discover,
+    feature_config,
+    get_backbone,
+    resolve_device,
+    resolve_engine,
+)
 
 from .distill import Distillation, teacher_probabilities
 

@@ -10,15 +10,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from classifiers import FeatureClassifier, get_head, save_model, search_head
-from classifiers.heads import fused_head
-from classifiers.search import SearchSettings
-from featurize import load_features
-from featurize.errors import CnnfeatError
-from featurize.files import ensure_writable
-from featurize.fuse import part_widths
-from featurize.integrity import take_rows
-from featurize.store import library_versions
+from classifiers import FeatureClassifier, SearchSettings, fused_head, get_head, save_model, search_head
+from common.errors import CnnfeatError
+from common.files import ensure_writable
+from featurize import library_versions, load_features, part_widths, take_rows
 
 from .metrics import heldout_scores
 from .splits import train_eval_split

@@ -6,9 +6,10 @@ import os
 from pathlib import Path
 
 from classifiers import load_model
-from featurize.errors import CnnfeatError
-from featurize.files import atomic_write, ensure_writable, printable
-from featurize.images import find_images
+from common.errors import CnnfeatError
+from common.files import atomic_write, ensure_writable
+from common.names import printable
+from featurize import find_images
 
 
 def expand_inputs(inputs) -> list[str]:

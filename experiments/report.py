@@ -15,7 +15,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from featurize.files import printable, written_together
+from common.files import written_together
+from common.names import printable
 
 COLUMNS = ["rank", "backbone", "head", "n", "accuracy", "ci_low", "ci_high", "balanced_accuracy", "f1_macro",
            "log_loss", "cv_scoring", "cv_mean", "cv_std", "cv_folds", "mcnemar_p_vs_best", "fit_seconds",

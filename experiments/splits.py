@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from featurize.errors import CnnfeatError
+from common.errors import CnnfeatError
 
 HOLDOUT_FRACTION = 0.2
 

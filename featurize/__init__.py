@@ -1,17 +1,63 @@
 """Images -> frozen pretrained CNN -> one pooled vector per image, cached in HDF5.
 
-Public API: `extract` (bring a feature file up to date), `load_features` (read one as numpy
-arrays), `discover` (index an image folder), the backbone registry (`BACKBONES`, `get_backbone`)
-and `load_image` (the image decoder every part of the product uses).
+The names below are the package's public API: the other packages (classifiers, experiments,
+serving, the CLI) import from `featurize` itself, never from its modules, so the modules can be
+rearranged without touching them. Importing it imports no torch (`cnnfeat --help` stays instant).
+
+- extraction: `extract` (bring a feature file up to date), `feature_config`, `iter_vectors` and its
+  pieces (`ImageDataset`, `checked_batches`), the device policy (`resolve_device`, `default_workers`);
+- the store: `load_features`, `Features`, `Storage`, `take_rows`, `library_versions`;
+- images: `discover`, `find_images`, `load_image`, `decode_upload`, `file_identity`;
+- backbones and engines: the registry (`BACKBONES`, `get_backbone`, `register`), `load_embedder`,
+  `export_backbone`, `cpu_session`;
+- fused features (`fuse_features`), Ray (`connect_ray`), the digits demo (`write_digits`).
 """
-from .backbones import BACKBONES, DEFAULT_BACKBONE, Backbone, Preprocessing, get_backbone, register
-from .errors import BackboneError, CnnfeatError, DataError, StoreError
-from .extract import ExtractResult, extract
-from .images import ImageList, UnreadableImage, discover, load_image, pil_to_rgb_tensor
-from .store import Features, load_features
+from common.errors import BackboneError, CnnfeatError, DataError, StoreError
+
+from .backbones import (
+                        BACKBONES,
+                        DEFAULT_BACKBONE,
+                        TTA_MODES,
+                        Backbone,
+                        Preprocessing,
+                        crop_transform,
+                        get_backbone,
+                        register,
+)
+from .demo_data import write_digits
+from .distributed import connect_ray
+from .engines import ONNX_OPSET, compute_precision, cpu_session, export_backbone, load_embedder, resolve_engine
+from .extract import (
+                        ExtractResult,
+                        ImageDataset,
+                        checked_batches,
+                        default_workers,
+                        extract,
+                        feature_config,
+                        iter_vectors,
+                        resolve_device,
+)
+from .fuse import FUSE_MODES, fuse_features, part_widths
+from .images import (
+                        ImageList,
+                        UnreadableImage,
+                        decode_upload,
+                        discover,
+                        file_identity,
+                        find_images,
+                        load_image,
+                        pil_to_rgb_tensor,
+)
+from .integrity import take_rows
+from .store import COMPRESSIONS, DTYPES, Features, Storage, library_versions, load_features
 
 __all__ = [
-    "BACKBONES", "DEFAULT_BACKBONE", "Backbone", "Preprocessing", "get_backbone", "register",
-    "BackboneError", "CnnfeatError", "DataError", "StoreError", "ExtractResult", "extract",
-    "ImageList", "UnreadableImage", "discover", "load_image", "pil_to_rgb_tensor", "Features", "load_features",
+    "BackboneError", "CnnfeatError", "DataError", "StoreError",
+    "BACKBONES", "DEFAULT_BACKBONE", "TTA_MODES", "Backbone", "Preprocessing", "crop_transform", "get_backbone",
+    "register", "write_digits", "connect_ray", "ONNX_OPSET", "compute_precision", "cpu_session", "export_backbone",
+    "load_embedder", "resolve_engine", "ExtractResult", "ImageDataset", "checked_batches", "default_workers",
+    "extract", "feature_config", "iter_vectors", "resolve_device", "FUSE_MODES", "fuse_features", "part_widths",
+    "ImageList", "UnreadableImage", "decode_upload", "discover", "file_identity", "find_images", "load_image",
+    "pil_to_rgb_tensor", "take_rows", "COMPRESSIONS", "DTYPES", "Features", "Storage", "library_versions",
+    "load_features",
 ]

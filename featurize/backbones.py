@@ -11,8 +11,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import BackboneError, error_line
-from .files import file_sha256
+from common.errors import BackboneError, error_line
+from common.hashing import file_sha256
 
 # Exported as the default of every command that takes --backbone: it works with no network.
 DEFAULT_BACKBONE = "efficientnet_lite0"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import ensure_writable, write_bytes_atomic
+from common.files import ensure_writable, write_bytes_atomic
 
 
 def write_digits(dest: str | Path, size: int = 64) -> tuple[Path, int]:

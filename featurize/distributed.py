@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CnnfeatError
+from common.errors import CnnfeatError
 
 INSTALL = "pip install -e '.[ray]'"
 
 
-def connect(address: str, device: str):
+def connect_ray(address: str, device: str):
     """Start a local Ray cluster (`local`) or join the one at `address`; check it has what `device` needs."""
     try:
         import ray

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CnnfeatError, error_line
-from .files import atomic_write
+from common.errors import CnnfeatError, error_line
+from common.files import atomic_write
 
 ENGINES = ("torch", "onnxruntime")
 ONNX_OPSET = 17

@@ -18,16 +18,29 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import CnnfeatError, DataError, OutputError, error_line
+from common.files import ensure_writable, sweep_stale_tmp
+from common.locks import exclusive
+from common.names import printable
+
 from .backbones import DEFAULT_BACKBONE, POOLING, TTA_MODES, get_backbone, weights_kind
 from .engines import ExportFailed, compute_precision, load_embedder, resolve_engine
-from .errors import CnnfeatError, DataError, error_line
-from .files import OutputError, ensure_writable, exclusive, printable, sweep_stale_tmp
 from .images import UnreadableImage, discover, file_identity, load_image
 from .integrity import DamagedStore, damage_mark
 from .journal import Journal
 from .placement import IN_STORE, Placement
-from .store import (FORMAT_VERSION, Storage, VectorReader, fingerprint, library_versions, place_store_rows,
-                    read_skipped, store_damage, store_matches, write_store)
+from .store import (
+    FORMAT_VERSION,
+    Storage,
+    VectorReader,
+    fingerprint,
+    library_versions,
+    place_store_rows,
+    read_skipped,
+    store_damage,
+    store_matches,
+    write_store,
+)
 
 MISSING_FILE = (-1, -1)  # identity of a listed file that does not exist
 
@@ -366,10 +379,10 @@ def _batches(record, weights, fp: str, out: Path, paths: list[str], root: Path, 
     Ray cluster. Loading fails here, before the first batch (an export that fails falls back)."""
     desc = f"extract {record.name}"
     if options.ray:
-        from .distributed import connect, iter_vectors_ray
+        from .distributed import connect_ray, iter_vectors_ray
         from .engines import backbone_graph
 
-        ray = connect(options.ray, options.device)
+        ray = connect_ray(options.ray, options.device)
         graph = None
         if options.engine == "onnxruntime":  # exported once here, shipped to every actor
             graph = backbone_graph(record, weights, fp, out / "onnx", trust_pickle, options.tta)

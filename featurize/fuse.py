@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import StoreError
+from common.errors import StoreError
+
 from .store import Features, fingerprint
 
 FUSE_MODES = ("concat", "none")  # compare --fuse

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
-from .files import safe_name
+from common.errors import DataError
+from common.names import safe_name
 
 # torchvision's IMG_EXTENSIONS, plus GIF (PIL decodes its first frame).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")

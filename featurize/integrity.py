@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import StoreError
-from .files import printable
+from common.errors import StoreError
+from common.names import printable
 
 READ_BYTES = 4 << 20  # take_rows reads a lazy store in spans of about this many bytes
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import OutputError, describe_os_error, printable, runs
+from common.errors import OutputError, describe_os_error
+from common.names import printable
 
 MAGIC = b"CNNFEAT-JOURNAL 1\n"
 RECORD = struct.Struct("<4sIII")  # b"ROWS", rows, JSON bytes, CRC-32 of JSON + vectors
@@ -192,3 +193,15 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+def runs(starts: list[int], step: int):
+    """(first, end) index ranges of `starts` whose values follow each other by `step`: the rows (or
+    byte offsets) that one read can fetch together."""
+    first = 0
+    while first < len(starts):
+        end = first + 1
+        while end < len(starts) and starts[end] == starts[end - 1] + step:
+            end += 1
+        yield first, end
+        first = end

@@ -13,7 +13,6 @@ losslessly (its raw bytes in the file, surrogate escapes in Python, as os.listdi
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, replace
@@ -22,9 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CnnfeatError, StoreError
-from .files import OutputError, atomic_write, check_name, describe_os_error, printable
-from .integrity import Checksums, CheckedRows, attributes_checksum, block_checksum, strings_checksum, take_rows
+from common.errors import CnnfeatError, OutputError, StoreError, describe_os_error
+from common.files import atomic_write
+from common.hashing import json_key
+from common.names import check_name, printable
+
+from .integrity import CheckedRows, Checksums, attributes_checksum, block_checksum, strings_checksum, take_rows
 from .journal import read_vectors
 from .placement import IN_JOURNAL, IN_MEMORY, IN_STORE, NOWHERE, SKIPPED, Placement
 
@@ -74,7 +76,7 @@ class Storage:
 def fingerprint(config: dict) -> str:
     """Hash of everything that changes the numbers (backbone, weights, preprocessing, pooling,
     format version); two stores with the same fingerprint hold comparable vectors."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    return json_key(config)
 
 
 FEATURE_PACKAGES = ("cnnfeat", "torch", "torchvision", "numpy", "h5py", "pillow", "efficientnet-lite-pytorch")
@@ -523,8 +525,9 @@ def _write_columns(group, images, identities: np.ndarray, rows: np.ndarray) -> d
 def _write_strings(group, name: str, strings, count: int | None = None) -> int:
     """A column of strings, written COPY_ROWS at a time; a name that is not UTF-8 as its own bytes;
     the column's checksum."""
-    import h5py
     from itertools import islice
+
+    import h5py
 
     count = len(strings) if count is None else count
     dataset = group.create_dataset(name, shape=(count,), dtype=h5py.string_dtype("utf-8"))

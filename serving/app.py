@@ -32,8 +32,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from featurize.errors import CnnfeatError
-from featurize.images import UnreadableImage
+from common.errors import CnnfeatError
+from featurize import UnreadableImage
 
 FIELD = "images"
 RETRY_AFTER_S = 1  # what a 503 asks a client to wait: a batch on a CPU takes well under a second

@@ -12,10 +12,9 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 
-from featurize.backbones import crop_transform
-from featurize.errors import CnnfeatError
-from featurize.files import printable
-from featurize.images import decode_upload
+from common.errors import CnnfeatError
+from common.names import printable
+from featurize import crop_transform, decode_upload
 
 
 class Predictor:
@@ -38,7 +37,7 @@ class JoblibPredictor(Predictor):
     """A saved model: its backbone rebuilt as `predict` does (onnxruntime on a CPU), then its head."""
 
     def __init__(self, path: Path, device: str):
-        from classifiers.model import load_model, model_record
+        from classifiers import load_model, model_record
 
         self.model = load_model(path)
         embedder, _ = self.model.embedder(device)
@@ -58,7 +57,7 @@ class OnnxPredictor(Predictor):
     """An exported model.onnx: everything happens in one onnxruntime session."""
 
     def __init__(self, path: Path):
-        from featurize.engines import cpu_session
+        from featurize import cpu_session
 
         try:
             self.session = cpu_session(path)

@@ -5,7 +5,7 @@ from sklearn.model_selection import ParameterGrid
 
 from classifiers import HEADS, get_head, register_head, resolve_grid
 from classifiers.search import check_folds, search_head
-from featurize.errors import CnnfeatError
+from common.errors import CnnfeatError
 
 
 def test_registry_has_the_five_heads_and_refuses_duplicates():

@@ -11,8 +11,8 @@ from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 
 from classifiers import FeatureClassifier, FeatureMismatch, load_model, save_model
+from common.errors import CnnfeatError
 from featurize import load_features
-from featurize.errors import CnnfeatError
 from tests.conftest import REPO
 from tests.test_cli import assert_one_line_error, run
 
@@ -157,7 +157,7 @@ def test_a_changed_model_file_is_refused_before_it_is_unpickled(tinted_store, tm
 
 
 def test_an_interrupted_save_never_pairs_a_new_record_with_an_old_model(tinted_store, tmp_path, monkeypatch):
-    import featurize.files as module  # where atomic_write makes a file official
+    import common.files as module  # where atomic_write makes a file official
 
     model, _ = _fitted(tinted_store)
     path, json_path = save_model(model, tmp_path / "m.joblib", {"version": 1})

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torchvision
 
+from common.errors import CnnfeatError
 from experiments.compare import compare
 from experiments.metrics import bootstrap_interval, mcnemar_p
 from featurize import extract, load_features
-from featurize.errors import CnnfeatError
 from featurize.integrity import attributes_checksum
 from tests.conftest import write_image
 from tests.test_cli import assert_one_line_error, run

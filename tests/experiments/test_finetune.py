@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from classifiers import load_model
+from common.errors import CnnfeatError
 from experiments.compare import compare
 from experiments.finetune import run_finetune, set_trainable, trunk_blocks
 from featurize import extract, get_backbone, load_features
-from featurize.errors import CnnfeatError
 from tests.conftest import write_image
 
 QUIET = {"log": lambda _: None, "progress": False}

@@ -101,7 +101,7 @@ def _store_with(tmp_path, classes):
 
 
 def _record_beside(path):
-    from featurize.files import file_sha256
+    from common.hashing import file_sha256
     path.with_suffix(".json").write_text(json.dumps({"sha256": file_sha256(path)}))
 
 

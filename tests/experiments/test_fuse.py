@@ -8,9 +8,9 @@ import pytest
 from sklearn.preprocessing import normalize
 
 from classifiers import get_head
+from common.errors import CnnfeatError
 from experiments.compare import compare
 from featurize import extract, load_features
-from featurize.errors import CnnfeatError
 from featurize.fuse import fuse_features
 from tests.conftest import write_tinted
 from tests.test_cli import assert_one_line_error, run

@@ -176,7 +176,7 @@ def test_extract_resumes_from_a_torn_journal_and_sweeps_dead_writers_tmp_files(m
 
 def _hold_the_lock_repeatedly(path, seconds, results):
     """A writer that takes the store's lock again and again, and proves it is alone while it holds it."""
-    from featurize.files import Busy, exclusive
+    from common.locks import Busy, exclusive
 
     taken = overlaps = 0
     deadline = time.monotonic() + seconds

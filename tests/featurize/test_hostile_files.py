@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import featurize.store
+from common.names import printable
 from featurize import load_features
-from featurize.files import printable
 from featurize.integrity import DamagedStore, damage_mark
 from tests.conftest import write_image, write_tinted
 from tests.test_cli import assert_one_line_error, cli_process, run

@@ -4,9 +4,9 @@ import tracemalloc
 import numpy as np
 
 import featurize.placement
+from featurize.integrity import take_rows
 from featurize.journal import Journal
 from featurize.placement import IN_JOURNAL, IN_STORE, NOWHERE, SKIPPED, PathIndex, Placement
-from featurize.integrity import take_rows
 from featurize.store import VectorReader, load_features, place_store_rows, store_matches, write_store
 from tests.conftest import generated_store
 

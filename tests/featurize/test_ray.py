@@ -72,9 +72,9 @@ def test_an_actor_that_cannot_start_is_a_clear_error_and_keeps_nothing_half_done
 @pytest.mark.parametrize("clf, search", [("logreg", "grid"), ("knn", "coordinate")])
 def test_fit_on_ray_finds_what_a_local_fit_finds(local_cluster, tinted_store, tmp_path, monkeypatch, clf, search):
     """`fit --ray`: the cross-validation fits run as Ray tasks (Ray's joblib backend), same scores."""
-    from experiments.fit import fit_model
-
     from ray.util.joblib.ray_backend import RayBackend
+
+    from experiments.fit import fit_model
 
     local = fit_model(features=tinted_store, out=tmp_path / "local", clf=clf, search=search, jobs=1, log=lambda _: None)
     configured = []

@@ -79,7 +79,7 @@ def test_a_model_on_flip_features_flips_too_when_predicting_and_exported(picture
 
 
 def test_an_unknown_tta_is_refused(pictures, tmp_path):
-    from featurize.errors import CnnfeatError
+    from common.errors import CnnfeatError
 
     with pytest.raises(CnnfeatError, match="--tta 'rotate'"):
         extract(data=pictures[0], backbone="resnet18", weights="random", out=tmp_path, tta="rotate")

@@ -1,4 +1,8 @@
-"""Errors a user can cause. The CLI turns each into one line and a non-zero exit."""
+"""Errors a user (or the machine) can cause, and how a library's error becomes one line for them.
+The CLI turns each CnnfeatError into one line and a non-zero exit."""
+from __future__ import annotations
+
+import errno
 
 
 class CnnfeatError(Exception):
@@ -15,6 +19,23 @@ class BackboneError(CnnfeatError):
 
 class StoreError(CnnfeatError):
     """A feature file that is missing, incomplete, foreign or locked."""
+
+
+class OutputError(CnnfeatError):
+    """An output that cannot be written where it was asked for."""
+
+
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+                errno.EISDIR, errno.ENAMETOOLONG, errno.ENOENT, errno.EIO, errno.EEXIST}  # how a write is refused
+
+
+def describe_os_error(error: OSError) -> str:
+    """The cause of a failed write in a few words, with the way out where there is an obvious one."""
+    hints = {errno.ENOSPC: " (the disk is full: free some space)", errno.EDQUOT: " (over the disk quota)",
+             errno.EFBIG: " (over the file-size limit: see `ulimit -f`)",
+             errno.EROFS: " (a read-only file system)", errno.EACCES: " (no permission to write there)"}
+    cause = error.strerror or str(error) or type(error).__name__
+    return cause + hints.get(error.errno, "")
 
 
 _MACHINE_SAYS_NO = {27: "File too large (over the file-size limit: see `ulimit -f`)",
