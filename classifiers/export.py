@@ -22,8 +22,8 @@ from common.errors import CnnfeatError, error_line
 from common.files import atomic_write, ensure_writable
 from common.names import printable
 
+from .bundle import load_model, model_record
 from .ensemble import is_ensemble
-from .model import load_model, model_record
 
 ML_OPSET = 3  # ai.onnx.ml, for the tree, SVM, scaler and kNN operators
 HEAD_INPUT, OUTPUTS = "features", ("label", "probabilities")
