@@ -92,7 +92,7 @@ def test_auto_search_picks_each_heads_method_by_size():
     assert SearchSettings(budget=5).method_for(rf, 2021) == "grid"  # a budget stops a grid between candidates
     with pytest.raises(CnnfeatError, match="does not combine with --search halving"):
         SearchSettings(budget=5, search="halving").check()
-    assert "jobs" not in auto.numbers() and "budget" in auto.numbers()  # what the reuse key is made of
+    assert "jobs" not in auto.result_settings() and "budget" in auto.result_settings()  # what the reuse key is made of
 
 
 def test_a_budget_stops_the_search_at_its_best_candidate_so_far():

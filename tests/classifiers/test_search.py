@@ -5,7 +5,8 @@ import tqdm
 from sklearn.datasets import load_digits
 
 from classifiers import get_head
-from classifiers.search import edge_notes, search_head
+from classifiers.edges import edge_notes
+from classifiers.search import search_head
 
 
 @pytest.mark.parametrize("rows,candidates,rounds", [(600, 9, [9, 3, 1]), (240, 9, [9, 3])])
@@ -60,7 +61,7 @@ def test_an_edge_note_only_where_a_wider_grid_can_go_past_the_edge():
 def test_a_grid_override_goes_to_the_sub_grids_that_have_its_key():
     """--grid '{"gamma": [...]}' was added to the SVM's linear sub-grid too: 39 candidates instead of 23,
     16 of them fits of a parameter the linear kernel ignores."""
-    from classifiers.heads import resolve_grid
+    from classifiers import resolve_grid
 
     linear, rbf = resolve_grid(get_head("svm"), {"gamma": [1e-6, 1e-5, 1e-4]})
     assert "clf__gamma" not in linear and rbf["clf__gamma"] == [1e-6, 1e-5, 1e-4]
