@@ -168,6 +168,8 @@ class MiniBatchLogisticRegression(TorchLinearClassifier):
     _parameter_constraints = {**_SHARED_CONSTRAINTS, "C": [Interval(Real, 0, None, closed="neither")]}
 
     def __init__(self, C=1.0, lr=1e-2, epochs="auto", batch_size=256, seed=0, device="auto"):
+        # scikit-learn reads the parameters from this signature, each stored under its own name: the
+        # ones shared with TorchLinearClassifier are written again, not passed up
         self.C = C
         self.lr = lr
         self.epochs = epochs
