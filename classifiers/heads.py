@@ -1,7 +1,7 @@
 """Head registry: name -> a scikit-learn Pipeline (scaling + estimator) and its default grid, as data.
 
 Every pipeline names its steps `scale` and `clf`, so a grid key may be written short (`C`) or in
-full (`clf__C`). A head whose estimator gives no probabilities (`calibrate`) gets them at the
+full (`clf__C`; --grid is resolved in classifiers.grids). A head whose estimator gives no probabilities (`calibrate`) gets them at the
 refit on all training rows, through CalibratedClassifierCV: its extra fits are paid once, not for
 every candidate of the search.
 """
