@@ -6,7 +6,7 @@ metadata says, to `label` (int64, an index into the `class_names` metadata) and 
 the fitted head converted by skl2onnx. Two of our heads have no skl2onnx converter and are handed
 to it as the scikit-learn estimator that computes the same function: `PrecomputedKernelSVC` as an
 `SVC` holding its support vectors, the torch `linear` head as a `LogisticRegression` with its
-weights.
+weights; the knn head with distance weights is written out by classifiers.knn_onnx.
 """
 from __future__ import annotations
 
@@ -22,11 +22,12 @@ from common.errors import CnnfeatError, error_line
 from common.files import atomic_write, ensure_writable
 from common.names import printable
 
+from .bundle import load_model, model_record
 from .ensemble import is_ensemble
-from .model import load_model, model_record
+from .heads import final_step
+from .knn_onnx import HEAD_INPUT, OUTPUTS, is_weighted_knn, weighted_knn_graph
 
 ML_OPSET = 3  # ai.onnx.ml, for the tree, SVM, scaler and kNN operators
-HEAD_INPUT, OUTPUTS = "features", ("label", "probabilities")
 
 
 def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike) -> Path:
@@ -73,7 +74,7 @@ def head_graph(pipeline, n_features: int, opset: int):
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import FloatTensorType
 
-    if _is_weighted_knn(pipeline):
+    if is_weighted_knn(pipeline):  # skl2onnx would convert it wrongly
         return weighted_knn_graph(pipeline, opset)
     convertible = onnx_equivalent(pipeline)
     try:
@@ -82,9 +83,8 @@ def head_graph(pipeline, n_features: int, opset: int):
             graph = to_onnx(convertible, initial_types=[(HEAD_INPUT, FloatTensorType([None, n_features]))],
                             options={"zipmap": False}, target_opset={"": opset, "ai.onnx.ml": ML_OPSET})
     except Exception as error:  # skl2onnx raises several kinds for an estimator it does not know
-        final = pipeline.steps[-1][1] if hasattr(pipeline, "steps") else pipeline
         raise CnnfeatError(f"cannot export this head to ONNX: skl2onnx does not convert "
-                           f"{type(final).__name__} ({type(error).__name__}: {error_line(error)})") from None
+                           f"{type(final_step(pipeline)).__name__} ({type(error).__name__}: {error_line(error)})") from None
     names = [output.name for output in graph.graph.output]
     if names != list(OUTPUTS):
         raise CnnfeatError(f"cannot export this head to ONNX: skl2onnx gave outputs {names}, not {list(OUTPUTS)}")
@@ -146,83 +146,3 @@ def _align_opsets(*models) -> None:
     for model in models:
         for entry in model.opset_import:
             entry.version = versions[entry.domain]
-
-
-# -- the distance-weighted kNN, written out -----------------------------------------------------
-# skl2onnx 1.20 converts KNeighborsClassifier(weights="distance") with uniform votes (measured:
-# probabilities off by up to 0.13 on held-out digits), so our knn head gets its own graph.
-
-def _is_weighted_knn(pipeline) -> bool:
-    from sklearn.neighbors import KNeighborsClassifier
-    final = pipeline.steps[-1][1] if hasattr(pipeline, "steps") else pipeline
-    return isinstance(final, KNeighborsClassifier) and final.weights == "distance"
-
-
-def weighted_knn_graph(pipeline, opset: int):
-    """Our knn head (L2 Normalizer, then kNN with distance weights, euclidean or cosine) as ONNX
-    operators, computing what scikit-learn computes: votes weighted 1/distance, or only the
-    neighbours at distance 0 when there are any."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    steps = [step for _, step in pipeline.steps if step not in (None, "passthrough")]
-    knn, scalers = steps[-1], steps[:-1]
-    metric = knn.effective_metric_
-    if metric not in ("euclidean", "cosine") or any(_norm_of(s) != "l2" for s in scalers) or len(scalers) > 1:
-        raise CnnfeatError(f"cannot export this head to ONNX: a distance-weighted kNN with metric {metric} "
-                           f"after {[type(s).__name__ for s in scalers]} (supported: an L2 Normalizer, then "
-                           f"euclidean or cosine)")
-    fitted = knn._fit_X.astype(np.float32)
-    constants = {"fit_t": fitted.T, "fit_sq": (fitted ** 2).sum(1)[None, :],
-                 "fit_norm": np.linalg.norm(fitted, axis=1)[None, :].astype(np.float32),
-                 "fit_labels": knn._y.astype(np.int64), "k": np.asarray([knn.n_neighbors], np.int64),
-                 "one_axis": np.asarray([1], np.int64), "last_axis": np.asarray([-1], np.int64),
-                 "zero": np.asarray(0, np.float32), "two": np.asarray(2, np.float32),
-                 "one": np.asarray(1, np.float32), "tiny": np.asarray(1e-30, np.float32),
-                 "depth": np.asarray(len(knn.classes_), np.int64), "off_on": np.asarray([0, 1], np.float32)}
-    node = helper.make_node
-    nodes = []
-    x = HEAD_INPUT
-    if scalers:  # x / ||x||, a zero row left as it is (as Normalizer does)
-        nodes += [node("Mul", [x, x], ["x_sq"]), node("ReduceSum", ["x_sq", "one_axis"], ["x_sq_sum"], keepdims=1),
-                  node("Sqrt", ["x_sq_sum"], ["x_norm"]), node("Max", ["x_norm", "tiny"], ["x_norm_safe"]),
-                  node("Div", [x, "x_norm_safe"], ["x_unit"])]
-        x = "x_unit"
-    nodes += [node("MatMul", [x, "fit_t"], ["products"]), node("Mul", [x, x], ["q_sq"]),
-              node("ReduceSum", ["q_sq", "one_axis"], ["q_sq_sum"], keepdims=1)]
-    if metric == "euclidean":
-        nodes += [node("Mul", ["products", "two"], ["products2"]), node("Add", ["q_sq_sum", "fit_sq"], ["sq_sum"]),
-                  node("Sub", ["sq_sum", "products2"], ["d_sq"]), node("Max", ["d_sq", "zero"], ["d_sq_pos"]),
-                  node("Sqrt", ["d_sq_pos"], ["distances"])]
-    else:
-        nodes += [node("Sqrt", ["q_sq_sum"], ["q_norm"]), node("Mul", ["q_norm", "fit_norm"], ["norms"]),
-                  node("Max", ["norms", "tiny"], ["norms_safe"]), node("Div", ["products", "norms_safe"], ["cosines"]),
-                  node("Sub", ["one", "cosines"], ["distances"])]
-    nodes += [
-        node("Neg", ["distances"], ["negated"]),
-        node("TopK", ["negated", "k"], ["top_negated", "top_index"], axis=-1, largest=1, sorted=1),
-        node("Neg", ["top_negated"], ["top_distances"]),
-        node("Gather", ["fit_labels", "top_index"], ["top_labels"]),
-        # weights 1/d; rows with a neighbour at distance 0 vote with those neighbours only
-        node("Equal", ["top_distances", "zero"], ["at_zero"]), node("Cast", ["at_zero"], ["at_zero_f"], to=TensorProto.FLOAT),
-        node("ReduceMax", ["at_zero_f"], ["row_has_zero_f"], axes=[1], keepdims=1),
-        node("Cast", ["row_has_zero_f"], ["row_has_zero"], to=TensorProto.BOOL),
-        node("Max", ["top_distances", "tiny"], ["top_safe"]), node("Reciprocal", ["top_safe"], ["inverse"]),
-        node("Where", ["row_has_zero", "at_zero_f", "inverse"], ["weights"]),
-        node("OneHot", ["top_labels", "depth", "off_on"], ["votes"], axis=-1),
-        node("Unsqueeze", ["weights", "last_axis"], ["weights_3d"]), node("Mul", ["votes", "weights_3d"], ["weighted"]),
-        node("ReduceSum", ["weighted", "one_axis"], ["totals"], keepdims=0),
-        node("ReduceSum", ["totals", "one_axis"], ["total"], keepdims=1),
-        node("Div", ["totals", "total"], [OUTPUTS[1]]),
-        node("ArgMax", [OUTPUTS[1]], [OUTPUTS[0]], axis=1, keepdims=0),
-    ]
-    graph = helper.make_graph(
-        nodes, "weighted_knn", [helper.make_tensor_value_info(HEAD_INPUT, TensorProto.FLOAT, [None, fitted.shape[1]])],
-        [helper.make_tensor_value_info(OUTPUTS[0], TensorProto.INT64, [None]),
-         helper.make_tensor_value_info(OUTPUTS[1], TensorProto.FLOAT, [None, len(knn.classes_)])],
-        initializer=[numpy_helper.from_array(np.asarray(v), name) for name, v in constants.items()])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-
-
-def _norm_of(step) -> str | None:
-    from sklearn.preprocessing import Normalizer
-    return step.norm if isinstance(step, Normalizer) else None

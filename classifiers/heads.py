@@ -1,21 +1,20 @@
 """Head registry: name -> a scikit-learn Pipeline (scaling + estimator) and its default grid, as data.
 
 Every pipeline names its steps `scale` and `clf`, so a grid key may be written short (`C`) or in
-full (`clf__C`). A head whose estimator gives no probabilities (`calibrate`) gets them at the
+full (`clf__C`; --grid is resolved in classifiers.grids). A head whose estimator gives no probabilities (`calibrate`) gets them at the
 refit on all training rows, through CalibratedClassifierCV: its extra fits are paid once, not for
 every candidate of the search.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, NamedTuple
 
 import numpy as np
 
-from common.errors import CnnfeatError, error_line
+from common.errors import CnnfeatError
 
 C_DECADES = [float(c) for c in np.logspace(-4, 3, 8)]  # 1e-4 ... 1e3
 
@@ -207,90 +206,7 @@ def fused_head(head: Head, widths: list[int]) -> Head:
     return dataclasses.replace(head, build=fused(head.build), at_scale=head.at_scale and fused(head.at_scale))
 
 
-GRID_SHAPE = "a JSON object of parameter -> list of values, or a list of such objects"
-
-
-def resolve_grid(head: Head, override=None) -> list[dict]:
-    """The head's default grid with `override` applied, in full `clf__` names, validated.
-
-    `override` is a dict (its keys replace those values in every sub-grid that has them; a key no
-    sub-grid has is added to all: the SVM's gamma goes to its RBF sub-grid only) or a list of dicts
-    (replaces the grid). Unknown parameters, empty lists of values and
-    values the estimator refuses are a clear error here, before any fit."""
-    pipeline = head.build(0)
-    valid = sorted(k for k in pipeline.get_params() if k.startswith(("clf__", "scale__")))
-    short = {k.split("__", 1)[1]: k for k in valid if k.startswith("clf__")}
-
-    def full(key):
-        name = key if "__" in key else short.get(key, key)
-        if name not in valid:
-            shown = ", ".join(sorted(short))
-            raise CnnfeatError(f"--grid: {head.name} has no parameter {key!r}; valid: {shown}")
-        return name
-
-    def normalise(grid):
-        if not isinstance(grid, dict):
-            raise CnnfeatError(f"--grid: expected {GRID_SHAPE}; got {json.dumps(grid, default=repr)}")
-        for key, values in grid.items():
-            if values == []:
-                raise CnnfeatError(f"--grid: {key} has an empty list of values; give it at least one")
-        return {full(k): [_tuple_sizes(v) for v in (values if isinstance(values, list) else [values])]
-                for k, values in grid.items()}
-
-    if (override is not None and not isinstance(override, (dict, list))) or override == []:
-        raise CnnfeatError(f"--grid: expected {GRID_SHAPE}; got {json.dumps(override, default=repr)}")
-    if isinstance(override, list):
-        grids = [normalise(g) for g in override]
-    else:
-        grids = [normalise(g) for g in head.grid]
-        if override:
-            given = normalise(override)
-            merged = [{**g, **{k: v for k, v in given.items() if k in g or not any(k in h for h in grids)}}
-                      for g in grids]
-            grids = list({repr(sorted(g.items())): g for g in merged}.values())  # drop sub-grids made equal
-            defaults = pipeline.get_params()
-            grids = [g for g in grids if not any(_covered(g, other, defaults) for other in grids)]
-    _check_values(head, pipeline, grids)
-    return grids
-
-
-def _covered(grid: dict, other: dict, defaults: dict) -> bool:
-    """Whether every candidate of `grid` is one of `other`'s: its keys are some of other's, with the
-    same values, and other's further keys list the value `grid` leaves at its default."""
-    return set(grid) < set(other) and all(grid[k] == other[k] for k in grid) and \
-        all(defaults.get(k) in other[k] for k in set(other) - set(grid))
-
-
-def _check_values(head: Head, pipeline, grids: list[dict]) -> None:
-    """Every value of `grids` as its estimator would take it: a refused one would otherwise fail its
-    fits midway through the search (a traceback), or be skipped with a warning among good ones."""
-    for grid in grids:
-        for key, values in grid.items():
-            for value in values:
-                why = refusal(head, pipeline, key, value)
-                if why:
-                    name = key.split("__", 1)[1] if key.startswith("clf__") else key
-                    raise CnnfeatError(f"--grid: {head.name} cannot take {name}={json.dumps(value, default=repr)}: "
-                                       f"{why}")
-
-
-def refusal(head: Head, pipeline, key: str, value) -> str | None:
-    """Why the step of `pipeline` that owns parameter `key` (clf__C) refuses `value`, by scikit-learn's
-    own parameter validation (what its fit would raise); None where it takes it."""
-    from sklearn.utils._param_validation import (
-        InvalidParameterError,
-        validate_parameter_constraints,
-    )
-
-    owner_key, name = key.rsplit("__", 1)
-    owner = pipeline.get_params()[owner_key]
-    rules = getattr(owner, "_parameter_constraints", None)
-    try:
-        validate_parameter_constraints(rules or {}, {name: value}, caller_name=type(owner).__name__)
-    except InvalidParameterError as error:
-        return error_line(error)
-    return None
-
-
-def _tuple_sizes(value):
-    return tuple(value) if isinstance(value, list) else value  # JSON lists -> hidden_layer_sizes tuples
+def final_step(estimator):
+    """The estimator at the end of a fitted head's pipeline (its `clf`, calibrated or not); the
+    estimator itself where it is not a pipeline (an ensemble)."""
+    return estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator

@@ -54,10 +54,12 @@ class PrecomputedKernelSVC(ClassifierMixin, BaseEstimator):
         return self
 
     def decision_function(self, X):
-        return self.svc_.decision_function(self._kernel_to_fit(X))
+        kernel = self._kernel_to_fit(X)  # checks first that it is fitted
+        return self.svc_.decision_function(kernel)
 
     def predict(self, X):
-        return self.svc_.predict(self._kernel_to_fit(X))
+        kernel = self._kernel_to_fit(X)
+        return self.svc_.predict(kernel)
 
     def as_svc(self) -> SVC:
         """The fitted scikit-learn SVC with this kernel that computes the same decisions: libsvm's

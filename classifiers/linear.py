@@ -12,7 +12,8 @@ from numbers import Integral, Real
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, check_X_y, validate_data
 
 _SHARED_CONSTRAINTS = {
     "lr": [Interval(Real, 0, None, closed="neither")],
@@ -50,9 +51,9 @@ class TorchLinearClassifier(ClassifierMixin, BaseEstimator):
     }
 
     def fit(self, X, y):
+        X, y = validate_data(self, X, y, dtype=np.float32)  # n_features_in_ (and feature names) recorded
         fitted = self.fit_path(X, y, [getattr(self, self.path_param)])[0]
-        self.classes_, self.n_features_in_ = fitted.classes_, fitted.n_features_in_
-        self.coef_, self.intercept_ = fitted.coef_, fitted.intercept_
+        self.classes_, self.coef_, self.intercept_ = fitted.classes_, fitted.coef_, fitted.intercept_
         return self
 
     def fit_path(self, X, y, values, report=None) -> list["TorchLinearClassifier"]:
@@ -63,13 +64,15 @@ class TorchLinearClassifier(ClassifierMixin, BaseEstimator):
         several narrow ones. `report(done_fraction)` is called after every epoch (a progress bar)."""
         import torch
 
+        from featurize import resolve_device  # "auto": CUDA where there is one, else the CPU
+
         self._validate_params()
         for value in values:
-            self.__class__(**{**self.get_params(), self.path_param: value})._validate_params()
-        X = np.asarray(X, dtype=np.float32)
+            self._with(value)._validate_params()
+        X, y = check_X_y(X, y, dtype=np.float32)
+        check_classification_targets(y)
         classes, y_index = np.unique(y, return_inverse=True)
-        device = "cuda" if self.device == "auto" and torch.cuda.is_available() else \
-            ("cpu" if self.device == "auto" else self.device)
+        device = resolve_device(self.device)
         layers = [self._seeded_layer(X.shape[1], len(classes), device) for _ in values]
         optimizer = self._optimizer([group for layer, value in zip(layers, values)
                                      for group in self._groups(layer, value, len(X))])
@@ -77,12 +80,16 @@ class TorchLinearClassifier(ClassifierMixin, BaseEstimator):
                     torch.from_numpy(y_index.astype(np.int64)).to(device), report)
         fitted = []
         for layer, value in zip(layers, values):
-            model = self.__class__(**{**self.get_params(), self.path_param: value})
+            model = self._with(value)
             model.classes_, model.n_features_in_ = classes, X.shape[1]
             model.coef_ = layer.weight.detach().cpu().numpy()
             model.intercept_ = layer.bias.detach().cpu().numpy()
             fitted.append(model)
         return fitted
+
+    def _with(self, value) -> "TorchLinearClassifier":
+        """An unfitted copy with `value` as its `path_param`."""
+        return self.__class__(**{**self.get_params(), self.path_param: value})
 
     def _seeded_layer(self, features, classes, device):
         import torch
@@ -127,18 +134,26 @@ class TorchLinearClassifier(ClassifierMixin, BaseEstimator):
             if report is not None:
                 report((epoch + 1) / epochs)
 
-    def decision_function(self, X):
+    def _logits(self, X) -> np.ndarray:
         check_is_fitted(self, "coef_")
-        return np.asarray(X, dtype=np.float32) @ self.coef_.T + self.intercept_
+        X = validate_data(self, X, dtype=np.float32, reset=False)
+        return X @ self.coef_.T + self.intercept_
+
+    def decision_function(self, X):
+        """Class scores x W^T + b, (n, classes); with two classes scikit-learn's form, one score a row
+        (classes_[1]'s over classes_[0]'s, the log-odds of predict_proba's second column)."""
+        logits = self._logits(X)
+        return logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits
 
     def predict_proba(self, X):
-        logits = self.decision_function(X)
+        logits = self._logits(X)
         logits -= logits.max(axis=1, keepdims=True)
         exp = np.exp(logits)
         return exp / exp.sum(axis=1, keepdims=True)
 
     def predict(self, X):
-        return self.classes_[self.decision_function(X).argmax(axis=1)]
+        index = self._logits(X).argmax(axis=1)
+        return self.classes_[index]
 
 
 class MiniBatchLogisticRegression(TorchLinearClassifier):
@@ -153,6 +168,8 @@ class MiniBatchLogisticRegression(TorchLinearClassifier):
     _parameter_constraints = {**_SHARED_CONSTRAINTS, "C": [Interval(Real, 0, None, closed="neither")]}
 
     def __init__(self, C=1.0, lr=1e-2, epochs="auto", batch_size=256, seed=0, device="auto"):
+        # scikit-learn reads the parameters from this signature, each stored under its own name: the
+        # ones shared with TorchLinearClassifier are written again, not passed up
         self.C = C
         self.lr = lr
         self.epochs = epochs

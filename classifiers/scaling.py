@@ -1,6 +1,7 @@
 """Standardisation that fits on a million rows without copying them three times."""
 from __future__ import annotations
 
+from scipy.sparse import issparse
 from sklearn.preprocessing import StandardScaler
 
 FIT_BYTES = 64 << 20  # rows per partial fit: about this many bytes of them
@@ -15,7 +16,9 @@ class ChunkedStandardScaler(StandardScaler):
     rounding (Chan's merge of partial means and variances)."""
 
     def fit(self, X, y=None, sample_weight=None):
-        if sample_weight is not None or not hasattr(X, "shape") or len(X.shape) != 2 or not X.shape[0]:
+        # What is not a dense 2-D array of rows (sparse matrices, lists, weighted rows) is StandardScaler's
+        # to fit, or to refuse, as it is
+        if sample_weight is not None or issparse(X) or not hasattr(X, "shape") or len(X.shape) != 2 or not X.shape[0]:
             return super().fit(X, y, sample_weight)
         rows = max(1, FIT_BYTES // max(1, X.shape[1] * X.dtype.itemsize))
         self._reset()

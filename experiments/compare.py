@@ -87,7 +87,7 @@ def cache_key(data, split, head: str, settings: SearchSettings) -> str:
     stats = [Path(f).stat() for f in data.files]
     spec = get_head(head)
     record = {"fingerprint": data.fingerprint, "file": [[stat.st_size, stat.st_mtime_ns] for stat in stats], "head": head,
-              "grid": repr(resolve_grid(spec)), **settings.numbers(), "method": settings.method_for(spec, len(split.train)),
+              "grid": repr(resolve_grid(spec)), **settings.result_settings(), "method": settings.method_for(spec, len(split.train)),
               "pipeline": {k: repr(v) for k, v in spec.build(settings.seed).get_params(deep=True).items()},
               "calibrate": spec.calibrate, "validation": spec.validation, "split": split.describe(),
               "class_names": data.class_names, "versions": library_versions(MODEL_PACKAGES)}
@@ -145,7 +145,7 @@ def _compare_into(report_dir, stores, paths, out, heads, clf, finetune, refit, f
               for note in row.info.get("notes", [])]
     _score_rows(rows, settings.scoring, seed)
     markdown = write_report(report_dir, rows, failures, notes, meta={
-        "dataset": stores[0].dataset, "feature_files": [str(p) for p in paths], **settings.numbers()},
+        "dataset": stores[0].dataset, "feature_files": [str(p) for p in paths], **settings.result_settings()},
         embedding=_embedding(rows, splits))
     return CompareOutcome(report_dir, markdown, rows, failures, notes)
 
@@ -257,7 +257,7 @@ def _ensemble_rows(data, label, split, heldout, members: list[Row], run: HeadRun
     rows = []
     for kind in run.ensembles:
         record = {"ensemble": kind, "members": sorted(row.info["cache_key"] for row in members),
-                  **run.settings.numbers()}
+                  **run.settings.result_settings()}
         key = json_key(record)
         try:
             rows.append(_saved_or_fitted(data, label, split, kind, heldout, run, key,

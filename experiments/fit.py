@@ -75,7 +75,9 @@ def fit_and_score(data, split, clf, grid=None, settings: SearchSettings = Search
                          parse_grid(grid) if isinstance(grid, str) else grid, settings, log=log,
                          label_names=model.classes_)
     started = time.perf_counter()
-    model.set_params(pipeline=result.pipeline).fit(X_train, y_train, fitted=result.fitted)
+    model.set_params(pipeline=result.pipeline)
+    model = model.fit(X_train, y_train) if result.fitted is None else \
+        FeatureClassifier.from_fitted(result.fitted, X_train, y_train, **model.get_params(deep=False))
     fit_seconds = time.perf_counter() - started
 
     scored = evaluate(model, data, split)

@@ -12,10 +12,9 @@ import pytest
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.datasets import load_digits
 
-from classifiers import FeatureClassifier
+from classifiers import FeatureClassifier, save_model
 from classifiers.export import export_onnx, head_graph
 from classifiers.heads import HEADS
-from classifiers.model import save_model
 from featurize import CnnfeatError, load_features
 from tests.test_cli import assert_one_line_error, run
 

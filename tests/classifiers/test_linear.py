@@ -92,7 +92,38 @@ def test_minibatch_logistic_regression_path_of_C_and_estimator_rules():
 
 
 def test_auto_epochs_keep_small_sets_as_they_were_and_bound_large_ones():
-    assert auto_epochs(245) == auto_epochs(20_000) == 100
-    assert auto_epochs(100_000) == 20 and auto_epochs(1_000_000) == 5
-    rows = [1_000, 20_000, 50_000, 200_000, 1_000_000, 10_000_000]
-    assert all(auto_epochs(n) * n <= max(100 * n, 5 * n, 2_000_000 + n) for n in rows)
+    """As documented: 100 epochs up to 20,000 rows; past them as many as make about 2,000,000
+    samples (rounded up); never fewer than 5 (from 400,000 rows on)."""
+    expected = {1: 100, 245: 100, 20_000: 100, 20_001: 100, 25_000: 80, 30_000: 67, 50_000: 40, 100_000: 20,
+                200_000: 10, 300_000: 7, 399_999: 6, 400_000: 5, 1_000_000: 5, 10_000_000: 5}
+    assert {rows: auto_epochs(rows) for rows in expected} == expected
+
+
+def test_auto_device_is_cuda_where_there_is_one_else_the_cpu(monkeypatch):
+    """device="auto" goes through featurize's device policy: CUDA when torch sees it, else the CPU."""
+    import torch
+
+    X, y, _, _ = _digits()
+    placed = []
+    seeded_layer = TorchLinearClassifier._seeded_layer
+
+    def recorded(self, features, classes, device):
+        placed.append(device)
+        return seeded_layer(self, features, classes, device)
+
+    monkeypatch.setattr(TorchLinearClassifier, "_seeded_layer", recorded)
+    TorchLinearClassifier(epochs=1).fit(X[:100], y[:100])
+    MiniBatchLogisticRegression(epochs=1, device="cpu").fit(X[:100], y[:100])
+    assert placed == ["cuda" if torch.cuda.is_available() else "cpu", "cpu"]
+
+
+def test_importing_the_heads_imports_no_torch():
+    """torch loads when a linear head is fitted, not before (`cnnfeat --help` stays instant)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = "import sys, classifiers, classifiers.linear; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

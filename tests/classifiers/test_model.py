@@ -43,6 +43,48 @@ def test_predicts_class_names_and_probabilities(tinted_store):
     proba = model.predict_proba(features)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
     assert model.score(features.X[val], np.asarray(features.class_names, dtype=object)[features.y[val]]) >= 0.9
+    # The columns are the classes of `classes_`, in that order: the same numbers as a logistic
+    # regression fitted here on the class names (its own columns put in that order), and the
+    # largest is the predicted class.
+    names = np.asarray(features.class_names, dtype=object)
+    train = features.splits == "train"
+    reference = LogisticRegression(max_iter=1000).fit(features.X[train], names[features.y[train]].astype(str))
+    columns = [list(reference.classes_).index(name) for name in model.classes_]
+    np.testing.assert_allclose(proba, reference.predict_proba(features.X)[:, columns], atol=1e-6)
+    assert list(model.classes_[proba.argmax(axis=1)]) == list(model.predict(features.X))
+    assert proba[:, 1].max() > 0.9 and proba[:, 1].min() < 0.1  # the columns do differ: swapped ones would fail
+
+
+def test_probability_columns_follow_class_names_not_the_alphabet(tinted_store):
+    """class_names set the order of classes_ and so of predict_proba's columns; labels may be names."""
+    features = load_features(tinted_store)
+    names = np.asarray(features.class_names, dtype=object)
+    assert list(names) == ["blue", "red"]
+    train = features.splits == "train"
+    model = FeatureClassifier(LogisticRegression(max_iter=1000), class_names=["red", "blue"]).fit(
+        features.X[train], names[features.y[train]])
+    assert list(model.classes_) == ["red", "blue"]
+    proba = model.predict_proba(features.X)
+    reddish = features.y == 1
+    assert (proba[reddish, 0] > 0.5).mean() >= 0.9 and (proba[~reddish, 1] > 0.5).mean() >= 0.9
+    assert list(model.classes_[proba.argmax(axis=1)]) == list(model.predict(features.X))
+
+
+def test_from_fitted_takes_the_fitted_head_as_it_is(tinted_store):
+    """The alternative to fit for a head the caller already fitted (an out-of-bag search's forest):
+    the model fit gives, with that very head, and no second fit."""
+    features = load_features(tinted_store)
+    train = features.splits == "train"
+    params = dict(pipeline=LogisticRegression(max_iter=1000), class_names=features.class_names,
+                  feature_config=features.config, feature_fingerprint=features.fingerprint)
+    fitted = FeatureClassifier(**params).fit(features.X[train], features.y[train])
+    head = clone(params["pipeline"]).fit(features.X[train], features.y[train])
+    adopted = FeatureClassifier.from_fitted(head, features.X[train], features.y[train], **params)
+    assert adopted.pipeline_ is head and adopted.get_params() == fitted.get_params()
+    assert list(adopted.classes_) == list(fitted.classes_) and adopted.n_features_in_ == fitted.n_features_in_ == 512
+    np.testing.assert_allclose(adopted.predict_proba(features.X), fitted.predict_proba(features.X))
+    with pytest.raises(FeatureMismatch, match="got vectors of width 8; this model expects 512"):
+        FeatureClassifier.from_fitted(head, np.zeros((4, 8)), [0, 1, 0, 1], **params)
 
 
 def test_refuses_features_of_another_backbone(tinted_store):

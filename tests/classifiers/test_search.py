@@ -5,7 +5,8 @@ import tqdm
 from sklearn.datasets import load_digits
 
 from classifiers import get_head
-from classifiers.search import edge_notes, search_head
+from classifiers.edges import edge_notes
+from classifiers.search import search_head
 
 
 @pytest.mark.parametrize("rows,candidates,rounds", [(600, 9, [9, 3, 1]), (240, 9, [9, 3])])
@@ -60,8 +61,31 @@ def test_an_edge_note_only_where_a_wider_grid_can_go_past_the_edge():
 def test_a_grid_override_goes_to_the_sub_grids_that_have_its_key():
     """--grid '{"gamma": [...]}' was added to the SVM's linear sub-grid too: 39 candidates instead of 23,
     16 of them fits of a parameter the linear kernel ignores."""
-    from classifiers.heads import resolve_grid
+    from classifiers import resolve_grid
 
     linear, rbf = resolve_grid(get_head("svm"), {"gamma": [1e-6, 1e-5, 1e-4]})
     assert "clf__gamma" not in linear and rbf["clf__gamma"] == [1e-6, 1e-5, 1e-4]
     assert [grid["clf__C"] for grid in resolve_grid(get_head("svm"), {"C": [1.0]})] == [[1.0], [1.0]]
+
+
+def test_a_search_is_planned_from_the_labels_before_any_fit():
+    """plan_search decides the head's form, grid, method, folds and notes from the labels alone; a
+    kNN grid loses the n_neighbors a training fold cannot give, and says so."""
+    import dataclasses
+
+    from classifiers.search import SearchSettings, plan_search
+    from common.errors import CnnfeatError
+
+    y = np.repeat(["a", "b"], 6)  # 12 rows in 3 folds: training folds of 8 rows
+    plan = plan_search("knn", y, {"n_neighbors": [1, 5, 9, 15]}, SearchSettings(cv=3))
+    assert plan.grid[0]["clf__n_neighbors"] == [1, 5] and plan.candidates == 2 * 2 * 2
+    assert plan.notes == ("n_neighbors above 8 (the rows of a training fold) left out of the grid",)
+    assert (plan.method, plan.folds, plan.rows) == ("grid", 3, 12)
+    assert plan.describe() == "knn: grid search over 8 candidates x 3 folds on 12 rows (accuracy, all cores)"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.method = "halving"
+    with pytest.raises(CnnfeatError, match="n_neighbors 9, 15: more than the 8 rows of a training fold"):
+        plan_search("knn", y, {"n_neighbors": [9, 15]}, SearchSettings(cv=3))
+    forest = plan_search("rf", np.repeat(["a", "b"], 1000), settings=SearchSettings(jobs=1))
+    assert (forest.method, forest.folds, forest.candidates) == ("oob", 0, 6)
+    assert forest.describe().endswith("x out-of-bag scores on 2000 rows (accuracy, 1 job)")
