@@ -32,9 +32,10 @@ from classifiers.heads import HEADS, _pipeline, _standardise  # noqa: E402
 from classifiers.search import SearchSettings  # noqa: E402
 from experiments.compare import compare  # noqa: E402
 from featurize import extract, load_features  # noqa: E402
-from featurize.images import ImageList  # noqa: E402
+from featurize.discovery import ImageList  # noqa: E402
+from featurize.fingerprints import fingerprint, library_versions  # noqa: E402
 from featurize.placement import IN_MEMORY, Placement  # noqa: E402
-from featurize.store import VectorReader, fingerprint, library_versions, write_store  # noqa: E402
+from featurize.store import VectorReader, write_store  # noqa: E402
 
 HYMENOPTERA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "hymenoptera"
 OLD = SearchSettings(search="grid", jobs=1)  # what `compare` did before: full grids, one job

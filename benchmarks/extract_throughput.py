@@ -31,9 +31,10 @@ from torchvision import transforms as T
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from featurize import discover, extract, get_backbone  # noqa: E402
+from featurize.decoding import load_image  # noqa: E402
+from featurize.devices import default_batch_size, resolve_device  # noqa: E402
 from featurize.engines import ENGINES, load_embedder, resolve_engine  # noqa: E402
-from featurize.extract import default_batch_size, feature_config, resolve_device  # noqa: E402
-from featurize.images import load_image  # noqa: E402
+from featurize.fingerprints import feature_config  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "hymenoptera"
 

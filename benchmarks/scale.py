@@ -56,7 +56,7 @@ SPREAD = 8.0  # each coordinate's noise around its class centre (centres: standa
 
 
 def image_list(rows: int, folder: Path):
-    from featurize.images import ImageList
+    from featurize.discovery import ImageList
 
     images = ImageList(root=folder, name=f"scale-{rows}", layout="class-folders",
                        class_names=[f"class{c:03d}" for c in range(CLASSES)])
@@ -67,8 +67,7 @@ def image_list(rows: int, folder: Path):
 
 
 def attrs_for(images) -> dict:
-    from featurize.extract import store_attrs
-    from featurize.store import fingerprint
+    from featurize.fingerprints import fingerprint, store_attrs
 
     config = {"backbone": "generated", "weights": "generated", "feature_dim": DIM}
     return store_attrs(config, fingerprint(config), images, None)
@@ -82,13 +81,13 @@ def vectors(start: int, count: int, seed: int = 0) -> np.ndarray:
 
 
 def journal_rows(journal, images, identities, todo: np.ndarray, placement, seed: int = 0) -> None:
-    """Extract's own _store_batches, fed generated batches as the backbone would yield them."""
-    from featurize.extract import _store_batches
+    """Extract's own append_batches, fed generated batches as the backbone would yield them."""
+    from featurize.extract import append_batches
 
     batches = ((list(range(start, min(start + BATCH, len(todo)))), vectors(int(todo[start]), min(BATCH, len(todo) - start),
                                                                           seed), [])
                for start in range(0, len(todo), BATCH))
-    _store_batches(batches, images, identities, todo, journal, placement, DIM)
+    append_batches(batches, images, identities, todo, journal, placement, DIM)
 
 
 def create(store: Path, images, identities, attrs: dict) -> None:
@@ -180,20 +179,19 @@ def cli_tree_and_store(tree: Path, out: Path, rows: int) -> Path:
     """A folder of `rows` empty files (image_list's paths) and their up-to-date store, written
     through the store's API with the fingerprint the CLI computes; returns the middle file."""
     from featurize.backbones import get_backbone
-    from featurize.extract import feature_config, image_identities, store_attrs, store_path_for
-    from featurize.images import discover
+    from featurize.discovery import discover, image_identities
+    from featurize.fingerprints import FeatureSpec
 
     for c in range(CLASSES):
         (tree / f"class{c:03d}").mkdir(parents=True)
     paths = image_list(rows, tree).paths
     for path in paths:
         (tree / path).touch()
-    record = get_backbone(CLI_BACKBONE)
-    config, fp = feature_config(record, None, "float32", "onnxruntime")
+    spec = FeatureSpec(get_backbone(CLI_BACKBONE), None, "float32", "onnxruntime")
     images = discover(tree)
-    store = store_path_for(out, images.name, record.name, None, config["weights"])
+    store = spec.store_path(out, images.name)
     store.parent.mkdir(parents=True)
-    create(store, images, image_identities(images), store_attrs(config, fp, images, None))
+    create(store, images, image_identities(images), spec.store_attrs(images))
     return tree / paths[rows // 2]
 
 

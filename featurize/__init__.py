@@ -5,11 +5,13 @@ serving, the CLI) import from `featurize` itself, never from its modules, so the
 rearranged without touching them. Importing it imports no torch (`cnnfeat --help` stays instant).
 
 - extraction: `extract` (bring a feature file up to date), `feature_config`, `iter_vectors` and its
-  pieces (`ImageDataset`, `checked_batches`), the device policy (`resolve_device`, `default_workers`);
+  pieces (`ImageDataset`, `collate_readable`, `checked_batches`), the device policy (`resolve_device`,
+  `default_workers`);
 - the store: `load_features`, `Features`, `Storage`, `take_rows`, `library_versions`;
-- images: `discover`, `find_images`, `load_image`, `decode_upload`, `file_identity`;
-- backbones and engines: the registry (`BACKBONES`, `get_backbone`, `register`), `load_embedder`,
-  `export_backbone`, `cpu_session`;
+- images: finding them (`discover`, `find_images`, `file_identity`), decoding them (`load_image`,
+  `decode_upload`, `pil_to_rgb_tensor`);
+- backbones and engines: the registry (`BACKBONES`, `get_backbone`, `list_backbones`, `register`),
+  `load_embedder`, `export_backbone`, `cpu_session`;
 - fused features (`fuse_features`), Ray (`connect_ray`), the digits demo (`write_digits`).
 """
 from common.errors import BackboneError, CnnfeatError, DataError, StoreError
@@ -22,34 +24,21 @@ from .backbones import (
                         Preprocessing,
                         crop_transform,
                         get_backbone,
+                        list_backbones,
                         register,
 )
+from .batches import ImageDataset, checked_batches, collate_readable, iter_vectors
+from .decoding import UnreadableImage, decode_upload, load_image, pil_to_rgb_tensor
 from .demo_data import write_digits
+from .devices import default_workers, resolve_device
+from .discovery import ImageList, discover, file_identity, find_images
 from .distributed import connect_ray
 from .engines import ONNX_OPSET, compute_precision, cpu_session, export_backbone, load_embedder, resolve_engine
-from .extract import (
-                        ExtractResult,
-                        ImageDataset,
-                        checked_batches,
-                        default_workers,
-                        extract,
-                        feature_config,
-                        iter_vectors,
-                        resolve_device,
-)
+from .extract import ExtractResult, extract
+from .fingerprints import feature_config, library_versions
 from .fuse import FUSE_MODES, fuse_features, part_widths
-from .images import (
-                        ImageList,
-                        UnreadableImage,
-                        decode_upload,
-                        discover,
-                        file_identity,
-                        find_images,
-                        load_image,
-                        pil_to_rgb_tensor,
-)
 from .integrity import take_rows
-from .store import COMPRESSIONS, DTYPES, Features, Storage, library_versions, load_features
+from .store import COMPRESSIONS, DTYPES, Features, Storage, load_features
 
 __all__ = [
     "BackboneError", "CnnfeatError", "DataError", "StoreError",
@@ -59,5 +48,5 @@ __all__ = [
     "extract", "feature_config", "iter_vectors", "resolve_device", "FUSE_MODES", "fuse_features", "part_widths",
     "ImageList", "UnreadableImage", "decode_upload", "discover", "file_identity", "find_images", "load_image",
     "pil_to_rgb_tensor", "take_rows", "COMPRESSIONS", "DTYPES", "Features", "Storage", "library_versions",
-    "load_features",
+    "load_features", "list_backbones", "collate_readable",
 ]

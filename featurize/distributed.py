@@ -14,6 +14,9 @@ import numpy as np
 
 from common.errors import CnnfeatError
 
+from .batches import decode_or_reason, split_readable
+from .devices import default_batch_size
+
 INSTALL = "pip install -e '.[ray]'"
 
 
@@ -60,49 +63,59 @@ class EmbedShard:
         self.root = Path(root)
 
     def __call__(self, batch: dict) -> dict:
-        from .extract import decode_or_reason
-
-        dim = self.embedder.feature_dim
-        decoded = [decode_or_reason(self.root / str(p), self.transform) for p in batch["path"]]
-        good = [i for i, (tensor, _) in enumerate(decoded) if tensor is not None]
-        vectors = np.zeros((len(decoded), dim), np.float32)
+        """{position, path} rows -> {position, vector, reason} rows (a zero vector where the reason says
+        why the image was not decoded, "" where it was)."""
+        items = [(k, *decode_or_reason(self.root / str(p), self.transform)) for k, p in enumerate(batch["path"])]
+        good, _ = split_readable(items)
+        vectors = np.zeros((len(items), self.embedder.feature_dim), np.float32)
         if good:
             import torch
-            vectors[good] = self.embedder.embed(torch.stack([decoded[i][0] for i in good]))
-        return {"position": batch["position"], "vector": vectors, "reason": np.asarray([r for _, r in decoded])}
+            vectors[[k for k, _ in good]] = self.embedder.embed(torch.stack([tensor for _, tensor in good]))
+        return {"position": batch["position"], "vector": vectors, "reason": np.asarray([r for _, _, r in items])}
 
 
 def iter_vectors_ray(ray, record, weights, graph: bytes | None, options, root: Path, paths: list[str],
-                     trust_pickle: bool = False, desc: str = "images"):
-    """As featurize.extract.iter_vectors, on the cluster: yields (positions of the good images in
+                     desc: str = "images"):
+    """As featurize.batches.iter_vectors, on the cluster: yields (positions of the good images in
     `paths`, their vectors, [(position, reason)]), batch by batch as they arrive (in any order).
-    `graph`: the exported backbone for the onnxruntime engine (None: torch, built by each actor)."""
+    `graph`: the exported backbone for the onnxruntime engine (None: torch, built by each actor).
+    `options`: featurize.extract.RunOptions."""
     from tqdm import tqdm
-
-    from .extract import default_batch_size
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # ours is the one bar
     _quiet_ray_logs()  # again: ray.data sets up its loggers when first used
+    embedded = _embedded(ray, record, weights, graph, options, root, paths)
+    with tqdm(total=len(paths), unit="img", desc=desc, disable=not options.progress, smoothing=0.1) as bar:
+        try:
+            yield from _arriving(embedded, bar)
+        except ray.exceptions.RayError as error:  # an actor that could not start or kept failing
+            raise _cluster_failed(ray, error, options.ray) from None
+
+
+def _embedded(ray, record, weights, graph: bytes | None, options, root: Path, paths: list[str]):
+    """The Ray dataset of `paths`, sharded into blocks, embedded by a pool of EmbedShard actors."""
     batch_size = options.batch_size or default_batch_size(options.device)
     actors = default_actors(ray, options.device)
     gpus = 1 if options.device.startswith("cuda") else 0
     items = [{"position": i, "path": p} for i, p in enumerate(paths)]
     dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch_size, 64 * actors)))
-    embedded = dataset.map_batches(
+    return dataset.map_batches(
         EmbedShard, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus,
         num_cpus=0 if gpus else 1,
         fn_constructor_kwargs={"backbone": record.name, "weights": weights, "device": "cuda" if gpus else "cpu",
-                               "graph": graph, "root": str(root), "trust_pickle": trust_pickle, "tta": options.tta})
-    with tqdm(total=len(paths), unit="img", desc=desc, disable=not options.progress, smoothing=0.1) as bar:
-        try:
-            yield from _arriving(embedded, bar)
-        except ray.exceptions.RayError as error:  # an actor that could not start or kept failing
-            lines = str(error).splitlines() or [""]
-            cause = next((line.strip() for line in reversed(lines) if "Error: " in line), lines[0])
-            if options.ray == "local":
-                ray.shutdown()  # our own cluster: stop its retries (and their log lines) now
-            raise CnnfeatError(f"the Ray cluster failed ({type(error).__name__}: {cause}); the images done "
-                               f"so far are kept: run the same command again to resume") from None
+                               "graph": graph, "root": str(root), "trust_pickle": options.trust_pickle,
+                               "tta": options.tta})
+
+
+def _cluster_failed(ray, error: Exception, address: str) -> CnnfeatError:
+    """The one line for a cluster whose actors could not start or kept failing (our own local cluster
+    is shut down first: its retries, and their log lines, stop now)."""
+    lines = str(error).splitlines() or [""]
+    cause = next((line.strip() for line in reversed(lines) if "Error: " in line), lines[0])
+    if address == "local":
+        ray.shutdown()
+    return CnnfeatError(f"the Ray cluster failed ({type(error).__name__}: {cause}); the images done "
+                        f"so far are kept: run the same command again to resume")
 
 
 def _arriving(embedded, bar):

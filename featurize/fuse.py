@@ -15,7 +15,8 @@ import numpy as np
 
 from common.errors import StoreError
 
-from .store import Features, fingerprint
+from .fingerprints import fingerprint
+from .store import Features
 
 FUSE_MODES = ("concat", "none")  # compare --fuse
 SHOWN = 5  # missing images named in a note; the rest are counted
@@ -28,28 +29,37 @@ def fuse_features(parts: list[Features], log=print) -> tuple[Features, list[str]
     first = parts[0]
     for other in parts[1:]:
         _check_same_images(first, other)
-    where = [{path: row for row, path in enumerate(part.paths.tolist())} for part in parts]
-    common = [path for path in first.paths.tolist() if all(path in rows for rows in where[1:])]
-    if not common:
-        raise StoreError(f"{_joined(parts)}: no image is in every one of these feature files")
-    rows = [np.asarray([rows[path] for path in common]) for rows in where]
+    common, rows = _common_rows(parts)
     for part, part_rows in zip(parts[1:], rows[1:]):
         if not np.array_equal(part.y[part_rows], first.y[rows[0]]):
             raise StoreError(f"{part.path} labels some images differently from {first.path}: not the same dataset")
     notes = _missing_notes(parts, set(common))
     for note in notes:
         log(note)
-    config = {"backbone": "+".join(part.backbone for part in parts),
-              "feature_dim": sum(int(part.X.shape[1]) for part in parts),
-              "fused": [{"config": part.config, "fingerprint": part.fingerprint, "weights_source": part.weights_source}
-                        for part in parts]}
     fused = replace(
-        first, path=Path(_joined(parts)), config=config, parts=tuple(parts),
+        first, path=Path(_joined(parts)), config=_fused_config(parts), parts=tuple(parts),
         fingerprint=fingerprint({"fused": [part.fingerprint for part in parts]}),
         X=np.hstack([np.asarray(part.X[part_rows], dtype=np.float32) for part, part_rows in zip(parts, rows)]),
         y=first.y[rows[0]], paths=first.paths[rows[0]], splits=first.splits[rows[0]],
         skipped=sorted({tuple(s) for part in parts for s in part.skipped}), weights_source="")
     return fused, notes
+
+
+def _common_rows(parts: list[Features]) -> tuple[list[str], list[np.ndarray]]:
+    """The paths in every part (in the first part's order), and each part's rows of them."""
+    row_of = [{path: row for row, path in enumerate(part.paths.tolist())} for part in parts]
+    common = [path for path in parts[0].paths.tolist() if all(path in rows for rows in row_of[1:])]
+    if not common:
+        raise StoreError(f"{_joined(parts)}: no image is in every one of these feature files")
+    return common, [np.asarray([rows[path] for path in common]) for rows in row_of]
+
+
+def _fused_config(parts: list[Features]) -> dict:
+    """The fused features' config: the joined backbone name and width, and each part's config."""
+    return {"backbone": "+".join(part.backbone for part in parts),
+            "feature_dim": sum(int(part.X.shape[1]) for part in parts),
+            "fused": [{"config": part.config, "fingerprint": part.fingerprint, "weights_source": part.weights_source}
+                      for part in parts]}
 
 
 def part_widths(config: dict) -> list[int]:

@@ -35,19 +35,23 @@ class Rows:
     paths: list[str] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
     mtimes: list[int] = field(default_factory=list)
-    vectors: list = field(default_factory=list)  # each vector's byte offset in the journal, None where skipped
+    offsets: list = field(default_factory=list)  # each row's vector's byte offset in the journal, None where skipped
     reasons: list[str] = field(default_factory=list)  # "" where good
 
-    def append(self, path, identity, vector, reason=""):
+    def append(self, path, identity, offset: int | None, reason=""):
         self.paths.append(path)
         self.sizes.append(int(identity[0]))
         self.mtimes.append(int(identity[1]))
-        self.vectors.append(vector)
+        self.offsets.append(offset)
         self.reasons.append(reason)
 
-    def offsets(self) -> list[int]:
-        """Each row's vector's byte offset in the journal (0 where skipped)."""
-        return [0 if offset is None else offset for offset in self.vectors]
+    def identities(self) -> np.ndarray:
+        """(N, 2) int64: each row's file identity (size, mtime)."""
+        return np.column_stack([self.sizes, self.mtimes]).astype(np.int64).reshape(-1, 2)
+
+    def locators(self) -> list[int]:
+        """Each row's locator in a Placement (placement.IN_JOURNAL): its vector's byte offset (0 where skipped)."""
+        return [0 if offset is None else offset for offset in self.offsets]
 
 
 @dataclass
@@ -68,32 +72,44 @@ def read_journal(path: Path, dim: int) -> Salvage:
         return Salvage(rows, 0, 0, None)
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        head = f.read(len(MAGIC) + 4096)
-        header_end = head.find(b"\n", len(MAGIC)) + 1
-        if not head.startswith(MAGIC) or header_end == 0:
-            return Salvage(rows, 0, size, None)
-        try:
-            header = json.loads(head[len(MAGIC):header_end])
-        except ValueError:
+        header, header_end = _read_header(f)
+        if header is None:
             return Salvage(rows, 0, size, None)
         if header.get("dim") != dim:
             return Salvage(rows, header_end, size - header_end, None)
-        offset = header_end
-        while offset + RECORD.size <= size:
-            f.seek(offset)
-            magic, count, meta_bytes, crc = RECORD.unpack(f.read(RECORD.size))
-            body_end = offset + RECORD.size + meta_bytes + count * dim * 4
-            if magic != RECORD_MAGIC or body_end > size:
-                break
-            body = f.read(body_end - offset - RECORD.size)
-            if zlib.crc32(body) != crc:
-                break
-            meta = json.loads(body[:meta_bytes])
-            first = offset + RECORD.size + meta_bytes
+        end = header_end
+        for meta, first, end in _records(f, header_end, size, dim):
             for k, (p, (s, m), r) in enumerate(zip(meta["paths"], meta["identities"], meta["reasons"])):
                 rows.append(p, (s, m), None if r else first + k * dim * 4, r)
-            offset = body_end
-    return Salvage(rows, offset, size - offset, header.get("fingerprint"))
+    return Salvage(rows, end, size - end, header.get("fingerprint"))
+
+
+def _read_header(f) -> tuple[dict | None, int]:
+    """The journal's header (its fingerprint and dim) and where it ends; None where it is not one."""
+    head = f.read(len(MAGIC) + 4096)
+    header_end = head.find(b"\n", len(MAGIC)) + 1
+    if not head.startswith(MAGIC) or header_end == 0:
+        return None, 0
+    try:
+        return json.loads(head[len(MAGIC):header_end]), header_end
+    except ValueError:
+        return None, 0
+
+
+def _records(f, offset: int, size: int, dim: int):
+    """(the JSON of its rows, the byte offset of its first vector, where it ends) of each whole record
+    from `offset` on, up to the first one that is short or fails its checksum."""
+    while offset + RECORD.size <= size:
+        f.seek(offset)
+        magic, count, meta_bytes, crc = RECORD.unpack(f.read(RECORD.size))
+        body_end = offset + RECORD.size + meta_bytes + count * dim * 4
+        if magic != RECORD_MAGIC or body_end > size:
+            return
+        body = f.read(body_end - offset - RECORD.size)
+        if zlib.crc32(body) != crc:
+            return
+        yield json.loads(body[:meta_bytes]), offset + RECORD.size + meta_bytes, body_end
+        offset = body_end
 
 
 def read_vectors(f, offsets: list[int], dim: int) -> np.ndarray:

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-NOWHERE, IN_STORE, IN_JOURNAL, IN_MEMORY, SKIPPED = range(5)  # `where` is a store row, a journal byte
-# offset, a row of an array in memory; a skipped image has a reason instead
+# Each image's `kind`, and what its `locator` then is:
+NOWHERE = 0  # no vector yet (the locator is unused)
+IN_STORE = 1  # the vector is in the store being replaced: the locator is its row there
+IN_JOURNAL = 2  # in the journal (`<store>.partial`): the locator is the vector's byte offset in that file
+IN_MEMORY = 3  # in an array in memory (VectorReader's `memory`): the locator is its row there
+SKIPPED = 4  # no vector: the image is unreadable, and `reasons` says why (the locator is unused)
 
 
 class PathIndex:
@@ -41,20 +45,21 @@ def _hashes(paths) -> np.ndarray:
 
 
 class Placement:
-    """For each image of a list: where its vector is (`kind`, `where`), the identity (size, mtime)
-    of the file it was made from, and why it is skipped where it is."""
+    """For each image of a list: where its vector is (`kind`, and `locator`, whose meaning depends on
+    the kind: see above), the identity (size, mtime) of the file it was made from, and why it is
+    skipped where it is."""
 
     def __init__(self, paths):
         rows = len(paths)
         self.index = PathIndex(paths)
         self.kind = np.full(rows, NOWHERE, np.int8)
-        self.where = np.zeros(rows, np.int64)
+        self.locator = np.zeros(rows, np.int64)
         self.identity = np.full((rows, 2), -2, np.int64)  # -2: no file has that identity
         self.reasons: dict[int, str] = {}
 
-    def put(self, positions, identities, wheres, reasons, kind: int = IN_JOURNAL) -> int:
-        """Record rows (skipped where their reason is not ""); rows of paths not in the list are
-        ignored and counted; of two rows of one image, the later wins."""
+    def put(self, positions, identities, locators, reasons, kind: int = IN_JOURNAL) -> int:
+        """Record rows of `kind` (skipped where their reason is not ""); rows of paths not in the
+        list are ignored and counted; of two rows of one image, the later wins."""
         positions = np.asarray(positions, np.int64)
         present = np.flatnonzero(positions >= 0)
         _, last = np.unique(positions[present][::-1], return_index=True)
@@ -62,7 +67,7 @@ class Placement:
         reasons = [reasons[k] for k in keep.tolist()]
         rows = positions[keep]
         self.kind[rows] = np.where([bool(r) for r in reasons], SKIPPED, kind).astype(np.int8)
-        self.where[rows] = np.asarray(wheres, np.int64)[keep]
+        self.locator[rows] = np.asarray(locators, np.int64)[keep]
         self.identity[rows] = np.asarray(identities, np.int64).reshape(-1, 2)[keep]
         for row, reason in zip(rows.tolist(), reasons):
             if reason:
@@ -71,17 +76,17 @@ class Placement:
                 self.reasons.pop(row, None)
         return len(positions) - len(present)
 
-    def put_paths(self, paths, identities, wheres, reasons, kind: int = IN_JOURNAL) -> int:
+    def put_paths(self, paths, identities, locators, reasons, kind: int = IN_JOURNAL) -> int:
         """put() for rows named by path; how many name no image of the list."""
-        return self.put(self.index.positions(paths), identities, wheres, reasons, kind)
+        return self.put(self.index.positions(paths), identities, locators, reasons, kind)
 
     def todo(self, identities: np.ndarray) -> np.ndarray:
         """Positions with no vector, or one made from a file that has changed since."""
         return np.flatnonzero((self.kind == NOWHERE) | (self.identity != identities).any(axis=1))
 
-    def forget(self, kind: int, wheres: np.ndarray) -> int:
-        """Take back the rows of `kind` that lie at `wheres` (damaged vectors): extracted again; how many."""
-        lost = (self.kind == kind) & np.isin(self.where, wheres)
+    def forget(self, kind: int, locators: np.ndarray) -> int:
+        """Take back the rows of `kind` whose vectors lie at `locators` (damaged ones): extracted again; how many."""
+        lost = (self.kind == kind) & np.isin(self.locator, locators)
         self.kind[lost] = NOWHERE
         return int(lost.sum())
 

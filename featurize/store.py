@@ -4,7 +4,7 @@ A complete store is only ever written whole, to a temporary name, fsynced, then 
 place, with a `complete` attribute set last; rows extracted by a run that has not finished go to
 the append-only journal `<store>.partial` beside it (see journal.py), which the next run salvages.
 So a killed run never leaves a file that looks complete, and loses at most the batch it was writing.
-One writer at a time holds a POSIX lock beside the store (files.exclusive); the kernel drops it
+One writer at a time holds a POSIX lock beside the store (common.locks.exclusive); the kernel drops it
 when that writer dies. Every attribute is validated as it is read (a store that does not parse is
 refused in one line, and rebuilt by `extract`), and the vectors carry checksums (integrity.py).
 
@@ -16,14 +16,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, replace
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from common.errors import CnnfeatError, OutputError, StoreError, describe_os_error
 from common.files import atomic_write
-from common.hashing import json_key
 from common.names import check_name, printable
 
 from .integrity import CheckedRows, Checksums, attributes_checksum, block_checksum, strings_checksum, take_rows
@@ -71,26 +69,6 @@ class Storage:
                 return replace(self, compression=read_header(path, h5).storage.compression)
         except DAMAGED_OR_FOREIGN:
             return replace(self, compression="none")
-
-
-def fingerprint(config: dict) -> str:
-    """Hash of everything that changes the numbers (backbone, weights, preprocessing, pooling,
-    format version); two stores with the same fingerprint hold comparable vectors."""
-    return json_key(config)
-
-
-FEATURE_PACKAGES = ("cnnfeat", "torch", "torchvision", "numpy", "h5py", "pillow", "efficientnet-lite-pytorch")
-
-
-def library_versions(packages=FEATURE_PACKAGES) -> dict:
-    """Installed version of each package (None where it is not installed)."""
-    versions = {}
-    for package in packages:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return versions
 
 
 @dataclass
@@ -182,20 +160,12 @@ def _parse_header(path: Path, h5) -> Header:
     if len(features.shape) != 2 or features.shape[1] != config.get("feature_dim", features.shape[1]):
         raise ValueError(f"vectors of shape {features.shape} where the config says {config.get('feature_dim')}-d")
     rows = features.shape[0]
-    for group, names in ((h5, ("paths", "splits", "labels", "file_size", "file_mtime_ns")),
-                         (h5["skipped"], ("paths", "splits", "labels", "file_size", "file_mtime_ns", "reasons"))):
-        lengths = {name: group[name].shape for name in names}
-        expected = (rows,) if group is h5 else lengths["paths"]
-        if any(shape != expected for shape in lengths.values()):
-            raise ValueError(f"columns of different lengths ({lengths}) beside {rows} vectors")
+    _check_column_lengths(h5, rows)
     sealed = _json_attr(attrs, "sealed", dict, default="{}")
     if sealed and sealed.get("attributes") != attributes_checksum(attrs):
         raise ValueError("its attributes do not match their checksum")
-    checksums = _checksums_of(h5)
-    if checksums is not None and checksums.sums.shape != (-(-rows // checksums.rows),):
-        raise ValueError(f"{checksums.sums.shape} checksums of {checksums.rows} rows for {rows} rows")
-    if storage.get("dtype", "float32") not in DTYPES:
-        raise ValueError(f"vectors stored as {storage.get('dtype')!r}")
+    checksums = _checksums_of(h5, rows)
+    stored_as = _storage_of(storage)
     # The dataset and backbone names become parts of output paths (reports, fine-tune folders): a
     # shared file must not be able to write outside --out.
     check_name(config.get("backbone"), "backbone name", path)
@@ -203,18 +173,43 @@ def _parse_header(path: Path, h5) -> Header:
         fingerprint=_text(attrs["fingerprint"]), config=config, class_names=class_names,
         versions=_json_attr(attrs, "versions", dict, default="{}"), data_root=_text(attrs["data_root"]),
         dataset=check_name(_text(attrs["dataset"]), "dataset name", path),
-        storage=Storage(storage.get("dtype", "float32"), str(storage.get("compression") or "none")),
+        storage=stored_as,
         weights_source=_text(attrs.get("weights_source", "")), rows=rows, dim=features.shape[1],
         checksums=checksums, columns=sealed.get("columns", {}))
 
 
-def _checksums_of(h5) -> Checksums | None:
+def _storage_of(storage: dict) -> Storage:
+    """How the vectors are stored, from the `storage` attribute ({} in a store from before it)."""
+    if storage.get("dtype", "float32") not in DTYPES:
+        raise ValueError(f"vectors stored as {storage.get('dtype')!r}")
+    return Storage(storage.get("dtype", "float32"), str(storage.get("compression") or "none"))
+
+
+ROW_COLUMNS = ("paths", "splits", "labels", "file_size", "file_mtime_ns")  # one value per stored vector
+SKIPPED_COLUMNS = (*ROW_COLUMNS, "reasons")  # one value per skipped image, in the group `skipped`
+
+
+def _check_column_lengths(h5, rows: int) -> None:
+    """Every column as long as the vectors (`skipped/`'s as long as its paths)."""
+    for group, names in ((h5, ROW_COLUMNS), (h5["skipped"], SKIPPED_COLUMNS)):
+        lengths = {name: group[name].shape for name in names}
+        expected = (rows,) if group is h5 else lengths["paths"]
+        if any(shape != expected for shape in lengths.values()):
+            raise ValueError(f"columns of different lengths ({lengths}) beside {rows} vectors")
+
+
+def _checksums_of(h5, rows: int | None = None) -> Checksums | None:
+    """The vectors' checksums (None in a store from before them); with `rows`, checked to be one
+    per block of that many vectors."""
     if "checksums" not in h5:
         return None
-    rows = int(h5.attrs["checksum_rows"])
-    if rows < 1:
-        raise ValueError(f"checksum_rows {rows}")
-    return Checksums(h5["checksums"][:], rows)
+    block_rows = int(h5.attrs["checksum_rows"])
+    if block_rows < 1:
+        raise ValueError(f"checksum_rows {block_rows}")
+    checksums = Checksums(h5["checksums"][:], block_rows)
+    if rows is not None and checksums.sums.shape != (-(-rows // block_rows),):
+        raise ValueError(f"{checksums.sums.shape} checksums of {block_rows} rows for {rows} rows")
+    return checksums
 
 
 def _json_attr(attrs, name: str, kind: type, default: str | None = None):
@@ -363,20 +358,24 @@ class VectorReader:
             if handle is not None:
                 handle.close()
 
-    def read(self, kinds: np.ndarray, wheres: np.ndarray) -> np.ndarray:
+    def read(self, kinds: np.ndarray, locators: np.ndarray) -> np.ndarray:
+        """The vectors of rows placed as `kinds` at `locators` (a Placement's columns)."""
         out = np.empty((len(kinds), self.dim), np.float32)
-        for kind, read in ((IN_STORE, self._from_store), (IN_MEMORY, self._from_memory),
-                           (IN_JOURNAL, lambda offsets: read_vectors(self._journal, offsets, self.dim))):
+        for kind, read in ((IN_STORE, self._store_rows), (IN_MEMORY, self._memory_rows),
+                           (IN_JOURNAL, self._journal_offsets)):
             ks = np.flatnonzero(kinds == kind)
             if len(ks):
-                out[ks] = read(wheres[ks].tolist())
+                out[ks] = read(locators[ks].tolist())
         return out
 
-    def _from_store(self, rows: list[int]) -> np.ndarray:
+    def _store_rows(self, rows: list[int]) -> np.ndarray:
         return take_rows(self._rows, np.asarray(rows, np.int64))  # each block read and checked once
 
-    def _from_memory(self, rows: list[int]) -> np.ndarray:
+    def _memory_rows(self, rows: list[int]) -> np.ndarray:
         return self.memory[rows]
+
+    def _journal_offsets(self, offsets: list[int]) -> np.ndarray:
+        return read_vectors(self._journal, offsets, self.dim)
 
 
 def store_matches(path: Path, fp: str, images, identities, storage: Storage = Storage()) -> bool:
@@ -389,26 +388,38 @@ def store_matches(path: Path, fp: str, images, identities, storage: Storage = St
     try:
         with _open(path) as h5:
             header = read_header(path, h5)
-            if not _same_settings(header, fp, str(images.root)) or header.checksums is None:
-                return False
-            if header.class_names != images.class_names:
-                return False
-            if storage.resolved(path).compression != header.storage.compression:  # asked for another: rewrite
-                return False
-            skipped = dict(zip(_strings(h5["skipped/paths"]), _row_facts(h5["skipped"], 0, None)))
-            if h5["paths"].shape[0] + len(skipped) != len(images.paths):
-                return False
-            good = (i for i, p in enumerate(images.paths) if p not in skipped)
-            for start in range(0, h5["paths"].shape[0], COPY_ROWS):
-                paths = _strings(h5["paths"], start, start + COPY_ROWS)
-                for p, facts in zip(paths, _row_facts(h5, start, start + COPY_ROWS)):
-                    i = next(good)
-                    if images.paths[i] != p or facts != (images.labels[i], images.splits[i], tuple(identities[i])):
-                        return False
-            return all(skipped[p] == (label, split, tuple(identity)) for p, label, split, identity
-                       in zip(images.paths, images.labels, images.splits, identities) if p in skipped)
+            return _same_header(path, header, fp, images, storage) and _same_rows(h5, images, identities)
     except DAMAGED_OR_FOREIGN:
         return False
+
+
+def _same_header(path: Path, header: Header, fp: str, images, storage: Storage) -> bool:
+    """These settings, images and classes, checksums, and the compression asked for (another: rewrite)."""
+    return (_same_settings(header, fp, str(images.root)) and header.checksums is not None
+            and header.class_names == images.class_names
+            and storage.resolved(path).compression == header.storage.compression)
+
+
+def _same_rows(h5, images, identities) -> bool:
+    """Every image in the store, as a vector's row or a skipped one, with its label, split and identity."""
+    skipped = dict(zip(_strings(h5["skipped/paths"]), _row_facts(h5["skipped"], 0, None)))
+    if h5["paths"].shape[0] + len(skipped) != len(images.paths):
+        return False
+    return _same_good_rows(h5, images, identities, skipped) and all(
+        skipped[p] == (label, split, tuple(identity)) for p, label, split, identity
+        in zip(images.paths, images.labels, images.splits, identities) if p in skipped)
+
+
+def _same_good_rows(h5, images, identities, skipped: dict) -> bool:
+    """The store's rows of vectors are the images not skipped, in order, COPY_ROWS at a time."""
+    good = (i for i, p in enumerate(images.paths) if p not in skipped)
+    for start in range(0, h5["paths"].shape[0], COPY_ROWS):
+        paths = _strings(h5["paths"], start, start + COPY_ROWS)
+        for p, facts in zip(paths, _row_facts(h5, start, start + COPY_ROWS)):
+            i = next(good)
+            if images.paths[i] != p or facts != (images.labels[i], images.splits[i], tuple(identities[i])):
+                return False
+    return True
 
 
 def store_damage(path: Path) -> np.ndarray:
@@ -463,7 +474,7 @@ def _write_vectors(h5, vectors: VectorReader, placement: Placement, good: np.nda
     h5.attrs["checksum_rows"] = COPY_ROWS
     for start in range(0, len(good), COPY_ROWS):
         part = good[start:start + COPY_ROWS]
-        block = vectors.read(placement.kind[part], placement.where[part]).astype(storage.dtype)
+        block = vectors.read(placement.kind[part], placement.locator[part]).astype(storage.dtype)
         features[start:start + len(part)] = block
         checksums[start // COPY_ROWS] = block_checksum(block)
 

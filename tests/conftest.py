@@ -90,9 +90,10 @@ def generated_store(folder: Path, rows: int, dim: int = 8, classes: int = 7):
     what it was made from: (store, images, identities, attrs, X)."""
     import json
 
-    from featurize.images import ImageList
+    from featurize.discovery import ImageList
+    from featurize.fingerprints import fingerprint
     from featurize.placement import IN_MEMORY, Placement
-    from featurize.store import VectorReader, fingerprint, write_store
+    from featurize.store import VectorReader, write_store
 
     images = ImageList(root=folder, name="scale-00000000", layout="class-folders",
                        class_names=[f"class{c}" for c in range(classes)])

@@ -216,7 +216,7 @@ def test_the_space_reserved_for_a_store_is_never_less_than_it_takes(tmp_path, ro
     """Fault 10: HDF5 crashes the process when it cannot write a file it is closing, so the bound the
     store reserves first must hold for every shape: a last chunk allocated whole, long reasons of
     skipped images, long names that are not ASCII, attributes."""
-    from featurize.images import ImageList
+    from featurize.discovery import ImageList
     from featurize.placement import IN_MEMORY, Placement
     from featurize.store import Storage, VectorReader, size_bound, write_store
 

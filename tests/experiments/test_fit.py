@@ -12,7 +12,7 @@ import pytest
 from experiments.fit import fit_model
 from experiments.splits import train_eval_split
 from featurize import extract, load_features
-from featurize.images import find_images
+from featurize.discovery import find_images
 from tests.conftest import REPO, generated_store, write_image
 from tests.test_cli import assert_one_line_error, run
 

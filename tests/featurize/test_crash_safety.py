@@ -141,9 +141,9 @@ def test_a_torn_journal_is_salvaged_up_to_its_last_good_batch(tmp_path):
     whole = path.read_bytes()
     path.write_bytes(whole[:-7])  # killed in the middle of writing the third batch
     rows, notes = Journal(path, "fp", dim=4).resume()
-    assert rows.paths == ["0-0.png", "0-1.png", "1-0.png", "1-1.png"] and rows.vectors[3] is None
+    assert rows.paths == ["0-0.png", "0-1.png", "1-0.png", "1-1.png"] and rows.offsets[3] is None
     assert rows.reasons[3] == "bad" and "dropped the last, torn batch" in notes[0]
-    assert rows.vectors[2] == places[2]  # the salvaged rows point into the file, not into memory
+    assert rows.offsets[2] == places[2]  # the salvaged rows point into the file, not into memory
 
     corrupt = bytearray(whole)
     corrupt[-3] ^= 0xFF  # a flipped byte in the last batch fails its checksum

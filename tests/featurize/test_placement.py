@@ -29,7 +29,7 @@ def test_placement_later_rows_win_and_rows_of_other_paths_are_counted():
                                   [10, 11, 12, 13, 14], ["", "", "unreadable", "", ""], IN_STORE)
     assert dropped == 1
     assert placement.kind.tolist() == [IN_STORE, NOWHERE, SKIPPED, IN_STORE]
-    assert placement.where[[0, 3]].tolist() == [13, 14] and placement.identity[0].tolist() == [6, 7]
+    assert placement.locator[[0, 3]].tolist() == [13, 14] and placement.identity[0].tolist() == [6, 7]
     assert placement.reasons == {2: "unreadable"}
     placement.put([2, 1], [[4, 5], [0, 0]], [99, 98], ["", ""])  # re-extracted: no longer skipped
     assert placement.kind.tolist() == [IN_STORE, IN_JOURNAL, IN_JOURNAL, IN_STORE] and placement.reasons == {}

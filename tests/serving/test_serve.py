@@ -21,7 +21,7 @@ from classifiers.export import export_onnx
 from classifiers.heads import HEADS
 from featurize import extract, load_features
 from featurize.backbones import crop_transform
-from featurize.images import UnreadableImage, decode_image_bytes, decode_upload
+from featurize.decoding import UnreadableImage, decode_image_bytes, decode_upload
 from serving.app import Batcher, ModelLoopDown, ServeSettings
 from tests.conftest import REPO, write_image, write_tinted
 from tests.test_cli import assert_one_line_error, run

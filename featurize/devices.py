@@ -1,0 +1,42 @@
+"""The device policy: which device a run uses, and the batch size and decoding workers that suit it."""
+from __future__ import annotations
+
+import os
+import sys
+
+from common.errors import CnnfeatError
+
+
+def resolve_device(device: str) -> str:
+    """`auto` = CUDA when this machine has it, else the CPU; a CUDA device this machine lacks is refused."""
+    if device == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    if device.startswith("cuda") and not cuda_available():
+        raise CnnfeatError(f"--device {device}: CUDA is not available on this machine (use cpu or auto)")
+    return device
+
+
+def run_device(device: str, ray: str | None) -> str:
+    """The device of an extraction run from this process (`ray` None), or on a Ray cluster, whose
+    actors have the devices: `auto` there is the CPU unless asked, and this machine's CUDA is not checked."""
+    if not ray:
+        return resolve_device(device)
+    return "cpu" if device == "auto" else device
+
+
+def cuda_available() -> bool:
+    # Linux without NVIDIA's device nodes has no CUDA: answer without importing torch (seconds),
+    # so an "up to date" run stays instant.
+    if sys.platform.startswith("linux") and not os.path.exists("/dev/nvidiactl"):
+        return False
+    import torch
+    return torch.cuda.is_available()
+
+
+def default_batch_size(device: str) -> int:
+    # On 2 CPU cores small batches are faster (they stay in cache); GPUs want large ones.
+    return 128 if device.startswith("cuda") else 16
+
+
+def default_workers() -> int:
+    return min(8, max(1, (os.cpu_count() or 2) - 1))

@@ -1,0 +1,191 @@
+"""Finding a dataset's labelled images (three layouts), and each file's identity (size, mtime)."""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from common.errors import DataError
+from common.names import safe_name
+
+# torchvision's IMG_EXTENSIONS, plus GIF (PIL decodes its first frame).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+SPLITS = ("train", "val", "test")
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                 "validation": "val", "test": "test"}
+MISSING_FILE = (-1, -1)  # identity of a listed file that does not exist
+
+
+@dataclass
+class ImageList:
+    """Every image of a dataset: paths relative to `root`, integer labels into `class_names`."""
+
+    root: Path
+    name: str  # names the feature file: readable, plus a hash of where the data is (see dataset_name)
+    layout: str  # "split-folders", "class-folders" or "list-file"
+    class_names: list[str]
+    paths: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    splits: list[str] = field(default_factory=list)  # "" where the data has no split
+
+    def add(self, path: str, label: int, split: str) -> None:
+        self.paths.append(path)
+        self.labels.append(label)
+        self.splits.append(split)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def _is_image(name: str) -> bool:
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _class_folders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def find_images(folder: str | os.PathLike, relative_to: str | os.PathLike | None = None) -> list[str]:
+    """Image files under `folder`, recursively, sorted; hidden files and folders skipped. Paths are
+    strings (a million Path objects cost ~300 MB): whole, or relative to `relative_to` (a folder
+    holding `folder`) with "/" between parts.
+
+    Symlinked folders are followed, each real folder once: a link loop cannot hang the walk."""
+    found, seen, top = [], set(), os.fspath(folder)
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        real = os.stat(dirpath)
+        if (real.st_dev, real.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((real.st_dev, real.st_ino))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if relative_to is not None:
+            prefix = os.path.relpath(dirpath, relative_to).replace(os.sep, "/") + "/"
+        else:
+            prefix = os.path.join(dirpath, "")
+        found.extend(prefix + f for f in sorted(filenames) if _is_image(f))
+    return found
+
+
+def dataset_name(readable: str, source: Path) -> str:
+    """`<readable>-<8 hex>`: two datasets both called data/ get two feature files, not one."""
+    return f"{safe_name(readable)}-{hashlib.sha256(os.fsencode(source)).hexdigest()[:8]}"  # any name, UTF-8 or not
+
+
+def _sorted_labels(names) -> list[str]:
+    names = set(names)
+    if all(n.lstrip("-").isdigit() for n in names):  # "10" after "9", as a person expects
+        return sorted(names, key=int)
+    return sorted(names)
+
+
+def discover(data: str | os.PathLike) -> ImageList:
+    """Index a dataset. `data` is one of: split folders (train/ val/ [test/], each of class
+    folders); class folders with no split; a text file of `path label` lines (paths relative to
+    the file's folder, split taken from its name); or a folder holding train.txt / val.txt /
+    test.txt lists."""
+    data = Path(data).expanduser()
+    if not data.exists():
+        raise DataError(f"--data {data}: no such file or folder")
+    if data.is_file():
+        return _from_lists(data.parent, [data])
+    split_folders = _split_folders(data)
+    if split_folders:
+        return _from_folders(data, "split-folders", split_folders)
+    split_lists = [data / f"{s}.txt" for s in SPLITS if (data / f"{s}.txt").is_file()]
+    if split_lists:  # explicit lists win over the folders their paths point into
+        return _from_lists(data, split_lists)
+    return _from_folders(data, "class-folders", {"": data})
+
+
+def _split_folders(data: Path) -> dict[str, Path]:
+    """The split folders of `data` (train/, val/ or valid/ or validation/, test/), by split, in that order."""
+    found = {SPLIT_ALIASES[p.name.lower()]: p for p in _class_folders(data) if p.name.lower() in SPLIT_ALIASES}
+    return {split: found[split] for split in SPLITS if split in found}
+
+
+def _from_folders(data: Path, layout: str, split_folders: dict[str, Path]) -> ImageList:
+    """The images of class folders, inside each of `split_folders` (split -> folder); one class
+    list across the splits (a class with no image anywhere is left out)."""
+    per_split = {split: {c.name: find_images(c, data) for c in _class_folders(folder)}
+                 for split, folder in split_folders.items()}
+    class_names = _sorted_labels(c for classes in per_split.values() for c, files in classes.items() if files)
+    root = data.resolve()
+    images = ImageList(root=root, name=dataset_name(root.name, root), layout=layout, class_names=class_names)
+    for split, classes in per_split.items():
+        for label, class_name in enumerate(class_names):
+            for path in classes.get(class_name, []):
+                images.add(path, label, split)
+    if not images.paths:
+        raise DataError(f"--data {data}: no images found; expected one folder per class (or train/ "
+                        f"and val/ folders of them) holding {', '.join(IMAGE_EXTENSIONS)} files, "
+                        f"or a text file of 'path label' lines")
+    return images
+
+
+def _from_lists(root: Path, list_files: list[Path]) -> ImageList:
+    rows = [row for list_file in list_files for row in _list_rows(list_file)]  # (path, label, split)
+    if not rows:
+        raise DataError(f"--data {', '.join(map(str, list_files))}: no 'path label' lines")
+    class_names = _sorted_labels(label for _, label, _ in rows)
+    index = {c: i for i, c in enumerate(class_names)}
+    images = ImageList(root=root.resolve(), name=_list_dataset_name(root.resolve(), list_files), layout="list-file",
+                       class_names=class_names)
+    for path, label, split in rows:
+        images.add(path, index[label], split)
+    return images
+
+
+def _list_rows(list_file: Path):
+    """(path, label, split) of each `path label` line of a list file; its split is taken from its name."""
+    split = SPLIT_ALIASES.get(list_file.stem.lower(), "")
+    with open(list_file, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = line.rsplit(maxsplit=1)
+            if len(parts) != 2:
+                raise DataError(f"{list_file}:{number}: expected 'path label', got {line!r}")
+            yield _inside(parts[0], list_file, number), parts[1], split
+
+
+def _list_dataset_name(root: Path, list_files: list[Path]) -> str:
+    """Named by the folder for split lists, by the file for one list of another name."""
+    if len(list_files) > 1 or list_files[0].stem.lower() in SPLIT_ALIASES:
+        readable = root.name
+    else:
+        readable = list_files[0].stem
+    return dataset_name(readable, list_files[0].resolve() if len(list_files) == 1 else root)
+
+
+def _inside(text: str, list_file: Path, number: int) -> str:
+    """A list file's path, kept inside the list's folder: a shared list cannot point anywhere else."""
+    path = Path(text)
+    if path.is_absolute() or ".." in path.parts:
+        raise DataError(f"{list_file}:{number}: {text!r} is outside the list's folder (absolute or '..'); "
+                        f"paths in a list file are relative to {list_file.parent.resolve()}")
+    return path.as_posix()
+
+
+def file_identity(path: Path) -> tuple[int, int]:
+    """(size, mtime in ns): cheap, and changes when a file is replaced or edited."""
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _identity_or_missing(path: Path) -> tuple[int, int]:
+    try:
+        return file_identity(path)
+    except OSError:
+        return MISSING_FILE
+
+
+def image_identities(images: ImageList) -> np.ndarray:
+    """(N, 2) int64: each image's file identity (size, mtime), one stat per file, no tuple kept per row."""
+    pairs = itertools.chain.from_iterable(_identity_or_missing(images.root / p) for p in images.paths)
+    return np.fromiter(pairs, np.int64, count=2 * len(images.paths)).reshape(-1, 2)

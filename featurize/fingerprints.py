@@ -1,0 +1,107 @@
+"""What a store's vectors depend on, and what follows from it: the feature config the store records,
+its fingerprint (the key a store is reused by), the store's file name and its attributes.
+
+`FeatureSpec` holds those settings together, so the config, the fingerprint and the file name are
+derived from one object and none of them can forget a setting.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from importlib import metadata
+from pathlib import Path
+
+from common.hashing import json_key
+
+from .backbones import POOLING, Backbone, weights_kind
+from .store import FORMAT_VERSION
+
+FEATURE_PACKAGES = ("cnnfeat", "torch", "torchvision", "numpy", "h5py", "pillow", "efficientnet-lite-pytorch")
+
+
+def fingerprint(config: dict) -> str:
+    """Hash of everything that changes the numbers (backbone, weights, preprocessing, pooling,
+    format version); two stores with the same fingerprint hold comparable vectors."""
+    return json_key(config)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Everything that changes the numbers of a store's vectors."""
+
+    backbone: Backbone
+    weights: str | None = None  # None: the backbone's own; "random"; or a checkpoint's path
+    precision: str = "float32"  # what the backbone computes in (engines.compute_precision)
+    engine: str = "torch"
+    storage_dtype: str = "float32"
+    tta: str = "none"
+
+    @cached_property
+    def config(self) -> dict:
+        """The settings as the store records them (a checkpoint named by its content's hash)."""
+        record = self.backbone
+        config = {"backbone": record.name, "weights": record.weights_id(self.weights),
+                  "preprocessing": json.loads(json.dumps(record.preprocessing().as_dict())),
+                  "pooling": POOLING, "feature_dim": record.feature_dim, "format_version": FORMAT_VERSION,
+                  "engine": self.engine, "precision": self.precision}
+        if self.storage_dtype != "float32":  # absent by default, so stores made before it keep their fingerprint
+            config["storage_dtype"] = self.storage_dtype
+        if self.tta != "none":  # the same: absent unless asked
+            config["tta"] = self.tta
+        return config
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return fingerprint(self.config)
+
+    def store_path(self, out: Path, dataset: str) -> Path:
+        """OUT/features/<dataset>-<backbone><tag>.h5: a checkpoint, random weights, TTA and float16
+        storage each get a file of their own, beside the plain one."""
+        tag = {"random": "-random"}.get(self.weights, "")
+        weights_id = self.config["weights"]
+        if weights_id.startswith("file:"):
+            tag = f"-ft{weights_id[5:13]}"
+        if self.tta != "none":
+            tag += f"-{self.tta}"
+        if self.storage_dtype != "float32":
+            tag += f"-{self.storage_dtype}"
+        return Path(out) / "features" / f"{dataset}-{self.backbone.name}{tag}.h5"
+
+    def store_attrs(self, images) -> dict:
+        return store_attrs(self.config, self.fingerprint, images, self.weights)
+
+
+def feature_config(record: Backbone, weights: str | None, precision: str = "float32", engine: str = "torch",
+                   storage_dtype: str = "float32", tta: str = "none") -> tuple[dict, str]:
+    """What the vectors of `record` with `weights` depend on, as stored in the feature file, and its fingerprint."""
+    spec = FeatureSpec(record, weights, precision, engine, storage_dtype, tta)
+    return spec.config, spec.fingerprint
+
+
+def store_attrs(config: dict, fp: str, images, weights: str | None) -> dict:
+    """The store's attributes: what made its vectors, and which dataset they describe."""
+    return {
+        "format_version": FORMAT_VERSION, "fingerprint": fp, "config": json.dumps(config, sort_keys=True),
+        "versions": json.dumps(library_versions(), sort_keys=True),
+        "class_names": json.dumps(images.class_names), "data_root": str(images.root),
+        "dataset": images.name, "layout": images.layout, "weights_source": weights_source(weights),
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def weights_source(weights: str | None) -> str:
+    """What rebuilds the backbone later (a saved model predicting from images): a checkpoint's absolute path."""
+    return str(Path(weights).resolve()) if weights_kind(weights) == "file" else (weights or "")
+
+
+def library_versions(packages=FEATURE_PACKAGES) -> dict:
+    """Installed version of each package (None where it is not installed)."""
+    versions = {}
+    for package in packages:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
