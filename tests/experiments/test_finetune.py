@@ -9,7 +9,8 @@ import torch
 from classifiers import load_model
 from common.errors import CnnfeatError
 from experiments.compare import compare
-from experiments.finetune import run_finetune, set_trainable, trunk_blocks
+from experiments.finetune import run_finetune
+from experiments.unfreeze import set_trainable, trunk_blocks
 from featurize import extract, get_backbone, load_features
 from tests.conftest import write_image
 
