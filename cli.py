@@ -77,7 +77,8 @@ def extract(backbone, data, weights, trust_pickle, out, device, engine, ray, bat
 
     result = run_extract(data=data, backbone=backbone, weights=weights, out=out, device=device,
                          batch_size=batch_size, workers=workers, strict=strict, progress=not quiet,
-                         trust_pickle=trust_pickle, engine=engine, ray=ray, storage=Storage(dtype, compression), tta=tta,
+                         trust_pickle=trust_pickle, engine=engine, ray=ray, storage=Storage(dtype, compression),
+                         tta=tta,
                          verify=verify)
     for note in result.notes:
         click.echo(note)
@@ -237,8 +238,8 @@ def compare(features, out, clf, with_finetune, refit, fuse, ensemble, **options)
     outcome = run_compare(features=list(features) or None, out=out, settings=settings, log=click.echo)
     click.echo("")
     click.echo(outcome.markdown)
-    click.echo(f"report: {printable(outcome.report_dir)}/report.html (+ report.md, .csv, .json, predictions/, confusion/, "
-               f"summary.png, embedding.png, models/)")
+    click.echo(f"report: {printable(outcome.report_dir)}/report.html (+ report.md, .csv, .json, predictions/, "
+               f"confusion/, summary.png, embedding.png, models/)")
 
 
 @cli.command()

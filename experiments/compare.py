@@ -84,12 +84,19 @@ class CompareRun:
         self.log(f"{label} {name}: {what}: {error}")
 
 
+class FeatureFile(NamedTuple):
+    """One feature file as compare scores it."""
+
+    label: str  # feature_label: what tells it apart in the table and in file names
+    data: object  # its Features
+    split: Split
+    heldout: HeldoutImages
+
+
 class FileRows(NamedTuple):
     """One feature file's part of the table."""
 
-    label: str
-    data: object  # its Features
-    split: Split
+    file: FeatureFile
     rows: list[Row]
 
 
@@ -154,14 +161,20 @@ def _compare_into(run: CompareRun, stores, paths, out) -> CompareOutcome:
     rows = [row for table in tables for row in table.rows]
     if not rows:
         raise CnnfeatError("no head could be fitted: " + "; ".join(f"{h}: {r}" for _, h, r in run.failures))
-    run.notes += [f"{row.backbone} {row.head}: {note.removeprefix(row.head + ': ')}" for row in rows
-                  for note in row.info.get("notes", [])]
+    run.notes += _model_notes(rows)
     search = run.settings.search
     score_rows(rows, search.scoring, search.seed)
     markdown = write_report(run.report_dir, rows, run.failures, run.notes, meta={
         "dataset": stores[0].dataset, "feature_files": [str(p) for p in paths], **search.numbers()},
         embedding=_embedding(rows, tables))
     return CompareOutcome(run.report_dir, markdown, rows, run.failures, run.notes)
+
+
+def _model_notes(rows: list[Row]) -> list[str]:
+    """What each saved model's record notes (a lowered fold count, a best value at its grid's edge...),
+    named by its row."""
+    return [f"{row.backbone} {row.head}: {note.removeprefix(row.head + ': ')}" for row in rows
+            for note in row.info.get("notes", [])]
 
 
 def _fused(stores, run: CompareRun):
@@ -177,12 +190,12 @@ def _file_rows(data, run: CompareRun, out) -> FileRows:
     """One feature file's rows: its heads, their ensembles, and (`out` given) its fine-tuned network."""
     label = feature_label(data)
     split = _split(data, label, run)
-    heldout = heldout_images(data, split)
-    rows = _head_rows(data, label, split, heldout, run)
-    rows += _ensemble_rows(data, label, split, heldout, rows, run)
+    file = FeatureFile(label, data, split, heldout_images(data, split))
+    rows = _head_rows(file, run)
+    rows += _ensemble_rows(file, rows, run)
     if out is not None:
-        rows += _finetuned_rows(data, label, heldout, run, out)
-    return FileRows(label, data, split, rows)
+        rows += _finetuned_rows(file, run, out)
+    return FileRows(file, rows)
 
 
 def _split(data, label: str, run: CompareRun) -> Split:
@@ -203,25 +216,20 @@ def _embedding(rows, tables: list[FileRows]) -> Embedding | None:
     best = next((row for row in rows if row.model is not None), None)
     if best is None:
         return None
-    table = next(table for table in tables if table.label == best.backbone)
-    return Embedding(table.data.X[table.split.heldout], best.truth, best.predicted,
+    file = next(table.file for table in tables if table.file.label == best.backbone)
+    return Embedding(file.data.X[file.split.heldout], best.truth, best.predicted,
                      f"{best.backbone}; mistakes of its {best.head}, the best row on them")
 
 
-def _head_rows(data, label: str, split: Split, heldout: HeldoutImages, run: CompareRun) -> list[Row]:
+def _head_rows(file: FeatureFile, run: CompareRun) -> list[Row]:
     """Every asked head searched, fitted and scored on one feature file's split (or reused)."""
     rows = []
     for head in run.heads:
-        if run.settings.clf in ("all", "", None) and _too_many_rows(head, len(split.train), label, run):
+        if run.settings.clf in ("all", "", None) and _too_many_rows(head, len(file.split.train), file.label, run):
             continue
-        key = head_key(data, split, head, run.settings.search)
-        fit = partial(fit_and_score, data, split, head, settings=run.settings.search, log=run.log)
-        try:
-            rows.append(_saved_or_fitted(data, label, split, head, heldout, run, key, fit))
-        except OutputError:
-            raise  # the machine's refusal to write (a full disk), not this head's: the run stops
-        except CnnfeatError as error:
-            run.failed(label, head, error)
+        key = head_key(file.data, file.split, head, run.settings.search)
+        fit = partial(fit_and_score, file.data, file.split, head, settings=run.settings.search, log=run.log)
+        rows += _row_or_failure(file, head, run, key, fit)
     return rows
 
 
@@ -235,7 +243,7 @@ def _too_many_rows(head: str, rows: int, label: str, run: CompareRun) -> bool:
     return True
 
 
-def _ensemble_rows(data, label, split, heldout, members: list[Row], run: CompareRun) -> list[Row]:
+def _ensemble_rows(file: FeatureFile, members: list[Row], run: CompareRun) -> list[Row]:
     """The asked ensembles of the rows' fitted heads (all on this feature file's training rows)."""
     members = [row for row in members if hasattr(row.model.pipeline_, "predict_proba")]
     if len(members) < 2:
@@ -243,18 +251,12 @@ def _ensemble_rows(data, label, split, heldout, members: list[Row], run: Compare
     rows = []
     for kind in run.ensembles:
         key = ensemble_key(kind, [row.info["cache_key"] for row in members], run.settings.search)
-        fit = partial(_fit_ensemble, kind, data, split, members, run)
-        try:
-            rows.append(_saved_or_fitted(data, label, split, kind, heldout, run, key, fit))
-        except OutputError:
-            raise
-        except CnnfeatError as error:
-            run.failed(label, kind, error)
+        rows += _row_or_failure(file, kind, run, key, partial(_fit_ensemble, kind, file, members, run))
     return rows
 
 
-def _fit_ensemble(kind, data, split, members: list[Row], run: CompareRun) -> Scored:
-    names, search = [row.head for row in members], run.settings.search
+def _fit_ensemble(kind, file: FeatureFile, members: list[Row], run: CompareRun) -> Scored:
+    names, search, data, split = [row.head for row in members], run.settings.search, file.data, file.split
     run.log(f"{kind}: " + (f"soft vote of {', '.join(names)}" if kind == "vote" else
                            f"logistic regression on the out-of-fold probabilities of {', '.join(names)} "
                            f"({search.cv} folds; each head fitted {search.cv + 1} more times)"))
@@ -271,36 +273,48 @@ def _fit_ensemble(kind, data, split, members: list[Row], run: CompareRun) -> Sco
     return Scored(model, info, scored.predicted, scored.proba)
 
 
-def _saved_or_fitted(data, label, split, name: str, heldout: HeldoutImages, run: CompareRun, key: str, fit) -> Row:
+def _row_or_failure(file: FeatureFile, name: str, run: CompareRun, key: str, fit) -> list[Row]:
+    """[the row of model `name`], or [] and a failure noted where it cannot be fitted. The machine's
+    refusal to write (a full disk) is not this model's: it stops the run."""
+    try:
+        return [_saved_or_fitted(file, name, run, key, fit)]
+    except OutputError:
+        raise
+    except CnnfeatError as error:
+        run.failed(file.label, name, error)
+        return []
+
+
+def _saved_or_fitted(file: FeatureFile, name: str, run: CompareRun, key: str, fit) -> Row:
     """The row of model `name`: the one saved under this key when there is one, else `fit()`'s (a
     Scored), saved for next time."""
-    model_path = run.report_dir / "models" / f"{label}-{name}.joblib"
-    reused = None if run.settings.refit else reusable(model_path, key, name, data.fingerprint, run.log)
+    model_path = run.report_dir / "models" / f"{file.label}-{name}.joblib"
+    reused = None if run.settings.refit else reusable(model_path, key, name, file.data.fingerprint, run.log)
     if reused is not None:
         model, info = reused
-        run.log(f"{label} {name}: nothing changed, reusing the fitted model ({model_path.name}; --refit "
+        run.log(f"{file.label} {name}: nothing changed, reusing the fitted model ({model_path.name}; --refit "
                 f"searches again)")
-        X_heldout = data.X[split.heldout]
+        X_heldout = file.data.X[file.split.heldout]
         predicted, proba = model.predict(X_heldout), model.predict_proba(X_heldout)
     else:
         scored = fit()
         model, info, predicted, proba = scored.model, {**scored.info, "cache_key": key}, scored.predicted, scored.proba
         save_model(model, model_path, info)
-    return Row(label, name, info, *heldout, list(predicted), proba, list(model.classes_), reused=reused is not None,
-               model=model)
+    return Row(file.label, name, info, *file.heldout, list(predicted), proba, list(model.classes_),
+               reused=reused is not None, model=model)
 
 
-def _finetuned_rows(data, label: str, heldout: HeldoutImages, run: CompareRun, out) -> list[Row]:
+def _finetuned_rows(file: FeatureFile, run: CompareRun, out) -> list[Row]:
     """The fine-tuned network's row (fine-tuned first under --finetune, from pretrained or random
     weights only): none where there is no fine-tune of this backbone, a failure where it cannot be
     ranked beside the heads."""
-    finetune = run.settings.finetune
+    data, finetune = file.data, run.settings.finetune
     if finetune is not None and data.weights_source in ("", "random"):
         run_finetune(data.data_root, out, replace(finetune, backbone=data.backbone, seed=run.settings.search.seed,
                                                   weights=data.weights_source or None), run.log)
     try:
-        row = finetuned_row(out, data, label, heldout, run.log)
+        row = finetuned_row(out, data, file.label, file.heldout, run.log)
     except CnnfeatError as error:
-        run.failed(label, FINETUNE_ROW, error, "left out")
+        run.failed(file.label, FINETUNE_ROW, error, "left out")
         return []
     return [row] if row is not None else []

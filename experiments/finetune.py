@@ -177,7 +177,8 @@ def prepare_training(network: Network, images, rows: FinetuneRows, settings: Fin
                                    {"params": trainable, "lr": settings.lr * settings.backbone_lr_scale}],
                                   weight_decay=settings.weight_decay)
     steps = settings.epochs * math.ceil(len(rows.train) / compute.batch_size)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, max(1, steps // 10), steps))
+    warmup = max(1, steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, steps))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
     return Training(network, loader, labels, targets, optimizer, schedule, loss_fn, settings, compute)
 

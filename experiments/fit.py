@@ -72,8 +72,9 @@ class Scored:
     proba: np.ndarray  # (n held-out, classes) in model.classes_ order
 
 
-def fit_and_score(data, split, clf, grid=None, settings: SearchSettings = SearchSettings(), log=print) -> Scored:
+def fit_and_score(data, split, clf, grid=None, settings: SearchSettings | None = None, log=print) -> Scored:
     """Search `clf` on the training rows of `split`, refit on all of them, score the held-out rows."""
+    settings = settings or SearchSettings()
     head = get_head(clf)
     if data.parts:  # joined vectors of several backbones: each part L2-normalised first
         head = fused_head(head, part_widths(data.config))
@@ -139,7 +140,8 @@ def _unseen_classes(model, data, split, log) -> list[str]:
     unseen = sorted(held - set(model.classes_.tolist()))
     if not unseen:
         return []
-    note = f"classes {', '.join(unseen)} are in {split.name} but not in the training rows: the model cannot predict them"
+    note = (f"classes {', '.join(unseen)} are in {split.name} but not in the training rows: the model cannot "
+            f"predict them")
     log(note)
     return [note]
 

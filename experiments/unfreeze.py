@@ -51,5 +51,6 @@ def keep_frozen_batchnorm(trunk) -> None:
     from torch import nn
 
     for module in trunk.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in module.parameters()):
+        frozen = not any(p.requires_grad for p in module.parameters())
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and frozen:
             module.eval()

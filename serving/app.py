@@ -38,13 +38,14 @@ from .limits import Admission, BodyLimit
 from .settings import ServeSettings
 
 
-def create_app(predictor, settings: ServeSettings = ServeSettings(), batcher: Batcher | None = None):
+def create_app(predictor, settings: ServeSettings | None = None, batcher: Batcher | None = None):
     """The ASGI app: FastAPI's endpoints (serving.routes) behind the admission and body-size limits.
     `batcher`: the model loop to run predictions in (default: a new one of `predictor.predict`)."""
     from fastapi import FastAPI
 
     from . import routes
 
+    settings = settings or ServeSettings()
     docs = settings.docs  # off by default: Swagger's pages load their scripts from a CDN
     app = FastAPI(title="cnnfeat", lifespan=_lifespan, docs_url="/docs" if docs else None,
                   redoc_url="/redoc" if docs else None, openapi_url="/openapi.json" if docs else None)
@@ -89,14 +90,16 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(model_path, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings = ServeSettings(),
+def serve(model_path, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings | None = None,
           device: str = "auto", log=print):
     """Take the port, load the model (errors surface here, before the server starts), then serve
     until stopped."""
     from importlib.util import find_spec
 
+    settings = settings or ServeSettings()
     # python-multipart's module is python_multipart since 0.0.13, multipart before
-    if not (find_spec("fastapi") and find_spec("uvicorn") and (find_spec("python_multipart") or find_spec("multipart"))):
+    multipart = find_spec("python_multipart") or find_spec("multipart")
+    if not (find_spec("fastapi") and find_spec("uvicorn") and multipart):
         raise CnnfeatError("serve needs FastAPI and uvicorn: pip install -e '.[serve]'")
     import uvicorn
 

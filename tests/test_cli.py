@@ -80,7 +80,8 @@ def test_unreadable_images_named_exit_0_unless_strict(class_folders, tmp_path):
     assert_one_line_error(run(*args, "--strict"), "--strict: 1 unreadable images", "cats/broken.jpg")
 
 
-@pytest.mark.parametrize("case", ["missing folder", "empty folder", "unknown backbone", "missing weights file", "no cuda"])
+@pytest.mark.parametrize("case", ["missing folder", "empty folder", "unknown backbone", "missing weights file",
+                                  "no cuda"])
 def test_user_errors_are_one_line(class_folders, tmp_path, case):
     (tmp_path / "empty").mkdir()
     args, fragments = {

@@ -52,7 +52,8 @@ def test_hymenoptera_compare_best_head_reaches_094_and_reuses_fits(hymenoptera_l
 
 def test_same_seed_same_table_and_refit_searches_again(tinted_store, tmp_path):
     def table(*extra):
-        outcome = compare(features=[tinted_store], out=tmp_path, clf="knn,logreg,linear", seed=3, **QUIET, **dict(extra))
+        outcome = compare(features=[tinted_store], out=tmp_path, clf="knn,logreg,linear", seed=3, **QUIET,
+                          **dict(extra))
         return [(r.head, r.metrics["accuracy"], r.metrics["ci_low"], r.metrics["log_loss"], str(r.info["best_params"]),
                  r.reused) for r in outcome.rows]
     first = table()
@@ -68,7 +69,8 @@ def test_several_backbones_make_one_table(tinted_store, tmp_path):
     outcome = compare(features=[tinted_store, other], out=tmp_path, clf="logreg", **QUIET)
     dataset = load_features(tinted_store).dataset
     assert outcome.report_dir.name == f"{dataset}-resnet18-random+mobilenet_v3_small-random"
-    assert sorted(r.backbone for r in outcome.rows) == [  # each file, and the two joined (tests/experiments/test_fuse.py)
+    # each file, and the two joined (tests/experiments/test_fuse.py)
+    assert sorted(r.backbone for r in outcome.rows) == [
         "mobilenet_v3_small-random", "resnet18-random", "resnet18-random+mobilenet_v3_small-random"]
     assert all(r.metrics["n"] == 12 for r in outcome.rows)
 
@@ -94,7 +96,7 @@ def test_one_backbone_twice_keeps_both_sets_of_outputs(tinted_store, tmp_path):
 def test_reuse_needs_every_input_unchanged_and_a_loadable_model(tinted_store, tmp_path, monkeypatch):
     def heads(*args, **kwargs):
         logs = []
-        outcome = compare(features=[tinted_store], out=tmp_path, clf="knn", log=logs.append, *args, **kwargs)
+        outcome = compare(*args, features=[tinted_store], out=tmp_path, clf="knn", log=logs.append, **kwargs)
         return outcome, " ".join(logs)
 
     first, _ = heads()
@@ -167,7 +169,8 @@ def test_single_image_per_class_is_a_clear_message(tmp_path):
 
 
 def test_class_missing_from_val_is_noted(tmp_path):
-    store = _store(tmp_path, [("train", "a", 6), ("train", "b", 6), ("train", "c", 6), ("val", "a", 2), ("val", "b", 2)])
+    store = _store(tmp_path, [("train", "a", 6), ("train", "b", 6), ("train", "c", 6), ("val", "a", 2),
+                              ("val", "b", 2)])
     outcome = compare(features=[store], out=tmp_path, clf="logreg", cv=3, **QUIET)
     assert any("class c has no val images" in n for n in outcome.notes)
     assert "class c has no val images" in (outcome.report_dir / "report.md").read_text()

@@ -223,7 +223,8 @@ def test_fit_holds_the_training_rows_not_the_whole_matrix_beside_them(tmp_path, 
     from tests.conftest import generated_store
 
     monkeypatch.setattr(heads, "MINIBATCH_ABOVE", 1_000)  # logreg on mini-batches, as at a million rows
-    monkeypatch.setattr(classifiers.scaling, "FIT_BYTES", 1 << 20)  # its chunk as small beside 20 MB as 64 MB beside 4 GB
+    # its chunk as small beside 20 MB as 64 MB beside 4 GB
+    monkeypatch.setattr(classifiers.scaling, "FIT_BYTES", 1 << 20)
     grid = {"epochs": [2], **({"weight_decay": [1e-3, 1e-1]} if clf == "linear" else {"C": [0.1, 10.0]})}
     (tmp_path / "small").mkdir()
     fit_model(generated_store(tmp_path / "small", 2_000, dim=256)[0], out=tmp_path, clf=clf, grid=grid,

@@ -208,8 +208,8 @@ def test_a_port_in_use_is_one_error_line_before_anything_is_printed(served):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = subprocess.run([sys.executable, str(REPO / "cli.py"), "serve", "--model", str(path), "--port", str(port)],
-                              capture_output=True, text=True, timeout=120, check=False)
+        done = subprocess.run([sys.executable, str(REPO / "cli.py"), "serve", "--model", str(path),
+                               "--port", str(port)], capture_output=True, text=True, timeout=120, check=False)
     lines = (done.stdout + done.stderr).strip().splitlines()
     assert done.returncode == 1 and len(lines) == 1, done.stdout + done.stderr
     assert lines[0] == (f"Error: cannot listen on 127.0.0.1:{port}: the address is already in use (another server?): "
