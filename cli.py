@@ -8,9 +8,9 @@ import click
 
 from common.errors import CnnfeatError, machine_refusal
 from common.names import printable
-from featurize import COMPRESSIONS, DTYPES, FUSE_MODES, TTA_MODES
-
-DEFAULT_OUT = "artifacts"
+from experiments.choices import EXPLAIN_METHODS, HEADS, SCORINGS, SEARCH_METHODS
+from experiments.layout import DEFAULT_OUT, explain_dir, predictions_csv
+from featurize import COMPRESSIONS, DEFAULT_BACKBONE, DTYPES, ENGINES, FUSE_MODES, TTA_MODES
 
 
 class Cli(click.Group):
@@ -34,7 +34,7 @@ def cli():
 
 
 @cli.command()
-@click.option("--backbone", default="efficientnet_lite0", show_default=True,
+@click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True,
               help="Registered backbone (see `cnnfeat backbones`).")
 @click.option("--data", default="data", show_default=True,
               help="Image folder (train/ val/ [test/] of class folders, or class folders) or a 'path label' list file.")
@@ -46,7 +46,7 @@ def cli():
                    "file: only for files you made or trust.")
 @click.option("--out", default=DEFAULT_OUT, show_default=True, help="Output root; the file goes to OUT/features/.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
-@click.option("--engine", type=click.Choice(["auto", "torch", "onnxruntime"]), default="auto", show_default=True,
+@click.option("--engine", type=click.Choice(("auto", *ENGINES)), default="auto", show_default=True,
               help="What runs the backbone: auto = onnxruntime on the CPU (the backbone exported once to "
                    "OUT/onnx/), torch on CUDA.")
 @click.option("--ray", default=None, metavar="local|ADDRESS",
@@ -77,7 +77,8 @@ def extract(backbone, data, weights, trust_pickle, out, device, engine, ray, bat
 
     result = run_extract(data=data, backbone=backbone, weights=weights, out=out, device=device,
                          batch_size=batch_size, workers=workers, strict=strict, progress=not quiet,
-                         trust_pickle=trust_pickle, engine=engine, ray=ray, storage=Storage(dtype, compression), tta=tta,
+                         trust_pickle=trust_pickle, engine=engine, ray=ray, storage=Storage(dtype, compression),
+                         tta=tta,
                          verify=verify)
     for note in result.notes:
         click.echo(note)
@@ -92,16 +93,11 @@ def extract(backbone, data, weights, trust_pickle, out, device, engine, ray, bat
     click.echo(f"features: {printable(result.store)}")
 
 
-EXPLAIN_METHODS = ["auto", "cam", "occlusion"]  # experiments.explain.METHODS (tested), without importing it
-SEARCH_METHODS = ["auto", "grid", "halving", "coordinate", "path"]  # classifiers.search.METHODS (tested), without
-# importing scikit-learn for --help
-
-
 def search_options(command):
     """The options of `fit` and `compare` that say how heads are searched (one SearchSettings)."""
     options = [
         click.option("--cv", type=click.IntRange(min=2), default=5, show_default=True, help="Cross-validation folds."),
-        click.option("--scoring", type=click.Choice(["accuracy", "balanced_accuracy", "f1_macro"]),
+        click.option("--scoring", type=click.Choice(SCORINGS),
                      default="accuracy", show_default=True, help="What the search maximises and the table ranks by."),
         click.option("--search", type=click.Choice(SEARCH_METHODS), default="auto", show_default=True,
                      help="grid: every candidate on every fold; halving: successive halving; coordinate: one "
@@ -132,7 +128,7 @@ def search_settings(cv, scoring, search, budget, jobs, seed, ray, verbose, quiet
 
 
 @cli.command()
-@click.option("--clf", required=True, help="Head: svm, rf, mlp, knn or logreg (see `cnnfeat heads`).")
+@click.option("--clf", required=True, help=f"Head: {', '.join(HEADS)} (see `cnnfeat heads`).")
 @click.option("--features", default=None, help="Feature file [default: the newest under OUT/features].")
 @click.option("--out", default=DEFAULT_OUT, show_default=True, help="Output root; the model goes to OUT/models/.")
 @click.option("--grid", default=None, help="JSON (string or file) replacing or narrowing the default grid, "
@@ -157,7 +153,9 @@ def fit(clf, features, out, grid, **options):
 @cli.command()
 @click.option("--model", "model_path", required=True, help="A .joblib file written by `cnnfeat fit`.")
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--out", "out_csv", default="predictions.csv", show_default=True, help="CSV to write.")
+@click.option("--out", "out_csv", default=None,
+              help=f"CSV to write, or a folder to write predictions.csv in [default: "
+                   f"{predictions_csv('<model>.joblib')}].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per forward pass.")
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="Decoding processes.")
@@ -209,8 +207,8 @@ def export(model_path, out):
 def serve(model_path, host, port, device, **limits):
     """Serve a model over HTTP: POST /predict (multipart field 'images'), GET /health (503 when the model
     loop has stopped), GET /model."""
-    from serving.app import ServeSettings
     from serving.app import serve as run_server
+    from serving.settings import ServeSettings
 
     run_server(model_path, host, port, ServeSettings(**limits), device, log=click.echo)
 
@@ -231,20 +229,23 @@ def serve(model_path, host, port, device, **limits):
 @search_options
 def compare(features, out, clf, with_finetune, refit, fuse, ensemble, **options):
     """Fit every head on the same split, then write and print one report table."""
+    from experiments.compare import CompareSettings
     from experiments.compare import compare as run_compare
+    from experiments.finetune import FinetuneSettings
 
-    outcome = run_compare(features=list(features) or None, out=out, clf=clf, finetune=with_finetune, refit=refit,
-                          fuse=fuse, ensemble=ensemble, settings=search_settings(**options), log=click.echo)
+    settings = CompareSettings(clf=clf, refit=refit, fuse=fuse, ensemble=ensemble, search=search_settings(**options),
+                               finetune=FinetuneSettings() if with_finetune else None)
+    outcome = run_compare(features=list(features) or None, out=out, settings=settings, log=click.echo)
     click.echo("")
     click.echo(outcome.markdown)
-    click.echo(f"report: {printable(outcome.report_dir)}/report.html (+ report.md, .csv, .json, predictions/, confusion/, "
-               f"summary.png, embedding.png, models/)")
+    click.echo(f"report: {printable(outcome.report_dir)}/report.html (+ report.md, .csv, .json, predictions/, "
+               f"confusion/, summary.png, embedding.png, models/)")
 
 
 @cli.command()
 @click.option("--model", "model_path", required=True, help="A .joblib file written by `fit` or `compare`.")
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--out", default="explain", show_default=True, help="Folder for one PNG per image.")
+@click.option("--out", default=None, help=f"Folder for one PNG per image [default: {explain_dir()}].")
 @click.option("--class", "class_name", default=None, help="Explain this class [default: the predicted one].")
 @click.option("--method", type=click.Choice(EXPLAIN_METHODS), default="auto", show_default=True,
               help="cam: the exact class activation map (linear heads on one backbone); occlusion: any head; "
@@ -259,12 +260,13 @@ def explain(model_path, inputs, out, class_name, method, feature_maps, filters, 
     from experiments.explain import ExplainSettings, explain_images
 
     settings = ExplainSettings(class_name, method, device, feature_maps, filters)
-    written, failures = explain_images(model_path, inputs, out, settings, log=click.echo)
-    click.echo(f"{len(written)} pictures, {len(failures)} unreadable: {printable(out)}")
+    explained = explain_images(model_path, inputs, out, settings, log=click.echo)
+    click.echo(f"{len(explained.written)} pictures, {len(explained.failures)} unreadable: "
+               f"{printable(explained.folder)}")
 
 
 @cli.command()
-@click.option("--backbone", default="efficientnet_lite0", show_default=True, help="Registered backbone.")
+@click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True, help="Registered backbone.")
 @click.option("--data", default="data", show_default=True, help="Image folder with train/ and val/ (or test/).")
 @click.option("--weights", default=None, help="Start from: the backbone's own pretrained weights [default], a "
                                               "checkpoint PATH, or 'random'.")
@@ -285,16 +287,13 @@ def explain(model_path, inputs, out, class_name, method, feature_maps, filters, 
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help="With --teacher: the teacher's share of the loss (the labels get 1 - alpha).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def finetune(backbone, data, weights, out, epochs, unfreeze, lr, batch_size, label_smoothing, tta, device, workers, seed,
-             teacher, temperature, alpha, quiet):
+def finetune(data, out, teacher, temperature, alpha, quiet, **settings):
     """Fine-tune a backbone + linear layer end to end; the epoch is chosen on a slice of train."""
     from experiments.distill import Distillation
-    from experiments.finetune import run_finetune
+    from experiments.finetune import FinetuneSettings, run_finetune
 
-    run_finetune(data=data, backbone=backbone, weights=weights, out=out, epochs=epochs, unfreeze=unfreeze, lr=lr,
-                 batch_size=batch_size, label_smoothing=label_smoothing, tta=tta, device=device, workers=workers,
-                 seed=seed, progress=not quiet, log=click.echo,
-                 distill=Distillation(teacher, temperature, alpha) if teacher else None)
+    distill = Distillation(teacher, temperature, alpha) if teacher else None
+    run_finetune(data, out, FinetuneSettings(**settings, progress=not quiet, distill=distill), log=click.echo)
 
 
 @cli.command()
@@ -313,11 +312,11 @@ def backbones():
     from featurize import BACKBONES
 
     click.echo(f"{'name':<20} {'dim':>5}  {'input':<16} {'weights':<12} {'here':<5} location")
-    for name, record in sorted(BACKBONES.items()):
-        prep = record.preprocessing()
-        where, available = record.pretrained_location()
+    for name, backbone in sorted(BACKBONES.items()):
+        prep = backbone.preprocessing()
+        where, available = backbone.pretrained_location()
         size = f"{prep.resize_size}->{prep.crop_size} {prep.interpolation[:4]}"
-        click.echo(f"{name:<20} {record.feature_dim:>5}  {size:<16} {record.source:<12} "
+        click.echo(f"{name:<20} {backbone.feature_dim:>5}  {size:<16} {backbone.source:<12} "
                    f"{'yes' if available else 'no':<5} {where}")
 
 

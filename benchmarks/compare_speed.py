@@ -100,7 +100,7 @@ def real_store(data: Path, cache: Path) -> Path:
 
 def measure(store: Path, settings: SearchSettings, out: Path, ensemble: str = "vote") -> tuple[float, dict]:
     started = time.perf_counter()
-    outcome = compare(features=[store], out=out, clf="all", refit=True, settings=settings, ensemble=ensemble,
+    outcome = compare(features=[store], out=out, clf="all", refit=True, search=settings, ensemble=ensemble,
                       log=lambda _: None)
     seconds = time.perf_counter() - started
     return seconds, {r.head: (r.info.get("fit_seconds") or 0.0, r.metrics["accuracy"]) for r in outcome.rows}

@@ -1,58 +1,57 @@
-"""`cnnfeat compare`: every head on the same split of the same feature file(s), one honest table."""
+"""`cnnfeat compare`: every head on the same split of the same feature file(s), one honest table.
+
+The run, in order: the settings (CompareSettings), the feature files and the report folder they
+name (locked: one writer per report), then per feature file its split and its rows - each head
+searched and fitted, or reused (experiments.reuse), the ensembles of those heads, the fine-tuned
+network (experiments.finetuned) - then the rows of the files' vectors joined, and last the ranking
+(experiments.ranking) and the report (experiments.report)."""
 from __future__ import annotations
 
 import hashlib
-import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
-
-from classifiers import (
-    HEADS,
-    SearchSettings,
-    ensemble_model,
-    get_head,
-    load_model,
-    parse_ensembles,
-    resolve_grid,
-    save_model,
-)
+from classifiers import HEADS, SearchSettings, ensemble_model, get_head, parse_ensembles, save_model
 from common.errors import CnnfeatError, OutputError
 from common.files import ensure_writable
-from common.hashing import json_key
 from common.locks import exclusive
 from common.names import safe_name
-from featurize import fuse_features, library_versions, load_features
+from featurize import fuse_features, load_features
 
-from .finetune import FINETUNE_ROW, load_finetuned_row, run_finetune
-from .fit import MODEL_PACKAGES, Scored, evaluate, fit_and_score, latest_features, provenance
-from .metrics import bootstrap_interval, heldout_scores, mcnemar_p
-from .report import Embedding, write_report
-from .splits import train_eval_split
+from .finetune import FinetuneSettings, run_finetune
+from .finetuned import FINETUNE_ROW, finetuned_row
+from .fit import Scored, chosen_features, evaluate, fit_and_score, provenance
+from .layout import DEFAULT_OUT, report_dir
+from .plots import Embedding
+from .ranking import Row, score_rows
+from .report import write_report
+from .reuse import ensemble_key, head_key, reusable
+from .splits import HeldoutImages, Split, heldout_images, train_eval_split
 
 
-@dataclass
-class Row:
-    """One line of the table: a head (or the fine-tuned network) scored on held-out images."""
+@dataclass(frozen=True)
+class CompareSettings:
+    clf: str = "all"  # all, or a comma list of heads
+    refit: bool = False  # search again even where nothing changed
+    fuse: str = "concat"  # with several feature files: also every head on their vectors joined; none: not
+    ensemble: str = "vote"  # vote, stack, both (comma list or all), or none
+    search: SearchSettings = field(default_factory=SearchSettings)  # how each head is searched
+    finetune: FinetuneSettings | None = None  # also fine-tune each backbone first (its weights and the search's seed)
 
-    backbone: str  # the feature file's label: backbone, plus its weights tag when not pretrained
-    head: str
-    info: dict  # the saved model's .json: best params, CV, times...
-    paths: list  # held-out image paths, in order
-    truth: list  # their true class names
-    predicted: list
-    proba: np.ndarray | None
-    classes: list
-    reused: bool = False
-    metrics: dict = field(default_factory=dict)
-    model: object = None  # the fitted FeatureClassifier (not the fine-tuned network's row)
+    def check(self) -> CompareSettings:
+        return replace(self, search=self.search.check())
 
-    @property
-    def correct(self) -> np.ndarray:
-        return np.asarray(self.predicted, dtype=object) == np.asarray(self.truth, dtype=object)
+
+def compare_settings(settings: CompareSettings | None = None, **overrides) -> CompareSettings:
+    """`settings` with `overrides`: fields of CompareSettings (clf="knn", refit=True, ...) or of its
+    SearchSettings (cv=3, seed=7, jobs=1, ...)."""
+    settings = settings or CompareSettings()
+    own = {f.name for f in fields(CompareSettings)} - {"search"}
+    search = replace(overrides.pop("search", settings.search), **{k: v for k, v in overrides.items() if k not in own})
+    return replace(settings, search=search, **{k: v for k, v in overrides.items() if k in own}).check()
 
 
 @dataclass
@@ -62,6 +61,56 @@ class CompareOutcome:
     rows: list
     failures: list  # (backbone, head, reason)
     notes: list
+
+
+@dataclass
+class CompareRun:
+    """One compare in progress: what it was asked, where it writes, and what it has to say."""
+
+    settings: CompareSettings
+    heads: list  # names, checked
+    ensembles: list  # of classifiers' ensemble kinds
+    report_dir: Path
+    log: object
+    notes: list = field(default_factory=list)
+    failures: list = field(default_factory=list)  # (feature label, head, reason)
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        self.log(text)
+
+    def failed(self, label: str, name: str, error: Exception, what: str = "not fitted") -> None:
+        self.failures.append((label, name, str(error)))
+        self.log(f"{label} {name}: {what}: {error}")
+
+
+class FeatureFile(NamedTuple):
+    """One feature file as compare scores it."""
+
+    label: str  # feature_label: what tells it apart in the table and in file names
+    data: object  # its Features
+    split: Split
+    heldout: HeldoutImages
+
+
+class FileRows(NamedTuple):
+    """One feature file's part of the table."""
+
+    file: FeatureFile
+    rows: list[Row]
+
+
+def compare(features=None, out=DEFAULT_OUT, settings: CompareSettings | None = None, log=print,
+            **overrides) -> CompareOutcome:
+    """`cnnfeat compare`; `overrides` are CompareSettings fields (clf="knn", refit=True, ...) or
+    SearchSettings fields (cv=3, seed=7, jobs=1, ...)."""
+    settings = compare_settings(settings, **overrides)
+    heads, ensembles = parse_heads(settings.clf), parse_ensembles(settings.ensemble)  # wrong names fail first
+    paths, stores = _load_stores(features, out, log)
+    folder = ensure_writable(report_dir(out, _report_name(stores)))
+    with exclusive(folder, "cnnfeat compare"):  # one writer per report folder: its rows and models agree
+        run = CompareRun(settings, heads, ensembles, folder, log)
+        return _compare_into(run, stores, paths, out)
 
 
 def parse_heads(clf: str | None) -> list[str]:
@@ -82,140 +131,10 @@ def feature_label(data) -> str:
     return stem[len(data.dataset) + 1:] if stem.startswith(data.dataset + "-") else safe_name(stem)
 
 
-def cache_key(data, split, head: str, settings: SearchSettings) -> str:
-    """Everything a fitted head's numbers depend on: reuse it only when all of it is unchanged."""
-    stats = [Path(f).stat() for f in data.files]
-    spec = get_head(head)
-    record = {"fingerprint": data.fingerprint, "file": [[stat.st_size, stat.st_mtime_ns] for stat in stats], "head": head,
-              "grid": repr(resolve_grid(spec)), **settings.result_settings(), "method": settings.method_for(spec, len(split.train)),
-              "pipeline": {k: repr(v) for k, v in spec.build(settings.seed).get_params(deep=True).items()},
-              "calibrate": spec.calibrate, "validation": spec.validation, "split": split.describe(),
-              "class_names": data.class_names, "versions": library_versions(MODEL_PACKAGES)}
-    return json_key(record)
-
-
-def compare(features=None, out="artifacts", clf="all", finetune=False, refit=False, fuse="concat", ensemble="vote",
-            settings: SearchSettings | None = None, finetune_options=None, log=print, **overrides) -> CompareOutcome:
-    """`cnnfeat compare`; `overrides` are SearchSettings fields (cv=3, seed=7, jobs=1, ...)."""
-    settings = replace(settings or SearchSettings(), **overrides).check()
-    heads, ensembles = parse_heads(clf), parse_ensembles(ensemble)  # wrong names fail before anything is written
-    paths = [Path(p) for p in features] if features else [latest_features(out)]
-    if not features:
-        log(f"features: {paths[0]} (the newest under {Path(out, 'features')})")
-    stores = [load_features(p) for p in paths]
-    report_dir = ensure_writable(Path(out, "reports", _report_name(stores)))
-    with exclusive(report_dir, "cnnfeat compare"):  # one writer per report folder: its rows and models agree
-        return _compare_into(report_dir, stores, paths, out, heads, clf, finetune, refit, fuse, ensembles, settings,
-                             finetune_options, log)
-
-
-def _compare_into(report_dir, stores, paths, out, heads, clf, finetune, refit, fuse, ensembles, settings,
-                  finetune_options, log) -> CompareOutcome:
-    seed = settings.seed
-    rows, failures, notes = [], [], []
-    fused = None
-    if len(stores) > 1 and fuse != "none":  # joined first: files that cannot be are refused before any fit
-        fused, fuse_notes = fuse_features(stores, log)
-        notes += fuse_notes
-    run = HeadRun(heads, clf, report_dir, refit, settings, ensembles, notes, failures, log)
-    splits = {}  # feature label -> (its features, its split)
-    for data in stores:
-        label = feature_label(data)
-        split = _split(data, label, run)
-        splits[label] = (data, split)
-        rows += _head_rows(data, label, split, run)
-        if finetune and data.weights_source in ("", "random"):
-            run_finetune(data=data.data_root, backbone=data.backbone, weights=data.weights_source or None, out=out,
-                         seed=seed, log=log, **(finetune_options or {}))
-        try:
-            finetuned = load_finetuned_row(out, data, *_heldout(data, split), log)
-        except CnnfeatError as error:
-            failures.append((label, FINETUNE_ROW, str(error)))
-            log(f"{label} {FINETUNE_ROW}: left out: {error}")
-            finetuned = None
-        if finetuned is not None:
-            rows.append(Row(label, FINETUNE_ROW, **finetuned))
-    if fused is not None:
-        label = feature_label(fused)
-        splits[label] = (fused, _split(fused, label, run))
-        rows += _head_rows(fused, label, splits[label][1], run)
-    if not rows:
-        raise CnnfeatError("no head could be fitted: " + "; ".join(f"{h}: {r}" for _, h, r in failures))
-    notes += [f"{row.backbone} {row.head}: {note.removeprefix(row.head + ': ')}" for row in rows
-              for note in row.info.get("notes", [])]
-    _score_rows(rows, settings.scoring, seed)
-    markdown = write_report(report_dir, rows, failures, notes, meta={
-        "dataset": stores[0].dataset, "feature_files": [str(p) for p in paths], **settings.result_settings()},
-        embedding=_embedding(rows, splits))
-    return CompareOutcome(report_dir, markdown, rows, failures, notes)
-
-
-class HeadRun(NamedTuple):
-    """What one compare fits every feature file's heads with, and where it collects what it says."""
-
-    heads: list
-    clf: str
-    report_dir: Path
-    refit: bool
-    settings: SearchSettings
-    ensembles: list  # of classifiers.ensemble.ENSEMBLES
-    notes: list
-    failures: list  # (feature label, head, reason)
-    log: object
-
-
-def _split(data, label: str, run: HeadRun):
-    """The feature file's train/held-out split, with what is worth saying about it."""
-    split = train_eval_split(data, run.settings.seed)
-    if split.note:
-        run.notes.append(f"{label}: {split.note}")
-        run.log(run.notes[-1])
-    _check_heldout(data, label, split, run.notes, run.log)
-    return split
-
-
-def _embedding(rows, splits) -> Embedding | None:
-    """The held-out vectors of the best row that was fitted on vectors, with its predictions."""
-    best = next((row for row in rows if row.model is not None), None)
-    if best is None:
-        return None
-    data, split = splits[best.backbone]
-    return Embedding(data.X[split.evaluate], best.truth, best.predicted,
-                     f"{best.backbone}; mistakes of its {best.head}, the best row on them")
-
-
-def _head_rows(data, label: str, split, run: HeadRun) -> list[Row]:
-    """Every asked head searched, fitted and scored on one feature file's split (or reused)."""
-    heldout = _heldout(data, split)
-    rows = []
-    for head in run.heads:
-        if run.clf in ("all", "", None) and _too_many_rows(head, len(split.train), label, run.notes, run.log):
-            continue
-        try:
-            rows.append(_scored_row(data, label, split, head, heldout, run))
-        except OutputError:
-            raise  # the machine's refusal to write (a full disk), not this head's: the run stops
-        except CnnfeatError as error:
-            run.failures.append((label, head, str(error)))
-            run.log(f"{label} {head}: not fitted: {error}")
-    return rows + _ensemble_rows(data, label, split, heldout, rows, run)
-
-
-def _heldout(data, split) -> tuple[list, list]:
-    """(paths, true class names) of the split's held-out rows."""
-    return ([str(p) for p in data.paths[split.evaluate]],
-            list(np.asarray(data.class_names, dtype=object)[data.y[split.evaluate]]))
-
-
-def _too_many_rows(head: str, rows: int, label: str, notes: list, log) -> bool:
-    """`--clf all` leaves out a head whose default grid would take hours at this size, and says so."""
-    limit = get_head(head).scales_badly_above
-    if limit is None or rows <= limit:
-        return False
-    notes.append(f"{label}: {head} left out of --clf all: {rows:,} training rows is past {limit:,}, where its "
-                 f"search takes hours (its cost grows with rows squared); --clf {head} runs it anyway")
-    log(notes[-1])
-    return True
+def _load_stores(features, out, log) -> tuple[list[Path], list]:
+    """The feature files asked for (default: the newest under OUT/features, said), opened."""
+    paths = [Path(p) for p in features] if features else [chosen_features(None, out, log)]
+    return paths, [load_features(p) for p in paths]
 
 
 def _report_name(stores) -> str:
@@ -234,112 +153,168 @@ def _report_name(stores) -> str:
     return name if len(name) <= 150 else f"{datasets[0]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
-def _check_heldout(data, label, split, notes, log):
-    held = set(data.y[split.evaluate].tolist())
+def _compare_into(run: CompareRun, stores, paths, out) -> CompareOutcome:
+    fused = _fused(stores, run)  # joined first: files that cannot be are refused before any fit
+    tables = [_file_rows(data, run, out) for data in stores]
+    if fused is not None:
+        tables.append(_file_rows(fused, run, out=None))
+    rows = [row for table in tables for row in table.rows]
+    if not rows:
+        raise CnnfeatError("no head could be fitted: " + "; ".join(f"{h}: {r}" for _, h, r in run.failures))
+    run.notes += _model_notes(rows)
+    search = run.settings.search
+    score_rows(rows, search.scoring, search.seed)
+    markdown = write_report(run.report_dir, rows, run.failures, run.notes, meta={
+        "dataset": stores[0].dataset, "feature_files": [str(p) for p in paths], **search.result_settings()},
+        embedding=_embedding(rows, tables))
+    return CompareOutcome(run.report_dir, markdown, rows, run.failures, run.notes)
+
+
+def _model_notes(rows: list[Row]) -> list[str]:
+    """What each saved model's record notes (a lowered fold count, a best value at its grid's edge...),
+    named by its row."""
+    return [f"{row.backbone} {row.head}: {note.removeprefix(row.head + ': ')}" for row in rows
+            for note in row.info.get("notes", [])]
+
+
+def _fused(stores, run: CompareRun):
+    """Each image's vectors of the several feature files joined (--fuse), or None."""
+    if len(stores) < 2 or run.settings.fuse == "none":
+        return None
+    fused, notes = fuse_features(stores, run.log)
+    run.notes.extend(notes)
+    return fused
+
+
+def _file_rows(data, run: CompareRun, out) -> FileRows:
+    """One feature file's rows: its heads, their ensembles, and (`out` given) its fine-tuned network."""
+    label = feature_label(data)
+    split = _split(data, label, run)
+    file = FeatureFile(label, data, split, heldout_images(data, split))
+    rows = _head_rows(file, run)
+    rows += _ensemble_rows(file, rows, run)
+    if out is not None:
+        rows += _finetuned_rows(file, run, out)
+    return FileRows(file, rows)
+
+
+def _split(data, label: str, run: CompareRun) -> Split:
+    """The feature file's train/held-out split, with what is worth saying about it."""
+    split = train_eval_split(data, run.settings.search.seed)
+    if split.note:
+        run.note(f"{label}: {split.note}")
+    held = set(data.y[split.heldout].tolist())
     missing = [c for i, c in enumerate(data.class_names) if i not in held]
     if missing:
-        notes.append(f"{label}: class {', '.join(missing)} has no {split.name} images: its recall is "
-                     f"unmeasured, and balanced accuracy and macro-F1 cover the other classes only")
-        log(notes[-1])
+        run.note(f"{label}: class {', '.join(missing)} has no {split.name} images: its recall is unmeasured, "
+                 f"and balanced accuracy and macro-F1 cover the other classes only")
+    return split
 
 
-def _scored_row(data, label, split, head, heldout, run: HeadRun) -> Row:
-    key = cache_key(data, split, head, run.settings)
-    return _saved_or_fitted(data, label, split, head, heldout, run, key,
-                            lambda: fit_and_score(data, split, head, settings=run.settings, log=run.log))
+def _embedding(rows, tables: list[FileRows]) -> Embedding | None:
+    """The held-out vectors of the best row that was fitted on vectors, with its predictions."""
+    best = next((row for row in rows if row.model is not None), None)
+    if best is None:
+        return None
+    file = next(table.file for table in tables if table.file.label == best.backbone)
+    return Embedding(file.data.X[file.split.heldout], best.truth, best.predicted,
+                     f"{best.backbone}; mistakes of its {best.head}, the best row on them")
 
 
-def _ensemble_rows(data, label, split, heldout, members: list[Row], run: HeadRun) -> list[Row]:
+def _head_rows(file: FeatureFile, run: CompareRun) -> list[Row]:
+    """Every asked head searched, fitted and scored on one feature file's split (or reused)."""
+    rows = []
+    for head in run.heads:
+        if run.settings.clf in ("all", "", None) and _too_many_rows(head, len(file.split.train), file.label, run):
+            continue
+        key = head_key(file.data, file.split, head, run.settings.search)
+        fit = partial(fit_and_score, file.data, file.split, head, settings=run.settings.search, log=run.log)
+        rows += _row_or_failure(file, head, run, key, fit)
+    return rows
+
+
+def _too_many_rows(head: str, rows: int, label: str, run: CompareRun) -> bool:
+    """`--clf all` leaves out a head whose default grid would take hours at this size, and says so."""
+    limit = get_head(head).scales_badly_above
+    if limit is None or rows <= limit:
+        return False
+    run.note(f"{label}: {head} left out of --clf all: {rows:,} training rows is past {limit:,}, where its "
+             f"search takes hours (its cost grows with rows squared); --clf {head} runs it anyway")
+    return True
+
+
+def _ensemble_rows(file: FeatureFile, members: list[Row], run: CompareRun) -> list[Row]:
     """The asked ensembles of the rows' fitted heads (all on this feature file's training rows)."""
     members = [row for row in members if hasattr(row.model.pipeline_, "predict_proba")]
     if len(members) < 2:
         return []
     rows = []
     for kind in run.ensembles:
-        record = {"ensemble": kind, "members": sorted(row.info["cache_key"] for row in members),
-                  **run.settings.result_settings()}
-        key = json_key(record)
-        try:
-            rows.append(_saved_or_fitted(data, label, split, kind, heldout, run, key,
-                                         lambda: _fit_ensemble(kind, data, split, members, run)))
-        except OutputError:
-            raise
-        except CnnfeatError as error:
-            run.failures.append((label, kind, str(error)))
-            run.log(f"{label} {kind}: not fitted: {error}")
+        key = ensemble_key(kind, [row.info["cache_key"] for row in members], run.settings.search)
+        rows += _row_or_failure(file, kind, run, key, partial(_fit_ensemble, kind, file, members, run))
     return rows
 
 
-def _fit_ensemble(kind, data, split, members: list[Row], run: HeadRun) -> Scored:
-    names = [row.head for row in members]
+def _fit_ensemble(kind, file: FeatureFile, members: list[Row], run: CompareRun) -> Scored:
+    names, search, data, split = [row.head for row in members], run.settings.search, file.data, file.split
     run.log(f"{kind}: " + (f"soft vote of {', '.join(names)}" if kind == "vote" else
                            f"logistic regression on the out-of-fold probabilities of {', '.join(names)} "
-                           f"({run.settings.cv} folds; each head fitted {run.settings.cv + 1} more times)"))
+                           f"({search.cv} folds; each head fitted {search.cv + 1} more times)"))
     started = time.perf_counter()
     model = ensemble_model(kind, {row.head: row.model for row in members}, data.X[split.train], data.y[split.train],
-                           run.settings.cv, run.settings.seed, run.settings.jobs)
+                           search.cv, search.seed, search.jobs)
     seconds = time.perf_counter() - started
     scored = evaluate(model, data, split)
     selection = ("mean of the heads' probabilities" if kind == "vote" else
-                 f"logistic regression on {run.settings.cv}-fold out-of-fold probabilities on train")
-    info = {"head": kind, "members": names, "best_params": {"members": "+".join(names)}, "selection": selection, "heldout": scored.heldout,
-            **provenance(data, run.settings.seed), "fit_seconds": round(seconds, 3),
+                 f"logistic regression on {search.cv}-fold out-of-fold probabilities on train")
+    info = {"head": kind, "members": names, "best_params": {"members": "+".join(names)}, "selection": selection,
+            "heldout": scored.scores, **provenance(data, search.seed), "fit_seconds": round(seconds, 3),
             "predict_seconds_per_image": scored.seconds_per_image, "notes": []}
     return Scored(model, info, scored.predicted, scored.proba)
 
 
-def _saved_or_fitted(data, label, split, name: str, heldout, run: HeadRun, key: str, fit) -> Row:
-    """The row of model `name`: the one saved under this cache key when there is one, else `fit()`'s
-    (a Scored), saved for next time."""
-    model_path = run.report_dir / "models" / f"{label}-{name}.joblib"
-    reused = None if run.refit else _reuse(model_path, key, name, data.fingerprint, run.log)
+def _row_or_failure(file: FeatureFile, name: str, run: CompareRun, key: str, fit) -> list[Row]:
+    """[the row of model `name`], or [] and a failure noted where it cannot be fitted. The machine's
+    refusal to write (a full disk) is not this model's: it stops the run."""
+    try:
+        return [_saved_or_fitted(file, name, run, key, fit)]
+    except OutputError:
+        raise
+    except CnnfeatError as error:
+        run.failed(file.label, name, error)
+        return []
+
+
+def _saved_or_fitted(file: FeatureFile, name: str, run: CompareRun, key: str, fit) -> Row:
+    """The row of model `name`: the one saved under this key when there is one, else `fit()`'s (a
+    Scored), saved for next time."""
+    model_path = run.report_dir / "models" / f"{file.label}-{name}.joblib"
+    reused = None if run.settings.refit else reusable(model_path, key, name, file.data.fingerprint, run.log)
     if reused is not None:
         model, info = reused
-        run.log(f"{label} {name}: nothing changed, reusing the fitted model ({model_path.name}; --refit "
+        run.log(f"{file.label} {name}: nothing changed, reusing the fitted model ({model_path.name}; --refit "
                 f"searches again)")
-        X_eval = data.X[split.evaluate]
-        predicted, proba = model.predict(X_eval), model.predict_proba(X_eval)
+        X_heldout = file.data.X[file.split.heldout]
+        predicted, proba = model.predict(X_heldout), model.predict_proba(X_heldout)
     else:
         scored = fit()
         model, info, predicted, proba = scored.model, {**scored.info, "cache_key": key}, scored.predicted, scored.proba
         save_model(model, model_path, info)
-    return Row(label, name, info, *heldout, list(predicted), proba, list(model.classes_), reused=reused is not None,
-               model=model)
+    return Row(file.label, name, info, *file.heldout, list(predicted), proba, list(model.classes_),
+               reused=reused is not None, model=model)
 
 
-def _reuse(model_path: Path, key: str, name: str, fingerprint: str, log):
-    """(model, info) saved by an earlier run with this cache key, or None: then the head is fitted
-    again (a missing, changed or half-saved model file included, with a line saying so). The model
-    must be the one its record describes (its sha256), of this head, on these features."""
-    json_path = model_path.with_suffix(".json")
+def _finetuned_rows(file: FeatureFile, run: CompareRun, out) -> list[Row]:
+    """The fine-tuned network's row (fine-tuned first under --finetune, from pretrained or random
+    weights only): none where there is no fine-tune of this backbone, a failure where it cannot be
+    ranked beside the heads."""
+    data, finetune = file.data, run.settings.finetune
+    if finetune is not None and data.weights_source in ("", "random"):
+        run_finetune(data.data_root, out, replace(finetune, backbone=data.backbone, seed=run.settings.search.seed,
+                                                  weights=data.weights_source or None), run.log)
     try:
-        info = json.loads(json_path.read_text()) if json_path.is_file() else {}
-    except (OSError, ValueError):
-        info = {}
-    if not isinstance(info, dict) or info.get("cache_key") != key:
-        return None
-    try:
-        model = load_model(model_path)
+        row = finetuned_row(out, data, file.label, file.heldout, run.log)
     except CnnfeatError as error:
-        log(f"cannot reuse {model_path.name} ({error}); fitting it again")
-        return None
-    if info.get("head") != name or model.feature_fingerprint != fingerprint:
-        log(f"cannot reuse {model_path.name} (it is not the {name} of these features); fitting it again")
-        return None
-    return model, info
-
-
-def _score_rows(rows, scoring: str, seed: int):
-    """Metrics and bootstrap interval per row; rank by `scoring` (the score the searches maximised);
-    McNemar against the best row, on the images both scored."""
-    for row in rows:
-        row.metrics = heldout_scores(row.truth, row.predicted, row.proba,
-                                     np.asarray(row.classes, dtype=object) if row.proba is not None else None)
-        row.metrics["ci_low"], row.metrics["ci_high"] = bootstrap_interval(row.correct, seed)
-    others = [k for k in ("accuracy", "balanced_accuracy", "f1_macro") if k != scoring]
-    rows.sort(key=lambda r: (-r.metrics[scoring], *(-r.metrics[k] for k in others), r.backbone, r.head))
-    best = rows[0]
-    best_correct = dict(zip(best.paths, best.correct))
-    for row in rows:
-        shared = [(best_correct[p], c) for p, c in zip(row.paths, row.correct) if p in best_correct]
-        row.metrics["mcnemar_p_vs_best"] = None if row is best else mcnemar_p(*zip(*shared)) if shared else None
+        run.failed(file.label, FINETUNE_ROW, error, "left out")
+        return []
+    return [row] if row is not None else []

@@ -28,7 +28,7 @@ class Distillation:
     temperature: float = 4.0
     alpha: float = 0.5  # the teacher's share of the loss; the labels get 1 - alpha
 
-    def check(self) -> "Distillation":
+    def check(self) -> Distillation:
         """Refuse a missing teacher, one whose saved record does not vouch for it, or settings out of range."""
         if not Path(self.teacher).is_file():
             raise CnnfeatError(f"--teacher {self.teacher}: no such file")

@@ -15,6 +15,7 @@ from common.errors import CnnfeatError
 from common.files import ensure_writable
 from featurize import library_versions, load_features, part_widths, take_rows
 
+from .layout import DEFAULT_OUT, features_dir, models_dir
 from .metrics import heldout_scores
 from .splits import train_eval_split
 
@@ -29,11 +30,20 @@ class FitOutcome:
 
 def latest_features(out: str | Path) -> Path:
     """The feature file under OUT/features written last."""
-    stores = sorted(Path(out, "features").glob("*.h5"), key=lambda p: p.stat().st_mtime)
+    stores = sorted(features_dir(out).glob("*.h5"), key=lambda p: p.stat().st_mtime)
     if not stores:
-        raise CnnfeatError(f"no feature file under {Path(out, 'features')}: run `cnnfeat extract` first, "
+        raise CnnfeatError(f"no feature file under {features_dir(out)}: run `cnnfeat extract` first, "
                            f"or pass --features FILE")
     return stores[-1]
+
+
+def chosen_features(features, out, log) -> Path:
+    """--features as given, or the newest feature file under OUT/features (and a line saying so)."""
+    if features:
+        return Path(features)
+    path = latest_features(out)
+    log(f"features: {path} (the newest under {features_dir(out)})")
+    return path
 
 
 def parse_grid(text: str | None):
@@ -62,8 +72,9 @@ class Scored:
     proba: np.ndarray  # (n held-out, classes) in model.classes_ order
 
 
-def fit_and_score(data, split, clf, grid=None, settings: SearchSettings = SearchSettings(), log=print) -> Scored:
+def fit_and_score(data, split, clf, grid=None, settings: SearchSettings | None = None, log=print) -> Scored:
     """Search `clf` on the training rows of `split`, refit on all of them, score the held-out rows."""
+    settings = settings or SearchSettings()
     head = get_head(clf)
     if data.parts:  # joined vectors of several backbones: each part L2-normalised first
         head = fused_head(head, part_widths(data.config))
@@ -90,7 +101,7 @@ def fit_and_score(data, split, clf, grid=None, settings: SearchSettings = Search
         "cv": {"scoring": result.scoring, "mean": result.cv_mean, "std": result.cv_std, "folds": result.folds,
                "candidates": result.candidates, "evaluated": result.evaluated, "search": result.method,
                "seconds": round(result.seconds, 3)},
-        "heldout": scored.heldout, **provenance(data, settings.seed),
+        "heldout": scored.scores, **provenance(data, settings.seed),
         "search_seconds": round(result.seconds, 3), "refit_seconds": round(fit_seconds, 3),
         "fit_seconds": round(result.seconds + fit_seconds, 3), "predict_seconds_per_image": scored.seconds_per_image,
         "notes": notes,
@@ -104,11 +115,12 @@ class Evaluation(NamedTuple):
     predicted: np.ndarray  # class names
     proba: np.ndarray  # in model.classes_ order
     seconds_per_image: float  # predicting
-    heldout: dict  # the split, and the held-out scores
+    scores: dict  # the split described, and the held-out scores: the saved record's "heldout"
 
 
 def evaluate(model: FeatureClassifier, data, split) -> Evaluation:
-    X_eval, y_eval = take_rows(data.X, split.evaluate), np.asarray(data.class_names, dtype=object)[data.y[split.evaluate]]
+    X_eval = take_rows(data.X, split.heldout)
+    y_eval = np.asarray(data.class_names, dtype=object)[data.y[split.heldout]]
     started = time.perf_counter()
     predicted = model.predict(X_eval)
     proba = model.predict_proba(X_eval)
@@ -126,25 +138,24 @@ def provenance(data, seed: int) -> dict:
 
 
 def _unseen_classes(model, data, split, log) -> list[str]:
-    held = set(np.asarray(data.class_names, dtype=object)[data.y[split.evaluate]].tolist())
+    held = set(np.asarray(data.class_names, dtype=object)[data.y[split.heldout]].tolist())
     unseen = sorted(held - set(model.classes_.tolist()))
     if not unseen:
         return []
-    note = f"classes {', '.join(unseen)} are in {split.name} but not in the training rows: the model cannot predict them"
+    note = (f"classes {', '.join(unseen)} are in {split.name} but not in the training rows: the model cannot "
+            f"predict them")
     log(note)
     return [note]
 
 
-def fit_model(features=None, out="artifacts", clf="svm", grid=None, settings: SearchSettings | None = None, log=print,
+def fit_model(features=None, out=DEFAULT_OUT, clf="svm", grid=None, settings: SearchSettings | None = None, log=print,
               **overrides) -> FitOutcome:
     """`cnnfeat fit`; `overrides` are SearchSettings fields (cv=3, seed=7, ...)."""
     settings = replace(settings or SearchSettings(), **overrides).check()
     get_head(clf)  # an unknown head fails before anything is read
-    features_path = Path(features) if features else latest_features(out)
-    if not features:
-        log(f"features: {features_path} (the newest under {Path(out, 'features')})")
+    features_path = chosen_features(features, out, log)
     data = load_features(features_path, lazy=True)  # X stays in the file: only the rows a step needs are read
-    model_path = Path(out, "models", f"{features_path.stem}-{clf}.joblib")
+    model_path = models_dir(out) / f"{features_path.stem}-{clf}.joblib"
     ensure_writable(model_path.parent)  # a read-only --out is found before the search, not after
     split = train_eval_split(data, settings.seed)
     if split.note:

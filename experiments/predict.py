@@ -1,4 +1,5 @@
-"""`cnnfeat predict`: one CSV row per image (class, probability, one column per class, or the reason)."""
+"""`cnnfeat predict`: one CSV row per image (class, probability, one column per class, or the reason),
+written to OUT/predictions/<model>.csv unless given a path."""
 from __future__ import annotations
 
 import csv
@@ -10,6 +11,10 @@ from common.errors import CnnfeatError
 from common.files import atomic_write, ensure_writable
 from common.names import printable
 from featurize import find_images
+
+from .layout import predictions_csv
+
+FOLDER_CSV = "predictions.csv"  # the file's name when --out is a folder
 
 
 def expand_inputs(inputs) -> list[str]:
@@ -23,15 +28,22 @@ def expand_inputs(inputs) -> list[str]:
     return paths
 
 
-def predict_to_csv(model_path, inputs, out_csv="predictions.csv", device="auto", batch_size=None, workers=None,
+def csv_path(out_csv, model_path) -> Path:
+    """Where the CSV goes: `out_csv`; in it as predictions.csv when it is a folder (made if need be: a
+    trailing slash says so); OUT/predictions/<model>.csv of the default output root when None."""
+    if out_csv is None:
+        return predictions_csv(model_path)
+    if Path(out_csv).is_dir() or str(out_csv).endswith(("/", os.sep)):
+        return Path(out_csv) / FOLDER_CSV
+    return Path(out_csv)
+
+
+def predict_to_csv(model_path, inputs, out_csv=None, device="auto", batch_size=None, workers=None,
                    progress=True) -> tuple[Path, int, int]:
     """Predict every image, writing the CSV batch by batch in input order (memory of one batch,
-    however many images); returns (csv path, rows written, unreadable images). `out_csv` may be a
-    folder: the CSV is then predictions.csv in it. Names that are not UTF-8 are written readably
-    (\\xNN escapes): the CSV is UTF-8 text for any program to read."""
-    if Path(out_csv).is_dir() or str(out_csv).endswith(("/", os.sep)):  # a folder, made if need be
-        out_csv = Path(out_csv) / "predictions.csv"
-    out_csv = Path(out_csv)
+    however many images); returns (csv path, rows written, unreadable images). Names that are not
+    UTF-8 are written readably (\\xNN escapes): the CSV is UTF-8 text for any program to read."""
+    out_csv = csv_path(out_csv, model_path)
     ensure_writable(out_csv.parent)
     model = load_model(model_path)
     paths = expand_inputs(inputs)
@@ -41,12 +53,18 @@ def predict_to_csv(model_path, inputs, out_csv="predictions.csv", device="auto",
         writer = csv.writer(handle)
         writer.writerow(["path", "predicted", "probability", *(f"p_{printable(c)}" for c in classes), "error"])
         for good, vectors, bad in model.iter_embedded(paths, device, batch_size, workers, progress):
-            rows = {j: [printable(paths[j]), "", "", *([""] * len(classes)), printable(reason)] for j, reason in bad}
-            if len(good):
-                for j, predicted, probabilities in zip(good, model.predict(vectors), model.predict_proba(vectors)):
-                    column = classes.index(str(predicted))
-                    rows[j] = [printable(paths[j]), printable(predicted), f"{probabilities[column]:.6f}",
-                               *(f"{p:.6f}" for p in probabilities), ""]
-            writer.writerows(rows[j] for j in sorted(rows))
+            writer.writerows(_batch_lines(model, paths, classes, good, vectors, bad))
             failed += len(bad)
     return out_csv, len(paths), failed
+
+
+def _batch_lines(model, paths: list[str], classes: list[str], good, vectors, bad) -> list[list]:
+    """The CSV lines of one batch, in input order: a prediction per readable image, the reason for
+    each other one."""
+    lines = {j: [printable(paths[j]), "", "", *([""] * len(classes)), printable(reason)] for j, reason in bad}
+    if len(good):
+        for j, predicted, probabilities in zip(good, model.predict(vectors), model.predict_proba(vectors)):
+            column = classes.index(str(predicted))
+            lines[j] = [printable(paths[j]), printable(predicted), f"{probabilities[column]:.6f}",
+                        *(f"{p:.6f}" for p in probabilities), ""]
+    return [lines[j] for j in sorted(lines)]

@@ -1,8 +1,9 @@
-"""The report of `compare`: report.md/.csv/.json, predictions per head, confusion matrices, one chart.
+"""The report of `compare`: report.md/.csv/.json/.html, predictions per row, and the pictures
+(experiments.plots draws them).
 
-Every file is written whole (files.write_bytes_atomic): a full disk or a kill leaves the previous
-version or none, never half of one. Text is UTF-8; a name that is not (a file name from another
-system) is written readably, with \\xNN escapes."""
+The files are made in memory, then written as a set (common.files.written_together): a full disk
+or a kill leaves the previous report or the new one, never half of one or a mix. Text is UTF-8; a
+name that is not (a file name from another system) is written readably, with \\xNN escapes."""
 from __future__ import annotations
 
 import base64
@@ -11,12 +12,11 @@ import html
 import io
 import json
 from pathlib import Path
-from typing import NamedTuple
-
-import numpy as np
 
 from common.files import written_together
 from common.names import printable
+
+from .plots import Embedding, confusion_png, embedding_figure, png, summary_png
 
 COLUMNS = ["rank", "backbone", "head", "n", "accuracy", "ci_low", "ci_high", "balanced_accuracy", "f1_macro",
            "log_loss", "cv_scoring", "cv_mean", "cv_std", "cv_folds", "mcnemar_p_vs_best", "fit_seconds",
@@ -46,20 +46,10 @@ def _ms(seconds):
 
 
 def markdown_table(recs, notes, failures, scoring="accuracy") -> str:
+    """The table as Markdown (what `compare` prints), with how to read it, the notes and the failures."""
     header = ("| # | backbone | head | accuracy (95% CI) | bal. acc. | macro-F1 | log-loss | CV (mean ± std) "
               "| McNemar p vs best | fit s | predict ms/img | best params | selected by |")
-    lines = [header, "|" + "---|" * 13]
-    for r in recs:
-        cv = "—" if r["cv_mean"] is None else {0: f"{r['cv_mean']:.3f} (OOB)", 1: f"{r['cv_mean']:.3f} (1 slice)"}.get(
-            r["cv_folds"], f"{r['cv_mean']:.3f} ± {r['cv_std']:.3f}")
-        p = "best" if r["rank"] == 1 else ("—" if r["mcnemar_p_vs_best"] is None else f"{r['mcnemar_p_vs_best']:.3f}")
-        params = ", ".join(f"{k}={v}" for k, v in (r["best_params"] or {}).items())
-        lines.append(
-            f"| {r['rank']} | {r['backbone']} | {r['head']}{' (reused)' if r['reused'] else ''} "
-            f"| {r['accuracy']:.3f} ({r['ci_low']:.3f}–{r['ci_high']:.3f}) | {r['balanced_accuracy']:.3f} "
-            f"| {r['f1_macro']:.3f} | {_fmt(r['log_loss'])} | {cv} | {p} | {_fmt(r['fit_seconds'], 2)} "
-            f"| {_fmt(r['predict_ms_per_image'], 3)} | {params} | {r['selected_by'] or '—'} |")
-    lines.append("")
+    lines = [header, "|" + "---|" * 13, *(_markdown_row(r) for r in recs), ""]
     lines.append(f"Ranked by held-out {scoring.replace('_', ' ')}. Held-out images: {recs[0]['n']}; no row was "
                  f"chosen on them (see 'selected by'). CV: {scoring} on the training rows. "
                  "95% CI: percentile bootstrap over held-out images. McNemar: exact two-sided test on the "
@@ -68,21 +58,33 @@ def markdown_table(recs, notes, failures, scoring="accuracy") -> str:
     return "\n".join(lines) + "\n"
 
 
+def _markdown_row(r: dict) -> str:
+    params = ", ".join(f"{k}={v}" for k, v in (r["best_params"] or {}).items())
+    return (f"| {r['rank']} | {r['backbone']} | {r['head']}{' (reused)' if r['reused'] else ''} "
+            f"| {r['accuracy']:.3f} ({r['ci_low']:.3f}–{r['ci_high']:.3f}) | {r['balanced_accuracy']:.3f} "
+            f"| {r['f1_macro']:.3f} | {_fmt(r['log_loss'])} | {_cv_cell(r)} | {_mcnemar_cell(r)} "
+            f"| {_fmt(r['fit_seconds'], 2)} | {_fmt(r['predict_ms_per_image'], 3)} | {params} "
+            f"| {r['selected_by'] or '—'} |")
+
+
+def _cv_cell(r: dict) -> str:
+    if r["cv_mean"] is None:
+        return "—"
+    if r["cv_folds"] == 0:
+        return f"{r['cv_mean']:.3f} (OOB)"
+    if r["cv_folds"] == 1:
+        return f"{r['cv_mean']:.3f} (1 slice)"
+    return f"{r['cv_mean']:.3f} ± {r['cv_std']:.3f}"
+
+
+def _mcnemar_cell(r: dict) -> str:
+    if r["rank"] == 1:
+        return "best"
+    return "—" if r["mcnemar_p_vs_best"] is None else f"{r['mcnemar_p_vs_best']:.3f}"
+
+
 def _fmt(value, digits=3):
     return "—" if value is None else f"{value:.{digits}f}"
-
-
-class Embedding(NamedTuple):
-    """Held-out vectors to draw in 2-D, with their true and predicted classes."""
-
-    vectors: np.ndarray
-    truth: list
-    predicted: list
-    title: str  # whose vectors and whose predictions
-
-
-EMBEDDED_AT_MOST = 5000  # held-out rows in the t-SNE plot (a seeded sample above it)
-LEGEND_AT_MOST = 30  # classes named in its legend
 
 
 def write_report(report_dir: Path, rows, failures, notes, meta: dict, embedding: Embedding | None = None) -> str:
@@ -97,9 +99,7 @@ def write_report(report_dir: Path, rows, failures, notes, meta: dict, embedding:
                                         for r in recs])}
     for row in rows:
         files[f"predictions/{row.backbone}-{row.head}.csv"] = _predictions(row)
-    files.update(_plots(rows, recs))
-    if embedding is not None and len(embedding.vectors) >= 5:
-        files["embedding.png"] = _embedding_plot(embedding, meta.get("seed", 0))
+    files.update(_pictures(rows, recs, embedding, meta.get("seed", 0)))
     files["report.html"] = _text(_html(files, rows, recs, notes, failures, meta))
     with written_together() as put:
         for name, data in files.items():
@@ -117,15 +117,6 @@ def _csv(rows) -> bytes:
     return _text(table.getvalue())
 
 
-def _png(figure) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    return buffer.getvalue()
-
-
 def _predictions(row) -> bytes:
     lines = [["path", "true", "predicted", "probability"]]
     for i, (p, t, y) in enumerate(zip(row.paths, row.truth, row.predicted)):
@@ -133,66 +124,14 @@ def _predictions(row) -> bytes:
     return _csv(lines)
 
 
-def _plots(rows, recs) -> dict:
-    """{file name: PNG bytes}: a confusion matrix per row, and the summary chart."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    pictures = {}
-    for row in rows:
-        labels = sorted(set(row.truth) | set(row.predicted), key=lambda c: (c not in row.classes, str(c)))
-        figure, axes = plt.subplots(figsize=(2 + 0.5 * len(labels), 1.6 + 0.5 * len(labels)))
-        ConfusionMatrixDisplay.from_predictions(row.truth, row.predicted, labels=labels, ax=axes, colorbar=False,
-                                                display_labels=[printable(label) for label in labels])
-        axes.set_title(f"{row.backbone} {row.head}: accuracy {row.metrics['accuracy']:.3f}", fontsize=9)
-        figure.tight_layout()
-        pictures[f"confusion/{row.backbone}-{row.head}.png"] = _png(figure)
-    names = [f"{r['backbone']} {r['head']}" for r in recs][::-1]
-    accuracy = [r["accuracy"] for r in recs][::-1]
-    errors = [[r["accuracy"] - r["ci_low"] for r in recs][::-1], [r["ci_high"] - r["accuracy"] for r in recs][::-1]]
-    figure, axes = plt.subplots(figsize=(7, 1 + 0.4 * len(recs)))
-    axes.barh(names, accuracy, xerr=errors, color="#4c72b0", capsize=3)
-    axes.set_xlim(max(0.0, min(r["ci_low"] for r in recs) - 0.05), 1.0)
-    axes.set_xlabel("held-out accuracy (95% bootstrap interval)")
-    figure.tight_layout()
-    pictures["summary.png"] = _png(figure)
+def _pictures(rows, recs, embedding: Embedding | None, seed: int) -> dict:
+    """{file name: PNG bytes}: a confusion matrix per row, the summary chart, the t-SNE plot (from 5
+    held-out vectors up)."""
+    pictures = {f"confusion/{row.backbone}-{row.head}.png": confusion_png(row) for row in rows}
+    pictures["summary.png"] = summary_png(recs)
+    if embedding is not None and len(embedding.vectors) >= 5:
+        pictures["embedding.png"] = png(embedding_figure(embedding, seed))
     return pictures
-
-
-def _embedding_plot(embedding: Embedding, seed: int) -> bytes:
-    """t-SNE of the held-out vectors, coloured by true class; the mistakes of the row named in the
-    title ringed in red."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.manifold import TSNE
-    from sklearn.preprocessing import StandardScaler
-
-    rows = np.arange(len(embedding.vectors))
-    if len(rows) > EMBEDDED_AT_MOST:
-        rows = np.sort(np.random.default_rng(seed).choice(rows, EMBEDDED_AT_MOST, replace=False))
-    X = StandardScaler().fit_transform(np.asarray(embedding.vectors[rows], dtype=np.float32))
-    points = TSNE(2, perplexity=min(30.0, (len(rows) - 1) / 3), init="pca", random_state=seed).fit_transform(X)
-    truth, predicted = np.asarray(embedding.truth, dtype=object)[rows], np.asarray(embedding.predicted, dtype=object)[rows]
-    figure, axes = plt.subplots(figsize=(7, 6))
-    classes = sorted(set(truth.tolist()), key=str)
-    for name in classes:
-        mine = truth == name
-        axes.scatter(points[mine, 0], points[mine, 1], s=12, label=printable(name), alpha=0.8)
-    wrong = truth != predicted
-    mistakes = axes.scatter(points[wrong, 0], points[wrong, 1], s=60, facecolors="none", edgecolors="red",
-                            linewidths=1.2, label=f"mistakes ({int(wrong.sum())})")
-    sampled = f", {len(rows):,} of {len(embedding.vectors):,} sampled" if len(rows) < len(embedding.vectors) else ""
-    unnamed = f", {len(classes)} classes, unnamed" if len(classes) > LEGEND_AT_MOST else ""
-    axes.set_title(f"t-SNE of the held-out vectors ({embedding.title}{sampled}{unnamed})", fontsize=9)
-    # past a few dozen classes a legend covers the plot and names nothing readable: the mistakes only
-    axes.legend(handles=[mistakes] if unnamed else None, fontsize=7, markerscale=1.2, loc="best")
-    axes.set_xticks([])
-    axes.set_yticks([])
-    figure.tight_layout()
-    return _png(figure)
 
 
 HTML_COLUMNS = ("rank", "backbone", "head", "accuracy", "ci_low", "ci_high", "balanced_accuracy", "f1_macro",

@@ -33,7 +33,7 @@ from .demo_data import write_digits
 from .devices import default_workers, resolve_device
 from .discovery import ImageList, discover, file_identity, find_images
 from .distributed import connect_ray
-from .engines import ONNX_OPSET, compute_precision, cpu_session, export_backbone, load_embedder, resolve_engine
+from .engines import ENGINES, ONNX_OPSET, compute_precision, cpu_session, export_backbone, load_embedder, resolve_engine
 from .extract import ExtractResult, extract
 from .fingerprints import feature_config, library_versions
 from .fuse import FUSE_MODES, fuse_features, part_widths
@@ -44,7 +44,7 @@ __all__ = [
     "BackboneError", "CnnfeatError", "DataError", "StoreError",
     "BACKBONES", "DEFAULT_BACKBONE", "TTA_MODES", "Backbone", "Preprocessing", "crop_transform", "get_backbone",
     "register", "write_digits", "connect_ray", "ONNX_OPSET", "compute_precision", "cpu_session", "export_backbone",
-    "load_embedder", "resolve_engine", "ExtractResult", "ImageDataset", "checked_batches", "default_workers",
+    "load_embedder", "resolve_engine", "ENGINES", "ExtractResult", "ImageDataset", "checked_batches", "default_workers",
     "extract", "feature_config", "iter_vectors", "resolve_device", "FUSE_MODES", "fuse_features", "part_widths",
     "ImageList", "UnreadableImage", "decode_upload", "discover", "file_identity", "find_images", "load_image",
     "pil_to_rgb_tensor", "take_rows", "COMPRESSIONS", "DTYPES", "Features", "Storage", "library_versions",

@@ -1,7 +1,7 @@
 """What `serve` runs: a saved model (.joblib) or an exported graph (.onnx), behind one interface.
 
 A predictor turns an uploaded file's bytes into the uint8 crop its backbone expects (`prepare`,
-run per image, in threads; decoding bounded by featurize.images.decode_upload) and a batch of
+run per image, in threads; decoding bounded by featurize.decode_upload) and a batch of
 crops into class probabilities (`predict`, run on batches the server gathers).
 """
 from __future__ import annotations

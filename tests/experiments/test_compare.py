@@ -1,6 +1,7 @@
 import csv
 import json
 import math
+import zlib
 
 import h5py
 import numpy as np
@@ -51,7 +52,8 @@ def test_hymenoptera_compare_best_head_reaches_094_and_reuses_fits(hymenoptera_l
 
 def test_same_seed_same_table_and_refit_searches_again(tinted_store, tmp_path):
     def table(*extra):
-        outcome = compare(features=[tinted_store], out=tmp_path, clf="knn,logreg,linear", seed=3, **QUIET, **dict(extra))
+        outcome = compare(features=[tinted_store], out=tmp_path, clf="knn,logreg,linear", seed=3, **QUIET,
+                          **dict(extra))
         return [(r.head, r.metrics["accuracy"], r.metrics["ci_low"], r.metrics["log_loss"], str(r.info["best_params"]),
                  r.reused) for r in outcome.rows]
     first = table()
@@ -67,7 +69,8 @@ def test_several_backbones_make_one_table(tinted_store, tmp_path):
     outcome = compare(features=[tinted_store, other], out=tmp_path, clf="logreg", **QUIET)
     dataset = load_features(tinted_store).dataset
     assert outcome.report_dir.name == f"{dataset}-resnet18-random+mobilenet_v3_small-random"
-    assert sorted(r.backbone for r in outcome.rows) == [  # each file, and the two joined (tests/experiments/test_fuse.py)
+    # each file, and the two joined (tests/experiments/test_fuse.py)
+    assert sorted(r.backbone for r in outcome.rows) == [
         "mobilenet_v3_small-random", "resnet18-random", "resnet18-random+mobilenet_v3_small-random"]
     assert all(r.metrics["n"] == 12 for r in outcome.rows)
 
@@ -93,7 +96,7 @@ def test_one_backbone_twice_keeps_both_sets_of_outputs(tinted_store, tmp_path):
 def test_reuse_needs_every_input_unchanged_and_a_loadable_model(tinted_store, tmp_path, monkeypatch):
     def heads(*args, **kwargs):
         logs = []
-        outcome = compare(features=[tinted_store], out=tmp_path, clf="knn", log=logs.append, *args, **kwargs)
+        outcome = compare(*args, features=[tinted_store], out=tmp_path, clf="knn", log=logs.append, **kwargs)
         return outcome, " ".join(logs)
 
     first, _ = heads()
@@ -102,29 +105,30 @@ def test_reuse_needs_every_input_unchanged_and_a_loadable_model(tinted_store, tm
     model.unlink()  # a .json without its .joblib: fitted again, not reported as a failure
     again, said = heads()
     assert not again.rows[0].reused and not again.failures and "fitting it again" in said and model.is_file()
-    import experiments.compare as module
+    import experiments.reuse as module
     real = module.library_versions
     monkeypatch.setattr(module, "library_versions", lambda packages: {**real(packages), "scikit-learn": "0.0"})
     assert not heads()[0].rows[0].reused  # another scikit-learn: searched again
 
 
 def _row(head, truth, predicted):
-    from experiments.compare import Row
+    from experiments.ranking import Row
     return Row("b", head, {}, [f"{i}.png" for i in range(len(truth))], truth, predicted, None, ["x", "y"])
 
 
 def test_rows_are_ranked_by_the_chosen_score():
-    from experiments.compare import _score_rows
+    from experiments.ranking import score_rows
     truth = ["x"] * 8 + ["y"] * 2
 
     def ranked(scoring):
         rows = [_row("always_x", truth, ["x"] * 10),  # accuracy 0.8, balanced accuracy 0.5
                 _row("fair", truth, ["x"] * 5 + ["y"] * 5)]  # accuracy 0.7, balanced accuracy 0.8125
-        _score_rows(rows, scoring, seed=0)
-        return [r.head for r in rows], rows[0].metrics["mcnemar_p_vs_best"]
+        score_rows(rows, scoring, seed=0)
+        return [r.head for r in rows], [r.metrics["mcnemar_p_vs_best"] for r in rows]
 
-    assert ranked("accuracy") == (["always_x", "fair"], None)
-    assert ranked("balanced_accuracy") == (["fair", "always_x"], None)
+    # the two disagree on 5 images: 3 only always_x gets right, 2 only fair: exact p = 2 x P(B(5, 1/2) <= 2) = 1
+    assert ranked("accuracy") == (["always_x", "fair"], [None, 1.0])
+    assert ranked("balanced_accuracy") == (["fair", "always_x"], [None, 1.0])
     assert ranked("f1_macro")[0] == ["fair", "always_x"]
 
 
@@ -148,9 +152,12 @@ def test_names_from_a_shared_file_never_leave_out(tinted_store, tmp_path):
 
 
 def _store(tmp_path, layout):
+    """Images of each (split, class, count), seeded by their place (the same pixels in every run:
+    `hash()` of a str is salted per process)."""
     for split, name, count in layout:
         for i in range(count):
-            write_image(tmp_path / "d" / split / name / f"{i}.png", seed=hash((split, name, i)) % 1000)
+            seed = zlib.crc32(f"{split}/{name}/{i}".encode()) % 1000
+            write_image(tmp_path / "d" / split / name / f"{i}.png", seed=seed)
     return extract(data=tmp_path / "d", backbone="resnet18", weights="random", out=tmp_path, workers=0,
                    progress=False).store
 
@@ -162,7 +169,8 @@ def test_single_image_per_class_is_a_clear_message(tmp_path):
 
 
 def test_class_missing_from_val_is_noted(tmp_path):
-    store = _store(tmp_path, [("train", "a", 6), ("train", "b", 6), ("train", "c", 6), ("val", "a", 2), ("val", "b", 2)])
+    store = _store(tmp_path, [("train", "a", 6), ("train", "b", 6), ("train", "c", 6), ("val", "a", 2),
+                              ("val", "b", 2)])
     outcome = compare(features=[store], out=tmp_path, clf="logreg", cv=3, **QUIET)
     assert any("class c has no val images" in n for n in outcome.notes)
     assert "class c has no val images" in (outcome.report_dir / "report.md").read_text()
@@ -252,6 +260,30 @@ def test_compare_on_a_hundred_classes_prints_no_plotting_warning(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "Tight layout" not in done.stderr and "UserWarning" not in done.stderr, done.stderr
     assert (tmp_path / "out" / "reports" / "scale" / "embedding.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("classes", [3, 101])
+def test_the_embedding_legend_names_each_class_and_the_mistakes_until_there_are_too_many(classes):
+    """Up to LEGEND_AT_MOST classes the t-SNE legend names every class, then the mistakes ringed in
+    red (their count worked out here); past it, the mistakes only (and the title says the classes
+    are unnamed)."""
+    from experiments.plots import LEGEND_AT_MOST, Embedding, embedding_figure, pyplot
+
+    rows = 2 * classes
+    truth = [f"c{i % classes:03d}" for i in range(rows)]
+    predicted = [name if i % 5 else "c000" for i, name in enumerate(truth)]
+    mistakes = f"mistakes ({sum(t != p for t, p in zip(truth, predicted))})"
+    vectors = np.random.default_rng(0).random((rows, 8), dtype=np.float32)
+    figure = embedding_figure(Embedding(vectors, truth, predicted, "the test's"), seed=0)
+    try:
+        legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+        title = figure.axes[0].get_title()
+    finally:
+        pyplot().close(figure)
+    if classes > LEGEND_AT_MOST:
+        assert legend == [mistakes] and f"{classes} classes, unnamed" in title
+    else:
+        assert legend == [f"c{c:03d}" for c in range(classes)] + [mistakes] and "unnamed" not in title
 
 
 def test_log_loss_of_numbered_classes_scores_each_image_against_its_own_class(tmp_path):

@@ -7,8 +7,8 @@ from PIL import Image
 
 from classifiers import load_model
 from classifiers.linear_form import linear_form
-from experiments.explain import METHODS, class_activation_map, occlusion_map
 from experiments.fit import fit_model
+from experiments.heatmaps import class_activation_map, occlusion_map
 from featurize import extract, load_features, load_image
 from tests.test_cli import assert_one_line_error, run
 
@@ -67,7 +67,8 @@ def test_the_heat_follows_the_object_when_the_image_is_mirrored(hymenoptera_lite
         assert follows > 0.5 and follows > stays + 0.3
 
 
-def test_explain_cli_writes_a_png_per_good_image_and_says_why_for_the_others(tinted_store, tmp_path):
+def test_explain_cli_writes_a_png_per_good_image_and_says_why_for_the_others(tinted_store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # whatever a run writes by default lands in the test's own folder
     data = load_features(tinted_store)
     model = fit_model(features=tinted_store, out=tmp_path, clf="logreg", **QUIET).model_path
     knn = fit_model(features=tinted_store, out=tmp_path, clf="knn", **QUIET).model_path
@@ -83,15 +84,26 @@ def test_explain_cli_writes_a_png_per_good_image_and_says_why_for_the_others(tin
     assert grids.exit_code == 0, grids.output
     assert sorted(p.name for p in (tmp_path / "grids").iterdir()) == \
         sorted(["filters.png", f"{Path(good[0]).stem}.png", f"{Path(good[0]).stem}-maps.png"])
-    assert_one_line_error(run("explain", "--model", model, good[0], "--feature-maps", "layer9"), "no such layer")
+    refused = tmp_path / "refused"
+    assert_one_line_error(run("explain", "--model", model, good[0], "--feature-maps", "layer9", "--out", refused),
+                          "no such layer")
 
     other = run("explain", "--model", knn, good[0], "--out", tmp_path / "knn", "--class", "red")
     assert other.exit_code == 0 and "occlusion" in other.output, other.output
-    assert_one_line_error(run("explain", "--model", knn, good[0], "--method", "cam"), "needs a linear head")
-    assert_one_line_error(run("explain", "--model", model, good[0], "--class", "green"), "--class green")
+    assert_one_line_error(run("explain", "--model", knn, good[0], "--method", "cam", "--out", refused),
+                          "needs a linear head")
+    assert_one_line_error(run("explain", "--model", model, good[0], "--class", "green", "--out", refused),
+                          "--class green")
+    assert list(refused.iterdir()) == []  # refused before any picture
     nothing = run("explain", "--model", model, tmp_path / "broken.png", "--out", tmp_path / "x")
     assert nothing.exit_code == 1 and "Traceback" not in nothing.output
     assert nothing.output.strip().splitlines()[-1] == "Error: none of the 1 images could be read"
+
+    assert not (tmp_path / "artifacts").exists()
+    default = run("explain", "--model", model, good[0])  # no --out: under the default output root
+    assert default.exit_code == 0, default.output
+    assert default.output.strip().splitlines()[-1] == "1 pictures, 0 unreadable: artifacts/explain"
+    assert [p.name for p in (tmp_path / "artifacts" / "explain").iterdir()] == [f"{Path(good[0]).stem}.png"]
 
 
 def test_occlusion_explains_a_head_without_a_linear_form(tmp_path):
@@ -111,15 +123,10 @@ def test_occlusion_explains_a_head_without_a_linear_form(tmp_path):
     assert heat.heat[20:44, 8:36].mean() > max(0.0, 2 * abs(heat.heat[:, 56:].mean()))
 
 
-def test_cli_methods_match_the_library():
-    import cli
-    assert tuple(cli.EXPLAIN_METHODS) == METHODS
-
-
 def test_feature_maps_are_the_strongest_channels_and_filters_the_first_kernels(tinted_store, tmp_path):
     import torch
 
-    from experiments.explain import feature_map_grid, first_layer_filters
+    from experiments.heatmaps import feature_map_grid, first_layer_filters
     from featurize import get_backbone
 
     model, data = _model(tinted_store, tmp_path), load_features(tinted_store)

@@ -9,7 +9,8 @@ import torch
 from classifiers import load_model
 from common.errors import CnnfeatError
 from experiments.compare import compare
-from experiments.finetune import run_finetune, set_trainable, trunk_blocks
+from experiments.finetune import run_finetune
+from experiments.unfreeze import set_trainable, trunk_blocks
 from featurize import extract, get_backbone, load_features
 from tests.conftest import write_image
 
@@ -72,8 +73,9 @@ def test_needs_a_val_split(class_folders, tmp_path):
 
 
 def test_lite0_finetune_on_hymenoptera(hymenoptera, hymenoptera_lite0, tmp_path):
-    """A few CPU epochs, the epoch chosen on a slice of train, reach >= 0.93 on val; the checkpoint feeds `extract --weights`; the saved
-    model predicts from images what the run reported; compare picks the network up."""
+    """A few CPU epochs, the epoch chosen on a slice of train, reach >= 0.93 on val; the checkpoint feeds
+    `extract --weights`; the saved model predicts from images what the run reported; compare picks the
+    network up."""
     folder = run_finetune(data=hymenoptera, out=tmp_path, **QUIET)
     info = json.loads((folder / "model.json").read_text())
     print(f"finetune val accuracy {info['heldout']['accuracy']:.4f}, best epoch {info['best_params']['best_epoch']}")

@@ -34,7 +34,7 @@ def test_every_head_reaches_092_on_hymenoptera_val(hymenoptera_lite0, tmp_path, 
     assert saved["fit_seconds"] == pytest.approx(saved["search_seconds"] + saved["refit_seconds"], abs=0.002)
 
 
-def test_predict_csv_matches_a_fresh_interpreter(tinted_store, tmp_path):
+def test_predict_csv_matches_a_fresh_interpreter(tinted_store, tmp_path, monkeypatch):
     fitted = run("fit", "--clf", "knn", "--features", tinted_store, "--out", tmp_path)
     assert fitted.exit_code == 0, fitted.output
     model_path = tmp_path / "models" / f"{tinted_store.stem}-knn.joblib"
@@ -60,6 +60,12 @@ def test_predict_csv_matches_a_fresh_interpreter(tinted_store, tmp_path):
     assert classes == [r["predicted"] for r in good]
     np.testing.assert_allclose([[float(r["p_blue"]), float(r["p_red"])] for r in good], proba, atol=1e-6)
 
+    monkeypatch.chdir(tmp_path)  # no --out: under the default output root, named by the model
+    default = run("predict", "--model", model_path, folder, tmp_path / "broken.png", "--quiet")
+    written = tmp_path / "artifacts" / "predictions" / f"{tinted_store.stem}-knn.csv"
+    assert default.output.strip() == f"14 images, 2 unreadable: artifacts/predictions/{written.name}"
+    assert written.read_bytes() == (tmp_path / "p.csv").read_bytes()
+
 
 def test_no_split_gets_a_recorded_holdout_the_same_for_every_head(tmp_path):
     for i in range(15):
@@ -69,8 +75,8 @@ def test_no_split_gets_a_recorded_holdout_the_same_for_every_head(tmp_path):
                     progress=False).store
     features = load_features(store)
     first, second = train_eval_split(features, seed=7), train_eval_split(features, seed=7)
-    assert first.name == "holdout" and len(first.evaluate) == 6 and np.array_equal(first.evaluate, second.evaluate)
-    assert not set(first.train) & set(first.evaluate)
+    assert first.name == "holdout" and len(first.heldout) == 6 and np.array_equal(first.heldout, second.heldout)
+    assert not set(first.train) & set(first.heldout)
     splits = [fit_model(features=store, out=tmp_path, clf=h, seed=7, cv=3, **QUIET).info["heldout"]
               for h in ("knn", "logreg")]
     assert splits[0]["holdout_seed"] == 7 and all(
@@ -217,7 +223,8 @@ def test_fit_holds_the_training_rows_not_the_whole_matrix_beside_them(tmp_path, 
     from tests.conftest import generated_store
 
     monkeypatch.setattr(heads, "MINIBATCH_ABOVE", 1_000)  # logreg on mini-batches, as at a million rows
-    monkeypatch.setattr(classifiers.scaling, "FIT_BYTES", 1 << 20)  # its chunk as small beside 20 MB as 64 MB beside 4 GB
+    # its chunk as small beside 20 MB as 64 MB beside 4 GB
+    monkeypatch.setattr(classifiers.scaling, "FIT_BYTES", 1 << 20)
     grid = {"epochs": [2], **({"weight_decay": [1e-3, 1e-1]} if clf == "linear" else {"C": [0.1, 10.0]})}
     (tmp_path / "small").mkdir()
     fit_model(generated_store(tmp_path / "small", 2_000, dim=256)[0], out=tmp_path, clf=clf, grid=grid,

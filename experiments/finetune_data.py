@@ -1,0 +1,105 @@
+"""The images of a fine-tune: which ones it learns from, which slice of train chooses its epoch and
+which split scores it, and the loaders that feed them to the network (unreadable images left out
+of their batch)."""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from common.errors import CnnfeatError
+from featurize import ImageDataset, checked_batches
+
+SELECTION_FRACTION = 0.2  # of the training images, held back to choose the epoch
+
+
+class FinetuneRows(NamedTuple):
+    """Image indices (into the discovered ImageList) of each part."""
+
+    train: list[int]  # learnt from
+    select: list[int]  # a stratified slice of train that chooses the epoch
+    heldout: list[int]  # val (else test): scores the chosen network, as it scores every head
+    heldout_name: str  # "val" or "test"
+
+
+class Compute(NamedTuple):
+    """Where and in what batches the network runs."""
+
+    device: str
+    batch_size: int
+    workers: int  # decoding processes; 0: in this one
+
+
+def finetune_rows(images, data, seed: int) -> FinetuneRows:
+    """Split the images: train less a stratified SELECTION_FRACTION slice (a row of each class at
+    least) that chooses the epoch, and the held-out split."""
+    from sklearn.model_selection import train_test_split
+
+    all_train, heldout_name = _split_names(images, data)
+    labels = [images.labels[i] for i in all_train]
+    if min(labels.count(label) for label in set(labels)) < 2:
+        raise CnnfeatError("finetune needs at least 2 training images per class: some train, and a slice of "
+                           "train chooses the epoch")
+    select_size = max(len(set(labels)), math.ceil(SELECTION_FRACTION * len(all_train)))  # a row of each class
+    train, select = train_test_split(all_train, test_size=select_size, stratify=labels, random_state=seed)
+    heldout = [i for i, s in enumerate(images.splits) if s == heldout_name]
+    return FinetuneRows(sorted(train), sorted(select), heldout, heldout_name)
+
+
+def _split_names(images, data) -> tuple[list[int], str]:
+    """(the train/ images, the name of the split that scores: val, else test), or why they are not there."""
+    all_train = [i for i, s in enumerate(images.splits) if s == "train"]
+    heldout_name = next((s for s in ("val", "test") if s in images.splits), None)
+    if not all_train or heldout_name is None:
+        raise CnnfeatError(f"finetune needs train/ and val/ (or test/) splits in {data}: val scores the "
+                           f"fine-tuned network as it scores every head")
+    return all_train, heldout_name
+
+
+def collate_readable(items):
+    """(positions of the readable images in their dataset, those images stacked), or None where no
+    image of the batch could be read. In a worker, default_collate stacks into shared memory (see
+    featurize's own collate: a worker that cannot get any fails where the DataLoader reports it)."""
+    from torch.utils.data import default_collate
+
+    good = [(i, t) for i, t, _ in items if t is not None]
+    if not good:
+        return None
+    return [i for i, _ in good], default_collate([t for _, t in good])
+
+
+def train_loader(images, rows: list[int], transform, compute: Compute, generator):
+    """Shuffled batches of the images `rows` (augmented by `transform`): (positions in `rows`, images)."""
+    from torch.utils.data import DataLoader
+
+    dataset = ImageDataset(images.root, [images.paths[i] for i in rows], transform)
+    return DataLoader(dataset, batch_size=compute.batch_size, shuffle=True, generator=generator,
+                      num_workers=compute.workers, collate_fn=collate_readable,
+                      pin_memory=compute.device.startswith("cuda"))
+
+
+def predict_rows(network, images, rows: list[int], prep, compute: Compute, tta: bool):
+    """(paths, labels, softmax probabilities) of the readable images `rows`, centre-cropped (and
+    averaged with the mirrored image under `tta`)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    dataset = ImageDataset(images.root, [images.paths[i] for i in rows], prep.transform())
+    loader = DataLoader(dataset, batch_size=compute.batch_size, num_workers=compute.workers,
+                        collate_fn=collate_readable)
+    network.eval()
+    positions, probabilities = [], []
+    cuda = compute.device.startswith("cuda")
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
+        for item in checked_batches(loader, compute.workers):
+            if item is None:
+                continue
+            batch = item[1].to(compute.device).contiguous(memory_format=torch.channels_last)
+            proba = network(batch).float().softmax(1)
+            if tta:
+                proba = (proba + network(torch.flip(batch, dims=[3])).float().softmax(1)) / 2
+            probabilities.append(proba.cpu().numpy())
+            positions += item[0]
+    return ([dataset.paths[i] for i in positions], [images.labels[rows[i]] for i in positions],
+            np.concatenate(probabilities) if probabilities else np.zeros((0, 0)))

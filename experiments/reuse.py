@@ -1,0 +1,61 @@
+"""Fitted models that `compare` keeps between runs: each saved with the key of everything its
+numbers depend on, and reused only while that key is unchanged and the saved model is the one its
+record describes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from classifiers import SearchSettings, get_head, load_model, resolve_grid
+from common.errors import CnnfeatError
+from common.hashing import json_key
+from featurize import library_versions
+
+from .fit import MODEL_PACKAGES
+
+
+def head_key(data, split, head: str, settings: SearchSettings) -> str:
+    """Everything a fitted head's numbers depend on: the feature file (its fingerprint, sizes and
+    times), the head's grid and pipeline, the search settings, the split, the class names, the
+    library versions."""
+    stats = [Path(f).stat() for f in data.files]
+    spec = get_head(head)
+    inputs = {"fingerprint": data.fingerprint, "file": [[stat.st_size, stat.st_mtime_ns] for stat in stats],
+              "head": head, "grid": repr(resolve_grid(spec)), **settings.result_settings(),
+              "method": settings.method_for(spec, len(split.train)),
+              "pipeline": {k: repr(v) for k, v in spec.build(settings.seed).get_params(deep=True).items()},
+              "calibrate": spec.calibrate, "validation": spec.validation, "split": split.describe(),
+              "class_names": data.class_names, "versions": library_versions(MODEL_PACKAGES)}
+    return json_key(inputs)
+
+
+def ensemble_key(kind: str, member_keys: list[str], settings: SearchSettings) -> str:
+    """An ensemble's numbers depend on its kind, its members' (their keys) and the search settings."""
+    return json_key({"ensemble": kind, "members": sorted(member_keys), **settings.result_settings()})
+
+
+def reusable(model_path: Path, key: str, name: str, fingerprint: str, log):
+    """(model, info) saved by an earlier run with this key, or None: then the model is fitted again
+    (a missing, changed or half-saved model file included, with a line saying so). The model must
+    be the one its record describes (its sha256), of this head, on these features."""
+    info = _saved_info(model_path.with_suffix(".json"))
+    if info.get("cache_key") != key:
+        return None
+    try:
+        model = load_model(model_path)
+    except CnnfeatError as error:
+        log(f"cannot reuse {model_path.name} ({error}); fitting it again")
+        return None
+    if info.get("head") != name or model.feature_fingerprint != fingerprint:
+        log(f"cannot reuse {model_path.name} (it is not the {name} of these features); fitting it again")
+        return None
+    return model, info
+
+
+def _saved_info(json_path: Path) -> dict:
+    """The saved record, or {} where there is none or it cannot be read as a JSON object."""
+    try:
+        info = json.loads(json_path.read_text()) if json_path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}

@@ -1,0 +1,56 @@
+"""Which layers of a backbone's trunk a fine-tune trains: its blocks, the last N of them unfrozen,
+and the batch-norm statistics of the frozen ones kept."""
+from __future__ import annotations
+
+import re
+
+from common.errors import CnnfeatError
+
+
+def trunk_blocks(trunk) -> list:
+    """The trunk as an ordered list of blocks with weights: top-level children, with containers of
+    several blocks (ResNet layers, EfficientNet's block list, ConvNeXt stages) opened up. Heads the
+    forward pass never uses (the ImageNet classifier kept in EfficientNet-Lite) are left out."""
+    from torch import nn
+
+    blocks = []
+    for name, child in trunk.named_children():
+        if name in ("_fc", "fc"):
+            continue
+        opened = isinstance(child, (nn.Sequential, nn.ModuleList)) and len(child) > 1
+        parts = list(child.children()) if opened else [child]
+        blocks += [part for part in parts if any(True for _ in part.parameters())]
+    return blocks
+
+
+def unfrozen_count(unfreeze: str, blocks: int) -> int:
+    """How many of `blocks` blocks --unfreeze ('all', 'none' or 'last-N[-blocks]') trains."""
+    if unfreeze == "all":
+        return blocks
+    if unfreeze == "none":
+        return 0
+    match = re.fullmatch(r"last-(\d+)(-blocks?)?", unfreeze)
+    if not match:
+        raise CnnfeatError(f"--unfreeze {unfreeze!r}: use all, none, or last-N-blocks (e.g. last-2-blocks)")
+    return min(int(match.group(1)), blocks)
+
+
+def set_trainable(trunk, unfreeze: str) -> int:
+    """Unfreeze 'all', 'none' or 'last-N[-blocks]' of the trunk; returns how many blocks train."""
+    blocks = trunk_blocks(trunk)
+    count = unfrozen_count(unfreeze, len(blocks))
+    trunk.requires_grad_(False)
+    for block in blocks[len(blocks) - count:]:
+        block.requires_grad_(True)
+    return count
+
+
+def keep_frozen_batchnorm(trunk) -> None:
+    """Frozen layers keep their ImageNet batch-norm statistics: their BN goes back to eval mode (call
+    it after network.train())."""
+    from torch import nn
+
+    for module in trunk.modules():
+        frozen = not any(p.requires_grad for p in module.parameters())
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and frozen:
+            module.eval()
