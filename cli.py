@@ -1,5 +1,6 @@
 """cnnfeat command line: each command parses its options, calls one library function, and says
 where the output went. torch is imported only inside the libraries, so `--help` is instant."""
+
 from __future__ import annotations
 
 import sys
@@ -34,60 +35,136 @@ def cli():
 
 
 @cli.command()
-@click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True,
-              help="Registered backbone (see `cnnfeat backbones`).")
-@click.option("--data", default="data", show_default=True,
-              help="Image folder (train/ val/ [test/] of class folders, or class folders) or a 'path label' list file.")
-@click.option("--weights", default=None,
-              help="Default: the backbone's own pretrained weights. PATH: a local checkpoint "
-                   "(a state dict; loaded safely). 'random': throughput benchmarks only.")
-@click.option("--trust-pickle", is_flag=True,
-              help="Also accept a --weights file that is a whole pickled module. Loading it RUNS CODE from the "
-                   "file: only for files you made or trust.")
+@click.option(
+    "--backbone", default=DEFAULT_BACKBONE, show_default=True, help="Registered backbone (see `cnnfeat backbones`)."
+)
+@click.option(
+    "--data",
+    default="data",
+    show_default=True,
+    help="Image folder (train/ val/ [test/] of class folders, or class folders) or a 'path label' list file.",
+)
+@click.option(
+    "--weights",
+    default=None,
+    help="Default: the backbone's own pretrained weights. PATH: a local checkpoint "
+    "(a state dict; loaded safely). 'random': throughput benchmarks only.",
+)
+@click.option(
+    "--trust-pickle",
+    is_flag=True,
+    help="Also accept a --weights file that is a whole pickled module. Loading it RUNS CODE from the "
+    "file: only for files you made or trust.",
+)
 @click.option("--out", default=DEFAULT_OUT, show_default=True, help="Output root; the file goes to OUT/features/.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
-@click.option("--engine", type=click.Choice(("auto", *ENGINES)), default="auto", show_default=True,
-              help="What runs the backbone: auto = onnxruntime on the CPU (the backbone exported once to "
-                   "OUT/onnx/), torch on CUDA.")
-@click.option("--ray", default=None, metavar="local|ADDRESS",
-              help="Run the backbone on a Ray cluster: 'local' starts one here, ADDRESS joins one (`ray start "
-                   "--head`). One actor per CPU (or per GPU with --device cuda); this process writes the file. "
-                   "Needs pip install -e '.[ray]'.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Images per forward pass [default: 16 on CPU, 128 on CUDA].")
-@click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="Decoding processes [default: CPU cores - 1, at most 8].")
-@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
-              help="How the vectors are stored: float16 halves the file (a separate file: its numbers are rounded).")
-@click.option("--compression", type=click.Choice(COMPRESSIONS), default=None,
-              help="HDF5 compression of the vectors (never changes a number). Default: the file's own (none for a "
-                   "new file); asking for another one rewrites the file.")
-@click.option("--tta", type=click.Choice(TTA_MODES), default="none", show_default=True,
-              help="flip: store the mean of each image's vector and its mirror image's (twice the compute; a "
-                   "separate file, never mixed with plain vectors).")
+@click.option(
+    "--engine",
+    type=click.Choice(("auto", *ENGINES)),
+    default="auto",
+    show_default=True,
+    help="What runs the backbone: auto = onnxruntime on the CPU (the backbone exported once to "
+    "OUT/onnx/), torch on CUDA.",
+)
+@click.option(
+    "--ray",
+    default=None,
+    metavar="local|ADDRESS",
+    help="Run the backbone on a Ray cluster: 'local' starts one here, ADDRESS joins one (`ray start "
+    "--head`). One actor per CPU (or per GPU with --device cuda); this process writes the file. "
+    "Needs pip install -e '.[ray]'.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Images per forward pass [default: 16 on CPU, 128 on CUDA].",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Decoding processes [default: CPU cores - 1, at most 8].",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(DTYPES),
+    default="float32",
+    show_default=True,
+    help="How the vectors are stored: float16 halves the file (a separate file: its numbers are rounded).",
+)
+@click.option(
+    "--compression",
+    type=click.Choice(COMPRESSIONS),
+    default=None,
+    help="HDF5 compression of the vectors (never changes a number). Default: the file's own (none for a "
+    "new file); asking for another one rewrites the file.",
+)
+@click.option(
+    "--tta",
+    type=click.Choice(TTA_MODES),
+    default="none",
+    show_default=True,
+    help="flip: store the mean of each image's vector and its mirror image's (twice the compute; a "
+    "separate file, never mixed with plain vectors).",
+)
 @click.option("--strict", is_flag=True, help="Fail (exit 1) if any image cannot be read.")
-@click.option("--verify", is_flag=True, help="Check every stored vector against its checksum and extract the images of "
-                                             "damaged ones again (done by itself after a reader found damage).")
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Check every stored vector against its checksum and extract the images of "
+    "damaged ones again (done by itself after a reader found damage).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def extract(backbone, data, weights, trust_pickle, out, device, engine, ray, batch_size, workers, dtype, compression,
-            tta, strict, verify, quiet):
+def extract(
+    backbone,
+    data,
+    weights,
+    trust_pickle,
+    out,
+    device,
+    engine,
+    ray,
+    batch_size,
+    workers,
+    dtype,
+    compression,
+    tta,
+    strict,
+    verify,
+    quiet,
+):
     """Extract one pooled feature vector per image into an HDF5 file (incremental, resumable)."""
     from featurize import Storage
     from featurize import extract as run_extract
 
-    result = run_extract(data=data, backbone=backbone, weights=weights, out=out, device=device,
-                         batch_size=batch_size, workers=workers, strict=strict, progress=not quiet,
-                         trust_pickle=trust_pickle, engine=engine, ray=ray, storage=Storage(dtype, compression),
-                         tta=tta,
-                         verify=verify)
+    result = run_extract(
+        data=data,
+        backbone=backbone,
+        weights=weights,
+        out=out,
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        strict=strict,
+        progress=not quiet,
+        trust_pickle=trust_pickle,
+        engine=engine,
+        ray=ray,
+        storage=Storage(dtype, compression),
+        tta=tta,
+        verify=verify,
+    )
     for note in result.notes:
         click.echo(note)
     if not result.rewritten:
         click.echo(f"up to date: {result.total} images, nothing to extract ({result.seconds:.1f} s)")
     else:
         rate = f" ({result.images_per_second:.1f} img/s overall)" if result.extracted else ""
-        click.echo(f"{result.total} images: {result.extracted} extracted{rate}, {result.reused} reused, "
-                   f"{result.dropped} dropped (files gone), {len(result.skipped)} unreadable")
+        click.echo(
+            f"{result.total} images: {result.extracted} extracted{rate}, {result.reused} reused, "
+            f"{result.dropped} dropped (files gone), {len(result.skipped)} unreadable"
+        )
     for path, reason in result.skipped:
         click.echo(f"  skipped {printable(path)}: {printable(reason)}")
     click.echo(f"features: {printable(result.store)}")
@@ -97,22 +174,41 @@ def search_options(command):
     """The options of `fit` and `compare` that say how heads are searched (one SearchSettings)."""
     options = [
         click.option("--cv", type=click.IntRange(min=2), default=5, show_default=True, help="Cross-validation folds."),
-        click.option("--scoring", type=click.Choice(SCORINGS),
-                     default="accuracy", show_default=True, help="What the search maximises and the table ranks by."),
-        click.option("--search", type=click.Choice(SEARCH_METHODS), default="auto", show_default=True,
-                     help="grid: every candidate on every fold; halving: successive halving; coordinate: one "
-                          "parameter at a time; path: a path of weight decays trained side by side (linear); "
-                          "auto: path for linear, the full grid for the others but, above 1,000 training rows, "
-                          "out-of-bag scores for rf and coordinate for mlp, and above 10,000 halving."),
-        click.option("--budget", type=click.FloatRange(min=0, min_open=True), default=None,
-                     help="Seconds per head: an exhaustive grid search that stops at its best candidate so far "
-                          "(the report says so)."),
+        click.option(
+            "--scoring",
+            type=click.Choice(SCORINGS),
+            default="accuracy",
+            show_default=True,
+            help="What the search maximises and the table ranks by.",
+        ),
+        click.option(
+            "--search",
+            type=click.Choice(SEARCH_METHODS),
+            default="auto",
+            show_default=True,
+            help="grid: every candidate on every fold; halving: successive halving; coordinate: one "
+            "parameter at a time; path: a path of weight decays trained side by side (linear); "
+            "auto: path for linear, the full grid for the others but, above 1,000 training rows, "
+            "out-of-bag scores for rf and coordinate for mlp, and above 10,000 halving.",
+        ),
+        click.option(
+            "--budget",
+            type=click.FloatRange(min=0, min_open=True),
+            default=None,
+            help="Seconds per head: an exhaustive grid search that stops at its best candidate so far "
+            "(the report says so).",
+        ),
         click.option("--jobs", type=int, default=-1, show_default=True, help="Parallel fits (-1: every core)."),
-        click.option("--seed", type=int, default=0, show_default=True,
-                     help="Seed of CV folds, hold-out split, estimators."),
-        click.option("--ray", default=None, metavar="local|ADDRESS",
-                     help="Run the cross-validation fits as tasks on a Ray cluster ('local' starts one here; the "
-                          "same scores). Needs pip install -e '.[ray]'."),
+        click.option(
+            "--seed", type=int, default=0, show_default=True, help="Seed of CV folds, hold-out split, estimators."
+        ),
+        click.option(
+            "--ray",
+            default=None,
+            metavar="local|ADDRESS",
+            help="Run the cross-validation fits as tasks on a Ray cluster ('local' starts one here; the "
+            "same scores). Needs pip install -e '.[ray]'.",
+        ),
         click.option("--verbose", is_flag=True, help="Print every cross-validation fit."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
@@ -123,39 +219,60 @@ def search_options(command):
 
 def search_settings(cv, scoring, search, budget, jobs, seed, ray, verbose, quiet):
     from classifiers import SearchSettings
-    return SearchSettings(cv=cv, scoring=scoring, search=search, seed=seed, budget=budget, jobs=jobs,
-                          verbose=2 if verbose else 0, progress=not quiet, ray=ray)
+
+    return SearchSettings(
+        cv=cv,
+        scoring=scoring,
+        search=search,
+        seed=seed,
+        budget=budget,
+        jobs=jobs,
+        verbose=2 if verbose else 0,
+        progress=not quiet,
+        ray=ray,
+    )
 
 
 @cli.command()
 @click.option("--clf", required=True, help=f"Head: {', '.join(HEADS)} (see `cnnfeat heads`).")
 @click.option("--features", default=None, help="Feature file [default: the newest under OUT/features].")
 @click.option("--out", default=DEFAULT_OUT, show_default=True, help="Output root; the model goes to OUT/models/.")
-@click.option("--grid", default=None, help="JSON (string or file) replacing or narrowing the default grid, "
-                                            "e.g. '{\"C\": [0.1, 1]}'.")
+@click.option(
+    "--grid",
+    default=None,
+    help="JSON (string or file) replacing or narrowing the default grid, e.g. '{\"C\": [0.1, 1]}'.",
+)
 @search_options
 def fit(clf, features, out, grid, **options):
     """Grid-search a head on cached features, refit it, score it on val/test, save it."""
     from experiments.fit import fit_model
 
-    outcome = fit_model(features=features, out=out, clf=clf, grid=grid, settings=search_settings(**options),
-                        log=click.echo)
+    outcome = fit_model(
+        features=features, out=out, clf=clf, grid=grid, settings=search_settings(**options), log=click.echo
+    )
     info = outcome.info
     held = info["heldout"]
-    click.echo(f"best {info['best_params']}: CV {info['cv']['scoring']} {info['cv']['mean']:.4f} "
-               f"± {info['cv']['std']:.4f} ({info['cv']['seconds']:.1f} s)")
-    click.echo(f"{held['evaluated_on']} ({held['n']} images): accuracy {held['accuracy']:.4f}, balanced "
-               f"{held['balanced_accuracy']:.4f}, macro-F1 {held['f1_macro']:.4f}"
-               + (f", log-loss {held['log_loss']:.4f}" if held["log_loss"] is not None else ""))
+    click.echo(
+        f"best {info['best_params']}: CV {info['cv']['scoring']} {info['cv']['mean']:.4f} "
+        f"± {info['cv']['std']:.4f} ({info['cv']['seconds']:.1f} s)"
+    )
+    click.echo(
+        f"{held['evaluated_on']} ({held['n']} images): accuracy {held['accuracy']:.4f}, balanced "
+        f"{held['balanced_accuracy']:.4f}, macro-F1 {held['f1_macro']:.4f}"
+        + (f", log-loss {held['log_loss']:.4f}" if held["log_loss"] is not None else "")
+    )
     click.echo(f"model: {printable(outcome.model_path)} (+ {printable(outcome.json_path.name)})")
 
 
 @cli.command()
 @click.option("--model", "model_path", required=True, help="A .joblib file written by `cnnfeat fit`.")
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--out", "out_csv", default=None,
-              help=f"CSV to write, or a folder to write predictions.csv in [default: "
-                   f"{predictions_csv('<model>.joblib')}].")
+@click.option(
+    "--out",
+    "out_csv",
+    default=None,
+    help=f"CSV to write, or a folder to write predictions.csv in [default: {predictions_csv('<model>.joblib')}].",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per forward pass.")
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="Decoding processes.")
@@ -164,8 +281,9 @@ def predict(model_path, inputs, out_csv, device, batch_size, workers, quiet):
     """Predict images (files or folders) with a saved model; one CSV row per image."""
     from experiments.predict import predict_to_csv
 
-    path, rows, failed = predict_to_csv(model_path, inputs, out_csv, device=device, batch_size=batch_size,
-                                        workers=workers, progress=not quiet)
+    path, rows, failed = predict_to_csv(
+        model_path, inputs, out_csv, device=device, batch_size=batch_size, workers=workers, progress=not quiet
+    )
     click.echo(f"{rows} images, {failed} unreadable: {printable(path)}")
 
 
@@ -183,26 +301,64 @@ def export(model_path, out):
 @cli.command()
 @click.option("--model", "model_path", required=True, help="A .joblib (fit/compare) or a model.onnx (export).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0: every interface).")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
-              help="0: any free port (the line printed at start says which).")
-@click.option("--max-batch", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Images of concurrent requests run together (1: every request alone).")
-@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=2.0, show_default=True,
-              help="How long a request waits for others to share its batch.")
-@click.option("--max-request-mb", type=click.FloatRange(min=0.001), default=20.0, show_default=True,
-              help="Larger requests are refused (413) before they are read.")
-@click.option("--max-pixels", type=click.IntRange(min=1), default=40_000_000, show_default=True,
-              help="An image that would decode to more pixels is refused from its header (16-bit ones count "
-                   "twice); a JPEG far larger than the crop decodes at a reduced scale first. Bounds the memory "
-                   "of one decode: ~4 bytes a pixel (JPEG, PNG, WebP) to ~17 (TIFF, BMP).")
-@click.option("--decode-threads", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Uploads decoded at once (with --max-pixels, what bounds decoding's memory).")
-@click.option("--max-queue", type=click.IntRange(min=1), default=32, show_default=True,
-              help="/predict requests in the server at once (reading, decoding, waiting for the model); one "
-                   "more is answered 503 with a Retry-After header, before its body is read.")
-@click.option("--docs", is_flag=True,
-              help="Also serve /docs, /redoc and /openapi.json (off by default: the pages load Swagger's "
-                   "scripts from a CDN, and a model server need not publish its schema).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8000,
+    show_default=True,
+    help="0: any free port (the line printed at start says which).",
+)
+@click.option(
+    "--max-batch",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Images of concurrent requests run together (1: every request alone).",
+)
+@click.option(
+    "--max-wait-ms",
+    type=click.FloatRange(min=0),
+    default=2.0,
+    show_default=True,
+    help="How long a request waits for others to share its batch.",
+)
+@click.option(
+    "--max-request-mb",
+    type=click.FloatRange(min=0.001),
+    default=20.0,
+    show_default=True,
+    help="Larger requests are refused (413) before they are read.",
+)
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    default=40_000_000,
+    show_default=True,
+    help="An image that would decode to more pixels is refused from its header (16-bit ones count "
+    "twice); a JPEG far larger than the crop decodes at a reduced scale first. Bounds the memory "
+    "of one decode: ~4 bytes a pixel (JPEG, PNG, WebP) to ~17 (TIFF, BMP).",
+)
+@click.option(
+    "--decode-threads",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Uploads decoded at once (with --max-pixels, what bounds decoding's memory).",
+)
+@click.option(
+    "--max-queue",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="/predict requests in the server at once (reading, decoding, waiting for the model); one "
+    "more is answered 503 with a Retry-After header, before its body is read.",
+)
+@click.option(
+    "--docs",
+    is_flag=True,
+    help="Also serve /docs, /redoc and /openapi.json (off by default: the pages load Swagger's "
+    "scripts from a CDN, and a model server need not publish its schema).",
+)
 @click.option("--device", default="auto", show_default=True, help="For a .joblib model: auto, cpu, cuda or cuda:N.")
 def serve(model_path, host, port, device, **limits):
     """Serve a model over HTTP: POST /predict (multipart field 'images'), GET /health (503 when the model
@@ -214,18 +370,31 @@ def serve(model_path, host, port, device, **limits):
 
 
 @cli.command()
-@click.option("--features", multiple=True, help="Feature file(s); several = several backbones, one table "
-                                                "[default: the newest under OUT/features].")
+@click.option(
+    "--features",
+    multiple=True,
+    help="Feature file(s); several = several backbones, one table [default: the newest under OUT/features].",
+)
 @click.option("--out", default=DEFAULT_OUT, show_default=True, help="Output root; reports go to OUT/reports/.")
 @click.option("--clf", default="all", show_default=True, help="Heads: all, or a comma list (svm,rf,...).")
 @click.option("--finetune", "with_finetune", is_flag=True, help="Also fine-tune the backbone end to end first.")
 @click.option("--refit", is_flag=True, help="Search again even where nothing changed.")
-@click.option("--fuse", type=click.Choice(FUSE_MODES), default="concat", show_default=True,
-              help="With several --features: also fit every head on each image's vectors joined (each "
-                   "backbone's L2-normalised first); none: only the files one by one.")
-@click.option("--ensemble", default="vote", show_default=True, metavar="vote|stack|vote,stack|all|none",
-              help="Rows combining each feature file's heads: vote (the mean of their probabilities; no fit) and "
-                   "stack (logistic regression on their out-of-fold probabilities; each head fitted CV+1 more times).")
+@click.option(
+    "--fuse",
+    type=click.Choice(FUSE_MODES),
+    default="concat",
+    show_default=True,
+    help="With several --features: also fit every head on each image's vectors joined (each "
+    "backbone's L2-normalised first); none: only the files one by one.",
+)
+@click.option(
+    "--ensemble",
+    default="vote",
+    show_default=True,
+    metavar="vote|stack|vote,stack|all|none",
+    help="Rows combining each feature file's heads: vote (the mean of their probabilities; no fit) and "
+    "stack (logistic regression on their out-of-fold probabilities; each head fitted CV+1 more times).",
+)
 @search_options
 def compare(features, out, clf, with_finetune, refit, fuse, ensemble, **options):
     """Fit every head on the same split, then write and print one report table."""
@@ -233,13 +402,21 @@ def compare(features, out, clf, with_finetune, refit, fuse, ensemble, **options)
     from experiments.compare import compare as run_compare
     from experiments.finetune import FinetuneSettings
 
-    settings = CompareSettings(clf=clf, refit=refit, fuse=fuse, ensemble=ensemble, search=search_settings(**options),
-                               finetune=FinetuneSettings() if with_finetune else None)
+    settings = CompareSettings(
+        clf=clf,
+        refit=refit,
+        fuse=fuse,
+        ensemble=ensemble,
+        search=search_settings(**options),
+        finetune=FinetuneSettings() if with_finetune else None,
+    )
     outcome = run_compare(features=list(features) or None, out=out, settings=settings, log=click.echo)
     click.echo("")
     click.echo(outcome.markdown)
-    click.echo(f"report: {printable(outcome.report_dir)}/report.html (+ report.md, .csv, .json, predictions/, "
-               f"confusion/, summary.png, embedding.png, models/)")
+    click.echo(
+        f"report: {printable(outcome.report_dir)}/report.html (+ report.md, .csv, .json, predictions/, "
+        f"confusion/, summary.png, embedding.png, models/)"
+    )
 
 
 @cli.command()
@@ -247,12 +424,24 @@ def compare(features, out, clf, with_finetune, refit, fuse, ensemble, **options)
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--out", default=None, help=f"Folder for one PNG per image [default: {explain_dir()}].")
 @click.option("--class", "class_name", default=None, help="Explain this class [default: the predicted one].")
-@click.option("--method", type=click.Choice(EXPLAIN_METHODS), default="auto", show_default=True,
-              help="cam: the exact class activation map (linear heads on one backbone); occlusion: any head; "
-                   "auto: cam where it exists.")
-@click.option("--feature-maps", "feature_maps", is_flag=False, flag_value="last", default=None, metavar="[LAYER]",
-              help="Also <image>-maps.png: the 16 strongest channels of LAYER (a module name such as layer3 or "
-                   "_blocks.10; alone: the last feature map).")
+@click.option(
+    "--method",
+    type=click.Choice(EXPLAIN_METHODS),
+    default="auto",
+    show_default=True,
+    help="cam: the exact class activation map (linear heads on one backbone); occlusion: any head; "
+    "auto: cam where it exists.",
+)
+@click.option(
+    "--feature-maps",
+    "feature_maps",
+    is_flag=False,
+    flag_value="last",
+    default=None,
+    metavar="[LAYER]",
+    help="Also <image>-maps.png: the 16 strongest channels of LAYER (a module name such as layer3 or "
+    "_blocks.10; alone: the last feature map).",
+)
 @click.option("--filters", is_flag=True, help="Also filters.png: the first convolution's kernels.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def explain(model_path, inputs, out, class_name, method, feature_maps, filters, device):
@@ -261,15 +450,19 @@ def explain(model_path, inputs, out, class_name, method, feature_maps, filters, 
 
     settings = ExplainSettings(class_name, method, device, feature_maps, filters)
     explained = explain_images(model_path, inputs, out, settings, log=click.echo)
-    click.echo(f"{len(explained.written)} pictures, {len(explained.failures)} unreadable: "
-               f"{printable(explained.folder)}")
+    click.echo(
+        f"{len(explained.written)} pictures, {len(explained.failures)} unreadable: {printable(explained.folder)}"
+    )
 
 
 @cli.command()
 @click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True, help="Registered backbone.")
 @click.option("--data", default="data", show_default=True, help="Image folder with train/ and val/ (or test/).")
-@click.option("--weights", default=None, help="Start from: the backbone's own pretrained weights [default], a "
-                                              "checkpoint PATH, or 'random'.")
+@click.option(
+    "--weights",
+    default=None,
+    help="Start from: the backbone's own pretrained weights [default], a checkpoint PATH, or 'random'.",
+)
 @click.option("--out", default=DEFAULT_OUT, show_default=True, help="Output root; writes OUT/finetune/.")
 @click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--unfreeze", default="last-3-blocks", show_default=True, help="all, none, or last-N-blocks.")
@@ -280,12 +473,26 @@ def explain(model_path, inputs, out, class_name, method, feature_maps, filters, 
 @click.option("--device", default="auto", show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="Decoding processes.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--teacher", default=None, help="A saved model (.joblib: any head, ensemble or fused model) whose "
-                                              "probabilities the network also learns (distillation).")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
-              help="With --teacher: how much both distributions are softened.")
-@click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="With --teacher: the teacher's share of the loss (the labels get 1 - alpha).")
+@click.option(
+    "--teacher",
+    default=None,
+    help="A saved model (.joblib: any head, ensemble or fused model) whose "
+    "probabilities the network also learns (distillation).",
+)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0, min_open=True),
+    default=4.0,
+    show_default=True,
+    help="With --teacher: how much both distributions are softened.",
+)
+@click.option(
+    "--alpha",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="With --teacher: the teacher's share of the loss (the labels get 1 - alpha).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def finetune(data, out, teacher, temperature, alpha, quiet, **settings):
     """Fine-tune a backbone + linear layer end to end; the epoch is chosen on a slice of train."""
@@ -316,8 +523,10 @@ def backbones():
         prep = backbone.preprocessing()
         where, available = backbone.pretrained_location()
         size = f"{prep.resize_size}->{prep.crop_size} {prep.interpolation[:4]}"
-        click.echo(f"{name:<20} {backbone.feature_dim:>5}  {size:<16} {backbone.source:<12} "
-                   f"{'yes' if available else 'no':<5} {where}")
+        click.echo(
+            f"{name:<20} {backbone.feature_dim:>5}  {size:<16} {backbone.source:<12} "
+            f"{'yes' if available else 'no':<5} {where}"
+        )
 
 
 @cli.command("demo-data")

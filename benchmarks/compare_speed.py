@@ -14,6 +14,7 @@ wall-clock time of each compare and the speed-up. Usage:
   python benchmarks/compare_speed.py [--rows 2527] [--skip-real] [--cache DIR]
   python benchmarks/compare_speed.py --stack-only   (today's default plus the stack row, generated set)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,14 +45,16 @@ NEW = SearchSettings()  # today's default
 
 def _sklearn_svc(seed):
     from sklearn.svm import SVC
+
     return _pipeline(_standardise(), SVC(random_state=seed))
 
 
 # The heads as they were: scikit-learn's SVC (its kernel evaluated inside libsvm per candidate) and
 # the MLP's full grid of 15.
-OLD_HEADS = {"svm": {"build": _sklearn_svc},
-             "mlp": {"grid": [{"hidden_layer_sizes": [[256], [512], [256, 128]],
-                               "alpha": [1e-4, 1e-3, 1e-2, 1e-1, 1.0]}]}}
+OLD_HEADS = {
+    "svm": {"build": _sklearn_svc},
+    "mlp": {"grid": [{"hidden_layer_sizes": [[256], [512], [256, 128]], "alpha": [1e-4, 1e-3, 1e-2, 1e-1, 1.0]}]},
+}
 
 
 @contextmanager
@@ -79,15 +82,26 @@ def generated_store(folder: Path, rows: int, dim: int = 1280, classes: int = 6, 
     names = [f"class{c}" for c in range(classes)]
     images = ImageList(root=folder, name="generated-00000000", layout="split-folders", class_names=names)
     for i, label in enumerate(labels):
-        images.add(f"{'val' if i % 5 == 0 else 'train'}/{names[label]}/{i:06d}.png", int(label),
-                   "val" if i % 5 == 0 else "train")
+        images.add(
+            f"{'val' if i % 5 == 0 else 'train'}/{names[label]}/{i:06d}.png",
+            int(label),
+            "val" if i % 5 == 0 else "train",
+        )
     config = {"backbone": "efficientnet_lite0", "weights": "generated", "feature_dim": dim}
     identities = np.ones((rows, 2), np.int64)
     placement = Placement(images.paths)
     placement.put(np.arange(rows), identities, np.arange(rows), [""] * rows, IN_MEMORY)
-    attrs = {"format_version": 1, "fingerprint": fingerprint(config), "config": json.dumps(config),
-             "versions": json.dumps(library_versions()), "class_names": json.dumps(names),
-             "data_root": str(folder), "dataset": images.name, "layout": images.layout, "weights_source": ""}
+    attrs = {
+        "format_version": 1,
+        "fingerprint": fingerprint(config),
+        "config": json.dumps(config),
+        "versions": json.dumps(library_versions()),
+        "class_names": json.dumps(names),
+        "data_root": str(folder),
+        "dataset": images.name,
+        "layout": images.layout,
+        "weights_source": "",
+    }
     store = folder / "features" / f"{images.name}-efficientnet_lite0.h5"
     store.parent.mkdir(parents=True, exist_ok=True)
     write_store(store, images, identities, placement, dim, attrs, VectorReader(dim, memory=X))
@@ -100,8 +114,9 @@ def real_store(data: Path, cache: Path) -> Path:
 
 def measure(store: Path, settings: SearchSettings, out: Path, ensemble: str = "vote") -> tuple[float, dict]:
     started = time.perf_counter()
-    outcome = compare(features=[store], out=out, clf="all", refit=True, search=settings, ensemble=ensemble,
-                      log=lambda _: None)
+    outcome = compare(
+        features=[store], out=out, clf="all", refit=True, search=settings, ensemble=ensemble, log=lambda _: None
+    )
     seconds = time.perf_counter() - started
     return seconds, {r.head: (r.info.get("fit_seconds") or 0.0, r.metrics["accuracy"]) for r in outcome.rows}
 
@@ -115,11 +130,15 @@ def report(name: str, store: Path, work: Path) -> tuple[float, float]:
     print("| head | old: s | old: val acc | new: s | new: val acc | Δ acc (points) |")
     print("|---|---|---|---|---|---|")
     for head in old:
-        print(f"| {head} | {old[head][0]:.1f} | {old[head][1]:.3f} | {new[head][0]:.1f} | {new[head][1]:.3f} "
-              f"| {100 * (new[head][1] - old[head][1]):+.1f} |")
+        print(
+            f"| {head} | {old[head][0]:.1f} | {old[head][1]:.3f} | {new[head][0]:.1f} | {new[head][1]:.3f} "
+            f"| {100 * (new[head][1] - old[head][1]):+.1f} |"
+        )
     best_old, best_new = max(a for _, a in old.values()), max(a for _, a in new.values())
-    print(f"| **compare, wall clock** | **{old_seconds:.0f}** | best {best_old:.3f} | **{new_seconds:.0f}** "
-          f"| best {best_new:.3f} | {100 * (best_new - best_old):+.1f} |")
+    print(
+        f"| **compare, wall clock** | **{old_seconds:.0f}** | best {best_old:.3f} | **{new_seconds:.0f}** "
+        f"| best {best_new:.3f} | {100 * (best_new - best_old):+.1f} |"
+    )
     print(f"\nspeed-up {old_seconds / new_seconds:.1f}x", flush=True)
     return old_seconds, new_seconds
 
@@ -129,8 +148,11 @@ def main():
     parser.add_argument("--rows", type=int, default=2527)
     parser.add_argument("--skip-real", action="store_true", help="Only the generated features.")
     parser.add_argument("--cache", type=Path, default=None, help="Keep extracted feature files here.")
-    parser.add_argument("--stack-only", action="store_true",
-                        help="Only today's default with the stack row too (--ensemble vote,stack), generated set.")
+    parser.add_argument(
+        "--stack-only",
+        action="store_true",
+        help="Only today's default with the stack row too (--ensemble vote,stack), generated set.",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -145,6 +167,7 @@ def main():
         report(f"generated, {args.rows} rows x 1280, 6 classes", generated, work)
         if not args.skip_real:
             from featurize.demo_data import write_digits
+
             digits = cache / "digits"
             if not digits.exists():
                 write_digits(digits)

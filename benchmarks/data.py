@@ -1,5 +1,6 @@
 """The real image folders the quality benchmarks run on: scikit-learn's digits written as images
 (into the cache), and ../shared/datasets/hymenoptera when it is there."""
+
 from __future__ import annotations
 
 import argparse

@@ -6,6 +6,7 @@ by `fit` on the train rows. Its probabilities are computed once per training ima
 
 Usage: python benchmarks/distillation.py [--epochs 5] [--cache DIR]   (about 5 minutes on 2 cores)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,9 @@ from featurize import extract  # noqa: E402
 
 
 def student(out: Path, epochs: int, distill=None) -> float:
-    folder = run_finetune(data=HYMENOPTERA, out=out, epochs=epochs, seed=0, progress=False, log=lambda _: None,
-                          distill=distill)
+    folder = run_finetune(
+        data=HYMENOPTERA, out=out, epochs=epochs, seed=0, progress=False, log=lambda _: None, distill=distill
+    )
     return json.loads((folder / "model.json").read_text())["heldout"]["accuracy"]
 
 
@@ -40,9 +42,12 @@ def main():
         store = extract(data=HYMENOPTERA, backbone="efficientnet_lite2", out=args.cache or work, progress=False).store
         teacher = fit_model(features=store, out=work, clf="logreg", log=lambda _: None)
         alone = student(work / "alone", args.epochs)
-        taught = {(T, alpha): student(work / f"taught-{T}-{alpha}", args.epochs,
-                                      Distillation(str(teacher.model_path), T, alpha))
-                  for T, alpha in ((4.0, 0.5), (2.0, 0.9))}
+        taught = {
+            (T, alpha): student(
+                work / f"taught-{T}-{alpha}", args.epochs, Distillation(str(teacher.model_path), T, alpha)
+            )
+            for T, alpha in ((4.0, 0.5), (2.0, 0.9))
+        }
     print(f"\n### hymenoptera val accuracy (153 images), lite0 fine-tuned {args.epochs} epochs, seed 0\n")
     print("| model | val acc |\n|---|---|")
     print(f"| teacher: logreg on lite2 features | {teacher.info['heldout']['accuracy']:.3f} |")

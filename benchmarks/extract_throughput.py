@@ -15,6 +15,7 @@ Prints images/s and the ratios to the faster tutorial loop and to each engine's 
 Each figure is the best of --rounds rounds. --repeat N measures on N copies of the data (symbolic
 links to the same files), so fixed start-up costs weigh as they would on a larger dataset.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,14 +42,21 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "hy
 
 def tutorial_loop(record, weights, data: Path, device: str, num_workers: int) -> tuple[float, int]:
     prep = record.preprocessing()
-    transform = T.Compose([
-        T.Resize(prep.resize_size, interpolation=T.InterpolationMode(prep.interpolation)),
-        T.CenterCrop(prep.crop_size), T.ToTensor(), T.Normalize(prep.mean, prep.std),
-    ])
+    transform = T.Compose(
+        [
+            T.Resize(prep.resize_size, interpolation=T.InterpolationMode(prep.interpolation)),
+            T.CenterCrop(prep.crop_size),
+            T.ToTensor(),
+            T.Normalize(prep.mean, prep.std),
+        ]
+    )
     folders = [p for p in sorted(data.iterdir()) if p.is_dir()]
     split_folders = [p for p in folders if p.name in ("train", "val", "test")]
-    dataset = ConcatDataset([datasets.ImageFolder(p, transform) for p in split_folders]) if split_folders \
+    dataset = (
+        ConcatDataset([datasets.ImageFolder(p, transform) for p in split_folders])
+        if split_folders
         else datasets.ImageFolder(data, transform)
+    )
     start = time.perf_counter()
     trunk = record.load(weights).trunk.to(device)  # eager fp32, NCHW
     loader = DataLoader(dataset, batch_size=32, num_workers=num_workers)
@@ -69,23 +77,38 @@ def forward_only(record, weights, data: Path, device: str, engine: str) -> tuple
     model.embed(tensors[:batch_size])  # warm-up (the embedder returns numpy: the device is synchronised)
     start = time.perf_counter()
     for i in range(0, len(tensors), batch_size):
-        model.embed(tensors[i:i + batch_size])
+        model.embed(tensors[i : i + batch_size])
     return len(tensors) / (time.perf_counter() - start), len(tensors)
 
 
 def end_to_end(record, weights, data: Path, device: str, engine: str) -> tuple[float, int]:
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        result = extract(data=data, backbone=record.name, weights=weights, out=out, device=device, progress=False,
-                         engine=engine)
+        result = extract(
+            data=data, backbone=record.name, weights=weights, out=out, device=device, progress=False, engine=engine
+        )
         return result.extracted / (time.perf_counter() - start), result.extracted
 
 
 def whole_process(record, weights, data: Path, device: str, engine: str) -> tuple[float, int]:
     cli = Path(__file__).resolve().parents[1] / "cli.py"
     with tempfile.TemporaryDirectory() as out:
-        command = [sys.executable, str(cli), "extract", "--backbone", record.name, "--data", str(data), "--out", out,
-                   "--device", device, "--engine", engine, "--quiet"] + (["--weights", weights] if weights else [])
+        command = [
+            sys.executable,
+            str(cli),
+            "extract",
+            "--backbone",
+            record.name,
+            "--data",
+            str(data),
+            "--out",
+            out,
+            "--device",
+            device,
+            "--engine",
+            engine,
+            "--quiet",
+        ] + (["--weights", weights] if weights else [])
         start = time.perf_counter()
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         seconds = time.perf_counter() - start
@@ -118,8 +141,10 @@ def main():
         args.data = repeated(args.data, args.repeat, Path(copies.name))
     device = resolve_device(args.device)
     record = get_backbone(args.backbone)
-    print(f"backbone {record.name} ({record.weights_id(args.weights)}), device {device}, "
-          f"torch threads {torch.get_num_threads()}, data {args.data}")
+    print(
+        f"backbone {record.name} ({record.weights_id(args.weights)}), device {device}, "
+        f"torch threads {torch.get_num_threads()}, data {args.data}"
+    )
     engines = [e for e in ENGINES if e == "torch" or resolve_engine("auto", device) == e]
     measures = [
         ("(a) tutorial loop, num_workers=4", lambda: tutorial_loop(record, args.weights, args.data, device, 4)),
@@ -127,10 +152,15 @@ def main():
     ]
     for engine in engines:
         measures += [
-            (f"(b) forward pass alone, {engine}", lambda e=engine: forward_only(record, args.weights, args.data, device, e)),
+            (
+                f"(b) forward pass alone, {engine}",
+                lambda e=engine: forward_only(record, args.weights, args.data, device, e),
+            ),
             (f"(c) extract, {engine}", lambda e=engine: end_to_end(record, args.weights, args.data, device, e)),
-            (f"(d) cli.py extract process, {engine}",
-             lambda e=engine: whole_process(record, args.weights, args.data, device, e)),
+            (
+                f"(d) cli.py extract process, {engine}",
+                lambda e=engine: whole_process(record, args.weights, args.data, device, e),
+            ),
         ]
     rows = {}
     for _ in range(args.rounds):

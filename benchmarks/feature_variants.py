@@ -12,6 +12,7 @@ dataset, each head's val accuracy under each and the difference from lite0.
 
 Usage: python benchmarks/feature_variants.py [--cache DIR]   (about 20 minutes on 2 cores)
 """
+
 from __future__ import annotations
 
 import sys
@@ -38,18 +39,32 @@ def report(name: str, data: Path, cache: Path, work: Path) -> None:
     flip = extract(data=data, out=cache, progress=False, tta="flip").store
     lite2 = extract(data=data, backbone="efficientnet_lite2", out=cache, progress=False).store
     scores = accuracies([lite0, lite2], work / f"{name}-fused")
-    scores.update({("efficientnet_lite0 flip", head): accuracy
-                   for (_, head), accuracy in accuracies([flip], work / f"{name}-flip").items()})
-    labels = dict(zip(COLUMNS, ("efficientnet_lite0", "efficientnet_lite0 flip", "efficientnet_lite2",
-                                "efficientnet_lite0+efficientnet_lite2")))
+    scores.update(
+        {
+            ("efficientnet_lite0 flip", head): accuracy
+            for (_, head), accuracy in accuracies([flip], work / f"{name}-flip").items()
+        }
+    )
+    labels = dict(
+        zip(
+            COLUMNS,
+            (
+                "efficientnet_lite0",
+                "efficientnet_lite0 flip",
+                "efficientnet_lite2",
+                "efficientnet_lite0+efficientnet_lite2",
+            ),
+        )
+    )
     heads = [head for label, head in scores if label == labels["lite0"]]
     print(f"\n### {name}: val accuracy per head (Δ: points from lite0)\n")
     print("| head | " + " | ".join(COLUMNS) + " |")
     print("|---|" + "---|" * len(COLUMNS))
     for head in heads:
         base = scores[(labels["lite0"], head)]
-        cells = [f"{base:.3f}"] + [f"{scores[(labels[c], head)]:.3f} ({100 * (scores[(labels[c], head)] - base):+.1f})"
-                                   for c in COLUMNS[1:]]
+        cells = [f"{base:.3f}"] + [
+            f"{scores[(labels[c], head)]:.3f} ({100 * (scores[(labels[c], head)] - base):+.1f})" for c in COLUMNS[1:]
+        ]
         print(f"| {head} | " + " | ".join(cells) + " |")
     best = {c: max(a for (label, _), a in scores.items() if label == labels[c]) for c in COLUMNS}
     print("| **best head** | " + " | ".join(f"**{best[c]:.3f}**" for c in COLUMNS) + " |", flush=True)

@@ -7,6 +7,7 @@ difference, plus the file sizes and the largest relative rounding error of a vec
 
 Usage: python benchmarks/float16_storage.py [--cache DIR]
 """
+
 from __future__ import annotations
 
 import sys
@@ -33,9 +34,11 @@ def report(name: str, data: Path, cache: Path, work: Path) -> None:
     half = extract(data=data, out=cache, progress=False, storage=Storage("float16")).store
     a, b = load_features(single), load_features(half)
     error = np.abs(a.X - b.X).max(axis=1) / np.abs(a.X).max(axis=1)
-    print(f"\n### {name}: {len(a.X)} vectors; file {single.stat().st_size / 2**20:.1f} MiB (float32) vs "
-          f"{half.stat().st_size / 2**20:.1f} MiB (float16); largest rounding error {error.max():.2e} of a "
-          f"vector's largest value\n")
+    print(
+        f"\n### {name}: {len(a.X)} vectors; file {single.stat().st_size / 2**20:.1f} MiB (float32) vs "
+        f"{half.stat().st_size / 2**20:.1f} MiB (float16); largest rounding error {error.max():.2e} of a "
+        f"vector's largest value\n"
+    )
     full, rounded = accuracies(single, work / f"{name}-32"), accuracies(half, work / f"{name}-16")
     print("| head | float32: val acc | float16: val acc | Δ (points) |")
     print("|---|---|---|---|")

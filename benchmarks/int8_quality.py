@@ -10,6 +10,7 @@ the median cosine is >= 0.99 and head accuracy moves by <= 0.5 points.
 
 Usage: python benchmarks/int8_quality.py [--backbone efficientnet_lite0] [--data ../shared/datasets/hymenoptera]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,7 @@ def crops(images, record, paths):
 
 
 def embed(session, batch, size=16):
-    return np.concatenate([session.run(None, {"images": batch[i:i + size]})[0] for i in range(0, len(batch), size)])
+    return np.concatenate([session.run(None, {"images": batch[i : i + size]})[0] for i in range(0, len(batch), size)])
 
 
 def rate(session, batch):
@@ -51,14 +52,22 @@ def quantise(prepared: Path, out: Path, calibration: np.ndarray, exclude: list[s
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.batches = iter(calibration[i:i + 8] for i in range(0, len(calibration), 8))
+            self.batches = iter(calibration[i : i + 8] for i in range(0, len(calibration), 8))
 
         def get_next(self):
             batch = next(self.batches, None)
             return None if batch is None else {"images": batch}
 
-    quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
+    quantize_static(
+        str(prepared),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=exclude,
+    )
     return out
 
 
@@ -82,16 +91,23 @@ def main():
         quant_pre_process(str(folder / "fp32.onnx"), str(folder / "prepared.onnx"), skip_symbolic_shape=True)
         nodes = [n.name for n in onnx.load(folder / "prepared.onnx").graph.node]
         first_conv = next(n.name for n in onnx.load(folder / "prepared.onnx").graph.node if n.op_type == "Conv")
-        head = nodes[:nodes.index(first_conv) + 1]
-        variants = {"fp32 (reference)": None, "int8, all": [], "int8, float normalisation + first conv": head,
-                    "int8, float first and last layers": head + nodes[-3:]}
+        head = nodes[: nodes.index(first_conv) + 1]
+        variants = {
+            "fp32 (reference)": None,
+            "int8, all": [],
+            "int8, float normalisation + first conv": head,
+            "int8, float first and last layers": head + nodes[-3:],
+        }
         fp32 = cpu_session(folder / "fp32.onnx")
         reference, fp32_rate = embed(fp32, val_crops), rate(fp32, val_crops)
         print(f"{args.backbone}, {len(train)} train / {len(val)} val images, calibration on 64 train images")
         print(f"{'variant':<42} {'cos median':>10} {'cos min':>8} {'speed':>6} {'logreg val':>10}")
         for name, exclude in variants.items():
-            path = folder / "fp32.onnx" if exclude is None else quantise(folder / "prepared.onnx",
-                                                                         folder / "int8.onnx", calibration, exclude)
+            path = (
+                folder / "fp32.onnx"
+                if exclude is None
+                else quantise(folder / "prepared.onnx", folder / "int8.onnx", calibration, exclude)
+            )
             session = cpu_session(path)
             vectors = embed(session, val_crops)
             cosine = (vectors * reference).sum(1) / np.linalg.norm(vectors, axis=1) / np.linalg.norm(reference, axis=1)
@@ -99,7 +115,9 @@ def main():
             head_model.fit(embed(session, train_crops), labels[splits == "train"])
             accuracy = head_model.score(vectors, labels[splits == "val"])
             speed = (fp32_rate if exclude is None else rate(session, val_crops)) / fp32_rate
-            print(f"{name:<42} {np.median(cosine):10.4f} {cosine.min():8.4f} {speed:5.2f}x {accuracy:10.4f}", flush=True)
+            print(
+                f"{name:<42} {np.median(cosine):10.4f} {cosine.min():8.4f} {speed:5.2f}x {accuracy:10.4f}", flush=True
+            )
 
 
 if __name__ == "__main__":

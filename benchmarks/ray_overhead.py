@@ -9,6 +9,7 @@ the plain run's rows) - the ceiling of a cluster that feeds one driver.
 
 Usage: python benchmarks/ray_overhead.py [--images 20000] [--backbone mobilenet_v3_small]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,7 @@ def driver_write_rate(features, folder: Path) -> float:
     paths, identities, vectors = list(features.paths), [(1, 1)] * len(features.paths), features.X
     start = time.perf_counter()
     for i in range(0, len(paths), 16):
-        journal.append(paths[i:i + 16], identities[i:i + 16], vectors[i:i + 16], [""] * len(paths[i:i + 16]))
+        journal.append(paths[i : i + 16], identities[i : i + 16], vectors[i : i + 16], [""] * len(paths[i : i + 16]))
     journal.close()
     return len(paths) / (time.perf_counter() - start)
 

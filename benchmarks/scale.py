@@ -28,6 +28,7 @@ with N x D (a 1M x 1280 float32 matrix is 4.9 GiB).
 
 Usage: python benchmarks/scale.py [--rows 10000 100000 1000000] [--dir DIR] [--only store|fit|cli]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,9 @@ SPREAD = 8.0  # each coordinate's noise around its class centre (centres: standa
 def image_list(rows: int, folder: Path):
     from featurize.discovery import ImageList
 
-    images = ImageList(root=folder, name=f"scale-{rows}", layout="class-folders",
-                       class_names=[f"class{c:03d}" for c in range(CLASSES)])
+    images = ImageList(
+        root=folder, name=f"scale-{rows}", layout="class-folders", class_names=[f"class{c:03d}" for c in range(CLASSES)]
+    )
     for i in range(rows):
         # every fifth row of each class is val: each class in both splits
         images.add(f"class{i % CLASSES:03d}/{i:07d}.jpg", i % CLASSES, "val" if (i // CLASSES) % 5 == 0 else "train")
@@ -84,9 +86,14 @@ def journal_rows(journal, images, identities, todo: np.ndarray, placement, seed:
     """Extract's own append_batches, fed generated batches as the backbone would yield them."""
     from featurize.extract import append_batches
 
-    batches = ((list(range(start, min(start + BATCH, len(todo)))), vectors(int(todo[start]), min(BATCH, len(todo) - start),
-                                                                          seed), [])
-               for start in range(0, len(todo), BATCH))
+    batches = (
+        (
+            list(range(start, min(start + BATCH, len(todo)))),
+            vectors(int(todo[start]), min(BATCH, len(todo) - start), seed),
+            [],
+        )
+        for start in range(0, len(todo), BATCH)
+    )
     append_batches(batches, images, identities, todo, journal, placement, DIM)
 
 
@@ -96,8 +103,10 @@ def create(store: Path, images, identities, attrs: dict) -> None:
     from featurize.placement import Placement
     from featurize.store import VectorReader, write_store
 
-    journal, placement = Journal(store.with_name(store.name + ".partial"), attrs["fingerprint"], DIM), \
-        Placement(images.paths)
+    journal, placement = (
+        Journal(store.with_name(store.name + ".partial"), attrs["fingerprint"], DIM),
+        Placement(images.paths),
+    )
     journal_rows(journal, images, identities, np.arange(len(images)), placement)
     journal.close()
     write_store(store, images, identities, placement, DIM, attrs, VectorReader(DIM, None, journal.path))
@@ -149,7 +158,7 @@ def run_operation(operation: str, rows: int, folder: Path) -> None:
     elif operation == "load":
         assert load_features(store).X.shape == (rows, DIM)
     elif operation == "load lazy":
-        assert load_features(store, lazy=True).X[rows // 2:rows // 2 + 4096].shape[1] == DIM
+        assert load_features(store, lazy=True).X[rows // 2 : rows // 2 + 4096].shape[1] == DIM
     elif operation.startswith("fit "):
         return print(json.dumps(fit_head(store, operation.split()[1])))
     seconds = time.perf_counter() - started
@@ -163,8 +172,18 @@ def run_cli(operation: str, rows: int, folder: Path) -> dict:
     tree, out = folder / f"tree-{rows}", folder / f"out-{rows}"
 
     def extract(data: Path) -> list[str]:
-        return [sys.executable, str(REPO / "cli.py"), "extract", "--backbone", CLI_BACKBONE, "--data", str(data),
-                "--out", str(out), "--quiet"]
+        return [
+            sys.executable,
+            str(REPO / "cli.py"),
+            "extract",
+            "--backbone",
+            CLI_BACKBONE,
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--quiet",
+        ]
 
     if operation == "extract one-file":
         changed = cli_tree_and_store(tree, out, rows)
@@ -229,14 +248,20 @@ def fit_head(store: Path, head: str) -> dict:
         return {"seconds": None, "peak_mib": None, "left_out": f"above {limit:,} training rows"}
     started = time.perf_counter()
     scored = fit_and_score(data, split, head, log=lambda line: print(line, file=sys.stderr))
-    return {"seconds": time.perf_counter() - started,
-            "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "accuracy": scored.info["heldout"]["accuracy"], "search": scored.info["cv"]["search"]}
+    return {
+        "seconds": time.perf_counter() - started,
+        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "accuracy": scored.info["heldout"]["accuracy"],
+        "search": scored.info["cv"]["search"],
+    }
 
 
 def measure(operation: str, rows: int, folder: Path) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--operation", operation, "--rows", str(rows), "--dir", str(folder)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, __file__, "--operation", operation, "--rows", str(rows), "--dir", str(folder)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode:
         raise SystemExit(f"{operation} at {rows} rows failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -246,33 +271,46 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--dir", type=Path, default=None, help="Where the stores go (default: a temporary folder).")
-    parser.add_argument("--only", choices=("store", "fit", "cli"),
-                        help="Only the store operations, only the fits, or only the `cli.py extract` runs.")
+    parser.add_argument(
+        "--only",
+        choices=("store", "fit", "cli"),
+        help="Only the store operations, only the fits, or only the `cli.py extract` runs.",
+    )
     parser.add_argument("--operation", choices=OPERATIONS, help=argparse.SUPPRESS)  # one measurement, in a child
     args = parser.parse_args()
     if args.operation:
         return run_operation(args.operation, args.rows[0], args.dir)
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
-        operations = {"store": STORE_OPERATIONS, "fit": ("create", *FIT_OPERATIONS), "cli": CLI_OPERATIONS,
-                      None: OPERATIONS}[args.only]
+        operations = {
+            "store": STORE_OPERATIONS,
+            "fit": ("create", *FIT_OPERATIONS),
+            "cli": CLI_OPERATIONS,
+            None: OPERATIONS,
+        }[args.only]
         results = {}
         for rows in args.rows:
             results[rows] = {op: measure(op, rows, Path(folder)) for op in operations}
             for leftover in (Path(folder) / name for name in (f"scale-{rows}.h5", f"tree-{rows}", f"out-{rows}")):
                 shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink(missing_ok=True)  # GBs at 1M
-    print(f"| operation | {' | '.join(f'{n:,} rows: s' for n in args.rows)} | µs per row at each N | "
-          f"{' | '.join(f'peak MiB at {n:,}' for n in args.rows)} |")
+    print(
+        f"| operation | {' | '.join(f'{n:,} rows: s' for n in args.rows)} | µs per row at each N | "
+        f"{' | '.join(f'peak MiB at {n:,}' for n in args.rows)} |"
+    )
     print("|---|" + "---|" * (2 * len(args.rows) + 1))
     for op in operations:
         measured = [results[n][op] for n in args.rows]
         seconds = " | ".join("left out" if m["seconds"] is None else f"{m['seconds']:.2f}" for m in measured)
-        per_row = " / ".join("-" if m["seconds"] is None else f"{1e6 * m['seconds'] / n:.1f}"
-                             for m, n in zip(measured, args.rows))
+        per_row = " / ".join(
+            "-" if m["seconds"] is None else f"{1e6 * m['seconds'] / n:.1f}" for m, n in zip(measured, args.rows)
+        )
         peaks = " | ".join("-" if m["peak_mib"] is None else f"{m['peak_mib']:.0f}" for m in measured)
         print(f"| {op} | {seconds} | {per_row} | {peaks} |")
     for op in (op for op in operations if op in FIT_OPERATIONS):
-        said = [results[n][op].get("left_out") or f"{results[n][op]['search']} search, held-out accuracy "
-                f"{results[n][op]['accuracy']:.3f}" for n in args.rows]
+        said = [
+            results[n][op].get("left_out")
+            or f"{results[n][op]['search']} search, held-out accuracy {results[n][op]['accuracy']:.3f}"
+            for n in args.rows
+        ]
         print(f"{op}: " + "; ".join(f"{n:,} rows: {s}" for n, s in zip(args.rows, said)))
 
 

@@ -35,6 +35,7 @@ of what it used (the `after` column); a second burst reuses it rather than addin
 
 Usage: python benchmarks/serve_load.py [--data ../shared/datasets/hymenoptera] [--requests 160] [--memory]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,7 +56,10 @@ from featurize import extract, load_features
 from tests.serving.test_serve import running_server, server_process
 
 LEVELS = (1, 8, 32)
-MODES = {"batched": ["--max-batch", "16", "--max-wait-ms", "2"], "unbatched": ["--max-batch", "1", "--max-wait-ms", "0"]}
+MODES = {
+    "batched": ["--max-batch", "16", "--max-wait-ms", "2"],
+    "unbatched": ["--max-batch", "1", "--max-wait-ms", "0"],
+}
 UPLOADS = 32  # concurrent worst-case uploads per memory case
 
 
@@ -65,8 +69,12 @@ def make_model(data: Path, out: Path) -> tuple[Path, list[Path]]:
 
     features = load_features(extract(data=data, out=out, progress=False).store)
     train = features.splits == "train"
-    model = FeatureClassifier(HEADS["logreg"].build(0), class_names=features.class_names,
-                              feature_config=features.config, feature_fingerprint=features.fingerprint)
+    model = FeatureClassifier(
+        HEADS["logreg"].build(0),
+        class_names=features.class_names,
+        feature_config=features.config,
+        feature_fingerprint=features.fingerprint,
+    )
     model.fit(features.X[train], features.y[train])
     path, _ = save_model(model, out / "model.joblib", {"head": "logreg"})
     return path, [Path(features.data_root) / p for p in features.paths[~train]]
@@ -92,8 +100,10 @@ async def load(url: str, images: list[bytes], clients: int, requests: int) -> tu
 
 def throughput(model: Path, images: list[bytes], requests: int):
     rates = {}
-    print(f"{'mode':<10} {'clients':>7} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8}   ({requests} requests "
-          f"of one image per level)")
+    print(
+        f"{'mode':<10} {'clients':>7} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8}   ({requests} requests "
+        f"of one image per level)"
+    )
     for mode, options in MODES.items():
         with running_server(model, *options) as url:
             asyncio.run(load(url, images, 4, 16))  # warm-up
@@ -108,6 +118,7 @@ def throughput(model: Path, images: list[bytes], requests: int):
 
 # -- memory ---------------------------------------------------------------------------------------
 
+
 def worst_cases() -> dict[str, bytes]:
     """name -> file bytes: flat images (tiny files), each as costly to decode as the limits allow."""
     from PIL import Image
@@ -121,8 +132,9 @@ def worst_cases() -> dict[str, bytes]:
     return {
         "PNG 9400x9400 (88 MP, over the limit)": encoded(Image.new("RGB", (9400, 9400), (120, 80, 40)), "PNG"),
         f"PNG {side}x{side} (39.9 MP)": encoded(Image.new("RGB", (side, side), (120, 80, 40)), "PNG"),
-        f"TIFF {side}x{side} (39.9 MP, via PIL)": encoded(Image.new("RGB", (side, side), (120, 80, 40)), "TIFF",
-                                                          compression="tiff_deflate"),
+        f"TIFF {side}x{side} (39.9 MP, via PIL)": encoded(
+            Image.new("RGB", (side, side), (120, 80, 40)), "TIFF", compression="tiff_deflate"
+        ),
         "16-bit PNG 4470x4470 (20 MP, counts 40)": encoded(Image.new("I;16", (4470, 4470), 3000), "PNG"),
         "JPEG 10000x8000 (80 MP, 1/8 scale)": encoded(Image.new("RGB", (10000, 8000), (120, 80, 40)), "JPEG"),
     }
@@ -139,8 +151,9 @@ async def burst(url: str, name: str, data: bytes, count: int) -> Counter:
     """`count` concurrent POSTs of one upload each; their status codes, counted."""
     limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
     async with httpx.AsyncClient(timeout=600, limits=limits) as session:
-        answers = await asyncio.gather(*(session.post(f"{url}/predict", files=[("images", (name, data))])
-                                         for _ in range(count)))
+        answers = await asyncio.gather(
+            *(session.post(f"{url}/predict", files=[("images", (name, data))]) for _ in range(count))
+        )
     return Counter(a.status_code for a in answers)
 
 
@@ -148,8 +161,10 @@ def memory(model: Path, warm_up: bytes):
     """One fresh server per case (what one burst leaves behind in the allocator would blur the next)."""
     cases = worst_cases()
     runs = [([], name) for name in cases] + [(["--decode-threads", "8"], name) for name in cases if "6320" in name]
-    print(f"{'serve options':<20} {'case':<40} {'answers':<10} {'idle':>7} {'peak':>7} {'peak-idle':>9} "
-          f"{'after':>7}   (RSS in MB; {UPLOADS} concurrent uploads)")
+    print(
+        f"{'serve options':<20} {'case':<40} {'answers':<10} {'idle':>7} {'peak':>7} {'peak-idle':>9} "
+        f"{'after':>7}   (RSS in MB; {UPLOADS} concurrent uploads)"
+    )
     for options, name in runs:
         with server_process(model, *options) as (url, process):
             asyncio.run(burst(url, "warm.jpg", warm_up, 4))
@@ -157,16 +172,22 @@ def memory(model: Path, warm_up: bytes):
             codes = asyncio.run(burst(url, name.split()[0].lower(), cases[name], UPLOADS))
             peak, after = _status_mb(process.pid, "VmHWM"), _status_mb(process.pid, "VmRSS")
         answers = ", ".join(f"{n} x {code}" for code, n in sorted(codes.items()))
-        print(f"{' '.join(options) or '(defaults)':<20} {name:<40} {answers:<10} {idle:7.0f} {peak:7.0f} "
-              f"{peak - idle:+9.0f} {after:7.0f}", flush=True)
+        print(
+            f"{' '.join(options) or '(defaults)':<20} {name:<40} {answers:<10} {idle:7.0f} {peak:7.0f} "
+            f"{peak - idle:+9.0f} {after:7.0f}",
+            flush=True,
+        )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "datasets" / "hymenoptera")
     parser.add_argument("--requests", type=int, default=160, help="requests per level (bounded)")
-    parser.add_argument("--memory", action="store_true",
-                        help=f"peak RSS of the server under {UPLOADS} concurrent worst-case uploads, instead")
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help=f"peak RSS of the server under {UPLOADS} concurrent worst-case uploads, instead",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as out:
         model, paths = make_model(args.data, Path(out))

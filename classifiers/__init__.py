@@ -4,6 +4,7 @@ search, the saved model, ensembles and the ONNX export.
 The names below are the package's public API: experiments, serving and the CLI import from
 `classifiers` itself, never from its modules, so the modules can be rearranged without touching them.
 """
+
 from .bundle import check_record, load_model, model_record, save_model
 from .embedding import FeatureMismatch
 from .ensemble import ensemble_model, parse_ensembles
@@ -15,7 +16,27 @@ from .linear_form import linear_form
 from .model import FeatureClassifier
 from .search import SCORINGS, SearchResult, SearchSettings, search_head
 
-__all__ = ["HEADS", "Head", "fused_head", "get_head", "register_head", "resolve_grid", "FeatureClassifier",
-           "FeatureMismatch", "check_record", "load_model", "model_record", "save_model", "SCORINGS", "SearchResult",
-           "SearchSettings", "search_head", "ensemble_model", "parse_ensembles", "export_onnx", "warmup_cosine",
-           "linear_form", "final_step"]
+__all__ = [
+    "HEADS",
+    "Head",
+    "fused_head",
+    "get_head",
+    "register_head",
+    "resolve_grid",
+    "FeatureClassifier",
+    "FeatureMismatch",
+    "check_record",
+    "load_model",
+    "model_record",
+    "save_model",
+    "SCORINGS",
+    "SearchResult",
+    "SearchSettings",
+    "search_head",
+    "ensemble_model",
+    "parse_ensembles",
+    "export_onnx",
+    "warmup_cosine",
+    "linear_form",
+    "final_step",
+]

@@ -4,6 +4,7 @@
 before anything is unpickled and refuses a model without it; `model_record` is the record's short
 form that `serve` shows and `export` keeps.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,12 @@ def save_model(model: FeatureClassifier, path: str | os.PathLike, info: dict) ->
     json_path = path.with_suffix(".json")
     with atomic_write(path) as model_tmp:  # published last, on leaving this block
         joblib.dump(model, model_tmp)
-        record = {**info, "model_file": path.name, "sha256": file_sha256(model_tmp),
-                  "saved_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        record = {
+            **info,
+            "model_file": path.name,
+            "sha256": file_sha256(model_tmp),
+            "saved_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         with atomic_write(json_path) as json_tmp:  # published first
             json_tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
     return path, json_path
@@ -57,8 +62,9 @@ def load_model(path: str | os.PathLike, verify: bool = True, option: str = "--mo
     except Exception as error:  # pickle raises many kinds for a corrupt or foreign file
         raise CnnfeatError(f"{option} {path}: not a readable model file ({type(error).__name__}: {error})") from None
     if not isinstance(model, FeatureClassifier):
-        raise CnnfeatError(f"{option} {path}: a joblib file, but not a cnnfeat model (it holds a "
-                           f"{type(model).__name__})")
+        raise CnnfeatError(
+            f"{option} {path}: a joblib file, but not a cnnfeat model (it holds a {type(model).__name__})"
+        )
     return model
 
 
@@ -69,19 +75,27 @@ def check_record(path: Path, option: str = "--model") -> None:
         record = json.loads(json_path.read_text())
         expected = record.get("sha256") if isinstance(record, dict) else None
     except FileNotFoundError:
-        raise CnnfeatError(f"{option} {path}: no {json_path.name} beside it, so nothing says it is the file that was "
-                           f"saved; refusing to load it. A .joblib file runs code when it is loaded: load it only "
-                           f"if you trust it (load_model(path, verify=False) in Python), and share models as "
-                           f"`cnnfeat export` ONNX files instead") from None
+        raise CnnfeatError(
+            f"{option} {path}: no {json_path.name} beside it, so nothing says it is the file that was "
+            f"saved; refusing to load it. A .joblib file runs code when it is loaded: load it only "
+            f"if you trust it (load_model(path, verify=False) in Python), and share models as "
+            f"`cnnfeat export` ONNX files instead"
+        ) from None
     except (OSError, ValueError) as error:
-        raise CnnfeatError(f"{option} {path}: its record {json_path.name} is damaged ({type(error).__name__}: "
-                           f"{error}); refusing to load it (fit it again, or restore the record)") from None
+        raise CnnfeatError(
+            f"{option} {path}: its record {json_path.name} is damaged ({type(error).__name__}: "
+            f"{error}); refusing to load it (fit it again, or restore the record)"
+        ) from None
     if not isinstance(expected, str):
-        raise CnnfeatError(f"{option} {path}: its record {json_path.name} gives no sha256 of the model; refusing "
-                           f"to load it (fit it again, or restore the record)")
+        raise CnnfeatError(
+            f"{option} {path}: its record {json_path.name} gives no sha256 of the model; refusing "
+            f"to load it (fit it again, or restore the record)"
+        )
     if file_sha256(path) != expected:
-        raise CnnfeatError(f"{option} {path}: its sha256 does not match {json_path.name} (the file changed "
-                           f"after it was saved, or its save was interrupted); refusing to load it")
+        raise CnnfeatError(
+            f"{option} {path}: its sha256 does not match {json_path.name} (the file changed "
+            f"after it was saved, or its save was interrupted); refusing to load it"
+        )
 
 
 def model_record(model_path: str | os.PathLike) -> dict:

@@ -1,5 +1,6 @@
 """Notes on a search's best candidate at the edge of its grid: the best may lie past it, and the
 note gives the wider grid to search next (a --grid the user can paste)."""
+
 from __future__ import annotations
 
 import json
@@ -13,6 +14,7 @@ from .grids import candidate_key, refusal, short_name
 
 class Edge(NamedTuple):
     """A numeric parameter whose best value is an end of its grid's values."""
+
     ordered: list  # the grid's numeric values, sorted
     best: object  # the best value: ordered[0] or ordered[-1]
 
@@ -60,9 +62,11 @@ def _edge_note(head_name: str, key: str, values: list, edge: Edge, past: list) -
     name, ordered = short_name(key), edge.ordered
     # the grid's own values and those past its edge: a search of it cannot send the user back
     wider = ", ".join(_shown(v) for v in [*sorted({*ordered, *past}), *(v for v in values if not _is_number(v))])
-    return (f"{head_name}: best {name}={_shown(edge.best)} is the {'smallest' if edge.low else 'largest'} value "
-            f"of its grid ({_shown(ordered[0])} to {_shown(ordered[-1])}): the best may lie past it; widen "
-            f"the grid, e.g. --grid '{{\"{name}\": [{wider}]}}'")
+    return (
+        f"{head_name}: best {name}={_shown(edge.best)} is the {'smallest' if edge.low else 'largest'} value "
+        f"of its grid ({_shown(ordered[0])} to {_shown(ordered[-1])}): the best may lie past it; widen "
+        f"the grid, e.g. --grid '{{\"{name}\": [{wider}]}}'"
+    )
 
 
 def _tied_inward(results: dict | None, best: dict, key: str, inward) -> bool:

@@ -5,6 +5,7 @@ checked to give the features the model was fitted on (its weights and preprocess
 fused features has one source per part: its images are embedded by each in turn and the vectors
 joined. Paths are decoded in worker processes a batch at a time; PIL images are embedded in memory.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,16 +43,22 @@ class BackboneSource:
         from featurize import get_backbone
 
         if "backbone" not in self.config:
-            raise CnnfeatError("this model does not record the backbone of its features, so it cannot "
-                               "predict from images; pass feature vectors")
+            raise CnnfeatError(
+                "this model does not record the backbone of its features, so it cannot "
+                "predict from images; pass feature vectors"
+            )
         backbone = get_backbone(self.config["backbone"])
         weights = self.weights_source or None
-        rebuilt = {"weights": backbone.weights_id(weights),
-                   "preprocessing": json.loads(json.dumps(backbone.preprocessing().as_dict()))}
+        rebuilt = {
+            "weights": backbone.weights_id(weights),
+            "preprocessing": json.loads(json.dumps(backbone.preprocessing().as_dict())),
+        }
         for key, value in rebuilt.items():
             if self.config.get(key) != value:
-                raise FeatureMismatch(f"rebuilding {backbone.name} here gives {key} {value}, but the model was "
-                                      f"fitted on features with {self.config.get(key)}")
+                raise FeatureMismatch(
+                    f"rebuilding {backbone.name} here gives {key} {value}, but the model was "
+                    f"fitted on features with {self.config.get(key)}"
+                )
         return backbone, weights
 
     def embedder(self, device: str = "auto"):
@@ -77,8 +84,16 @@ class BackboneSource:
         from featurize import iter_vectors
 
         extractor, device = self.embedder(device)
-        return iter_vectors(extractor, device, Path(), [str(p) for p in paths], batch_size,
-                            0 if len(paths) < 64 else workers, progress, desc="predict")
+        return iter_vectors(
+            extractor,
+            device,
+            Path(),
+            [str(p) for p in paths],
+            batch_size,
+            0 if len(paths) < 64 else workers,
+            progress,
+            desc="predict",
+        )
 
     def embed_pil(self, pil_images, device="auto") -> np.ndarray:
         import torch
@@ -97,8 +112,9 @@ def backbone_sources(feature_config: dict | None, weights_source: str = "") -> l
     return [BackboneSource(part["config"], part["weights_source"]) for part in parts]
 
 
-def embed_images(sources: list[BackboneSource], images, device: str = "auto", batch_size=None, workers=None,
-                 progress=False):
+def embed_images(
+    sources: list[BackboneSource], images, device: str = "auto", batch_size=None, workers=None, progress=False
+):
     """Vectors for image paths or PIL images, with the exact backbone(s) and preprocessing of the
     training features. Returns (vectors of the readable ones, in order; [(position, reason)])."""
     width = sum(source.feature_dim(device) for source in sources)
@@ -114,8 +130,9 @@ def embed_images(sources: list[BackboneSource], images, device: str = "auto", ba
     return vectors[readable], sorted(failures)
 
 
-def _embed_files(sources, images, positions: list[int], out: np.ndarray, device, batch_size, workers,
-                 progress) -> list[tuple[int, str]]:
+def _embed_files(
+    sources, images, positions: list[int], out: np.ndarray, device, batch_size, workers, progress
+) -> list[tuple[int, str]]:
     """Embed the image files at `positions` of `images` into those rows of `out`; [(position, reason)]
     of the unreadable ones."""
     failures = []
@@ -128,8 +145,9 @@ def _embed_files(sources, images, positions: list[int], out: np.ndarray, device,
     return failures
 
 
-def iter_embedded(sources: list[BackboneSource], paths, device: str = "auto", batch_size=None, workers=None,
-                  progress=False):
+def iter_embedded(
+    sources: list[BackboneSource], paths, device: str = "auto", batch_size=None, workers=None, progress=False
+):
     """Image files embedded batch by batch, in order: (positions of the readable ones in `paths`,
     their vectors, [(position, reason)] of the others) - memory of one batch."""
     if len(sources) == 1:
@@ -145,7 +163,7 @@ def _iter_joined(sources, paths, device, batch_size, workers, progress):
     from tqdm import tqdm
 
     for start in tqdm(range(0, len(paths), JOINED_CHUNK), unit="chunk", desc="predict", disable=not progress):
-        good, joined, failed = _joined_chunk(sources, paths[start:start + JOINED_CHUNK], device, batch_size, workers)
+        good, joined, failed = _joined_chunk(sources, paths[start : start + JOINED_CHUNK], device, batch_size, workers)
         yield [start + i for i in good], joined, [(start + i, reason) for i, reason in failed]
 
 
@@ -161,8 +179,12 @@ def _joined_chunk(sources, chunk, device, batch_size, workers):
                 failed.setdefault(position, reason)
         found.append(vectors)
     good = [i for i in range(len(chunk)) if i not in failed]
-    joined = np.hstack([np.asarray([vectors[i] for i in good], np.float32).reshape(len(good), source.feature_dim(device))
-                        for source, vectors in zip(sources, found)])
+    joined = np.hstack(
+        [
+            np.asarray([vectors[i] for i in good], np.float32).reshape(len(good), source.feature_dim(device))
+            for source, vectors in zip(sources, found)
+        ]
+    )
     return good, joined, sorted(failed.items())
 
 
@@ -173,8 +195,10 @@ def is_pil(image) -> bool:
 
 def as_image_list(X):
     """A list of image paths / PIL images, or None when X is something else (vectors)."""
+
     def is_image(item):
         return isinstance(item, (str, os.PathLike)) or is_pil(item)
+
     if is_image(X):
         return [X]
     if isinstance(X, (list, tuple)) and X and all(is_image(item) for item in X):

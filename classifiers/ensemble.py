@@ -10,6 +10,7 @@
 Both are the `pipeline` of a FeatureClassifier, so a saved ensemble loads with joblib and
 predicts from vectors and from images like any head.
 """
+
 from __future__ import annotations
 
 from common.errors import CnnfeatError
@@ -32,11 +33,13 @@ def parse_ensembles(text: str | None) -> list[str]:
 
 def is_ensemble(estimator) -> bool:
     from sklearn.ensemble import StackingClassifier, VotingClassifier
+
     return isinstance(estimator, (StackingClassifier, VotingClassifier))
 
 
-def ensemble_model(kind: str, members: dict[str, FeatureClassifier], X, y, folds: int, seed: int,
-                   jobs: int = -1) -> FeatureClassifier:
+def ensemble_model(
+    kind: str, members: dict[str, FeatureClassifier], X, y, folds: int, seed: int, jobs: int = -1
+) -> FeatureClassifier:
     """A FeatureClassifier of `kind` over `members` (head name -> fitted model, all fitted on X, y),
     fitted on X, y."""
     from sklearn.base import clone
@@ -49,15 +52,20 @@ def ensemble_model(kind: str, members: dict[str, FeatureClassifier], X, y, folds
     if any(list(m.classes_) != list(first.classes_) for m in members.values()):
         raise CnnfeatError("the heads were fitted on different classes; they cannot be combined")
     if kind == "vote":
-        pipeline = VotingClassifier([(name, FrozenEstimator(m.pipeline_)) for name, m in members.items()],
-                                    voting="soft")
+        pipeline = VotingClassifier(
+            [(name, FrozenEstimator(m.pipeline_)) for name, m in members.items()], voting="soft"
+        )
     elif kind == "stack":
         pipeline = StackingClassifier(
             [(name, clone(m.pipeline)) for name, m in members.items()],
-            final_estimator=LogisticRegression(max_iter=5000, random_state=seed), stack_method="predict_proba",
-            cv=StratifiedKFold(folds, shuffle=True, random_state=seed), n_jobs=jobs)
+            final_estimator=LogisticRegression(max_iter=5000, random_state=seed),
+            stack_method="predict_proba",
+            cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+            n_jobs=jobs,
+        )
     else:
         raise CnnfeatError(f"unknown ensemble {kind!r}; valid: {', '.join(ENSEMBLES)}")
-    model = FeatureClassifier(pipeline, first.class_names, first.feature_config, first.feature_fingerprint,
-                              first.weights_source)
+    model = FeatureClassifier(
+        pipeline, first.class_names, first.feature_config, first.feature_fingerprint, first.weights_source
+    )
     return model.fit(X, y)

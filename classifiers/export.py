@@ -8,6 +8,7 @@ to it as the scikit-learn estimator that computes the same function: `Precompute
 `SVC` holding its support vectors, the torch `linear` head as a `LogisticRegression` with its
 weights; the knn head with distance weights is written out by classifiers.knn_onnx.
 """
+
 from __future__ import annotations
 
 import copy
@@ -39,8 +40,10 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike) -> Path:
     model = load_model(model_path)
     out = ensure_writable(out)
     if is_ensemble(model.pipeline_):  # skl2onnx would convert a distance-weighted kNN inside it wrongly
-        raise CnnfeatError(f"--model {model_path}: an ensemble of heads; export takes one head (serve and "
-                           f"joblib.load take the ensemble)")
+        raise CnnfeatError(
+            f"--model {model_path}: an ensemble of heads; export takes one head (serve and "
+            f"joblib.load take the ensemble)"
+        )
     if not hasattr(model.pipeline_, "predict_proba"):
         raise CnnfeatError(f"--model {model_path}: its head gives no probabilities, so it cannot be exported")
     record, weights = model.backbone_record()
@@ -54,9 +57,16 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike) -> Path:
     preprocessing = record.preprocessing()
     metadata = {
         "class_names": json.dumps([printable(c) for c in model.classes_.tolist()]),  # valid UTF-8 for any reader
-        "preprocessing": json.dumps({"resize_size": preprocessing.resize_size, "crop_size": preprocessing.crop_size,
-                                     "interpolation": preprocessing.interpolation, "input": "uint8 RGB NCHW",
-                                     "normalisation": "inside the graph", "tta": tta}),
+        "preprocessing": json.dumps(
+            {
+                "resize_size": preprocessing.resize_size,
+                "crop_size": preprocessing.crop_size,
+                "interpolation": preprocessing.interpolation,
+                "input": "uint8 RGB NCHW",
+                "normalisation": "inside the graph",
+                "tta": tta,
+            }
+        ),
         "backbone": record.name,
         "feature_fingerprint": model.feature_fingerprint or "",
         "model_info": json.dumps(model_record(model_path)),
@@ -80,11 +90,17 @@ def head_graph(pipeline, n_features: int, opset: int):
     try:
         with warnings.catch_warnings():  # skl2onnx's SVC converter reads probA_/probB_, deprecated in scikit-learn 1.9
             warnings.filterwarnings("ignore", "Attribute `prob[AB]_` was deprecated", FutureWarning)
-            graph = to_onnx(convertible, initial_types=[(HEAD_INPUT, FloatTensorType([None, n_features]))],
-                            options={"zipmap": False}, target_opset={"": opset, "ai.onnx.ml": ML_OPSET})
+            graph = to_onnx(
+                convertible,
+                initial_types=[(HEAD_INPUT, FloatTensorType([None, n_features]))],
+                options={"zipmap": False},
+                target_opset={"": opset, "ai.onnx.ml": ML_OPSET},
+            )
     except Exception as error:  # skl2onnx raises several kinds for an estimator it does not know
-        raise CnnfeatError(f"cannot export this head to ONNX: skl2onnx does not convert "
-                           f"{type(final_step(pipeline)).__name__} ({type(error).__name__}: {error_line(error)})") from None
+        raise CnnfeatError(
+            f"cannot export this head to ONNX: skl2onnx does not convert "
+            f"{type(final_step(pipeline)).__name__} ({type(error).__name__}: {error_line(error)})"
+        ) from None
     names = [output.name for output in graph.graph.output]
     if names != list(OUTPUTS):
         raise CnnfeatError(f"cannot export this head to ONNX: skl2onnx gave outputs {names}, not {list(OUTPUTS)}")
@@ -104,8 +120,9 @@ def onnx_equivalent(estimator):
 
     if isinstance(estimator, Pipeline):
         copied = copy.copy(estimator)
-        copied.steps = [(name, onnx_equivalent(step)) for name, step in estimator.steps
-                        if step not in (None, "passthrough")]  # an identity step: skl2onnx wants none
+        copied.steps = [
+            (name, onnx_equivalent(step)) for name, step in estimator.steps if step not in (None, "passthrough")
+        ]  # an identity step: skl2onnx wants none
         return copied
     if isinstance(estimator, CalibratedClassifierCV):
         copied = copy.deepcopy(estimator)

@@ -1,5 +1,6 @@
 """A head's grid as it is searched: the default grid with `--grid` applied, in full `clf__` names,
 every value checked by the estimator's own scikit-learn parameter rules before any fit."""
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,10 @@ def _in_full(head: Head, params: dict, grid) -> dict:
     for key, values in grid.items():
         if values == []:
             raise CnnfeatError(f"--grid: {key} has an empty list of values; give it at least one")
-    return {_full_name(head, params, key): [_tuple_sizes(v) for v in (values if isinstance(values, list) else [values])]
-            for key, values in grid.items()}
+    return {
+        _full_name(head, params, key): [_tuple_sizes(v) for v in (values if isinstance(values, list) else [values])]
+        for key, values in grid.items()
+    }
 
 
 def _full_name(head: Head, params: dict, key: str) -> str:
@@ -63,8 +66,11 @@ def _overridden(grids: list[dict], given: dict, defaults: dict) -> list[dict]:
 def _covered(grid: dict, other: dict, defaults: dict) -> bool:
     """Whether every candidate of `grid` is one of `other`'s: its keys are some of other's, with the
     same values, and other's further keys list the value `grid` leaves at its default."""
-    return set(grid) < set(other) and all(grid[k] == other[k] for k in grid) and \
-        all(defaults.get(k) in other[k] for k in set(other) - set(grid))
+    return (
+        set(grid) < set(other)
+        and all(grid[k] == other[k] for k in grid)
+        and all(defaults.get(k) in other[k] for k in set(other) - set(grid))
+    )
 
 
 def _check_values(head: Head, pipeline, grids: list[dict]) -> None:
@@ -75,8 +81,9 @@ def _check_values(head: Head, pipeline, grids: list[dict]) -> None:
             for value in values:
                 why = refusal(pipeline, key, value)
                 if why:
-                    raise CnnfeatError(f"--grid: {head.name} cannot take {short_name(key)}="
-                                       f"{json.dumps(value, default=repr)}: {why}")
+                    raise CnnfeatError(
+                        f"--grid: {head.name} cannot take {short_name(key)}={json.dumps(value, default=repr)}: {why}"
+                    )
 
 
 def refusal(pipeline, key: str, value) -> str | None:

@@ -7,6 +7,7 @@ per-process cache, so the 28 candidates of the default grid on one CV fold pay f
 RBF gamma is then one elementwise exp; the product of a fold's held-out rows with its training
 rows is kept likewise. Same model as SVC (tested: equal decisions).
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,9 +31,12 @@ class PrecomputedKernelSVC(ClassifierMixin, BaseEstimator):
     """SVC with kernel 'linear' or 'rbf' (gamma: a float or 'scale', as SVC's)."""
 
     # SVC's rules: C is SVC's own (it is handed to one); gamma and kernel those of the kernels computed here
-    _parameter_constraints = {"C": SVC._parameter_constraints["C"],
-                              "gamma": [StrOptions({"scale"}), Interval(Real, 0.0, None, closed="left")],
-                              "kernel": [StrOptions({"linear", "rbf"})], "random_state": ["random_state"]}
+    _parameter_constraints = {
+        "C": SVC._parameter_constraints["C"],
+        "gamma": [StrOptions({"scale"}), Interval(Real, 0.0, None, closed="left")],
+        "kernel": [StrOptions({"linear", "rbf"})],
+        "random_state": ["random_state"],
+    }
 
     def __init__(self, C=1.0, kernel="rbf", gamma="scale", random_state=None):
         self.C = C

@@ -4,6 +4,7 @@ A scikit-learn estimator, so it sits in the same Pipeline, search and saved bund
 heads. Its fitted state is plain numpy (`coef_`, `intercept_`): a saved model needs no torch to
 predict from vectors.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,18 @@ class TorchLinearClassifier(ClassifierMixin, BaseEstimator):
     """Softmax regression trained with AdamW (or SGD + Nesterov), linear warm-up then cosine decay,
     and label smoothing."""
 
-    def __init__(self, weight_decay=1e-2, lr=1e-2, epochs="auto", batch_size=256, optimizer="adamw",
-                 label_smoothing=0.1, warmup_fraction=0.1, seed=0, device="auto"):
+    def __init__(
+        self,
+        weight_decay=1e-2,
+        lr=1e-2,
+        epochs="auto",
+        batch_size=256,
+        optimizer="adamw",
+        label_smoothing=0.1,
+        warmup_fraction=0.1,
+        seed=0,
+        device="auto",
+    ):
         self.weight_decay = weight_decay
         self.lr = lr
         self.epochs = epochs
@@ -56,7 +67,7 @@ class TorchLinearClassifier(ClassifierMixin, BaseEstimator):
         self.classes_, self.coef_, self.intercept_ = fitted.classes_, fitted.coef_, fitted.intercept_
         return self
 
-    def fit_path(self, X, y, values, report=None) -> list["TorchLinearClassifier"]:
+    def fit_path(self, X, y, values, report=None) -> list[TorchLinearClassifier]:
         """One fitted copy of this estimator per value of `path_param` (the weight decay), trained
         side by side: the same seeded start, the same batches and learning rates, each layer its own
         optimizer group, so each copy is the model `fit` would give with that value (tested), for
@@ -74,10 +85,16 @@ class TorchLinearClassifier(ClassifierMixin, BaseEstimator):
         classes, y_index = np.unique(y, return_inverse=True)
         device = resolve_device(self.device)
         layers = [self._seeded_layer(X.shape[1], len(classes), device) for _ in values]
-        optimizer = self._optimizer([group for layer, value in zip(layers, values)
-                                     for group in self._groups(layer, value, len(X))])
-        self._train(layers, optimizer, torch.from_numpy(X).to(device),
-                    torch.from_numpy(y_index.astype(np.int64)).to(device), report)
+        optimizer = self._optimizer(
+            [group for layer, value in zip(layers, values) for group in self._groups(layer, value, len(X))]
+        )
+        self._train(
+            layers,
+            optimizer,
+            torch.from_numpy(X).to(device),
+            torch.from_numpy(y_index.astype(np.int64)).to(device),
+            report,
+        )
         fitted = []
         for layer, value in zip(layers, values):
             model = self._with(value)
@@ -87,12 +104,13 @@ class TorchLinearClassifier(ClassifierMixin, BaseEstimator):
             fitted.append(model)
         return fitted
 
-    def _with(self, value) -> "TorchLinearClassifier":
+    def _with(self, value) -> TorchLinearClassifier:
         """An unfitted copy with `value` as its `path_param`."""
         return self.__class__(**{**self.get_params(), self.path_param: value})
 
     def _seeded_layer(self, features, classes, device):
         import torch
+
         torch.manual_seed(self.seed)  # every copy starts from the weights a lone fit draws
         return torch.nn.Linear(features, classes).to(device)
 
@@ -101,6 +119,7 @@ class TorchLinearClassifier(ClassifierMixin, BaseEstimator):
 
     def _optimizer(self, groups):
         import torch
+
         if self.optimizer == "adamw":
             return torch.optim.AdamW(groups, lr=self.lr)
         if self.optimizer == "sgd":
@@ -122,7 +141,7 @@ class TorchLinearClassifier(ClassifierMixin, BaseEstimator):
         for epoch in range(epochs):
             order = torch.randperm(len(inputs), generator=generator).to(inputs.device)
             for start in range(0, len(inputs), self.batch_size):
-                batch = order[start:start + self.batch_size]
+                batch = order[start : start + self.batch_size]
                 optimizer.zero_grad(set_to_none=True)
                 weight = torch.cat([layer.weight for layer in layers])  # one product for all layers
                 bias = torch.cat([layer.bias for layer in layers])
@@ -181,11 +200,11 @@ class MiniBatchLogisticRegression(TorchLinearClassifier):
         # Two classes: LogisticRegression keeps one weight vector w = W1 - W0; the softmax pair
         # that gives it has ||W0||^2 + ||W1||^2 = ||w||^2 / 2 at best, so twice the decay.
         decay = 1.0 / (C * rows) * (2 if layer.out_features == 2 else 1)
-        return [{"params": [layer.weight], "weight_decay": decay},
-                {"params": [layer.bias], "weight_decay": 0.0}]
+        return [{"params": [layer.weight], "weight_decay": decay}, {"params": [layer.bias], "weight_decay": 0.0}]
 
     def _optimizer(self, groups):
         import torch
+
         return torch.optim.Adam(groups, lr=self.lr)
 
 

@@ -6,6 +6,7 @@ its calibration maps to probabilities monotonically).
 What an exact class activation map needs (`explain`): with the pooled vector the spatial mean of
 the last feature map F, a class's score is the spatial mean of sum_c W[k, c] F[c] plus b[k].
 """
+
 from __future__ import annotations
 
 import numpy as np

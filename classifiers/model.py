@@ -6,6 +6,7 @@ images (the backbone is then rebuilt from the registry, with the preprocessing t
 made with: classifiers.embedding). Vectors of another width, or Features of another fingerprint,
 are refused. Saving and loading: classifiers.bundle.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,8 +32,9 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
     weights_source : str. How to rebuild the backbone: "" (its own weights), "random", or a path.
     """
 
-    def __init__(self, pipeline=None, class_names=None, feature_config=None, feature_fingerprint=None,
-                 weights_source=""):
+    def __init__(
+        self, pipeline=None, class_names=None, feature_config=None, feature_fingerprint=None, weights_source=""
+    ):
         self.pipeline = pipeline
         self.class_names = class_names
         self.feature_config = feature_config
@@ -49,15 +51,20 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         layer = TorchLinearClassifier()
         layer.coef_, layer.intercept_ = np.asarray(weight, np.float32), np.asarray(bias, np.float32)
         layer.classes_, layer.n_features_in_ = np.arange(len(class_names)), layer.coef_.shape[1]
-        model = cls(Pipeline([("scale", "passthrough"), ("clf", TorchLinearClassifier())]), list(class_names),
-                    feature_config, feature_fingerprint, weights_source)
+        model = cls(
+            Pipeline([("scale", "passthrough"), ("clf", TorchLinearClassifier())]),
+            list(class_names),
+            feature_config,
+            feature_fingerprint,
+            weights_source,
+        )
         model.pipeline_ = Pipeline([("scale", "passthrough"), ("clf", layer)])
         model.classes_ = np.asarray(class_names, dtype=object)
         model.n_features_in_ = layer.n_features_in_
         return model
 
     @classmethod
-    def from_fitted(cls, fitted, X, y, **params) -> "FeatureClassifier":
+    def from_fitted(cls, fitted, X, y, **params) -> FeatureClassifier:
         """The model `cls(**params).fit(X, y)` gives, with `fitted` as its head: a clone of
         params["pipeline"] the caller already fitted on (X, the labels `encode_labels(y)` gives) - the
         forest an out-of-bag search grew on these very rows - taken as it is, not fitted again."""
@@ -115,7 +122,8 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
                 raise FeatureMismatch(
                     f"{X.path} holds features of {X.config.get('backbone')} (fingerprint {X.fingerprint}); "
                     f"this model was fitted on {self._backbone_name()} features (fingerprint "
-                    f"{self.feature_fingerprint}): extract with the same backbone and weights")
+                    f"{self.feature_fingerprint}): extract with the same backbone and weights"
+                )
             return self._check_vectors(X.X)
         images = embedding.as_image_list(X)
         if images is not None:
@@ -128,15 +136,19 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
 
     def _check_vectors(self, X, fitting=False) -> np.ndarray:
         # scikit-learn's own checks (sparse or complex input refused); finite values are the head's to judge
-        X = check_array(X, dtype=np.float32, ensure_2d=False, allow_nd=True, ensure_all_finite=False,
-                        ensure_min_samples=0)
+        X = check_array(
+            X, dtype=np.float32, ensure_2d=False, allow_nd=True, ensure_all_finite=False, ensure_min_samples=0
+        )
         if X.ndim != 2:
-            raise FeatureMismatch(f"expected a 2-D array of feature vectors (rows = images), got shape {X.shape} "
-                                  f"(Reshape your data: X.reshape(1, -1) for one image's vector)")
+            raise FeatureMismatch(
+                f"expected a 2-D array of feature vectors (rows = images), got shape {X.shape} "
+                f"(Reshape your data: X.reshape(1, -1) for one image's vector)"
+            )
         expected = self.n_features_in_ if not fitting else (self.feature_config or {}).get("feature_dim")
         if expected is not None and X.shape[1] != expected:
-            raise FeatureMismatch(f"got vectors of width {X.shape[1]}; this model expects {expected} "
-                                  f"({self._backbone_name()} features)")
+            raise FeatureMismatch(
+                f"got vectors of width {X.shape[1]}; this model expects {expected} ({self._backbone_name()} features)"
+            )
         if fitting:
             self.n_features_in_ = X.shape[1]
         return X
@@ -174,8 +186,10 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
     def _single_source(self) -> BackboneSource:
         sources = self.sources()
         if len(sources) > 1:
-            raise CnnfeatError(f"this model joins the features of {len(sources)} backbones "
-                               f"({self._backbone_name()}); serve and export take one-backbone models")
+            raise CnnfeatError(
+                f"this model joins the features of {len(sources)} backbones "
+                f"({self._backbone_name()}); serve and export take one-backbone models"
+            )
         return sources[0]
 
     def __getstate__(self):

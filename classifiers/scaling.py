@@ -1,4 +1,5 @@
 """Standardisation that fits on a million rows without copying them three times."""
+
 from __future__ import annotations
 
 from scipy.sparse import issparse
@@ -23,5 +24,5 @@ class ChunkedStandardScaler(StandardScaler):
         rows = max(1, FIT_BYTES // max(1, X.shape[1] * X.dtype.itemsize))
         self._reset()
         for start in range(0, X.shape[0], rows):
-            self.partial_fit(X[start:start + rows], y)
+            self.partial_fit(X[start : start + rows], y)
         return self

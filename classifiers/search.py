@@ -4,6 +4,7 @@
 notes that say why where it is not the obvious way), before any fit; `run_search` fits the plan's
 searcher (classifiers.searchers) and takes its best candidate, with notes on it (classifiers.edges).
 """
+
 from __future__ import annotations
 
 import time
@@ -46,8 +47,7 @@ class SearchSettings:
 
     def result_settings(self) -> dict:
         """The settings that change the fitted heads (not jobs, verbosity or progress)."""
-        return {"cv": self.cv, "scoring": self.scoring, "search": self.search, "seed": self.seed,
-                "budget": self.budget}
+        return {"cv": self.cv, "scoring": self.scoring, "search": self.search, "seed": self.seed, "budget": self.budget}
 
     def method_for(self, head, rows: int) -> str:
         if self.budget is not None:
@@ -60,14 +60,15 @@ class SearchSettings:
             return "oob" if head.auto_search == "oob" else "halving"
         return head.auto_search if rows > OWN_METHOD_ABOVE else "grid"
 
-    def check(self) -> "SearchSettings":
+    def check(self) -> SearchSettings:
         if self.scoring not in SCORINGS:
             raise CnnfeatError(f"--scoring {self.scoring!r}; valid: {', '.join(SCORINGS)}")
         if self.search not in METHODS:
             raise CnnfeatError(f"--search {self.search!r}; valid: {', '.join(METHODS)}")
         if self.budget is not None and self.search == "halving":
-            raise CnnfeatError("--budget stops an exhaustive grid search between candidates; it does not "
-                               "combine with --search halving")
+            raise CnnfeatError(
+                "--budget stops an exhaustive grid search between candidates; it does not combine with --search halving"
+            )
         return self
 
 
@@ -106,12 +107,15 @@ class SearchPlan:
         """The line that says how the head is searched."""
         settings, jobs = self.settings, self.settings.jobs
         scheme = {OOB_FOLDS: "out-of-bag scores", 1: "a 20% validation slice"}.get(self.folds, f"{self.folds} folds")
-        swept = f" (one parameter at a time: {coordinate_count(self.grid)} of them)" if self.method == "coordinate" \
-            else ""
+        swept = (
+            f" (one parameter at a time: {coordinate_count(self.grid)} of them)" if self.method == "coordinate" else ""
+        )
         cores = "all cores" if jobs == -1 else f"{jobs} job" + ("s" if jobs != 1 else "")
         budget = f", budget {settings.budget:g} s" if settings.budget is not None else ""
-        return (f"{self.head.name}: {self.method} search over {self.candidates} candidates{swept} x {scheme} on "
-                f"{self.rows} rows ({settings.scoring}, {cores}{budget})")
+        return (
+            f"{self.head.name}: {self.method} search over {self.candidates} candidates{swept} x {scheme} on "
+            f"{self.rows} rows ({settings.scoring}, {cores}{budget})"
+        )
 
 
 def check_folds(y, cv: int, label_names=None) -> tuple[int, list[str]]:
@@ -120,22 +124,35 @@ def check_folds(y, cv: int, label_names=None) -> tuple[int, list[str]]:
     if label_names is not None:
         names = np.asarray(label_names, dtype=object)[names]
     if len(names) < 2:
-        raise CnnfeatError(f"the training rows hold one class only ({names[0] if len(names) else 'none'}); "
-                           f"a classifier needs at least two")
+        raise CnnfeatError(
+            f"the training rows hold one class only ({names[0] if len(names) else 'none'}); "
+            f"a classifier needs at least two"
+        )
     smallest = int(counts.min())
     if smallest < 2:
         rare = ", ".join(str(n) for n, c in zip(names, counts) if c < 2)
-        raise CnnfeatError(f"class {rare} has a single training image; cross-validation needs at least 2 "
-                           f"per class (add images, or remove the class)")
+        raise CnnfeatError(
+            f"class {rare} has a single training image; cross-validation needs at least 2 "
+            f"per class (add images, or remove the class)"
+        )
     if smallest < cv:
         rare = names[counts.argmin()]
-        return smallest, [f"class {rare} has only {smallest} training images: using {smallest}-fold "
-                          f"cross-validation instead of {cv}"]
+        return smallest, [
+            f"class {rare} has only {smallest} training images: using {smallest}-fold cross-validation instead of {cv}"
+        ]
     return cv, []
 
 
-def search_head(name, X: np.ndarray, y: np.ndarray, grid=None, settings: SearchSettings | None = None,
-                log=print, label_names=None, **overrides) -> SearchResult:
+def search_head(
+    name,
+    X: np.ndarray,
+    y: np.ndarray,
+    grid=None,
+    settings: SearchSettings | None = None,
+    log=print,
+    label_names=None,
+    **overrides,
+) -> SearchResult:
     """Search head `name`'s grid (a registered name, or a Head, e.g. a fused_head) by stratified
     K-fold CV on (X, y) (`label_names[y]` names the classes in messages when y holds indices).
     Nothing is refitted here; a search that fits the best candidate on all of (X, y) anyway
@@ -147,8 +164,7 @@ def search_head(name, X: np.ndarray, y: np.ndarray, grid=None, settings: SearchS
     return run_search(plan, X, y, log)
 
 
-def plan_search(name, y: np.ndarray, grid=None, settings: SearchSettings | None = None,
-                label_names=None) -> SearchPlan:
+def plan_search(name, y: np.ndarray, grid=None, settings: SearchSettings | None = None, label_names=None) -> SearchPlan:
     """The SearchPlan for head `name` on training labels `y`; `grid`: --grid (see resolve_grid)."""
     from sklearn.model_selection import ParameterGrid
 
@@ -164,8 +180,9 @@ def plan_search(name, y: np.ndarray, grid=None, settings: SearchSettings | None 
     candidates = len(ParameterGrid(grid))
     if method == "coordinate":
         grid = [axes_first(g, head.axes) for g in grid]
-    return SearchPlan(head, grid, method, splitter, OOB_FOLDS if method == "oob" else folds, rows, candidates,
-                      settings, tuple(notes))
+    return SearchPlan(
+        head, grid, method, splitter, OOB_FOLDS if method == "oob" else folds, rows, candidates, settings, tuple(notes)
+    )
 
 
 def _head_for_rows(name, rows: int, classes: int) -> tuple[Head, list[str]]:
@@ -176,8 +193,11 @@ def _head_for_rows(name, rows: int, classes: int) -> tuple[Head, list[str]]:
     head, bound = scaled.bounded(rows, classes)
     notes = [bound] if bound else []
     if scaled is not named:
-        notes.insert(0, f"{head.name} with {rows} training rows: trained on mini-batches "
-                        f"({type(final_step(head.build(0))).__name__}), every candidate side by side")
+        notes.insert(
+            0,
+            f"{head.name} with {rows} training rows: trained on mini-batches "
+            f"({type(final_step(head.build(0))).__name__}), every candidate side by side",
+        )
     return head, notes
 
 
@@ -185,12 +205,13 @@ def _neighbours_within(grid: list[dict], fold_rows: int) -> tuple[list[dict], st
     """KNN cannot ask for more neighbours than a training fold has rows: `grid` without those values,
     and the note that says so (a grid with none left is refused: fitting a value nobody asked for
     would be a silent change)."""
-    trimmed = [{**g, NEIGHBOURS: [k for k in g[NEIGHBOURS] if k <= fold_rows]} if NEIGHBOURS in g else g
-               for g in grid]
+    trimmed = [{**g, NEIGHBOURS: [k for k in g[NEIGHBOURS] if k <= fold_rows]} if NEIGHBOURS in g else g for g in grid]
     if any(g.get(NEIGHBOURS) == [] for g in trimmed):
         asked = ", ".join(str(k) for g in grid for k in g.get(NEIGHBOURS, []))
-        raise CnnfeatError(f"n_neighbors {asked}: more than the {fold_rows} rows of a training fold; ask for at "
-                           f"most {fold_rows} (--grid)")
+        raise CnnfeatError(
+            f"n_neighbors {asked}: more than the {fold_rows} rows of a training fold; ask for at "
+            f"most {fold_rows} (--grid)"
+        )
     if trimmed == grid:
         return trimmed, None
     return trimmed, f"n_neighbors above {fold_rows} (the rows of a training fold) left out of the grid"
@@ -206,8 +227,10 @@ def _method(head: Head, settings: SearchSettings, rows: int) -> tuple[str, str |
 
 def _slow_note(head: Head, rows: int) -> str | None:
     if head.scales_badly_above and rows > head.scales_badly_above:
-        return (f"{head.name} with {rows} training rows: its default grid may take hours "
-                f"(its cost grows quickly with rows); consider --clf logreg, or narrow --grid")
+        return (
+            f"{head.name} with {rows} training rows: its default grid may take hours "
+            f"(its cost grows quickly with rows); consider --clf logreg, or narrow --grid"
+        )
     return None
 
 
@@ -236,19 +259,29 @@ def run_search(plan: SearchPlan, X, y, log=print) -> SearchResult:
         log(note)
     fitted = None if plan.head.calibrate else getattr(searcher, "best_fitted_", None)
     return SearchResult(
-        head=plan.head.name, best_params={k.split("__", 1)[1]: _json_value(v) for k, v in best_params.items()},
-        cv_mean=float(results["mean_test_score"][best]), cv_std=float(results["std_test_score"][best]),
-        folds=plan.folds, scoring=plan.settings.scoring, candidates=plan.candidates, method=plan.method,
-        seconds=time.perf_counter() - started, pipeline=_best_pipeline(plan, pipeline, best_params),
-        notes=[*plan.notes, *notes], evaluated=evaluated, fitted=fitted,
+        head=plan.head.name,
+        best_params={k.split("__", 1)[1]: _json_value(v) for k, v in best_params.items()},
+        cv_mean=float(results["mean_test_score"][best]),
+        cv_std=float(results["std_test_score"][best]),
+        folds=plan.folds,
+        scoring=plan.settings.scoring,
+        candidates=plan.candidates,
+        method=plan.method,
+        seconds=time.perf_counter() - started,
+        pipeline=_best_pipeline(plan, pipeline, best_params),
+        notes=[*plan.notes, *notes],
+        evaluated=evaluated,
+        fitted=fitted,
     )
 
 
 def _budget_notes(plan: SearchPlan, evaluated: int) -> list[str]:
     if plan.settings.budget is None or evaluated >= plan.candidates:
         return []
-    return [f"{plan.head.name}: the {plan.settings.budget:g} s budget ran out after {evaluated} of "
-            f"{plan.candidates} candidates; the best of those was kept"]
+    return [
+        f"{plan.head.name}: the {plan.settings.budget:g} s budget ran out after {evaluated} of "
+        f"{plan.candidates} candidates; the best of those was kept"
+    ]
 
 
 def _best_pipeline(plan: SearchPlan, pipeline, best_params: dict):
@@ -259,8 +292,12 @@ def _best_pipeline(plan: SearchPlan, pipeline, best_params: dict):
         pipeline.set_params(clf__n_jobs=plan.settings.jobs)  # the refit too uses every core
     if plan.head.calibrate:
         from sklearn.calibration import CalibratedClassifierCV
-        pipeline.set_params(clf=CalibratedClassifierCV(pipeline.named_steps["clf"], ensemble=False, cv=plan.folds,
-                                                       n_jobs=plan.settings.jobs))
+
+        pipeline.set_params(
+            clf=CalibratedClassifierCV(
+                pipeline.named_steps["clf"], ensemble=False, cv=plan.folds, n_jobs=plan.settings.jobs
+            )
+        )
     return pipeline
 
 
@@ -286,8 +323,10 @@ def _cross_validation_backend(ray_address: str | None):
     import joblib
 
     from featurize import connect_ray
+
     connect_ray(ray_address, "cpu")
     from ray.util.joblib import register_ray
+
     register_ray()
     with joblib.parallel_backend("ray"):
         yield

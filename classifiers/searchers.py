@@ -11,6 +11,7 @@ The first three are scikit-learn's searches with a progress bar whose total is k
 first candidate; their scores are scikit-learn's own (tested). Imported when a search runs:
 importing `classifiers` does not load scikit-learn's model selection.
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,8 +34,15 @@ def make_searcher(plan, pipeline):
         return OutOfBagSearch(pipeline, plan.grid, settings.scoring, settings.jobs, settings.progress, desc)
     if plan.method == "path":
         return PathSearch(pipeline, plan.grid, plan.splitter, settings.scoring, settings.progress, desc)
-    common = {"scoring": settings.scoring, "cv": plan.splitter, "n_jobs": settings.jobs, "refit": False,
-              "verbose": settings.verbose, "progress": settings.progress, "desc": desc}
+    common = {
+        "scoring": settings.scoring,
+        "cv": plan.splitter,
+        "n_jobs": settings.jobs,
+        "refit": False,
+        "verbose": settings.verbose,
+        "progress": settings.progress,
+        "desc": desc,
+    }
     if plan.method == "halving":
         return ProgressHalvingSearch(pipeline, plan.grid, random_state=settings.seed, **common)
     if plan.method == "coordinate":
@@ -51,6 +59,7 @@ class _ProgressBar:
         from tqdm import tqdm  # looked up at each search (the tests watch the bar)
 
         with tqdm(total=self._planned(), unit="candidate", desc=self.desc, disable=not self.progress) as bar:
+
             def evaluate(candidates, *args, **kwargs):
                 results = evaluate_candidates(candidates, *args, **kwargs)
                 bar.update(len(candidates))
@@ -60,8 +69,19 @@ class _ProgressBar:
 
 
 class _TrackedGridSearch(_ProgressBar, GridSearchCV):
-    def __init__(self, estimator, param_grid, *, scoring=None, n_jobs=None, refit=True, cv=None, verbose=0,
-                 progress=False, desc="search"):
+    def __init__(
+        self,
+        estimator,
+        param_grid,
+        *,
+        scoring=None,
+        n_jobs=None,
+        refit=True,
+        cv=None,
+        verbose=0,
+        progress=False,
+        desc="search",
+    ):
         super().__init__(estimator, param_grid, scoring=scoring, n_jobs=n_jobs, refit=refit, cv=cv, verbose=verbose)
         self.progress = progress
         self.desc = desc
@@ -71,10 +91,31 @@ class ChunkedGridSearch(_TrackedGridSearch):
     """GridSearchCV over every candidate, a chunk of them at a time (two per job), stopping between
     chunks once `budget` seconds have passed (the best of those evaluated is kept)."""
 
-    def __init__(self, estimator, param_grid, *, scoring=None, n_jobs=None, refit=True, cv=None, verbose=0,
-                 progress=False, desc="search", budget=None):
-        super().__init__(estimator, param_grid, scoring=scoring, n_jobs=n_jobs, refit=refit, cv=cv, verbose=verbose,
-                         progress=progress, desc=desc)
+    def __init__(
+        self,
+        estimator,
+        param_grid,
+        *,
+        scoring=None,
+        n_jobs=None,
+        refit=True,
+        cv=None,
+        verbose=0,
+        progress=False,
+        desc="search",
+        budget=None,
+    ):
+        super().__init__(
+            estimator,
+            param_grid,
+            scoring=scoring,
+            n_jobs=n_jobs,
+            refit=refit,
+            cv=cv,
+            verbose=verbose,
+            progress=progress,
+            desc=desc,
+        )
         self.budget = budget
 
     def _planned(self) -> int:
@@ -89,7 +130,7 @@ class ChunkedGridSearch(_TrackedGridSearch):
         while self.evaluated_ < len(candidates):
             if self.budget is not None and self.evaluated_ and time.perf_counter() - started > self.budget:
                 break
-            part = candidates[self.evaluated_:self.evaluated_ + chunk]
+            part = candidates[self.evaluated_ : self.evaluated_ + chunk]
             evaluate(part)
             self.evaluated_ += len(part)
 
@@ -108,10 +149,30 @@ class CoordinateSearch(_TrackedGridSearch):
 class ProgressHalvingSearch(_ProgressBar, HalvingGridSearchCV):
     """HalvingGridSearchCV, its bar's total (the candidates of every round) known before the first."""
 
-    def __init__(self, estimator, param_grid, *, scoring=None, n_jobs=None, refit=True, cv=5, verbose=0,
-                 random_state=None, progress=False, desc="search"):
-        super().__init__(estimator, param_grid, scoring=scoring, n_jobs=n_jobs, refit=refit, cv=cv, verbose=verbose,
-                         random_state=random_state)
+    def __init__(
+        self,
+        estimator,
+        param_grid,
+        *,
+        scoring=None,
+        n_jobs=None,
+        refit=True,
+        cv=5,
+        verbose=0,
+        random_state=None,
+        progress=False,
+        desc="search",
+    ):
+        super().__init__(
+            estimator,
+            param_grid,
+            scoring=scoring,
+            n_jobs=n_jobs,
+            refit=refit,
+            cv=cv,
+            verbose=verbose,
+            random_state=random_state,
+        )
         self.progress = progress
         self.desc = desc
 
@@ -173,14 +234,17 @@ class OutOfBagSearch:
         from tqdm import tqdm
 
         candidates = list(ParameterGrid(self.param_grid))
-        order = sorted(range(len(candidates)), key=lambda i: (candidate_key(candidates[i], TREES),
-                                                              candidates[i].get(TREES, 100)))
+        order = sorted(
+            range(len(candidates)), key=lambda i: (candidate_key(candidates[i], TREES), candidates[i].get(TREES, 100))
+        )
         scores, model, grown, best = np.full(len(candidates), -np.inf), None, None, None
         for i in tqdm(order, unit="candidate", desc=self.desc, disable=not self.progress):
             params = candidates[i]
             if grown != candidate_key(params, TREES):  # another forest: start afresh
-                model, grown = clone(self.pipeline).set_params(clf__warm_start=True, clf__oob_score=True,
-                                                               clf__n_jobs=self.n_jobs), candidate_key(params, TREES)
+                model, grown = (
+                    clone(self.pipeline).set_params(clf__warm_start=True, clf__oob_score=True, clf__n_jobs=self.n_jobs),
+                    candidate_key(params, TREES),
+                )
             model.set_params(**params).fit(X, y)  # adds trees to the forest grown so far
             scores[i] = _oob_score(model.named_steps["clf"], y, self.scoring)
             if best is None or (scores[i], -i) > (scores[best], -best):  # argmax's choice among ties
@@ -215,8 +279,13 @@ class PathSearch:
             groups.setdefault(candidate_key(candidate, path), []).append(i)
         splits = list(self.splitter.split(X, y))
         scores = np.zeros((len(candidates), len(splits)))
-        with tqdm(total=len(candidates) * len(splits), unit="candidate", desc=self.desc, unit_scale=True,
-                  disable=not self.progress) as bar:
+        with tqdm(
+            total=len(candidates) * len(splits),
+            unit="candidate",
+            desc=self.desc,
+            unit_scale=True,
+            disable=not self.progress,
+        ) as bar:
             for s, (train, held_out) in enumerate(splits):
                 for indices in groups.values():
                     shared = {k: v for k, v in candidates[indices[0]].items() if k != path}
@@ -224,15 +293,19 @@ class PathSearch:
                     scale, clf = _in_place(pipeline[:-1]), pipeline.named_steps["clf"]
                     scaled = scale.fit_transform(X[train], y[train])  # scales its own copy of the rows
                     values = [candidates[i].get(path, clf.get_params()[clf.path_param]) for i in indices]
-                    before = bar.n  # the bar moves every epoch: a path on a million rows takes minutes
-                    models = clf.fit_path(scaled, y[train], values,
-                                          report=lambda done: bar.update(before + done * len(indices) - bar.n))
+                    before, n = bar.n, len(indices)  # the bar moves every epoch: a million rows' path takes minutes
+                    models = clf.fit_path(
+                        scaled, y[train], values, report=lambda done, b=before, n=n: bar.update(b + done * n - bar.n)
+                    )
                     del scaled
                     held = scale.transform(X[held_out])
                     for i, model in zip(indices, models):
                         scores[i, s] = check_scoring(model, scoring=self.scoring)(model, held, y[held_out])
-        self.cv_results_ = {"mean_test_score": scores.mean(axis=1), "std_test_score": scores.std(axis=1),
-                            "params": candidates}
+        self.cv_results_ = {
+            "mean_test_score": scores.mean(axis=1),
+            "std_test_score": scores.std(axis=1),
+            "params": candidates,
+        }
         self.best_index_ = int(np.argmax(self.cv_results_["mean_test_score"]))
         self.best_params_ = candidates[self.best_index_]
         self.evaluated_ = len(candidates)

@@ -1,5 +1,6 @@
 """Errors a user (or the machine) can cause, and how a library's error becomes one line for them.
 The CLI turns each CnnfeatError into one line and a non-zero exit."""
+
 from __future__ import annotations
 
 import errno
@@ -25,21 +26,40 @@ class OutputError(CnnfeatError):
     """An output that cannot be written where it was asked for."""
 
 
-WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
-                errno.EISDIR, errno.ENAMETOOLONG, errno.ENOENT, errno.EIO, errno.EEXIST}  # how a write is refused
+WRITE_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EFBIG,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.ENAMETOOLONG,
+    errno.ENOENT,
+    errno.EIO,
+    errno.EEXIST,
+}  # how a write is refused
 
 
 def describe_os_error(error: OSError) -> str:
     """The cause of a failed write in a few words, with the way out where there is an obvious one."""
-    hints = {errno.ENOSPC: " (the disk is full: free some space)", errno.EDQUOT: " (over the disk quota)",
-             errno.EFBIG: " (over the file-size limit: see `ulimit -f`)",
-             errno.EROFS: " (a read-only file system)", errno.EACCES: " (no permission to write there)"}
+    hints = {
+        errno.ENOSPC: " (the disk is full: free some space)",
+        errno.EDQUOT: " (over the disk quota)",
+        errno.EFBIG: " (over the file-size limit: see `ulimit -f`)",
+        errno.EROFS: " (a read-only file system)",
+        errno.EACCES: " (no permission to write there)",
+    }
     cause = error.strerror or str(error) or type(error).__name__
     return cause + hints.get(error.errno, "")
 
 
-_MACHINE_SAYS_NO = {27: "File too large (over the file-size limit: see `ulimit -f`)",
-                    28: "No space left on device", 122: "Disk quota exceeded"}  # EFBIG, ENOSPC, EDQUOT
+_MACHINE_SAYS_NO = {
+    27: "File too large (over the file-size limit: see `ulimit -f`)",
+    28: "No space left on device",
+    122: "Disk quota exceeded",
+}  # EFBIG, ENOSPC, EDQUOT
 
 
 def machine_refusal(error: BaseException) -> str | None:
@@ -51,8 +71,11 @@ def machine_refusal(error: BaseException) -> str | None:
     while seen is not None:
         errno = getattr(seen, "errno", None)
         text = str(seen)
-        code = errno if errno in _MACHINE_SAYS_NO else next(
-            (code for code in _MACHINE_SAYS_NO if f"[Errno {code}]" in text), None)
+        code = (
+            errno
+            if errno in _MACHINE_SAYS_NO
+            else next((code for code in _MACHINE_SAYS_NO if f"[Errno {code}]" in text), None)
+        )
         if code is not None:
             where = f" writing {seen.filename}" if getattr(seen, "filename", None) else ""
             return f"the machine refused a write{where}: {_MACHINE_SAYS_NO[code]}{_parallel_hint(error)}"
@@ -71,7 +94,10 @@ def error_line(error: BaseException, last: bool = False, after: str = "") -> str
 
 def _parallel_hint(error: BaseException) -> str:
     import pickle
+
     if not isinstance(error, pickle.PicklingError):
         return ""
-    return ("; parallel fits share the training rows through temporary files ($JOBLIB_TEMP_FOLDER, else /dev/shm "
-            "or $TMPDIR): make room there, or run with --jobs 1")
+    return (
+        "; parallel fits share the training rows through temporary files ($JOBLIB_TEMP_FOLDER, else /dev/shm "
+        "or $TMPDIR): make room there, or run with --jobs 1"
+    )

@@ -4,6 +4,7 @@ files of a killed writer carry its pid in their name and are swept by the next w
 same file. A write that fails (disk full, file-size limit, read-only folder) ends in one
 OutputError naming the file and the cause, the old file untouched.
 """
+
 from __future__ import annotations
 
 import glob

@@ -1,5 +1,6 @@
 """Digests: of a file's bytes, and of a record of settings (the keys that say two results are
 comparable: a store's fingerprint, a fitted head's reuse key)."""
+
 from __future__ import annotations
 
 import hashlib

@@ -1,5 +1,6 @@
 """One writer at a time: a POSIX lock beside the file being written, released by the kernel the
 moment its holder dies, whatever killed it."""
+
 from __future__ import annotations
 
 import fcntl
@@ -32,8 +33,10 @@ def exclusive(path: Path, command: str = "cnnfeat extract"):
     has just removed sees it and locks the new one instead."""
     lock_path = Path(path).with_name(Path(path).name + ".lock").resolve()
     if lock_path in _HELD_HERE:
-        raise Busy(f"{printable(path)} is being written by this process (pid {os.getpid()}); wait for that run to "
-                   f"finish and run again")
+        raise Busy(
+            f"{printable(path)} is being written by this process (pid {os.getpid()}); wait for that run to "
+            f"finish and run again"
+        )
     fd = _acquire(lock_path, path)
     try:
         _HELD_HERE.add(lock_path)
@@ -67,8 +70,10 @@ def _acquire(lock_path: Path, path) -> int:
             # A held lock whose recorded pid is gone belongs to a writer that has just started and
             # not yet written its pid: wait a moment rather than name a dead process.
             if alive or time.monotonic() > deadline:
-                raise Busy(f"{printable(path)} is being written by {holder if alive else 'another process'}; "
-                           f"wait for that run to finish and run again") from None
+                raise Busy(
+                    f"{printable(path)} is being written by {holder if alive else 'another process'}; "
+                    f"wait for that run to finish and run again"
+                ) from None
             time.sleep(0.05)
             continue
         if _same_file(fd, lock_path):

@@ -1,5 +1,6 @@
 """Names: made fit to be part of a file name, checked before a name read from a file becomes
 part of a path, and shown readably when they are not valid UTF-8."""
+
 from __future__ import annotations
 
 import os
@@ -29,6 +30,8 @@ def printable(text) -> str:
 def check_name(value, what: str, source) -> str:
     """A name read from a file, refused unless it is a plain file-name component (no '/', no '..')."""
     if not isinstance(value, str) or not SAFE_NAME.fullmatch(value) or ".." in value:
-        raise CnnfeatError(f"{source}: its {what} {value!r} is not a plain name (letters, digits, . _ + -); "
-                           f"refusing to use it in a file name")
+        raise CnnfeatError(
+            f"{source}: its {what} {value!r} is not a plain name (letters, digits, . _ + -); "
+            f"refusing to use it in a file name"
+        )
     return value

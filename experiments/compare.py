@@ -5,6 +5,7 @@ name (locked: one writer per report), then per feature file its split and its ro
 searched and fitted, or reused (experiments.reuse), the ensembles of those heads, the fine-tuned
 network (experiments.finetuned) - then the rows of the files' vectors joined, and last the ranking
 (experiments.ranking) and the report (experiments.report)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -100,8 +101,9 @@ class FileRows(NamedTuple):
     rows: list[Row]
 
 
-def compare(features=None, out=DEFAULT_OUT, settings: CompareSettings | None = None, log=print,
-            **overrides) -> CompareOutcome:
+def compare(
+    features=None, out=DEFAULT_OUT, settings: CompareSettings | None = None, log=print, **overrides
+) -> CompareOutcome:
     """`cnnfeat compare`; `overrides` are CompareSettings fields (clf="knn", refit=True, ...) or
     SearchSettings fields (cv=3, seed=7, jobs=1, ...)."""
     settings = compare_settings(settings, **overrides)
@@ -128,7 +130,7 @@ def feature_label(data) -> str:
     if data.parts:  # fused features: their parts' labels joined
         return "+".join(feature_label(part) for part in data.parts)
     stem = Path(data.path).stem
-    return stem[len(data.dataset) + 1:] if stem.startswith(data.dataset + "-") else safe_name(stem)
+    return stem[len(data.dataset) + 1 :] if stem.startswith(data.dataset + "-") else safe_name(stem)
 
 
 def _load_stores(features, out, log) -> tuple[list[Path], list]:
@@ -142,8 +144,10 @@ def _report_name(stores) -> str:
     (the heads would be ranked on different images) and two files that cannot be told apart."""
     datasets = sorted({s.dataset for s in stores})
     if len(datasets) > 1:
-        raise CnnfeatError(f"compare ranks heads on one dataset's held-out images; these feature files are of "
-                           f"{len(datasets)} datasets ({', '.join(datasets)})")
+        raise CnnfeatError(
+            f"compare ranks heads on one dataset's held-out images; these feature files are of "
+            f"{len(datasets)} datasets ({', '.join(datasets)})"
+        )
     labels = [feature_label(s) for s in stores]
     if len(set(labels)) < len(labels):
         raise CnnfeatError(f"two feature files with the same name: {', '.join(str(s.path) for s in stores)}")
@@ -164,17 +168,25 @@ def _compare_into(run: CompareRun, stores, paths, out) -> CompareOutcome:
     run.notes += _model_notes(rows)
     search = run.settings.search
     score_rows(rows, search.scoring, search.seed)
-    markdown = write_report(run.report_dir, rows, run.failures, run.notes, meta={
-        "dataset": stores[0].dataset, "feature_files": [str(p) for p in paths], **search.result_settings()},
-        embedding=_embedding(rows, tables))
+    markdown = write_report(
+        run.report_dir,
+        rows,
+        run.failures,
+        run.notes,
+        meta={"dataset": stores[0].dataset, "feature_files": [str(p) for p in paths], **search.result_settings()},
+        embedding=_embedding(rows, tables),
+    )
     return CompareOutcome(run.report_dir, markdown, rows, run.failures, run.notes)
 
 
 def _model_notes(rows: list[Row]) -> list[str]:
     """What each saved model's record notes (a lowered fold count, a best value at its grid's edge...),
     named by its row."""
-    return [f"{row.backbone} {row.head}: {note.removeprefix(row.head + ': ')}" for row in rows
-            for note in row.info.get("notes", [])]
+    return [
+        f"{row.backbone} {row.head}: {note.removeprefix(row.head + ': ')}"
+        for row in rows
+        for note in row.info.get("notes", [])
+    ]
 
 
 def _fused(stores, run: CompareRun):
@@ -206,8 +218,10 @@ def _split(data, label: str, run: CompareRun) -> Split:
     held = set(data.y[split.heldout].tolist())
     missing = [c for i, c in enumerate(data.class_names) if i not in held]
     if missing:
-        run.note(f"{label}: class {', '.join(missing)} has no {split.name} images: its recall is unmeasured, "
-                 f"and balanced accuracy and macro-F1 cover the other classes only")
+        run.note(
+            f"{label}: class {', '.join(missing)} has no {split.name} images: its recall is unmeasured, "
+            f"and balanced accuracy and macro-F1 cover the other classes only"
+        )
     return split
 
 
@@ -217,8 +231,12 @@ def _embedding(rows, tables: list[FileRows]) -> Embedding | None:
     if best is None:
         return None
     file = next(table.file for table in tables if table.file.label == best.backbone)
-    return Embedding(file.data.X[file.split.heldout], best.truth, best.predicted,
-                     f"{best.backbone}; mistakes of its {best.head}, the best row on them")
+    return Embedding(
+        file.data.X[file.split.heldout],
+        best.truth,
+        best.predicted,
+        f"{best.backbone}; mistakes of its {best.head}, the best row on them",
+    )
 
 
 def _head_rows(file: FeatureFile, run: CompareRun) -> list[Row]:
@@ -238,8 +256,10 @@ def _too_many_rows(head: str, rows: int, label: str, run: CompareRun) -> bool:
     limit = get_head(head).scales_badly_above
     if limit is None or rows <= limit:
         return False
-    run.note(f"{label}: {head} left out of --clf all: {rows:,} training rows is past {limit:,}, where its "
-             f"search takes hours (its cost grows with rows squared); --clf {head} runs it anyway")
+    run.note(
+        f"{label}: {head} left out of --clf all: {rows:,} training rows is past {limit:,}, where its "
+        f"search takes hours (its cost grows with rows squared); --clf {head} runs it anyway"
+    )
     return True
 
 
@@ -257,19 +277,43 @@ def _ensemble_rows(file: FeatureFile, members: list[Row], run: CompareRun) -> li
 
 def _fit_ensemble(kind, file: FeatureFile, members: list[Row], run: CompareRun) -> Scored:
     names, search, data, split = [row.head for row in members], run.settings.search, file.data, file.split
-    run.log(f"{kind}: " + (f"soft vote of {', '.join(names)}" if kind == "vote" else
-                           f"logistic regression on the out-of-fold probabilities of {', '.join(names)} "
-                           f"({search.cv} folds; each head fitted {search.cv + 1} more times)"))
+    run.log(
+        f"{kind}: "
+        + (
+            f"soft vote of {', '.join(names)}"
+            if kind == "vote"
+            else f"logistic regression on the out-of-fold probabilities of {', '.join(names)} "
+            f"({search.cv} folds; each head fitted {search.cv + 1} more times)"
+        )
+    )
     started = time.perf_counter()
-    model = ensemble_model(kind, {row.head: row.model for row in members}, data.X[split.train], data.y[split.train],
-                           search.cv, search.seed, search.jobs)
+    model = ensemble_model(
+        kind,
+        {row.head: row.model for row in members},
+        data.X[split.train],
+        data.y[split.train],
+        search.cv,
+        search.seed,
+        search.jobs,
+    )
     seconds = time.perf_counter() - started
     scored = evaluate(model, data, split)
-    selection = ("mean of the heads' probabilities" if kind == "vote" else
-                 f"logistic regression on {search.cv}-fold out-of-fold probabilities on train")
-    info = {"head": kind, "members": names, "best_params": {"members": "+".join(names)}, "selection": selection,
-            "heldout": scored.scores, **provenance(data, search.seed), "fit_seconds": round(seconds, 3),
-            "predict_seconds_per_image": scored.seconds_per_image, "notes": []}
+    selection = (
+        "mean of the heads' probabilities"
+        if kind == "vote"
+        else f"logistic regression on {search.cv}-fold out-of-fold probabilities on train"
+    )
+    info = {
+        "head": kind,
+        "members": names,
+        "best_params": {"members": "+".join(names)},
+        "selection": selection,
+        "heldout": scored.scores,
+        **provenance(data, search.seed),
+        "fit_seconds": round(seconds, 3),
+        "predict_seconds_per_image": scored.seconds_per_image,
+        "notes": [],
+    }
     return Scored(model, info, scored.predicted, scored.proba)
 
 
@@ -292,16 +336,27 @@ def _saved_or_fitted(file: FeatureFile, name: str, run: CompareRun, key: str, fi
     reused = None if run.settings.refit else reusable(model_path, key, name, file.data.fingerprint, run.log)
     if reused is not None:
         model, info = reused
-        run.log(f"{file.label} {name}: nothing changed, reusing the fitted model ({model_path.name}; --refit "
-                f"searches again)")
+        run.log(
+            f"{file.label} {name}: nothing changed, reusing the fitted model ({model_path.name}; --refit "
+            f"searches again)"
+        )
         X_heldout = file.data.X[file.split.heldout]
         predicted, proba = model.predict(X_heldout), model.predict_proba(X_heldout)
     else:
         scored = fit()
         model, info, predicted, proba = scored.model, {**scored.info, "cache_key": key}, scored.predicted, scored.proba
         save_model(model, model_path, info)
-    return Row(file.label, name, info, *file.heldout, list(predicted), proba, list(model.classes_),
-               reused=reused is not None, model=model)
+    return Row(
+        file.label,
+        name,
+        info,
+        *file.heldout,
+        list(predicted),
+        proba,
+        list(model.classes_),
+        reused=reused is not None,
+        model=model,
+    )
 
 
 def _finetuned_rows(file: FeatureFile, run: CompareRun, out) -> list[Row]:
@@ -310,8 +365,14 @@ def _finetuned_rows(file: FeatureFile, run: CompareRun, out) -> list[Row]:
     ranked beside the heads."""
     data, finetune = file.data, run.settings.finetune
     if finetune is not None and data.weights_source in ("", "random"):
-        run_finetune(data.data_root, out, replace(finetune, backbone=data.backbone, seed=run.settings.search.seed,
-                                                  weights=data.weights_source or None), run.log)
+        run_finetune(
+            data.data_root,
+            out,
+            replace(
+                finetune, backbone=data.backbone, seed=run.settings.search.seed, weights=data.weights_source or None
+            ),
+            run.log,
+        )
     try:
         row = finetuned_row(out, data, file.label, file.heldout, run.log)
     except CnnfeatError as error:

@@ -7,6 +7,7 @@ p^(1/T), renormalised (the same as softmax(z / T) when p = softmax(z)). Its prob
 computed once per training image (the plain centre crop, not each augmented view) and cached
 beside the fine-tune's outputs, keyed by the teacher file's sha256 and the images' identities.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,15 +35,19 @@ class Distillation:
             raise CnnfeatError(f"--teacher {self.teacher}: no such file")
         check_record(Path(self.teacher), "--teacher")
         if self.temperature <= 0 or not 0 <= self.alpha <= 1:
-            raise CnnfeatError(f"--temperature must be > 0 and --alpha within [0, 1] (got {self.temperature}, "
-                               f"{self.alpha})")
+            raise CnnfeatError(
+                f"--temperature must be > 0 and --alpha within [0, 1] (got {self.temperature}, {self.alpha})"
+            )
         return self
 
     def describe(self) -> dict:
         """For the student's record: the settings, and the teacher's own held-out accuracy."""
         heldout = model_record(self.teacher).get("heldout") or {}
-        return {**asdict(self), "teacher": str(Path(self.teacher).resolve()),
-                "teacher_heldout_accuracy": heldout.get("accuracy")}
+        return {
+            **asdict(self),
+            "teacher": str(Path(self.teacher).resolve()),
+            "teacher_heldout_accuracy": heldout.get("accuracy"),
+        }
 
     def loss(self, logits, labels, targets, label_loss):
         """The student's loss on a batch: `targets` are the teacher's probabilities (batch x classes)."""
@@ -50,17 +55,21 @@ class Distillation:
 
         softened = (targets.clamp_min(1e-8).log() / self.temperature).log_softmax(dim=1)
         student = (logits.float() / self.temperature).log_softmax(dim=1)
-        matched = F.kl_div(student, softened, log_target=True, reduction="batchmean") * self.temperature ** 2
+        matched = F.kl_div(student, softened, log_target=True, reduction="batchmean") * self.temperature**2
         return (1 - self.alpha) * label_loss(logits, labels) + self.alpha * matched
 
 
-def teacher_probabilities(distill: Distillation, images, rows: list[int], folder: Path, device: str,
-                          log=print) -> np.ndarray:
+def teacher_probabilities(
+    distill: Distillation, images, rows: list[int], folder: Path, device: str, log=print
+) -> np.ndarray:
     """The teacher's probabilities (len(rows) x classes, in images.class_names order) for the images
     `rows`, from the cache in `folder` when the teacher file and the images are unchanged."""
     paths = [images.paths[i] for i in rows]
-    key = {"teacher_sha256": file_sha256(distill.teacher), "paths": paths,
-           "identities": [list(file_identity(images.root / p)) for p in paths]}
+    key = {
+        "teacher_sha256": file_sha256(distill.teacher),
+        "paths": paths,
+        "identities": [list(file_identity(images.root / p)) for p in paths],
+    }
     cache = folder / f"teacher-{key['teacher_sha256'][:12]}.npz"
     if cache.is_file():
         stored = np.load(cache, allow_pickle=False)
@@ -70,8 +79,9 @@ def teacher_probabilities(distill: Distillation, images, rows: list[int], folder
     teacher = load_model(distill.teacher, option="--teacher")
     missing = sorted(set(map(str, teacher.classes_)) - set(images.class_names))
     if missing:
-        raise CnnfeatError(f"--teacher {distill.teacher}: it predicts classes this data does not have "
-                           f"({', '.join(missing)})")
+        raise CnnfeatError(
+            f"--teacher {distill.teacher}: it predicts classes this data does not have ({', '.join(missing)})"
+        )
     log(f"teacher probabilities: {len(paths)} training images through {distill.teacher} (once; cached)")
     vectors, failures = teacher.embed_images([str(images.root / p) for p in paths], device)
     readable = np.setdiff1d(np.arange(len(paths)), [position for position, _ in failures])

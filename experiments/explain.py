@@ -3,6 +3,7 @@ OUT/explain/ unless given a folder).
 
 The maps are computed in experiments.heatmaps and drawn in experiments.plots; this module checks
 what was asked against the model before any work, runs every image, and writes the pictures."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -47,8 +48,7 @@ class Explained(NamedTuple):
     failures: list[tuple[str, str]]  # (image, reason) of the images that could not be read
 
 
-def explain_images(model_path, inputs, out=None, settings: ExplainSettings = ExplainSettings(),
-                   log=print) -> Explained:
+def explain_images(model_path, inputs, out=None, settings: ExplainSettings = ExplainSettings(), log=print) -> Explained:
     """One PNG per readable image in folder `out` (default: OUT/explain/ of the default output root),
     and the grids `settings` asks for."""
     if settings.method not in METHODS:
@@ -57,8 +57,10 @@ def explain_images(model_path, inputs, out=None, settings: ExplainSettings = Exp
     folder = ensure_writable(explain_dir() if out is None else out)
     method = _checked(model, settings)
     head = final_step(model.pipeline_)
-    log(f"explain: {'the exact class activation map' if method == 'cam' else 'occlusion'} of a "
-        f"{type(head).__name__} on {model.feature_config.get('backbone')} features")
+    log(
+        f"explain: {'the exact class activation map' if method == 'cam' else 'occlusion'} of a "
+        f"{type(head).__name__} on {model.feature_config.get('backbone')} features"
+    )
     written = []
     if settings.filters:
         kernels, name = first_layer_filters(model)
@@ -74,8 +76,10 @@ def _checked(model, settings: ExplainSettings) -> str:
     """The method to use, once the class and layer asked for are known to be the model's (a wrong
     name fails before any work)."""
     if settings.class_name is not None and settings.class_name not in model.classes_.tolist():
-        raise CnnfeatError(f"--class {printable(settings.class_name)}: not a class of this model "
-                           f"({', '.join(map(printable, model.classes_))})")
+        raise CnnfeatError(
+            f"--class {printable(settings.class_name)}: not a class of this model "
+            f"({', '.join(map(printable, model.classes_))})"
+        )
     method = _method_for(model, settings.method)
     if settings.feature_maps not in (None, "last"):
         layers(*first_backbone(model), settings.feature_maps)
@@ -101,8 +105,10 @@ def _explain_each(model, paths: list[str], method: str, settings: ExplainSetting
 def _method_for(model, method: str) -> str:
     cam_possible = linear_form(model.pipeline_) is not None and len(model.sources()) == 1
     if method == "cam" and not cam_possible:
-        raise CnnfeatError("--method cam needs a linear head (logreg, linear, or a two-class linear SVM) on one "
-                           "backbone's features; this model's head is not one: use --method occlusion (or auto)")
+        raise CnnfeatError(
+            "--method cam needs a linear head (logreg, linear, or a two-class linear SVM) on one "
+            "backbone's features; this model's head is not one: use --method occlusion (or auto)"
+        )
     return "cam" if method in ("cam", "auto") and cam_possible else "occlusion"
 
 
@@ -113,8 +119,13 @@ def _explain_one(model, image, path: str, method: str, settings: ExplainSettings
     written = [write_bytes_atomic(stem.with_name(f"{stem.name}.png"), heatmap_png(heatmap, path))]
     if settings.feature_maps is not None:
         maps, layer = feature_map_grid(model, image, None if settings.feature_maps == "last" else settings.feature_maps)
-        written.append(_write_tiles(maps, f"{Path(path).name}: the {len(maps)} strongest channels of {layer}",
-                                    stem.with_name(f"{stem.name}-maps.png")))
+        written.append(
+            _write_tiles(
+                maps,
+                f"{Path(path).name}: the {len(maps)} strongest channels of {layer}",
+                stem.with_name(f"{stem.name}-maps.png"),
+            )
+        )
     return written
 
 

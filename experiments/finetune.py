@@ -12,6 +12,7 @@ The run, in order: the settings (FinetuneSettings), the images (experiments.fine
 network (`build_network`), the loader, optimiser and schedule (`prepare_training`), the epochs and
 the choice among them (`choose_epoch`), and the saved result (`save_result`).
 """
+
 from __future__ import annotations
 
 import copy
@@ -67,16 +68,27 @@ class FinetuneSettings:
 
     def compute(self) -> Compute:
         device = resolve_device(self.device)
-        return Compute(device, self.batch_size or (64 if device.startswith("cuda") else 16),
-                       default_workers() if self.workers is None else self.workers)
+        return Compute(
+            device,
+            self.batch_size or (64 if device.startswith("cuda") else 16),
+            default_workers() if self.workers is None else self.workers,
+        )
 
     def recorded(self, batch_size: int, best_epoch: int) -> dict:
         """The saved model's best_params: these settings as they ran, and the epoch chosen."""
-        return {"epochs": self.epochs, "unfreeze": self.unfreeze, "lr": self.lr,
-                "backbone_lr_scale": self.backbone_lr_scale, "label_smoothing": self.label_smoothing,
-                "weight_decay": self.weight_decay, "tta": self.tta, "batch_size": batch_size, "seed": self.seed,
-                "best_epoch": best_epoch,
-                **({"distillation": self.distill.describe()} if self.distill is not None else {})}
+        return {
+            "epochs": self.epochs,
+            "unfreeze": self.unfreeze,
+            "lr": self.lr,
+            "backbone_lr_scale": self.backbone_lr_scale,
+            "label_smoothing": self.label_smoothing,
+            "weight_decay": self.weight_decay,
+            "tta": self.tta,
+            "batch_size": batch_size,
+            "seed": self.seed,
+            "best_epoch": best_epoch,
+            **({"distillation": self.distill.describe()} if self.distill is not None else {}),
+        }
 
 
 class Network(NamedTuple):
@@ -115,8 +127,9 @@ class FinetuneResult:
     selection: str  # how the epoch was chosen, for the record
 
 
-def run_finetune(data="data", out=DEFAULT_OUT, settings: FinetuneSettings | None = None, log=print,
-                 **overrides) -> Path:
+def run_finetune(
+    data="data", out=DEFAULT_OUT, settings: FinetuneSettings | None = None, log=print, **overrides
+) -> Path:
     """Fine-tune and save; returns the folder it wrote. `overrides` are FinetuneSettings fields
     (epochs=2, weights="random", ...). Everything a user can get wrong is refused before anything
     is made."""
@@ -134,9 +147,11 @@ def run_finetune(data="data", out=DEFAULT_OUT, settings: FinetuneSettings | None
     generator = torch.Generator().manual_seed(settings.seed)
     network = build_network(backbone, settings, len(images.class_names), compute.device)
     training = prepare_training(network, images, rows, settings, compute, generator, folder, log)
-    log(f"finetune {backbone.name}: {len(rows.train)} train / {len(rows.select)} to choose the epoch (from train) / "
+    log(
+        f"finetune {backbone.name}: {len(rows.train)} train / {len(rows.select)} to choose the epoch (from train) / "
         f"{len(rows.heldout)} {rows.heldout_name} images, {settings.epochs} epochs, {network.unfrozen} of "
-        f"{len(trunk_blocks(network.trunk))} blocks unfrozen, device {compute.device}")
+        f"{len(trunk_blocks(network.trunk))} blocks unfrozen, device {compute.device}"
+    )
     started = time.perf_counter()
     best_epoch, history = choose_epoch(training, images, rows, log)
     fit_seconds = time.perf_counter() - started
@@ -159,8 +174,16 @@ def build_network(backbone, settings: FinetuneSettings, classes: int, device: st
     return Network(module, extractor.trunk, head, extractor.preprocessing, unfrozen)
 
 
-def prepare_training(network: Network, images, rows: FinetuneRows, settings: FinetuneSettings, compute: Compute,
-                     generator, folder: Path, log) -> Training:
+def prepare_training(
+    network: Network,
+    images,
+    rows: FinetuneRows,
+    settings: FinetuneSettings,
+    compute: Compute,
+    generator,
+    folder: Path,
+    log,
+) -> Training:
     """The training rows' loader (augmented) and labels, the teacher's probabilities when distilling,
     AdamW (the backbone at a lower rate) with warm-up + cosine, and the loss."""
     import torch
@@ -170,12 +193,17 @@ def prepare_training(network: Network, images, rows: FinetuneRows, settings: Fin
     labels = torch.tensor([images.labels[i] for i in rows.train])
     targets = None
     if settings.distill is not None:
-        targets = torch.from_numpy(teacher_probabilities(settings.distill.check(), images, rows.train, folder,
-                                                         compute.device, log))
+        targets = torch.from_numpy(
+            teacher_probabilities(settings.distill.check(), images, rows.train, folder, compute.device, log)
+        )
     trainable = [p for p in network.trunk.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([{"params": network.head.parameters(), "lr": settings.lr},
-                                   {"params": trainable, "lr": settings.lr * settings.backbone_lr_scale}],
-                                  weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": network.head.parameters(), "lr": settings.lr},
+            {"params": trainable, "lr": settings.lr * settings.backbone_lr_scale},
+        ],
+        weight_decay=settings.weight_decay,
+    )
     steps = settings.epochs * math.ceil(len(rows.train) / compute.batch_size)
     warmup = max(1, steps // 10)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, steps))
@@ -187,10 +215,14 @@ def _augmentation(prep):
     """Random resized crop (at the backbone's crop size and interpolation) + horizontal flip."""
     from torchvision.transforms import v2
 
-    return v2.Compose([
-        v2.RandomResizedCrop(prep.crop_size, interpolation=v2.InterpolationMode(prep.interpolation), antialias=True),
-        v2.RandomHorizontalFlip(),
-    ])
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(
+                prep.crop_size, interpolation=v2.InterpolationMode(prep.interpolation), antialias=True
+            ),
+            v2.RandomHorizontalFlip(),
+        ]
+    )
 
 
 def choose_epoch(training: Training, images, rows: FinetuneRows, log) -> tuple[int, list[dict]]:
@@ -200,8 +232,9 @@ def choose_epoch(training: Training, images, rows: FinetuneRows, log) -> tuple[i
     best_accuracy, best_epoch, best_state, history = -1.0, 0, None, []
     for epoch in range(1, settings.epochs + 1):
         loss = train_epoch(training, epoch)
-        _, truth, proba = predict_rows(network.module, images, rows.select, network.prep, training.compute,
-                                       settings.tta)
+        _, truth, proba = predict_rows(
+            network.module, images, rows.select, network.prep, training.compute, settings.tta
+        )
         accuracy = float((proba.argmax(1) == np.asarray(truth)).mean())
         history.append({"epoch": epoch, "train_loss": loss, "selection_accuracy": accuracy})
         log(f"epoch {epoch}: train loss {loss:.4f}, accuracy on the selection slice {accuracy:.4f}")
@@ -219,8 +252,13 @@ def train_epoch(training: Training, epoch: int) -> float:
     keep_frozen_batchnorm(training.network.trunk)
     loader, settings = training.loader, training.settings
     seen, loss_sum = 0, 0.0
-    for item in tqdm(checked_batches(loader, training.compute.workers), desc=f"epoch {epoch}/{settings.epochs}",
-                     unit="batch", total=len(loader), disable=not settings.progress):
+    for item in tqdm(
+        checked_batches(loader, training.compute.workers),
+        desc=f"epoch {epoch}/{settings.epochs}",
+        unit="batch",
+        total=len(loader),
+        disable=not settings.progress,
+    ):
         if item is None:  # no image of the batch could be read
             continue
         positions, batch = item
@@ -239,8 +277,11 @@ def _step(training: Training, positions: list[int], batch) -> float:
     with torch.autocast("cuda", dtype=torch.float16, enabled=device.startswith("cuda")):
         logits = training.network.module(batch)
         distill = training.settings.distill
-        loss = (training.loss_fn(logits, labels) if distill is None else
-                distill.loss(logits, labels, training.targets[positions].to(device), training.loss_fn))
+        loss = (
+            training.loss_fn(logits, labels)
+            if distill is None
+            else distill.loss(logits, labels, training.targets[positions].to(device), training.loss_fn)
+        )
     training.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     training.optimizer.step()
@@ -248,29 +289,49 @@ def _step(training: Training, positions: list[int], batch) -> float:
     return loss.item()
 
 
-def save_result(folder: Path, result: FinetuneResult, images, backbone, settings: FinetuneSettings,
-                compute: Compute, log) -> Path:
+def save_result(
+    folder: Path, result: FinetuneResult, images, backbone, settings: FinetuneSettings, compute: Compute, log
+) -> Path:
     """checkpoint.pth, model.joblib (+ .json) and heldout.csv in `folder`; returns the folder."""
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint = _save_checkpoint(folder / "checkpoint.pth", backbone, result.network, images.class_names)
     engine = resolve_engine("auto", compute.device)  # the fingerprint `extract --weights checkpoint.pth` will give
     config, fingerprint = feature_config(backbone, str(checkpoint), compute_precision(compute.device, engine), engine)
     head = result.network.head
-    model = FeatureClassifier.from_linear_layer(head.weight.detach().cpu().numpy(), head.bias.detach().cpu().numpy(),
-                                                images.class_names, config, fingerprint, str(checkpoint.resolve()))
+    model = FeatureClassifier.from_linear_layer(
+        head.weight.detach().cpu().numpy(),
+        head.bias.detach().cpu().numpy(),
+        images.class_names,
+        config,
+        fingerprint,
+        str(checkpoint.resolve()),
+    )
     paths, labels, proba = result.heldout
     accuracy = float((proba.argmax(1) == np.asarray(labels)).mean()) if len(labels) else float("nan")
     write_heldout_csv(folder / HELDOUT_CSV, paths, labels, proba, images.class_names)
-    info = {"head": FINETUNE_ROW, "description": f"{backbone.name} fine-tuned end to end + a linear layer",
-            "best_params": settings.recorded(compute.batch_size, result.best_epoch), "cv": None,
-            "selection": result.selection, "start_weights": backbone.weights_id(settings.weights),
-            "heldout": {"evaluated_on": result.heldout_name, "n": len(paths), "accuracy": accuracy},
-            "class_names": images.class_names, "dataset": images.name, "data_root": str(images.root),
-            "feature_fingerprint": fingerprint, "feature_config": config, "checkpoint": str(checkpoint.resolve()),
-            "history": result.history, "fit_seconds": round(result.fit_seconds, 3), "predict_seconds_per_image": None}
+    info = {
+        "head": FINETUNE_ROW,
+        "description": f"{backbone.name} fine-tuned end to end + a linear layer",
+        "best_params": settings.recorded(compute.batch_size, result.best_epoch),
+        "cv": None,
+        "selection": result.selection,
+        "start_weights": backbone.weights_id(settings.weights),
+        "heldout": {"evaluated_on": result.heldout_name, "n": len(paths), "accuracy": accuracy},
+        "class_names": images.class_names,
+        "dataset": images.name,
+        "data_root": str(images.root),
+        "feature_fingerprint": fingerprint,
+        "feature_config": config,
+        "checkpoint": str(checkpoint.resolve()),
+        "history": result.history,
+        "fit_seconds": round(result.fit_seconds, 3),
+        "predict_seconds_per_image": None,
+    }
     save_model(model, folder / "model.joblib", info)
-    log(f"best epoch {result.best_epoch} (chosen on a slice of train): {result.heldout_name} accuracy {accuracy:.4f}; "
-        f"wrote {folder}/ (checkpoint.pth for `extract --weights`, model.joblib, heldout.csv)")
+    log(
+        f"best epoch {result.best_epoch} (chosen on a slice of train): {result.heldout_name} accuracy {accuracy:.4f}; "
+        f"wrote {folder}/ (checkpoint.pth for `extract --weights`, model.joblib, heldout.csv)"
+    )
     return folder
 
 
@@ -279,8 +340,13 @@ def _save_checkpoint(path: Path, backbone, network: Network, class_names: list) 
     import torch
 
     with atomic_write(path) as tmp:
-        torch.save({"backbone": backbone.name,
-                    "state_dict": {k: v.cpu() for k, v in network.trunk.state_dict().items()},
-                    "head": {k: v.cpu() for k, v in network.head.state_dict().items()}, "class_names": class_names},
-                   tmp)
+        torch.save(
+            {
+                "backbone": backbone.name,
+                "state_dict": {k: v.cpu() for k, v in network.trunk.state_dict().items()},
+                "head": {k: v.cpu() for k, v in network.head.state_dict().items()},
+                "class_names": class_names,
+            },
+            tmp,
+        )
     return path

@@ -1,6 +1,7 @@
 """The images of a fine-tune: which ones it learns from, which slice of train chooses its epoch and
 which split scores it, and the loaders that feed them to the network (unreadable images left out
 of their batch)."""
+
 from __future__ import annotations
 
 import math
@@ -39,8 +40,9 @@ def finetune_rows(images, data, seed: int) -> FinetuneRows:
     all_train, heldout_name = _split_names(images, data)
     labels = [images.labels[i] for i in all_train]
     if min(labels.count(label) for label in set(labels)) < 2:
-        raise CnnfeatError("finetune needs at least 2 training images per class: some train, and a slice of "
-                           "train chooses the epoch")
+        raise CnnfeatError(
+            "finetune needs at least 2 training images per class: some train, and a slice of train chooses the epoch"
+        )
     select_size = max(len(set(labels)), math.ceil(SELECTION_FRACTION * len(all_train)))  # a row of each class
     train, select = train_test_split(all_train, test_size=select_size, stratify=labels, random_state=seed)
     heldout = [i for i, s in enumerate(images.splits) if s == heldout_name]
@@ -52,8 +54,10 @@ def _split_names(images, data) -> tuple[list[int], str]:
     all_train = [i for i, s in enumerate(images.splits) if s == "train"]
     heldout_name = next((s for s in ("val", "test") if s in images.splits), None)
     if not all_train or heldout_name is None:
-        raise CnnfeatError(f"finetune needs train/ and val/ (or test/) splits in {data}: val scores the "
-                           f"fine-tuned network as it scores every head")
+        raise CnnfeatError(
+            f"finetune needs train/ and val/ (or test/) splits in {data}: val scores the "
+            f"fine-tuned network as it scores every head"
+        )
     return all_train, heldout_name
 
 
@@ -74,9 +78,15 @@ def train_loader(images, rows: list[int], transform, compute: Compute, generator
     from torch.utils.data import DataLoader
 
     dataset = ImageDataset(images.root, [images.paths[i] for i in rows], transform)
-    return DataLoader(dataset, batch_size=compute.batch_size, shuffle=True, generator=generator,
-                      num_workers=compute.workers, collate_fn=collate_readable,
-                      pin_memory=compute.device.startswith("cuda"))
+    return DataLoader(
+        dataset,
+        batch_size=compute.batch_size,
+        shuffle=True,
+        generator=generator,
+        num_workers=compute.workers,
+        collate_fn=collate_readable,
+        pin_memory=compute.device.startswith("cuda"),
+    )
 
 
 def predict_rows(network, images, rows: list[int], prep, compute: Compute, tta: bool):
@@ -86,8 +96,9 @@ def predict_rows(network, images, rows: list[int], prep, compute: Compute, tta: 
     from torch.utils.data import DataLoader
 
     dataset = ImageDataset(images.root, [images.paths[i] for i in rows], prep.transform())
-    loader = DataLoader(dataset, batch_size=compute.batch_size, num_workers=compute.workers,
-                        collate_fn=collate_readable)
+    loader = DataLoader(
+        dataset, batch_size=compute.batch_size, num_workers=compute.workers, collate_fn=collate_readable
+    )
     network.eval()
     positions, probabilities = [], []
     cuda = compute.device.startswith("cuda")
@@ -101,5 +112,8 @@ def predict_rows(network, images, rows: list[int], prep, compute: Compute, tta: 
                 proba = (proba + network(torch.flip(batch, dims=[3])).float().softmax(1)) / 2
             probabilities.append(proba.cpu().numpy())
             positions += item[0]
-    return ([dataset.paths[i] for i in positions], [images.labels[rows[i]] for i in positions],
-            np.concatenate(probabilities) if probabilities else np.zeros((0, 0)))
+    return (
+        [dataset.paths[i] for i in positions],
+        [images.labels[rows[i]] for i in positions],
+        np.concatenate(probabilities) if probabilities else np.zeros((0, 0)),
+    )

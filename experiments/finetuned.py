@@ -2,6 +2,7 @@
 `finetune`, read back by `compare` as one more row of its table, once checked that it can be
 ranked fairly beside the heads (the same data, the same held-out images, its epoch not chosen on
 them). Both halves of the file's format live here."""
+
 from __future__ import annotations
 
 import csv
@@ -45,8 +46,16 @@ def finetuned_row(out, data, label: str, heldout: HeldoutImages, log) -> Row | N
     _check_same_images(folder / HELDOUT_CSV, lines, heldout)
     classes = info["class_names"]
     log(f"{data.backbone} {FINETUNE_ROW}: from {folder}")
-    return Row(label, FINETUNE_ROW, info, [r["path"] for r in lines], [r["true"] for r in lines],
-               [r["predicted"] for r in lines], _probabilities(lines, classes), classes)
+    return Row(
+        label,
+        FINETUNE_ROW,
+        info,
+        [r["path"] for r in lines],
+        [r["true"] for r in lines],
+        [r["predicted"] for r in lines],
+        _probabilities(lines, classes),
+        classes,
+    )
 
 
 def _bundle_info(folder: Path, data) -> dict | None:
@@ -59,8 +68,9 @@ def _bundle_info(folder: Path, data) -> dict | None:
     if info.get("data_root") != data.data_root:
         raise CnnfeatError(f"{folder} was fine-tuned on {info.get('data_root')}, not {data.data_root}")
     if not info.get("selection"):
-        raise CnnfeatError(f"{folder} chose its epoch on the images it is scored on (an older cnnfeat); run "
-                           f"`cnnfeat finetune` again")
+        raise CnnfeatError(
+            f"{folder} chose its epoch on the images it is scored on (an older cnnfeat); run `cnnfeat finetune` again"
+        )
     return info
 
 
@@ -73,8 +83,10 @@ def _check_same_images(path: Path, lines: list[dict], heldout: HeldoutImages) ->
     """The file scores exactly compare's held-out images, each once, with the feature file's classes."""
     scored, wanted = {r["path"] for r in lines}, set(heldout.paths)
     if scored != wanted or len(lines) != len(scored):
-        raise CnnfeatError(f"{path} scores other images than compare ({len(wanted - scored)} of compare's "
-                           f"missing, {len(scored - wanted)} others); run `cnnfeat finetune` again")
+        raise CnnfeatError(
+            f"{path} scores other images than compare ({len(wanted - scored)} of compare's "
+            f"missing, {len(scored - wanted)} others); run `cnnfeat finetune` again"
+        )
     expected = dict(zip(heldout.paths, heldout.truth))
     if any(expected[r["path"]] != r["true"] for r in lines):
         raise CnnfeatError(f"{path} gives other true classes than the feature file")

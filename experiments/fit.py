@@ -1,4 +1,5 @@
 """`cnnfeat fit`: search a head on a feature file's training rows, refit, score the held-out rows, save."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,9 @@ def latest_features(out: str | Path) -> Path:
     """The feature file under OUT/features written last."""
     stores = sorted(features_dir(out).glob("*.h5"), key=lambda p: p.stat().st_mtime)
     if not stores:
-        raise CnnfeatError(f"no feature file under {features_dir(out)}: run `cnnfeat extract` first, "
-                           f"or pass --features FILE")
+        raise CnnfeatError(
+            f"no feature file under {features_dir(out)}: run `cnnfeat extract` first, or pass --features FILE"
+        )
     return stores[-1]
 
 
@@ -79,31 +81,59 @@ def fit_and_score(data, split, clf, grid=None, settings: SearchSettings | None =
     if data.parts:  # joined vectors of several backbones: each part L2-normalised first
         head = fused_head(head, part_widths(data.config))
     X_train, y_train = take_rows(data.X, split.train), data.y[split.train]
-    model = FeatureClassifier(None, class_names=data.class_names, feature_config=data.config,
-                              feature_fingerprint=data.fingerprint, weights_source=data.weights_source)
+    model = FeatureClassifier(
+        None,
+        class_names=data.class_names,
+        feature_config=data.config,
+        feature_fingerprint=data.fingerprint,
+        weights_source=data.weights_source,
+    )
     # The search sees the labels the model is fitted on, so a model it fitted can be kept as it is.
-    result = search_head(head, X_train, model.encode_labels(y_train),
-                         parse_grid(grid) if isinstance(grid, str) else grid, settings, log=log,
-                         label_names=model.classes_)
+    result = search_head(
+        head,
+        X_train,
+        model.encode_labels(y_train),
+        parse_grid(grid) if isinstance(grid, str) else grid,
+        settings,
+        log=log,
+        label_names=model.classes_,
+    )
     started = time.perf_counter()
     model.set_params(pipeline=result.pipeline)
-    model = model.fit(X_train, y_train) if result.fitted is None else \
-        FeatureClassifier.from_fitted(result.fitted, X_train, y_train, **model.get_params(deep=False))
+    model = (
+        model.fit(X_train, y_train)
+        if result.fitted is None
+        else FeatureClassifier.from_fitted(result.fitted, X_train, y_train, **model.get_params(deep=False))
+    )
     fit_seconds = time.perf_counter() - started
 
     scored = evaluate(model, data, split)
     notes = list(result.notes) + _unseen_classes(model, data, split, log)
-    selection = {0: "out-of-bag score on train, one fit per candidate",
-                 1: f"{result.method} search, a stratified 20% slice of train"}.get(
-        result.folds, f"{result.method} search, {result.folds}-fold CV on train")
+    selection = {
+        0: "out-of-bag score on train, one fit per candidate",
+        1: f"{result.method} search, a stratified 20% slice of train",
+    }.get(result.folds, f"{result.method} search, {result.folds}-fold CV on train")
     info = {
-        "head": head.name, "description": head.description, "best_params": result.best_params, "selection": selection,
-        "cv": {"scoring": result.scoring, "mean": result.cv_mean, "std": result.cv_std, "folds": result.folds,
-               "candidates": result.candidates, "evaluated": result.evaluated, "search": result.method,
-               "seconds": round(result.seconds, 3)},
-        "heldout": scored.scores, **provenance(data, settings.seed),
-        "search_seconds": round(result.seconds, 3), "refit_seconds": round(fit_seconds, 3),
-        "fit_seconds": round(result.seconds + fit_seconds, 3), "predict_seconds_per_image": scored.seconds_per_image,
+        "head": head.name,
+        "description": head.description,
+        "best_params": result.best_params,
+        "selection": selection,
+        "cv": {
+            "scoring": result.scoring,
+            "mean": result.cv_mean,
+            "std": result.cv_std,
+            "folds": result.folds,
+            "candidates": result.candidates,
+            "evaluated": result.evaluated,
+            "search": result.method,
+            "seconds": round(result.seconds, 3),
+        },
+        "heldout": scored.scores,
+        **provenance(data, settings.seed),
+        "search_seconds": round(result.seconds, 3),
+        "refit_seconds": round(fit_seconds, 3),
+        "fit_seconds": round(result.seconds + fit_seconds, 3),
+        "predict_seconds_per_image": scored.seconds_per_image,
         "notes": notes,
     }
     return Scored(model, info, scored.predicted, scored.proba)
@@ -125,16 +155,22 @@ def evaluate(model: FeatureClassifier, data, split) -> Evaluation:
     predicted = model.predict(X_eval)
     proba = model.predict_proba(X_eval)
     seconds = (time.perf_counter() - started) / max(1, len(X_eval))
-    return Evaluation(predicted, proba, seconds,
-                      {**split.describe(), **heldout_scores(y_eval, predicted, proba, model.classes_)})
+    return Evaluation(
+        predicted, proba, seconds, {**split.describe(), **heldout_scores(y_eval, predicted, proba, model.classes_)}
+    )
 
 
 def provenance(data, seed: int) -> dict:
     """What a saved model's record says of the features it was fitted on and the libraries."""
-    return {"class_names": data.class_names, "dataset": data.dataset,
-            "feature_file": " + ".join(str(Path(f).resolve()) for f in data.files),
-            "feature_fingerprint": data.fingerprint, "feature_config": data.config, "seed": seed,
-            "versions": library_versions(MODEL_PACKAGES)}
+    return {
+        "class_names": data.class_names,
+        "dataset": data.dataset,
+        "feature_file": " + ".join(str(Path(f).resolve()) for f in data.files),
+        "feature_fingerprint": data.fingerprint,
+        "feature_config": data.config,
+        "seed": seed,
+        "versions": library_versions(MODEL_PACKAGES),
+    }
 
 
 def _unseen_classes(model, data, split, log) -> list[str]:
@@ -142,14 +178,16 @@ def _unseen_classes(model, data, split, log) -> list[str]:
     unseen = sorted(held - set(model.classes_.tolist()))
     if not unseen:
         return []
-    note = (f"classes {', '.join(unseen)} are in {split.name} but not in the training rows: the model cannot "
-            f"predict them")
+    note = (
+        f"classes {', '.join(unseen)} are in {split.name} but not in the training rows: the model cannot predict them"
+    )
     log(note)
     return [note]
 
 
-def fit_model(features=None, out=DEFAULT_OUT, clf="svm", grid=None, settings: SearchSettings | None = None, log=print,
-              **overrides) -> FitOutcome:
+def fit_model(
+    features=None, out=DEFAULT_OUT, clf="svm", grid=None, settings: SearchSettings | None = None, log=print, **overrides
+) -> FitOutcome:
     """`cnnfeat fit`; `overrides` are SearchSettings fields (cv=3, seed=7, ...)."""
     settings = replace(settings or SearchSettings(), **overrides).check()
     get_head(clf)  # an unknown head fails before anything is read

@@ -10,6 +10,7 @@ a layer's strongest feature maps and the first convolution's kernels (explain dr
   the image, each occluded copy predicted by the model itself in one batch; the heat at a pixel is
   how much the class's probability drops when the patches covering it are hidden.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -57,8 +58,10 @@ def class_activation_map(model, image, class_name, device="auto", grid=None) -> 
     with torch.inference_mode():
         maps = last_feature_map(extractor, torch.cat([crop, crop.flip(3)]) if flip else crop)
     if maps is None:
-        raise CnnfeatError(f"{backbone.name}: its pooled vector is not the plain mean of a feature map, so there "
-                           f"is no exact class activation map: use --method occlusion")
+        raise CnnfeatError(
+            f"{backbone.name}: its pooled vector is not the plain mean of a feature map, so there "
+            f"is no exact class activation map: use --method occlusion"
+        )
     maps = maps.double().numpy()
     cams = np.einsum("kc,nchw->nkhw", W, maps)  # one map per class (and per mirror image)
     if flip:  # the vector was the mean of the image's and its mirror's: so is the map, mirrored back
@@ -67,8 +70,13 @@ def class_activation_map(model, image, class_name, device="auto", grid=None) -> 
     pooled = maps.mean(axis=(2, 3)).mean(axis=0, keepdims=True)
     probabilities = model.pipeline_.predict_proba(pooled.astype(np.float32))[0]
     k = class_index(model, class_name, probabilities)
-    return Heatmap(crop[0].permute(1, 2, 0).numpy(), cams[0, k], str(model.classes_[k]), float(probabilities[k]),
-                   "class activation map")
+    return Heatmap(
+        crop[0].permute(1, 2, 0).numpy(),
+        cams[0, k],
+        str(model.classes_[k]),
+        float(probabilities[k]),
+        "class activation map",
+    )
 
 
 def occlusion_map(model, image, class_name, device="auto", grid: OcclusionGrid = OcclusionGrid()) -> Heatmap:
@@ -106,6 +114,7 @@ def feature_map_grid(model, image, layer: str | None) -> tuple[np.ndarray, str]:
     with torch.inference_mode():
         if layer is None:
             from featurize.network import last_feature_map
+
             captured.append(last_feature_map(extractor, crop))
             layer = "the last feature map"
         else:
@@ -126,8 +135,10 @@ def layers(extractor, backbone, layer: str | None) -> dict:
     modules = dict(extractor.trunk.named_modules())
     if layer is not None and layer not in modules:
         shown = ", ".join(name for name, _ in extractor.trunk.named_children())
-        raise CnnfeatError(f"--feature-maps {layer}: {backbone.name} has no such layer (its top-level ones: {shown}; "
-                           f"deeper ones as 'layer4.1', '_blocks.15')")
+        raise CnnfeatError(
+            f"--feature-maps {layer}: {backbone.name} has no such layer (its top-level ones: {shown}; "
+            f"deeper ones as 'layer4.1', '_blocks.15')"
+        )
     return modules
 
 
@@ -136,8 +147,10 @@ def first_layer_filters(model) -> tuple[np.ndarray, str]:
     from torch import nn
 
     extractor, backbone = first_backbone(model)
-    name, conv = next(((n, m) for n, m in extractor.trunk.named_modules()
-                       if isinstance(m, nn.Conv2d) and m.in_channels == 3), (None, None))
+    name, conv = next(
+        ((n, m) for n, m in extractor.trunk.named_modules() if isinstance(m, nn.Conv2d) and m.in_channels == 3),
+        (None, None),
+    )
     if conv is None:
         raise CnnfeatError(f"--filters: {backbone.name} has no convolution on the RGB input")
     kernels = conv.weight.detach().float().numpy().transpose(0, 2, 3, 1)

@@ -2,6 +2,7 @@
 
 Every path an experiment writes by default is made here, so the layout is written down once. It
 imports nothing heavy: the CLI shows these defaults in its --help."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Held-out scores, from scikit-learn's metrics."""
+
 from __future__ import annotations
 
 import warnings
@@ -27,8 +28,9 @@ def heldout_scores(y_true, y_pred, proba=None, classes=None) -> dict:
         # ("2" before "10") would be scored against the wrong column, so score column numbers
         column = {name: i for i, name in enumerate(classes.tolist())}
         y_column = np.array([column[name] for name in y_true.tolist()])
-        scores["log_loss"] = float(log_loss(y_column, proba / proba.sum(axis=1, keepdims=True),
-                                            labels=np.arange(len(column))))
+        scores["log_loss"] = float(
+            log_loss(y_column, proba / proba.sum(axis=1, keepdims=True), labels=np.arange(len(column)))
+        )
     return scores
 
 

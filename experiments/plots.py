@@ -4,6 +4,7 @@ t-SNE of the held-out vectors, and explain's heatmaps and tile grids.
 matplotlib draws off-screen (its Agg backend: no display needed), set up in one place (`pyplot`);
 `png` turns a figure into bytes and closes it. Writing the bytes is the caller's: a report writes
 its files together, explain one at a time."""
+
 from __future__ import annotations
 
 import io
@@ -21,6 +22,7 @@ LEGEND_AT_MOST = 30  # classes named in its legend
 def pyplot():
     """matplotlib.pyplot, drawing off-screen."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -37,6 +39,7 @@ def png(figure, tight: bool = False) -> bytes:
 
 # -- the report --------------------------------------------------------------------------------------
 
+
 def confusion_png(row) -> bytes:
     """A compare row's confusion matrix on its held-out images (its classes first, then any other label)."""
     plt = pyplot()  # before scikit-learn's display imports matplotlib
@@ -44,8 +47,14 @@ def confusion_png(row) -> bytes:
 
     labels = sorted(set(row.truth) | set(row.predicted), key=lambda c: (c not in row.classes, str(c)))
     figure, axes = plt.subplots(figsize=(2 + 0.5 * len(labels), 1.6 + 0.5 * len(labels)))
-    ConfusionMatrixDisplay.from_predictions(row.truth, row.predicted, labels=labels, ax=axes, colorbar=False,
-                                            display_labels=[printable(label) for label in labels])
+    ConfusionMatrixDisplay.from_predictions(
+        row.truth,
+        row.predicted,
+        labels=labels,
+        ax=axes,
+        colorbar=False,
+        display_labels=[printable(label) for label in labels],
+    )
     axes.set_title(f"{row.backbone} {row.head}: accuracy {row.metrics['accuracy']:.3f}", fontsize=9)
     figure.tight_layout()
     return png(figure)
@@ -55,8 +64,10 @@ def summary_png(records: list[dict]) -> bytes:
     """Held-out accuracy with its bootstrap interval, one bar per row of the table (best on top)."""
     names = [f"{r['backbone']} {r['head']}" for r in records][::-1]
     accuracy = [r["accuracy"] for r in records][::-1]
-    errors = [[r["accuracy"] - r["ci_low"] for r in records][::-1],
-              [r["ci_high"] - r["accuracy"] for r in records][::-1]]
+    errors = [
+        [r["accuracy"] - r["ci_low"] for r in records][::-1],
+        [r["ci_high"] - r["accuracy"] for r in records][::-1],
+    ]
     figure, axes = pyplot().subplots(figsize=(7, 1 + 0.4 * len(records)))
     axes.barh(names, accuracy, xerr=errors, color="#4c72b0", capsize=3)
     axes.set_xlim(max(0.0, min(r["ci_low"] for r in records) - 0.05), 1.0)
@@ -90,8 +101,15 @@ def embedding_figure(embedding: Embedding, seed: int):
         mine = truth == name
         axes.scatter(points[mine, 0], points[mine, 1], s=12, label=printable(name), alpha=0.8)
     wrong = truth != predicted
-    mistakes = axes.scatter(points[wrong, 0], points[wrong, 1], s=60, facecolors="none", edgecolors="red",
-                            linewidths=1.2, label=f"mistakes ({int(wrong.sum())})")
+    mistakes = axes.scatter(
+        points[wrong, 0],
+        points[wrong, 1],
+        s=60,
+        facecolors="none",
+        edgecolors="red",
+        linewidths=1.2,
+        label=f"mistakes ({int(wrong.sum())})",
+    )
     sampled = f", {len(rows):,} of {len(embedding.vectors):,} sampled" if len(rows) < len(embedding.vectors) else ""
     unnamed = f", {len(classes)} classes, unnamed" if len(classes) > LEGEND_AT_MOST else ""
     axes.set_title(f"t-SNE of the held-out vectors ({embedding.title}{sampled}{unnamed})", fontsize=9)
@@ -112,6 +130,7 @@ def _tsne(vectors: np.ndarray, seed: int) -> np.ndarray:
 
 # -- explain ---------------------------------------------------------------------------------------
 
+
 def heatmap_png(heatmap, source: str) -> bytes:
     """An explain heatmap (experiments.heatmaps.Heatmap) over its image, titled with the class, its
     probability, the method and the image's file name."""
@@ -119,8 +138,11 @@ def heatmap_png(heatmap, source: str) -> bytes:
     figure, axis = pyplot().subplots(figsize=(5, 5 * height / width + 0.4))
     axis.imshow(heatmap.image)
     axis.imshow(heatmap.heat, cmap="jet", alpha=0.45, extent=(0, width, height, 0), interpolation="bilinear")
-    axis.set_title(f"{printable(heatmap.class_name)} (p={heatmap.probability:.2f}) - {heatmap.method}\n"
-                   f"{printable(Path(source).name)}", fontsize=9)
+    axis.set_title(
+        f"{printable(heatmap.class_name)} (p={heatmap.probability:.2f}) - {heatmap.method}\n"
+        f"{printable(Path(source).name)}",
+        fontsize=9,
+    )
     axis.axis("off")
     return png(figure, tight=True)
 

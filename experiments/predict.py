@@ -1,5 +1,6 @@
 """`cnnfeat predict`: one CSV row per image (class, probability, one column per class, or the reason),
 written to OUT/predictions/<model>.csv unless given a path."""
+
 from __future__ import annotations
 
 import csv
@@ -38,8 +39,9 @@ def csv_path(out_csv, model_path) -> Path:
     return Path(out_csv)
 
 
-def predict_to_csv(model_path, inputs, out_csv=None, device="auto", batch_size=None, workers=None,
-                   progress=True) -> tuple[Path, int, int]:
+def predict_to_csv(
+    model_path, inputs, out_csv=None, device="auto", batch_size=None, workers=None, progress=True
+) -> tuple[Path, int, int]:
     """Predict every image, writing the CSV batch by batch in input order (memory of one batch,
     however many images); returns (csv path, rows written, unreadable images). Names that are not
     UTF-8 are written readably (\\xNN escapes): the CSV is UTF-8 text for any program to read."""
@@ -65,6 +67,11 @@ def _batch_lines(model, paths: list[str], classes: list[str], good, vectors, bad
     if len(good):
         for j, predicted, probabilities in zip(good, model.predict(vectors), model.predict_proba(vectors)):
             column = classes.index(str(predicted))
-            lines[j] = [printable(paths[j]), printable(predicted), f"{probabilities[column]:.6f}",
-                        *(f"{p:.6f}" for p in probabilities), ""]
+            lines[j] = [
+                printable(paths[j]),
+                printable(predicted),
+                f"{probabilities[column]:.6f}",
+                *(f"{p:.6f}" for p in probabilities),
+                "",
+            ]
     return [lines[j] for j in sorted(lines)]

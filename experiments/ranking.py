@@ -1,5 +1,6 @@
 """The rows of `compare`'s table, scored and ranked: held-out metrics, a bootstrap interval of
 accuracy, and McNemar's test of each row against the best one."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -4,6 +4,7 @@
 The files are made in memory, then written as a set (common.files.written_together): a full disk
 or a kill leaves the previous report or the new one, never half of one or a mix. Text is UTF-8; a
 name that is not (a file name from another system) is written readably, with \\xNN escapes."""
+
 from __future__ import annotations
 
 import base64
@@ -18,9 +19,28 @@ from common.names import printable
 
 from .plots import Embedding, confusion_png, embedding_figure, png, summary_png
 
-COLUMNS = ["rank", "backbone", "head", "n", "accuracy", "ci_low", "ci_high", "balanced_accuracy", "f1_macro",
-           "log_loss", "cv_scoring", "cv_mean", "cv_std", "cv_folds", "mcnemar_p_vs_best", "fit_seconds",
-           "predict_ms_per_image", "best_params", "selected_by", "reused"]
+COLUMNS = [
+    "rank",
+    "backbone",
+    "head",
+    "n",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "balanced_accuracy",
+    "f1_macro",
+    "log_loss",
+    "cv_scoring",
+    "cv_mean",
+    "cv_std",
+    "cv_folds",
+    "mcnemar_p_vs_best",
+    "fit_seconds",
+    "predict_ms_per_image",
+    "best_params",
+    "selected_by",
+    "reused",
+]
 
 
 def records(rows) -> list[dict]:
@@ -28,16 +48,35 @@ def records(rows) -> list[dict]:
     out = []
     for rank, row in enumerate(rows, 1):
         cv = row.info.get("cv") or {}
-        out.append({
-            "rank": rank, "backbone": row.backbone, "head": row.head, "n": row.metrics["n"],
-            **{k: row.metrics[k] for k in ("accuracy", "ci_low", "ci_high", "balanced_accuracy", "f1_macro",
-                                           "log_loss", "mcnemar_p_vs_best")},
-            "cv_scoring": cv.get("scoring"), "cv_mean": cv.get("mean"), "cv_std": cv.get("std"),
-            "cv_folds": cv.get("folds"), "fit_seconds": row.info.get("fit_seconds"),
-            "predict_ms_per_image": _ms(row.info.get("predict_seconds_per_image")),
-            "best_params": row.info.get("best_params"), "selected_by": row.info.get("selection"),
-            "reused": row.reused,
-        })
+        out.append(
+            {
+                "rank": rank,
+                "backbone": row.backbone,
+                "head": row.head,
+                "n": row.metrics["n"],
+                **{
+                    k: row.metrics[k]
+                    for k in (
+                        "accuracy",
+                        "ci_low",
+                        "ci_high",
+                        "balanced_accuracy",
+                        "f1_macro",
+                        "log_loss",
+                        "mcnemar_p_vs_best",
+                    )
+                },
+                "cv_scoring": cv.get("scoring"),
+                "cv_mean": cv.get("mean"),
+                "cv_std": cv.get("std"),
+                "cv_folds": cv.get("folds"),
+                "fit_seconds": row.info.get("fit_seconds"),
+                "predict_ms_per_image": _ms(row.info.get("predict_seconds_per_image")),
+                "best_params": row.info.get("best_params"),
+                "selected_by": row.info.get("selection"),
+                "reused": row.reused,
+            }
+        )
     return out
 
 
@@ -47,24 +86,30 @@ def _ms(seconds):
 
 def markdown_table(recs, notes, failures, scoring="accuracy") -> str:
     """The table as Markdown (what `compare` prints), with how to read it, the notes and the failures."""
-    header = ("| # | backbone | head | accuracy (95% CI) | bal. acc. | macro-F1 | log-loss | CV (mean ± std) "
-              "| McNemar p vs best | fit s | predict ms/img | best params | selected by |")
+    header = (
+        "| # | backbone | head | accuracy (95% CI) | bal. acc. | macro-F1 | log-loss | CV (mean ± std) "
+        "| McNemar p vs best | fit s | predict ms/img | best params | selected by |"
+    )
     lines = [header, "|" + "---|" * 13, *(_markdown_row(r) for r in recs), ""]
-    lines.append(f"Ranked by held-out {scoring.replace('_', ' ')}. Held-out images: {recs[0]['n']}; no row was "
-                 f"chosen on them (see 'selected by'). CV: {scoring} on the training rows. "
-                 "95% CI: percentile bootstrap over held-out images. McNemar: exact two-sided test on the "
-                 "images where a row and the best row disagree.")
+    lines.append(
+        f"Ranked by held-out {scoring.replace('_', ' ')}. Held-out images: {recs[0]['n']}; no row was "
+        f"chosen on them (see 'selected by'). CV: {scoring} on the training rows. "
+        "95% CI: percentile bootstrap over held-out images. McNemar: exact two-sided test on the "
+        "images where a row and the best row disagree."
+    )
     lines += [f"- note: {n}" for n in notes] + [f"- not fitted: {b} {h}: {r}" for b, h, r in failures]
     return "\n".join(lines) + "\n"
 
 
 def _markdown_row(r: dict) -> str:
     params = ", ".join(f"{k}={v}" for k, v in (r["best_params"] or {}).items())
-    return (f"| {r['rank']} | {r['backbone']} | {r['head']}{' (reused)' if r['reused'] else ''} "
-            f"| {r['accuracy']:.3f} ({r['ci_low']:.3f}–{r['ci_high']:.3f}) | {r['balanced_accuracy']:.3f} "
-            f"| {r['f1_macro']:.3f} | {_fmt(r['log_loss'])} | {_cv_cell(r)} | {_mcnemar_cell(r)} "
-            f"| {_fmt(r['fit_seconds'], 2)} | {_fmt(r['predict_ms_per_image'], 3)} | {params} "
-            f"| {r['selected_by'] or '—'} |")
+    return (
+        f"| {r['rank']} | {r['backbone']} | {r['head']}{' (reused)' if r['reused'] else ''} "
+        f"| {r['accuracy']:.3f} ({r['ci_low']:.3f}–{r['ci_high']:.3f}) | {r['balanced_accuracy']:.3f} "
+        f"| {r['f1_macro']:.3f} | {_fmt(r['log_loss'])} | {_cv_cell(r)} | {_mcnemar_cell(r)} "
+        f"| {_fmt(r['fit_seconds'], 2)} | {_fmt(r['predict_ms_per_image'], 3)} | {params} "
+        f"| {r['selected_by'] or '—'} |"
+    )
 
 
 def _cv_cell(r: dict) -> str:
@@ -92,11 +137,24 @@ def write_report(report_dir: Path, rows, failures, notes, meta: dict, embedding:
     name first, then all renamed into place - a full disk leaves the previous report, not a mix."""
     recs = records(rows)
     markdown = f"# {meta['dataset']}: which head wins\n\n" + markdown_table(recs, notes, failures, meta["scoring"])
-    files = {"report.md": _text(markdown), "report.json": _text(json.dumps(
-        {"meta": meta, "rows": recs, "notes": notes,
-         "failures": [{"backbone": b, "head": h, "reason": r} for b, h, r in failures]}, indent=2, default=str)),
-        "report.csv": _csv([COLUMNS] + [[json.dumps(r[c]) if c == "best_params" else r[c] for c in COLUMNS]
-                                        for r in recs])}
+    files = {
+        "report.md": _text(markdown),
+        "report.json": _text(
+            json.dumps(
+                {
+                    "meta": meta,
+                    "rows": recs,
+                    "notes": notes,
+                    "failures": [{"backbone": b, "head": h, "reason": r} for b, h, r in failures],
+                },
+                indent=2,
+                default=str,
+            )
+        ),
+        "report.csv": _csv(
+            [COLUMNS] + [[json.dumps(r[c]) if c == "best_params" else r[c] for c in COLUMNS] for r in recs]
+        ),
+    }
     for row in rows:
         files[f"predictions/{row.backbone}-{row.head}.csv"] = _predictions(row)
     files.update(_pictures(rows, recs, embedding, meta.get("seed", 0)))
@@ -134,13 +192,28 @@ def _pictures(rows, recs, embedding: Embedding | None, seed: int) -> dict:
     return pictures
 
 
-HTML_COLUMNS = ("rank", "backbone", "head", "accuracy", "ci_low", "ci_high", "balanced_accuracy", "f1_macro",
-                "log_loss", "cv_mean", "mcnemar_p_vs_best", "fit_seconds", "best_params", "selected_by")
+HTML_COLUMNS = (
+    "rank",
+    "backbone",
+    "head",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "balanced_accuracy",
+    "f1_macro",
+    "log_loss",
+    "cv_mean",
+    "mcnemar_p_vs_best",
+    "fit_seconds",
+    "best_params",
+    "selected_by",
+)
 
 
 def _html(files: dict, rows, recs, notes, failures, meta) -> str:
     """report.html: the table, notes, summary, embedding and confusion matrices in one file, the
     pictures inlined, so it opens offline and can be mailed as it is."""
+
     def cell(value):
         if isinstance(value, float):
             return f"{value:.3f}"
@@ -155,20 +228,22 @@ def _html(files: dict, rows, recs, notes, failures, meta) -> str:
         return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></figure>'
 
     head = "".join(f"<th>{html.escape(c)}</th>" for c in HTML_COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell(r[c]))}</td>" for c in HTML_COLUMNS) + "</tr>"
-                   for r in recs)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell(r[c]))}</td>" for c in HTML_COLUMNS) + "</tr>" for r in recs
+    )
     said = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
     said += "".join(f"<li>not fitted: {html.escape(f'{b} {h}: {r}')}</li>" for b, h, r in failures)
-    confusion = "".join(picture(f"confusion/{row.backbone}-{row.head}.png", f"{row.backbone} {row.head}")
-                        for row in rows)
+    confusion = "".join(
+        picture(f"confusion/{row.backbone}-{row.head}.png", f"{row.backbone} {row.head}") for row in rows
+    )
     title = html.escape(f"{meta['dataset']}: which head wins")
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;font-size:13px}}
 td,th{{border:1px solid #ccc;padding:3px 6px}} figure{{display:inline-block;margin:6px}} img{{max-width:100%}}</style>
 </head><body><h1>{title}</h1>
-<p>Ranked by held-out {html.escape(meta['scoring'].replace('_', ' '))}; no row was chosen on the held-out images.
-Feature files: {html.escape(', '.join(meta.get('feature_files', [])))}</p>
+<p>Ranked by held-out {html.escape(meta["scoring"].replace("_", " "))}; no row was chosen on the held-out images.
+Feature files: {html.escape(", ".join(meta.get("feature_files", [])))}</p>
 <table><tr>{head}</tr>{body}</table><ul>{said}</ul>
 {picture("summary.png", "summary")}{picture("embedding.png", "embedding")}
 <h2>Confusion matrices</h2>{confusion}

@@ -1,6 +1,7 @@
 """Fitted models that `compare` keeps between runs: each saved with the key of everything its
 numbers depend on, and reused only while that key is unchanged and the saved model is the one its
 record describes."""
+
 from __future__ import annotations
 
 import json
@@ -20,12 +21,20 @@ def head_key(data, split, head: str, settings: SearchSettings) -> str:
     library versions."""
     stats = [Path(f).stat() for f in data.files]
     spec = get_head(head)
-    inputs = {"fingerprint": data.fingerprint, "file": [[stat.st_size, stat.st_mtime_ns] for stat in stats],
-              "head": head, "grid": repr(resolve_grid(spec)), **settings.result_settings(),
-              "method": settings.method_for(spec, len(split.train)),
-              "pipeline": {k: repr(v) for k, v in spec.build(settings.seed).get_params(deep=True).items()},
-              "calibrate": spec.calibrate, "validation": spec.validation, "split": split.describe(),
-              "class_names": data.class_names, "versions": library_versions(MODEL_PACKAGES)}
+    inputs = {
+        "fingerprint": data.fingerprint,
+        "file": [[stat.st_size, stat.st_mtime_ns] for stat in stats],
+        "head": head,
+        "grid": repr(resolve_grid(spec)),
+        **settings.result_settings(),
+        "method": settings.method_for(spec, len(split.train)),
+        "pipeline": {k: repr(v) for k, v in spec.build(settings.seed).get_params(deep=True).items()},
+        "calibrate": spec.calibrate,
+        "validation": spec.validation,
+        "split": split.describe(),
+        "class_names": data.class_names,
+        "versions": library_versions(MODEL_PACKAGES),
+    }
     return json_key(inputs)
 
 

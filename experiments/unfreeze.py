@@ -1,5 +1,6 @@
 """Which layers of a backbone's trunk a fine-tune trains: its blocks, the last N of them unfrozen,
 and the batch-norm statistics of the frozen ones kept."""
+
 from __future__ import annotations
 
 import re
@@ -40,7 +41,7 @@ def set_trainable(trunk, unfreeze: str) -> int:
     blocks = trunk_blocks(trunk)
     count = unfrozen_count(unfreeze, len(blocks))
     trunk.requires_grad_(False)
-    for block in blocks[len(blocks) - count:]:
+    for block in blocks[len(blocks) - count :]:
         block.requires_grad_(True)
     return count
 

@@ -4,6 +4,7 @@ through an embedder of featurize.engines.
 
 The model sees uint8 batches and normalises them itself (see network.FeatureExtractor).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -52,6 +53,7 @@ def collate_readable(items):
     # any (a small /dev/shm, a file-size limit) fails here, where the DataLoader reports it, and not
     # later in its queue's feeder thread, where the batch is lost and the run waits for it forever.
     from torch.utils.data import default_collate
+
     good, bad = split_readable(items)
     images = default_collate([t for _, t in good]) if good else None
     return [i for i, _ in good], images, bad
@@ -72,14 +74,24 @@ def checked_batches(loader, workers: int):
         except (RuntimeError, OSError) as error:
             if not workers:
                 raise
-            raise WorkerFailed(f"a decoding worker failed ({error_line(error, last=True)}); run with --workers 0 to decode in this "
-                               f"process, or give the workers more shared memory (`df -h /dev/shm`; in Docker, "
-                               f"--shm-size)") from None
+            raise WorkerFailed(
+                f"a decoding worker failed ({error_line(error, last=True)}); run with --workers 0 to decode in this "
+                f"process, or give the workers more shared memory (`df -h /dev/shm`; in Docker, "
+                f"--shm-size)"
+            ) from None
         yield batch
 
 
-def iter_vectors(model, device: str, root: Path, paths: list[str], batch_size: int | None = None,
-                 workers: int | None = None, progress: bool = False, desc: str = "images"):
+def iter_vectors(
+    model,
+    device: str,
+    root: Path,
+    paths: list[str],
+    batch_size: int | None = None,
+    workers: int | None = None,
+    progress: bool = False,
+    desc: str = "images",
+):
     """Decode `paths` (relative to `root`) in worker processes and run them through `model` (an
     embedder of featurize.engines).
 
@@ -92,8 +104,14 @@ def iter_vectors(model, device: str, root: Path, paths: list[str], batch_size: i
     batch_size = batch_size or default_batch_size(device)
     workers = default_workers() if workers is None else min(workers, len(paths))
     dataset = ImageDataset(Path(root), paths, model.preprocessing.transform())
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_readable,
-                        pin_memory=device.startswith("cuda"), prefetch_factor=4 if workers else None)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=collate_readable,
+        pin_memory=device.startswith("cuda"),
+        prefetch_factor=4 if workers else None,
+    )
     with tqdm(total=len(paths), unit="img", desc=desc, disable=not progress, smoothing=0.1) as bar:
         for good, batch, bad in checked_batches(loader, workers):
             vectors = np.zeros((0, model.feature_dim), np.float32)

@@ -1,4 +1,5 @@
 """Decoding image files robustly to upright 8-bit RGB tensors; the reason, never a crash, for one that cannot be."""
+
 from __future__ import annotations
 
 import io
@@ -43,8 +44,11 @@ def decode_image_bytes(data: bytes):
         with Image.open(io.BytesIO(data)) as image:  # reads the header: format, mode, size (bomb check)
             if image.mode in _FAST_FORMATS.get(image.format, ()):
                 try:
-                    return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                                        mode=ImageReadMode.RGB, apply_exif_orientation=True)
+                    return decode_image(
+                        torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                        mode=ImageReadMode.RGB,
+                        apply_exif_orientation=True,
+                    )
                 except RuntimeError as error:
                     raise OSError(str(error).splitlines()[0].rsplit(", ", 1)[-1]) from None
             return _pil_to_tensor(_decoded_pil(image))
@@ -53,16 +57,19 @@ def decode_image_bytes(data: bytes):
 def pil_to_rgb_tensor(image):
     """A PIL image from the caller's own code -> the same uint8 RGB tensor load_image gives."""
     from PIL import ImageOps
+
     return _pil_to_tensor(_to_rgb(ImageOps.exif_transpose(image)))
 
 
 def _pil_to_tensor(image):
     from torchvision.transforms.functional import pil_to_tensor
+
     return pil_to_tensor(image)
 
 
 def _decoded_pil(image):
     from PIL import ImageOps
+
     image.load()
     return _to_rgb(ImageOps.exif_transpose(image))
 
@@ -125,9 +132,11 @@ def decode_upload(data: bytes, min_side: int, max_pixels: int):
             width, height = image.size
             cost = width * height * (2 if image.mode in WIDE_MODES else 1)
             if cost > max_pixels:
-                raise UnreadableImage(f"{width}x{height} image: {cost / 1e6:.1f} megapixels to decode"
-                                      f"{' (16-bit or float: 2 per pixel)' if cost > width * height else ''}, "
-                                      f"over this server's limit of {max_pixels / 1e6:g} megapixels (--max-pixels)")
+                raise UnreadableImage(
+                    f"{width}x{height} image: {cost / 1e6:.1f} megapixels to decode"
+                    f"{' (16-bit or float: 2 per pixel)' if cost > width * height else ''}, "
+                    f"over this server's limit of {max_pixels / 1e6:g} megapixels (--max-pixels)"
+                )
             if image.size != full_size:
                 return _pil_to_tensor(_decoded_pil(image))
     return decode_image_bytes(data)

@@ -1,4 +1,5 @@
 """A dataset that ships with the dependencies: scikit-learn's handwritten digits as image folders."""
+
 from __future__ import annotations
 
 import io

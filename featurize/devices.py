@@ -1,4 +1,5 @@
 """The device policy: which device a run uses, and the batch size and decoding workers that suit it."""
+
 from __future__ import annotations
 
 import os
@@ -30,6 +31,7 @@ def cuda_available() -> bool:
     if sys.platform.startswith("linux") and not os.path.exists("/dev/nvidiactl"):
         return False
     import torch
+
     return torch.cuda.is_available()
 
 

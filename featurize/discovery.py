@@ -1,4 +1,5 @@
 """Finding a dataset's labelled images (three layouts), and each file's identity (size, mtime)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +16,14 @@ from common.names import safe_name
 # torchvision's IMG_EXTENSIONS, plus GIF (PIL decodes its first frame).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 SPLITS = ("train", "val", "test")
-SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
-                 "validation": "val", "test": "test"}
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+}
 MISSING_FILE = (-1, -1)  # identity of a listed file that does not exist
 
 
@@ -111,8 +118,9 @@ def _split_folders(data: Path) -> dict[str, Path]:
 def _from_folders(data: Path, layout: str, split_folders: dict[str, Path]) -> ImageList:
     """The images of class folders, inside each of `split_folders` (split -> folder); one class
     list across the splits (a class with no image anywhere is left out)."""
-    per_split = {split: {c.name: find_images(c, data) for c in _class_folders(folder)}
-                 for split, folder in split_folders.items()}
+    per_split = {
+        split: {c.name: find_images(c, data) for c in _class_folders(folder)} for split, folder in split_folders.items()
+    }
     class_names = _sorted_labels(c for classes in per_split.values() for c, files in classes.items() if files)
     root = data.resolve()
     images = ImageList(root=root, name=dataset_name(root.name, root), layout=layout, class_names=class_names)
@@ -121,9 +129,11 @@ def _from_folders(data: Path, layout: str, split_folders: dict[str, Path]) -> Im
             for path in classes.get(class_name, []):
                 images.add(path, label, split)
     if not images.paths:
-        raise DataError(f"--data {data}: no images found; expected one folder per class (or train/ "
-                        f"and val/ folders of them) holding {', '.join(IMAGE_EXTENSIONS)} files, "
-                        f"or a text file of 'path label' lines")
+        raise DataError(
+            f"--data {data}: no images found; expected one folder per class (or train/ "
+            f"and val/ folders of them) holding {', '.join(IMAGE_EXTENSIONS)} files, "
+            f"or a text file of 'path label' lines"
+        )
     return images
 
 
@@ -133,8 +143,12 @@ def _from_lists(root: Path, list_files: list[Path]) -> ImageList:
         raise DataError(f"--data {', '.join(map(str, list_files))}: no 'path label' lines")
     class_names = _sorted_labels(label for _, label, _ in rows)
     index = {c: i for i, c in enumerate(class_names)}
-    images = ImageList(root=root.resolve(), name=_list_dataset_name(root.resolve(), list_files), layout="list-file",
-                       class_names=class_names)
+    images = ImageList(
+        root=root.resolve(),
+        name=_list_dataset_name(root.resolve(), list_files),
+        layout="list-file",
+        class_names=class_names,
+    )
     for path, label, split in rows:
         images.add(path, index[label], split)
     return images
@@ -167,8 +181,10 @@ def _inside(text: str, list_file: Path, number: int) -> str:
     """A list file's path, kept inside the list's folder: a shared list cannot point anywhere else."""
     path = Path(text)
     if path.is_absolute() or ".." in path.parts:
-        raise DataError(f"{list_file}:{number}: {text!r} is outside the list's folder (absolute or '..'); "
-                        f"paths in a list file are relative to {list_file.parent.resolve()}")
+        raise DataError(
+            f"{list_file}:{number}: {text!r} is outside the list's folder (absolute or '..'); "
+            f"paths in a list file are relative to {list_file.parent.resolve()}"
+        )
     return path.as_posix()
 
 

@@ -6,6 +6,7 @@ driver, which alone writes the journal and the HDF5 store - so "up to date", res
 and the lock behave exactly as in a local run. Workers read the images and a `--weights` file
 from the same paths as the driver (a shared file system on a multi-machine cluster).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,8 +37,10 @@ def connect_ray(address: str, device: str):
             else:
                 ray.init(address=address, log_to_driver=False, configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as error:
-            raise CnnfeatError(f"--ray {address}: cannot reach a Ray cluster ({str(error).splitlines()[0]}); start "
-                               f"one with `ray start --head` on the head node, or use --ray local") from None
+            raise CnnfeatError(
+                f"--ray {address}: cannot reach a Ray cluster ({str(error).splitlines()[0]}); start "
+                f"one with `ray start --head` on the head node, or use --ray local"
+            ) from None
     resources = ray.cluster_resources()
     if device.startswith("cuda") and resources.get("GPU", 0) < 1:
         raise CnnfeatError(f"--device {device}: the Ray cluster has no GPU ({resources.get('CPU', 0):g} CPUs)")
@@ -49,8 +52,9 @@ class EmbedShard:
     CPUs there is one actor per core, each single-threaded: decoding in one overlaps the forward
     pass in another."""
 
-    def __init__(self, backbone: str, weights, device: str, graph: bytes | None, root: str, trust_pickle: bool,
-                 tta: str = "none"):
+    def __init__(
+        self, backbone: str, weights, device: str, graph: bytes | None, root: str, trust_pickle: bool, tta: str = "none"
+    ):
         from .backbones import get_backbone
         from .engines import OnnxEmbedder, TorchEmbedder
 
@@ -70,12 +74,14 @@ class EmbedShard:
         vectors = np.zeros((len(items), self.embedder.feature_dim), np.float32)
         if good:
             import torch
+
             vectors[[k for k, _ in good]] = self.embedder.embed(torch.stack([tensor for _, tensor in good]))
         return {"position": batch["position"], "vector": vectors, "reason": np.asarray([r for _, _, r in items])}
 
 
-def iter_vectors_ray(ray, record, weights, graph: bytes | None, options, root: Path, paths: list[str],
-                     desc: str = "images"):
+def iter_vectors_ray(
+    ray, record, weights, graph: bytes | None, options, root: Path, paths: list[str], desc: str = "images"
+):
     """As featurize.batches.iter_vectors, on the cluster: yields (positions of the good images in
     `paths`, their vectors, [(position, reason)]), batch by batch as they arrive (in any order).
     `graph`: the exported backbone for the onnxruntime engine (None: torch, built by each actor).
@@ -100,11 +106,21 @@ def _embedded(ray, record, weights, graph: bytes | None, options, root: Path, pa
     items = [{"position": i, "path": p} for i, p in enumerate(paths)]
     dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch_size, 64 * actors)))
     return dataset.map_batches(
-        EmbedShard, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=gpus,
+        EmbedShard,
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_gpus=gpus,
         num_cpus=0 if gpus else 1,
-        fn_constructor_kwargs={"backbone": record.name, "weights": weights, "device": "cuda" if gpus else "cpu",
-                               "graph": graph, "root": str(root), "trust_pickle": options.trust_pickle,
-                               "tta": options.tta})
+        fn_constructor_kwargs={
+            "backbone": record.name,
+            "weights": weights,
+            "device": "cuda" if gpus else "cpu",
+            "graph": graph,
+            "root": str(root),
+            "trust_pickle": options.trust_pickle,
+            "tta": options.tta,
+        },
+    )
 
 
 def _cluster_failed(ray, error: Exception, address: str) -> CnnfeatError:
@@ -114,8 +130,10 @@ def _cluster_failed(ray, error: Exception, address: str) -> CnnfeatError:
     cause = next((line.strip() for line in reversed(lines) if "Error: " in line), lines[0])
     if address == "local":
         ray.shutdown()
-    return CnnfeatError(f"the Ray cluster failed ({type(error).__name__}: {cause}); the images done "
-                        f"so far are kept: run the same command again to resume")
+    return CnnfeatError(
+        f"the Ray cluster failed ({type(error).__name__}: {cause}); the images done "
+        f"so far are kept: run the same command again to resume"
+    )
 
 
 def _arriving(embedded, bar):
@@ -143,12 +161,15 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as error:
-        raise CnnfeatError(f"--ray {address}: no Ray cluster answers there ({error}); start one with "
-                           f"`ray start --head` on the head node, or use --ray local") from None
+        raise CnnfeatError(
+            f"--ray {address}: no Ray cluster answers there ({error}); start one with "
+            f"`ray start --head` on the head node, or use --ray local"
+        ) from None
 
 
 def _quiet_ray_logs():
     """Ray's INFO/ERROR lines on the driver: our progress bar and one error line say what matters."""
     import logging
+
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(logging.CRITICAL)

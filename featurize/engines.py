@@ -8,6 +8,7 @@ Every engine gives an *embedder*: ``name``, ``feature_dim``, ``preprocessing`` a
 (uint8 images (N,3,H,W) -> float32 vectors (N,D)). Extraction, prediction from files and from PIL
 images all call ``embed``, so they compute the same numbers for a given engine.
 """
+
 from __future__ import annotations
 
 import io
@@ -31,6 +32,7 @@ class ExportFailed(CnnfeatError):
 
 def onnxruntime_installed() -> bool:
     import importlib.util
+
     return importlib.util.find_spec("onnxruntime") is not None
 
 
@@ -61,6 +63,7 @@ class TorchEmbedder:
 
     def __init__(self, model, device: str, name: str):
         import torch
+
         self.model = model.to(device, memory_format=torch.channels_last)
         self.device, self.name = device, name
         self.feature_dim, self.preprocessing = model.feature_dim, model.preprocessing
@@ -110,16 +113,24 @@ def export_backbone(model) -> bytes:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-            torch.onnx.export(model.cpu().eval(), (example,), buffer, input_names=[INPUT_NAME],
-                              output_names=[OUTPUT_NAME], opset_version=ONNX_OPSET, dynamo=False,
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+            torch.onnx.export(
+                model.cpu().eval(),
+                (example,),
+                buffer,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                opset_version=ONNX_OPSET,
+                dynamo=False,
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            )
     except Exception as error:  # the exporter raises many kinds for an unsupported layer
         raise ExportFailed(f"{type(error).__name__}: {error_line(error)}") from None
     return buffer.getvalue()
 
 
-def backbone_graph(record, weights, fingerprint: str, cache_dir: Path | None, trust_pickle: bool,
-                   tta: str = "none") -> bytes:
+def backbone_graph(
+    record, weights, fingerprint: str, cache_dir: Path | None, trust_pickle: bool, tta: str = "none"
+) -> bytes:
     """The exported graph of `record` with `weights`, as bytes: read from
     `cache_dir/<backbone>-<fingerprint>.onnx` when a readable one is there, else exported (and
     written there, atomically, when a cache dir is given: a damaged file is replaced)."""
@@ -147,8 +158,16 @@ def _readable(graph: bytes) -> bool:
         return False
 
 
-def load_embedder(record, weights, device: str, engine: str, fingerprint: str = "", cache_dir: Path | None = None,
-                  trust_pickle: bool = False, tta: str = "none"):
+def load_embedder(
+    record,
+    weights,
+    device: str,
+    engine: str,
+    fingerprint: str = "",
+    cache_dir: Path | None = None,
+    trust_pickle: bool = False,
+    tta: str = "none",
+):
     """The backbone's frozen feature extractor on `device`, run by `engine` (already resolved)."""
     if engine == "onnxruntime":
         graph = backbone_graph(record, weights, fingerprint, cache_dir, trust_pickle, tta)

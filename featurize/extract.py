@@ -6,6 +6,7 @@ interrupted run left in the journal, run the rest through the backbone (in this 
 featurize.batches, or on a Ray cluster, featurize.distributed) into the journal, and write the
 store whole.
 """
+
 from __future__ import annotations
 
 import os
@@ -73,11 +74,23 @@ class RunOptions:
     verify: bool = False  # check every stored vector against its checksum
 
 
-def extract(data: str | os.PathLike = "data", backbone: str = DEFAULT_BACKBONE, weights: str | None = None,
-            out: str | os.PathLike = "artifacts", device: str = "auto", batch_size: int | None = None,
-            workers: int | None = None, strict: bool = False, progress: bool = True,
-            trust_pickle: bool = False, engine: str = "auto", ray: str | None = None,
-            storage: Storage = Storage(), tta: str = "none", verify: bool = False) -> ExtractResult:
+def extract(
+    data: str | os.PathLike = "data",
+    backbone: str = DEFAULT_BACKBONE,
+    weights: str | None = None,
+    out: str | os.PathLike = "artifacts",
+    device: str = "auto",
+    batch_size: int | None = None,
+    workers: int | None = None,
+    strict: bool = False,
+    progress: bool = True,
+    trust_pickle: bool = False,
+    engine: str = "auto",
+    ray: str | None = None,
+    storage: Storage = Storage(),
+    tta: str = "none",
+    verify: bool = False,
+) -> ExtractResult:
     """Bring the feature store of `data` under `out` up to date and return what was done.
 
     `engine`: auto (onnxruntime on the CPU, torch on CUDA), torch or onnxruntime. A backbone that
@@ -89,8 +102,19 @@ def extract(data: str | os.PathLike = "data", backbone: str = DEFAULT_BACKBONE, 
     store's damage mark) and extract the images of damaged ones again."""
     device = run_device(device, ray)
     check_tta(tta)
-    options = RunOptions(device, resolve_engine(engine, device), ray, batch_size, workers, progress, storage.check(),
-                         tta, strict, trust_pickle, verify)
+    options = RunOptions(
+        device,
+        resolve_engine(engine, device),
+        ray,
+        batch_size,
+        workers,
+        progress,
+        storage.check(),
+        tta,
+        strict,
+        trust_pickle,
+        verify,
+    )
     try:
         return _extract(data, backbone, weights, Path(out), options)
     except ExportFailed as error:
@@ -121,8 +145,14 @@ class Run:
 def _extract(data, backbone: str, weights: str | None, out: Path, options: RunOptions) -> ExtractResult:
     started = time.perf_counter()
     images = discover(data)
-    spec = FeatureSpec(get_backbone(backbone), weights, compute_precision(options.device, options.engine),
-                       options.engine, options.storage.dtype, options.tta)
+    spec = FeatureSpec(
+        get_backbone(backbone),
+        weights,
+        compute_precision(options.device, options.engine),
+        options.engine,
+        options.storage.dtype,
+        options.tta,
+    )
     store = spec.store_path(out, images.name)
     ensure_writable(store.parent)
     run = Run(images, spec, store, out, options)
@@ -142,8 +172,9 @@ def _bring_up_to_date(run: Run) -> ExtractResult:
     try:
         _update(run, result, run.options.verify or damage_mark(run.store).exists())
     except DamagedStore as error:  # found while copying the old rows: check them all, extract those again
-        result.notes.append(f"{run.store.name}: damaged vectors found while copying it (from row {error.rows[0]}); "
-                            f"checking every row")
+        result.notes.append(
+            f"{run.store.name}: damaged vectors found while copying it (from row {error.rows[0]}); checking every row"
+        )
         _update(run, result, verify=True, again=True)
     damage_mark(run.store).unlink(missing_ok=True)
     return result
@@ -156,8 +187,11 @@ def _update(run: Run, result: ExtractResult, verify: bool, again: bool = False) 
     storage = run.options.storage.resolved(run.store)
     identities = image_identities(run.images)
     damaged = _damaged_rows(run.store) if verify and run.store.exists() else NO_ROWS
-    if not len(damaged) and run.store.exists() and store_matches(run.store, run.spec.fingerprint, run.images,
-                                                                  identities, storage):
+    if (
+        not len(damaged)
+        and run.store.exists()
+        and store_matches(run.store, run.spec.fingerprint, run.images, identities, storage)
+    ):
         result.skipped = read_skipped(run.store)
         return
     placement = Placement(run.images.paths)
@@ -190,7 +224,9 @@ def _place_old_rows(run: Run, placement: Placement, damaged: np.ndarray, result:
         result.notes.append(f"{store.name} was made with other settings, is unfinished or is damaged; rebuilding it")
     result.dropped = dropped or 0
     if placement.forget(IN_STORE, damaged):
-        result.notes.append(f"{len(damaged)} rows of {store.name} failed their checksums: extracting their images again")
+        result.notes.append(
+            f"{len(damaged)} rows of {store.name} failed their checksums: extracting their images again"
+        )
     return dropped is not None
 
 
@@ -203,13 +239,15 @@ def _resume(journal: Journal, placement: Placement, result: ExtractResult, quiet
     result.notes += [] if quiet else notes
 
 
-def _write(run: Run, journal: Journal, placement: Placement, identities: np.ndarray, storage: Storage,
-           reuse_store: bool) -> None:
+def _write(
+    run: Run, journal: Journal, placement: Placement, identities: np.ndarray, storage: Storage, reuse_store: bool
+) -> None:
     """Write the new store from the old one's rows (`reuse_store`) and the journal's; then drop the journal."""
     reader = VectorReader(run.dim, run.store if reuse_store else None, journal.path)
     try:
-        write_store(run.store, run.images, identities, placement, run.dim, run.spec.store_attrs(run.images), reader,
-                    storage)
+        write_store(
+            run.store, run.images, identities, placement, run.dim, run.spec.store_attrs(run.images), reader, storage
+        )
     except OutputError as error:
         raise OutputError(f"{error}{_kept(journal)}") from None
     journal.remove()
@@ -261,8 +299,10 @@ def _sigterm_as_interrupt():
 def _check_strict(result: ExtractResult, strict: bool) -> None:
     if strict and result.skipped:
         first = "; ".join(f"{printable(p)}: {printable(r)}" for p, r in result.skipped[:3])
-        raise DataError(f"--strict: {len(result.skipped)} unreadable images ({first}); the readable ones "
-                        f"are stored in {result.store}")
+        raise DataError(
+            f"--strict: {len(result.skipped)} unreadable images ({first}); the readable ones "
+            f"are stored in {result.store}"
+        )
 
 
 def _vector_batches(run: Run, paths: list[str]):
@@ -274,17 +314,34 @@ def _vector_batches(run: Run, paths: list[str]):
         ray = connect_ray(options.ray, options.device)
         graph = None
         if options.engine == "onnxruntime":  # exported once here, shipped to every actor
-            graph = backbone_graph(spec.backbone, spec.weights, spec.fingerprint, run.out / "onnx",
-                                   options.trust_pickle, options.tta)
+            graph = backbone_graph(
+                spec.backbone, spec.weights, spec.fingerprint, run.out / "onnx", options.trust_pickle, options.tta
+            )
         return iter_vectors_ray(ray, spec.backbone, spec.weights, graph, options, run.images.root, paths, desc)
-    model = load_embedder(spec.backbone, spec.weights, options.device, options.engine, spec.fingerprint,
-                          run.out / "onnx", options.trust_pickle, options.tta)
-    return iter_vectors(model, options.device, run.images.root, paths, options.batch_size, options.workers,
-                        options.progress, desc=desc)
+    model = load_embedder(
+        spec.backbone,
+        spec.weights,
+        options.device,
+        options.engine,
+        spec.fingerprint,
+        run.out / "onnx",
+        options.trust_pickle,
+        options.tta,
+    )
+    return iter_vectors(
+        model, options.device, run.images.root, paths, options.batch_size, options.workers, options.progress, desc=desc
+    )
 
 
-def append_batches(batches, images: ImageList, identities: np.ndarray, todo: np.ndarray, journal: Journal,
-                   placement: Placement, dim: int) -> None:
+def append_batches(
+    batches,
+    images: ImageList,
+    identities: np.ndarray,
+    todo: np.ndarray,
+    journal: Journal,
+    placement: Placement,
+    dim: int,
+) -> None:
     """Append each batch's rows (`todo`'s positions, as the batch numbers them) to the journal and
     place them there: the vectors stay in the journal, not in memory."""
     for good, vectors, bad in batches:

@@ -4,6 +4,7 @@ its fingerprint (the key a store is reused by), the store's file name and its at
 `FeatureSpec` holds those settings together, so the config, the fingerprint and the file name are
 derived from one object and none of them can forget a setting.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,10 +43,16 @@ class FeatureSpec:
     def config(self) -> dict:
         """The settings as the store records them (a checkpoint named by its content's hash)."""
         record = self.backbone
-        config = {"backbone": record.name, "weights": record.weights_id(self.weights),
-                  "preprocessing": json.loads(json.dumps(record.preprocessing().as_dict())),
-                  "pooling": POOLING, "feature_dim": record.feature_dim, "format_version": FORMAT_VERSION,
-                  "engine": self.engine, "precision": self.precision}
+        config = {
+            "backbone": record.name,
+            "weights": record.weights_id(self.weights),
+            "preprocessing": json.loads(json.dumps(record.preprocessing().as_dict())),
+            "pooling": POOLING,
+            "feature_dim": record.feature_dim,
+            "format_version": FORMAT_VERSION,
+            "engine": self.engine,
+            "precision": self.precision,
+        }
         if self.storage_dtype != "float32":  # absent by default, so stores made before it keep their fingerprint
             config["storage_dtype"] = self.storage_dtype
         if self.tta != "none":  # the same: absent unless asked
@@ -73,8 +80,14 @@ class FeatureSpec:
         return store_attrs(self.config, self.fingerprint, images, self.weights)
 
 
-def feature_config(record: Backbone, weights: str | None, precision: str = "float32", engine: str = "torch",
-                   storage_dtype: str = "float32", tta: str = "none") -> tuple[dict, str]:
+def feature_config(
+    record: Backbone,
+    weights: str | None,
+    precision: str = "float32",
+    engine: str = "torch",
+    storage_dtype: str = "float32",
+    tta: str = "none",
+) -> tuple[dict, str]:
     """What the vectors of `record` with `weights` depend on, as stored in the feature file, and its fingerprint."""
     spec = FeatureSpec(record, weights, precision, engine, storage_dtype, tta)
     return spec.config, spec.fingerprint
@@ -83,10 +96,15 @@ def feature_config(record: Backbone, weights: str | None, precision: str = "floa
 def store_attrs(config: dict, fp: str, images, weights: str | None) -> dict:
     """The store's attributes: what made its vectors, and which dataset they describe."""
     return {
-        "format_version": FORMAT_VERSION, "fingerprint": fp, "config": json.dumps(config, sort_keys=True),
+        "format_version": FORMAT_VERSION,
+        "fingerprint": fp,
+        "config": json.dumps(config, sort_keys=True),
         "versions": json.dumps(library_versions(), sort_keys=True),
-        "class_names": json.dumps(images.class_names), "data_root": str(images.root),
-        "dataset": images.name, "layout": images.layout, "weights_source": weights_source(weights),
+        "class_names": json.dumps(images.class_names),
+        "data_root": str(images.root),
+        "dataset": images.name,
+        "layout": images.layout,
+        "weights_source": weights_source(weights),
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 

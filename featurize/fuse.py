@@ -5,6 +5,7 @@ larger activations does not drown the others) is the fitted model's first step
 (`classifiers.heads.fused_head`), so a saved fused model takes the same raw joined vectors that
 it makes itself from images.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,11 +38,18 @@ def fuse_features(parts: list[Features], log=print) -> tuple[Features, list[str]
     for note in notes:
         log(note)
     fused = replace(
-        first, path=Path(_joined(parts)), config=_fused_config(parts), parts=tuple(parts),
+        first,
+        path=Path(_joined(parts)),
+        config=_fused_config(parts),
+        parts=tuple(parts),
         fingerprint=fingerprint({"fused": [part.fingerprint for part in parts]}),
         X=np.hstack([np.asarray(part.X[part_rows], dtype=np.float32) for part, part_rows in zip(parts, rows)]),
-        y=first.y[rows[0]], paths=first.paths[rows[0]], splits=first.splits[rows[0]],
-        skipped=sorted({tuple(s) for part in parts for s in part.skipped}), weights_source="")
+        y=first.y[rows[0]],
+        paths=first.paths[rows[0]],
+        splits=first.splits[rows[0]],
+        skipped=sorted({tuple(s) for part in parts for s in part.skipped}),
+        weights_source="",
+    )
     return fused, notes
 
 
@@ -56,10 +64,14 @@ def _common_rows(parts: list[Features]) -> tuple[list[str], list[np.ndarray]]:
 
 def _fused_config(parts: list[Features]) -> dict:
     """The fused features' config: the joined backbone name and width, and each part's config."""
-    return {"backbone": "+".join(part.backbone for part in parts),
-            "feature_dim": sum(int(part.X.shape[1]) for part in parts),
-            "fused": [{"config": part.config, "fingerprint": part.fingerprint, "weights_source": part.weights_source}
-                      for part in parts]}
+    return {
+        "backbone": "+".join(part.backbone for part in parts),
+        "feature_dim": sum(int(part.X.shape[1]) for part in parts),
+        "fused": [
+            {"config": part.config, "fingerprint": part.fingerprint, "weights_source": part.weights_source}
+            for part in parts
+        ],
+    }
 
 
 def part_widths(config: dict) -> list[int]:
@@ -69,11 +81,15 @@ def part_widths(config: dict) -> list[int]:
 
 def _check_same_images(first: Features, other: Features):
     if other.dataset != first.dataset:
-        raise StoreError(f"cannot fuse feature files of different datasets: {first.path} ({first.dataset}) and "
-                         f"{other.path} ({other.dataset})")
+        raise StoreError(
+            f"cannot fuse feature files of different datasets: {first.path} ({first.dataset}) and "
+            f"{other.path} ({other.dataset})"
+        )
     if list(other.class_names) != list(first.class_names):
-        raise StoreError(f"cannot fuse {first.path} and {other.path}: their class names differ "
-                         f"({json.dumps(first.class_names)} vs {json.dumps(other.class_names)})")
+        raise StoreError(
+            f"cannot fuse {first.path} and {other.path}: their class names differ "
+            f"({json.dumps(first.class_names)} vs {json.dumps(other.class_names)})"
+        )
 
 
 def _missing_notes(parts: list[Features], common: set) -> list[str]:
@@ -82,8 +98,10 @@ def _missing_notes(parts: list[Features], common: set) -> list[str]:
         missing = [path for path in part.paths.tolist() if path not in common]
         if missing:
             shown = ", ".join(missing[:SHOWN]) + (f" and {len(missing) - SHOWN} more" if len(missing) > SHOWN else "")
-            notes.append(f"fused features: {len(missing)} image(s) of {part.path.name} are not in every other "
-                         f"feature file and are left out of the fused rows: {shown}")
+            notes.append(
+                f"fused features: {len(missing)} image(s) of {part.path.name} are not in every other "
+                f"feature file and are left out of the fused rows: {shown}"
+            )
     return notes
 
 

@@ -8,6 +8,7 @@ or that HDF5 cannot read at all (a damaged compressed chunk), stops its reader w
 the store, and leaves a mark beside it (`<store>.damaged`) so that the next `extract` checks every
 block and extracts the damaged rows' images again.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,9 +30,10 @@ class DamagedStore(StoreError):
     def __init__(self, path: Path, rows: np.ndarray):
         self.path, self.rows = Path(path), rows
         super().__init__(
-            f"{printable(path)}: the vectors of {len(rows)} rows (from row {int(rows[0])}) cannot be read or do not "
-            f"match their checksums: the file was damaged on disk. Run `cnnfeat extract` on its data again: it extracts "
-            f"those images again (`cnnfeat extract --verify` checks every row)")
+            f"{printable(path)}: the vectors of {len(rows)} rows (from row {int(rows[0])}) cannot be read or do "
+            f"not match their checksums: the file was damaged on disk. Run `cnnfeat extract` on its data again: it "
+            f"extracts those images again (`cnnfeat extract --verify` checks every row)"
+        )
 
 
 def block_checksum(block: np.ndarray, crc: int = 0) -> int:
@@ -46,6 +48,7 @@ def strings_checksum(encoded: list, crc: int = 0) -> int:
 def attributes_checksum(attrs) -> int:
     """Of a store's attributes as stored (`complete` and the seal itself aside), in a canonical form:
     h5py gives back numpy scalars and, for a path that is not UTF-8, bytes."""
+
     def plain(value):
         if isinstance(value, (bytes, np.bytes_)):
             return bytes(value).decode("utf-8", "surrogateescape")
@@ -79,8 +82,10 @@ class Checksums:
 
     def matches(self, first_row: int, block: np.ndarray) -> bool:
         """Whether the stored rows `block`, starting at `first_row` (a multiple of `rows`), match."""
-        return all(block_checksum(block[start:start + self.rows]) == int(self.sums[(first_row + start) // self.rows])
-                   for start in range(0, len(block), self.rows))
+        return all(
+            block_checksum(block[start : start + self.rows]) == int(self.sums[(first_row + start) // self.rows])
+            for start in range(0, len(block), self.rows)
+        )
 
     def damaged(self, dataset) -> np.ndarray:
         """Rows of every block of `dataset` that fails its checksum or cannot be read (reads them all,
@@ -121,15 +126,16 @@ class CheckedRows:
         return rows if dtype is None else rows.astype(dtype, copy=False)
 
     def __iter__(self):
-        span = max(self.block_rows, READ_BYTES // (self.shape[1] * self.dtype.itemsize) // self.block_rows
-                   * self.block_rows)
+        span = max(
+            self.block_rows, READ_BYTES // (self.shape[1] * self.dtype.itemsize) // self.block_rows * self.block_rows
+        )
         for start in range(0, self.shape[0], span):
-            yield from self[start:start + span]
+            yield from self[start : start + span]
 
     def __getitem__(self, key):
         if isinstance(key, (int, np.integer)):
             index = range(self.shape[0])[key]
-            return self[index:index + 1][0].copy()  # not a view that keeps its whole block alive
+            return self[index : index + 1][0].copy()  # not a view that keeps its whole block alive
         if not isinstance(key, slice):  # row indices: fetched in spans of neighbours
             return take_rows(self, np.asarray(key))
         start, stop, step = key.indices(self.shape[0])
@@ -141,7 +147,7 @@ class CheckedRows:
             end = min(self.shape[0], begin + self._span(), last)
             block = self._checked(begin, end)
             lo, hi = max(begin, start), min(end, stop)
-            out[lo - start:hi - start] = block[lo - begin:hi - begin]
+            out[lo - start : hi - start] = block[lo - begin : hi - begin]
         return out[::step] if step != 1 else out
 
     def _span(self) -> int:
@@ -158,9 +164,12 @@ class CheckedRows:
         """The rows of the blocks between `begin` and `end` that fail (each block read on its own)."""
         if self.checksums is None:
             return np.arange(begin, end)
-        bad = [np.arange(b, min(b + self.block_rows, end)) for b in range(begin, end, self.block_rows)
-               if (block := _read(self.dataset, b, min(b + self.block_rows, end))) is None
-               or not self.checksums.matches(b, block)]
+        bad = [
+            np.arange(b, min(b + self.block_rows, end))
+            for b in range(begin, end, self.block_rows)
+            if (block := _read(self.dataset, b, min(b + self.block_rows, end))) is None
+            or not self.checksums.matches(b, block)
+        ]
         return np.concatenate(bad) if bad else np.arange(begin, end)
 
 
@@ -182,5 +191,5 @@ def take_rows(X, rows: np.ndarray, block: int | None = None) -> np.ndarray:
     for begin in range(first, int(ordered[-1]) + 1, block) if len(rows) else ():
         lo, hi = np.searchsorted(ordered, [begin, begin + block])
         if hi > lo:  # one read of the span holding these rows, then the rows asked for
-            out[order[lo:hi]] = X[begin:int(ordered[hi - 1]) + 1][ordered[lo:hi] - begin]
+            out[order[lo:hi]] = X[begin : int(ordered[hi - 1]) + 1][ordered[lo:hi] - begin]
     return out

@@ -7,6 +7,7 @@ reasons, then its float32 vectors), appended with one write. Reading stops at th
 that is short or fails its checksum - the batch a kill tore - so everything before it is salvaged,
 and the next append truncates the torn tail first.
 """
+
 from __future__ import annotations
 
 import json
@@ -77,8 +78,8 @@ def read_journal(path: Path, dim: int) -> Salvage:
             return Salvage(rows, 0, size, None)
         if header.get("dim") != dim:
             return Salvage(rows, header_end, size - header_end, None)
-        end = header_end
-        for meta, first, end in _records(f, header_end, size, dim):
+        end = header_end  # where the last whole record ends: the loop leaves it there
+        for meta, first, end in _records(f, header_end, size, dim):  # noqa: B007
             for k, (p, (s, m), r) in enumerate(zip(meta["paths"], meta["identities"], meta["reasons"])):
                 rows.append(p, (s, m), None if r else first + k * dim * 4, r)
     return Salvage(rows, end, size - end, header.get("fingerprint"))
@@ -91,7 +92,7 @@ def _read_header(f) -> tuple[dict | None, int]:
     if not head.startswith(MAGIC) or header_end == 0:
         return None, 0
     try:
-        return json.loads(head[len(MAGIC):header_end]), header_end
+        return json.loads(head[len(MAGIC) : header_end]), header_end
     except ValueError:
         return None, 0
 
@@ -144,8 +145,10 @@ class Journal:
             return None, [f"{self.path.name} was written with other settings; its rows are not used"]
         notes = []
         if salvage.torn_bytes:
-            notes.append(f"{self.path.name}: dropped the last, torn batch ({salvage.torn_bytes} bytes) of an "
-                         f"interrupted run; the {len(salvage.rows.paths)} rows before it are kept")
+            notes.append(
+                f"{self.path.name}: dropped the last, torn batch ({salvage.torn_bytes} bytes) of an "
+                f"interrupted run; the {len(salvage.rows.paths)} rows before it are kept"
+            )
         return salvage.rows, notes
 
     def append(self, paths, identities, vectors, reasons) -> np.ndarray:
@@ -160,8 +163,9 @@ class Journal:
         if self._fd is None:
             self._open()
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(paths), self.dim)
-        meta = json.dumps({"paths": list(paths), "identities": [[int(s), int(m)] for s, m in identities],
-                           "reasons": list(reasons)}).encode()
+        meta = json.dumps(
+            {"paths": list(paths), "identities": [[int(s), int(m)] for s, m in identities], "reasons": list(reasons)}
+        ).encode()
         body = meta + vectors.tobytes()
         record = RECORD.pack(RECORD_MAGIC, len(paths), len(meta), zlib.crc32(body)) + body
         first = self._end + RECORD.size + len(meta)
@@ -208,7 +212,7 @@ class Journal:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def runs(starts: list[int], step: int):

@@ -1,4 +1,5 @@
 """The torch modules behind the backbone registry (imported only when a model is built)."""
+
 from __future__ import annotations
 
 import torch

@@ -4,6 +4,7 @@ the image list, a few dozen bytes a row, where a dict of tuples cost ~0.7 KB a r
 The old store's rows, an interrupted run's journal and this run's batches all land here by the
 image's position (later ones win), and write_store reads it a chunk at a time.
 """
+
 from __future__ import annotations
 
 import numpy as np

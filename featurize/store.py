@@ -11,6 +11,7 @@ refused in one line, and rebuilt by `extract`), and the vectors carry checksums 
 Paths are file names as the operating system gives them: a name that is not valid UTF-8 is kept
 losslessly (its raw bytes in the file, surrogate escapes in Python, as os.listdir gives it).
 """
+
 from __future__ import annotations
 
 import json
@@ -46,7 +47,7 @@ class Storage:
     dtype: str = "float32"
     compression: str | None = None
 
-    def check(self) -> "Storage":
+    def check(self) -> Storage:
         if self.dtype not in DTYPES:
             raise StoreError(f"--dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
         if self.compression is not None and self.compression not in COMPRESSIONS:
@@ -60,7 +61,7 @@ class Storage:
             options["compression"] = self.compression
         return options
 
-    def resolved(self, path: Path) -> "Storage":
+    def resolved(self, path: Path) -> Storage:
         """This storage with compression None made the one of the file at `path` (none if unreadable)."""
         if self.compression is not None:
             return self
@@ -102,6 +103,7 @@ class Features:
 
 def _open(path: Path, mode: str = "r"):
     import h5py
+
     try:
         return h5py.File(path, mode)
     except OSError as error:
@@ -109,6 +111,7 @@ def _open(path: Path, mode: str = "r"):
 
 
 # -- what a store says about itself, validated --------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Header:
@@ -134,8 +137,9 @@ def read_header(path: Path, h5) -> Header:
     if "fingerprint" not in attrs or "features" not in h5:
         raise StoreError(f"{printable(path)}: not a cnnfeat feature file")
     if not attrs.get("complete", False):
-        raise StoreError(f"{printable(path)}: incomplete feature file (its extraction did not finish); "
-                         f"run `cnnfeat extract` again")
+        raise StoreError(
+            f"{printable(path)}: incomplete feature file (its extraction did not finish); run `cnnfeat extract` again"
+        )
     try:
         header = _parse_header(path, h5)
     except CnnfeatError:
@@ -146,8 +150,10 @@ def read_header(path: Path, h5) -> Header:
 
 
 def _damaged_file(path: Path, error: Exception) -> StoreError:
-    return StoreError(f"{printable(path)}: a damaged feature file ({type(error).__name__}: {error}); run "
-                      f"`cnnfeat extract` on its data again to rebuild it")
+    return StoreError(
+        f"{printable(path)}: a damaged feature file ({type(error).__name__}: {error}); run "
+        f"`cnnfeat extract` on its data again to rebuild it"
+    )
 
 
 def _parse_header(path: Path, h5) -> Header:
@@ -170,12 +176,19 @@ def _parse_header(path: Path, h5) -> Header:
     # shared file must not be able to write outside --out.
     check_name(config.get("backbone"), "backbone name", path)
     return Header(
-        fingerprint=_text(attrs["fingerprint"]), config=config, class_names=class_names,
-        versions=_json_attr(attrs, "versions", dict, default="{}"), data_root=_text(attrs["data_root"]),
+        fingerprint=_text(attrs["fingerprint"]),
+        config=config,
+        class_names=class_names,
+        versions=_json_attr(attrs, "versions", dict, default="{}"),
+        data_root=_text(attrs["data_root"]),
         dataset=check_name(_text(attrs["dataset"]), "dataset name", path),
         storage=stored_as,
-        weights_source=_text(attrs.get("weights_source", "")), rows=rows, dim=features.shape[1],
-        checksums=checksums, columns=sealed.get("columns", {}))
+        weights_source=_text(attrs.get("weights_source", "")),
+        rows=rows,
+        dim=features.shape[1],
+        checksums=checksums,
+        columns=sealed.get("columns", {}),
+    )
 
 
 def _storage_of(storage: dict) -> Storage:
@@ -245,6 +258,7 @@ def _strings(dataset, start: int = 0, end: int | None = None):
 
 # -- reading ---------------------------------------------------------------------------------------
 
+
 def load_features(path: str | os.PathLike, lazy: bool = False) -> Features:
     """Read a complete feature store; refuse a missing, foreign, unfinished or damaged one. `lazy`: X
     is read by whoever slices it (the file stays open while it is referenced) - a million rows need
@@ -270,15 +284,25 @@ def _features_of(path: Path, h5, lazy: bool) -> Features:
     labels = h5["labels"][:].astype(np.int64)
     _check_column(path, header, "labels", block_checksum(labels))
     if len(labels) and (labels.min() < 0 or labels.max() >= len(header.class_names)):
-        raise StoreError(f"{printable(path)}: labels outside its {len(header.class_names)} classes (a damaged "
-                         f"or crafted file); run `cnnfeat extract` on its data again to rebuild it")
+        raise StoreError(
+            f"{printable(path)}: labels outside its {len(header.class_names)} classes (a damaged "
+            f"or crafted file); run `cnnfeat extract` on its data again to rebuild it"
+        )
     X = CheckedRows(path, h5["features"], header.checksums)
     if not lazy:
         X = X[:]  # read a few MB at a time, each block checked
     return Features(
-        path=path, X=X, y=labels, class_names=header.class_names, paths=_checked_strings(path, header, h5, "paths"),
-        splits=_checked_strings(path, header, h5, "splits"), fingerprint=header.fingerprint, config=header.config,
-        versions=header.versions, data_root=header.data_root, dataset=header.dataset,
+        path=path,
+        X=X,
+        y=labels,
+        class_names=header.class_names,
+        paths=_checked_strings(path, header, h5, "paths"),
+        splits=_checked_strings(path, header, h5, "splits"),
+        fingerprint=header.fingerprint,
+        config=header.config,
+        versions=header.versions,
+        data_root=header.data_root,
+        dataset=header.dataset,
         skipped=list(zip(*(_checked_strings(path, header, h5, f"skipped/{name}") for name in ("paths", "reasons")))),
         weights_source=header.weights_source,
     )
@@ -293,8 +317,10 @@ def _checked_strings(path: Path, header: Header, h5, name: str) -> np.ndarray:
 
 def _check_column(path: Path, header: Header, name: str, checksum: int) -> None:
     if name in header.columns and header.columns[name] != checksum:
-        raise StoreError(f"{printable(path)}: its {name} column does not match its checksum (the file was damaged "
-                         f"on disk); run `cnnfeat extract` on its data again: it rewrites the columns")
+        raise StoreError(
+            f"{printable(path)}: its {name} column does not match its checksum (the file was damaged "
+            f"on disk); run `cnnfeat extract` on its data again: it rewrites the columns"
+        )
 
 
 def _skipped_of(h5) -> list[tuple[str, str]]:
@@ -328,8 +354,9 @@ def place_store_rows(placement: Placement, path: Path, expected_fingerprint: str
                     end = min(rows, start + COPY_ROWS)
                     reasons = _strings(group["reasons"], start, end) if kind == SKIPPED else [""] * (end - start)
                     identities = np.stack([group["file_size"][start:end], group["file_mtime_ns"][start:end]], axis=1)
-                    dropped += placement.put_paths(_strings(group["paths"], start, end), identities,
-                                                   np.arange(start, end), reasons, IN_STORE)
+                    dropped += placement.put_paths(
+                        _strings(group["paths"], start, end), identities, np.arange(start, end), reasons, IN_STORE
+                    )
             return dropped
     except DAMAGED_OR_FOREIGN:
         return None
@@ -341,12 +368,14 @@ class VectorReader:
     neighbouring rows. Rows of the old store are checked against their checksums as they are read,
     so a damaged vector is never copied into the new store under a fresh checksum."""
 
-    def __init__(self, dim: int, store: Path | None = None, journal: Path | None = None,
-                 memory: np.ndarray | None = None):
+    def __init__(
+        self, dim: int, store: Path | None = None, journal: Path | None = None, memory: np.ndarray | None = None
+    ):
         self.dim, self.store, self.journal, self.memory = dim, store, journal, memory
 
     def __enter__(self):
         import h5py
+
         self._h5 = h5py.File(self.store, "r") if self.store else None
         if self._h5 is not None:  # a store from before checksums is copied as it is, then has them
             self._rows = CheckedRows(self.store, self._h5["features"], _checksums_of(self._h5))
@@ -361,8 +390,11 @@ class VectorReader:
     def read(self, kinds: np.ndarray, locators: np.ndarray) -> np.ndarray:
         """The vectors of rows placed as `kinds` at `locators` (a Placement's columns)."""
         out = np.empty((len(kinds), self.dim), np.float32)
-        for kind, read in ((IN_STORE, self._store_rows), (IN_MEMORY, self._memory_rows),
-                           (IN_JOURNAL, self._journal_offsets)):
+        for kind, read in (
+            (IN_STORE, self._store_rows),
+            (IN_MEMORY, self._memory_rows),
+            (IN_JOURNAL, self._journal_offsets),
+        ):
             ks = np.flatnonzero(kinds == kind)
             if len(ks):
                 out[ks] = read(locators[ks].tolist())
@@ -395,9 +427,12 @@ def store_matches(path: Path, fp: str, images, identities, storage: Storage = St
 
 def _same_header(path: Path, header: Header, fp: str, images, storage: Storage) -> bool:
     """These settings, images and classes, checksums, and the compression asked for (another: rewrite)."""
-    return (_same_settings(header, fp, str(images.root)) and header.checksums is not None
-            and header.class_names == images.class_names
-            and storage.resolved(path).compression == header.storage.compression)
+    return (
+        _same_settings(header, fp, str(images.root))
+        and header.checksums is not None
+        and header.class_names == images.class_names
+        and storage.resolved(path).compression == header.storage.compression
+    )
 
 
 def _same_rows(h5, images, identities) -> bool:
@@ -406,8 +441,10 @@ def _same_rows(h5, images, identities) -> bool:
     if h5["paths"].shape[0] + len(skipped) != len(images.paths):
         return False
     return _same_good_rows(h5, images, identities, skipped) and all(
-        skipped[p] == (label, split, tuple(identity)) for p, label, split, identity
-        in zip(images.paths, images.labels, images.splits, identities) if p in skipped)
+        skipped[p] == (label, split, tuple(identity))
+        for p, label, split, identity in zip(images.paths, images.labels, images.splits, identities)
+        if p in skipped
+    )
 
 
 def _same_good_rows(h5, images, identities, skipped: dict) -> bool:
@@ -431,14 +468,26 @@ def store_damage(path: Path) -> np.ndarray:
 
 def _row_facts(group, start: int, end: int | None):
     """(label, split, (size, mtime)) of the group's rows start..end, as Python values."""
-    return zip(group["labels"][start:end].tolist(), _strings(group["splits"], start, end),
-               zip(group["file_size"][start:end].tolist(), group["file_mtime_ns"][start:end].tolist()))
+    return zip(
+        group["labels"][start:end].tolist(),
+        _strings(group["splits"], start, end),
+        zip(group["file_size"][start:end].tolist(), group["file_mtime_ns"][start:end].tolist()),
+    )
 
 
 # -- writing ---------------------------------------------------------------------------------------
 
-def write_store(path: Path, images, identities: np.ndarray, placement: Placement, dim: int, attrs: dict,
-                reader: VectorReader | None = None, storage: Storage = Storage()) -> tuple[int, int]:
+
+def write_store(
+    path: Path,
+    images,
+    identities: np.ndarray,
+    placement: Placement,
+    dim: int,
+    attrs: dict,
+    reader: VectorReader | None = None,
+    storage: Storage = Storage(),
+) -> tuple[int, int]:
     """Write the complete store for `images` (every one placed: a vector or a reason) atomically,
     COPY_ROWS rows at a time, each chunk's checksum beside it; (good, skipped). The space it needs
     is reserved first: a full disk or a file-size limit is one error before HDF5 writes a byte
@@ -458,8 +507,9 @@ def write_store(path: Path, images, identities: np.ndarray, placement: Placement
             _write_vectors(h5, vectors, placement, good, storage)
             columns = _write_columns(h5, images, identities, good)
             skipped = h5.create_group("skipped")
-            columns.update({f"skipped/{name}": crc for name, crc in _write_columns(skipped, images, identities,
-                                                                                  bad).items()})
+            columns.update(
+                {f"skipped/{name}": crc for name, crc in _write_columns(skipped, images, identities, bad).items()}
+            )
             columns["skipped/reasons"] = _write_strings(skipped, "reasons", reasons)
             h5.attrs["sealed"] = json.dumps({"attributes": attributes_checksum(h5.attrs), "columns": columns})
             h5.attrs["complete"] = True  # last: a file without it is never read as a store
@@ -473,9 +523,9 @@ def _write_vectors(h5, vectors: VectorReader, placement: Placement, good: np.nda
     checksums = h5.create_dataset("checksums", shape=(-(-len(good) // COPY_ROWS),), dtype=np.uint32)
     h5.attrs["checksum_rows"] = COPY_ROWS
     for start in range(0, len(good), COPY_ROWS):
-        part = good[start:start + COPY_ROWS]
+        part = good[start : start + COPY_ROWS]
         block = vectors.read(placement.kind[part], placement.locator[part]).astype(storage.dtype)
-        features[start:start + len(part)] = block
+        features[start : start + len(part)] = block
         checksums[start // COPY_ROWS] = block_checksum(block)
 
 
@@ -516,17 +566,23 @@ def _reserve(tmp: Path, size: int, path: Path) -> None:
         finally:
             os.close(fd)
     except OSError as error:
-        raise OutputError(f"cannot write {printable(path)}: {describe_os_error(error)}; it needs up to "
-                          f"{size / 2**20:,.0f} MiB") from None
+        raise OutputError(
+            f"cannot write {printable(path)}: {describe_os_error(error)}; it needs up to {size / 2**20:,.0f} MiB"
+        ) from None
 
 
 def _write_columns(group, images, identities: np.ndarray, rows: np.ndarray) -> dict:
     """Paths, splits, labels and file identities of `rows` (strings COPY_ROWS at a time: h5py
     makes an object per string it writes); each column's checksum."""
-    columns = {name: _write_strings(group, name, (column[i] for i in rows.tolist()), len(rows))
-               for name, column in (("paths", images.paths), ("splits", images.splits))}
-    numbers = {"labels": np.asarray(images.labels, dtype=np.int64)[rows],
-               "file_size": identities[rows, 0].astype(np.int64), "file_mtime_ns": identities[rows, 1].astype(np.int64)}
+    columns = {
+        name: _write_strings(group, name, (column[i] for i in rows.tolist()), len(rows))
+        for name, column in (("paths", images.paths), ("splits", images.splits))
+    }
+    numbers = {
+        "labels": np.asarray(images.labels, dtype=np.int64)[rows],
+        "file_size": identities[rows, 0].astype(np.int64),
+        "file_mtime_ns": identities[rows, 1].astype(np.int64),
+    }
     for name, values in numbers.items():
         group.create_dataset(name, data=values)
         columns[name] = block_checksum(values)
@@ -545,6 +601,6 @@ def _write_strings(group, name: str, strings, count: int | None = None) -> int:
     strings, crc = iter(strings), 0
     for start in range(0, count, COPY_ROWS):
         part = [s.encode("utf-8", "surrogateescape") for s in islice(strings, COPY_ROWS)]
-        dataset[start:start + len(part)] = part
+        dataset[start : start + len(part)] = part
         crc = strings_checksum(part, crc)
     return crc

@@ -26,6 +26,7 @@ serving.batcher (the supervised model loop), serving.limits (the admission and b
 middlewares), serving.routes (the endpoints). This module wires them (`create_app`), takes the
 port (`listen`) and runs the server (`serve`).
 """
+
 import asyncio
 import errno
 import socket
@@ -47,13 +48,19 @@ def create_app(predictor, settings: ServeSettings | None = None, batcher: Batche
 
     settings = settings or ServeSettings()
     docs = settings.docs  # off by default: Swagger's pages load their scripts from a CDN
-    app = FastAPI(title="cnnfeat", lifespan=_lifespan, docs_url="/docs" if docs else None,
-                  redoc_url="/redoc" if docs else None, openapi_url="/openapi.json" if docs else None)
+    app = FastAPI(
+        title="cnnfeat",
+        lifespan=_lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     app.add_api_route("/health", routes.health, methods=["GET"])
     app.add_api_route("/model", routes.model, methods=["GET"])
     app.add_api_route("/predict", routes.predict, methods=["POST"])
-    served = routes.Served(predictor, settings, batcher or Batcher(predictor.predict, settings),
-                           asyncio.Semaphore(settings.decode_threads))
+    served = routes.Served(
+        predictor, settings, batcher or Batcher(predictor.predict, settings), asyncio.Semaphore(settings.decode_threads)
+    )
     app.state.served = served
     served.admission = Admission(BodyLimit(app, settings), settings)
     return served.admission
@@ -82,16 +89,24 @@ def listen(host: str, port: int) -> socket.socket:
         sock.listen(2048)  # reserved from here on: clients that come while the model loads wait
     except OSError as error:
         sock.close()
-        why = {errno.EADDRINUSE: "the address is already in use (another server?): stop it, or choose another "
-                                 "--port (0: any free one)",
-               errno.EACCES: "permission denied (ports below 1024 need privileges)",
-               errno.EADDRNOTAVAIL: "not an address of this machine"}.get(error.errno, error.strerror)
+        why = {
+            errno.EADDRINUSE: "the address is already in use (another server?): stop it, or choose another "
+            "--port (0: any free one)",
+            errno.EACCES: "permission denied (ports below 1024 need privileges)",
+            errno.EADDRNOTAVAIL: "not an address of this machine",
+        }.get(error.errno, error.strerror)
         raise CnnfeatError(f"cannot listen on {host}:{port}: {why}") from None
     return sock
 
 
-def serve(model_path, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings | None = None,
-          device: str = "auto", log=print):
+def serve(
+    model_path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    settings: ServeSettings | None = None,
+    device: str = "auto",
+    log=print,
+):
     """Take the port, load the model (errors surface here, before the server starts), then serve
     until stopped."""
     from importlib.util import find_spec
@@ -109,7 +124,9 @@ def serve(model_path, host: str = "127.0.0.1", port: int = 8000, settings: Serve
         predictor = load_predictor(model_path, device)
         app = create_app(predictor, settings)
         where = f"[{host}]" if ":" in host else host
-        log(f"serving {model_path} ({len(predictor.classes)} classes, {predictor.info['engine']}) on "
+        log(
+            f"serving {model_path} ({len(predictor.classes)} classes, {predictor.info['engine']}) on "
             f"http://{where}:{sock.getsockname()[1]}  (POST /predict, GET /health, GET /model"
-            f"{', GET /docs' if settings.docs else ''}; Ctrl-C stops)")
+            f"{', GET /docs' if settings.docs else ''}; Ctrl-C stops)"
+        )
         uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])

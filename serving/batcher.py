@@ -5,6 +5,7 @@ A request waits at most `max_wait_ms` for others to share its batch; a batch clo
 `max_batch` images (a request is never split, so the last one in may carry it past). Requests
 queued while the model runs join the next batch. A request whose client hangs up is dropped from
 its batch."""
+
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
@@ -104,7 +105,7 @@ class Batcher:
         offset = 0
         for crops, future in items:
             if not future.done():  # done: its client left while the batch ran
-                future.set_result(probabilities[offset:offset + len(crops)])
+                future.set_result(probabilities[offset : offset + len(crops)])
             offset += len(crops)
 
     async def _gather(self, items):

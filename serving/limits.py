@@ -1,6 +1,7 @@
 """The ASGI middlewares that bound what `serve` holds, before a request reaches its endpoint: how
 many /predict requests are in the server at once (Admission), and how large a body may be
 (BodyLimit)."""
+
 import json
 
 from .settings import ServeSettings
@@ -24,9 +25,12 @@ class Admission:
         if scope["type"] != "http" or scope["path"] != "/predict":
             return await self.app(scope, receive, send)
         if self.active >= self.limit:
-            return await send_json(send, 503, {"error": f"server busy: {self.limit} requests in progress "
-                                                        f"(--max-queue); retry in {RETRY_AFTER_S} s"},
-                                   [(b"retry-after", str(RETRY_AFTER_S).encode())])
+            return await send_json(
+                send,
+                503,
+                {"error": f"server busy: {self.limit} requests in progress (--max-queue); retry in {RETRY_AFTER_S} s"},
+                [(b"retry-after", str(RETRY_AFTER_S).encode())],
+            )
         self.active += 1
         try:
             await self.app(scope, receive, send)
@@ -47,8 +51,11 @@ class BodyLimit:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             status = 413 if declared.isdigit() else 400
-            message = (f"request larger than {self.settings.max_request_mb:g} MB" if status == 413
-                       else "malformed Content-Length")
+            message = (
+                f"request larger than {self.settings.max_request_mb:g} MB"
+                if status == 413
+                else "malformed Content-Length"
+            )
             return await send_json(send, status, {"error": message})
         await self.app(scope, _limited(receive, self.limit), send)
 
@@ -71,7 +78,16 @@ def _limited(receive, limit: int):
 async def send_json(send, status: int, body: dict, headers: list = ()):
     """A whole JSON response from a middleware, closing the connection (its body may be unread)."""
     payload = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-                            (b"connection", b"close"), *headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                (b"connection", b"close"),
+                *headers,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})

@@ -4,6 +4,7 @@ A predictor turns an uploaded file's bytes into the uint8 crop its backbone expe
 run per image, in threads; decoding bounded by featurize.decode_upload) and a batch of
 crops into class probabilities (`predict`, run on batches the server gathers).
 """
+
 from __future__ import annotations
 
 import json
@@ -45,9 +46,14 @@ class JoblibPredictor(Predictor):
         self.embedder = embedder
         self.classes = [printable(c) for c in self.model.classes_.tolist()]  # JSON: names not UTF-8 escaped
         config = self.model.feature_config or {}
-        self.info = {"format": "joblib", "classes": self.classes, "backbone": config.get("backbone"),
-                     "engine": embedder.engine, "feature_fingerprint": self.model.feature_fingerprint,
-                     "model": without_paths(model_record(path))}
+        self.info = {
+            "format": "joblib",
+            "classes": self.classes,
+            "backbone": config.get("backbone"),
+            "engine": embedder.engine,
+            "feature_fingerprint": self.model.feature_fingerprint,
+            "model": without_paths(model_record(path)),
+        }
 
     def predict(self, crops):
         return self.model.pipeline_.predict_proba(self.embedder.embed(crops))
@@ -65,13 +71,20 @@ class OnnxPredictor(Predictor):
             self.classes = [printable(c) for c in json.loads(meta["class_names"])]
             prep = json.loads(meta["preprocessing"])
         except Exception as error:  # noqa: BLE001  (onnxruntime's own kinds, or a graph without our metadata)
-            raise CnnfeatError(f"--model {path}: not a model.onnx written by `cnnfeat export` "
-                               f"({type(error).__name__}: {error})") from None
-        super().__init__(crop_transform(prep["resize_size"], prep["crop_size"], prep["interpolation"]),
-                         prep["resize_size"])
-        self.info = {"format": "onnx", "classes": self.classes, "backbone": meta.get("backbone"),
-                     "engine": "onnxruntime", "feature_fingerprint": meta.get("feature_fingerprint"),
-                     "model": without_paths(json.loads(meta.get("model_info", "{}")))}
+            raise CnnfeatError(
+                f"--model {path}: not a model.onnx written by `cnnfeat export` ({type(error).__name__}: {error})"
+            ) from None
+        super().__init__(
+            crop_transform(prep["resize_size"], prep["crop_size"], prep["interpolation"]), prep["resize_size"]
+        )
+        self.info = {
+            "format": "onnx",
+            "classes": self.classes,
+            "backbone": meta.get("backbone"),
+            "engine": "onnxruntime",
+            "feature_fingerprint": meta.get("feature_fingerprint"),
+            "model": without_paths(json.loads(meta.get("model_info", "{}"))),
+        }
 
     def predict(self, crops):
         return self.session.run(["probabilities"], {"images": np.ascontiguousarray(crops)})[0]

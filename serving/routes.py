@@ -1,5 +1,6 @@
 """The endpoints of `serve`: GET /health, GET /model and POST /predict. Each finds what it shares
 with the others in the app's state (`Served`); serving.app wires them to their paths."""
+
 import asyncio
 from dataclasses import asdict, dataclass
 
@@ -42,9 +43,15 @@ def error(status: int, message: str, close: bool = False) -> JSONResponse:
 async def health(request: Request):
     state = served(request)
     batcher, alive = state.batcher, state.batcher.alive
-    body = {"status": "ok" if alive else "down", "model_loop": "running" if alive else "stopped",
-            "batches": batcher.batches, "images": batcher.images, "failed_batches": batcher.failed_batches,
-            "restarts": batcher.restarts, "in_progress": state.admission.active if state.admission else 0}
+    body = {
+        "status": "ok" if alive else "down",
+        "model_loop": "running" if alive else "stopped",
+        "batches": batcher.batches,
+        "images": batcher.images,
+        "failed_batches": batcher.failed_batches,
+        "restarts": batcher.restarts,
+        "in_progress": state.admission.active if state.admission else 0,
+    }
     if not alive:
         body["error"] = batcher.stopped or "the model loop is not running"
     return JSONResponse(body, status_code=200 if alive else 503)
@@ -76,8 +83,10 @@ def _predictions(uploads, crops: list, probabilities, classes) -> JSONResponse:
     """The answer: an entry per upload, in order (its probabilities, or why it could not be used);
     422 when no upload could be used."""
     names = [getattr(upload, "filename", None) for upload in uploads]
-    results = [_entry(name, crop if isinstance(crop, str) else next(probabilities), classes)
-               for name, crop in zip(names, crops)]
+    results = [
+        _entry(name, crop if isinstance(crop, str) else next(probabilities), classes)
+        for name, crop in zip(names, crops)
+    ]
     usable = not all(isinstance(crop, str) for crop in crops)
     return JSONResponse({"predictions": results}, status_code=200 if usable else 422)
 
@@ -92,8 +101,11 @@ async def _uploads(request: Request, settings: ServeSettings):
         return error(400, f"could not read the multipart body: {getattr(failure, 'detail', failure)}")
     uploads = form.getlist(FIELD)
     if not uploads:
-        return error(400, f"no field '{FIELD}' (got: {', '.join(sorted(set(form.keys()))) or 'none'}); "
-                          f"send one or more files as multipart field '{FIELD}'")
+        return error(
+            400,
+            f"no field '{FIELD}' (got: {', '.join(sorted(set(form.keys()))) or 'none'}); "
+            f"send one or more files as multipart field '{FIELD}'",
+        )
     return uploads
 
 
@@ -149,5 +161,9 @@ def _entry(name, outcome, classes) -> dict:
     if isinstance(outcome, str):
         return {"filename": name, "error": outcome}
     best = int(np.argmax(outcome))
-    return {"filename": name, "class": classes[best], "probability": float(outcome[best]),
-            "probabilities": {c: float(p) for c, p in zip(classes, outcome)}}
+    return {
+        "filename": name,
+        "class": classes[best],
+        "probability": float(outcome[best]),
+        "probabilities": {c: float(p) for c, p in zip(classes, outcome)},
+    }

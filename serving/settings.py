@@ -1,4 +1,5 @@
 """What `serve` is told: its batching and its limits (the options of `cnnfeat serve`)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """Shared fixtures: generated images, the hymenoptera data beside the repository, one real extraction."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +17,9 @@ def write_image(path: Path, seed: int, size=(96, 72), mode="RGB", fmt=None, tint
     rng = np.random.default_rng(seed)
     h, w = size[1], size[0]
     yy, xx = np.mgrid[0:h, 0:w]
-    channels = [np.sin(xx / (3 + rng.random() * 9) + rng.random() * 6) * np.cos(yy / (3 + rng.random() * 9))
-                for _ in range(3)]
+    channels = [
+        np.sin(xx / (3 + rng.random() * 9) + rng.random() * 6) * np.cos(yy / (3 + rng.random() * 9)) for _ in range(3)
+    ]
     pixels = ((np.stack(channels, -1) + 1) * 127.5 * np.asarray(tint)).astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels, "RGB").convert(mode).save(path, format=fmt)
@@ -95,13 +97,20 @@ def generated_store(folder: Path, rows: int, dim: int = 8, classes: int = 7):
     from featurize.placement import IN_MEMORY, Placement
     from featurize.store import VectorReader, write_store
 
-    images = ImageList(root=folder, name="scale-00000000", layout="class-folders",
-                       class_names=[f"class{c}" for c in range(classes)])
+    images = ImageList(
+        root=folder, name="scale-00000000", layout="class-folders", class_names=[f"class{c}" for c in range(classes)]
+    )
     for i in range(rows):
         images.add(f"class{i % classes}/{i:06d}.jpg", i % classes, "val" if i % 5 == 0 else "train")
     config = {"backbone": "generated", "feature_dim": dim}
-    attrs = {"fingerprint": fingerprint(config), "config": json.dumps(config), "versions": "{}",
-             "class_names": json.dumps(images.class_names), "data_root": str(folder), "dataset": images.name}
+    attrs = {
+        "fingerprint": fingerprint(config),
+        "config": json.dumps(config),
+        "versions": "{}",
+        "class_names": json.dumps(images.class_names),
+        "data_root": str(folder),
+        "dataset": images.name,
+    }
     identities = np.stack([np.arange(rows), np.arange(rows)], axis=1)
     X = np.random.default_rng(0).random((rows, dim), dtype=np.float32)
     X[np.arange(rows), np.arange(rows) % classes % dim] += 1  # something to learn

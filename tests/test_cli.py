@@ -1,4 +1,5 @@
 """The CLI through click's CliRunner: user errors end in one line and exit 1, never a traceback."""
+
 import re
 import subprocess
 import sys
@@ -36,8 +37,9 @@ def cli_process(*args, file_size=None, timeout=300):
 
     command = [os.fsencode(sys.executable), os.fsencode(REPO / "cli.py")]
     command += [arg if isinstance(arg, bytes) else os.fsencode(str(arg)) for arg in args]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, timeout=timeout,
-                          preexec_fn=limit if file_size else None)
+    done = subprocess.run(
+        command, cwd=REPO, capture_output=True, timeout=timeout, preexec_fn=limit if file_size else None
+    )
     return done.returncode, done.stdout.decode("utf-8") + done.stderr.decode("utf-8")
 
 
@@ -53,35 +55,78 @@ def assert_ends_in_one_error_line(code, said, *fragments):
 def test_help_does_not_import_torch():
     """Nor scikit-learn: the choices --help shows come from experiments.choices (tests/experiments/test_choices.py
     pins them to the registries)."""
-    code = ("import sys, cli; sys.argv = ['cnnfeat', '--help']\ntry: cli.main()\nexcept SystemExit: pass\n"
-            "print('torch' in sys.modules, 'sklearn' in sys.modules)")
+    code = (
+        "import sys, cli; sys.argv = ['cnnfeat', '--help']\ntry: cli.main()\nexcept SystemExit: pass\n"
+        "print('torch' in sys.modules, 'sklearn' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert "Commands:" in out and out.strip().endswith("False False"), out
 
 
 def test_extract_then_up_to_date(class_folders, tmp_path):
-    first = run("extract", "--data", class_folders, "--out", tmp_path, "--backbone", "resnet18",
-                "--weights", "random", "--workers", "0", "--quiet")
+    first = run(
+        "extract",
+        "--data",
+        class_folders,
+        "--out",
+        tmp_path,
+        "--backbone",
+        "resnet18",
+        "--weights",
+        "random",
+        "--workers",
+        "0",
+        "--quiet",
+    )
     assert first.exit_code == 0, first.output
     assert "7 images: 7 extracted" in first.output and re.search(r"pets-[0-9a-f]{8}-resnet18-random\.h5", first.output)
     again = run("extract", "--data", class_folders, "--out", tmp_path, "--backbone", "resnet18", "--weights", "random")
     assert "up to date: 7 images, nothing to extract" in again.output
-    half = run("extract", "--data", class_folders, "--out", tmp_path, "--backbone", "resnet18", "--weights", "random",
-               "--workers", "0", "--quiet", "--dtype", "float16", "--compression", "lzf")
+    half = run(
+        "extract",
+        "--data",
+        class_folders,
+        "--out",
+        tmp_path,
+        "--backbone",
+        "resnet18",
+        "--weights",
+        "random",
+        "--workers",
+        "0",
+        "--quiet",
+        "--dtype",
+        "float16",
+        "--compression",
+        "lzf",
+    )
     assert "7 images: 7 extracted" in half.output and "resnet18-random-float16.h5" in half.output
 
 
 def test_unreadable_images_named_exit_0_unless_strict(class_folders, tmp_path):
     (class_folders / "cats" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
-    args = ["extract", "--data", class_folders, "--out", tmp_path, "--backbone", "resnet18", "--weights", "random",
-            "--workers", "0", "--quiet"]
+    args = [
+        "extract",
+        "--data",
+        class_folders,
+        "--out",
+        tmp_path,
+        "--backbone",
+        "resnet18",
+        "--weights",
+        "random",
+        "--workers",
+        "0",
+        "--quiet",
+    ]
     result = run(*args)
     assert result.exit_code == 0 and "skipped cats/broken.jpg:" in result.output and "1 unreadable" in result.output
     assert_one_line_error(run(*args, "--strict"), "--strict: 1 unreadable images", "cats/broken.jpg")
 
 
-@pytest.mark.parametrize("case", ["missing folder", "empty folder", "unknown backbone", "missing weights file",
-                                  "no cuda"])
+@pytest.mark.parametrize(
+    "case", ["missing folder", "empty folder", "unknown backbone", "missing weights file", "no cuda"]
+)
 def test_user_errors_are_one_line(class_folders, tmp_path, case):
     (tmp_path / "empty").mkdir()
     args, fragments = {
@@ -112,6 +157,7 @@ class _MakesAFolder:
 
     def __reduce__(self):  # a function of a module torch's safe loader blocks outright (posix)
         import os
+
         return (os.mkdir, (self.target,))
 
 
@@ -120,13 +166,37 @@ def test_a_pickle_torch_blocks_is_named_with_the_flag_that_would_run_it(class_fo
     looked for 'Unsupported global': the user got torch's paragraph and no --trust-pickle."""
     target = tmp_path / "made-by-the-pickle"
     torch.save({"state_dict": _MakesAFolder(target)}, tmp_path / "blocked.pth")
-    result = run("extract", "--data", class_folders, "--out", tmp_path / "out", "--backbone", "resnet18",
-                 "--weights", tmp_path / "blocked.pth", "--workers", "0", "--quiet")
+    result = run(
+        "extract",
+        "--data",
+        class_folders,
+        "--out",
+        tmp_path / "out",
+        "--backbone",
+        "resnet18",
+        "--weights",
+        tmp_path / "blocked.pth",
+        "--workers",
+        "0",
+        "--quiet",
+    )
     assert_one_line_error(result, "holds pickled Python objects (posix.mkdir)", "runs code", "--trust-pickle")
     assert "Weights only load failed" not in result.output and not target.exists()
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint" * 8)
-    junk = run("extract", "--data", class_folders, "--out", tmp_path / "out", "--backbone", "resnet18",
-               "--weights", tmp_path / "junk.pth", "--workers", "0", "--quiet")
+    junk = run(
+        "extract",
+        "--data",
+        class_folders,
+        "--out",
+        tmp_path / "out",
+        "--backbone",
+        "resnet18",
+        "--weights",
+        tmp_path / "junk.pth",
+        "--workers",
+        "0",
+        "--quiet",
+    )
     assert_one_line_error(junk, "not a readable torch checkpoint")
     assert "--trust-pickle" not in junk.output and "weights_only" not in junk.output
 
@@ -158,8 +228,20 @@ class _CreatesAFile:
 def test_a_hostile_weights_file_is_refused_without_running_it(class_folders, tmp_path):
     target = tmp_path / "created-by-the-pickle"
     torch.save({"state_dict": _CreatesAFile(target)}, tmp_path / "hostile.pth")
-    args = ["extract", "--data", class_folders, "--out", tmp_path / "out", "--backbone", "resnet18",
-            "--weights", tmp_path / "hostile.pth", "--workers", "0", "--quiet"]
+    args = [
+        "extract",
+        "--data",
+        class_folders,
+        "--out",
+        tmp_path / "out",
+        "--backbone",
+        "resnet18",
+        "--weights",
+        tmp_path / "hostile.pth",
+        "--workers",
+        "0",
+        "--quiet",
+    ]
     assert_one_line_error(run(*args), "runs code from the file; refusing", "--trust-pickle")
     assert not target.exists()
     trusted = run(*args, "--trust-pickle")  # the opt-in is what lets it run: it does, then fits nothing
@@ -172,8 +254,19 @@ def test_a_plain_rerun_keeps_the_files_compression(class_folders, tmp_path):
     unchanged folder is up to date (no rewrite), a new image is the only one extracted."""
     import h5py
 
-    common = ("--data", class_folders, "--out", tmp_path, "--backbone", "resnet18", "--weights", "random",
-              "--workers", "0", "--quiet")
+    common = (
+        "--data",
+        class_folders,
+        "--out",
+        tmp_path,
+        "--backbone",
+        "resnet18",
+        "--weights",
+        "random",
+        "--workers",
+        "0",
+        "--quiet",
+    )
     first = run("extract", *common, "--compression", "gzip")
     store = next((tmp_path / "features").glob("*.h5"))
     written = store.stat().st_ino

@@ -2,6 +2,7 @@
 decoding workers, a second compare into the same folder. Each command, run as a user runs it (its
 own process, its real limit or file system), ends in one `Error:` line naming the path and the
 cause, having lost nothing: no traceback, no crash, no hang, no half-written file."""
+
 import csv
 import shutil
 import subprocess
@@ -45,8 +46,9 @@ def test_a_file_size_limit_while_the_store_is_rewritten(images, tmp_path):
     before = load_features(store)
     write_image(images / "a" / "new.png", seed=99)  # one more image: the journal is small, the rewrite is not
     code, said = cli_process(*args, file_size=64 << 10)
-    assert_ends_in_one_error_line(code, said, f"cannot write {store}", "File too large", "ulimit -f",
-                          f"kept in {store.name}.partial")
+    assert_ends_in_one_error_line(
+        code, said, f"cannot write {store}", "File too large", "ulimit -f", f"kept in {store.name}.partial"
+    )
     np.testing.assert_array_equal(load_features(store).X, before.X)  # the old store is whole
     assert sorted(p.name for p in store.parent.iterdir()) == [store.name, store.name + ".partial"]
     code, said = cli_process(*args)
@@ -66,8 +68,20 @@ def _report_files_are_whole(report):
 def test_a_file_size_limit_while_compare_writes_its_report(tmp_path):
     """Fault 9: a truncated predictions/...csv beside a complete report, and exit 0 or a traceback."""
     store = generated_store(tmp_path, 3000, dim=8, classes=3)[0]
-    args = ["compare", "--features", store, "--out", tmp_path / "out", "--clf", "logreg", "--ensemble", "none",
-            "--cv", "2", "--quiet"]
+    args = [
+        "compare",
+        "--features",
+        store,
+        "--out",
+        tmp_path / "out",
+        "--clf",
+        "logreg",
+        "--ensemble",
+        "none",
+        "--cv",
+        "2",
+        "--quiet",
+    ]
     code, said = cli_process(*args, file_size=12 << 10)  # the model fits; the 600-row predictions file does not
     assert_ends_in_one_error_line(code, said, "cannot write", "File too large")
     _report_files_are_whole(tmp_path / "out" / "reports")
@@ -108,8 +122,9 @@ def namespaces():
 
 def in_namespace(script: str, timeout=600) -> subprocess.CompletedProcess:
     """`script` (bash) as root of a new user and mount namespace: its mounts vanish when it ends."""
-    return subprocess.run(["unshare", "-rm", "bash", "-c", script], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        ["unshare", "-rm", "bash", "-c", script], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_a_full_disk_ends_in_one_line_and_a_rerun_with_space_finishes(images, tmp_path, namespaces):
@@ -128,8 +143,13 @@ print(len(load_features(glob.glob('{disk}/features/*.h5')[0]).paths))" > {logs}/
     """)
     assert done.returncode == 0, done.stderr
     said = (logs / "full.log").read_text()
-    assert_ends_in_one_error_line(int((logs / "full.code").read_text()), said, "cannot write", "No space left on device",
-                          ".partial: run the same command again to resume")
+    assert_ends_in_one_error_line(
+        int((logs / "full.code").read_text()),
+        said,
+        "cannot write",
+        "No space left on device",
+        ".partial: run the same command again to resume",
+    )
     said = (logs / "room.log").read_text()
     assert (logs / "room.code").read_text().strip() == "0" and "resuming: 64 images" in said, said
     assert (logs / "rows.txt").read_text().strip() == "64"
@@ -151,14 +171,17 @@ def test_a_read_only_out_is_found_before_any_work(tinted_store, tmp_path, namesp
         "export": f"export --model {model} --out {readonly}/onnx",
         "explain": f"explain --model {model} --out {readonly}/why {data}/val",
     }
-    runs = "\n".join(f"{sys.executable} cli.py {args} > {logs}/{name}.log 2>&1; echo $? > {logs}/{name}.code"
-                     for name, args in commands.items())
+    runs = "\n".join(
+        f"{sys.executable} cli.py {args} > {logs}/{name}.log 2>&1; echo $? > {logs}/{name}.code"
+        for name, args in commands.items()
+    )
     done = in_namespace(f"mount -t tmpfs -o ro tmpfs {readonly}\n{runs}")
     assert done.returncode == 0, done.stderr
     for name in commands:
         said = (logs / f"{name}.log").read_text()
-        assert_ends_in_one_error_line(int((logs / f"{name}.code").read_text()), said, str(readonly),
-                              "Read-only file system")
+        assert_ends_in_one_error_line(
+            int((logs / f"{name}.code").read_text()), said, str(readonly), "Read-only file system"
+        )
         assert "search" not in said and "extract" not in said.lower().replace("cnnfeat extract", ""), said
 
 
@@ -166,8 +189,13 @@ def test_one_compare_per_report_folder(tinted_store, tmp_path):
     """Fault 8: two compares into one --out both exit 0, the knn row of one and the knn model of the other."""
     out = tmp_path / "out"
     args = ["compare", "--features", tinted_store, "--out", out, "--clf", "rf,knn", "--quiet"]
-    first = subprocess.Popen([sys.executable, str(REPO / "cli.py"), *map(str, args)], cwd=REPO,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(
+        [sys.executable, str(REPO / "cli.py"), *map(str, args)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lock = out / "reports" / f"{tinted_store.stem}.lock"
     deadline = time.monotonic() + 120
     while not lock.exists() and first.poll() is None and time.monotonic() < deadline:
@@ -193,26 +221,42 @@ def test_workers_with_a_small_dev_shm_end_the_run_in_one_line(images, tmp_path, 
     """Fault 2 as a container meets it: /dev/shm of 1 MiB (Docker's is 64 MB), batches of 4.8 MB."""
     logs = tmp_path / "logs"
     logs.mkdir()
-    command = (f"{sys.executable} cli.py extract --data {images} --out {tmp_path / 'out'} {' '.join(RANDOM)} "
-               f"--batch-size 32 --quiet")
+    command = (
+        f"{sys.executable} cli.py extract --data {images} --out {tmp_path / 'out'} {' '.join(RANDOM)} "
+        f"--batch-size 32 --quiet"
+    )
     done = in_namespace(f"""
         mount -t tmpfs -o size=1m tmpfs /dev/shm
         timeout 120 {command} --workers 1 > {logs}/shm.log 2>&1; echo $? > {logs}/shm.code
         timeout 120 {command} --workers 0 > {logs}/zero.log 2>&1; echo $? > {logs}/zero.code
     """)
     assert done.returncode == 0, done.stderr
-    assert_ends_in_one_error_line(int((logs / "shm.code").read_text()), (logs / "shm.log").read_text(),
-                                  "a decoding worker failed", "--workers 0", "shared memory")
+    assert_ends_in_one_error_line(
+        int((logs / "shm.code").read_text()),
+        (logs / "shm.log").read_text(),
+        "a decoding worker failed",
+        "--workers 0",
+        "shared memory",
+    )
     said = (logs / "zero.log").read_text()
     assert (logs / "zero.code").read_text().strip() == "0" and "64 images: 64 extracted" in said, said
 
 
-@pytest.mark.parametrize("rows,dim,dtype,compression,skipped,reason", [
-    (1, 8, "float32", None, 0, 0), (0, 8, "float32", None, 3, 20), (205, 1280, "float32", None, 0, 0),
-    (206, 1280, "float16", None, 0, 0), (205, 1280, "float32", "gzip", 0, 0), (10, 1280, "float32", None, 5000, 1000),
-    (1025, 1280, "float16", "lzf", 7, 300)])
-def test_the_space_reserved_for_a_store_is_never_less_than_it_takes(tmp_path, rows, dim, dtype, compression,
-                                                                      skipped, reason):
+@pytest.mark.parametrize(
+    "rows,dim,dtype,compression,skipped,reason",
+    [
+        (1, 8, "float32", None, 0, 0),
+        (0, 8, "float32", None, 3, 20),
+        (205, 1280, "float32", None, 0, 0),
+        (206, 1280, "float16", None, 0, 0),
+        (205, 1280, "float32", "gzip", 0, 0),
+        (10, 1280, "float32", None, 5000, 1000),
+        (1025, 1280, "float16", "lzf", 7, 300),
+    ],
+)
+def test_the_space_reserved_for_a_store_is_never_less_than_it_takes(
+    tmp_path, rows, dim, dtype, compression, skipped, reason
+):
     """Fault 10: HDF5 crashes the process when it cannot write a file it is closing, so the bound the
     store reserves first must hold for every shape: a last chunk allocated whole, long reasons of
     skipped images, long names that are not ASCII, attributes."""
@@ -230,15 +274,18 @@ def test_the_space_reserved_for_a_store_is_never_less_than_it_takes(tmp_path, ro
     storage, attrs = Storage(dtype, compression), {"fingerprint": "x", "config": "{" + "x" * 3000 + "}"}
     X = np.random.default_rng(0).random((total, dim), dtype=np.float32)
     store = tmp_path / "s.h5"
-    write_store(store, images, np.ones((total, 2), np.int64), placement, dim, attrs, VectorReader(dim, memory=X),
-                storage)
+    write_store(
+        store, images, np.ones((total, 2), np.int64), placement, dim, attrs, VectorReader(dim, memory=X), storage
+    )
     assert store.stat().st_size <= size_bound(images, rows, dim, storage, [r for r in reasons if r], attrs)
 
 
 def _file_size_limit(size: int):
     def limit():
         import resource
+
         resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
     return limit
 
 
@@ -247,13 +294,22 @@ def test_a_file_size_limit_between_the_store_and_its_bound_stops_before_hdf5_wri
     stops the write, with an OutputError, before HDF5 starts (never a crash)."""
     size = generated_store(tmp_path, 3000, dim=64)[0].stat().st_size
     (tmp_path / "again").mkdir()
-    script = (f"import sys; sys.path.insert(0, {str(REPO)!r}); from pathlib import Path; "
-              f"from tests.conftest import generated_store; generated_store(Path({str(tmp_path / 'again')!r}), 3000, "
-              f"dim=64)")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          preexec_fn=_file_size_limit(size + 4096))
-    assert done.returncode == 1 and "OutputError: cannot write" in done.stderr and "needs up to" in done.stderr, \
-        (done.returncode, done.stderr[-2000:])
+    script = (
+        f"import sys; sys.path.insert(0, {str(REPO)!r}); from pathlib import Path; "
+        f"from tests.conftest import generated_store; generated_store(Path({str(tmp_path / 'again')!r}), 3000, "
+        f"dim=64)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_file_size_limit(size + 4096),
+    )
+    assert done.returncode == 1 and "OutputError: cannot write" in done.stderr and "needs up to" in done.stderr, (
+        done.returncode,
+        done.stderr[-2000:],
+    )
     assert list((tmp_path / "again").iterdir()) == []
 
 
@@ -275,8 +331,9 @@ def test_a_full_disk_while_compare_rewrites_its_report_leaves_the_previous_one_w
     disk, logs = tmp_path / "disk", tmp_path / "logs"
     disk.mkdir()
     logs.mkdir()
-    command = (f"{sys.executable} cli.py compare --features {store} --out {disk} --clf logreg,knn --ensemble none "
-               f"--quiet")
+    command = (
+        f"{sys.executable} cli.py compare --features {store} --out {disk} --clf logreg,knn --ensemble none --quiet"
+    )
     files = f"$(cd {disk}/reports && find . -type f -not -path './*/models/*' | sort)"
     done = in_namespace(f"""
         mount -t tmpfs -o size=16m tmpfs {disk}
@@ -289,8 +346,12 @@ def test_a_full_disk_while_compare_rewrites_its_report_leaves_the_previous_one_w
     """)
     assert done.returncode == 0, done.stderr
     assert (logs / "room.code").read_text().strip() == "0", (logs / "room.log").read_text()
-    assert_ends_in_one_error_line(int((logs / "full.code").read_text()), (logs / "full.log").read_text(),
-                                  "cannot write", "No space left on device")
+    assert_ends_in_one_error_line(
+        int((logs / "full.code").read_text()),
+        (logs / "full.log").read_text(),
+        "cannot write",
+        "No space left on device",
+    )
     assert "not fitted" not in (logs / "full.log").read_text()
     before = (logs / "before.txt").read_text()
     assert "report.html" in before and (logs / "after.txt").read_text() == before  # the previous report, whole
@@ -299,6 +360,7 @@ def test_a_full_disk_while_compare_rewrites_its_report_leaves_the_previous_one_w
 
 def test_an_error_during_extraction_starts_its_own_line_after_the_progress_bar(images, tmp_path):
     """The journal's write failed while the bar was drawn: 'Error: ...' was glued to the bar's line."""
-    code, said = cli_process("extract", "--data", images, "--out", tmp_path / "out", *RANDOM, "--workers", "0",
-                             file_size=64 << 10)  # no --quiet: the bar is drawn; the journal outgrows the limit
+    code, said = cli_process(
+        "extract", "--data", images, "--out", tmp_path / "out", *RANDOM, "--workers", "0", file_size=64 << 10
+    )  # no --quiet: the bar is drawn; the journal outgrows the limit
     assert_ends_in_one_error_line(code, said, "cannot write", ".partial", "File too large")

@@ -9,6 +9,7 @@ functions that need it, so importing this package (and `cli.py --help`) stays in
 - `checkpoints`: loading a local checkpoint (`--weights PATH`) safely;
 - `torchvision_models`, `lite`: the two families, each registering its models when imported here.
 """
+
 from .lite import LiteBackbone
 from .preprocessing import Preprocessing, crop_transform
 from .registry import (
@@ -26,7 +27,18 @@ from .registry import (
 from .torchvision_models import TorchvisionBackbone
 
 __all__ = [
-    "BACKBONES", "DEFAULT_BACKBONE", "POOLING", "TTA_MODES", "Backbone", "LiteBackbone", "Preprocessing",
-    "TorchvisionBackbone", "check_tta", "crop_transform", "get_backbone", "list_backbones", "register",
+    "BACKBONES",
+    "DEFAULT_BACKBONE",
+    "POOLING",
+    "TTA_MODES",
+    "Backbone",
+    "LiteBackbone",
+    "Preprocessing",
+    "TorchvisionBackbone",
+    "check_tta",
+    "crop_transform",
+    "get_backbone",
+    "list_backbones",
+    "register",
     "weights_kind",
 ]

@@ -1,4 +1,5 @@
 """Local checkpoints (`--weights PATH`): read safely, unwrapped to a state dict, checked against the trunk."""
+
 from __future__ import annotations
 
 import os
@@ -44,7 +45,8 @@ def _refuse_pickle(path, error: Exception, trust_pickle: bool) -> None:
             f"--weights {path}: holds pickled Python objects ({', '.join(objects[:3])}"
             f"{', ...' if len(objects) > 3 else ''}), not only tensors, and loading those runs code from the "
             f"file; refusing. Save a state dict instead (torch.save(model.state_dict(), PATH)), or, only if "
-            f"you trust the file, pass --trust-pickle") from None
+            f"you trust the file, pass --trust-pickle"
+        ) from None
 
 
 def state_dict_of(checkpoint, path) -> dict:
@@ -54,7 +56,7 @@ def state_dict_of(checkpoint, path) -> dict:
     if not isinstance(state, dict) or not state:
         raise BackboneError(f"--weights {path}: holds no state dict")
     if all(key.startswith("module.") for key in state):  # saved from DataParallel
-        state = {key[len("module."):]: value for key, value in state.items()}
+        state = {key[len("module.") :]: value for key, value in state.items()}
     return state
 
 
@@ -86,6 +88,7 @@ def _pickled_objects(path) -> list[str]:
     loader allows, read without running any of them; [] for a file that is not a torch checkpoint.
     Asked of torch itself rather than read from its error message, whose wording changes."""
     import torch
+
     try:
         return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
     except Exception:  # not a zip checkpoint, or a damaged one
@@ -99,8 +102,11 @@ def _first_line(error: Exception) -> str:
 
 def _load_trusted(path, safe_error):
     import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:
-        raise BackboneError(f"--weights {path}: not a readable torch checkpoint ({_first_line(error)}; "
-                            f"safe loader: {_first_line(safe_error)})") from None
+        raise BackboneError(
+            f"--weights {path}: not a readable torch checkpoint ({_first_line(error)}; "
+            f"safe loader: {_first_line(safe_error)})"
+        ) from None

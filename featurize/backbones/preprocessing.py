@@ -1,4 +1,5 @@
 """What a backbone's weights expect of an image: resize, centre-crop, mean/std, interpolation."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -30,7 +31,9 @@ def crop_transform(resize_size: int, crop_size: int, interpolation: str):
     """
     from torchvision.transforms import v2
 
-    return v2.Compose([
-        v2.Resize(resize_size, interpolation=v2.InterpolationMode(interpolation), antialias=True),
-        v2.CenterCrop(crop_size),
-    ])
+    return v2.Compose(
+        [
+            v2.Resize(resize_size, interpolation=v2.InterpolationMode(interpolation), antialias=True),
+            v2.CenterCrop(crop_size),
+        ]
+    )

@@ -1,6 +1,7 @@
 """The backbone registry: name -> a `Backbone` record (how to build the frozen network, its pooled
 size, its preprocessing, where its weights come from). The adapter modules fill it with `register`,
 which refuses a name registered twice."""
+
 from __future__ import annotations
 
 import fnmatch
@@ -64,8 +65,10 @@ class Backbone:
             return "random (throughput benchmarks only)"
         path = Path(weights)
         if not path.is_file():
-            raise BackboneError(f"--weights {weights}: no such file (use a checkpoint path, "
-                                f"'random' for benchmarks, or leave it out for {self.name}'s own weights)")
+            raise BackboneError(
+                f"--weights {weights}: no such file (use a checkpoint path, "
+                f"'random' for benchmarks, or leave it out for {self.name}'s own weights)"
+            )
         return f"file:{file_sha256(path)[:16]}"
 
     def load(self, weights: str | None = None, trust_pickle: bool = False, tta: str = "none"):

@@ -4,6 +4,7 @@ hub cache, else a download into it), the classifier cut off so the network ends 
 Each function below cuts the classifier of one family; `cuts_head` registers the models it serves,
 with their pooled sizes.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,13 +24,17 @@ class TorchvisionBackbone(Backbone):
 
     def _weights_enum(self):
         from torchvision.models import get_model_weights
+
         return get_model_weights(self.name).DEFAULT
 
     def preprocessing(self) -> Preprocessing:
         preset = self._weights_enum().transforms()
         return Preprocessing(
-            resize_size=int(preset.resize_size[0]), crop_size=int(preset.crop_size[0]),
-            mean=tuple(preset.mean), std=tuple(preset.std), interpolation=preset.interpolation.value,
+            resize_size=int(preset.resize_size[0]),
+            crop_size=int(preset.crop_size[0]),
+            mean=tuple(preset.mean),
+            std=tuple(preset.std),
+            interpolation=preset.interpolation.value,
         )
 
     def pretrained_id(self) -> str:
@@ -37,6 +42,7 @@ class TorchvisionBackbone(Backbone):
 
     def _cache_file(self) -> Path:
         import torch
+
         return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(self._weights_enum().url)
 
     def pretrained_location(self) -> tuple[str, bool]:
@@ -68,40 +74,70 @@ class TorchvisionBackbone(Backbone):
 def cuts_head(**feature_dims: int):
     """Decorator: register a TorchvisionBackbone for each `name=pooled size`, its classifier cut
     by the decorated function."""
+
     def register_family(drop_head):
         for name, feature_dim in feature_dims.items():
             register(TorchvisionBackbone(name, feature_dim, drop_head=drop_head))
         return drop_head
+
     return register_family
 
 
-@cuts_head(resnet18=512, resnet34=512, resnet50=2048, resnet101=2048, resnet152=2048,
-           resnext50_32x4d=2048, resnext101_32x8d=2048, resnext101_64x4d=2048,
-           wide_resnet50_2=2048, wide_resnet101_2=2048,
-           regnet_y_400mf=440, regnet_y_800mf=784, regnet_y_1_6gf=888, regnet_y_3_2gf=1512,
-           regnet_x_400mf=400, regnet_x_1_6gf=912)
+@cuts_head(
+    resnet18=512,
+    resnet34=512,
+    resnet50=2048,
+    resnet101=2048,
+    resnet152=2048,
+    resnext50_32x4d=2048,
+    resnext101_32x8d=2048,
+    resnext101_64x4d=2048,
+    wide_resnet50_2=2048,
+    wide_resnet101_2=2048,
+    regnet_y_400mf=440,
+    regnet_y_800mf=784,
+    regnet_y_1_6gf=888,
+    regnet_y_3_2gf=1512,
+    regnet_x_400mf=400,
+    regnet_x_1_6gf=912,
+)
 def drop_fc(model):
     from torch import nn
+
     model.fc = nn.Identity()
 
 
-@cuts_head(densenet121=1024, densenet161=2208, densenet169=1664, densenet201=1920,
-           mobilenet_v2=1280, mobilenet_v3_small=576, mobilenet_v3_large=960,
-           efficientnet_b0=1280, efficientnet_b1=1280, efficientnet_b2=1408,
-           efficientnet_b3=1536, efficientnet_b4=1792, efficientnet_v2_s=1280)
+@cuts_head(
+    densenet121=1024,
+    densenet161=2208,
+    densenet169=1664,
+    densenet201=1920,
+    mobilenet_v2=1280,
+    mobilenet_v3_small=576,
+    mobilenet_v3_large=960,
+    efficientnet_b0=1280,
+    efficientnet_b1=1280,
+    efficientnet_b2=1408,
+    efficientnet_b3=1536,
+    efficientnet_b4=1792,
+    efficientnet_v2_s=1280,
+)
 def drop_classifier(model):
     from torch import nn
+
     model.classifier = nn.Identity()
 
 
 @cuts_head(convnext_tiny=768, convnext_small=768, convnext_base=1024)
 def drop_last_linear(model):  # ConvNeXt: keep its LayerNorm after the pooling
     from torch import nn
+
     model.classifier[-1] = nn.Identity()
 
 
 @cuts_head(vgg16_bn=512, vgg19_bn=512)
 def pool_vgg_features(model):  # VGG: global average pool of the last conv map, not its 7x7 FC input
     from torch import nn
+
     model.avgpool = nn.AdaptiveAvgPool2d(1)
     model.classifier = nn.Identity()

@@ -1,6 +1,7 @@
 """scikit-learn's own estimator checks on every estimator of ours (the rules a Pipeline, a search,
 clone and joblib rely on). The torch heads train a few epochs only: the checks are about the
 contract, and their one score check (> 0.83 on blobs) is met in 5 epochs at lr 0.1."""
+
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
@@ -21,10 +22,12 @@ ESTIMATORS = [
 def expected_failures(estimator) -> dict:
     """Checks that fail on purpose, each with its reason."""
     if isinstance(estimator, FeatureClassifier):
-        return {"check_n_features_in_after_fitting":
-                "vectors of another width raise FeatureMismatch (a ValueError) worded for the user who fed a "
-                "saved model another backbone's features: 'got vectors of width 1280; this model expects 512 "
-                "(resnet18 features)', not scikit-learn's 'X has 1280 features, but ... is expecting 512'"}
+        return {
+            "check_n_features_in_after_fitting": "vectors of another width raise FeatureMismatch (a ValueError) "
+            "worded for the user who fed a saved model another backbone's features: 'got vectors of width 1280; "
+            "this model expects 512 (resnet18 features)', not scikit-learn's 'X has 1280 features, but ... is "
+            "expecting 512'"
+        }
     return {}
 
 

@@ -1,4 +1,5 @@
 """`export`: one ONNX graph from uint8 images to label + probabilities, equal to the saved model."""
+
 import json
 import subprocess
 import sys
@@ -19,10 +20,16 @@ from featurize import CnnfeatError, load_features
 from tests.test_cli import assert_one_line_error, run
 
 HEAD_CASES = [
-    ("knn", {"metric": "cosine", "weights": "distance"}), ("knn", {"metric": "euclidean", "weights": "distance"}),
-    ("logreg", {}), ("svm", {"kernel": "rbf", "gamma": 1e-2}), ("svm", {"kernel": "linear", "C": 0.01}),
-    ("knn", {"metric": "cosine"}), ("knn", {"metric": "euclidean"}), ("rf", {"n_estimators": 20}),
-    ("mlp", {"hidden_layer_sizes": (32,)}), ("linear", {"epochs": 5}),
+    ("knn", {"metric": "cosine", "weights": "distance"}),
+    ("knn", {"metric": "euclidean", "weights": "distance"}),
+    ("logreg", {}),
+    ("svm", {"kernel": "rbf", "gamma": 1e-2}),
+    ("svm", {"kernel": "linear", "C": 0.01}),
+    ("knn", {"metric": "cosine"}),
+    ("knn", {"metric": "euclidean"}),
+    ("rf", {"n_estimators": 20}),
+    ("mlp", {"hidden_layer_sizes": (32,)}),
+    ("linear", {"epochs": 5}),
 ]
 
 
@@ -48,8 +55,7 @@ def _fitted_head(name, params, X, y):
 def test_every_head_converts_to_the_same_numbers(name, params, classes):
     X, y, X_test, y_test = _digits()
     pipeline = _fitted_head(name, params, X[y < classes], y[y < classes])
-    session = ort.InferenceSession(head_graph(pipeline, 64, 17).SerializeToString(),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(head_graph(pipeline, 64, 17).SerializeToString(), providers=["CPUExecutionProvider"])
     labels, probabilities = session.run(None, {"features": X_test[y_test < classes]})
     expected = pipeline.predict_proba(X_test[y_test < classes])
     np.testing.assert_allclose(probabilities, expected, atol=1e-4)
@@ -63,8 +69,7 @@ def test_a_weighted_knn_query_on_a_training_row_votes_with_that_row_alone(metric
     """scikit-learn gives a neighbour at distance 0 all the weight; the graph must too."""
     X, y, _, _ = _digits()
     pipeline = _fitted_head("knn", {"weights": "distance", "metric": metric}, X, y)
-    session = ort.InferenceSession(head_graph(pipeline, 64, 17).SerializeToString(),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(head_graph(pipeline, 64, 17).SerializeToString(), providers=["CPUExecutionProvider"])
     labels, probabilities = session.run(None, {"features": X[:50]})
     np.testing.assert_allclose(probabilities, pipeline.predict_proba(X[:50]), atol=1e-3)
     np.testing.assert_array_equal(labels, y[:50])
@@ -75,13 +80,19 @@ def test_a_head_that_cannot_be_converted_is_a_clear_error():
     with pytest.raises(CnnfeatError, match="distance-weighted kNN with metric manhattan"):
         head_graph(_fitted_head("knn", {"weights": "distance", "metric": "manhattan"}, X, y), 64, 17)
     from sklearn.semi_supervised import LabelSpreading
+
     with pytest.raises(CnnfeatError, match="skl2onnx does not convert LabelSpreading"):
         head_graph(LabelSpreading().fit(X[:200], y[:200]), 64, 17)
 
 
 def _saved(features, tmp_path, name="logreg", params=None):
-    model = FeatureClassifier(_pipeline(name, params or {}), class_names=features.class_names, feature_config=features.config,
-                              feature_fingerprint=features.fingerprint, weights_source=features.weights_source)
+    model = FeatureClassifier(
+        _pipeline(name, params or {}),
+        class_names=features.class_names,
+        feature_config=features.config,
+        feature_fingerprint=features.fingerprint,
+        weights_source=features.weights_source,
+    )
     train = features.splits == "train"
     model.fit(features.X[train], features.y[train])
     path, _ = save_model(model, tmp_path / "model.joblib", {"head": name, "heldout": {"accuracy": 0.5}})
@@ -150,8 +161,10 @@ def test_onnxruntime_alone_agrees_with_predict_on_hymenoptera(hymenoptera_lite0,
     predicted = model.predict(val)
     agreement = np.mean(np.asarray(alone["predicted"]) == predicted)
     difference = np.abs(np.asarray(alone["probabilities"]) - model.predict_proba(val))
-    print(f"{len(val)} val images: agreement {agreement:.4f}, probability difference median "
-          f"{np.median(difference):.2e} max {difference.max():.2e}")
+    print(
+        f"{len(val)} val images: agreement {agreement:.4f}, probability difference median "
+        f"{np.median(difference):.2e} max {difference.max():.2e}"
+    )
     assert len(val) == 153 and agreement >= 0.99
     assert np.median(difference) < 1e-3  # Pillow's resize differs from the tensor resize by a grey level here and there
 

@@ -26,6 +26,7 @@ def test_every_default_grid_searches_and_finds_a_good_head(head):
     """The default grids run as they are (valid values for every parameter) and reach a good model
     on a real, small problem: 300 handwritten digits, 3-fold CV, every candidate scored."""
     from sklearn.datasets import load_digits
+
     X, y = load_digits(return_X_y=True)
     result = search_head(head, X[:300], y[:300].astype(str), cv=3, seed=0, log=lambda _: None)
     print(f"{head}: {result.best_params} CV {result.cv_mean:.3f} over {result.candidates} candidates")
@@ -56,6 +57,7 @@ def test_folds_are_checked_against_class_sizes():
 
 def test_search_finds_the_better_parameters_and_is_reproducible():
     from sklearn.datasets import load_digits
+
     X, y = load_digits(return_X_y=True)
     X, y = X[:400], y[:400].astype(str)
     logs = []
@@ -66,8 +68,9 @@ def test_search_finds_the_better_parameters_and_is_reproducible():
     assert "grid search over 2 candidates x 3 folds on 400 rows" in logs[-1]
     # Successive halving keeps the candidate that is clearly best, and says it halved: C=1e-7 is
     # near chance on digits, C=1 near perfect.
-    halving = search_head("logreg", X, y, grid={"C": [1e-7, 1e-6, 1e-5, 1.0]}, cv=3, search="halving",
-                          log=lambda _: None)
+    halving = search_head(
+        "logreg", X, y, grid={"C": [1e-7, 1e-6, 1e-5, 1.0]}, cv=3, search="halving", log=lambda _: None
+    )
     assert halving.method == "halving" and halving.best_params == {"C": 1.0} and halving.cv_mean > 0.9
 
 
@@ -79,14 +82,16 @@ def test_progress_search_scores_exactly_like_gridsearchcv():
     X, y = X[:300], y[:300].astype(str)
     ours = search_head("knn", X, y, cv=3, seed=2, progress=True, log=lambda _: None)
     head = get_head("knn")
-    reference = GridSearchCV(head.build(2), resolve_grid(head), cv=StratifiedKFold(3, shuffle=True, random_state=2),
-                             refit=False).fit(X, y)
+    reference = GridSearchCV(
+        head.build(2), resolve_grid(head), cv=StratifiedKFold(3, shuffle=True, random_state=2), refit=False
+    ).fit(X, y)
     assert ours.cv_mean == reference.best_score_
     assert ours.best_params == {k.split("__", 1)[1]: v for k, v in reference.best_params_.items()}
 
 
 def test_auto_search_picks_each_heads_method_by_size():
     from classifiers.search import SearchSettings
+
     auto, rf, logreg = SearchSettings(), get_head("rf"), get_head("logreg")
     assert [auto.method_for(rf, rows) for rows in (245, 2021, 50_000)] == ["grid", "oob", "oob"]
     assert [auto.method_for(logreg, rows) for rows in (245, 2021, 50_000)] == ["grid", "grid", "halving"]
@@ -102,6 +107,7 @@ def test_auto_search_picks_each_heads_method_by_size():
 
 def test_a_budget_stops_the_search_at_its_best_candidate_so_far():
     from sklearn.datasets import load_digits
+
     X, y = load_digits(return_X_y=True)
     logs = []
     result = search_head("knn", X[:300], y[:300].astype(str), cv=3, jobs=1, budget=1e-6, log=logs.append)
@@ -113,6 +119,7 @@ def test_a_budget_stops_the_search_at_its_best_candidate_so_far():
 
 def test_every_core_gives_the_same_search_as_one(capsys):
     from sklearn.datasets import load_digits
+
     X, y = load_digits(return_X_y=True)
     one = search_head("logreg", X[:300], y[:300].astype(str), cv=3, jobs=1, progress=True, log=lambda _: None)
     every = search_head("logreg", X[:300], y[:300].astype(str), cv=3, jobs=-1, log=lambda _: None)
@@ -151,14 +158,17 @@ def test_a_forest_on_many_rows_of_many_classes_stays_under_its_memory_bound(monk
 def test_forest_candidates_scored_out_of_bag_match_scikit_learns_own_oob_score():
     from sklearn.datasets import load_digits
     from sklearn.ensemble import RandomForestClassifier
+
     X, y = load_digits(return_X_y=True)
     y = y.astype(str)
-    result = search_head("rf", X, y, grid={"n_estimators": [20, 60], "max_features": ["sqrt", 0.5]}, jobs=1,
-                         log=lambda _: None)  # 1,797 rows: auto scores a forest out of bag
+    result = search_head(
+        "rf", X, y, grid={"n_estimators": [20, 60], "max_features": ["sqrt", 0.5]}, jobs=1, log=lambda _: None
+    )  # 1,797 rows: auto scores a forest out of bag
     assert result.method == "oob" and result.folds == 0 and result.candidates == 4
     best = result.best_params
-    reference = RandomForestClassifier(n_estimators=best["n_estimators"], max_features=best["max_features"],
-                                       oob_score=True, random_state=0).fit(X, y)
+    reference = RandomForestClassifier(
+        n_estimators=best["n_estimators"], max_features=best["max_features"], oob_score=True, random_state=0
+    ).fit(X, y)
     assert result.cv_mean == pytest.approx(reference.oob_score_, abs=1e-12) and result.cv_mean > 0.9
     # The best forest, grown by warm start during the search, is handed back: the very model a refit gives.
     forest = result.fitted.named_steps["clf"]
@@ -172,6 +182,7 @@ def test_the_svm_with_a_shared_kernel_matrix_decides_exactly_like_svc():
     from sklearn.svm import SVC
 
     from classifiers.kernel_svm import PrecomputedKernelSVC
+
     X, y = load_digits(return_X_y=True)
     X = StandardScaler().fit_transform(X).astype(np.float32)
     for kernel, C, gamma in (("linear", 0.01, "scale"), ("rbf", 10.0, "scale"), ("rbf", 1.0, 1e-3)):
@@ -192,7 +203,9 @@ def test_coordinate_search_sweeps_one_parameter_at_a_time_with_gridsearchcvs_sco
     head = get_head("knn")
     grid = resolve_grid(head)[0]
     full = GridSearchCV(head.build(0), grid, cv=StratifiedKFold(3, shuffle=True, random_state=0)).fit(X, y)
-    score = {repr(sorted(p.items())): s for p, s in zip(full.cv_results_["params"], full.cv_results_["mean_test_score"])}
+    score = {
+        repr(sorted(p.items())): s for p, s in zip(full.cv_results_["params"], full.cv_results_["mean_test_score"])
+    }
     current = {key: values[0] for key, values in grid.items()}
     for key, values in grid.items():
         current = max(({**current, key: v} for v in values), key=lambda c: score[repr(sorted(c.items()))])

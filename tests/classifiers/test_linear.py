@@ -65,7 +65,7 @@ def _logistic_objective(model, X, y, C):
     coef = model.coef_
     if len(model.classes_) == 2 and len(coef) == 2:  # the softmax pair as LogisticRegression's one vector
         coef = coef[1:] - coef[:1]
-    return C * log_loss + 0.5 * (coef ** 2).sum()
+    return C * log_loss + 0.5 * (coef**2).sum()
 
 
 def test_minibatch_logistic_regression_minimises_scikit_learns_objective():
@@ -94,8 +94,22 @@ def test_minibatch_logistic_regression_path_of_C_and_estimator_rules():
 def test_auto_epochs_keep_small_sets_as_they_were_and_bound_large_ones():
     """As documented: 100 epochs up to 20,000 rows; past them as many as make about 2,000,000
     samples (rounded up); never fewer than 5 (from 400,000 rows on)."""
-    expected = {1: 100, 245: 100, 20_000: 100, 20_001: 100, 25_000: 80, 30_000: 67, 50_000: 40, 100_000: 20,
-                200_000: 10, 300_000: 7, 399_999: 6, 400_000: 5, 1_000_000: 5, 10_000_000: 5}
+    expected = {
+        1: 100,
+        245: 100,
+        20_000: 100,
+        20_001: 100,
+        25_000: 80,
+        30_000: 67,
+        50_000: 40,
+        100_000: 20,
+        200_000: 10,
+        300_000: 7,
+        399_999: 6,
+        400_000: 5,
+        1_000_000: 5,
+        10_000_000: 5,
+    }
     assert {rows: auto_epochs(rows) for rows in expected} == expected
 
 

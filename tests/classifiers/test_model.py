@@ -19,9 +19,13 @@ from tests.test_cli import assert_one_line_error, run
 
 def _fitted(store):
     features = load_features(store)
-    model = FeatureClassifier(LogisticRegression(max_iter=1000), class_names=features.class_names,
-                              feature_config=features.config, feature_fingerprint=features.fingerprint,
-                              weights_source=features.weights_source)
+    model = FeatureClassifier(
+        LogisticRegression(max_iter=1000),
+        class_names=features.class_names,
+        feature_config=features.config,
+        feature_fingerprint=features.fingerprint,
+        weights_source=features.weights_source,
+    )
     train = features.splits == "train"
     return model.fit(features.X[train], features.y[train]), features
 
@@ -62,7 +66,8 @@ def test_probability_columns_follow_class_names_not_the_alphabet(tinted_store):
     assert list(names) == ["blue", "red"]
     train = features.splits == "train"
     model = FeatureClassifier(LogisticRegression(max_iter=1000), class_names=["red", "blue"]).fit(
-        features.X[train], names[features.y[train]])
+        features.X[train], names[features.y[train]]
+    )
     assert list(model.classes_) == ["red", "blue"]
     proba = model.predict_proba(features.X)
     reddish = features.y == 1
@@ -75,8 +80,12 @@ def test_from_fitted_takes_the_fitted_head_as_it_is(tinted_store):
     the model fit gives, with that very head, and no second fit."""
     features = load_features(tinted_store)
     train = features.splits == "train"
-    params = dict(pipeline=LogisticRegression(max_iter=1000), class_names=features.class_names,
-                  feature_config=features.config, feature_fingerprint=features.fingerprint)
+    params = dict(
+        pipeline=LogisticRegression(max_iter=1000),
+        class_names=features.class_names,
+        feature_config=features.config,
+        feature_fingerprint=features.fingerprint,
+    )
     fitted = FeatureClassifier(**params).fit(features.X[train], features.y[train])
     head = clone(params["pipeline"]).fit(features.X[train], features.y[train])
     adopted = FeatureClassifier.from_fitted(head, features.X[train], features.y[train], **params)
@@ -115,8 +124,10 @@ def test_saved_model_loads_in_a_fresh_interpreter_and_predicts_the_same(tinted_s
     path, json_path = save_model(model, tmp_path / "m.joblib", {"head": "logreg"})
     record = json.loads(json_path.read_text())
     assert record["head"] == "logreg" and len(record["sha256"]) == 64
-    code = (f"import joblib, numpy as np; m = joblib.load({str(path)!r}); "
-            f"print(list(m.predict(np.load({str(tmp_path / 'x.npy')!r}))))")
+    code = (
+        f"import joblib, numpy as np; m = joblib.load({str(path)!r}); "
+        f"print(list(m.predict(np.load({str(tmp_path / 'x.npy')!r}))))"
+    )
     np.save(tmp_path / "x.npy", features.X)
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.strip() == str(list(model.predict(features.X)))
@@ -164,10 +175,14 @@ def test_a_model_without_its_record_is_refused_through_the_cli(tinted_store, tmp
     else:
         json_path.write_text(json.dumps({k: v for k, v in json.loads(json_path.read_text()).items() if k != "sha256"}))
     image = f"{features.data_root}/{features.paths[0]}"
-    fragment = {"missing": "no m.json beside it", "cut short": "its record m.json is damaged",
-                "without sha256": "gives no sha256"}[record]
-    assert_one_line_error(run("predict", "--model", path, "--out", tmp_path / "p.csv", image), fragment,
-                          "refusing to load it")
+    fragment = {
+        "missing": "no m.json beside it",
+        "cut short": "its record m.json is damaged",
+        "without sha256": "gives no sha256",
+    }[record]
+    assert_one_line_error(
+        run("predict", "--model", path, "--out", tmp_path / "p.csv", image), fragment, "refusing to load it"
+    )
     assert not (tmp_path / "p.csv").exists()
     with pytest.raises(CnnfeatError, match=fragment):
         load_model(path)
@@ -245,8 +260,12 @@ def test_pil_images_and_files_give_the_same_vectors(tinted_store, tmp_path, monk
     from_pil, _ = model.embed_images([Image.open(p) for p in paths])
     np.testing.assert_array_equal(from_files, from_pil)
     if precision == "float32":  # torch and onnxruntime agree to float32 rounding
-        np.testing.assert_allclose(from_files, features.X[:5], rtol=1e-5 if engine == "onnxruntime" else 1e-4,
-                                   atol=1e-5 if engine == "onnxruntime" else 1e-4)
+        np.testing.assert_allclose(
+            from_files,
+            features.X[:5],
+            rtol=1e-5 if engine == "onnxruntime" else 1e-4,
+            atol=1e-5 if engine == "onnxruntime" else 1e-4,
+        )
     else:  # float16 autocast moves the vectors a little, so it has its own fingerprint
         assert not np.allclose(from_files, features.X[:5], rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(from_files, features.X[:5], rtol=0.05, atol=0.05)

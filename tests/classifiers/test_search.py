@@ -1,4 +1,5 @@
 """The search's progress bar and its notes on the best candidate."""
+
 import numpy as np
 import pytest
 import tqdm
@@ -28,8 +29,17 @@ def test_a_halving_search_bar_knows_its_total_before_the_first_round(monkeypatch
     monkeypatch.setattr(tqdm, "tqdm", Recorded)
     X, y = load_digits(return_X_y=True)
     grid = {"C": np.logspace(-3, 1, candidates).tolist()}
-    result = search_head("logreg", X[:rows], y[:rows].astype(str), grid=grid, cv=3, search="halving", jobs=1,
-                         progress=True, log=lambda _: None)
+    result = search_head(
+        "logreg",
+        X[:rows],
+        y[:rows].astype(str),
+        grid=grid,
+        cv=3,
+        search="halving",
+        jobs=1,
+        progress=True,
+        log=lambda _: None,
+    )
     assert result.method == "halving" and len(bars) == 1
     bar = bars[0]
     assert bar.totals == [sum(rounds)] * len(bar.totals) and len(bar.totals) == 1 + len(rounds)
@@ -39,8 +49,13 @@ def test_a_halving_search_bar_knows_its_total_before_the_first_round(monkeypatch
 def test_an_edge_note_only_where_a_wider_grid_can_go_past_the_edge():
     knn = get_head("knn")
     pipeline = knn.build(0)
-    grid = [{"clf__n_neighbors": [1, 3, 5, 7, 11, 15, 21], "clf__weights": ["uniform", "distance"],
-             "clf__metric": ["euclidean", "cosine", "manhattan"]}]
+    grid = [
+        {
+            "clf__n_neighbors": [1, 3, 5, 7, 11, 15, 21],
+            "clf__weights": ["uniform", "distance"],
+            "clf__metric": ["euclidean", "cosine", "manhattan"],
+        }
+    ]
     best = {"clf__n_neighbors": 21, "clf__weights": "distance", "clf__metric": "manhattan"}
     notes = edge_notes(knn, pipeline, grid, best)  # the metric, at the end of its list, is no scale
     assert len(notes) == 1 and "best n_neighbors=21 is the largest value of its grid (1 to 21)" in notes[0]

@@ -1,5 +1,6 @@
 """The names the CLI offers (experiments.choices, read at --help time without torch or scikit-learn)
 against the registries and checks they copy: --help cannot disagree with the code."""
+
 import pytest
 
 import featurize

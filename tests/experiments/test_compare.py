@@ -46,16 +46,28 @@ def test_hymenoptera_compare_best_head_reaches_094_and_reuses_fits(hymenoptera_l
     again = run("compare", "--features", hymenoptera_lite0, "--out", tmp_path)
     assert again.output.count("nothing changed, reusing the fitted model") == len(HEADS) + 1
     rows_again = json.loads((report / "report.json").read_text())["rows"]
-    assert [(r["head"], r["accuracy"], r["log_loss"]) for r in rows_again] == \
-        [(r["head"], r["accuracy"], r["log_loss"]) for r in rows]
+    assert [(r["head"], r["accuracy"], r["log_loss"]) for r in rows_again] == [
+        (r["head"], r["accuracy"], r["log_loss"]) for r in rows
+    ]
 
 
 def test_same_seed_same_table_and_refit_searches_again(tinted_store, tmp_path):
     def table(*extra):
-        outcome = compare(features=[tinted_store], out=tmp_path, clf="knn,logreg,linear", seed=3, **QUIET,
-                          **dict(extra))
-        return [(r.head, r.metrics["accuracy"], r.metrics["ci_low"], r.metrics["log_loss"], str(r.info["best_params"]),
-                 r.reused) for r in outcome.rows]
+        outcome = compare(
+            features=[tinted_store], out=tmp_path, clf="knn,logreg,linear", seed=3, **QUIET, **dict(extra)
+        )
+        return [
+            (
+                r.head,
+                r.metrics["accuracy"],
+                r.metrics["ci_low"],
+                r.metrics["log_loss"],
+                str(r.info["best_params"]),
+                r.reused,
+            )
+            for r in outcome.rows
+        ]
+
     first = table()
     refitted = table(("refit", True))
     assert not any(r[-1] for r in refitted) and [r[:-1] for r in refitted] == [r[:-1] for r in first]
@@ -64,14 +76,18 @@ def test_same_seed_same_table_and_refit_searches_again(tinted_store, tmp_path):
 
 def test_several_backbones_make_one_table(tinted_store, tmp_path):
     data = load_features(tinted_store).data_root
-    other = extract(data=data, backbone="mobilenet_v3_small", weights="random", out=tmp_path, workers=0,
-                    progress=False).store
+    other = extract(
+        data=data, backbone="mobilenet_v3_small", weights="random", out=tmp_path, workers=0, progress=False
+    ).store
     outcome = compare(features=[tinted_store, other], out=tmp_path, clf="logreg", **QUIET)
     dataset = load_features(tinted_store).dataset
     assert outcome.report_dir.name == f"{dataset}-resnet18-random+mobilenet_v3_small-random"
     # each file, and the two joined (tests/experiments/test_fuse.py)
     assert sorted(r.backbone for r in outcome.rows) == [
-        "mobilenet_v3_small-random", "resnet18-random", "resnet18-random+mobilenet_v3_small-random"]
+        "mobilenet_v3_small-random",
+        "resnet18-random",
+        "resnet18-random+mobilenet_v3_small-random",
+    ]
     assert all(r.metrics["n"] == 12 for r in outcome.rows)
 
 
@@ -80,8 +96,14 @@ def test_one_backbone_twice_keeps_both_sets_of_outputs(tinted_store, tmp_path):
     features = load_features(tinted_store)
     torch.manual_seed(5)
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "tuned.pth")
-    tuned = extract(data=features.data_root, backbone="resnet18", weights=str(tmp_path / "tuned.pth"), out=tmp_path,
-                    workers=0, progress=False).store
+    tuned = extract(
+        data=features.data_root,
+        backbone="resnet18",
+        weights=str(tmp_path / "tuned.pth"),
+        out=tmp_path,
+        workers=0,
+        progress=False,
+    ).store
     outcome = compare(features=[tinted_store, tuned], out=tmp_path, clf="knn", **QUIET)
     labels = sorted(r.backbone for r in outcome.rows)
     assert labels[0].startswith("resnet18-ft") and labels[1] == "resnet18-random"
@@ -106,6 +128,7 @@ def test_reuse_needs_every_input_unchanged_and_a_loadable_model(tinted_store, tm
     again, said = heads()
     assert not again.rows[0].reused and not again.failures and "fitting it again" in said and model.is_file()
     import experiments.reuse as module
+
     real = module.library_versions
     monkeypatch.setattr(module, "library_versions", lambda packages: {**real(packages), "scikit-learn": "0.0"})
     assert not heads()[0].rows[0].reused  # another scikit-learn: searched again
@@ -113,16 +136,20 @@ def test_reuse_needs_every_input_unchanged_and_a_loadable_model(tinted_store, tm
 
 def _row(head, truth, predicted):
     from experiments.ranking import Row
+
     return Row("b", head, {}, [f"{i}.png" for i in range(len(truth))], truth, predicted, None, ["x", "y"])
 
 
 def test_rows_are_ranked_by_the_chosen_score():
     from experiments.ranking import score_rows
+
     truth = ["x"] * 8 + ["y"] * 2
 
     def ranked(scoring):
-        rows = [_row("always_x", truth, ["x"] * 10),  # accuracy 0.8, balanced accuracy 0.5
-                _row("fair", truth, ["x"] * 5 + ["y"] * 5)]  # accuracy 0.7, balanced accuracy 0.8125
+        rows = [
+            _row("always_x", truth, ["x"] * 10),  # accuracy 0.8, balanced accuracy 0.5
+            _row("fair", truth, ["x"] * 5 + ["y"] * 5),
+        ]  # accuracy 0.7, balanced accuracy 0.8125
         score_rows(rows, scoring, seed=0)
         return [r.head for r in rows], [r.metrics["mcnemar_p_vs_best"] for r in rows]
 
@@ -158,8 +185,9 @@ def _store(tmp_path, layout):
         for i in range(count):
             seed = zlib.crc32(f"{split}/{name}/{i}".encode()) % 1000
             write_image(tmp_path / "d" / split / name / f"{i}.png", seed=seed)
-    return extract(data=tmp_path / "d", backbone="resnet18", weights="random", out=tmp_path, workers=0,
-                   progress=False).store
+    return extract(
+        data=tmp_path / "d", backbone="resnet18", weights="random", out=tmp_path, workers=0, progress=False
+    ).store
 
 
 def test_single_image_per_class_is_a_clear_message(tmp_path):
@@ -169,8 +197,9 @@ def test_single_image_per_class_is_a_clear_message(tmp_path):
 
 
 def test_class_missing_from_val_is_noted(tmp_path):
-    store = _store(tmp_path, [("train", "a", 6), ("train", "b", 6), ("train", "c", 6), ("val", "a", 2),
-                              ("val", "b", 2)])
+    store = _store(
+        tmp_path, [("train", "a", 6), ("train", "b", 6), ("train", "c", 6), ("val", "a", 2), ("val", "b", 2)]
+    )
     outcome = compare(features=[store], out=tmp_path, clf="logreg", cv=3, **QUIET)
     assert any("class c has no val images" in n for n in outcome.notes)
     assert "class c has no val images" in (outcome.report_dir / "report.md").read_text()
@@ -181,8 +210,9 @@ def test_empty_val_falls_back_to_a_stated_holdout(tmp_path):
     (tmp_path / "d" / "val" / "a").mkdir(parents=True)  # a val/ folder with no images
     outcome = compare(features=[store], out=tmp_path, clf="knn", cv=3, **QUIET)
     assert outcome.rows[0].metrics["n"] == 4
-    assert any("no val/ or test/ rows: scoring on a stratified 20% hold-out of the train rows" in n
-               for n in outcome.notes)
+    assert any(
+        "no val/ or test/ rows: scoring on a stratified 20% hold-out of the train rows" in n for n in outcome.notes
+    )
 
 
 def test_statistics_against_independent_computations():
@@ -190,7 +220,7 @@ def test_statistics_against_independent_computations():
     a, b = rng.random(200) < 0.9, rng.random(200) < 0.8
     only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
     n, k = only_a + only_b, min(only_a, only_b)
-    exact = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+    exact = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
     assert mcnemar_p(a, b) == pytest.approx(exact, rel=1e-9)
     assert mcnemar_p(a, a) == 1.0
     low, high = bootstrap_interval(a, seed=1)
@@ -204,8 +234,20 @@ def test_statistics_against_independent_computations():
 
 
 def test_a_budget_is_said_in_the_report(tinted_store, tmp_path):
-    result = run("compare", "--features", tinted_store, "--out", tmp_path, "--clf", "knn", "--budget", "0.000001",
-                 "--jobs", "1", "--quiet")
+    result = run(
+        "compare",
+        "--features",
+        tinted_store,
+        "--out",
+        tmp_path,
+        "--clf",
+        "knn",
+        "--budget",
+        "0.000001",
+        "--jobs",
+        "1",
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     report = next((tmp_path / "reports").iterdir()) / "report.md"
     assert "knn: the 1e-06 s budget ran out after 2 of 28 candidates" in report.read_text()
@@ -217,13 +259,16 @@ def test_all_leaves_out_heads_too_slow_for_the_size_and_naming_one_runs_it(tinte
     import dataclasses
 
     from classifiers.heads import HEADS
+
     for name in [n for n in HEADS if n != "logreg"]:
         monkeypatch.setitem(HEADS, name, dataclasses.replace(HEADS[name], scales_badly_above=10))
     logs = []
     outcome = compare(features=[tinted_store], out=tmp_path, clf="all", jobs=1, log=logs.append)
     assert [row.head for row in outcome.rows] == ["logreg"]
-    assert any("knn left out of --clf all: 36 training rows is past 10" in note and "--clf knn runs it anyway" in note
-               for note in outcome.notes)
+    assert any(
+        "knn left out of --clf all: 36 training rows is past 10" in note and "--clf knn runs it anyway" in note
+        for note in outcome.notes
+    )
     assert "left out of --clf all" in (outcome.report_dir / "report.md").read_text()
     named = compare(features=[tinted_store], out=tmp_path, clf="knn", jobs=1, log=logs.append)
     assert [row.head for row in named.rows] == ["knn"]
@@ -237,11 +282,13 @@ def test_report_html_holds_the_table_and_every_picture_inline(tinted_store, tmp_
     page = (outcome.report_dir / "report.html").read_text()
     assert "<td>knn</td>" in page and "<td>logreg</td>" in page and "<td>vote</td>" in page
     pictures = [base64.b64decode(data) for data in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
-    files = [outcome.report_dir / "summary.png", outcome.report_dir / "embedding.png",
-             *(outcome.report_dir / "confusion" / f"resnet18-random-{h}.png" for h in ("knn", "logreg", "vote"))]
+    files = [
+        outcome.report_dir / "summary.png",
+        outcome.report_dir / "embedding.png",
+        *(outcome.report_dir / "confusion" / f"resnet18-random-{h}.png" for h in ("knn", "logreg", "vote")),
+    ]
     assert sorted(pictures) == sorted(f.read_bytes() for f in files)  # opens offline: nothing linked
-    assert "src=\"http" not in page and "href=" not in page
-
+    assert 'src="http' not in page and "href=" not in page
 
 
 def test_compare_on_a_hundred_classes_prints_no_plotting_warning(tmp_path):
@@ -254,9 +301,24 @@ def test_compare_on_a_hundred_classes_prints_no_plotting_warning(tmp_path):
     from tests.conftest import REPO, generated_store
 
     store = generated_store(tmp_path, 1_010, dim=8, classes=101)[0]  # every fifth row val: all 101 held out
-    done = subprocess.run([sys.executable, str(REPO / "cli.py"), "compare", "--features", str(store),
-                           "--out", str(tmp_path / "out"), "--clf", "logreg", "--ensemble", "none"],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "cli.py"),
+            "compare",
+            "--features",
+            str(store),
+            "--out",
+            str(tmp_path / "out"),
+            "--clf",
+            "logreg",
+            "--ensemble",
+            "none",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     assert "Tight layout" not in done.stderr and "UserWarning" not in done.stderr, done.stderr
     assert (tmp_path / "out" / "reports" / "scale" / "embedding.png").stat().st_size > 0
@@ -297,10 +359,14 @@ def test_log_loss_of_numbered_classes_scores_each_image_against_its_own_class(tm
     root = tmp_path / "digits"
     for c in range(11):
         for i in range(6):
-            write_image(root / ("val" if i < 2 else "train") / str(c) / f"{i}.png", seed=20 * c + i,
-                        tint=(1.0, 0.3 + 0.07 * c, 1.0 - 0.07 * c))
-    store = extract(data=root, backbone="resnet18", weights="random", out=tmp_path / "out", workers=0,
-                    progress=False).store
+            write_image(
+                root / ("val" if i < 2 else "train") / str(c) / f"{i}.png",
+                seed=20 * c + i,
+                tint=(1.0, 0.3 + 0.07 * c, 1.0 - 0.07 * c),
+            )
+    store = extract(
+        data=root, backbone="resnet18", weights="random", out=tmp_path / "out", workers=0, progress=False
+    ).store
     result = run("compare", "--features", store, "--out", tmp_path / "out", "--clf", "logreg", "--ensemble", "none")
     assert result.exit_code == 0, result.output
     report = tmp_path / "out" / "reports" / store.stem
@@ -316,5 +382,6 @@ def test_log_loss_of_numbered_classes_scores_each_image_against_its_own_class(tm
 
 
 def test_an_empty_clf_is_refused_not_read_as_all(tinted_store, tmp_path):
-    assert_one_line_error(run("compare", "--features", tinted_store, "--out", tmp_path, "--clf", ""),
-                          "--clf '': no head named")
+    assert_one_line_error(
+        run("compare", "--features", tinted_store, "--out", tmp_path, "--clf", ""), "--clf '': no head named"
+    )

@@ -1,4 +1,5 @@
 """`finetune --teacher`: the Hinton loss, the teacher's cached probabilities, and their wiring."""
+
 import json
 from pathlib import Path
 
@@ -28,7 +29,8 @@ def test_the_loss_against_a_direct_computation():
     loss = Distillation("t.joblib", T, alpha).loss(logits, labels, teacher, ce)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     assert Distillation("t.joblib", T, 0.0).loss(logits, labels, teacher, ce).item() == pytest.approx(
-        ce(logits, labels).item())
+        ce(logits, labels).item()
+    )
 
 
 @pytest.fixture
@@ -37,8 +39,9 @@ def tinted(tmp_path):
         for i in range(count):
             write_image(tmp_path / "d" / split / "x" / f"{i}.png", seed=i, tint=(1, 0.3, 0.3))
             write_image(tmp_path / "d" / split / "y" / f"{i}.png", seed=50 + i, tint=(0.3, 0.3, 1))
-    store = extract(data=tmp_path / "d", backbone="resnet18", weights="random", out=tmp_path, workers=0,
-                    progress=False).store
+    store = extract(
+        data=tmp_path / "d", backbone="resnet18", weights="random", out=tmp_path, workers=0, progress=False
+    ).store
     teacher = fit_model(features=store, out=tmp_path, clf="logreg", cv=2, log=lambda _: None).model_path
     return tmp_path / "d", teacher
 
@@ -53,9 +56,28 @@ def test_the_student_learns_the_teacher_s_cached_probabilities(tinted, tmp_path,
         return real(self, logits, labels, targets, label_loss)
 
     monkeypatch.setattr(Distillation, "loss", recording)
-    options = ("finetune", "--data", data, "--backbone", "resnet18", "--weights", "random", "--out", tmp_path,
-               "--epochs", "1",
-               "--workers", "0", "--quiet", "--teacher", teacher, "--temperature", "2", "--alpha", "0.8")
+    options = (
+        "finetune",
+        "--data",
+        data,
+        "--backbone",
+        "resnet18",
+        "--weights",
+        "random",
+        "--out",
+        tmp_path,
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--quiet",
+        "--teacher",
+        teacher,
+        "--temperature",
+        "2",
+        "--alpha",
+        "0.8",
+    )
     first = run(*options)
     assert first.exit_code == 0, first.output
     assert "once; cached" in first.output
@@ -77,17 +99,47 @@ def test_the_student_learns_the_teacher_s_cached_probabilities(tinted, tmp_path,
 
 def test_teacher_errors_are_one_line(tinted, tmp_path):
     data, teacher = tinted
-    base = ("finetune", "--data", data, "--backbone", "resnet18", "--weights", "random", "--out", tmp_path, "--epochs",
-            "1", "--workers", "0")
+    base = (
+        "finetune",
+        "--data",
+        data,
+        "--backbone",
+        "resnet18",
+        "--weights",
+        "random",
+        "--out",
+        tmp_path,
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+    )
     assert_one_line_error(run(*base, "--teacher", tmp_path / "nope.joblib"), "--teacher", "no such file")
     other = tmp_path / "other"
     for name in ("x", "z"):
         for split in ("train", "val"):
             for i in range(3):
                 write_image(other / split / name / f"{i}.png", seed=i)
-    assert_one_line_error(run("finetune", "--data", other, "--backbone", "resnet18", "--weights", "random",
-                              "--out", tmp_path / "o", "--epochs", "1", "--workers", "0", "--teacher", teacher),
-                          "classes this data does not have")
+    assert_one_line_error(
+        run(
+            "finetune",
+            "--data",
+            other,
+            "--backbone",
+            "resnet18",
+            "--weights",
+            "random",
+            "--out",
+            tmp_path / "o",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--teacher",
+            teacher,
+        ),
+        "classes this data does not have",
+    )
 
 
 def test_a_teacher_without_its_record_is_refused_before_anything_is_made(tinted_store, tmp_path):
@@ -95,7 +147,23 @@ def test_a_teacher_without_its_record_is_refused_before_anything_is_made(tinted_
     model = Path(fitted.output.strip().splitlines()[-1].split()[1])
     model.with_suffix(".json").unlink()
     data = load_features(tinted_store).data_root
-    result = run("finetune", "--data", data, "--teacher", model, "--out", tmp_path / "out", "--backbone", "resnet18",
-                 "--weights", "random", "--epochs", "1", "--workers", "0", "--quiet")
+    result = run(
+        "finetune",
+        "--data",
+        data,
+        "--teacher",
+        model,
+        "--out",
+        tmp_path / "out",
+        "--backbone",
+        "resnet18",
+        "--weights",
+        "random",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--quiet",
+    )
     assert_one_line_error(result, f"--teacher {model}: no {model.with_suffix('.json').name} beside it")
     assert not (tmp_path / "out").exists()

@@ -1,4 +1,5 @@
 """`explain`: heatmaps checked against a direct computation, shown to follow the object, and the CLI."""
+
 from pathlib import Path
 
 import numpy as np
@@ -22,16 +23,25 @@ def _model(store, tmp_path, clf="logreg", grid=None):
 LINEAR_SVM = '{"kernel": ["linear"], "C": [1.0]}'
 
 
-@pytest.mark.parametrize("clf,grid,tta", [("logreg", None, "none"), ("linear", None, "none"), ("logreg", None, "flip"),
-                                          ("svm", LINEAR_SVM, "none")])
+@pytest.mark.parametrize(
+    "clf,grid,tta",
+    [("logreg", None, "none"), ("linear", None, "none"), ("logreg", None, "flip"), ("svm", LINEAR_SVM, "none")],
+)
 def test_the_cam_averages_to_the_head_s_own_score(tinted_store, tmp_path, clf, grid, tta):
     """The spatial mean of each class's map plus its bias is the head's own score on the image's
     vector, computed the ordinary way: embed, then predict_proba (softmax of the scores, for logreg
     and linear) or the SVM's decision function (the score difference, for the linear SVM)."""
     store = tinted_store
     if tta == "flip":
-        store = extract(data=load_features(tinted_store).data_root, backbone="resnet18", weights="random",
-                        out=tmp_path, workers=0, progress=False, tta="flip").store
+        store = extract(
+            data=load_features(tinted_store).data_root,
+            backbone="resnet18",
+            weights="random",
+            out=tmp_path,
+            workers=0,
+            progress=False,
+            tta="flip",
+        ).store
     model, data = _model(store, tmp_path, clf, grid), load_features(store)
     path = f"{data.data_root}/{data.paths[0]}"
     W, b = linear_form(model.pipeline_)
@@ -79,21 +89,26 @@ def test_explain_cli_writes_a_png_per_good_image_and_says_why_for_the_others(tin
     assert "class activation map" in result.output and "skipped" in result.output and "broken.png" in result.output
     pngs = sorted((tmp_path / "heat").glob("*.png"))
     assert len(pngs) == 2 and all(p.stat().st_size > 5000 for p in pngs)
-    grids = run("explain", "--model", model, good[0], "--out", tmp_path / "grids", "--feature-maps", "layer2",
-                "--filters")
+    grids = run(
+        "explain", "--model", model, good[0], "--out", tmp_path / "grids", "--feature-maps", "layer2", "--filters"
+    )
     assert grids.exit_code == 0, grids.output
-    assert sorted(p.name for p in (tmp_path / "grids").iterdir()) == \
-        sorted(["filters.png", f"{Path(good[0]).stem}.png", f"{Path(good[0]).stem}-maps.png"])
+    assert sorted(p.name for p in (tmp_path / "grids").iterdir()) == sorted(
+        ["filters.png", f"{Path(good[0]).stem}.png", f"{Path(good[0]).stem}-maps.png"]
+    )
     refused = tmp_path / "refused"
-    assert_one_line_error(run("explain", "--model", model, good[0], "--feature-maps", "layer9", "--out", refused),
-                          "no such layer")
+    assert_one_line_error(
+        run("explain", "--model", model, good[0], "--feature-maps", "layer9", "--out", refused), "no such layer"
+    )
 
     other = run("explain", "--model", knn, good[0], "--out", tmp_path / "knn", "--class", "red")
     assert other.exit_code == 0 and "occlusion" in other.output, other.output
-    assert_one_line_error(run("explain", "--model", knn, good[0], "--method", "cam", "--out", refused),
-                          "needs a linear head")
-    assert_one_line_error(run("explain", "--model", model, good[0], "--class", "green", "--out", refused),
-                          "--class green")
+    assert_one_line_error(
+        run("explain", "--model", knn, good[0], "--method", "cam", "--out", refused), "needs a linear head"
+    )
+    assert_one_line_error(
+        run("explain", "--model", model, good[0], "--class", "green", "--out", refused), "--class green"
+    )
     assert list(refused.iterdir()) == []  # refused before any picture
     nothing = run("explain", "--model", model, tmp_path / "broken.png", "--out", tmp_path / "x")
     assert nothing.exit_code == 1 and "Traceback" not in nothing.output
@@ -112,7 +127,7 @@ def test_occlusion_explains_a_head_without_a_linear_form(tmp_path):
     for i in range(12):
         for colour, rgb in (("red", (220, 40, 40)), ("blue", (40, 40, 220))):
             image = np.full((64, 96, 3), 128, np.uint8)
-            image[20:44, 8 + i % 3:36 + i % 3] = rgb
+            image[20:44, 8 + i % 3 : 36 + i % 3] = rgb
             path = tmp_path / "squares" / ("val" if i % 4 == 0 else "train") / colour / f"{i}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(path)

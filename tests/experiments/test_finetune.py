@@ -41,8 +41,16 @@ def _two_class_data(root):
 def test_frozen_batchnorm_keeps_its_statistics(tmp_path):
     _two_class_data(tmp_path / "d")
     frozen_before = get_backbone("resnet18").load("random").trunk.bn1.running_mean.clone()
-    folder = run_finetune(data=tmp_path / "d", backbone="resnet18", weights="random", out=tmp_path, epochs=1,
-                          unfreeze="last-1-blocks", workers=0, **QUIET)
+    folder = run_finetune(
+        data=tmp_path / "d",
+        backbone="resnet18",
+        weights="random",
+        out=tmp_path,
+        epochs=1,
+        unfreeze="last-1-blocks",
+        workers=0,
+        **QUIET,
+    )
     checkpoint = torch.load(folder / "checkpoint.pth", weights_only=True)
     assert torch.equal(checkpoint["state_dict"]["bn1.running_mean"], frozen_before)
     assert checkpoint["backbone"] == "resnet18" and checkpoint["class_names"] == ["x", "y"]
@@ -86,14 +94,16 @@ def test_lite0_finetune_on_hymenoptera(hymenoptera, hymenoptera_lite0, tmp_path)
     model = load_model(folder / "model.joblib")
     images = [str(hymenoptera / row["path"]) for row in heldout]
     assert list(model.predict(images)) == [row["predicted"] for row in heldout]
-    np.testing.assert_allclose(model.predict_proba(images),
-                               [[float(row["p_ants"]), float(row["p_bees"])] for row in heldout], atol=1e-4)
+    np.testing.assert_allclose(
+        model.predict_proba(images), [[float(row["p_ants"]), float(row["p_bees"])] for row in heldout], atol=1e-4
+    )
 
     for path in images:
         (tmp_path / Path(path).name).symlink_to(path)
     (tmp_path / "few.txt").write_text("".join(f"{Path(path).name} x\n" for path in images))
-    store = extract(data=tmp_path / "few.txt", weights=str(folder / "checkpoint.pth"), out=tmp_path,
-                    progress=False).store
+    store = extract(
+        data=tmp_path / "few.txt", weights=str(folder / "checkpoint.pth"), out=tmp_path, progress=False
+    ).store
     features = load_features(store)
     assert "-ft" in store.name and features.fingerprint == info["feature_fingerprint"]
     np.testing.assert_array_equal(model.predict(features), model.predict(images))

@@ -1,4 +1,5 @@
 """Fused backbones: several feature files of the same images joined per image, searched like one."""
+
 import json
 from dataclasses import replace
 
@@ -26,8 +27,9 @@ def two_backbones(tmp_path_factory):
     out = tmp_path_factory.mktemp("fuse-artifacts")
     first = extract(data=root, backbone="resnet18", weights="random", out=out, workers=0, progress=False).store
     (root / "train" / "blue" / "b5.png").unlink()
-    second = extract(data=root, backbone="mobilenet_v3_small", weights="random", out=out, workers=0,
-                     progress=False).store
+    second = extract(
+        data=root, backbone="mobilenet_v3_small", weights="random", out=out, workers=0, progress=False
+    ).store
     return first, second
 
 
@@ -82,8 +84,11 @@ def test_compare_adds_fused_rows_that_predict_from_images_and_are_reused(two_bac
     assert "left out of the fused rows: train/blue/b5.png" in result.output
     report = json.loads(next((tmp_path / "reports").glob("*/report.json")).read_text())
     fused_label = "resnet18-random+mobilenet_v3_small-random"
-    assert sorted({r["backbone"] for r in report["rows"]}) == \
-        ["mobilenet_v3_small-random", "resnet18-random", fused_label]
+    assert sorted({r["backbone"] for r in report["rows"]}) == [
+        "mobilenet_v3_small-random",
+        "resnet18-random",
+        fused_label,
+    ]
     assert sorted(r["head"] for r in report["rows"] if r["backbone"] == fused_label) == ["knn", "logreg", "vote"]
 
     models = next((tmp_path / "reports").glob("*/models"))
@@ -101,8 +106,19 @@ def test_compare_adds_fused_rows_that_predict_from_images_and_are_reused(two_bac
     again = run("compare", "--features", first, "--features", second, "--out", tmp_path, "--clf", "knn,logreg")
     assert again.output.count("nothing changed, reusing the fitted model") == 9  # 3 heads (vote too) x 3 labels
 
-    alone = run("compare", "--features", first, "--features", second, "--out", tmp_path / "none", "--clf", "knn",
-                "--fuse", "none")
+    alone = run(
+        "compare",
+        "--features",
+        first,
+        "--features",
+        second,
+        "--out",
+        tmp_path / "none",
+        "--clf",
+        "knn",
+        "--fuse",
+        "none",
+    )
     assert alone.exit_code == 0, alone.output
     rows = json.loads(next((tmp_path / "none" / "reports").glob("*/report.json")).read_text())["rows"]
     assert sorted(r["backbone"] for r in rows) == ["mobilenet_v3_small-random", "resnet18-random"]

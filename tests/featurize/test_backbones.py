@@ -91,12 +91,13 @@ IMAGENET_BEE, IMAGENET_ANT = 309, 310
 
 
 def _imagenet_top1(model, files, normalize):
-    preprocess = T.Compose([T.Resize(256, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224),
-                            T.ToTensor(), normalize])
+    preprocess = T.Compose(
+        [T.Resize(256, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224), T.ToTensor(), normalize]
+    )
     hits = 0
     with torch.inference_mode():
         for start in range(0, len(files), 32):
-            chunk = files[start:start + 32]
+            chunk = files[start : start + 32]
             batch = torch.stack([preprocess(Image.open(f).convert("RGB")) for f in chunk])
             logits = model._fc(model(batch))  # pooled vector -> the ImageNet classifier of the weights
             target = torch.tensor([IMAGENET_ANT if f.parent.name == "ants" else IMAGENET_BEE for f in chunk])

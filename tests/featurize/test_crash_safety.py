@@ -1,5 +1,6 @@
 """Kills, concurrent writers, torn journals, leftovers: run the way a user meets them (real
 processes with their DataLoader workers, real SIGKILL), checked against an uninterrupted run."""
+
 import os
 import random
 import signal
@@ -31,8 +32,22 @@ def many_images(tmp_path_factory):
 
 def _start(data, out, log):
     """`cnnfeat extract` as a user runs it: its own process, default DataLoader workers."""
-    command = [sys.executable, "cli.py", "extract", "--data", str(data), "--out", str(out), "--backbone", "resnet18",
-               "--weights", "random", "--batch-size", "2", "--quiet"]
+    command = [
+        sys.executable,
+        "cli.py",
+        "extract",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--backbone",
+        "resnet18",
+        "--weights",
+        "random",
+        "--batch-size",
+        "2",
+        "--quiet",
+    ]
     return subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -80,8 +95,9 @@ def _kill_rerun_kill_finish(many_images, tmp_path, moments, seed):
                 _kill_after(_start(data, out, log), rng.uniform(0, duration))
         for log_path in logs:
             assert "being written" not in log_path.read_text(), log_path.read_text()
-        finished = run("extract", "--data", data, "--out", out, "--backbone", "resnet18", "--weights", "random",
-                       "--quiet")
+        finished = run(
+            "extract", "--data", data, "--out", out, "--backbone", "resnet18", "--weights", "random", "--quiet"
+        )
         assert finished.exit_code == 0 and "being written" not in finished.output, finished.output
         _check_complete(next((out / "features").glob("*.h5")), reference)
 
@@ -131,13 +147,19 @@ def test_a_torn_journal_is_salvaged_up_to_its_last_good_batch(tmp_path):
     journal = Journal(path, "fp", dim=4)
     places = []
     for batch in range(3):
-        places.extend(journal.append([f"{batch}-{i}.png" for i in range(2)], [(10, batch)] * 2,
-                                     np.full((2, 4), batch, np.float32) + [[0], [0.5]],
-                                     ["", "bad" if batch == 1 else ""]))
+        places.extend(
+            journal.append(
+                [f"{batch}-{i}.png" for i in range(2)],
+                [(10, batch)] * 2,
+                np.full((2, 4), batch, np.float32) + [[0], [0.5]],
+                ["", "bad" if batch == 1 else ""],
+            )
+        )
     journal.close()
     with open(path, "rb") as f:  # where append said each vector went, read back in runs
-        np.testing.assert_array_equal(read_vectors(f, [int(p) for p in places], 4),
-                                      np.repeat([0, 0.5, 1, 1.5, 2, 2.5], 4).reshape(6, 4))
+        np.testing.assert_array_equal(
+            read_vectors(f, [int(p) for p in places], 4), np.repeat([0, 0.5, 1, 1.5, 2, 2.5], 4).reshape(6, 4)
+        )
     whole = path.read_bytes()
     path.write_bytes(whole[:-7])  # killed in the middle of writing the third batch
     rows, notes = Journal(path, "fp", dim=4).resume()
@@ -203,8 +225,9 @@ def test_the_lock_file_removed_on_release_never_lets_two_writers_in(tmp_path):
 
     context = multiprocessing.get_context("fork")
     results = context.Queue()
-    writers = [context.Process(target=_hold_the_lock_repeatedly, args=(tmp_path / "x.h5", 3.0, results))
-               for _ in range(4)]
+    writers = [
+        context.Process(target=_hold_the_lock_repeatedly, args=(tmp_path / "x.h5", 3.0, results)) for _ in range(4)
+    ]
     for writer in writers:
         writer.start()
     counts = [results.get(timeout=60) for _ in writers]

@@ -1,4 +1,5 @@
 """Decoding images to RGB: odd but valid files, the fast decoder, and the reason for each unreadable one."""
+
 import io
 import struct
 import zlib
@@ -56,18 +57,23 @@ def test_fast_decoder_agrees_with_pil(tmp_path):
 
 def _png_claiming(width, height) -> bytes:
     """A tiny PNG whose header claims width x height pixels."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
 
 
-@pytest.mark.parametrize("name, content, reason", [
-    ("empty.jpg", b"", "empty file"),
-    ("text.jpg", b"this is not an image at all", "not an image"),
-    ("bomb.png", _png_claiming(40000, 40000), "decompression bomb"),
-    ("truncated.jpg", None, "truncated"),
-])
+@pytest.mark.parametrize(
+    "name, content, reason",
+    [
+        ("empty.jpg", b"", "empty file"),
+        ("text.jpg", b"this is not an image at all", "not an image"),
+        ("bomb.png", _png_claiming(40000, 40000), "decompression bomb"),
+        ("truncated.jpg", None, "truncated"),
+    ],
+)
 def test_unreadable_images_say_why(tmp_path, name, content, reason):
     path = tmp_path / name
     if content is None:

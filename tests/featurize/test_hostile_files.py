@@ -1,6 +1,7 @@
 """Files a user's disk really holds: names that are not UTF-8, stores damaged on disk or crafted.
 Each test runs the commands the way a user meets them (cli.py processes, or the CLI in-process
 where a setting has to be patched) and fails on the code before the fix."""
+
 import json
 import os
 import shutil
@@ -45,8 +46,9 @@ def test_a_name_that_is_not_utf8_is_stored_losslessly_and_shown_readably(odd_nam
     with h5py.File(store) as h5:  # the file holds the name's own bytes
         assert b"val/red/bad-\xff\xfe.png" in h5["paths"][:].tolist()
 
-    code, said = cli_process("compare", "--features", store, "--out", out, "--clf", "logreg", "--ensemble", "none",
-                     "--cv", "2", "--quiet")
+    code, said = cli_process(
+        "compare", "--features", store, "--out", out, "--clf", "logreg", "--ensemble", "none", "--cv", "2", "--quiet"
+    )
     assert code == 0, said
     report = out / "reports" / store.stem
     predictions = (report / "predictions" / "resnet18-random-logreg.csv").read_text(encoding="utf-8")
@@ -56,15 +58,23 @@ def test_a_name_that_is_not_utf8_is_stored_losslessly_and_shown_readably(odd_nam
     code, said = cli_process("predict", "--model", model, "--out", tmp_path / "p.csv", odd_names / "val", "--quiet")
     assert code == 0 and "7 images, 0 unreadable" in said, said
     rows = (tmp_path / "p.csv").read_text(encoding="utf-8").splitlines()
-    assert len(rows) == 8 and any(row.startswith(printable(odd_names / "val" / "red") + "/bad-\\xff\\xfe.png,red")
-                                  for row in rows), rows
-    code, said = cli_process("explain", "--model", model, "--out", tmp_path / "why",
-                     os.fsencode(odd_names / "val" / "red") + b"/bad-\xff\xfe.png")
+    assert len(rows) == 8 and any(
+        row.startswith(printable(odd_names / "val" / "red") + "/bad-\\xff\\xfe.png,red") for row in rows
+    ), rows
+    code, said = cli_process(
+        "explain",
+        "--model",
+        model,
+        "--out",
+        tmp_path / "why",
+        os.fsencode(odd_names / "val" / "red") + b"/bad-\xff\xfe.png",
+    )
     assert code == 0 and "1 pictures, 0 unreadable" in said, said
     assert os.listdir(os.fsencode(tmp_path / "why")) == [b"bad-\xff\xfe.png"]
 
 
 # -- damaged vectors -----------------------------------------------------------------------------
+
 
 @pytest.fixture
 def small_blocks(monkeypatch):
@@ -104,12 +114,24 @@ def _damage(store, row: int, how: str):
             handle.write(bytes([byte ^ 0x01]))
 
 
-STORAGES = {"float32": (), "float16": ("--dtype", "float16"), "gzip": ("--compression", "gzip"),
-            "float16 lzf": ("--dtype", "float16", "--compression", "lzf")}
+STORAGES = {
+    "float32": (),
+    "float16": ("--dtype", "float16"),
+    "gzip": ("--compression", "gzip"),
+    "float16 lzf": ("--dtype", "float16", "--compression", "lzf"),
+}
 
 
-@pytest.mark.parametrize("how,storage", [("64 bytes", "float32"), ("exponent", "float32"), ("exponent", "float16"),
-                                         ("64 bytes", "gzip"), ("64 bytes", "float16 lzf")])
+@pytest.mark.parametrize(
+    "how,storage",
+    [
+        ("64 bytes", "float32"),
+        ("exponent", "float32"),
+        ("exponent", "float16"),
+        ("64 bytes", "gzip"),
+        ("64 bytes", "float16 lzf"),
+    ],
+)
 def test_damaged_vectors_stop_readers_and_extract_repairs_them(tinted_data, tmp_path, small_blocks, how, storage):
     """Fault 5: 'up to date', then fit died with scikit-learn's NaN traceback or trained on a wrong number.
     In a compressed store the damaged chunk cannot even be decompressed: the same line, the same repair
@@ -122,10 +144,16 @@ def test_damaged_vectors_stop_readers_and_extract_repairs_them(tinted_data, tmp_
     _damage(store, row, how)
     compressed = "gzip" in storage or "lzf" in storage  # the damage reaches past the row: which rows, it says
 
-    for command in (["fit", "--clf", "logreg", "--features", store, "--out", out, "--cv", "2"],
-                    ["compare", "--features", store, "--out", out, "--clf", "logreg", "--cv", "2"]):
-        assert_one_line_error(run(*command), store.name, "do not match their checksums",
-                              "rows (from row" if compressed else "8 rows (from row 16)")
+    for command in (
+        ["fit", "--clf", "logreg", "--features", store, "--out", out, "--cv", "2"],
+        ["compare", "--features", store, "--out", out, "--clf", "logreg", "--cv", "2"],
+    ):
+        assert_one_line_error(
+            run(*command),
+            store.name,
+            "do not match their checksums",
+            "rows (from row" if compressed else "8 rows (from row 16)",
+        )
     with pytest.raises(DamagedStore):  # row 21's block (in a compressed store, wherever the damage reached)
         load_features(store, lazy=True).X[slice(0, 48) if compressed else slice(20, 22)]
     if not compressed:  # the other blocks read as they are
@@ -185,8 +213,9 @@ def test_damage_found_while_copying_the_old_rows_is_repaired_in_the_same_run(tin
 
 # -- malformed attributes and columns ------------------------------------------------------------
 
+
 def _cut_short(h5, name):
-    h5.attrs[name] = h5.attrs[name][:len(h5.attrs[name]) // 2]
+    h5.attrs[name] = h5.attrs[name][: len(h5.attrs[name]) // 2]
 
 
 CRAFTED = {
@@ -214,13 +243,28 @@ def _flip_labels(store):
 
 CHANGED = {  # damage outside the vectors that a reader would otherwise use without a word
     "labels": (_flip_labels, "its labels column does not match its checksum", "48 images: 0 extracted"),
-    "a split": (lambda store: _with_h5(store, lambda h5: h5["splits"].write_direct(
-        np.asarray([b"trai\xff"], dtype=object), np.s_[0:1], np.s_[3:4])), "its splits column", "0 extracted"),
-    "a path": (lambda store: _with_h5(store, lambda h5: h5["paths"].write_direct(
-        np.asarray([b"red/x.png"], dtype=object), np.s_[0:1], np.s_[5:6])), "its paths column", "1 extracted"),
-    "the crop size in the config": (lambda store: _with_h5(store, lambda h5: h5.attrs.modify(
-        "config", h5.attrs["config"].replace('"crop_size": 224', '"crop_size": 264'))),
-        "its attributes do not match their checksum", "48 extracted"),
+    "a split": (
+        lambda store: _with_h5(
+            store, lambda h5: h5["splits"].write_direct(np.asarray([b"trai\xff"], dtype=object), np.s_[0:1], np.s_[3:4])
+        ),
+        "its splits column",
+        "0 extracted",
+    ),
+    "a path": (
+        lambda store: _with_h5(
+            store, lambda h5: h5["paths"].write_direct(np.asarray([b"red/x.png"], dtype=object), np.s_[0:1], np.s_[5:6])
+        ),
+        "its paths column",
+        "1 extracted",
+    ),
+    "the crop size in the config": (
+        lambda store: _with_h5(
+            store,
+            lambda h5: h5.attrs.modify("config", h5.attrs["config"].replace('"crop_size": 224', '"crop_size": 264')),
+        ),
+        "its attributes do not match their checksum",
+        "48 extracted",
+    ),
 }
 
 
@@ -238,8 +282,9 @@ def test_changed_labels_splits_paths_or_config_are_refused_and_repaired(tinted_d
     store = next((out / "features").glob("*.h5"))
     damage, fragment, repaired = CHANGED[case]
     damage(store)
-    assert_one_line_error(run("fit", "--clf", "logreg", "--features", store, "--out", out, "--cv", "2"),
-                          store.name, fragment)
+    assert_one_line_error(
+        run("fit", "--clf", "logreg", "--features", store, "--out", out, "--cv", "2"), store.name, fragment
+    )
     said = _extract(tinted_data, out)
     assert repaired in said, said
     assert run("fit", "--clf", "logreg", "--features", store, "--out", out, "--cv", "2").exit_code == 0
@@ -253,8 +298,9 @@ def test_a_malformed_store_is_refused_in_one_line_and_rebuilt_by_extract(tinted_
     store = next((out / "features").glob("*.h5"))
     with h5py.File(store, "r+") as h5:
         CRAFTED[case](h5)
-    assert_one_line_error(run("fit", "--clf", "logreg", "--features", store, "--out", out, "--cv", "2"),
-                          store.name, "damaged")
+    assert_one_line_error(
+        run("fit", "--clf", "logreg", "--features", store, "--out", out, "--cv", "2"), store.name, "damaged"
+    )
     said = _extract(tinted_data, out)
     if case == "labels past the classes":  # its vectors are whole: kept, the labels written anew
         assert "48 images: 0 extracted" in said, said

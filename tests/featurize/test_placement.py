@@ -1,4 +1,5 @@
 """The store's bookkeeping at size: numpy columns by position, found by hashed paths."""
+
 import tracemalloc
 
 import numpy as np
@@ -25,8 +26,13 @@ def test_path_index_finds_every_path_and_only_those_even_when_every_hash_collide
 def test_placement_later_rows_win_and_rows_of_other_paths_are_counted():
     placement = Placement(PATHS[:4])
     identities = np.arange(10).reshape(5, 2)
-    dropped = placement.put_paths([PATHS[0], "gone.jpg", PATHS[2], PATHS[0], PATHS[3]], identities,
-                                  [10, 11, 12, 13, 14], ["", "", "unreadable", "", ""], IN_STORE)
+    dropped = placement.put_paths(
+        [PATHS[0], "gone.jpg", PATHS[2], PATHS[0], PATHS[3]],
+        identities,
+        [10, 11, 12, 13, 14],
+        ["", "", "unreadable", "", ""],
+        IN_STORE,
+    )
     assert dropped == 1
     assert placement.kind.tolist() == [IN_STORE, NOWHERE, SKIPPED, IN_STORE]
     assert placement.locator[[0, 3]].tolist() == [13, 14] and placement.identity[0].tolist() == [6, 7]
@@ -49,8 +55,9 @@ def test_a_one_file_update_of_a_large_store_holds_tens_of_bytes_a_row_not_a_pyth
     assert place_store_rows(placement, store, attrs["fingerprint"], str(tmp_path)) == 0
     todo = placement.todo(identities)
     journal = Journal(tmp_path / "scale.h5.partial", attrs["fingerprint"], dim)
-    placement.put(todo, identities[todo], journal.append([images.paths[123]], identities[todo], X[todo] + 1, [""]),
-                  [""])
+    placement.put(
+        todo, identities[todo], journal.append([images.paths[123]], identities[todo], X[todo] + 1, [""]), [""]
+    )
     journal.close()
     write_store(store, images, identities, placement, dim, attrs, VectorReader(dim, store, journal.path))
     peak = tracemalloc.get_traced_memory()[1]
@@ -67,8 +74,13 @@ def test_take_rows_reads_just_the_rows_asked_for_from_a_lazy_store(tmp_path):
     store, _, _, _, X = generated_store(tmp_path, 3_000, dim=5)
     lazy = load_features(store, lazy=True).X
     rng = np.random.default_rng(1)
-    for rows in (np.arange(3_000), np.flatnonzero(rng.random(3_000) < 0.01), rng.integers(0, 3_000, 500),
-                 np.array([2_999, 0, 0, 17]), np.array([], np.int64)):
+    for rows in (
+        np.arange(3_000),
+        np.flatnonzero(rng.random(3_000) < 0.01),
+        rng.integers(0, 3_000, 500),
+        np.array([2_999, 0, 0, 17]),
+        np.array([], np.int64),
+    ):
         for block in (1, 7, 1_000_000):
             np.testing.assert_array_equal(take_rows(lazy, rows, block), X[rows])
             np.testing.assert_array_equal(take_rows(X, rows, block), X[rows])

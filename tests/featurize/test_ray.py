@@ -1,4 +1,5 @@
 """`extract --ray` and `fit --ray`: a real local Ray cluster (2 CPUs); the driver alone writes the store."""
+
 import json
 import os
 import signal
@@ -45,12 +46,38 @@ def test_a_ray_run_writes_the_store_a_local_run_writes(local_cluster, class_fold
 
 
 def test_cluster_errors_are_one_line(local_cluster, class_folders, tmp_path):
-    result = run("extract", "--data", class_folders, "--out", tmp_path, "--backbone", "resnet18", "--weights",
-                 "random", "--ray", "local", "--device", "cuda", "--quiet")
+    result = run(
+        "extract",
+        "--data",
+        class_folders,
+        "--out",
+        tmp_path,
+        "--backbone",
+        "resnet18",
+        "--weights",
+        "random",
+        "--ray",
+        "local",
+        "--device",
+        "cuda",
+        "--quiet",
+    )
     assert_one_line_error(result, "the Ray cluster has no GPU")
     local_cluster.shutdown()  # joining an address is tried only when no cluster is connected
-    result = run("extract", "--data", class_folders, "--out", tmp_path, "--backbone", "resnet18", "--weights",
-                 "random", "--ray", "127.0.0.1:1", "--quiet")
+    result = run(
+        "extract",
+        "--data",
+        class_folders,
+        "--out",
+        tmp_path,
+        "--backbone",
+        "resnet18",
+        "--weights",
+        "random",
+        "--ray",
+        "127.0.0.1:1",
+        "--quiet",
+    )
     assert_one_line_error(result, "--ray 127.0.0.1:1: no Ray cluster answers there")
 
 
@@ -60,8 +87,22 @@ def test_an_actor_that_cannot_start_is_a_clear_error_and_keeps_nothing_half_done
     import torch
 
     torch.save({"not": torch.zeros(1)}, tmp_path / "other.pth")
-    result = run("extract", "--data", class_folders, "--out", tmp_path / "out", "--backbone", "resnet18",
-                 "--weights", tmp_path / "other.pth", "--engine", "torch", "--ray", "local", "--quiet")
+    result = run(
+        "extract",
+        "--data",
+        class_folders,
+        "--out",
+        tmp_path / "out",
+        "--backbone",
+        "resnet18",
+        "--weights",
+        tmp_path / "other.pth",
+        "--engine",
+        "torch",
+        "--ray",
+        "local",
+        "--quiet",
+    )
     errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
     assert result.exit_code == 1 and len(errors) == 1, result.output
     assert "the Ray cluster failed" in errors[0] and "does not fit backbone resnet18" in errors[0]
@@ -79,8 +120,20 @@ def test_fit_on_ray_finds_what_a_local_fit_finds(local_cluster, tinted_store, tm
     local = fit_model(features=tinted_store, out=tmp_path / "local", clf=clf, search=search, jobs=1, log=lambda _: None)
     configured = []
     monkeypatch.setattr(RayBackend, "configure", _spy(RayBackend.configure, configured))
-    result = run("fit", "--features", tinted_store, "--out", tmp_path / "ray", "--clf", clf, "--search", search,
-                 "--ray", "local", "--quiet")
+    result = run(
+        "fit",
+        "--features",
+        tinted_store,
+        "--out",
+        tmp_path / "ray",
+        "--clf",
+        clf,
+        "--search",
+        search,
+        "--ray",
+        "local",
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     on_ray = json.loads((tmp_path / "ray" / "models" / local.json_path.name).read_text())
     assert on_ray["best_params"] == local.info["best_params"]
@@ -93,6 +146,7 @@ def _spy(method, calls):
     def spied(*args, **kwargs):
         calls.append(kwargs)
         return method(*args, **kwargs)
+
     return spied
 
 
@@ -105,8 +159,24 @@ def test_an_actor_killed_mid_run_loses_nothing(tmp_path):
     for i in range(160):
         write_image(data / ("a" if i % 2 else "b") / f"{i:03d}.png", seed=i)
     reference = load_features(extract(data=data, out=tmp_path / "reference", workers=0, **RANDOM).store)
-    command = [sys.executable, "cli.py", "extract", "--data", str(data), "--out", str(tmp_path / "out"), "--backbone",
-               "resnet18", "--weights", "random", "--batch-size", "2", "--ray", "local", "--quiet"]
+    command = [
+        sys.executable,
+        "cli.py",
+        "extract",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "out"),
+        "--backbone",
+        "resnet18",
+        "--weights",
+        "random",
+        "--batch-size",
+        "2",
+        "--ray",
+        "local",
+        "--quiet",
+    ]
     with open(tmp_path / "log", "w") as log:
         process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         victim = _actor_once_rows_arrive(process, tmp_path / "out" / "features")
@@ -115,8 +185,20 @@ def test_an_actor_killed_mid_run_loses_nothing(tmp_path):
     output = (tmp_path / "log").read_text()
     if code != 0:  # the driver gave up on the actor: one line, and the rows that arrived are kept
         assert [line for line in output.splitlines() if line.startswith("Error: ")], output
-        rerun = run("extract", "--data", data, "--out", tmp_path / "out", "--backbone", "resnet18", "--weights",
-                    "random", "--ray", "local", "--quiet")
+        rerun = run(
+            "extract",
+            "--data",
+            data,
+            "--out",
+            tmp_path / "out",
+            "--backbone",
+            "resnet18",
+            "--weights",
+            "random",
+            "--ray",
+            "local",
+            "--quiet",
+        )
         assert rerun.exit_code == 0 and "resuming" in rerun.output, rerun.output
     done = load_features(next((tmp_path / "out" / "features").glob("*.h5")))
     assert list(done.paths) == list(reference.paths) and done.fingerprint == reference.fingerprint

@@ -1,4 +1,5 @@
 """`extract --tta flip`: each stored vector is the mean of the image's and its mirror image's."""
+
 import json
 
 import numpy as np
@@ -24,7 +25,9 @@ def pictures(tmp_path_factory):
     root, mirrored = (tmp_path_factory.mktemp("tta") / name for name in ("plain", "mirrored"))
     for i in range(12):
         split, name = ("val" if i % 4 == 0 else "train"), ("a" if i % 2 else "b")
-        path = write_image(root / split / name / f"{i}.png", seed=i, size=SIZE, tint=(1, .5, .5) if i % 2 else (.5, .5, 1))
+        path = write_image(
+            root / split / name / f"{i}.png", seed=i, size=SIZE, tint=(1, 0.5, 0.5) if i % 2 else (0.5, 0.5, 1)
+        )
         (mirrored / split / name).mkdir(parents=True, exist_ok=True)
         Image.open(path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored / split / name / f"{i}.png")
     return root, mirrored
@@ -59,8 +62,9 @@ def test_flip_vectors_are_the_mean_of_the_image_and_its_mirror(pictures, tmp_pat
 
 def test_a_model_on_flip_features_flips_too_when_predicting_and_exported(pictures, tmp_path):
     root, _ = pictures
-    store = extract(data=root, backbone="resnet18", weights="random", out=tmp_path, workers=0, progress=False,
-                    tta="flip").store
+    store = extract(
+        data=root, backbone="resnet18", weights="random", out=tmp_path, workers=0, progress=False, tta="flip"
+    ).store
     features = load_features(store)
     outcome = fit_model(features=store, out=tmp_path, clf="logreg", log=lambda _: None)
     model = __import__("joblib").load(outcome.model_path)

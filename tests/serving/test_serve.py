@@ -1,4 +1,5 @@
 """`cnnfeat serve`: a real uvicorn process on 127.0.0.1, real HTTP requests, bounded in number."""
+
 import asyncio
 import io
 import os
@@ -42,9 +43,12 @@ def server_process(model_path, *options):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    process = subprocess.Popen([sys.executable, str(REPO / "cli.py"), "serve", "--model", str(model_path),
-                                "--port", str(port), *options], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "cli.py"), "serve", "--model", str(model_path), "--port", str(port), *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -73,9 +77,13 @@ def server_process(model_path, *options):
 def served(tinted_store, tmp_path_factory):
     """A saved logreg model on the tinted features, its val images, and a server for it."""
     features = load_features(tinted_store)
-    model = FeatureClassifier(HEADS["logreg"].build(0), class_names=features.class_names,
-                              feature_config=features.config, feature_fingerprint=features.fingerprint,
-                              weights_source=features.weights_source)
+    model = FeatureClassifier(
+        HEADS["logreg"].build(0),
+        class_names=features.class_names,
+        feature_config=features.config,
+        feature_fingerprint=features.fingerprint,
+        weights_source=features.weights_source,
+    )
     train = features.splits == "train"
     model.fit(features.X[train], features.y[train])
     folder = tmp_path_factory.mktemp("served")
@@ -136,8 +144,9 @@ def test_bad_input_gets_a_4xx_with_a_message_and_the_server_stays_up(served):
     assert wrong_field.status_code == 400 and "no field 'images' (got: image)" in wrong_field.json()["error"]
     not_multipart = httpx.post(f"{url}/predict", content=b"{}", headers={"content-type": "application/json"})
     assert not_multipart.status_code == 415
-    broken = httpx.post(f"{url}/predict", content=b"--x\r\nnonsense",
-                        headers={"content-type": "multipart/form-data; boundary=x"})
+    broken = httpx.post(
+        f"{url}/predict", content=b"--x\r\nnonsense", headers={"content-type": "multipart/form-data; boundary=x"}
+    )
     assert broken.status_code in (400, 422) and "error" in broken.json()
 
     too_large = _post(url, [("images", ("big.png", b"\0" * (2 << 20), "image/png"))])
@@ -151,15 +160,16 @@ def test_a_streamed_body_is_refused_before_it_is_read_whole(served):
     sent = []
 
     def body():  # no Content-Length: a chunked upload of 64 MB against a 1 MB limit
-        head = b"--x\r\nContent-Disposition: form-data; name=\"images\"; filename=\"a.png\"\r\n\r\n"
+        head = b'--x\r\nContent-Disposition: form-data; name="images"; filename="a.png"\r\n\r\n'
         yield head
         for _ in range(64):
             sent.append(1)
             yield b"\0" * (1 << 20)
 
     try:
-        answer = httpx.post(f"{url}/predict", content=body(), timeout=60,
-                            headers={"content-type": "multipart/form-data; boundary=x"})
+        answer = httpx.post(
+            f"{url}/predict", content=body(), timeout=60, headers={"content-type": "multipart/form-data; boundary=x"}
+        )
         assert answer.status_code == 413
     except httpx.TransportError:
         pass  # the server may close the connection while we are still sending: also a refusal
@@ -208,15 +218,23 @@ def test_a_port_in_use_is_one_error_line_before_anything_is_printed(served):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = subprocess.run([sys.executable, str(REPO / "cli.py"), "serve", "--model", str(path),
-                               "--port", str(port)], capture_output=True, text=True, timeout=120, check=False)
+        done = subprocess.run(
+            [sys.executable, str(REPO / "cli.py"), "serve", "--model", str(path), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
     lines = (done.stdout + done.stderr).strip().splitlines()
     assert done.returncode == 1 and len(lines) == 1, done.stdout + done.stderr
-    assert lines[0] == (f"Error: cannot listen on 127.0.0.1:{port}: the address is already in use (another server?): "
-                        f"stop it, or choose another --port (0: any free one)")
+    assert lines[0] == (
+        f"Error: cannot listen on 127.0.0.1:{port}: the address is already in use (another server?): "
+        f"stop it, or choose another --port (0: any free one)"
+    )
 
 
 # -- memory: pixels per upload, decodes at once, requests at once -------------------------------
+
 
 def test_an_image_over_max_pixels_is_refused_from_its_header(served):
     _, _, images, url = served
@@ -226,8 +244,9 @@ def test_an_image_over_max_pixels_is_refused_from_its_header(served):
     mixed = _post(url, [upload] + _files(images[:1]))
     assert mixed.status_code == 200
     refused, predicted = mixed.json()["predictions"]
-    assert refused["error"] == ("9000x9000 image: 81.0 megapixels to decode, over this server's limit of 40 "
-                                "megapixels (--max-pixels)")
+    assert refused["error"] == (
+        "9000x9000 image: 81.0 megapixels to decode, over this server's limit of 40 megapixels (--max-pixels)"
+    )
     assert "class" in predicted
     alone = _post(url, [upload])
     assert alone.status_code == 422 and "--max-pixels" in alone.json()["predictions"][0]["error"]
@@ -259,9 +278,8 @@ def test_a_large_jpeg_decodes_reduced_and_close_to_the_full_decode(served, tmp_p
     np.testing.assert_allclose(got, model.predict_proba([str(path)])[0], atol=0.02)
 
 
-
-
 # -- the model loop: a failing batch, a client gone, a loop that crashes, a full queue ------------
+
 
 class ModelCrash(BaseException):
     """What no batch should raise: it ends the model loop rather than the batch."""
@@ -290,8 +308,11 @@ class FaultsOnDemand(BaseEstimator):
 
 def _faulty_model(model, folder: Path) -> Path:
     faulty = FeatureClassifier(**model.get_params(deep=False))
-    faulty.pipeline_, faulty.classes_, faulty.n_features_in_ = (FaultsOnDemand(model.pipeline_, str(folder)),
-                                                                 model.classes_, model.n_features_in_)
+    faulty.pipeline_, faulty.classes_, faulty.n_features_in_ = (
+        FaultsOnDemand(model.pipeline_, str(folder)),
+        model.classes_,
+        model.n_features_in_,
+    )
     return save_model(faulty, folder / "model.joblib", {"head": "faulty"})[0]
 
 
@@ -315,8 +336,10 @@ def _client_that_hangs_up(url, files):
     request = httpx.Request("POST", f"{url}/predict", files=files)
     body = request.read()
     host, port = request.url.host, request.url.port
-    head = (f"POST /predict HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {request.headers['content-type']}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {request.headers['content-type']}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
     with socket.create_connection((host, port), timeout=60) as client:
         client.sendall(head + body)
         yield
@@ -365,7 +388,11 @@ def test_a_full_queue_answers_503_with_retry_after(faulty):
 
 
 def test_docs_only_with_the_flag(faulty):
-    url, _, _, = faulty
+    (
+        url,
+        _,
+        _,
+    ) = faulty
     assert [httpx.get(f"{url}/{page}").status_code for page in ("docs", "redoc", "openapi.json")] == [200] * 3
 
 
@@ -379,8 +406,10 @@ def test_a_model_loop_that_keeps_crashing_gives_up_and_health_fails(served, tmp_
         health = httpx.get(f"{url}/health")
         after = _post(url, _files(images[:1]), timeout=30)
     assert [a.status_code for a in crashed] == [500] * (Batcher.RESTARTS + 1)
-    assert crashed[0].json()["error"] == ("the model failed on this batch (RuntimeError: the model loop crashed on "
-                                          "this batch (ModelCrash: the head crashed on purpose))")
+    assert crashed[0].json()["error"] == (
+        "the model failed on this batch (RuntimeError: the model loop crashed on "
+        "this batch (ModelCrash: the head crashed on purpose))"
+    )
     assert restarted.status_code == 200 and restarted.json()["restarts"] == 1
     assert health.status_code == 503 and health.json()["status"] == "down" and health.json()["model_loop"] == "stopped"
     assert health.json()["error"].startswith("the model loop gave up after 4 crashes in a row")
@@ -419,8 +448,14 @@ def test_the_supervisor_counts_crashes_in_a_row_and_fails_what_waits_when_it_giv
 
     outcomes, alive, restarts = asyncio.run(scenario())
     kinds = [[type(o).__name__ for o in outcome] for outcome in outcomes]
-    assert kinds == [["RuntimeError"], ["ndarray"], ["RuntimeError"], ["RuntimeError"], ["RuntimeError"],
-                     ["RuntimeError", "ModelLoopDown"]]
+    assert kinds == [
+        ["RuntimeError"],
+        ["ndarray"],
+        ["RuntimeError"],
+        ["RuntimeError"],
+        ["RuntimeError"],
+        ["RuntimeError", "ModelLoopDown"],
+    ]
     assert not alive and restarts == 4
 
 
@@ -442,13 +477,20 @@ def test_a_batch_that_cannot_be_stacked_fails_alone():
 def test_model_shows_nested_paths_by_name_and_every_string_as_utf8():
     from serving.predictors import without_paths
 
-    record = {"feature_file": "/srv/a/x.h5 + /srv/b/y.h5", "class_names": ["ok", "blu\udcff"],
-              "best_params": {"distillation": {"teacher": "/home/me/models/t.joblib", "alpha": 0.5}},
-              "history": [{"checkpoint": "/tmp/run/checkpoint.pth"}], "head": "logreg"}
+    record = {
+        "feature_file": "/srv/a/x.h5 + /srv/b/y.h5",
+        "class_names": ["ok", "blu\udcff"],
+        "best_params": {"distillation": {"teacher": "/home/me/models/t.joblib", "alpha": 0.5}},
+        "history": [{"checkpoint": "/tmp/run/checkpoint.pth"}],
+        "head": "logreg",
+    }
     assert without_paths(record) == {
-        "feature_file": "x.h5 + y.h5", "class_names": ["ok", "blu\\xff"],
+        "feature_file": "x.h5 + y.h5",
+        "class_names": ["ok", "blu\\xff"],
         "best_params": {"distillation": {"teacher": "t.joblib", "alpha": 0.5}},
-        "history": [{"checkpoint": "checkpoint.pth"}], "head": "logreg"}
+        "history": [{"checkpoint": "checkpoint.pth"}],
+        "head": "logreg",
+    }
 
 
 def test_a_class_named_with_bytes_that_are_not_utf8_is_served(tmp_path):
@@ -456,10 +498,16 @@ def test_a_class_named_with_bytes_that_are_not_utf8_is_served(tmp_path):
     data = write_tinted(tmp_path / "tinted", 6)
     os.rename(data / "train" / "blue", os.fsencode(data / "train") + b"/blu\xff")
     os.rename(data / "val" / "blue", os.fsencode(data / "val") + b"/blu\xff")
-    store = load_features(extract(data=data, backbone="resnet18", weights="random", out=tmp_path / "out", workers=0,
-                                  progress=False).store)
-    model = FeatureClassifier(HEADS["logreg"].build(0), class_names=store.class_names, feature_config=store.config,
-                              feature_fingerprint=store.fingerprint, weights_source=store.weights_source)
+    store = load_features(
+        extract(data=data, backbone="resnet18", weights="random", out=tmp_path / "out", workers=0, progress=False).store
+    )
+    model = FeatureClassifier(
+        HEADS["logreg"].build(0),
+        class_names=store.class_names,
+        feature_config=store.config,
+        feature_fingerprint=store.fingerprint,
+        weights_source=store.weights_source,
+    )
     model.fit(store.X, store.y)
     path, _ = save_model(model, tmp_path / "model.joblib", {"head": "logreg"})
     image = data / "val" / "red" / "r0.png"
@@ -477,6 +525,7 @@ class _SlowDecodes:
 
     def __init__(self):
         import threading
+
         self.lock, self.running, self.peak = threading.Lock(), 0, 0
 
     def prepare(self, data, max_pixels):
@@ -529,6 +578,7 @@ def test_no_more_decodes_at_once_than_decode_threads(decode_threads):
 
 # -- batching: what waits shares a batch ---------------------------------------------------------
 
+
 def _held_batcher_sizes(requests: list[int], max_batch: int) -> tuple[list[int], list]:
     """Submit one image and hold it in the model while requests of `requests[k]` images each queue,
     then let it go: (the batch sizes the model saw, each request's answer). Image k of request r is
@@ -559,11 +609,14 @@ def _held_batcher_sizes(requests: list[int], max_batch: int) -> tuple[list[int],
     return sizes, answers
 
 
-@pytest.mark.parametrize("requests,max_batch,expected", [
-    ([1] * 31, 16, [1, 16, 15]),  # 31 one-image requests queued: a full batch, then the rest
-    ([3] * 6, 8, [1, 9, 9]),  # three-image requests: a batch closes at 8 or more, never splitting one
-    ([1, 5, 1, 1], 4, [1, 6, 2]),  # 1 + 5 passes 4 (the 5 is not split); the two left make the last batch
-])
+@pytest.mark.parametrize(
+    "requests,max_batch,expected",
+    [
+        ([1] * 31, 16, [1, 16, 15]),  # 31 one-image requests queued: a full batch, then the rest
+        ([3] * 6, 8, [1, 9, 9]),  # three-image requests: a batch closes at 8 or more, never splitting one
+        ([1, 5, 1, 1], 4, [1, 6, 2]),  # 1 + 5 passes 4 (the 5 is not split); the two left make the last batch
+    ],
+)
 def test_requests_that_wait_share_the_next_batches_up_to_max_batch(requests, max_batch, expected):
     sizes, answers = _held_batcher_sizes(requests, max_batch)
     assert sizes == expected
@@ -600,6 +653,7 @@ class _HeldFirstBatch:
 
     def __init__(self):
         import threading
+
         self.sizes, self.started, self.release = [], threading.Event(), threading.Event()
 
     def prepare(self, data, max_pixels):
@@ -629,5 +683,6 @@ def test_requests_queued_while_the_model_runs_share_the_next_batches():
             answers = [held.result()] + [future.result() for future in queued]
     assert [answer.status_code for answer in answers] == [200] * 32
     assert predictor.sizes == [1, 16, 15]
-    assert [answer.json()["predictions"][0]["probabilities"]["a"] for answer in answers] == \
-        pytest.approx([k / 100 for k in range(32)])
+    assert [answer.json()["predictions"][0]["probabilities"]["a"] for answer in answers] == pytest.approx(
+        [k / 100 for k in range(32)]
+    )
