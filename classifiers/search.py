@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -19,8 +20,10 @@ from .edges import edge_notes
 from .grids import axes_first, coordinate_count, resolve_grid
 from .heads import Head, final_step, get_head
 
-SCORINGS = ("accuracy", "balanced_accuracy", "f1_macro")
-METHODS = ("auto", "grid", "halving", "coordinate", "path")
+Scoring = Literal["accuracy", "balanced_accuracy", "f1_macro"]
+SCORINGS = get_args(Scoring)
+SearchMethod = Literal["auto", "grid", "halving", "coordinate", "path"]
+METHODS = get_args(SearchMethod)
 HALVING_ABOVE = 10_000  # training rows past which `search="auto"` uses successive halving for every head
 # Training rows past which `search="auto"` uses a head's own cheaper method (Head.auto_search: out-of-bag
 # scores for the forest). Below it the full grid is quick anyway.
@@ -36,8 +39,8 @@ class SearchSettings:
     source of the reuse key (`result_settings`), so the key cannot forget a setting that changes a number."""
 
     cv: int = 5
-    scoring: str = "accuracy"
-    search: str = "auto"  # one of METHODS; auto: see method_for
+    scoring: Scoring = "accuracy"
+    search: SearchMethod = "auto"  # auto: see method_for
     seed: int = 0
     budget: float | None = None  # seconds per head; the search stops at its best candidate so far
     jobs: int = -1  # parallel fits; -1: every core (never changes a number)

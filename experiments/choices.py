@@ -7,7 +7,10 @@ disagree with the code: the heads, scorings and search methods of `classifiers` 
 imports scikit-learn). What `featurize`'s root exports at no cost (DEFAULT_BACKBONE, ENGINES,
 TTA_MODES, DTYPES, ...) the CLI reads from there."""
 
-EXPLAIN_METHODS = ("auto", "cam", "occlusion")  # experiments.explain's own (it imports them from here)
+from typing import Literal, get_args
+
+ExplainMethod = Literal["auto", "cam", "occlusion"]
+EXPLAIN_METHODS = get_args(ExplainMethod)  # experiments.explain's own (it imports them from here)
 
 # Copies (checked by tests/experiments/test_choices.py):
 HEADS = ("logreg", "svm", "knn", "rf", "mlp", "linear")  # classifiers.HEADS, in the registry's order

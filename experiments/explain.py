@@ -15,7 +15,7 @@ from common.errors import CnnfeatError
 from common.files import ensure_writable, write_bytes_atomic
 from common.names import printable
 
-from .choices import EXPLAIN_METHODS
+from .choices import EXPLAIN_METHODS, ExplainMethod
 from .heatmaps import (
     OcclusionGrid,
     class_activation_map,
@@ -29,13 +29,13 @@ from .layout import explain_dir
 from .plots import heatmap_png, tiles_png
 from .predict import expand_inputs
 
-METHODS = EXPLAIN_METHODS  # auto: cam where it exists, else occlusion
+METHODS = EXPLAIN_METHODS
 
 
 @dataclass(frozen=True)
 class ExplainSettings:
     class_name: str | None = None  # explain this class; None: the predicted one
-    method: str = "auto"  # METHODS
+    method: ExplainMethod = "auto"  # auto: cam where it exists, else occlusion
     device: str = "auto"
     feature_maps: str | None = None  # also a grid of a layer's strongest channels: a layer name, or "last"
     filters: bool = False  # also the first convolution's kernels (one PNG)

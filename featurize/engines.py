@@ -15,13 +15,15 @@ import io
 import os
 import warnings
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
 from common.errors import CnnfeatError, error_line
 from common.files import atomic_write
 
-ENGINES = ("torch", "onnxruntime")
+Engine = Literal["torch", "onnxruntime"]
+ENGINES = get_args(Engine)
 ONNX_OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "images", "features"
 

@@ -24,12 +24,12 @@ from common.files import ensure_writable, sweep_stale_tmp
 from common.locks import exclusive
 from common.names import printable
 
-from .backbones import DEFAULT_BACKBONE, check_tta, get_backbone
+from .backbones import DEFAULT_BACKBONE, TtaMode, check_tta, get_backbone
 from .batches import WorkerFailed, iter_vectors
 from .devices import run_device
 from .discovery import ImageList, discover, image_identities
 from .distributed import connect_ray, iter_vectors_ray
-from .engines import ExportFailed, backbone_graph, compute_precision, load_embedder, resolve_engine
+from .engines import Engine, ExportFailed, backbone_graph, compute_precision, load_embedder, resolve_engine
 from .fingerprints import FeatureSpec
 from .integrity import DamagedStore, damage_mark
 from .journal import Journal
@@ -62,13 +62,13 @@ class RunOptions:
     """How a run goes (not what it computes): these never change a vector."""
 
     device: str = "cpu"  # resolved: cpu, cuda, cuda:N
-    engine: str = "torch"  # resolved: torch, onnxruntime
+    engine: Engine = "torch"  # resolved
     ray: str | None = None  # None: this process; "local" or a cluster address: a Ray cluster
     batch_size: int | None = None
     workers: int | None = None
     progress: bool = True
     storage: Storage = Storage()  # its dtype does change the stored numbers: it is in the fingerprint
-    tta: str = "none"  # TTA_MODES: "flip" changes every vector, so it too is in the fingerprint
+    tta: TtaMode = "none"  # "flip" changes every vector, so it too is in the fingerprint
     strict: bool = False  # an unreadable image fails the run (after the store is written)
     trust_pickle: bool = False  # a --weights file may hold pickled objects (loading them runs its code)
     verify: bool = False  # check every stored vector against its checksum

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from common.hashing import json_key
 
-from .backbones import POOLING, Backbone, weights_kind
-from .store import FORMAT_VERSION
+from .backbones import POOLING, Backbone, TtaMode, weights_kind
+from .engines import Engine
+from .store import FORMAT_VERSION, StorageDtype
 
 FEATURE_PACKAGES = ("cnnfeat", "torch", "torchvision", "numpy", "h5py", "pillow", "efficientnet-lite-pytorch")
 
@@ -35,9 +36,9 @@ class FeatureSpec:
     backbone: Backbone
     weights: str | None = None  # None: the backbone's own; "random"; or a checkpoint's path
     precision: str = "float32"  # what the backbone computes in (engines.compute_precision)
-    engine: str = "torch"
-    storage_dtype: str = "float32"
-    tta: str = "none"
+    engine: Engine = "torch"
+    storage_dtype: StorageDtype = "float32"
+    tta: TtaMode = "none"
 
     @cached_property
     def config(self) -> dict:

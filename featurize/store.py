@@ -18,6 +18,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -30,8 +31,10 @@ from .journal import read_vectors
 from .placement import IN_JOURNAL, IN_MEMORY, IN_STORE, NOWHERE, SKIPPED, Placement
 
 FORMAT_VERSION = 1
-DTYPES = ("float32", "float16")
-COMPRESSIONS = ("none", "lzf", "gzip")
+StorageDtype = Literal["float32", "float16"]
+DTYPES = get_args(StorageDtype)
+Compression = Literal["none", "lzf", "gzip"]
+COMPRESSIONS = get_args(Compression)
 COPY_ROWS = 1024  # rows per chunk when a store is written: memory is one chunk (5 MiB at 1280-d), whatever N is;
 # one checksum per chunk (the file says how many rows: its `checksum_rows`)
 DAMAGED_OR_FOREIGN = (StoreError, OSError, KeyError, ValueError, TypeError, IndexError)  # what reading a store
@@ -44,8 +47,8 @@ class Storage:
     fingerprint); compression never changes a number. Compression None: whatever the existing
     file has (none for a new one), so a run that does not ask never rewrites a file to change it."""
 
-    dtype: str = "float32"
-    compression: str | None = None
+    dtype: StorageDtype = "float32"
+    compression: Compression | None = None
 
     def check(self) -> Storage:
         if self.dtype not in DTYPES:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 from common.errors import BackboneError
 from common.hashing import file_sha256
@@ -16,7 +17,8 @@ from .preprocessing import Preprocessing
 # Exported as the default of every command that takes --backbone: it works with no network.
 DEFAULT_BACKBONE = "efficientnet_lite0"
 POOLING = "global-average"
-TTA_MODES = ("none", "flip")  # flip: each vector the mean of the image's and its mirror image's
+TtaMode = Literal["none", "flip"]  # flip: each vector the mean of the image's and its mirror image's
+TTA_MODES = get_args(TtaMode)
 
 
 def weights_kind(weights: str | None) -> str:
