@@ -16,6 +16,11 @@ class ChunkedStandardScaler(StandardScaler):
     FIT_BYTES of rows) it is exactly StandardScaler's fit; with more, the same statistics up to
     rounding (Chan's merge of partial means and variances)."""
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.array_api_support = False  # its chunks are numpy (or h5py) rows; other namespaces are not tested
+        return tags
+
     def fit(self, X, y=None, sample_weight=None):
         # What is not a dense 2-D array of rows (sparse matrices, lists, weighted rows) is StandardScaler's
         # to fit, or to refuse, as it is
