@@ -105,38 +105,45 @@ def fit_and_score(data, split, clf, grid=None, settings: SearchSettings | None =
         if result.fitted is None
         else FeatureClassifier.from_fitted(result.fitted, X_train, y_train, **model.get_params(deep=False))
     )
-    fit_seconds = time.perf_counter() - started
+    refit_seconds = time.perf_counter() - started
 
     scored = evaluate(model, data, split)
     notes = list(result.notes) + _unseen_classes(model, data, split, log)
+    info = _fit_record(head, result, scored, refit_seconds, notes, provenance(data, settings.seed))
+    return Scored(model, info, scored.predicted, scored.proba)
+
+
+def _fit_record(head, result, scored, refit_seconds: float, notes: list, origin: dict) -> dict:
+    """What a saved model's .json says: its search, its held-out scores, `origin` (its features and
+    libraries), its times."""
     selection = {
         0: "out-of-bag score on train, one fit per candidate",
         1: f"{result.method} search, a stratified 20% slice of train",
     }.get(result.folds, f"{result.method} search, {result.folds}-fold CV on train")
-    info = {
+    cv = {
+        "scoring": result.scoring,
+        "mean": result.cv_mean,
+        "std": result.cv_std,
+        "folds": result.folds,
+        "candidates": result.candidates,
+        "evaluated": result.evaluated,
+        "search": result.method,
+        "seconds": round(result.seconds, 3),
+    }
+    return {
         "head": head.name,
         "description": head.description,
         "best_params": result.best_params,
         "selection": selection,
-        "cv": {
-            "scoring": result.scoring,
-            "mean": result.cv_mean,
-            "std": result.cv_std,
-            "folds": result.folds,
-            "candidates": result.candidates,
-            "evaluated": result.evaluated,
-            "search": result.method,
-            "seconds": round(result.seconds, 3),
-        },
+        "cv": cv,
         "heldout": scored.scores,
-        **provenance(data, settings.seed),
+        **origin,
         "search_seconds": round(result.seconds, 3),
-        "refit_seconds": round(fit_seconds, 3),
-        "fit_seconds": round(result.seconds + fit_seconds, 3),
+        "refit_seconds": round(refit_seconds, 3),
+        "fit_seconds": round(result.seconds + refit_seconds, 3),
         "predict_seconds_per_image": scored.seconds_per_image,
         "notes": notes,
     }
-    return Scored(model, info, scored.predicted, scored.proba)
 
 
 class Evaluation(NamedTuple):
