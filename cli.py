@@ -448,7 +448,9 @@ def explain(model_path, inputs, out, class_name, method, feature_maps, filters, 
     """Heatmaps of where the model looks: one PNG per image (files or folders)."""
     from experiments.explain import ExplainSettings, explain_images
 
-    settings = ExplainSettings(class_name, method, device, feature_maps, filters)
+    settings = ExplainSettings(
+        class_name=class_name, method=method, device=device, feature_maps=feature_maps, filters=filters
+    )
     explained = explain_images(model_path, inputs, out, settings, log=click.echo)
     click.echo(
         f"{len(explained.written)} pictures, {len(explained.failures)} unreadable: {printable(explained.folder)}"
@@ -500,7 +502,8 @@ def finetune(data, out, teacher, temperature, alpha, quiet, **settings):
     from experiments.finetune import FinetuneSettings, run_finetune
 
     distill = Distillation(teacher, temperature, alpha) if teacher else None
-    run_finetune(data, out, FinetuneSettings(**settings, progress=not quiet, distill=distill), log=click.echo)
+    settings = FinetuneSettings(**settings, progress=not quiet, distill=distill)
+    run_finetune(data, out=out, settings=settings, log=click.echo)
 
 
 @cli.command()

@@ -31,11 +31,15 @@ from torchvision import datasets
 from torchvision import transforms as T
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from featurize import discover, extract, get_backbone  # noqa: E402
+from featurize import (  # noqa: E402
+    FeatureSpec,  # noqa: E402
+    discover,
+    extract,
+    get_backbone,
+)
 from featurize.decoding import load_image  # noqa: E402
 from featurize.devices import default_batch_size, resolve_device  # noqa: E402
 from featurize.engines import ENGINES, load_embedder, resolve_engine  # noqa: E402
-from featurize.fingerprints import feature_config  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "hymenoptera"
 
@@ -72,7 +76,7 @@ def forward_only(record, weights, data: Path, device: str, engine: str) -> tuple
     images = discover(data)
     transform = record.preprocessing().transform()
     tensors = torch.stack([transform(load_image(images.root / p)) for p in images.paths])
-    model = load_embedder(record, weights, device, engine, feature_config(record, weights)[1])
+    model = load_embedder(record, weights, device, engine, FeatureSpec(record, weights).fingerprint)
     batch_size = default_batch_size(device)
     model.embed(tensors[:batch_size])  # warm-up (the embedder returns numpy: the device is synchronised)
     start = time.perf_counter()

@@ -86,8 +86,7 @@ def _past(edge: Edge) -> list:
     """Two values past the edge, spaced as its last two: by their ratio where they have one sign
     (decades stay decades), else by their difference. Integers stay integers where rounding keeps
     the values apart (n_neighbors 21 -> 29, 41)."""
-    ordered = edge.ordered
-    edge_value, inner = (ordered[0], ordered[1]) if edge.low else (ordered[-1], ordered[-2])
+    ordered, edge_value, inner = edge.ordered, edge.best, edge.inward
     if edge_value * inner <= 0:
         return [edge_value + (edge_value - inner), edge_value + 2 * (edge_value - inner)]
     past = [edge_value * (edge_value / inner), edge_value * (edge_value / inner) ** 2]

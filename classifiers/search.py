@@ -161,10 +161,23 @@ def search_head(
     Nothing is refitted here; a search that fits the best candidate on all of (X, y) anyway
     (out-of-bag) hands that model back as `fitted`."""
     plan = plan_search(name, y, grid, replace(settings or SearchSettings(), **overrides), label_names)
+    check_finite(X, plan.head.name)
     for note in plan.notes:
         log(note)
     log(plan.describe())
     return run_search(plan, X, y, log)
+
+
+def check_finite(X, head: str, rows_at_once: int = 65_536) -> None:
+    """One line, before any fit, where a training vector holds NaN or infinity (a store written by
+    other code, a backbone that overflowed): scikit-learn would refuse it inside some folds only."""
+    for start in range(0, len(X), rows_at_once):
+        bad = np.flatnonzero(~np.isfinite(np.asarray(X[start : start + rows_at_once])).all(axis=1))
+        if bad.size:
+            raise CnnfeatError(
+                f"{head}: the feature vectors are not all finite (training row {start + bad[0]} holds NaN or "
+                "infinity); extract them again, or drop those rows"
+            )
 
 
 def plan_search(name, y: np.ndarray, grid=None, settings: SearchSettings | None = None, label_names=None) -> SearchPlan:

@@ -20,7 +20,7 @@ from common.errors import CnnfeatError, OutputError
 from common.files import ensure_writable
 from common.locks import exclusive
 from common.names import safe_name
-from featurize import fuse_features, load_features
+from featurize import FuseMode, fuse_features, load_features
 
 from .finetune import FinetuneSettings, run_finetune
 from .finetuned import FINETUNE_ROW, finetuned_row
@@ -37,7 +37,7 @@ from .splits import HeldoutImages, Split, heldout_images, train_eval_split
 class CompareSettings:
     clf: str = "all"  # all, or a comma list of heads
     refit: bool = False  # search again even where nothing changed
-    fuse: str = "concat"  # with several feature files: also every head on their vectors joined; none: not
+    fuse: FuseMode = "concat"  # with several feature files: also every head on their vectors joined; none: not
     ensemble: str = "vote"  # vote, stack, both (comma list or all), or none
     search: SearchSettings = field(default_factory=SearchSettings)  # how each head is searched
     finetune: FinetuneSettings | None = None  # also fine-tune each backbone first (its weights and the search's seed)
@@ -48,11 +48,19 @@ class CompareSettings:
 
 def compare_settings(settings: CompareSettings | None = None, **overrides) -> CompareSettings:
     """`settings` with `overrides`: fields of CompareSettings (clf="knn", refit=True, ...) or of its
-    SearchSettings (cv=3, seed=7, jobs=1, ...)."""
+    SearchSettings (cv=3, seed=7, jobs=1, ...). `search` is a SearchSettings or a method's name
+    ("halving"); `finetune` FinetuneSettings, or True for the default fine-tune."""
     settings = settings or CompareSettings()
-    own = {f.name for f in fields(CompareSettings)} - {"search"}
-    search = replace(overrides.pop("search", settings.search), **{k: v for k, v in overrides.items() if k not in own})
-    return replace(settings, search=search, **{k: v for k, v in overrides.items() if k in own}).check()
+    search = overrides.pop("search", settings.search)
+    if isinstance(search, str):
+        search = replace(settings.search, search=search)
+    finetune = overrides.pop("finetune", settings.finetune)
+    if isinstance(finetune, bool):
+        finetune = FinetuneSettings() if finetune else None
+    own = {f.name for f in fields(CompareSettings)}
+    search = replace(search, **{k: v for k, v in overrides.items() if k not in own})
+    own_overrides = {k: v for k, v in overrides.items() if k in own}
+    return replace(settings, search=search, finetune=finetune, **own_overrides).check()
 
 
 @dataclass
@@ -365,14 +373,10 @@ def _finetuned_rows(file: FeatureFile, run: CompareRun, out) -> list[Row]:
     ranked beside the heads."""
     data, finetune = file.data, run.settings.finetune
     if finetune is not None and data.weights_source in ("", "random"):
-        run_finetune(
-            data.data_root,
-            out,
-            replace(
-                finetune, backbone=data.backbone, seed=run.settings.search.seed, weights=data.weights_source or None
-            ),
-            run.log,
+        settings = replace(
+            finetune, backbone=data.backbone, seed=run.settings.search.seed, weights=data.weights_source or None
         )
+        run_finetune(data.data_root, out=out, settings=settings, log=run.log)
     try:
         row = finetuned_row(out, data, file.label, file.heldout, run.log)
     except CnnfeatError as error:

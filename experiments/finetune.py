@@ -28,11 +28,11 @@ from classifiers import FeatureClassifier, save_model, warmup_cosine
 from common.files import atomic_write, ensure_writable
 from featurize import (
     DEFAULT_BACKBONE,
+    FeatureSpec,
     checked_batches,
     compute_precision,
     default_workers,
     discover,
-    feature_config,
     get_backbone,
     resolve_device,
     resolve_engine,
@@ -128,7 +128,7 @@ class FinetuneResult:
 
 
 def run_finetune(
-    data="data", out=DEFAULT_OUT, settings: FinetuneSettings | None = None, log=print, **overrides
+    data="data", *, out=DEFAULT_OUT, settings: FinetuneSettings | None = None, log=print, **overrides
 ) -> Path:
     """Fine-tune and save; returns the folder it wrote. `overrides` are FinetuneSettings fields
     (epochs=2, weights="random", ...). Everything a user can get wrong is refused before anything
@@ -252,16 +252,15 @@ def train_epoch(training: Training, epoch: int) -> float:
     keep_frozen_batchnorm(training.network.trunk)
     loader, settings = training.loader, training.settings
     seen, loss_sum = 0, 0.0
-    for item in tqdm(
+    for positions, batch, _ in tqdm(
         checked_batches(loader, training.compute.workers),
         desc=f"epoch {epoch}/{settings.epochs}",
         unit="batch",
         total=len(loader),
         disable=not settings.progress,
     ):
-        if item is None:  # no image of the batch could be read
+        if batch is None:  # no image of the batch could be read
             continue
-        positions, batch = item
         seen, loss_sum = seen + len(positions), loss_sum + _step(training, positions, batch) * len(positions)
     return loss_sum / max(1, seen)
 
@@ -296,7 +295,8 @@ def save_result(
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint = _save_checkpoint(folder / "checkpoint.pth", backbone, result.network, images.class_names)
     engine = resolve_engine("auto", compute.device)  # the fingerprint `extract --weights checkpoint.pth` will give
-    config, fingerprint = feature_config(backbone, str(checkpoint), compute_precision(compute.device, engine), engine)
+    spec = FeatureSpec(backbone, str(checkpoint), compute_precision(compute.device, engine), engine)
+    config, fingerprint = spec.config, spec.fingerprint
     head = result.network.head
     model = FeatureClassifier.from_linear_layer(
         head.weight.detach().cpu().numpy(),

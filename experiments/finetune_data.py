@@ -10,7 +10,7 @@ from typing import NamedTuple
 import numpy as np
 
 from common.errors import CnnfeatError
-from featurize import ImageDataset, checked_batches
+from featurize import ImageDataset, checked_batches, collate_readable
 
 SELECTION_FRACTION = 0.2  # of the training images, held back to choose the epoch
 
@@ -61,20 +61,9 @@ def _split_names(images, data) -> tuple[list[int], str]:
     return all_train, heldout_name
 
 
-def collate_readable(items):
-    """(positions of the readable images in their dataset, those images stacked), or None where no
-    image of the batch could be read. In a worker, default_collate stacks into shared memory (see
-    featurize's own collate: a worker that cannot get any fails where the DataLoader reports it)."""
-    from torch.utils.data import default_collate
-
-    good = [(i, t) for i, t, _ in items if t is not None]
-    if not good:
-        return None
-    return [i for i, _ in good], default_collate([t for _, t in good])
-
-
 def train_loader(images, rows: list[int], transform, compute: Compute, generator):
-    """Shuffled batches of the images `rows` (augmented by `transform`): (positions in `rows`, images)."""
+    """Shuffled batches of the images `rows` (augmented by `transform`): featurize's collate_readable
+    batches (positions in `rows`, the decoded images stacked or None, [(position, reason)])."""
     from torch.utils.data import DataLoader
 
     dataset = ImageDataset(images.root, [images.paths[i] for i in rows], transform)
@@ -103,15 +92,15 @@ def predict_rows(network, images, rows: list[int], prep, compute: Compute, tta: 
     positions, probabilities = [], []
     cuda = compute.device.startswith("cuda")
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
-        for item in checked_batches(loader, compute.workers):
-            if item is None:
+        for readable, images_batch, _ in checked_batches(loader, compute.workers):
+            if images_batch is None:  # no image of the batch could be read
                 continue
-            batch = item[1].to(compute.device).contiguous(memory_format=torch.channels_last)
+            batch = images_batch.to(compute.device).contiguous(memory_format=torch.channels_last)
             proba = network(batch).float().softmax(1)
             if tta:
                 proba = (proba + network(torch.flip(batch, dims=[3])).float().softmax(1)) / 2
             probabilities.append(proba.cpu().numpy())
-            positions += item[0]
+            positions += readable
     return (
         [dataset.paths[i] for i in positions],
         [images.labels[rows[i]] for i in positions],

@@ -49,7 +49,7 @@ def class_activation_map(model, image, class_name, device="auto", grid=None) -> 
     """The exact CAM of the class (default: the predicted one) on the backbone's centre crop."""
     import torch
 
-    from featurize.network import last_feature_map
+    from featurize import last_feature_map
 
     W, _ = linear_form(model.pipeline_)
     extractor, backbone = first_backbone(model)  # the torch module, also where features came from onnxruntime
@@ -113,7 +113,7 @@ def feature_map_grid(model, image, layer: str | None) -> tuple[np.ndarray, str]:
     captured = []
     with torch.inference_mode():
         if layer is None:
-            from featurize.network import last_feature_map
+            from featurize import last_feature_map
 
             captured.append(last_feature_map(extractor, crop))
             layer = "the last feature map"

@@ -37,8 +37,17 @@ def explain_dir(out: str | os.PathLike = DEFAULT_OUT) -> Path:
 
 
 def predictions_csv(model_path: str | os.PathLike, out: str | os.PathLike = DEFAULT_OUT) -> Path:
-    """OUT/predictions/<model>.csv: `predict`'s CSV when no path is given, named by the model file
-    (a fine-tune's generic model.joblib by its folder, e.g. hymenoptera-1a2b3c4d-resnet18.csv)."""
-    model_path = Path(model_path)
-    name = model_path.parent.name if model_path.stem == "model" and model_path.parent.name else model_path.stem
+    """OUT/predictions/<model>.csv: `predict`'s CSV when no path is given, named by the model file.
+    Names that say too little get their folder's: a fine-tune's model.joblib is named by its folder
+    (hymenoptera-1a2b3c4d-resnet18.csv), a head `compare` kept by its report's
+    (hymenoptera-1a2b3c4d-efficientnet_lite0-efficientnet_lite0-svm.csv), so two datasets' models
+    never write the same CSV."""
+    model_path = Path(model_path).absolute()
+    folder = model_path.parent
+    if model_path.stem == "model" and folder.name:
+        name = folder.name
+    elif folder.name == "models" and folder.parent.parent.name == "reports":
+        name = f"{folder.parent.name}-{model_path.stem}"
+    else:
+        name = model_path.stem
     return Path(out, "predictions", f"{name}.csv")

@@ -4,15 +4,16 @@ The names below are the package's public API: the other packages (classifiers, e
 serving, the CLI) import from `featurize` itself, never from its modules, so the modules can be
 rearranged without touching them. Importing it imports no torch (`cnnfeat --help` stays instant).
 
-- extraction: `extract` (bring a feature file up to date), `feature_config`, `iter_vectors` and its
-  pieces (`ImageDataset`, `collate_readable`, `checked_batches`), the device policy (`resolve_device`,
-  `default_workers`);
+- extraction: `extract` (bring a feature file up to date), `FeatureSpec` (what a store's vectors
+  depend on: its config and fingerprint), `iter_vectors` and its pieces (`ImageDataset`,
+  `collate_readable`, `checked_batches`), the device policy (`resolve_device`, `default_workers`);
 - the store: `load_features`, `Features`, `Storage`, `take_rows`, `library_versions`;
 - images: finding them (`discover`, `find_images`, `file_identity`), decoding them (`load_image`,
   `decode_upload`, `pil_to_rgb_tensor`);
 - backbones and engines: the registry (`BACKBONES`, `get_backbone`, `list_backbones`, `register`),
   `load_embedder`, `export_backbone`, `cpu_session`;
-- fused features (`fuse_features`), Ray (`connect_ray`), the digits demo (`write_digits`).
+- fused features (`fuse_features`), Ray (`connect_ray`), the digits demo (`write_digits`);
+- torch's side, imported on first use: `last_feature_map` (a backbone's last feature map, for heatmaps).
 """
 
 from common.errors import BackboneError, CnnfeatError, DataError, StoreError
@@ -36,8 +37,8 @@ from .discovery import ImageList, discover, file_identity, find_images
 from .distributed import connect_ray
 from .engines import ENGINES, ONNX_OPSET, compute_precision, cpu_session, export_backbone, load_embedder, resolve_engine
 from .extract import ExtractResult, extract
-from .fingerprints import feature_config, library_versions
-from .fuse import FUSE_MODES, fuse_features, part_widths
+from .fingerprints import FeatureSpec, library_versions
+from .fuse import FUSE_MODES, FuseMode, fuse_features, part_widths
 from .integrity import take_rows
 from .store import COMPRESSIONS, DTYPES, Features, Storage, load_features
 
@@ -68,10 +69,11 @@ __all__ = [
     "checked_batches",
     "default_workers",
     "extract",
-    "feature_config",
+    "FeatureSpec",
     "iter_vectors",
     "resolve_device",
     "FUSE_MODES",
+    "FuseMode",
     "fuse_features",
     "part_widths",
     "ImageList",
@@ -92,3 +94,13 @@ __all__ = [
     "list_backbones",
     "collate_readable",
 ]
+
+
+def __getattr__(name: str):
+    # Names whose module imports torch, imported when first asked for (PEP 562), so importing the
+    # package stays torch-free
+    if name == "last_feature_map":
+        from .network import last_feature_map
+
+        return last_feature_map
+    raise AttributeError(f"module 'featurize' has no attribute {name!r}")

@@ -103,17 +103,17 @@ def extract(
     device = run_device(device, ray)
     check_tta(tta)
     options = RunOptions(
-        device,
-        resolve_engine(engine, device),
-        ray,
-        batch_size,
-        workers,
-        progress,
-        storage.check(),
-        tta,
-        strict,
-        trust_pickle,
-        verify,
+        device=device,
+        engine=resolve_engine(engine, device),
+        ray=ray,
+        batch_size=batch_size,
+        workers=workers,
+        progress=progress,
+        storage=storage.check(),
+        tta=tta,
+        strict=strict,
+        trust_pickle=trust_pickle,
+        verify=verify,
     )
     try:
         return _extract(data, backbone, weights, Path(out), options)

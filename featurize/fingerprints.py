@@ -81,19 +81,6 @@ class FeatureSpec:
         return store_attrs(self.config, self.fingerprint, images, self.weights)
 
 
-def feature_config(
-    record: Backbone,
-    weights: str | None,
-    precision: str = "float32",
-    engine: str = "torch",
-    storage_dtype: str = "float32",
-    tta: str = "none",
-) -> tuple[dict, str]:
-    """What the vectors of `record` with `weights` depend on, as stored in the feature file, and its fingerprint."""
-    spec = FeatureSpec(record, weights, precision, engine, storage_dtype, tta)
-    return spec.config, spec.fingerprint
-
-
 def store_attrs(config: dict, fp: str, images, weights: str | None) -> dict:
     """The store's attributes: what made its vectors, and which dataset they describe."""
     return {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -19,7 +20,8 @@ from common.errors import StoreError
 from .fingerprints import fingerprint
 from .store import Features
 
-FUSE_MODES = ("concat", "none")  # compare --fuse
+FuseMode = Literal["concat", "none"]  # compare --fuse
+FUSE_MODES = get_args(FuseMode)
 SHOWN = 5  # missing images named in a note; the rest are counted
 
 

@@ -104,3 +104,18 @@ def test_a_search_is_planned_from_the_labels_before_any_fit():
     forest = plan_search("rf", np.repeat(["a", "b"], 1000), settings=SearchSettings(jobs=1))
     assert (forest.method, forest.folds, forest.candidates) == ("oob", 0, 6)
     assert forest.describe().endswith("x out-of-bag scores on 2000 rows (accuracy, 1 job)")
+
+
+@pytest.mark.parametrize("head, search", [("linear", "path"), ("logreg", "grid")])
+def test_vectors_that_are_not_finite_are_one_line_naming_the_cause(head, search):
+    """A vector with NaN (a store written by other code, a backbone that overflowed) reaches the
+    search as scikit-learn's input check refusing it: one line, for every search method."""
+    from classifiers.search import SearchSettings
+    from common.errors import CnnfeatError
+
+    X = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
+    X[3, 1] = np.nan
+    settings = SearchSettings(cv=2, search=search, jobs=1)
+    grid = {"epochs": [2]} if head == "linear" else {"C": [1.0]}
+    with pytest.raises(CnnfeatError, match=f"^{head}: the feature vectors are not all finite"):
+        search_head(head, X, np.repeat([0, 1], 20), grid, settings, log=lambda _: None)

@@ -385,3 +385,18 @@ def test_an_empty_clf_is_refused_not_read_as_all(tinted_store, tmp_path):
     assert_one_line_error(
         run("compare", "--features", tinted_store, "--out", tmp_path, "--clf", ""), "--clf '': no head named"
     )
+
+
+def test_compare_settings_take_a_search_method_by_name_and_finetune_as_a_flag():
+    from classifiers import SearchSettings
+    from experiments.compare import CompareSettings, compare_settings
+    from experiments.finetune import FinetuneSettings
+
+    settings = compare_settings(search="halving", finetune=True, cv=3, clf="knn")
+    assert settings.search == SearchSettings(search="halving", cv=3)
+    assert settings.finetune == FinetuneSettings() and settings.clf == "knn"
+    assert compare_settings(CompareSettings(finetune=FinetuneSettings()), finetune=False).finetune is None
+    given = SearchSettings(seed=7)
+    assert compare_settings(search=given, jobs=1).search == SearchSettings(seed=7, jobs=1)
+    with pytest.raises(CnnfeatError):
+        compare_settings(search="no-such-method")
