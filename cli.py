@@ -535,7 +535,8 @@ def backbones():
 @cli.command("demo-data")
 @click.argument("dest", default="data/digits")
 def demo_data(dest):
-    """Write scikit-learn's digits as train/ and val/ image folders (a dataset needing no download)."""
+    """Write scikit-learn's digits as train/ and val/ image folders in DEST (default data/digits; a
+    dataset needing no download): then `extract --data data/digits`."""
     from featurize import write_digits
 
     folder, count = write_digits(dest)

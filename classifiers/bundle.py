@@ -43,6 +43,16 @@ def save_model(model: FeatureClassifier, path: str | os.PathLike, info: dict) ->
     return path, json_path
 
 
+# Files a user may hand --model by mistake, and what each one is
+NOT_SAVED_MODELS = {
+    ".onnx": "an exported model (`serve --model` runs it)",
+    ".json": "a saved model's record (its .joblib lies beside it)",
+    ".h5": "a feature file (`fit --features` takes it)",
+    ".pth": "a checkpoint (`extract --weights` takes it)",
+    ".pt": "a checkpoint (`extract --weights` takes it)",
+}
+
+
 def load_model(path: str | os.PathLike, verify: bool = True, option: str = "--model") -> FeatureClassifier:
     """Load a saved model. With `verify` (the default, and always through the CLI), the record
     saved beside it (the .json) must be there, parse, and give the file's sha256, checked before
@@ -55,6 +65,8 @@ def load_model(path: str | os.PathLike, verify: bool = True, option: str = "--mo
     path = Path(path)
     if not path.is_file():
         raise CnnfeatError(f"{option} {path}: no such file")
+    if path.suffix.lower() in NOT_SAVED_MODELS:
+        raise CnnfeatError(f"{option} {path}: {NOT_SAVED_MODELS[path.suffix.lower()]}, not a saved model (.joblib)")
     if verify:
         check_record(path, option)
     try:

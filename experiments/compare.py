@@ -124,7 +124,7 @@ def compare(
 
 
 def parse_heads(clf: str | None) -> list[str]:
-    names = list(HEADS) if clf in ("all", None) else [c.strip() for c in clf.split(",") if c.strip()]
+    names = list(HEADS) if clf in ("all", None) else list(dict.fromkeys(c.strip() for c in clf.split(",") if c.strip()))
     if not names:
         raise CnnfeatError(f"--clf {clf!r}: no head named; give all, or a comma list of {', '.join(HEADS)}")
     for name in names:

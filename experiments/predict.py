@@ -50,14 +50,20 @@ def predict_to_csv(
     model = load_model(model_path)
     paths = expand_inputs(inputs)
     classes = [str(c) for c in model.classes_]
-    failed = 0
+    failed = []
     with atomic_write(out_csv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "predicted", "probability", *(f"p_{printable(c)}" for c in classes), "error"])
         for good, vectors, bad in model.iter_embedded(paths, device, batch_size, workers, progress):
             writer.writerows(_batch_lines(model, paths, classes, good, vectors, bad))
-            failed += len(bad)
-    return out_csv, len(paths), failed
+            failed += bad
+        if len(failed) == len(paths):  # a mistyped path, most likely: keep the CSV a run before wrote
+            position, reason = failed[0]
+            raise CnnfeatError(
+                f"none of the {len(paths)} images could be read ({printable(paths[position])}: {printable(reason)}); "
+                f"{printable(out_csv)} left as it was"
+            )
+    return out_csv, len(paths), len(failed)
 
 
 def _batch_lines(model, paths: list[str], classes: list[str], good, vectors, bad) -> list[list]:

@@ -162,7 +162,22 @@ def write_report(report_dir: Path, rows, failures, notes, meta: dict, embedding:
     with written_together() as put:
         for name, data in files.items():
             put(Path(report_dir) / name, data)
+    _remove_stale(Path(report_dir), files)
     return markdown
+
+
+def _remove_stale(report_dir: Path, files: dict) -> None:
+    """The pictures and predictions of rows an earlier compare here had and this one has not (a
+    narrower --clf): left beside the new table, they would read as part of it. Fitted heads stay
+    under models/, for reuse."""
+    written = {report_dir / name for name in files}
+    for path in [
+        *report_dir.glob("predictions/*.csv"),
+        *report_dir.glob("confusion/*.png"),
+        report_dir / "embedding.png",
+    ]:
+        if path not in written:
+            path.unlink(missing_ok=True)
 
 
 def _text(text: str) -> bytes:

@@ -99,6 +99,11 @@ def discover(data: str | os.PathLike) -> ImageList:
     if not data.exists():
         raise DataError(f"--data {data}: no such file or folder")
     if data.is_file():
+        if data.suffix.lower() in IMAGE_EXTENSIONS:
+            raise DataError(
+                f"--data {data}: an image; --data takes a folder of class folders (or of train/ and "
+                "val/ folders of them), or a text file of 'path label' lines"
+            )
         return _from_lists(data.parent, [data])
     split_folders = _split_folders(data)
     if split_folders:
@@ -106,7 +111,21 @@ def discover(data: str | os.PathLike) -> ImageList:
     split_lists = [data / f"{s}.txt" for s in SPLITS if (data / f"{s}.txt").is_file()]
     if split_lists:  # explicit lists win over the folders their paths point into
         return _from_lists(data, split_lists)
+    _refuse_a_dataset_one_folder_down(data)
     return _from_folders(data, "class-folders", {"": data})
+
+
+def _refuse_a_dataset_one_folder_down(data: Path) -> None:
+    """`--data data` where data/ holds one folder holding split folders (`demo-data`'s data/digits)
+    would be read as one class: nothing a classifier can learn, so the likely meaning is said."""
+    folders = _class_folders(data)
+    splits = _split_folders(folders[0]) if len(folders) == 1 else {}
+    if splits:
+        held = "/, ".join(p.name for p in splits.values())
+        raise DataError(
+            f"--data {data}: its one folder {folders[0].name}/ holds {held}/, a dataset one level down "
+            f"(read as it is, {folders[0].name} would be its only class). Did you mean --data {folders[0]}?"
+        )
 
 
 def _split_folders(data: Path) -> dict[str, Path]:

@@ -269,3 +269,17 @@ def test_pil_images_and_files_give_the_same_vectors(tinted_store, tmp_path, monk
     else:  # float16 autocast moves the vectors a little, so it has its own fingerprint
         assert not np.allclose(from_files, features.X[:5], rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(from_files, features.X[:5], rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize(
+    "name, says",
+    [
+        ("model.onnx", "an exported model (`serve --model` runs it)"),
+        ("m-svm.json", "a saved model's record"),
+        ("x-lite0.h5", "a feature file (`fit --features` takes it)"),
+    ],
+)
+def test_a_file_that_is_not_a_saved_model_is_named_for_what_it_is(tmp_path, name, says):
+    (tmp_path / name).write_bytes(b"{}")
+    result = run("predict", "--model", tmp_path / name, tmp_path)
+    assert_one_line_error(result, says, "not a saved model (.joblib)")

@@ -400,3 +400,18 @@ def test_compare_settings_take_a_search_method_by_name_and_finetune_as_a_flag():
     assert compare_settings(search=given, jobs=1).search == SearchSettings(seed=7, jobs=1)
     with pytest.raises(CnnfeatError):
         compare_settings(search="no-such-method")
+
+
+def test_a_narrower_compare_leaves_no_outputs_of_rows_it_no_longer_has(tinted_store, tmp_path):
+    """A head named twice is one row; the predictions and confusion matrix of a head the earlier
+    compare had and this one has not are removed with it (its fitted model stays, for reuse)."""
+    wide = compare(features=[tinted_store], out=tmp_path, clf="knn,logreg", ensemble="none", **QUIET)
+    folder = wide.report_dir
+    assert sorted(p.name for p in (folder / "predictions").iterdir()) == [
+        f"{tinted_store.stem.split('-', 2)[-1]}-{h}.csv" for h in ("knn", "logreg")
+    ]
+    narrow = compare(features=[tinted_store], out=tmp_path, clf="logreg, logreg", ensemble="none", **QUIET)
+    assert narrow.report_dir == folder and [r.head for r in narrow.rows] == ["logreg"]
+    assert [p.name.rsplit("-", 1)[-1] for p in (folder / "predictions").iterdir()] == ["logreg.csv"]
+    assert [p.name.rsplit("-", 1)[-1] for p in (folder / "confusion").iterdir()] == ["logreg.png"]
+    assert any(p.name.endswith("-knn.joblib") for p in (folder / "models").iterdir())

@@ -83,6 +83,11 @@ def test_predict_csv_matches_a_fresh_interpreter(tinted_store, tmp_path, monkeyp
     assert default.output.strip() == f"14 images, 2 unreadable: artifacts/predictions/{written.name}"
     assert written.read_bytes() == (tmp_path / "p.csv").read_bytes()
 
+    # A mistyped folder: nothing readable at all is an error, and the CSV of the run before stays
+    typo = run("predict", "--model", model_path, tmp_path / "vall", "--quiet")
+    assert_one_line_error(typo, "none of the 1 images could be read", "vall: file not found", "left as it was")
+    assert written.read_bytes() == (tmp_path / "p.csv").read_bytes()
+
 
 def test_no_split_gets_a_recorded_holdout_the_same_for_every_head(tmp_path):
     for i in range(15):

@@ -105,3 +105,17 @@ def test_missing_and_empty_folders_are_clear_errors(tmp_path):
     (tmp_path / "empty" / "cats").mkdir(parents=True)
     with pytest.raises(DataError, match="no images found"):
         discover(tmp_path / "empty")
+
+
+def test_a_dataset_one_folder_down_or_an_image_as_data_is_refused_with_what_was_meant(tmp_path):
+    """`demo-data` writes data/digits/{train,val}/...; `extract` with its default --data data would
+    have stored one class, digits, and only `fit` would have said so."""
+
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            write_image(tmp_path / "data" / "digits" / split / label / "0.png", 0)
+    with pytest.raises(DataError, match=r"holds train/, val/.*Did you mean --data .*data/digits\?$"):
+        discover(tmp_path / "data")
+    assert discover(tmp_path / "data" / "digits").class_names == ["a", "b"]
+    with pytest.raises(DataError, match="an image; --data takes a folder"):
+        discover(tmp_path / "data" / "digits" / "val" / "a" / "0.png")
