@@ -34,6 +34,8 @@ def cli():
     """Frozen pretrained CNN features + the best classical head, compared honestly."""
 
 
+# `extract` is long only in its options (16): its body hands them to featurize.extract and prints
+# the result
 @cli.command()
 @click.option(
     "--backbone", default=DEFAULT_BACKBONE, show_default=True, help="Registered backbone (see `cnnfeat backbones`)."
@@ -170,6 +172,7 @@ def extract(
     click.echo(f"features: {printable(result.store)}")
 
 
+# Long only as a list of option declarations, one per setting of SearchSettings
 def search_options(command):
     """The options of `fit` and `compare` that say how heads are searched (one SearchSettings)."""
     options = [

@@ -39,13 +39,7 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike) -> Path:
 
     model = load_model(model_path)
     out = ensure_writable(out)
-    if is_ensemble(model.pipeline_):  # skl2onnx would convert a distance-weighted kNN inside it wrongly
-        raise CnnfeatError(
-            f"--model {model_path}: an ensemble of heads; export takes one head (serve and "
-            f"joblib.load take the ensemble)"
-        )
-    if not hasattr(model.pipeline_, "predict_proba"):
-        raise CnnfeatError(f"--model {model_path}: its head gives no probabilities, so it cannot be exported")
+    _check_exportable(model, model_path)
     record, weights = model.backbone_record()
     tta = model.feature_config.get("tta", "none")  # a flip-averaged backbone flips inside the graph too
     backbone = onnx.load_from_string(export_backbone(record.load(weights, tta=tta)))
@@ -54,8 +48,29 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike) -> Path:
     head.ir_version = backbone.ir_version = max(head.ir_version, backbone.ir_version)
     _align_opsets(backbone, head)
     merged = onnx.compose.merge_models(backbone, head, io_map=[(HEAD_INPUT, HEAD_INPUT)])
+    metadata = _metadata(model, model_path, record, tta)
+    onnx.helper.set_model_props(merged, metadata)
+    onnx.checker.check_model(merged)
+    path = out / "model.onnx"
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(merged.SerializeToString())
+    return path
+
+
+def _check_exportable(model, model_path) -> None:
+    if is_ensemble(model.pipeline_):  # skl2onnx would convert a distance-weighted kNN inside it wrongly
+        raise CnnfeatError(
+            f"--model {model_path}: an ensemble of heads; export takes one head (serve and "
+            f"joblib.load take the ensemble)"
+        )
+    if not hasattr(model.pipeline_, "predict_proba"):
+        raise CnnfeatError(f"--model {model_path}: its head gives no probabilities, so it cannot be exported")
+
+
+def _metadata(model, model_path, record, tta: str) -> dict:
+    """The graph's metadata: classes, what an input image must be, the backbone and the model's record."""
     preprocessing = record.preprocessing()
-    metadata = {
+    return {
         "class_names": json.dumps([printable(c) for c in model.classes_.tolist()]),  # valid UTF-8 for any reader
         "preprocessing": json.dumps(
             {
@@ -71,12 +86,6 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike) -> Path:
         "feature_fingerprint": model.feature_fingerprint or "",
         "model_info": json.dumps(model_record(model_path)),
     }
-    onnx.helper.set_model_props(merged, metadata)
-    onnx.checker.check_model(merged)
-    path = out / "model.onnx"
-    with atomic_write(path) as tmp:
-        tmp.write_bytes(merged.SerializeToString())
-    return path
 
 
 def head_graph(pipeline, n_features: int, opset: int):

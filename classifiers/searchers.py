@@ -288,19 +288,8 @@ class PathSearch:
         ) as bar:
             for s, (train, held_out) in enumerate(splits):
                 for indices in groups.values():
-                    shared = {k: v for k, v in candidates[indices[0]].items() if k != path}
-                    pipeline = clone(self.pipeline).set_params(**shared)
-                    scale, clf = _in_place(pipeline[:-1]), pipeline.named_steps["clf"]
-                    scaled = scale.fit_transform(X[train], y[train])  # scales its own copy of the rows
-                    values = [candidates[i].get(path, clf.get_params()[clf.path_param]) for i in indices]
-                    before, n = bar.n, len(indices)  # the bar moves every epoch: a million rows' path takes minutes
-                    models = clf.fit_path(
-                        scaled, y[train], values, report=lambda done, b=before, n=n: bar.update(b + done * n - bar.n)
-                    )
-                    del scaled
-                    held = scale.transform(X[held_out])
-                    for i, model in zip(indices, models):
-                        scores[i, s] = check_scoring(model, scoring=self.scoring)(model, held, y[held_out])
+                    group = [candidates[i] for i in indices]
+                    scores[indices, s] = self._score_path(group, path, X, y, train, held_out, bar)
         self.cv_results_ = {
             "mean_test_score": scores.mean(axis=1),
             "std_test_score": scores.std(axis=1),
@@ -310,6 +299,19 @@ class PathSearch:
         self.best_params_ = candidates[self.best_index_]
         self.evaluated_ = len(candidates)
         return self
+
+    def _score_path(self, group: list[dict], path: str, X, y, train, held_out, bar) -> list[float]:
+        """One fold's scores of candidates equal but for the path parameter: one run along the path."""
+        shared = {k: v for k, v in group[0].items() if k != path}
+        pipeline = clone(self.pipeline).set_params(**shared)
+        scale, clf = _in_place(pipeline[:-1]), pipeline.named_steps["clf"]
+        scaled = scale.fit_transform(X[train], y[train])  # scales its own copy of the rows
+        values = [candidate.get(path, clf.get_params()[clf.path_param]) for candidate in group]
+        before, n = bar.n, len(group)  # the bar moves every epoch: a million rows' path takes minutes
+        models = clf.fit_path(scaled, y[train], values, report=lambda done: bar.update(before + done * n - bar.n))
+        del scaled
+        held = scale.transform(X[held_out])
+        return [check_scoring(model, scoring=self.scoring)(model, held, y[held_out]) for model in models]
 
 
 def _in_place(steps):

@@ -296,43 +296,48 @@ def save_result(
     checkpoint = _save_checkpoint(folder / "checkpoint.pth", backbone, result.network, images.class_names)
     engine = resolve_engine("auto", compute.device)  # the fingerprint `extract --weights checkpoint.pth` will give
     spec = FeatureSpec(backbone, str(checkpoint), compute_precision(compute.device, engine), engine)
-    config, fingerprint = spec.config, spec.fingerprint
     head = result.network.head
     model = FeatureClassifier.from_linear_layer(
         head.weight.detach().cpu().numpy(),
         head.bias.detach().cpu().numpy(),
         images.class_names,
-        config,
-        fingerprint,
+        spec.config,
+        spec.fingerprint,
         str(checkpoint.resolve()),
     )
     paths, labels, proba = result.heldout
     accuracy = float((proba.argmax(1) == np.asarray(labels)).mean()) if len(labels) else float("nan")
     write_heldout_csv(folder / HELDOUT_CSV, paths, labels, proba, images.class_names)
-    info = {
-        "head": FINETUNE_ROW,
-        "description": f"{backbone.name} fine-tuned end to end + a linear layer",
-        "best_params": settings.recorded(compute.batch_size, result.best_epoch),
-        "cv": None,
-        "selection": result.selection,
-        "start_weights": backbone.weights_id(settings.weights),
-        "heldout": {"evaluated_on": result.heldout_name, "n": len(paths), "accuracy": accuracy},
-        "class_names": images.class_names,
-        "dataset": images.name,
-        "data_root": str(images.root),
-        "feature_fingerprint": fingerprint,
-        "feature_config": config,
-        "checkpoint": str(checkpoint.resolve()),
-        "history": result.history,
-        "fit_seconds": round(result.fit_seconds, 3),
-        "predict_seconds_per_image": None,
-    }
+    info = _finetuned_record(result, images, backbone, settings, compute, spec, checkpoint, accuracy)
     save_model(model, folder / "model.joblib", info)
     log(
         f"best epoch {result.best_epoch} (chosen on a slice of train): {result.heldout_name} accuracy {accuracy:.4f}; "
         f"wrote {folder}/ (checkpoint.pth for `extract --weights`, model.joblib, heldout.csv)"
     )
     return folder
+
+
+def _finetuned_record(result, images, backbone, settings, compute, spec, checkpoint: Path, accuracy: float) -> dict:
+    """What the fine-tuned model's .json says: how it was trained and chosen, its held-out accuracy,
+    the features its checkpoint gives."""
+    return {
+        "head": FINETUNE_ROW,
+        "description": f"{backbone.name} fine-tuned end to end + a linear layer",
+        "best_params": settings.recorded(compute.batch_size, result.best_epoch),
+        "cv": None,
+        "selection": result.selection,
+        "start_weights": backbone.weights_id(settings.weights),
+        "heldout": {"evaluated_on": result.heldout_name, "n": len(result.heldout[0]), "accuracy": accuracy},
+        "class_names": images.class_names,
+        "dataset": images.name,
+        "data_root": str(images.root),
+        "feature_fingerprint": spec.fingerprint,
+        "feature_config": spec.config,
+        "checkpoint": str(checkpoint.resolve()),
+        "history": result.history,
+        "fit_seconds": round(result.fit_seconds, 3),
+        "predict_seconds_per_image": None,
+    }
 
 
 def _save_checkpoint(path: Path, backbone, network: Network, class_names: list) -> Path:

@@ -74,6 +74,8 @@ class RunOptions:
     verify: bool = False  # check every stored vector against its checksum
 
 
+# Over a screen only in its keyword list and its docstring: the library's front door, whose keywords
+# are the options of `cnnfeat extract`; the work is _extract's.
 def extract(
     data: str | os.PathLike = "data",
     backbone: str = DEFAULT_BACKBONE,
