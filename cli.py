@@ -9,7 +9,7 @@ import click
 
 from common.errors import CnnfeatError, machine_refusal
 from common.names import printable
-from experiments.choices import EXPLAIN_METHODS, HEADS, SCORINGS, SEARCH_METHODS
+from experiments.choices import AUDIT_NEAR, EXPLAIN_METHODS, HEADS, SCORINGS, SEARCH_METHODS
 from experiments.layout import DEFAULT_OUT, explain_dir, predictions_csv
 from featurize import COMPRESSIONS, DEFAULT_BACKBONE, DTYPES, ENGINES, FUSE_MODES, TTA_MODES
 
@@ -420,6 +420,37 @@ def compare(features, out, clf, with_finetune, refit, fuse, ensemble, **options)
         f"report: {printable(outcome.report_dir)}/report.html (+ report.md, .csv, .json, predictions/, "
         f"confusion/, summary.png, embedding.png, models/)"
     )
+
+
+@cli.command()
+@click.option(
+    "--features", multiple=True, help="Feature file(s), each audited alone [default: the newest under OUT/features]."
+)
+@click.option("--out", default=DEFAULT_OUT, show_default=True, help="Output root; audits go to OUT/audit/.")
+@click.option(
+    "--clf",
+    default="logreg",
+    show_default=True,
+    help="The head whose out-of-fold probabilities (--cv folds) the label check reads.",
+)
+@click.option(
+    "--near",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=AUDIT_NEAR,
+    show_default=True,
+    help="Cosine similarity at and above which two images are copies (measured: docs/audit.md).",
+)
+@search_options
+def audit(features, out, clf, near, **options):
+    """Find leaks, duplicates, likely wrong labels and outliers in a feature file's images."""
+    from experiments.audit import AuditSettings
+    from experiments.audit import audit as run_audit
+
+    settings = AuditSettings(clf=clf, near=near, search=search_settings(**options))
+    for outcome in run_audit(features=list(features) or None, out=out, settings=settings, log=click.echo):
+        click.echo("")
+        click.echo(outcome.markdown)
+        click.echo(f"audit: {printable(outcome.folder)}/audit.html (+ issues.csv, audit.md, audit.json)")
 
 
 @cli.command()

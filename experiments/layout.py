@@ -31,6 +31,11 @@ def finetune_dir(out: str | os.PathLike, dataset: str, backbone: str) -> Path:
     return Path(out, "finetune", f"{dataset}-{backbone}")
 
 
+def audit_dir(out: str | os.PathLike, stem: str) -> Path:
+    """OUT/audit/<feature file stem>/: one `audit` (issues.csv, audit.md, audit.json, audit.html)."""
+    return Path(out, "audit", stem)
+
+
 def explain_dir(out: str | os.PathLike = DEFAULT_OUT) -> Path:
     """OUT/explain/: `explain`'s pictures when no folder is given."""
     return Path(out, "explain")

@@ -1,0 +1,56 @@
+"""Nearest neighbours of cached vectors by cosine similarity (faiss, exact inner products on
+L2-normalised rows), queried a chunk at a time: memory is the normalised table, the index and one
+chunk's answers, never an N x N matrix. What `audit` finds near-duplicates, leaks and outliers with."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from common.errors import CnnfeatError
+
+QUERY_ROWS = 8192  # rows asked at once: their k answers are all that is held beside the index
+READ_ROWS = 65_536  # rows read from the store at once while normalising
+
+
+class Neighbours(NamedTuple):
+    similarity: np.ndarray  # (n, k) float32 cosine similarity, most similar first (-1 where none)
+    rows: np.ndarray  # (n, k) int64, the neighbours' rows in the table (-1 where none)
+
+
+def unit_rows(X) -> np.ndarray:
+    """Every row of X (an array or a lazy store) as float32 of length 1 (a zero row stays zero)."""
+    unit = np.empty(X.shape, dtype=np.float32)
+    for start in range(0, X.shape[0], READ_ROWS):
+        block = np.asarray(X[start : start + READ_ROWS], dtype=np.float32)
+        norms = np.linalg.norm(block, axis=1, keepdims=True)
+        unit[start : start + len(block)] = block / np.where(norms > 0, norms, 1)
+    return unit
+
+
+def nearest(unit: np.ndarray, index_rows: np.ndarray, query_rows: np.ndarray, k: int) -> Neighbours:
+    """For each of `query_rows`, its `k` most similar rows among `index_rows` (rows of `unit`); a
+    row is never its own neighbour."""
+    faiss = _faiss()
+    index = faiss.IndexFlatIP(unit.shape[1])
+    index.add(np.ascontiguousarray(unit[index_rows]))
+    asked = min(k + 1, len(index_rows))  # one more: the query row itself may be among them
+    similarity = np.full((len(query_rows), k), -1.0, dtype=np.float32)
+    found = np.full((len(query_rows), k), -1, dtype=np.int64)
+    for start in range(0, len(query_rows), QUERY_ROWS):
+        chunk = query_rows[start : start + QUERY_ROWS]
+        scores, hits = index.search(np.ascontiguousarray(unit[chunk]), asked)
+        for i, row in enumerate(chunk):
+            keep = [(s, index_rows[h]) for s, h in zip(scores[i], hits[i]) if h >= 0 and index_rows[h] != row][:k]
+            for j, (score, neighbour) in enumerate(keep):
+                similarity[start + i, j], found[start + i, j] = score, neighbour
+    return Neighbours(similarity, found)
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError:
+        raise CnnfeatError("audit needs faiss (pip install -e '.[audit]')") from None
+    return faiss

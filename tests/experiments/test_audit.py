@@ -1,0 +1,156 @@
+"""`audit` on real photos with faults planted where we know them: hymenoptera with copies of val
+images put into train (exact, re-encoded, resized, mirrored, cropped), copies inside train, and
+training images moved to the wrong class folder. `cli.py extract` and `cli.py audit` run as a
+user runs them; the figures they reach are printed (pytest -s) and asserted.
+
+    .venv/bin/python -m pytest tests/experiments/test_audit.py -s     # the figures docs/audit.md quotes
+"""
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from tests.test_cli import assert_one_line_error, run
+
+HYMENOPTERA = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "hymenoptera"
+NEAR_COPIES = {
+    "jpeg": lambda im, path: im.save(path, quality=70),
+    "resized": lambda im, path: im.resize((int(im.width * 0.8), int(im.height * 0.8))).save(path, quality=95),
+    "mirrored": lambda im, path: ImageOps.mirror(im).save(path, quality=95),
+    "cropped": lambda im, path: im.crop(
+        (im.width // 20, im.height // 20, im.width * 19 // 20, im.height * 19 // 20)
+    ).save(path, quality=95),
+}
+PER_KIND = 6  # copies of each kind
+MOVED = 16  # training images put in the other class's folder
+
+
+def plant_faults(data: Path) -> dict:
+    """hymenoptera under `data` with known faults; returns where each one is (paths relative to data)."""
+    shutil.copytree(HYMENOPTERA, data)
+    rng = np.random.default_rng(0)
+    val = sorted(p.relative_to(data) for p in (data / "val").rglob("*.jpg"))
+    train = sorted(p.relative_to(data) for p in (data / "train").rglob("*.jpg"))
+    picks = [val[i] for i in rng.choice(len(val), PER_KIND * 5, replace=False)]
+    planted = {"leak": {}, "duplicate": {}, "moved": {}}
+    for n, (kind, source) in enumerate(zip(["exact"] + list(NEAR_COPIES), np.split(np.array(picks), 5))):
+        for path in source:
+            copy = Path("train", path.parent.name, f"copy-{kind}-{path.name}")
+            if kind == "exact":
+                shutil.copyfile(data / path, data / copy)
+            else:
+                NEAR_COPIES[kind](Image.open(data / path).convert("RGB"), data / copy)
+            planted["leak"][str(path)] = (kind, str(copy))
+    chosen = [train[i] for i in rng.choice(len(train), PER_KIND * 2 + MOVED, replace=False)]
+    for i, path in enumerate(chosen[: PER_KIND * 2]):  # copies inside train: exact, then resized
+        copy = path.with_name(f"dup-{path.name}")
+        if i < PER_KIND:
+            shutil.copyfile(data / path, data / copy)
+        else:
+            NEAR_COPIES["resized"](Image.open(data / path).convert("RGB"), data / copy)
+        planted["duplicate"][str(path)] = ("exact" if i < PER_KIND else "resized", str(copy))
+    for path in chosen[PER_KIND * 2 :]:
+        other = "bees" if path.parent.name == "ants" else "ants"
+        moved = Path("train", other, f"moved-{path.name}")
+        shutil.move(data / path, data / moved)
+        planted["moved"][str(moved)] = path.parent.name
+    return planted
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory):
+    root = tmp_path_factory.mktemp("audit")
+    planted = plant_faults(root / "planted")
+    for command in (["extract", "--data", root / "planted"], ["audit", "--seed", "0"]):
+        result = run(*command, "--out", root / "out", "--quiet")
+        assert result.exit_code == 0, result.output
+    folder = next((root / "out" / "audit").iterdir())
+    with open(folder / "issues.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return planted, rows, folder, result.output
+
+
+def test_every_exact_copy_and_almost_every_near_copy_is_found_with_its_other_path(audited):
+    planted, rows, _, _ = audited
+    leaks = {(r["path"], r["other_path"]) for r in rows if r["issue"] == "leak"}
+    found = {kind: 0 for kind in ["exact", *NEAR_COPIES]}
+    for val_path, (kind, copy) in planted["leak"].items():
+        found[kind] += (val_path, copy) in leaks
+    duplicates = {frozenset((r["path"], r["other_path"])) for r in rows if r["issue"] == "duplicate"}
+    inside = sum(frozenset((a, b)) in duplicates for a, (_, b) in planted["duplicate"].items())
+    true_leaks = {(v, c) for v, (_, c) in planted["leak"].items()}
+    print(f"\nleaks found, of {PER_KIND} each: {found}; copies inside train: {inside} of {PER_KIND * 2}")
+    print(f"leak rows: {len(leaks)} ({len(leaks & true_leaks)} planted); duplicate rows: {len(duplicates)}")
+    assert found["exact"] == PER_KIND and inside >= PER_KIND * 2 - 1
+    assert sum(found.values()) >= PER_KIND * 5 - 2  # measured: 30 of 30
+    assert len(leaks & true_leaks) / len(leaks) >= 0.9  # precision: hymenoptera's own near-copies count against it
+    exact = [r for r in rows if r["issue"] == "leak" and r["path"] in planted["leak"] and float(r["score"]) == 1]
+    assert {planted["leak"][r["path"]][0] for r in exact} == {"exact"}  # score 1: the same bytes, and only then
+
+
+def test_moved_images_rank_near_the_top_of_label_issues_with_their_true_class(audited):
+    planted, rows, _, _ = audited
+    labels = [r for r in rows if r["issue"] == "label"]
+    scores = [float(r["score"]) for r in labels]
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    top = labels[: 2 * MOVED]
+    hits = [r for r in top if r["path"] in planted["moved"]]
+    print(f"\nmoved images in the top {2 * MOVED} label rows: {len(hits)} of {MOVED}; label rows: {len(labels)}")
+    assert len(hits) >= MOVED - 4  # measured: 13 of 16 (in 23 label rows)
+    assert all(r["suggested_label"] == planted["moved"][r["path"]] for r in hits)
+
+
+def test_the_report_says_the_score_with_and_without_the_leaks(audited):
+    planted, rows, folder, output = audited
+    record = json.loads((folder / "audit.json").read_text())
+    held = record["heldout"]
+    leaked = sum(r["issue"] == "leak" for r in rows)
+    assert held["n"] == 153 and held["n_without_leaks"] == 153 - leaked
+    assert record["counts"]["leak"] == leaked and record["settings"]["clf"] == "logreg"
+    assert f"without the {leaked} leaked ones" in output and "audit.html" in output
+    page = (folder / "audit.html").read_text()
+    assert page.count("<img") >= 2 * len(planted["leak"]) and "data:image/jpeg;base64," in page
+    assert list(rows[0]) == ["path", "split", "label", "issue", "score", "suggested_label", "other_path"]
+
+
+def test_the_label_check_reads_only_out_of_fold_probabilities(tmp_path):
+    """A random forest remembers its training images: fed the probabilities of the forest that saw
+    them, each image's own label looks likely and not one moved image is found (checked by making
+    label_issues.out_of_fold return in-sample probabilities: 0 of 16)."""
+    planted = plant_faults(tmp_path / "planted")
+    assert run("extract", "--data", tmp_path / "planted", "--out", tmp_path / "out", "--quiet").exit_code == 0
+    result = run("audit", "--clf", "rf", "--out", tmp_path / "out", "--quiet")
+    assert result.exit_code == 0, result.output
+    folder = next((tmp_path / "out" / "audit").iterdir())
+    with open(folder / "issues.csv", newline="") as handle:
+        labels = [r["path"] for r in csv.DictReader(handle) if r["issue"] == "label"]
+    assert len(set(labels[: 2 * MOVED]) & set(planted["moved"])) >= MOVED // 2
+
+
+def test_too_few_images_per_class_for_the_folds_is_one_line(tmp_path):
+    from tests.conftest import write_image
+
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            for i in range(3):
+                write_image(tmp_path / "d" / split / label / f"{i}.png", i)
+    extracted = run(
+        "extract",
+        "--data",
+        tmp_path / "d",
+        "--backbone",
+        "resnet18",
+        "--weights",
+        "random",
+        "--out",
+        tmp_path,
+        "--quiet",
+    )
+    assert extracted.exit_code == 0, extracted.output
+    audit = run("audit", "--features", extracted.output.strip().splitlines()[-1].split(": ", 1)[1], "--out", tmp_path)
+    assert_one_line_error(audit, "at least --cv 5 training images per class", "smallest class has 3")
