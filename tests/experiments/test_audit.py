@@ -38,7 +38,7 @@ def plant_faults(data: Path) -> dict:
     train = sorted(p.relative_to(data) for p in (data / "train").rglob("*.jpg"))
     picks = [val[i] for i in rng.choice(len(val), PER_KIND * 5, replace=False)]
     planted = {"leak": {}, "duplicate": {}, "moved": {}}
-    for n, (kind, source) in enumerate(zip(["exact"] + list(NEAR_COPIES), np.split(np.array(picks), 5))):
+    for kind, source in zip(["exact", *NEAR_COPIES], np.split(np.array(picks), 5)):
         for path in source:
             copy = Path("train", path.parent.name, f"copy-{kind}-{path.name}")
             if kind == "exact":
