@@ -383,6 +383,12 @@ def serve(model_path, host, port, device, **limits):
 @click.option("--finetune", "with_finetune", is_flag=True, help="Also fine-tune the backbone end to end first.")
 @click.option("--refit", is_flag=True, help="Search again even where nothing changed.")
 @click.option(
+    "--exclude-leaks",
+    is_flag=True,
+    help="Leave out of every row's score the held-out images with a near-copy in train (as `audit` finds "
+    "them); without it the report says how many there are and the best row's score without them.",
+)
+@click.option(
     "--fuse",
     type=click.Choice(FUSE_MODES),
     default="concat",
@@ -399,7 +405,7 @@ def serve(model_path, host, port, device, **limits):
     "stack (logistic regression on their out-of-fold probabilities; each head fitted CV+1 more times).",
 )
 @search_options
-def compare(features, out, clf, with_finetune, refit, fuse, ensemble, **options):
+def compare(features, out, clf, with_finetune, refit, exclude_leaks, fuse, ensemble, **options):
     """Fit every head on the same split, then write and print one report table."""
     from experiments.compare import CompareSettings
     from experiments.compare import compare as run_compare
@@ -408,6 +414,7 @@ def compare(features, out, clf, with_finetune, refit, fuse, ensemble, **options)
     settings = CompareSettings(
         clf=clf,
         refit=refit,
+        exclude_leaks=exclude_leaks,
         fuse=fuse,
         ensemble=ensemble,
         search=search_settings(**options),

@@ -22,7 +22,7 @@ from .choices import AUDIT_NEAR
 from .fit import chosen_features
 from .label_issues import out_of_fold, ranked_label_issues
 from .layout import audit_dir
-from .neighbours import nearest, unit_rows
+from .neighbours import Neighbours, nearest, unit_rows
 from .splits import train_eval_split
 
 NEAR = AUDIT_NEAR  # experiments/choices.py says where it comes from
@@ -73,12 +73,22 @@ def audit_file(path: Path, out, settings: AuditSettings, log) -> AuditOutcome:
     folder = ensure_writable(audit_dir(out, path.stem))
     split = train_eval_split(data, settings.search.seed)
     unit = unit_rows(data.X)
-    findings = copies(data, unit, split, settings.near)
+    rows = np.arange(len(unit))
+    found = nearest(unit, rows, rows, NEIGHBOURS)  # one search answers copies, leaks and outliers
+    findings = leaks(data, split, found, settings.near) + duplicates(data, found, settings.near)
     labels, probabilities = label_findings(data, split, settings, log)
-    findings += labels + outliers(unit, settings.outlier_z)
+    findings += labels + outliers(found, settings.outlier_z)
     findings.sort(key=lambda f: (ISSUES.index(f.issue), -f.score, f.row))
     markdown = write_audit(folder, data, split, findings, probabilities, asdict(settings))
     return AuditOutcome(folder, findings, markdown)
+
+
+def leaked_rows(data, split, near: float = NEAR) -> np.ndarray:
+    """The held-out rows with a near-copy in train (compare's leak check, the same rule as audit's)."""
+    if not len(split.heldout) or not len(split.train):
+        return np.zeros(0, dtype=np.int64)
+    found = nearest(unit_rows(data.X), split.train, split.heldout, 1)
+    return split.heldout[found.similarity[:, 0] >= near]
 
 
 def _check_libraries() -> None:
@@ -89,25 +99,31 @@ def _check_libraries() -> None:
         raise CnnfeatError(f"audit needs {error.name}: pip install -e '.[audit]'") from None
 
 
-def copies(data, unit: np.ndarray, split, near: float) -> list[Finding]:
-    """Leaks (a held-out image and its most similar training image, at `near` or above) and
-    duplicates (pairs inside one split at `near` or above, each pair once)."""
+def leaks(data, split, found: Neighbours, near: float) -> list[Finding]:
+    """Each held-out image whose most similar training image (among its nearest) is at `near` or
+    above. Not for a seeded hold-out: no held-out image of the store's own to leak into."""
+    if split.name == "holdout":
+        return []
+    is_train = np.zeros(len(data.y), dtype=bool)
+    is_train[split.train] = True
     findings = []
-    if len(split.heldout) and split.name != "holdout":
-        leaks = nearest(unit, split.train, split.heldout, 1)
-        for row, score, other in zip(split.heldout, leaks.similarity[:, 0], leaks.rows[:, 0]):
-            if other >= 0 and score >= near:
+    for row in split.heldout:
+        for score, other in zip(found.similarity[row], found.rows[row]):
+            if other >= 0 and is_train[other] and score >= near:
                 findings.append(Finding(int(row), "leak", _copy_score(data, row, other, score), other=int(other)))
+                break
+    return findings
+
+
+def duplicates(data, found: Neighbours, near: float) -> list[Finding]:
+    """Pairs of images in one split at `near` or above, each pair once."""
     splits = np.asarray(data.splits)
-    for name in np.unique(splits):
-        rows = np.flatnonzero(splits == name)
-        found = nearest(unit, rows, rows, NEIGHBOURS)
-        for row, scores, others in zip(rows, found.similarity, found.rows):
-            for score, other in zip(scores, others):
-                if other > row and score >= near:
-                    findings.append(
-                        Finding(int(row), "duplicate", _copy_score(data, row, other, score), other=int(other))
-                    )
+    findings = []
+    for row, (scores, others) in enumerate(zip(found.similarity, found.rows)):
+        for score, other in zip(scores, others):
+            if other > row and score >= near and splits[other] == splits[row]:
+                score = _copy_score(data, row, other, score)
+                findings.append(Finding(row, "duplicate", score, other=int(other)))
     return findings
 
 
@@ -140,13 +156,11 @@ def label_findings(data, split, settings: AuditSettings, log) -> tuple[list[Find
     return findings, probabilities
 
 
-def outliers(unit: np.ndarray, z: float) -> list[Finding]:
+def outliers(found: Neighbours, z: float) -> list[Finding]:
     """Images far from every other: the mean cosine distance to their nearest NEIGHBOURS, a robust
     z-score above `z` (Iglewicz and Hoaglin's 3.5 by default); scored by the distance's rank."""
-    rows = np.arange(len(unit))
-    if len(rows) <= NEIGHBOURS:
+    if found.rows.shape[0] <= NEIGHBOURS:
         return []
-    found = nearest(unit, rows, rows, NEIGHBOURS)
     distance = 1 - found.similarity.mean(axis=1)
     median = np.median(distance)
     mad = np.median(np.abs(distance - median)) or 1e-12

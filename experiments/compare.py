@@ -15,6 +15,8 @@ from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+
 from classifiers import HEADS, SearchSettings, ensemble_model, get_head, parse_ensembles, save_model
 from common.errors import CnnfeatError, OutputError
 from common.files import ensure_writable
@@ -22,6 +24,8 @@ from common.locks import exclusive
 from common.names import safe_name
 from featurize import FuseMode, fuse_features, load_features
 
+from .audit import leaked_rows
+from .choices import AUDIT_NEAR
 from .finetune import FinetuneSettings, run_finetune
 from .finetuned import FINETUNE_ROW, finetuned_row
 from .fit import Scored, chosen_features, evaluate, fit_and_score, provenance
@@ -39,6 +43,7 @@ class CompareSettings:
     refit: bool = False  # search again even where nothing changed
     fuse: FuseMode = "concat"  # with several feature files: also every head on their vectors joined; none: not
     ensemble: str = "vote"  # vote, stack, both (comma list or all), or none
+    exclude_leaks: bool = False  # held-out images with a near-copy in train left out of every row's score
     search: SearchSettings = field(default_factory=SearchSettings)  # how each head is searched
     finetune: FinetuneSettings | None = None  # also fine-tune each backbone first (its weights and the search's seed)
 
@@ -83,6 +88,8 @@ class CompareRun:
     log: object
     notes: list = field(default_factory=list)
     failures: list = field(default_factory=list)  # (feature label, head, reason)
+
+    leaked: dict = field(default_factory=dict)  # feature label -> held-out paths with a near-copy in train
 
     def note(self, text: str) -> None:
         self.notes.append(text)
@@ -176,6 +183,7 @@ def _compare_into(run: CompareRun, stores, paths, out) -> CompareOutcome:
     run.notes += _model_notes(rows)
     search = run.settings.search
     score_rows(rows, search.scoring, search.seed)
+    run.notes += _leak_note(rows[0], run)
     markdown = write_report(
         run.report_dir,
         rows,
@@ -223,6 +231,7 @@ def _split(data, label: str, run: CompareRun) -> Split:
     split = train_eval_split(data, run.settings.search.seed)
     if split.note:
         run.note(f"{label}: {split.note}")
+    split = _leak_check(data, label, split, run)
     held = set(data.y[split.heldout].tolist())
     missing = [c for i, c in enumerate(data.class_names) if i not in held]
     if missing:
@@ -231,6 +240,41 @@ def _split(data, label: str, run: CompareRun) -> Split:
             f"and balanced accuracy and macro-F1 cover the other classes only"
         )
     return split
+
+
+def _leak_check(data, label: str, split: Split, run: CompareRun) -> Split:
+    """The held-out images with a near-copy in train (audit's rule): left out under --exclude-leaks,
+    else remembered, so the report can give the best row's score without them."""
+    if split.name == "holdout":
+        return split
+    try:
+        leaked = leaked_rows(data, split)
+    except CnnfeatError as error:  # faiss missing: the table is still honest about everything else
+        run.note(f"{label}: no leak check ({error})")
+        return split
+    if run.settings.exclude_leaks and len(leaked):
+        run.note(
+            f"{label}: {len(leaked)} of {len(split.heldout)} {split.name} images have a near-copy in train "
+            f"(cosine >= {AUDIT_NEAR}); left out of every row's score (--exclude-leaks)"
+        )
+        return replace(split, heldout=np.setdiff1d(split.heldout, leaked))
+    run.leaked[label] = ({str(p) for p in data.paths[leaked]}, len(split.heldout), split.name)
+    return split
+
+
+def _leak_note(best: Row, run: CompareRun) -> list[str]:
+    """How many held-out images of the best row's file leaked, and its score without them."""
+    paths, total, name = run.leaked.get(best.backbone, (set(), 0, ""))
+    if not paths:
+        return []
+    clean = np.array([p not in paths for p in best.paths])
+    without = f"{best.correct[clean].mean():.4f}" if clean.any() else "-"
+    return [
+        f"{best.backbone}: {len(paths)} of {total} {name} images have a near-copy in train (cosine >= "
+        f"{AUDIT_NEAR}; `cnnfeat audit` lists them): the best row, {best.head}, scores "
+        f"{best.metrics['accuracy']:.4f} on all of them, {without} without them; --exclude-leaks leaves them "
+        f"out of every row"
+    ]
 
 
 def _embedding(rows, tables: list[FileRows]) -> Embedding | None:
