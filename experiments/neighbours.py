@@ -11,6 +11,8 @@ import numpy as np
 from common.errors import CnnfeatError
 
 QUERY_ROWS = 8192  # rows asked at once: their k answers are all that is held beside the index
+EXACT_ROWS = 50_000  # up to this many rows an exact index; past it an inverted file (faiss IVF)
+PROBES = 16  # inverted lists an IVF query visits (benchmarks/audit_scale.py measures its recall)
 READ_ROWS = 65_536  # rows read from the store at once while normalising
 
 
@@ -32,9 +34,8 @@ def unit_rows(X) -> np.ndarray:
 def nearest(unit: np.ndarray, index_rows: np.ndarray, query_rows: np.ndarray, k: int) -> Neighbours:
     """For each of `query_rows`, its `k` most similar rows among `index_rows` (rows of `unit`); a
     row is never its own neighbour."""
-    faiss = _faiss()
-    index = faiss.IndexFlatIP(unit.shape[1])
-    index.add(np.ascontiguousarray(unit[index_rows]))
+    whole = len(index_rows) == len(unit) and np.array_equal(index_rows, np.arange(len(unit)))
+    index = _index(np.ascontiguousarray(unit if whole else unit[index_rows]))  # no copy of the whole table
     asked = min(k + 1, len(index_rows))  # one more: the query row itself may be among them
     similarity = np.full((len(query_rows), k), -1.0, dtype=np.float32)
     found = np.full((len(query_rows), k), -1, dtype=np.int64)
@@ -46,6 +47,24 @@ def nearest(unit: np.ndarray, index_rows: np.ndarray, query_rows: np.ndarray, k:
             for j, (score, neighbour) in enumerate(keep):
                 similarity[start + i, j], found[start + i, j] = score, neighbour
     return Neighbours(similarity, found)
+
+
+def _index(vectors: np.ndarray):
+    """An inner-product index of `vectors`: exact up to EXACT_ROWS rows; past that, an inverted file
+    of 4 sqrt(n) lists (trained on a sample of 64 rows a list), which compares each query with the
+    rows of its PROBES nearest lists only - near-copies share a list, so they are still found."""
+    faiss = _faiss()
+    rows, width = vectors.shape
+    if rows <= EXACT_ROWS:
+        index = faiss.IndexFlatIP(width)
+    else:
+        lists = int(4 * np.sqrt(rows))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(width), width, lists, faiss.METRIC_INNER_PRODUCT)
+        sample = np.random.default_rng(0).choice(rows, min(rows, 64 * lists), replace=False)
+        index.train(vectors[np.sort(sample)])
+        index.nprobe = PROBES
+    index.add(vectors)
+    return index
 
 
 def _faiss():

@@ -203,3 +203,22 @@ def test_too_few_images_per_class_for_the_folds_is_one_line(tmp_path):
     assert extracted.exit_code == 0, extracted.output
     audit = run("audit", "--features", extracted.output.strip().splitlines()[-1].split(": ", 1)[1], "--out", tmp_path)
     assert_one_line_error(audit, "at least --cv 5 training images per class", "smallest class has 3")
+
+
+def test_a_file_without_val_audits_its_training_rows_and_says_why_there_are_no_leaks(tmp_path):
+    from tests.conftest import write_image
+
+    for label, tint in (("red", (1, 0.4, 0.4)), ("blue", (0.4, 0.4, 1))):
+        for i in range(9):
+            write_image(tmp_path / "d" / label / f"{i}.png", i, tint=tint)
+    shutil.copyfile(tmp_path / "d" / "red" / "0.png", tmp_path / "d" / "red" / "copy.png")
+    random_weights = ("--backbone", "resnet18", "--weights", "random")
+    assert run("extract", "--data", tmp_path / "d", *random_weights, "--out", tmp_path, "--quiet").exit_code == 0
+    result = run("audit", "--cv", "3", "--out", tmp_path, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "No val/ or test/ split: leaks are not checked" in result.output
+    folder = next((tmp_path / "audit").iterdir())
+    with open(folder / "issues.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert not [r for r in rows if r["issue"] == "leak"]
+    assert {"red/0.png", "red/copy.png"} in [{r["path"], r["other_path"]} for r in rows if r["issue"] == "duplicate"]
