@@ -456,7 +456,7 @@ def audit(features, out, clf, near, **options):
     settings = AuditSettings(clf=clf, near=near, search=search_settings(**options))
     for outcome in run_audit(features=list(features) or None, out=out, settings=settings, log=click.echo):
         click.echo("")
-        click.echo(outcome.markdown)
+        click.echo(printable(outcome.markdown))
         click.echo(f"audit: {printable(outcome.folder)}/audit.html (+ issues.csv, audit.md, audit.json)")
 
 

@@ -27,14 +27,16 @@ def write_audit(folder: Path, data, split, findings: list, probabilities: np.nda
     """Every file of one audit, written together; returns audit.md's text."""
     counts = {issue: sum(f.issue == issue for f in findings) for issue in ISSUES}
     scores = heldout_scores(data, split, findings, probabilities)
-    markdown = _markdown(data, split, findings, counts, scores)
+    markdown = _markdown(data, split, findings, counts, scores) + "".join(
+        f"\nLabel check: {note}." for note in settings.get("label_check", [])
+    )
     record = {"feature_file": str(data.path), "feature_fingerprint": data.fingerprint, "settings": settings}
     record |= {"counts": counts, "heldout": scores, "split": split.describe()}
     files = {
         "issues.csv": _csv(data, findings),
         "audit.md": printable(markdown).encode(),
         "audit.json": json.dumps(record, indent=2, default=str).encode(),
-        "audit.html": _html(data, findings, counts, probabilities, markdown).encode(),
+        "audit.html": _html(data, findings, counts, _typical_rows(data, split, probabilities), markdown).encode(),
     }
     with written_together() as put:
         for name, content in files.items():
@@ -47,16 +49,15 @@ def heldout_scores(data, split, findings: list, probabilities: np.ndarray) -> di
     rows = np.asarray(split.heldout)
     if not len(rows):
         return {}
-    leaked = {f.row for f in findings if f.issue == "leak"}
     correct = probabilities[rows].argmax(axis=1) == data.y[rows]
+    scores = {"evaluated_on": split.name, "n": int(len(rows)), "accuracy": float(correct.mean())}
+    if split.name == "holdout":  # no leak check: its images are the store's training images
+        return scores
+    leaked = {f.row for f in findings if f.issue == "leak"}
     clean = np.array([row not in leaked for row in rows])
-    return {
-        "evaluated_on": split.name,
-        "n": int(len(rows)),
-        "accuracy": float(correct.mean()),
-        "n_without_leaks": int(clean.sum()),
-        "accuracy_without_leaks": float(correct[clean].mean()) if clean.any() else None,
-    }
+    scores["n_without_leaks"] = int(clean.sum())
+    scores["accuracy_without_leaks"] = float(correct[clean].mean()) if clean.any() else None
+    return scores
 
 
 def _csv(data, findings: list) -> bytes:
@@ -86,26 +87,28 @@ def _markdown(data, split, findings: list, counts: dict, scores: dict) -> str:
     lines = [f"# audit: {data.dataset} ({Path(data.path).name})", ""]
     lines += [f"{len(data.y)} images; " + ", ".join(f"{counts[i]} {i}" for i in ISSUES), ""]
     if split.name == "holdout":
-        lines += ["No val/ or test/ split: leaks are not checked (no held-out images to leak into).", ""]
+        lines += ["No val/ or test/ split: leaks are not checked (no held-out images of the store's own).", ""]
     lines += ["| class | " + " | ".join(ISSUES) + " |", "|---" * (len(ISSUES) + 1) + "|"]
     for index, name in enumerate(data.class_names):
         per_issue = [sum(f.issue == i and data.y[f.row] == index for f in findings) for i in ISSUES]
         lines.append(f"| {name} | " + " | ".join(map(str, per_issue)) + " |")
     if scores:
-        without = scores["accuracy_without_leaks"]
-        lines += [
-            "",
+        said = (
             f"Held-out ({scores['evaluated_on']}) accuracy of the head fitted on train: {scores['accuracy']:.4f} on "
-            f"{scores['n']} images; without the {scores['n'] - scores['n_without_leaks']} leaked ones: "
-            + ("-" if without is None else f"{without:.4f} on {scores['n_without_leaks']}"),
-        ]
+            f"{scores['n']} images"
+        )
+        if "n_without_leaks" in scores:
+            without = scores["accuracy_without_leaks"]
+            said += f"; without the {scores['n'] - scores['n_without_leaks']} leaked ones: " + (
+                "-" if without is None else f"{without:.4f} on {scores['n_without_leaks']}"
+            )
+        lines += ["", said]
     return "\n".join(lines) + "\n"
 
 
-def _html(data, findings: list, counts: dict, probabilities: np.ndarray, markdown: str) -> str:
+def _html(data, findings: list, counts: dict, typical: dict, markdown: str) -> str:
     """One page, pictures inlined (opens offline): the counts, then each issue's most suspicious
-    findings beside their copy or beside typical images of the suggested class."""
-    typical = _typical_rows(data, probabilities)
+    findings beside their copy or beside typical images of the suggested class (`typical`)."""
     sections = []
     for issue in ISSUES:
         shown = [f for f in findings if f.issue == issue][:SHOWN]
@@ -138,9 +141,9 @@ def _finding_html(data, finding, typical: dict) -> str:
     return f'<div class="f"><b>{html.escape(printable(caption))}</b><br>{"".join(pictures)}</div>'
 
 
-def _typical_rows(data, probabilities: np.ndarray) -> dict:
+def _typical_rows(data, split, probabilities: np.ndarray) -> dict:
     """Per class, the TYPICAL training images the head is surest belong to it (and labelled so)."""
-    train = np.flatnonzero(np.asarray(data.splits) != "val")
+    train = np.asarray(split.train)
     typical = {}
     for index in range(len(data.class_names)):
         rows = train[data.y[train] == index]

@@ -24,7 +24,7 @@ from common.locks import exclusive
 from common.names import safe_name
 from featurize import FuseMode, fuse_features, load_features
 
-from .audit import leaked_rows
+from .audit_checks import UNTELLABLE, leaked_rows
 from .choices import AUDIT_NEAR
 from .finetune import FinetuneSettings, run_finetune
 from .finetuned import FINETUNE_ROW, finetuned_row
@@ -189,7 +189,12 @@ def _compare_into(run: CompareRun, stores, paths, out) -> CompareOutcome:
         rows,
         run.failures,
         run.notes,
-        meta={"dataset": stores[0].dataset, "feature_files": [str(p) for p in paths], **search.result_settings()},
+        meta={
+            "dataset": stores[0].dataset,
+            "feature_files": [str(p) for p in paths],
+            "exclude_leaks": run.settings.exclude_leaks,
+            **search.result_settings(),
+        },
         embedding=_embedding(rows, tables),
     )
     return CompareOutcome(run.report_dir, markdown, rows, run.failures, run.notes)
@@ -217,8 +222,8 @@ def _fused(stores, run: CompareRun):
 def _file_rows(data, run: CompareRun, out) -> FileRows:
     """One feature file's rows: its heads, their ensembles, and (`out` given) its fine-tuned network."""
     label = feature_label(data)
-    split = _split(data, label, run)
-    file = FeatureFile(label, data, split, heldout_images(data, split))
+    split, excluded = _split(data, label, run)
+    file = FeatureFile(label, data, split, heldout_images(data, split, excluded))
     rows = _head_rows(file, run)
     rows += _ensemble_rows(file, rows, run)
     if out is not None:
@@ -226,12 +231,19 @@ def _file_rows(data, run: CompareRun, out) -> FileRows:
     return FileRows(file, rows)
 
 
-def _split(data, label: str, run: CompareRun) -> Split:
-    """The feature file's train/held-out split, with what is worth saying about it."""
+def _split(data, label: str, run: CompareRun) -> tuple[Split, int]:
+    """The feature file's train/held-out split, with what is worth saying about it, and how many
+    held-out images --exclude-leaks left out."""
     split = train_eval_split(data, run.settings.search.seed)
     if split.note:
         run.note(f"{label}: {split.note}")
-    split = _leak_check(data, label, split, run)
+    leaked = _leak_check(data, label, split, run)
+    if run.settings.exclude_leaks and len(leaked):
+        run.note(
+            f"{label}: {len(leaked)} of {len(split.heldout)} {split.name} images have a near-copy in train "
+            f"(cosine >= {AUDIT_NEAR}); left out of every row's score (--exclude-leaks)"
+        )
+        split = replace(split, heldout=np.setdiff1d(split.heldout, leaked))
     held = set(data.y[split.heldout].tolist())
     missing = [c for i, c in enumerate(data.class_names) if i not in held]
     if missing:
@@ -239,27 +251,27 @@ def _split(data, label: str, run: CompareRun) -> Split:
             f"{label}: class {', '.join(missing)} has no {split.name} images: its recall is unmeasured, "
             f"and balanced accuracy and macro-F1 cover the other classes only"
         )
-    return split
+    return split, len(leaked) if run.settings.exclude_leaks else 0
 
 
-def _leak_check(data, label: str, split: Split, run: CompareRun) -> Split:
-    """The held-out images with a near-copy in train (audit's rule): left out under --exclude-leaks,
-    else remembered, so the report can give the best row's score without them."""
+def _leak_check(data, label: str, split: Split, run: CompareRun) -> np.ndarray:
+    """The held-out rows with a near-copy in train (audit's rule), remembered so the report can give
+    the best row's score without them; none where the check cannot run or cannot tell."""
     if split.name == "holdout":
-        return split
+        return np.zeros(0, dtype=np.int64)
     try:
         leaked = leaked_rows(data, split)
     except CnnfeatError as error:  # faiss missing: the table is still honest about everything else
         run.note(f"{label}: no leak check ({error})")
-        return split
-    if run.settings.exclude_leaks and len(leaked):
+        return np.zeros(0, dtype=np.int64)
+    if len(leaked) > len(split.heldout) * UNTELLABLE:
         run.note(
-            f"{label}: {len(leaked)} of {len(split.heldout)} {split.name} images have a near-copy in train "
-            f"(cosine >= {AUDIT_NEAR}); left out of every row's score (--exclude-leaks)"
+            f"{label}: no leak check: {len(leaked)} of {len(split.heldout)} {split.name} images are at cosine >= "
+            f"{AUDIT_NEAR} to a training image, so that threshold cannot tell copies apart in these vectors"
         )
-        return replace(split, heldout=np.setdiff1d(split.heldout, leaked))
+        return np.zeros(0, dtype=np.int64)
     run.leaked[label] = ({str(p) for p in data.paths[leaked]}, len(split.heldout), split.name)
-    return split
+    return leaked
 
 
 def _leak_note(best: Row, run: CompareRun) -> list[str]:
@@ -402,7 +414,8 @@ def _saved_or_fitted(file: FeatureFile, name: str, run: CompareRun, key: str, fi
         file.label,
         name,
         info,
-        *file.heldout,
+        file.heldout.paths,
+        file.heldout.truth,
         list(predicted),
         proba,
         list(model.classes_),

@@ -44,6 +44,8 @@ def finetuned_row(out, data, label: str, heldout: HeldoutImages, log) -> Row | N
         return None
     lines = _read_heldout_csv(folder / HELDOUT_CSV)
     _check_same_images(folder / HELDOUT_CSV, lines, heldout)
+    wanted = set(heldout.paths)
+    lines = [r for r in lines if r["path"] in wanted]  # fewer under compare --exclude-leaks
     classes = info["class_names"]
     log(f"{data.backbone} {FINETUNE_ROW}: from {folder}")
     return Row(
@@ -80,15 +82,16 @@ def _read_heldout_csv(path: Path) -> list[dict]:
 
 
 def _check_same_images(path: Path, lines: list[dict], heldout: HeldoutImages) -> None:
-    """The file scores exactly compare's held-out images, each once, with the feature file's classes."""
+    """The file scores every one of compare's held-out images, each once, with the feature file's
+    classes (and no more than those, but for the ones --exclude-leaks left out of compare's)."""
     scored, wanted = {r["path"] for r in lines}, set(heldout.paths)
-    if scored != wanted or len(lines) != len(scored):
+    if not wanted <= scored or len(scored - wanted) > heldout.excluded or len(lines) != len(scored):
         raise CnnfeatError(
             f"{path} scores other images than compare ({len(wanted - scored)} of compare's "
             f"missing, {len(scored - wanted)} others); run `cnnfeat finetune` again"
         )
     expected = dict(zip(heldout.paths, heldout.truth))
-    if any(expected[r["path"]] != r["true"] for r in lines):
+    if any(expected[r["path"]] != r["true"] for r in lines if r["path"] in expected):
         raise CnnfeatError(f"{path} gives other true classes than the feature file")
 
 

@@ -10,48 +10,76 @@ from typing import NamedTuple
 import numpy as np
 
 from classifiers import SearchSettings, search_head
-from common.errors import CnnfeatError
+from common.errors import CnnfeatError, error_line
+
+from .audit_checks import Finding
 
 
 class Probabilities(NamedTuple):
     train: np.ndarray  # (n_train, classes) out of fold
     heldout: np.ndarray  # (n_heldout, classes) from the model fitted on every training row
-    heldout_predicted: np.ndarray  # (n_heldout,) that model's class indices
     best_params: dict
 
 
-def out_of_fold(X, y, split, classes: int, clf: str, settings: SearchSettings, log) -> Probabilities:
+def label_findings(data, split, clf: str, settings: SearchSettings, log) -> tuple[list, np.ndarray, list[str]]:
+    """Likely wrong labels: training rows by out-of-fold probabilities, held-out rows by the model
+    fitted on train. Returns them, every row's probabilities (the report's typical images), and what
+    the report should say of the check."""
+    classes = len(data.class_names)
+    found = out_of_fold(data.X, data.y, split, data.class_names, clf, settings, log)
+    probabilities = np.zeros((len(data.y), classes))
+    probabilities[split.train], probabilities[split.heldout] = found.train, found.heldout
+    trained = np.unique(data.y[split.train])
+    heldout = split.heldout[np.isin(data.y[split.heldout], trained)]  # a class never trained on: no verdict
+    notes = [f"{clf} with {found.best_params}, {settings.cv}-fold out-of-fold probabilities on train"]
+    if len(heldout) < len(split.heldout):
+        notes.append(f"{len(split.heldout) - len(heldout)} held-out images of classes absent from train: not checked")
+    findings = []
+    for rows in (split.train, heldout):
+        for row in rows[ranked_label_issues(data.y[rows], probabilities[rows])]:
+            given = probabilities[row, data.y[row]]
+            findings.append(Finding(int(row), "label", float(1 - given), suggested=int(probabilities[row].argmax())))
+    return findings, probabilities, notes
+
+
+def out_of_fold(X, y, split, class_names: list, clf: str, settings: SearchSettings, log) -> Probabilities:
     """The head searched on the training rows, then its chosen pipeline fitted fold by fold (each
     training row scored by the fit that left it out) and once on them all (the held-out rows)."""
     from sklearn.base import clone
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-    X_train, y_train = np.asarray(X[np.sort(split.train)]), y[np.sort(split.train)]
-    _check_folds(y_train, settings.cv, classes)
+    classes = len(class_names)
+    X_train, y_train = np.asarray(X[split.train]), y[split.train]
+    _check_folds(y_train, settings.cv, class_names)
     result = search_head(clf, X_train, y_train, None, settings, log=log)
     folds = StratifiedKFold(settings.cv, shuffle=True, random_state=settings.seed)
-    oof = cross_val_predict(
-        clone(result.pipeline), X_train, y_train, cv=folds, method="predict_proba", n_jobs=settings.jobs
-    )
+    try:
+        oof = cross_val_predict(
+            clone(result.pipeline), X_train, y_train, cv=folds, method="predict_proba", n_jobs=settings.jobs
+        )
+    except ValueError as error:  # e.g. a calibrated head's own folds inside too small a class
+        raise CnnfeatError(
+            f"the label check cannot fit {clf} on {settings.cv}-fold parts of train ({error_line(error)}); "
+            f"lower --cv or take another --clf"
+        ) from None
     fitted = clone(result.pipeline).fit(X_train, y_train)
-    held = np.asarray(X[np.sort(split.heldout)]) if len(split.heldout) else X_train[:0]
-    heldout = (
-        _all_classes(fitted.predict_proba(held), fitted.classes_, classes) if len(held) else np.zeros((0, classes))
-    )
-    return Probabilities(
-        _all_classes(oof, np.unique(y_train), classes), heldout, heldout.argmax(axis=1), result.best_params
-    )
+    heldout = np.zeros((0, classes))
+    if len(split.heldout):
+        heldout = _all_classes(fitted.predict_proba(np.asarray(X[split.heldout])), fitted.classes_, classes)
+    return Probabilities(_all_classes(oof, np.unique(y_train), classes), heldout, result.best_params)
 
 
-def _check_folds(y_train: np.ndarray, folds: int, classes: int) -> None:
+def _check_folds(y_train: np.ndarray, folds: int, class_names: list) -> None:
+    classes = len(class_names)
     counts = np.bincount(y_train, minlength=classes)
     present = counts[counts > 0]
     if len(present) < 2:
         raise CnnfeatError("the label check needs training images of at least two classes")
     if present.min() < folds:
         raise CnnfeatError(
-            f"the label check needs at least --cv {folds} training images per class; the smallest class has "
-            f"{present.min()} (lower --cv, or add images)"
+            f"the label check needs at least --cv {folds} training images per class; the smallest class, "
+            f"{class_names[int(np.flatnonzero(counts == present.min())[0])]}, has {present.min()} (lower --cv, or "
+            "add images)"
         )
 
 
@@ -72,6 +100,10 @@ def ranked_label_issues(labels: np.ndarray, probabilities: np.ndarray) -> np.nda
 
     if len(labels) == 0:
         return np.zeros(0, dtype=np.int64)
+    if len(np.unique(labels)) < 2:  # cleanlab wants two classes; its rule, written out, needs none
+        confidence = probabilities[np.arange(len(labels)), labels]
+        wrong = np.flatnonzero(probabilities.argmax(axis=1) != labels)
+        return wrong[np.argsort(confidence[wrong], kind="stable")]
     found = find_label_issues(
         labels, probabilities, filter_by="predicted_neq_given", return_indices_ranked_by="self_confidence"
     )

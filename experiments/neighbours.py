@@ -71,5 +71,5 @@ def _faiss():
     try:
         import faiss
     except ImportError:
-        raise CnnfeatError("audit needs faiss (pip install -e '.[audit]')") from None
+        raise CnnfeatError("audit needs faiss: pip install -e '.[audit]'") from None
     return faiss

@@ -34,12 +34,14 @@ class Split:
 class HeldoutImages(NamedTuple):
     paths: list  # the held-out rows' image paths (relative to the data root), in row order
     truth: list  # their true class names
+    excluded: int = 0  # held-out images of the store left out (compare --exclude-leaks)
 
 
-def heldout_images(features, split: Split) -> HeldoutImages:
+def heldout_images(features, split: Split, excluded: int = 0) -> HeldoutImages:
     return HeldoutImages(
         [str(p) for p in features.paths[split.heldout]],
         list(np.asarray(features.class_names, dtype=object)[features.y[split.heldout]]),
+        excluded,
     )
 
 

@@ -202,7 +202,7 @@ def test_too_few_images_per_class_for_the_folds_is_one_line(tmp_path):
     )
     assert extracted.exit_code == 0, extracted.output
     audit = run("audit", "--features", extracted.output.strip().splitlines()[-1].split(": ", 1)[1], "--out", tmp_path)
-    assert_one_line_error(audit, "at least --cv 5 training images per class", "smallest class has 3")
+    assert_one_line_error(audit, "at least --cv 5 training images per class", "the smallest class, a, has 3")
 
 
 def test_a_file_without_val_audits_its_training_rows_and_says_why_there_are_no_leaks(tmp_path):
@@ -222,3 +222,63 @@ def test_a_file_without_val_audits_its_training_rows_and_says_why_there_are_no_l
         rows = list(csv.DictReader(handle))
     assert not [r for r in rows if r["issue"] == "leak"]
     assert {"red/0.png", "red/copy.png"} in [{r["path"], r["other_path"]} for r in rows if r["issue"] == "duplicate"]
+
+
+def test_the_inverted_file_index_finds_the_near_copies_the_exact_one_finds(monkeypatch):
+    """Past EXACT_ROWS rows the search is faiss IVF: near-copies must still be found, and a row is
+    never its own neighbour (a subset index maps back to the table's rows)."""
+    from experiments import neighbours
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((3000, 64)).astype(np.float32)
+    X[2000:2100] = X[:100] + 0.1 * rng.standard_normal((100, 64)).astype(np.float32)  # near-copies
+    unit = neighbours.unit_rows(X)
+    rows, index_rows = np.arange(3000), np.arange(1000, 3000)
+    exact = neighbours.nearest(unit, rows, rows, 3)
+    monkeypatch.setattr(neighbours, "EXACT_ROWS", 500)
+    approximate = neighbours.nearest(unit, rows, rows, 3)
+    assert (approximate.rows[:100, 0] == np.arange(2000, 2100)).all() and (exact.rows[:100, 0] >= 2000).all()
+    assert not (approximate.rows == rows[:, None]).any()
+    subset = neighbours.nearest(unit, index_rows, np.arange(100), 1)
+    assert (subset.rows[:, 0] == np.arange(2000, 2100)).all() and (subset.similarity[:, 0] > 0.99).all()
+
+
+def test_a_file_gone_since_extraction_is_never_an_exact_copy(tmp_path):
+    from types import SimpleNamespace
+
+    from experiments.audit_checks import ExactCopies
+
+    (tmp_path / "a.png").write_bytes(b"same")
+    (tmp_path / "b.png").write_bytes(b"same")
+    data = SimpleNamespace(data_root=str(tmp_path), paths=np.array(["a.png", "b.png", "gone.png", "gone2.png"]))
+    copies = ExactCopies(data)
+    assert copies.score(0, 1, 0.99995) == 1.0
+    assert copies.score(2, 3, 0.99995) < 1.0 and copies.score(0, 1, 0.95) == pytest.approx(0.95)
+
+
+def test_held_out_rows_of_one_class_get_the_same_rule_without_cleanlab():
+    from experiments.label_issues import ranked_label_issues
+
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.45, 0.55]])
+    assert ranked_label_issues(np.zeros(4, dtype=int), probabilities).tolist() == [1, 3]
+
+
+def test_compare_does_not_apply_a_threshold_that_cannot_tell_copies_in_these_vectors(tinted_store, tmp_path):
+    """Random-weight vectors are all alike: every val image is 'near' a train image. The note says
+    the check cannot tell, and --exclude-leaks leaves every image in."""
+    result = run(
+        "compare",
+        "--features",
+        tinted_store,
+        "--clf",
+        "logreg",
+        "--ensemble",
+        "none",
+        "--exclude-leaks",
+        "--out",
+        tmp_path,
+        "--quiet",
+    )
+    assert result.exit_code == 0, result.output
+    assert "so that threshold cannot tell copies apart in these vectors" in result.output
+    assert "left out of every row's score" not in result.output
