@@ -93,9 +93,10 @@ def _all_classes(proba: np.ndarray, present: np.ndarray, classes: int) -> np.nda
 def ranked_label_issues(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
     """Rows whose label is likely wrong, most suspicious first (lowest probability of the given label):
     cleanlab's `predicted_neq_given`, the rows a model that never saw them puts in another class.
-    Chosen on planted faults (tests/experiments/test_audit.py): on hymenoptera with 16 labels moved
-    it finds 13 in 23 rows, where cleanlab's default filter (prune_by_noise_rate) finds 10 in 13. An
-    audit's list is read by a person: a missed wrong label costs more than a look at a right one."""
+    Chosen on planted faults (tests/experiments/test_audit.py, docs/audit.md): on hymenoptera with 16
+    labels moved it found 13 in 23 training rows, where cleanlab's default filter (prune_by_noise_rate)
+    found 10 in 13. An audit's list is read by a person: a missed wrong label costs more than a look
+    at a right one."""
     from cleanlab.filter import find_label_issues
 
     if len(labels) == 0:
