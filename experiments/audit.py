@@ -51,7 +51,13 @@ def audit(features=None, out="artifacts", settings: AuditSettings | None = None,
     settings = (settings or AuditSettings()).check()
     _check_libraries()
     paths = [Path(p) for p in features] if features else [chosen_features(None, out, log)]
-    return [audit_file(path, out, settings, log) for path in paths]
+    outcomes = []
+    for path in paths:
+        try:
+            outcomes.append(audit_file(path, out, settings, log))
+        except CnnfeatError as error:
+            raise CnnfeatError(f"{path.name}: {error}" if len(paths) > 1 else str(error)) from None
+    return outcomes
 
 
 def audit_file(path: Path, out, settings: AuditSettings, log) -> AuditOutcome:

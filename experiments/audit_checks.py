@@ -15,6 +15,7 @@ from .choices import AUDIT_NEAR
 from .neighbours import Neighbours, nearest, unit_rows
 
 EXACT = 0.9999  # at or above: compare the files' bytes (sha256): an exact copy scores 1
+NOT_EXACT = 0.9999  # the most any other copy scores, so the CSV's 4 decimals still tell them apart
 NEIGHBOURS = 10  # per image: its duplicates within a split, and the mean distance that scores outliers
 OUTLIER_Z = 3.5  # robust z-score (median and MAD of the distances) past which an image is an outlier
 # More than this share of the held-out images "leaked": the threshold does not separate copies from
@@ -56,12 +57,14 @@ def leaks(data, split, unit: np.ndarray, near: float) -> list[Finding]:
 
 
 def duplicates(data, found: Neighbours, near: float) -> list[Finding]:
-    """Pairs of images in one split at `near` or above, each pair once (found from either side)."""
+    """Pairs of images at `near` or above in one split, or in two held-out splits (val and test),
+    each pair once (found from either side); a held-out image and a training one are a leak."""
     splits = np.asarray(data.splits)
+    held = splits != "train"
     pairs = {}
     for row, (scores, others) in enumerate(zip(found.similarity, found.rows)):
         for score, other in zip(scores, others):
-            if other >= 0 and score >= near and splits[other] == splits[row]:
+            if other >= 0 and score >= near and (splits[other] == splits[row] or held[other] & held[row]):
                 pairs[min(row, other), max(row, other)] = float(score)
     exact = ExactCopies(data)
     return [Finding(a, "duplicate", exact.score(a, b, score), other=b) for (a, b), score in pairs.items()]
@@ -92,7 +95,7 @@ class ExactCopies:
             mine, theirs = self._sha256(int(row)), self._sha256(int(other))
             if mine is not None and mine == theirs:
                 return 1.0
-        return float(min(similarity, 1.0 - 1e-6))  # below an exact copy's 1, whatever the rounding
+        return float(min(similarity, NOT_EXACT))
 
     def _sha256(self, row: int) -> str | None:
         if row not in self.digests:

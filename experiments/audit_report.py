@@ -16,6 +16,8 @@ import numpy as np
 from common.files import written_together
 from common.names import printable
 
+from .audit_checks import UNTELLABLE
+
 CSV_COLUMNS = ("path", "split", "label", "issue", "score", "suggested_label", "other_path")
 ISSUES = ("leak", "duplicate", "label", "outlier")
 SHOWN = 48  # findings per issue drawn in audit.html (issues.csv has them all)
@@ -88,6 +90,12 @@ def _markdown(data, split, findings: list, counts: dict, scores: dict) -> str:
     lines += [f"{len(data.y)} images; " + ", ".join(f"{counts[i]} {i}" for i in ISSUES), ""]
     if split.name == "holdout":
         lines += ["No val/ or test/ split: leaks are not checked (no held-out images of the store's own).", ""]
+    elif counts["leak"] > len(split.heldout) * UNTELLABLE:
+        lines += [
+            f"{counts['leak']} of {len(split.heldout)} held-out images came out as copies of training images: "
+            "the threshold (--near) cannot tell copies from neighbours in these vectors; read the leaks with care.",
+            "",
+        ]
     lines += ["| class | " + " | ".join(ISSUES) + " |", "|---" * (len(ISSUES) + 1) + "|"]
     for index, name in enumerate(data.class_names):
         per_issue = [sum(f.issue == i and data.y[f.row] == index for f in findings) for i in ISSUES]

@@ -270,7 +270,8 @@ def _leak_check(data, label: str, split: Split, run: CompareRun) -> np.ndarray:
             f"{AUDIT_NEAR} to a training image, so that threshold cannot tell copies apart in these vectors"
         )
         return np.zeros(0, dtype=np.int64)
-    run.leaked[label] = ({str(p) for p in data.paths[leaked]}, len(split.heldout), split.name)
+    if not run.settings.exclude_leaks:  # left out instead: the report's rows are already without them
+        run.leaked[label] = ({str(p) for p in data.paths[leaked]}, len(split.heldout), split.name)
     return leaked
 
 
