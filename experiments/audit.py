@@ -61,7 +61,7 @@ def audit(features=None, out="artifacts", settings: AuditSettings | None = None,
 
 
 def audit_file(path: Path, out, settings: AuditSettings, log) -> AuditOutcome:
-    data = load_features(path)
+    data = load_features(path, lazy=True)  # read a block at a time: the normalised copy is the one in memory
     folder = ensure_writable(audit_dir(out, path.stem))
     split = audit_split(data, settings.search.seed)
     unit = unit_rows(data.X)
