@@ -40,12 +40,15 @@ def nearest(unit: np.ndarray, index_rows: np.ndarray, query_rows: np.ndarray, k:
     similarity = np.full((len(query_rows), k), -1.0, dtype=np.float32)
     found = np.full((len(query_rows), k), -1, dtype=np.int64)
     for start in range(0, len(query_rows), QUERY_ROWS):
-        chunk = query_rows[start : start + QUERY_ROWS]
+        chunk = np.asarray(query_rows[start : start + QUERY_ROWS])
         scores, hits = index.search(np.ascontiguousarray(unit[chunk]), asked)
-        for i, row in enumerate(chunk):
-            keep = [(s, index_rows[h]) for s, h in zip(scores[i], hits[i]) if h >= 0 and index_rows[h] != row][:k]
-            for j, (score, neighbour) in enumerate(keep):
-                similarity[start + i, j], found[start + i, j] = score, neighbour
+        rows = np.where(hits >= 0, np.asarray(index_rows)[np.maximum(hits, 0)], -1)
+        drop = (rows == chunk[:, None]) | (rows < 0)  # the query itself, and slots faiss left empty
+        order = np.argsort(drop, axis=1, kind="stable")[:, :k]  # kept neighbours first, most similar first
+        kept = ~np.take_along_axis(drop, order, axis=1)
+        width = order.shape[1]
+        similarity[start : start + len(chunk), :width] = np.where(kept, np.take_along_axis(scores, order, axis=1), -1)
+        found[start : start + len(chunk), :width] = np.where(kept, np.take_along_axis(rows, order, axis=1), -1)
     return Neighbours(similarity, found)
 
 
