@@ -14,7 +14,7 @@ from .heads import HEADS, Head, final_step, fused_head, get_head, register_head
 from .linear import warmup_cosine
 from .linear_form import linear_form
 from .model import FeatureClassifier
-from .search import SCORINGS, SearchResult, SearchSettings, search_head
+from .search import SCORINGS, SearchResult, SearchSettings, cross_validation_backend, search_head
 
 __all__ = [
     "HEADS",
@@ -33,6 +33,7 @@ __all__ = [
     "SearchResult",
     "SearchSettings",
     "search_head",
+    "cross_validation_backend",
     "ensemble_model",
     "parse_ensembles",
     "export_onnx",

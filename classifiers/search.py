@@ -266,7 +266,7 @@ def run_search(plan: SearchPlan, X, y, log=print) -> SearchResult:
     started = time.perf_counter()
     pipeline = plan.head.build(plan.settings.seed)
     searcher = make_searcher(plan, pipeline)
-    with _cross_validation_backend(plan.settings.ray if plan.method in CV_METHODS else None):
+    with cross_validation_backend(plan.settings.ray if plan.method in CV_METHODS else None):
         _fit_every_candidate(searcher, X, y, plan.head.name)
     best_params, results, best = dict(searcher.best_params_), searcher.cv_results_, searcher.best_index_
     evaluated = getattr(searcher, "evaluated_", plan.candidates)
@@ -329,7 +329,7 @@ def _fit_every_candidate(searcher, X, y, head: str) -> None:
 
 
 @contextmanager
-def _cross_validation_backend(ray_address: str | None):
+def cross_validation_backend(ray_address: str | None):
     """With --ray, scikit-learn's cross-validation fits run as tasks on a Ray cluster (Ray's joblib
     backend): the same fits, the same scores, on more cores. The out-of-bag and path searches have
     no CV fits to spread and stay here."""

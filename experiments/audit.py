@@ -21,7 +21,7 @@ from .choices import AUDIT_NEAR
 from .fit import chosen_features
 from .label_issues import label_findings
 from .layout import audit_dir
-from .neighbours import nearest, unit_rows
+from .neighbours import nearest
 from .splits import Split, train_eval_split
 
 
@@ -61,13 +61,12 @@ def audit(features=None, out="artifacts", settings: AuditSettings | None = None,
 
 
 def audit_file(path: Path, out, settings: AuditSettings, log) -> AuditOutcome:
-    data = load_features(path, lazy=True)  # read a block at a time: the normalised copy is the one in memory
+    data = load_features(path, lazy=True)  # read a block at a time: the neighbour index is the one copy in memory
     folder = ensure_writable(audit_dir(out, path.stem))
     split = audit_split(data, settings.search.seed)
-    unit = unit_rows(data.X)
-    rows = np.arange(len(unit))
-    found = nearest(unit, rows, rows, NEIGHBOURS)  # each image's neighbours: its copies, its outlier score
-    findings = leaks(data, split, unit, settings.near) if split.name != "holdout" else []
+    rows = np.arange(len(data.y))
+    found = nearest(data.X, rows, rows, NEIGHBOURS)  # each image's neighbours: its copies, its outlier score
+    findings = leaks(data, split, settings.near) if split.name != "holdout" else []
     findings += duplicates(data, found, settings.near)
     labels, probabilities, notes = label_findings(data, split, settings.clf, settings.search, log)
     findings += labels + outliers(found, settings.outlier_z)

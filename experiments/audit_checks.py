@@ -12,7 +12,7 @@ import numpy as np
 from common.hashing import file_sha256
 
 from .choices import AUDIT_NEAR
-from .neighbours import Neighbours, nearest, unit_rows
+from .neighbours import Neighbours, nearest
 
 EXACT = 0.9999  # at or above: compare the files' bytes (sha256): an exact copy scores 1
 NOT_EXACT = 0.9999  # the most any other copy scores, so the CSV's 4 decimals still tell them apart
@@ -31,24 +31,24 @@ class Finding(NamedTuple):
     other: int | None = None  # leak, duplicate: the other image's row
 
 
-def nearest_train(unit: np.ndarray, split) -> Neighbours:
+def nearest_train(X, split) -> Neighbours:
     """Each held-out row's most similar training row."""
-    return nearest(unit, split.train, split.heldout, 1)
+    return nearest(X, split.train, split.heldout, 1)
 
 
 def leaked_rows(data, split, near: float = AUDIT_NEAR) -> np.ndarray:
     """The held-out rows with a near-copy in train: their most similar training image at `near` or above."""
     if not len(split.heldout) or not len(split.train):
         return np.zeros(0, dtype=np.int64)
-    found = nearest_train(unit_rows(data.X), split)
+    found = nearest_train(data.X, split)
     return split.heldout[found.similarity[:, 0] >= near]
 
 
-def leaks(data, split, unit: np.ndarray, near: float) -> list[Finding]:
+def leaks(data, split, near: float) -> list[Finding]:
     """Each held-out image whose most similar training image is at `near` or above (`other`: it)."""
     if not len(split.heldout) or not len(split.train):
         return []
-    found, exact = nearest_train(unit, split), ExactCopies(data)
+    found, exact = nearest_train(data.X, split), ExactCopies(data)
     return [
         Finding(int(row), "leak", exact.score(row, other, score), other=int(other))
         for row, score, other in zip(split.heldout, found.similarity[:, 0], found.rows[:, 0])

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from classifiers import SearchSettings, search_head
+from classifiers import SearchSettings, cross_validation_backend, search_head
 from common.errors import CnnfeatError, error_line
 
 from .audit_checks import Finding
@@ -51,16 +51,20 @@ def out_of_fold(X, y, split, class_names: list, clf: str, settings: SearchSettin
     classes = len(class_names)
     X_train, y_train = np.asarray(X[split.train]), y[split.train]
     _check_folds(y_train, settings.cv, class_names)
-    result = search_head(clf, X_train, y_train, None, settings, log=log)
+    try:
+        result = search_head(clf, X_train, y_train, None, settings, log=log)
+    except CnnfeatError as error:  # audit takes no --grid: say what it does take
+        raise CnnfeatError(str(error).replace("check --grid", "lower --cv or take another --clf")) from None
     folds = StratifiedKFold(settings.cv, shuffle=True, random_state=settings.seed)
     try:
-        oof = cross_val_predict(
-            clone(result.pipeline), X_train, y_train, cv=folds, method="predict_proba", n_jobs=settings.jobs
-        )
+        with cross_validation_backend(settings.ray):  # --ray: the K out-of-fold fits too
+            oof = cross_val_predict(
+                clone(result.pipeline), X_train, y_train, cv=folds, method="predict_proba", n_jobs=settings.jobs
+            )
     except ValueError as error:  # e.g. a calibrated head's own folds inside too small a class
         raise CnnfeatError(
             f"the label check cannot fit {clf} on {settings.cv}-fold parts of train ({error_line(error)}); "
-            f"lower --cv or take another --clf"
+            "lower --cv or take another --clf"
         ) from None
     fitted = clone(result.pipeline).fit(X_train, y_train)
     heldout = np.zeros((0, classes))

@@ -233,14 +233,13 @@ def test_the_inverted_file_index_finds_the_near_copies_the_exact_one_finds(monke
     rng = np.random.default_rng(0)
     X = rng.standard_normal((3000, 64)).astype(np.float32)
     X[2000:2100] = X[:100] + 0.1 * rng.standard_normal((100, 64)).astype(np.float32)  # near-copies
-    unit = neighbours.unit_rows(X)
     rows, index_rows = np.arange(3000), np.arange(1000, 3000)
-    exact = neighbours.nearest(unit, rows, rows, 3)
+    exact = neighbours.nearest(X, rows, rows, 3)
     monkeypatch.setattr(neighbours, "EXACT_ROWS", 500)
-    approximate = neighbours.nearest(unit, rows, rows, 3)
+    approximate = neighbours.nearest(X, rows, rows, 3)
     assert (approximate.rows[:100, 0] == np.arange(2000, 2100)).all() and (exact.rows[:100, 0] >= 2000).all()
     assert not (approximate.rows == rows[:, None]).any()
-    subset = neighbours.nearest(unit, index_rows, np.arange(100), 1)
+    subset = neighbours.nearest(X, index_rows, np.arange(100), 1)
     assert (subset.rows[:, 0] == np.arange(2000, 2100)).all() and (subset.similarity[:, 0] > 0.99).all()
 
 
@@ -303,3 +302,16 @@ def test_compare_does_not_apply_a_threshold_that_cannot_tell_copies_in_these_vec
     assert result.exit_code == 0, result.output
     assert "so that threshold cannot tell copies apart in these vectors" in result.output
     assert "left out of every row's score" not in result.output
+
+
+def test_a_head_that_cannot_fit_its_folds_names_what_audit_takes(tmp_path):
+    """An MLP on 2-fold parts of three training images a class cannot hold out its early-stopping
+    slice: the line says what `audit` accepts (--cv, --clf), not `fit`'s --grid."""
+    from tests.conftest import generated_store
+
+    store = generated_store(tmp_path, 21, classes=7)[0]
+    result = run("audit", "--features", store, "--out", tmp_path / "out", "--clf", "mlp", "--cv", "2", "--quiet")
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert result.exit_code == 1 and len(errors) == 1 and "Traceback" not in result.output, result.output
+    assert "validation set is too small" in errors[0] and errors[0].endswith("lower --cv or take another --clf")
+    assert "--grid" not in result.output

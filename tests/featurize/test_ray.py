@@ -249,3 +249,20 @@ def test_flip_averaged_vectors_on_ray_equal_the_local_ones(local_cluster, class_
     on_ray = load_features(extract(data=class_folders, out=tmp_path / "ray", ray="local", **options).store)
     assert on_ray.fingerprint == plain.fingerprint and on_ray.config["tta"] == "flip"
     np.testing.assert_allclose(on_ray.X, plain.X, rtol=1e-5, atol=1e-5)
+
+
+def test_audit_on_ray_finds_what_a_local_audit_finds(local_cluster, tinted_store, tmp_path, monkeypatch):
+    """`audit --ray`: the search's CV fits and the label check's out-of-fold fits both run as Ray
+    tasks, and the findings are the local run's, row for row."""
+    from ray.util.joblib.ray_backend import RayBackend
+
+    common = ("audit", "--features", tinted_store, "--cv", "3", "--quiet")
+    local = run(*common, "--out", tmp_path / "local", "--jobs", "1")
+    assert local.exit_code == 0, local.output
+    configured = []
+    monkeypatch.setattr(RayBackend, "configure", _spy(RayBackend.configure, configured))
+    on_ray = run(*common, "--out", tmp_path / "ray", "--ray", "local")
+    assert on_ray.exit_code == 0, on_ray.output
+    issues = [(tmp_path / run_ / "audit" / tinted_store.stem / "issues.csv").read_text() for run_ in ("local", "ray")]
+    assert issues[0] == issues[1] and issues[0].count("\n") > 1
+    assert len(configured) == 2  # one backend for the search's fits, one for the out-of-fold fits
