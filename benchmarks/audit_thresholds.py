@@ -1,8 +1,10 @@
 """Where `audit`'s near-duplicate threshold comes from: the cosine similarity of an image's vector to
 its copy's (exact, re-encoded, resized, mirrored, cropped), against the similarity of each original
-to its nearest *other* original. Real photos (hymenoptera), lite0, plain and flip-averaged vectors.
+to its nearest *other* original. Real photos (hymenoptera) and scikit-learn's digits (8 x 8
+drawings as 64-pixel PNGs), lite0, plain and flip-averaged vectors; centred on the mean vector as
+`audit` compares them, and raw for contrast.
 
-    .venv/bin/python benchmarks/audit_thresholds.py            # about 1 minute on 2 cores
+    .venv/bin/python benchmarks/audit_thresholds.py            # about 3 minutes on 2 cores
 
 A threshold separates the two when it lies above (nearly) every distinct pair and below the copies
 it should catch; the table prints the quantiles of both so the choice can be read off.
@@ -21,8 +23,8 @@ from PIL import Image, ImageOps
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from experiments.audit import NEAR  # noqa: E402
-from featurize import extract, load_features  # noqa: E402
+from experiments.choices import AUDIT_NEAR as NEAR  # noqa: E402
+from featurize import extract, load_features, write_digits  # noqa: E402
 
 HYMENOPTERA = REPO.parent / "shared" / "datasets" / "hymenoptera"
 COPIES = {
@@ -40,16 +42,16 @@ def plant(source: Path, folder: Path, count: int) -> list[tuple[str, str, str]]:
     """Originals (every image of `source`) and copies of the first `count`, all in one class folder;
     returns (kind, original, copy) file names."""
     folder.mkdir(parents=True)
-    originals = sorted(p for p in source.rglob("*.jpg"))
+    originals = sorted(p for p in source.rglob("*.[jp][pn]g"))
     pairs = []
     for i, path in enumerate(originals):
-        name = f"{i:04d}.jpg"
+        name = f"{i:04d}{path.suffix}"
         (folder / name).write_bytes(path.read_bytes())
         if i >= count:
             continue
         image = Image.open(path).convert("RGB")
         for kind, change in COPIES.items():
-            copy = f"{i:04d}-{kind.split()[0]}.jpg"
+            copy = f"{i:04d}-{kind.split()[0]}{path.suffix if kind == 'exact' else '.jpg'}"
             if kind == "exact":
                 (folder / copy).write_bytes(path.read_bytes())
             else:
@@ -58,9 +60,11 @@ def plant(source: Path, folder: Path, count: int) -> list[tuple[str, str, str]]:
     return pairs
 
 
-def similarities(store: Path, pairs, count: int) -> tuple[dict, np.ndarray]:
+def similarities(store: Path, pairs, centred: bool) -> tuple[dict, np.ndarray]:
     features = load_features(store)
     X = np.asarray(features.X, dtype=np.float64)
+    if centred:
+        X -= X.mean(axis=0)
     X /= np.linalg.norm(X, axis=1, keepdims=True)
     row = {Path(p).name: i for i, p in enumerate(features.paths)}
     by_kind: dict[str, list[float]] = {}
@@ -79,25 +83,31 @@ def main():
     parser.add_argument("--copies", type=int, default=60, help="originals that get one copy of each kind")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp, "planted")
-        pairs = plant(HYMENOPTERA, data / "all", args.copies)
-        for tta in ("none", "flip"):
-            store = extract(data=data, out=Path(tmp, "out"), tta=tta, progress=False).store
-            by_kind, nearest_other = similarities(store, pairs, args.copies)
-            print(f"\n### lite0, tta={tta}: cosine similarity, {args.copies} copies of each kind")
-            print(f"| pair | min | 5% | median | found at {NEAR} |")
-            print("|---|---|---|---|---|")
-            for kind, values in by_kind.items():
-                q = np.quantile(values, [0, 0.05, 0.5])
-                found = np.mean(np.asarray(values) >= NEAR)
-                print(f"| {kind} copy | {q[0]:.4f} | {q[1]:.4f} | {q[2]:.4f} | {found:.1%} |")
-            q = np.quantile(nearest_other, [0.5, 0.95, 0.99, 1.0])
-            wrongly = int(np.sum(nearest_other >= NEAR))
-            print(f"distinct originals at or above {NEAR}: {wrongly}")
-            print(
-                f"\ndistinct originals ({len(nearest_other)}), each to its nearest other: median {q[0]:.4f}, "
-                f"95% {q[1]:.4f}, 99% {q[2]:.4f}, max {q[3]:.4f}"
-            )
+        write_digits(Path(tmp, "digits-source"))
+        for name, source in (("hymenoptera", HYMENOPTERA), ("digits", Path(tmp, "digits-source"))):
+            data = Path(tmp, name)
+            pairs = plant(source, data / "all", args.copies)
+            for tta in ("none", "flip"):
+                store = extract(data=data, out=Path(tmp, "out"), tta=tta, progress=False).store
+                for centred in (True, False):
+                    title = f"{name}, lite0, tta={tta}, {'centred' if centred else 'raw'}"
+                    print_table(title, *similarities(store, pairs, centred), args.copies)
+
+
+def print_table(title: str, by_kind: dict, nearest_other: np.ndarray, copies: int) -> None:
+    print(f"\n### {title}: cosine similarity, {copies} copies of each kind")
+    print(f"| pair | min | 5% | median | found at {NEAR} |")
+    print("|---|---|---|---|---|")
+    for kind, values in by_kind.items():
+        q = np.quantile(values, [0, 0.05, 0.5])
+        found = np.mean(np.asarray(values) >= NEAR)
+        print(f"| {kind} copy | {q[0]:.4f} | {q[1]:.4f} | {q[2]:.4f} | {found:.1%} |")
+    q = np.quantile(nearest_other, [0.5, 0.95, 0.99, 1.0])
+    print(
+        f"distinct originals ({len(nearest_other)}), each to its nearest other: median {q[0]:.4f}, "
+        f"95% {q[1]:.4f}, 99% {q[2]:.4f}, max {q[3]:.4f}; at or above {NEAR}: {int(np.sum(nearest_other >= NEAR))}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -65,11 +65,11 @@ def audit_file(path: Path, out, settings: AuditSettings, log) -> AuditOutcome:
     folder = ensure_writable(audit_dir(out, path.stem))
     split = audit_split(data, settings.search.seed)
     rows = np.arange(len(data.y))
-    found = nearest(data.X, rows, rows, NEIGHBOURS)  # each image's neighbours: its copies, its outlier score
     findings = leaks(data, split, settings.near) if split.name != "holdout" else []
-    findings += duplicates(data, found, settings.near)
+    findings += duplicates(data, nearest(data.X, rows, rows, NEIGHBOURS), settings.near)
+    findings += outliers(nearest(data.X, rows, rows, NEIGHBOURS, centred=False), settings.outlier_z)
     labels, probabilities, notes = label_findings(data, split, settings.clf, settings.search, log)
-    findings += labels + outliers(found, settings.outlier_z)
+    findings += labels
     findings.sort(key=lambda f: (ISSUES.index(f.issue), -f.score, f.row))
     record = asdict(settings) | {"label_check": notes}
     markdown = write_audit(folder, data, split, findings, probabilities, record)

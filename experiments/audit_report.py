@@ -124,14 +124,15 @@ def _html(data, findings: list, counts: dict, typical: dict, markdown: str) -> s
             continue
         items = "".join(_finding_html(data, f, typical) for f in shown)
         more = f" (the {SHOWN} most suspicious; issues.csv lists all)" if counts[issue] > SHOWN else ""
-        sections.append(f"<h2>{issue}: {counts[issue]}{more}</h2>{items}")
+        sections.append(f'<h2 id="{issue}">{issue}: {counts[issue]}{more}</h2>{items}')
+    jumps = " · ".join(f'<a href="#{i}">{i}: {counts[i]}</a>' if counts[i] else f"{i}: 0" for i in ISSUES)
     title = html.escape(printable(f"audit: {data.dataset}"))
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:sans-serif;margin:2em}} .f{{display:inline-block;margin:6px;padding:4px;
 border:1px solid #ccc;vertical-align:top;font-size:12px;max-width:{4 * THUMB + 40}px}}
 figure{{display:inline-block;margin:2px}} figcaption{{max-width:{THUMB}px;overflow-wrap:anywhere}}</style>
-</head><body><pre>{html.escape(printable(markdown))}</pre>{"".join(sections)}</body></html>
+</head><body><p>{jumps}</p><pre>{html.escape(printable(markdown))}</pre>{"".join(sections)}</body></html>
 """
 
 

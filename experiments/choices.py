@@ -17,8 +17,8 @@ HEADS = ("logreg", "svm", "knn", "rf", "mlp", "linear")  # classifiers.HEADS, in
 SCORINGS = ("accuracy", "balanced_accuracy", "f1_macro")  # classifiers.SCORINGS
 SEARCH_METHODS = ("auto", "grid", "halving", "coordinate", "path")  # what SearchSettings.check accepts
 
-# Cosine similarity at and above which `audit` counts two images as copies. From
-# benchmarks/audit_thresholds.py on hymenoptera (lite0): distinct photos reach at most 0.81 (0.83
-# flip-averaged) to their nearest other one; re-encoded, resized, cropped and mirrored copies 0.84-1.0,
-# 95% of them above 0.90.
-AUDIT_NEAR = 0.85
+# Cosine similarity of centred vectors (experiments/neighbours.py) at and above which `audit` and
+# `compare` count two images as copies. From benchmarks/audit_thresholds.py on hymenoptera (lite0):
+# distinct photos reach at most 0.744 (0.744 flip-averaged) to their nearest other one; re-encoded
+# (q70), resized, cropped and mirrored copies 0.78-1.0, 95% of each kind above 0.83.
+AUDIT_NEAR = 0.80

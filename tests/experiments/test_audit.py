@@ -28,39 +28,53 @@ NEAR_COPIES = {
 }
 PER_KIND = 6  # copies of each kind
 MOVED = 16  # training images put in the other class's folder
+DIGITS_MOVED = 30  # of digits' 1,440 training images
 
 
 def plant_faults(data: Path) -> dict:
     """hymenoptera under `data` with known faults; returns where each one is (paths relative to data)."""
     shutil.copytree(HYMENOPTERA, data)
+    planted = plant_copies_and_moves(data, PER_KIND, MOVED)
+    planted["outlier"] = plant_outliers(data / "train" / "ants")
+    return planted
+
+
+def plant_copies_and_moves(data: Path, per_kind: int, moved: int) -> dict:
+    """In a train/ and val/ tree of class folders: `per_kind` val images copied into train by each
+    kind of copy, 2 x `per_kind` copies inside train (exact, then resized) and `moved` training
+    images put into another class's folder. Returns where each one is (paths relative to data)."""
     rng = np.random.default_rng(0)
-    val = sorted(p.relative_to(data) for p in (data / "val").rglob("*.jpg"))
-    train = sorted(p.relative_to(data) for p in (data / "train").rglob("*.jpg"))
-    picks = [val[i] for i in rng.choice(len(val), PER_KIND * 5, replace=False)]
+    val, train = (
+        sorted(p.relative_to(data) for p in (data / split).rglob("*.[jp][pn]g")) for split in ("val", "train")
+    )
+    picks = [val[i] for i in rng.choice(len(val), per_kind * 5, replace=False)]
     planted = {"leak": {}, "duplicate": {}, "moved": {}}
     for kind, source in zip(["exact", *NEAR_COPIES], np.split(np.array(picks), 5)):
         for path in source:
-            copy = Path("train", path.parent.name, f"copy-{kind}-{path.name}")
-            if kind == "exact":
-                shutil.copyfile(data / path, data / copy)
-            else:
-                NEAR_COPIES[kind](Image.open(data / path).convert("RGB"), data / copy)
-            planted["leak"][str(path)] = (kind, str(copy))
-    chosen = [train[i] for i in rng.choice(len(train), PER_KIND * 2 + MOVED, replace=False)]
-    for i, path in enumerate(chosen[: PER_KIND * 2]):  # copies inside train: exact, then resized
-        copy = path.with_name(f"dup-{path.name}")
-        if i < PER_KIND:
-            shutil.copyfile(data / path, data / copy)
-        else:
-            NEAR_COPIES["resized"](Image.open(data / path).convert("RGB"), data / copy)
-        planted["duplicate"][str(path)] = ("exact" if i < PER_KIND else "resized", str(copy))
-    for path in chosen[PER_KIND * 2 :]:
-        other = "bees" if path.parent.name == "ants" else "ants"
-        moved = Path("train", other, f"moved-{path.name}")
-        shutil.move(data / path, data / moved)
-        planted["moved"][str(moved)] = path.parent.name
-    planted["outlier"] = plant_outliers(data / "train" / "ants")
+            planted["leak"][str(path)] = (kind, str(copy_as(kind, data, path, Path("train", path.parent.name))))
+    chosen = [train[i] for i in rng.choice(len(train), per_kind * 2 + moved, replace=False)]
+    for i, path in enumerate(chosen[: per_kind * 2]):  # copies inside train: exact, then resized
+        kind = "exact" if i < per_kind else "resized"
+        planted["duplicate"][str(path)] = (kind, str(copy_as(kind, data, path, path.parent, prefix="dup-")))
+    classes = sorted(folder.name for folder in (data / "train").iterdir())
+    for path in chosen[per_kind * 2 :]:
+        other = rng.choice([name for name in classes if name != path.parent.name])
+        target = Path("train", other, f"moved-{path.name}")
+        shutil.move(data / path, data / target)
+        planted["moved"][str(target)] = path.parent.name
     return planted
+
+
+def copy_as(kind: str, data: Path, path: Path, folder: Path, prefix: str = "") -> Path:
+    """A copy of data/path in data/folder: the same bytes ("exact"), or made by NEAR_COPIES[kind]
+    and saved as JPEG whatever the source was."""
+    if kind == "exact":
+        copy = folder / f"{prefix or 'copy-exact-'}{path.name}"
+        shutil.copyfile(data / path, data / copy)
+    else:
+        copy = folder / f"{prefix or f'copy-{kind}-'}{path.stem}.jpg"
+        NEAR_COPIES[kind](Image.open(data / path).convert("RGB"), data / copy)
+    return copy
 
 
 def plant_outliers(folder: Path) -> list[str]:
@@ -81,17 +95,35 @@ def plant_outliers(folder: Path) -> list[str]:
 def audited(tmp_path_factory):
     root = tmp_path_factory.mktemp("audit")
     planted = plant_faults(root / "planted")
-    for command in (["extract", "--data", root / "planted"], ["audit", "--seed", "0"]):
-        result = run(*command, "--out", root / "out", "--quiet")
+    return (planted, *extract_and_audit(root / "planted", root / "out"), root)
+
+
+@pytest.fixture(scope="module")
+def audited_digits(tmp_path_factory):
+    """scikit-learn's digits as 64-pixel PNGs (train/ and val/), with the same kinds of faults."""
+    from featurize import write_digits
+
+    root = tmp_path_factory.mktemp("audit-digits")
+    write_digits(root / "digits")
+    planted = plant_copies_and_moves(root / "digits", PER_KIND, DIGITS_MOVED)
+    return (planted, *extract_and_audit(root / "digits", root / "out"), root)
+
+
+def extract_and_audit(data: Path, out: Path) -> tuple:
+    """`cli.py extract` then `cli.py audit` (lite0, seed 0): the issues.csv rows, the audit's
+    folder and its printed output."""
+    for command in (["extract", "--data", data], ["audit", "--seed", "0"]):
+        result = run(*command, "--out", out, "--quiet")
         assert result.exit_code == 0, result.output
-    folder = next((root / "out" / "audit").iterdir())
+    folder = next((out / "audit").iterdir())
     with open(folder / "issues.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    return planted, rows, folder, result.output, root
+    return rows, folder, result.output
 
 
-def test_every_exact_copy_and_almost_every_near_copy_is_found_with_its_other_path(audited):
-    planted, rows, *_ = audited
+def copies_found(planted: dict, rows: list) -> dict:
+    """Of the planted copies: leaks found per kind (with the right other_path), copies inside train
+    found, and the leak rows' precision; printed for docs/audit.md."""
     leaks = {(r["path"], r["other_path"]) for r in rows if r["issue"] == "leak"}
     found = {kind: 0 for kind in ["exact", *NEAR_COPIES]}
     for val_path, (kind, copy) in planted["leak"].items():
@@ -99,25 +131,56 @@ def test_every_exact_copy_and_almost_every_near_copy_is_found_with_its_other_pat
     duplicates = {frozenset((r["path"], r["other_path"])) for r in rows if r["issue"] == "duplicate"}
     inside = sum(frozenset((a, b)) in duplicates for a, (_, b) in planted["duplicate"].items())
     true_leaks = {(v, c) for v, (_, c) in planted["leak"].items()}
-    print(f"\nleaks found, of {PER_KIND} each: {found}; copies inside train: {inside} of {PER_KIND * 2}")
+    precision = len(leaks & true_leaks) / max(1, len(leaks))
+    print(f"\nleaks found, of {len(planted['leak']) // 5} each: {found}")
+    print(f"copies inside train: {inside} of {len(planted['duplicate'])}")
     print(f"leak rows: {len(leaks)} ({len(leaks & true_leaks)} planted); duplicate rows: {len(duplicates)}")
-    assert found["exact"] == PER_KIND and inside >= PER_KIND * 2 - 1
-    assert sum(found.values()) >= PER_KIND * 5 - 2  # measured: 30 of 30
-    assert len(leaks & true_leaks) / len(leaks) >= 0.9  # precision: hymenoptera's own near-copies count against it
+    return {"found": found, "inside": inside, "precision": precision}
+
+
+def moved_in_top(planted: dict, rows: list) -> list:
+    """The label rows in the top 2 x (moved images) that are moved images, checked for order and range."""
+    labels = [r for r in rows if r["issue"] == "label"]
+    scores = [float(r["score"]) for r in labels]
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    moved = len(planted["moved"])
+    hits = [r for r in labels[: 2 * moved] if r["path"] in planted["moved"]]
+    right = sum(r["suggested_label"] == planted["moved"][r["path"]] for r in hits)
+    print(f"\nmoved images in the top {2 * moved} label rows: {len(hits)} of {moved}, {right} with their true class")
+    print(f"label rows: {len(labels)}")
+    return hits, right
+
+
+def test_every_exact_copy_and_almost_every_near_copy_is_found_with_its_other_path(audited):
+    planted, rows, *_ = audited
+    measured = copies_found(planted, rows)
+    assert measured["found"]["exact"] == PER_KIND and measured["inside"] >= PER_KIND * 2 - 1
+    assert sum(measured["found"].values()) >= PER_KIND * 5 - 2  # measured: 30 of 30
+    assert measured["precision"] >= 0.9  # hymenoptera's own near-copies would count against it
     exact = [r for r in rows if r["issue"] == "leak" and r["path"] in planted["leak"] and float(r["score"]) == 1]
     assert {planted["leak"][r["path"]][0] for r in exact} == {"exact"}  # score 1: the same bytes, and only then
 
 
 def test_moved_images_rank_near_the_top_of_label_issues_with_their_true_class(audited):
     planted, rows, *_ = audited
-    labels = [r for r in rows if r["issue"] == "label"]
-    scores = [float(r["score"]) for r in labels]
-    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
-    top = labels[: 2 * MOVED]
-    hits = [r for r in top if r["path"] in planted["moved"]]
-    print(f"\nmoved images in the top {2 * MOVED} label rows: {len(hits)} of {MOVED}; label rows: {len(labels)}")
-    assert len(hits) >= MOVED - 4  # measured: 14 of 16 (in 30 label rows)
-    assert all(r["suggested_label"] == planted["moved"][r["path"]] for r in hits)
+    hits, right = moved_in_top(planted, rows)
+    assert len(hits) >= MOVED - 4 and right == len(hits)  # measured: 14 of 16 (in 30 label rows)
+
+
+def test_digits_copies_and_moved_labels_are_found(audited_digits):
+    """The same faults in 8 x 8 drawings blown up to 64 pixels, where distinct images are far more
+    alike than photos: byte-identical, re-encoded and mirrored copies are found; resized and cropped
+    ones are not (resampling a blocky 8 x 8 drawing changes it more, to the network, than another
+    writer's digit does - measured in benchmarks/audit_thresholds.py). Moved labels are found as in
+    photos. Measured: exact 6, jpeg 6, mirrored 5 of 6; 17 of 118 leak rows planted; 28 of 30 moved
+    images in the top 60, 26 of them with their true class."""
+    planted, rows, *_ = audited_digits
+    measured = copies_found(planted, rows)
+    hits, right = moved_in_top(planted, rows)
+    found = measured["found"]
+    assert found["exact"] == PER_KIND and found["jpeg"] >= PER_KIND - 1 and found["mirrored"] >= PER_KIND - 2
+    assert measured["inside"] >= PER_KIND and measured["precision"] >= 0.1
+    assert len(hits) >= DIGITS_MOVED - 4 and right >= len(hits) - 4
 
 
 def test_images_unlike_any_other_are_outliers(audited):
