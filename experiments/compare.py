@@ -26,7 +26,7 @@ from featurize import FuseMode, fuse_features, load_features
 
 from .audit_checks import UNTELLABLE, leaked_rows
 from .choices import AUDIT_NEAR
-from .finetune import FinetuneSettings, run_finetune
+from .finetune import FinetuneSettings, plan_finetune, run_finetune
 from .finetuned import FINETUNE_ROW, finetuned_row
 from .fit import Scored, chosen_features, evaluate, fit_and_score, provenance
 from .layout import DEFAULT_OUT, report_dir
@@ -127,6 +127,7 @@ def compare(
     folder = ensure_writable(report_dir(out, _report_name(stores)))
     with exclusive(folder, "cnnfeat compare"):  # one writer per report folder: its rows and models agree
         run = CompareRun(settings, heads, ensembles, folder, log)
+        _check_finetunes(stores, run, out)
         return _compare_into(run, stores, paths, out)
 
 
@@ -427,17 +428,47 @@ def _saved_or_fitted(file: FeatureFile, name: str, run: CompareRun, key: str, fi
 
 def _finetuned_rows(file: FeatureFile, run: CompareRun, out) -> list[Row]:
     """The fine-tuned network's row (fine-tuned first under --finetune, from pretrained or random
-    weights only): none where there is no fine-tune of this backbone, a failure where it cannot be
-    ranked beside the heads."""
-    data, finetune = file.data, run.settings.finetune
-    if finetune is not None and data.weights_source in ("", "random"):
-        settings = replace(
-            finetune, backbone=data.backbone, seed=run.settings.search.seed, weights=data.weights_source or None
+    weights only, scored on compare's own held-out images): none where there is no fine-tune of
+    this backbone, a failure where it cannot be ranked beside the heads."""
+    settings = _finetune_settings(file.data, run)
+    if settings is not None:
+        run_finetune(
+            file.data.data_root, out=out, settings=settings, log=run.log, heldout_paths=_drawn(file.data, file.split)
         )
-        run_finetune(data.data_root, out=out, settings=settings, log=run.log)
     try:
-        row = finetuned_row(out, data, file.label, file.heldout, run.log)
+        row = finetuned_row(out, file.data, file.label, file.heldout, run.log)
     except CnnfeatError as error:
         run.failed(file.label, FINETUNE_ROW, error, "left out")
         return []
     return [row] if row is not None else []
+
+
+def _check_finetunes(stores, run: CompareRun, out) -> None:
+    """--finetune: what each fine-tune needs (its images, their split, enough of each class, the
+    backbone's weights, a folder to write) checked before any head is searched, so a fine-tune that
+    cannot run fails now, in one line, and not after minutes of searching."""
+    for data in stores:
+        settings = _finetune_settings(data, run)
+        if settings is None:
+            continue
+        try:
+            split = train_eval_split(data, run.settings.search.seed)
+            plan = plan_finetune(data.data_root, out, settings, _drawn(data, split))
+            plan.backbone.load(settings.weights)  # weights that must be downloaded fail here
+        except CnnfeatError as error:
+            raise CnnfeatError(f"--finetune ({feature_label(data)}): {error}") from None
+
+
+def _finetune_settings(data, run: CompareRun):
+    """The fine-tune of this feature file's backbone under --finetune (from the same pretrained or
+    random weights, the search's seed), or None: not asked, or the file's vectors come from a
+    checkpoint (a fine-tune's own)."""
+    finetune = run.settings.finetune
+    if finetune is None or data.weights_source not in ("", "random"):
+        return None
+    return replace(finetune, backbone=data.backbone, seed=run.settings.search.seed, weights=data.weights_source or None)
+
+
+def _drawn(data, split: Split) -> list | None:
+    """The held-out images compare drew itself (no val/ or test/ split): the fine-tune scores exactly these."""
+    return [str(p) for p in data.paths[split.heldout]] if split.name == "holdout" else None

@@ -127,8 +127,35 @@ class FinetuneResult:
     selection: str  # how the epoch was chosen, for the record
 
 
+class FinetunePlan(NamedTuple):
+    """What a fine-tune works on, checked before anything is trained."""
+
+    images: object  # the discovered ImageList
+    rows: FinetuneRows
+    backbone: object
+    folder: Path  # where it writes
+
+
+def plan_finetune(data, out, settings: FinetuneSettings, heldout_paths=None) -> FinetunePlan:
+    """The images, their split, the backbone and the output folder, or a clear error for the first
+    thing that is wrong; `heldout_paths`: compare's held-out images, scored instead of a hold-out
+    drawn here (data without val/ or test/)."""
+    images = discover(data)
+    rows = finetune_rows(images, data, settings.seed, heldout_paths)
+    backbone = get_backbone(settings.backbone)
+    if settings.distill is not None:
+        settings.distill.check()  # a teacher that cannot be used is refused before anything is made
+    return FinetunePlan(images, rows, backbone, ensure_writable(finetune_dir(out, images.name, backbone.name)))
+
+
 def run_finetune(
-    data="data", *, out=DEFAULT_OUT, settings: FinetuneSettings | None = None, log=print, **overrides
+    data="data",
+    *,
+    out=DEFAULT_OUT,
+    settings: FinetuneSettings | None = None,
+    log=print,
+    heldout_paths=None,
+    **overrides,
 ) -> Path:
     """Fine-tune and save; returns the folder it wrote. `overrides` are FinetuneSettings fields
     (epochs=2, weights="random", ...). Everything a user can get wrong is refused before anything
@@ -136,12 +163,7 @@ def run_finetune(
     import torch
 
     settings = replace(settings or FinetuneSettings(), **overrides)
-    images = discover(data)
-    rows = finetune_rows(images, data, settings.seed)
-    backbone = get_backbone(settings.backbone)
-    if settings.distill is not None:
-        settings.distill.check()  # a teacher that cannot be used is refused before anything is made
-    folder = ensure_writable(finetune_dir(out, images.name, backbone.name))
+    images, rows, backbone, folder = plan_finetune(data, out, settings, heldout_paths)
     compute = settings.compute()
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)

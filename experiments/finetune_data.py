@@ -12,6 +12,8 @@ import numpy as np
 from common.errors import CnnfeatError
 from featurize import ImageDataset, checked_batches, collate_readable
 
+from .splits import SCORED_SPLITS, holdout_rows
+
 SELECTION_FRACTION = 0.2  # of the training images, held back to choose the epoch
 
 
@@ -20,8 +22,8 @@ class FinetuneRows(NamedTuple):
 
     train: list[int]  # learnt from
     select: list[int]  # a stratified slice of train that chooses the epoch
-    heldout: list[int]  # val (else test): scores the chosen network, as it scores every head
-    heldout_name: str  # "val" or "test"
+    heldout: list[int]  # val (else test, else compare's hold-out): scores the chosen network, as it scores every head
+    heldout_name: str  # "val", "test" or "holdout"
 
 
 class Compute(NamedTuple):
@@ -32,12 +34,12 @@ class Compute(NamedTuple):
     workers: int  # decoding processes; 0: in this one
 
 
-def finetune_rows(images, data, seed: int) -> FinetuneRows:
-    """Split the images: train less a stratified SELECTION_FRACTION slice (a row of each class at
-    least) that chooses the epoch, and the held-out split."""
+def finetune_rows(images, data, seed: int, heldout_paths=None) -> FinetuneRows:
+    """Split the images: the held-out ones (`heldout_split`), and train less a stratified
+    SELECTION_FRACTION slice (a row of each class at least) that chooses the epoch."""
     from sklearn.model_selection import train_test_split
 
-    all_train, heldout_name = _split_names(images, data)
+    all_train, heldout, heldout_name = heldout_split(images, data, seed, heldout_paths)
     labels = [images.labels[i] for i in all_train]
     if min(labels.count(label) for label in set(labels)) < 2:
         raise CnnfeatError(
@@ -45,20 +47,25 @@ def finetune_rows(images, data, seed: int) -> FinetuneRows:
         )
     select_size = max(len(set(labels)), math.ceil(SELECTION_FRACTION * len(all_train)))  # a row of each class
     train, select = train_test_split(all_train, test_size=select_size, stratify=labels, random_state=seed)
-    heldout = [i for i, s in enumerate(images.splits) if s == heldout_name]
     return FinetuneRows(sorted(train), sorted(select), heldout, heldout_name)
 
 
-def _split_names(images, data) -> tuple[list[int], str]:
-    """(the train/ images, the name of the split that scores: val, else test), or why they are not there."""
-    all_train = [i for i, s in enumerate(images.splits) if s == "train"]
-    heldout_name = next((s for s in ("val", "test") if s in images.splits), None)
-    if not all_train or heldout_name is None:
-        raise CnnfeatError(
-            f"finetune needs train/ and val/ (or test/) splits in {data}: val scores the "
-            f"fine-tuned network as it scores every head"
-        )
-    return all_train, heldout_name
+def heldout_split(images, data, seed: int, heldout_paths=None) -> tuple[list[int], list[int], str]:
+    """(training images, held-out images, the held-out split's name): train/ and val/ (else test/);
+    without them, the seeded stratified hold-out `compare` draws (experiments.splits.holdout_rows) of
+    train/ (or of every image), or exactly `heldout_paths` where compare gives its own."""
+    train = [i for i, s in enumerate(images.splits) if s == "train"]
+    named = next((s for s in SCORED_SPLITS if s in images.splits), None)
+    if train and named:
+        return train, [i for i, s in enumerate(images.splits) if s == named], named
+    pool = np.asarray(train or range(len(images.paths)), dtype=np.int64)
+    if heldout_paths is not None:
+        wanted = set(heldout_paths)
+        held = np.asarray([i for i in pool if images.paths[i] in wanted], dtype=np.int64)
+    else:
+        paths, labels = [images.paths[i] for i in pool], [images.labels[i] for i in pool]
+        held = pool[holdout_rows(paths, labels, seed, str(data))[1]]
+    return sorted(set(pool.tolist()) - set(held.tolist())), sorted(held.tolist()), "holdout"
 
 
 def train_loader(images, rows: list[int], transform, compute: Compute, generator):

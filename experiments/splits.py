@@ -69,14 +69,24 @@ def train_eval_split(features, seed: int = 0) -> Split:
 
 def _holdout(features, rows: np.ndarray, seed: int, of_what: str) -> Split:
     """A stratified HOLDOUT_FRACTION of `rows` held out, the rest training."""
+    train, heldout = holdout_rows(features.paths[rows], features.y[rows], seed, str(features.path))
+    note = f"no val/ or test/ rows: scoring on a stratified {HOLDOUT_FRACTION:.0%} hold-out of {of_what} (seed {seed})"
+    return Split(np.sort(rows[train]), np.sort(rows[heldout]), "holdout", seed, note)
+
+
+def holdout_rows(paths, labels, seed: int, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """(training, held-out) positions of a seeded, stratified HOLDOUT_FRACTION hold-out of these
+    images. Drawn over the images sorted by path, so it depends on which images there are and not on
+    their order: `compare` (a store's rows) and `finetune` (a folder's listing) hold out the same ones."""
     from sklearn.model_selection import train_test_split
 
-    _, counts = np.unique(features.y[rows], return_counts=True)
-    if len(rows) < 4 or counts.min() < 2:
+    labels = np.asarray(labels)
+    _, counts = np.unique(labels, return_counts=True)
+    if len(labels) < 4 or counts.min() < 2:
         raise CnnfeatError(
-            f"{features.path}: too few images to hold some out for scoring ({len(rows)} rows, "
-            f"smallest class {counts.min()}); add images or a val/ split"
+            f"{source}: too few images to hold some out for scoring ({len(labels)} images, smallest class "
+            f"{counts.min() if len(counts) else 0}); add images or a val/ split"
         )
-    train, heldout = train_test_split(rows, test_size=HOLDOUT_FRACTION, stratify=features.y[rows], random_state=seed)
-    note = f"no val/ or test/ rows: scoring on a stratified {HOLDOUT_FRACTION:.0%} hold-out of {of_what} (seed {seed})"
-    return Split(np.sort(train), np.sort(heldout), "holdout", seed, note)
+    by_path = np.argsort(np.asarray(paths, dtype=str), kind="stable")
+    train, heldout = train_test_split(by_path, test_size=HOLDOUT_FRACTION, stratify=labels[by_path], random_state=seed)
+    return np.sort(train), np.sort(heldout)

@@ -1,5 +1,6 @@
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from experiments.finetune import run_finetune
 from experiments.unfreeze import set_trainable, trunk_blocks
 from featurize import extract, get_backbone, load_features
 from tests.conftest import write_image
+from tests.test_cli import assert_one_line_error, run
 
 QUIET = {"log": lambda _: None, "progress": False}
 
@@ -75,9 +77,45 @@ def test_epoch_is_chosen_on_train_and_compare_ranks_it_on_its_own_heldout_images
     assert "scores other images than compare (1 of compare's missing" in outcome.failures[0][2]
 
 
-def test_needs_a_val_split(class_folders, tmp_path):
-    with pytest.raises(CnnfeatError, match="finetune needs train/ and val/"):
-        run_finetune(data=class_folders, backbone="resnet18", weights="random", out=tmp_path, **QUIET)
+def test_compare_finetune_on_folders_without_a_split_scores_the_same_held_out_images(tmp_path):
+    """Class folders with no val/: `cli.py compare --finetune` fine-tunes on compare's own seeded
+    hold-out, and ranks the row on exactly the held-out images of the heads; a `finetune` run alone
+    draws the same hold-out."""
+    data = tmp_path / "photos"
+    for i in range(10):
+        write_image(data / "x" / f"{i}.png", seed=i, tint=(1, 0.5, 0.5))
+        write_image(data / "y" / f"{i}.png", seed=50 + i, tint=(0.5, 0.5, 1))
+    out = tmp_path / "out"
+    extracted = run("extract", "--data", data, "--backbone", "resnet18", "--weights", "random", "--out", out, "--quiet")
+    assert extracted.exit_code == 0, extracted.output
+    compared = run("compare", "--clf", "knn", "--cv", "2", "--finetune", "--out", out, "--quiet")
+    assert compared.exit_code == 0, compared.output
+    report = json.loads(next((out / "reports").iterdir()).joinpath("report.json").read_text())
+    rows = {row["head"]: row for row in report["rows"]}
+    assert {"knn", "finetuned"} <= set(rows) and rows["finetuned"]["n"] == rows["knn"]["n"] == 4
+    predictions = {head: (out / "reports").glob(f"*/predictions/*{head}*.csv") for head in ("knn", "finetuned")}
+    held = {
+        head: sorted(r["path"] for f in files for r in csv.DictReader(open(f))) for head, files in predictions.items()
+    }
+    assert held["knn"] == held["finetuned"] and len(held["knn"]) == 4
+
+    alone = run_finetune(data=data, backbone="resnet18", weights="random", out=tmp_path / "alone", epochs=1, **QUIET)
+    with open(alone / "heldout.csv") as handle:
+        assert sorted(r["path"] for r in csv.DictReader(handle)) == held["knn"]
+
+
+def test_compare_finetune_that_cannot_run_fails_before_any_head_is_searched(tmp_path):
+    """The images gone since extraction: the fine-tune cannot run, and compare says so in one line
+    before it searches anything."""
+    data = _two_class_data(tmp_path / "d")
+    out = tmp_path / "out"
+    extracted = run("extract", "--data", data, "--backbone", "resnet18", "--weights", "random", "--out", out, "--quiet")
+    assert extracted.exit_code == 0, extracted.output
+    shutil.rmtree(data)
+    store = extracted.output.strip().splitlines()[-1].split(": ", 1)[1]
+    compared = run("compare", "--features", store, "--clf", "logreg", "--finetune", "--out", out, "--quiet")
+    assert_one_line_error(compared, "--finetune (resnet18")
+    assert "grid search" not in compared.output
 
 
 def test_lite0_finetune_on_hymenoptera(hymenoptera, hymenoptera_lite0, tmp_path):
