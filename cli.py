@@ -411,14 +411,15 @@ def compare(features, out, clf, with_finetune, refit, exclude_leaks, fuse, ensem
     from experiments.compare import compare as run_compare
     from experiments.finetune import FinetuneSettings
 
+    search = search_settings(**options)
     settings = CompareSettings(
         clf=clf,
         refit=refit,
         exclude_leaks=exclude_leaks,
         fuse=fuse,
         ensemble=ensemble,
-        search=search_settings(**options),
-        finetune=FinetuneSettings() if with_finetune else None,
+        search=search,
+        finetune=FinetuneSettings(progress=search.progress) if with_finetune else None,  # --quiet: no epoch bars
     )
     outcome = run_compare(features=list(features) or None, out=out, settings=settings, log=click.echo)
     click.echo("")
@@ -500,7 +501,7 @@ def explain(model_path, inputs, out, class_name, method, feature_maps, filters, 
 
 @cli.command()
 @click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True, help="Registered backbone.")
-@click.option("--data", default="data", show_default=True, help="Image folder with train/ and val/ (or test/).")
+@click.option("--data", default="data", show_default=True, help="Image folder: train/ and val/ (or test/), else a seeded 20% hold-out as compare draws it.")
 @click.option(
     "--weights",
     default=None,

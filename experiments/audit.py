@@ -65,14 +65,14 @@ def audit_file(path: Path, out, settings: AuditSettings, log) -> AuditOutcome:
     folder = ensure_writable(audit_dir(out, path.stem))
     split = audit_split(data, settings.search.seed)
     rows = np.arange(len(data.y))
-    findings = leaks(data, split, settings.near) if split.name != "holdout" else []
+    findings, alike = leaks(data, split, settings.near) if split.name != "holdout" else ([], 0.0)
     findings += duplicates(data, nearest(data.X, rows, rows, NEIGHBOURS), settings.near)
     findings += outliers(nearest(data.X, rows, rows, NEIGHBOURS, centred=False), settings.outlier_z)
     labels, probabilities, notes = label_findings(data, split, settings.clf, settings.search, log)
     findings += labels
     findings.sort(key=lambda f: (ISSUES.index(f.issue), -f.score, f.row))
     record = asdict(settings) | {"label_check": notes}
-    markdown = write_audit(folder, data, split, findings, probabilities, record)
+    markdown = write_audit(folder, data, split, findings, probabilities, record, alike)
     return AuditOutcome(folder, findings, markdown)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from common.files import written_together
 from common.names import printable
 
-from .audit_checks import UNTELLABLE
+from .audit_checks import untellable
 
 CSV_COLUMNS = ("path", "split", "label", "issue", "score", "suggested_label", "other_path")
 ISSUES = ("leak", "duplicate", "label", "outlier")
@@ -25,15 +25,18 @@ TYPICAL = 3  # images of the suggested class shown beside a likely wrong label
 THUMB = 128  # thumbnail side, pixels
 
 
-def write_audit(folder: Path, data, split, findings: list, probabilities: np.ndarray, settings: dict) -> str:
-    """Every file of one audit, written together; returns audit.md's text."""
+def write_audit(
+    folder: Path, data, split, findings: list, probabilities: np.ndarray, settings: dict, alike: float = 0.0
+) -> str:
+    """Every file of one audit, written together; returns audit.md's text. `alike`: the share of
+    training images with a copy in train (audit_checks.NearestTrain)."""
     counts = {issue: sum(f.issue == issue for f in findings) for issue in ISSUES}
     scores = heldout_scores(data, split, findings, probabilities)
-    markdown = _markdown(data, split, findings, counts, scores) + "".join(
+    markdown = _markdown(data, split, findings, counts, scores, alike) + "".join(
         f"\nLabel check: {note}." for note in settings.get("label_check", [])
     )
     record = {"feature_file": str(data.path), "feature_fingerprint": data.fingerprint, "settings": settings}
-    record |= {"counts": counts, "heldout": scores, "split": split.describe()}
+    record |= {"counts": counts, "heldout": scores, "split": split.describe(), "train_alike": alike}
     files = {
         "issues.csv": _csv(data, findings),
         "audit.md": printable(markdown).encode(),
@@ -85,15 +88,16 @@ def _path(data, row: int) -> str:
     return printable(str(data.paths[row]))
 
 
-def _markdown(data, split, findings: list, counts: dict, scores: dict) -> str:
+def _markdown(data, split, findings: list, counts: dict, scores: dict, alike: float) -> str:
     lines = [f"# audit: {data.dataset} ({Path(data.path).name})", ""]
     lines += [f"{len(data.y)} images; " + ", ".join(f"{counts[i]} {i}" for i in ISSUES), ""]
     if split.name == "holdout":
         lines += ["No val/ or test/ split: leaks are not checked (no held-out images of the store's own).", ""]
-    elif counts["leak"] > len(split.heldout) * UNTELLABLE:
+    elif untellable(counts["leak"], len(split.heldout), alike):
         lines += [
-            f"{counts['leak']} of {len(split.heldout)} held-out images came out as copies of training images: "
-            "the threshold (--near) cannot tell copies from neighbours in these vectors; read the leaks with care.",
+            f"{counts['leak']} of {len(split.heldout)} held-out images came out as copies of training images, "
+            f"and {alike:.0%} of training images as copies of another: the threshold (--near) cannot tell "
+            "copies from neighbours in these vectors; read the leaks and duplicates with care, or raise --near.",
             "",
         ]
     lines += ["| class | " + " | ".join(ISSUES) + " |", "|---" * (len(ISSUES) + 1) + "|"]

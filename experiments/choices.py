@@ -20,5 +20,5 @@ SEARCH_METHODS = ("auto", "grid", "halving", "coordinate", "path")  # what Searc
 # Cosine similarity of centred vectors (experiments/neighbours.py) at and above which `audit` and
 # `compare` count two images as copies. From benchmarks/audit_thresholds.py on hymenoptera (lite0):
 # distinct photos reach at most 0.744 (0.744 flip-averaged) to their nearest other one; re-encoded
-# (q70), resized, cropped and mirrored copies 0.78-1.0, 95% of each kind above 0.83.
+# (q70), resized, cropped and mirrored copies 0.79-1.0, 95% of each kind above 0.82.
 AUDIT_NEAR = 0.80

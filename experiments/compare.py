@@ -24,7 +24,7 @@ from common.locks import exclusive
 from common.names import safe_name
 from featurize import FuseMode, fuse_features, load_features
 
-from .audit_checks import UNTELLABLE, leaked_rows
+from .audit_checks import leaked_rows, untellable
 from .choices import AUDIT_NEAR
 from .finetune import FinetuneSettings, plan_finetune, run_finetune
 from .finetuned import FINETUNE_ROW, finetuned_row
@@ -257,18 +257,18 @@ def _split(data, label: str, run: CompareRun) -> tuple[Split, int]:
 
 def _leak_check(data, label: str, split: Split, run: CompareRun) -> np.ndarray:
     """The held-out rows with a near-copy in train (audit's rule), remembered so the report can give
-    the best row's score without them; none where the check cannot run or cannot tell."""
-    if split.name == "holdout":
-        return np.zeros(0, dtype=np.int64)
+    the best row's score without them (a hold-out compare drew itself included: a copy across it
+    inflates the score as much); none where the check cannot run or cannot tell."""
     try:
-        leaked = leaked_rows(data, split)
+        leaked, alike = leaked_rows(data, split)
     except CnnfeatError as error:  # faiss missing: the table is still honest about everything else
         run.note(f"{label}: no leak check ({error})")
         return np.zeros(0, dtype=np.int64)
-    if len(leaked) > len(split.heldout) * UNTELLABLE:
+    if untellable(len(leaked), len(split.heldout), alike):
         run.note(
             f"{label}: no leak check: {len(leaked)} of {len(split.heldout)} {split.name} images are at cosine >= "
-            f"{AUDIT_NEAR} to a training image, so that threshold cannot tell copies apart in these vectors"
+            f"{AUDIT_NEAR} to a training image, and {alike:.0%} of training images to another, so that threshold "
+            "cannot tell copies apart in these vectors (`audit --near` with a higher one lists them)"
         )
         return np.zeros(0, dtype=np.int64)
     if not run.settings.exclude_leaks:  # left out instead: the report's rows are already without them
@@ -432,9 +432,8 @@ def _finetuned_rows(file: FeatureFile, run: CompareRun, out) -> list[Row]:
     this backbone, a failure where it cannot be ranked beside the heads."""
     settings = _finetune_settings(file.data, run)
     if settings is not None:
-        run_finetune(
-            file.data.data_root, out=out, settings=settings, log=run.log, heldout_paths=_drawn(file.data, file.split)
-        )
+        drawn = _drawn(file.data, train_eval_split(file.data, run.settings.search.seed))  # before --exclude-leaks
+        run_finetune(file.data.data_root, out=out, settings=settings, log=run.log, heldout_paths=drawn)
     try:
         row = finetuned_row(out, file.data, file.label, file.heldout, run.log)
     except CnnfeatError as error:
@@ -456,7 +455,10 @@ def _check_finetunes(stores, run: CompareRun, out) -> None:
             plan = plan_finetune(data.data_root, out, settings, _drawn(data, split))
             plan.backbone.load(settings.weights)  # weights that must be downloaded fail here
         except CnnfeatError as error:
-            raise CnnfeatError(f"--finetune ({feature_label(data)}): {error}") from None
+            raise CnnfeatError(
+                f"--finetune ({feature_label(data)}) cannot fine-tune on the images this feature file was "
+                f"extracted from: {error}"
+            ) from None
 
 
 def _finetune_settings(data, run: CompareRun):

@@ -55,13 +55,19 @@ def heldout_split(images, data, seed: int, heldout_paths=None) -> tuple[list[int
     without them, the seeded stratified hold-out `compare` draws (experiments.splits.holdout_rows) of
     train/ (or of every image), or exactly `heldout_paths` where compare gives its own."""
     train = [i for i, s in enumerate(images.splits) if s == "train"]
-    named = next((s for s in SCORED_SPLITS if s in images.splits), None)
-    if train and named:
+    named = next((s for s in SCORED_SPLITS if s in images.splits), None) if train else None
+    if named and heldout_paths is None:
         return train, [i for i, s in enumerate(images.splits) if s == named], named
     pool = np.asarray(train or range(len(images.paths)), dtype=np.int64)
     if heldout_paths is not None:
         wanted = set(heldout_paths)
         held = np.asarray([i for i in pool if images.paths[i] in wanted], dtype=np.int64)
+        if named or len(held) < len(wanted):
+            raise CnnfeatError(
+                f"the images in {data} have changed since extraction ({len(wanted) - len(held)} of compare's "
+                f"{len(wanted)} held-out images gone{f', a {named}/ split added' if named else ''}): run "
+                "`cnnfeat extract` on it again"
+            )
     else:
         paths, labels = [images.paths[i] for i in pool], [images.labels[i] for i in pool]
         held = pool[holdout_rows(paths, labels, seed, str(data))[1]]

@@ -88,7 +88,8 @@ def _check_same_images(path: Path, lines: list[dict], heldout: HeldoutImages) ->
     if not wanted <= scored or len(scored - wanted) > heldout.excluded or len(lines) != len(scored):
         raise CnnfeatError(
             f"{path} scores other images than compare ({len(wanted - scored)} of compare's "
-            f"missing, {len(scored - wanted)} others); run `cnnfeat finetune` again"
+            f"missing, {len(scored - wanted)} others); run `cnnfeat compare --finetune`, which fine-tunes on "
+            "compare's own held-out images"
         )
     expected = dict(zip(heldout.paths, heldout.truth))
     if any(expected[r["path"]] != r["true"] for r in lines if r["path"] in expected):

@@ -5,8 +5,8 @@ normalised copy of the table nor an N x N matrix. What `audit` finds near-duplic
 outliers with.
 
 Why centred: pooled CNN features are all positive, so every vector shares a large common part and
-any two images look alike (on digits drawn at 8 x 8, lite0's raw cosine put the median held-out
-image at 0.978 of its nearest training image; centred, 0.748). Taking the mean out leaves what
+any two images look alike (on digits drawn at 8 x 8, lite0's raw cosine put distinct drawings at a
+median 0.979 of their nearest other; centred, 0.748: benchmarks/audit_thresholds.py). Taking the mean out leaves what
 tells images apart; copies stay near 1 (docs/audit.md has the measurements). Outliers are the
 exception: what sets them apart is how far they lie from that common part, which centring and
 normalising throw away, so their neighbours are found on the raw vectors."""
@@ -22,6 +22,7 @@ from common.errors import CnnfeatError
 BLOCK_ROWS = 8192  # rows read, normalised, added or asked at once
 EXACT_ROWS = 50_000  # up to this many rows an exact index; past it an inverted file (faiss IVF)
 PROBES = 16  # inverted lists an IVF query visits (benchmarks/audit_scale.py measures its recall)
+CENTRED_ROWS = 8  # fewer indexed rows than this: raw vectors (their mean is mostly the rows themselves)
 
 
 class Neighbours(NamedTuple):
@@ -48,6 +49,7 @@ def nearest(X, index_rows: np.ndarray, query_rows: np.ndarray, k: int, centred: 
     """For each of `query_rows`, its `k` most similar rows among `index_rows` (rows of X), both
     centred on the mean of `index_rows` (unless not `centred`); a row is never its own neighbour."""
     index_rows, query_rows = np.asarray(index_rows), np.asarray(query_rows)
+    centred = centred and len(index_rows) >= CENTRED_ROWS
     centre = mean_row(X, index_rows) if centred else np.zeros(X.shape[1], np.float32)
     index = _index(X, index_rows, centre)
     asked = min(k + 1, len(index_rows))  # one more: the query row itself may be among them

@@ -32,6 +32,7 @@ def head_key(data, split, head: str, settings: SearchSettings) -> str:
         "calibrate": spec.calibrate,
         "validation": spec.validation,
         "split": split.describe(),
+        "heldout_rows": json_key([int(row) for row in split.heldout]),  # which images, not only how many
         "class_names": data.class_names,
         "versions": library_versions(MODEL_PACKAGES),
     }

@@ -181,6 +181,19 @@ def test_digits_copies_and_moved_labels_are_found(audited_digits):
     assert found["exact"] == PER_KIND and found["jpeg"] >= PER_KIND - 1 and found["mirrored"] >= PER_KIND - 2
     assert measured["inside"] >= PER_KIND and measured["precision"] >= 0.1
     assert len(hits) >= DIGITS_MOVED - 4 and right >= len(hits) - 4
+    assert "cannot tell copies from neighbours" in audited_digits[3]  # and audit.md says so
+
+
+def test_compare_on_digits_does_not_claim_leaks_the_threshold_cannot_tell(audited_digits):
+    """Distinct drawings are as alike as copies at the photos' threshold: compare says it cannot
+    tell, instead of reporting a hundred val images as leaked (measured: 32% of training images
+    alike)."""
+    root = audited_digits[-1]
+    store = next((root / "out" / "features").glob("*.h5"))
+    said = run("compare", "--features", store, "--clf", "logreg", "--ensemble", "none", "--out", root / "c", "--quiet")
+    assert said.exit_code == 0, said.output
+    assert "no leak check" in said.output and "cannot tell copies apart" in said.output
+    assert "have a near-copy in train" not in said.output
 
 
 def test_images_unlike_any_other_are_outliers(audited):
@@ -306,6 +319,22 @@ def test_the_inverted_file_index_finds_the_near_copies_the_exact_one_finds(monke
     assert (subset.rows[:, 0] == np.arange(2000, 2100)).all() and (subset.similarity[:, 0] > 0.99).all()
 
 
+def test_vectors_that_share_a_large_common_part_are_compared_centred():
+    """All-positive vectors (pooled ReLU features) around a common part: raw cosine finds every pair
+    alike; centred on the index's mean, distinct rows are not, and a copy (queried from outside the
+    index, as a leak is) still is."""
+    from experiments import neighbours
+
+    rng = np.random.default_rng(0)
+    X = (5 + rng.random((200, 32))).astype(np.float32)  # a shared offset dwarfs what differs
+    X[150] = X[3] + 0.01 * rng.random(32, dtype=np.float32)  # a near-copy of row 3, outside the index
+    index_rows, queries = np.arange(100), np.array([150, 120])
+    raw = neighbours.nearest(X, index_rows, queries, 1, centred=False)
+    centred = neighbours.nearest(X, index_rows, queries, 1)
+    assert raw.similarity.min() > 0.99  # raw: the distinct row 120 looks like a copy too
+    assert centred.rows[0, 0] == 3 and centred.similarity[0, 0] > 0.99 and centred.similarity[1, 0] < 0.5
+
+
 def test_a_file_gone_since_extraction_is_never_an_exact_copy(tmp_path):
     from types import SimpleNamespace
 
@@ -378,3 +407,24 @@ def test_a_head_that_cannot_fit_its_folds_names_what_audit_takes(tmp_path):
     assert result.exit_code == 1 and len(errors) == 1 and "Traceback" not in result.output, result.output
     assert "validation set is too small" in errors[0] and errors[0].endswith("lower --cv or take another --clf")
     assert "--grid" not in result.output
+
+
+def test_compare_checks_leaks_across_the_hold_out_it_draws_itself(tmp_path):
+    """Class folders without val/ (40 photos a class, 3 of them copied): a held-out image whose copy
+    stayed in the training part inflates the score as a val leak does; compare counts exactly those."""
+    data = tmp_path / "photos"
+    for label in ("ants", "bees"):
+        (data / label).mkdir(parents=True)
+        for i, photo in enumerate(sorted((HYMENOPTERA / "train" / label).glob("*.jpg"))[:40]):
+            shutil.copyfile(photo, data / label / photo.name)
+            if i < 3:
+                shutil.copyfile(photo, data / label / f"copy-{photo.name}")
+    assert run("extract", "--data", data, "--out", tmp_path / "out", "--quiet").exit_code == 0
+    said = run("compare", "--clf", "logreg", "--ensemble", "none", "--out", tmp_path / "out", "--quiet")
+    assert said.exit_code == 0, said.output
+    (predictions,) = (tmp_path / "out" / "reports").glob("*/predictions/*logreg*.csv")
+    with open(predictions, newline="") as handle:
+        held = {r["path"] for r in csv.DictReader(handle)}
+    twin = {p: p.replace("copy-", "") if "copy-" in p else p.replace("/", "/copy-") for p in held}
+    leaked = sum(twin[p] not in held and (data / twin[p]).exists() for p in held)
+    assert leaked > 0 and f"{leaked} of {len(held)} holdout images have a near-copy in train" in said.output
