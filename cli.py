@@ -501,7 +501,12 @@ def explain(model_path, inputs, out, class_name, method, feature_maps, filters, 
 
 @cli.command()
 @click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True, help="Registered backbone.")
-@click.option("--data", default="data", show_default=True, help="Image folder: train/ and val/ (or test/), else a seeded 20% hold-out as compare draws it.")
+@click.option(
+    "--data",
+    default="data",
+    show_default=True,
+    help="Image folder: train/ and val/ (or test/), else a seeded 20% hold-out as compare draws it.",
+)
 @click.option(
     "--weights",
     default=None,

@@ -66,7 +66,13 @@ def machine_refusal(error: BaseException) -> str | None:
     """One line for an error the machine caused where no code of ours could name the file: a write
     refused by a full disk or a file-size limit deep inside a library - joblib's parallel workers
     share arrays through temporary files, and its error says so only in the text of a remote
-    traceback. None for any other error."""
+    traceback; a parallel worker killed from outside (most often by the kernel, out of memory). None
+    for any other error."""
+    if type(error).__name__ == "TerminatedWorkerError" or isinstance(error, MemoryError):
+        return (
+            "a parallel worker was killed or memory ran out (each of --jobs' fits holds its own copy of "
+            "its rows): run with --jobs 1, or on a machine with more memory"
+        )
     seen = error
     while seen is not None:
         errno = getattr(seen, "errno", None)

@@ -364,3 +364,24 @@ def test_an_error_during_extraction_starts_its_own_line_after_the_progress_bar(i
         "extract", "--data", images, "--out", tmp_path / "out", *RANDOM, "--workers", "0", file_size=64 << 10
     )  # no --quiet: the bar is drawn; the journal outgrows the limit
     assert_ends_in_one_error_line(code, said, "cannot write", ".partial", "File too large")
+
+
+def _killed(_):
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's out-of-memory killer does to a worker
+
+
+def test_a_parallel_worker_killed_out_of_memory_is_one_line():
+    """A 1M-row audit's out-of-fold fits (2 workers, a copy of the rows each) ran this machine out of
+    memory: the kernel killed a joblib worker and the user got joblib's TerminatedWorkerError
+    traceback. A worker really killed the same way is now one line with the way out."""
+    from joblib import Parallel, delayed
+
+    from common.errors import machine_refusal
+
+    with pytest.raises(Exception) as raised:
+        Parallel(n_jobs=2)(delayed(_killed)(i) for i in range(2))
+    said = machine_refusal(raised.value)
+    assert type(raised.value).__name__ == "TerminatedWorkerError" and "--jobs 1" in said and "memory" in said
