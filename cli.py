@@ -9,7 +9,17 @@ import click
 
 from common.errors import CnnfeatError, machine_refusal
 from common.names import printable
-from experiments.choices import AUDIT_NEAR, EXPLAIN_METHODS, HEADS, SCORINGS, SEARCH_METHODS
+from experiments.choices import (
+    AUDIT_NEAR,
+    BATCHNORM_MODES,
+    EXPLAIN_METHODS,
+    FINETUNE_EPOCHS,
+    FINETUNE_UNFREEZE,
+    HEAD_INITS,
+    HEADS,
+    SCORINGS,
+    SEARCH_METHODS,
+)
 from experiments.layout import DEFAULT_OUT, explain_dir, predictions_csv
 from featurize import COMPRESSIONS, DEFAULT_BACKBONE, DTYPES, ENGINES, FUSE_MODES, TTA_MODES
 
@@ -381,6 +391,17 @@ def serve(model_path, host, port, device, **limits):
 @click.option("--out", default=DEFAULT_OUT, show_default=True, help="Output root; reports go to OUT/reports/.")
 @click.option("--clf", default="all", show_default=True, help="Heads: all, or a comma list (svm,rf,...).")
 @click.option("--finetune", "with_finetune", is_flag=True, help="Also fine-tune the backbone end to end first.")
+@click.option(
+    "--finetune-epochs",
+    type=click.IntRange(min=1),
+    default=None,
+    help=f"With --finetune: its epochs (the best is chosen on a slice of train).  [default: {FINETUNE_EPOCHS}]",
+)
+@click.option(
+    "--finetune-unfreeze",
+    default=None,
+    help=f"With --finetune: which blocks train (all, none, last-N-blocks).  [default: {FINETUNE_UNFREEZE}]",
+)
 @click.option("--refit", is_flag=True, help="Search again even where nothing changed.")
 @click.option(
     "--exclude-leaks",
@@ -405,13 +426,27 @@ def serve(model_path, host, port, device, **limits):
     "stack (logistic regression on their out-of-fold probabilities; each head fitted CV+1 more times).",
 )
 @search_options
-def compare(features, out, clf, with_finetune, refit, exclude_leaks, fuse, ensemble, **options):
+def compare(
+    features,
+    out,
+    clf,
+    with_finetune,
+    finetune_epochs,
+    finetune_unfreeze,
+    refit,
+    exclude_leaks,
+    fuse,
+    ensemble,
+    **options,
+):
     """Fit every head on the same split, then write and print one report table."""
     from experiments.compare import CompareSettings
     from experiments.compare import compare as run_compare
     from experiments.finetune import FinetuneSettings
 
     search = search_settings(**options)
+    if not with_finetune and (finetune_epochs or finetune_unfreeze):
+        raise CnnfeatError("--finetune-epochs and --finetune-unfreeze set the fine-tune of --finetune: add --finetune")
     settings = CompareSettings(
         clf=clf,
         refit=refit,
@@ -419,7 +454,15 @@ def compare(features, out, clf, with_finetune, refit, exclude_leaks, fuse, ensem
         fuse=fuse,
         ensemble=ensemble,
         search=search,
-        finetune=FinetuneSettings(progress=search.progress) if with_finetune else None,  # --quiet: no epoch bars
+        finetune=(
+            FinetuneSettings(
+                epochs=finetune_epochs or FINETUNE_EPOCHS,
+                unfreeze=finetune_unfreeze or FINETUNE_UNFREEZE,
+                progress=search.progress,  # --quiet: no epoch bars
+            )
+            if with_finetune
+            else None
+        ),
     )
     outcome = run_compare(features=list(features) or None, out=out, settings=settings, log=click.echo)
     click.echo("")
@@ -513,8 +556,22 @@ def explain(model_path, inputs, out, class_name, method, feature_maps, filters, 
     help="Start from: the backbone's own pretrained weights [default], a checkpoint PATH, or 'random'.",
 )
 @click.option("--out", default=DEFAULT_OUT, show_default=True, help="Output root; writes OUT/finetune/.")
-@click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True)
-@click.option("--unfreeze", default="last-3-blocks", show_default=True, help="all, none, or last-N-blocks.")
+@click.option("--epochs", type=click.IntRange(min=1), default=FINETUNE_EPOCHS, show_default=True)
+@click.option("--unfreeze", default=FINETUNE_UNFREEZE, show_default=True, help="all, none, or last-N-blocks.")
+@click.option(
+    "--head-init",
+    type=click.Choice(HEAD_INITS),
+    default=HEAD_INITS[0],
+    show_default=True,
+    help="probe: the new layer starts as a logistic regression on the frozen features; random.",
+)
+@click.option(
+    "--batchnorm",
+    type=click.Choice(BATCHNORM_MODES),
+    default=BATCHNORM_MODES[0],
+    show_default=True,
+    help="train: unfrozen batch-norm layers update their statistics; frozen: every one keeps ImageNet's.",
+)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Head learning rate (backbone: x0.1).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="[default: 16 on CPU, 64 on CUDA]")
 @click.option("--label-smoothing", type=float, default=0.1, show_default=True)

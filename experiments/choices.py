@@ -11,6 +11,11 @@ from typing import Literal, get_args
 
 ExplainMethod = Literal["auto", "cam", "occlusion"]
 EXPLAIN_METHODS = get_args(ExplainMethod)  # experiments.explain's own (it imports them from here)
+# The default fine-tune recipe (experiments.finetune.FinetuneSettings; benchmarks/finetune_recipes.py):
+FINETUNE_EPOCHS = 5
+FINETUNE_UNFREEZE = "last-3-blocks"
+HEAD_INITS = ("probe", "random")  # how a fine-tune's new linear layer starts (experiments.finetune)
+BATCHNORM_MODES = ("train", "frozen")  # whether a fine-tune's unfrozen batch-norm layers update their statistics
 
 # Copies (checked by tests/experiments/test_choices.py):
 HEADS = ("logreg", "svm", "knn", "rf", "mlp", "linear")  # classifiers.HEADS, in the registry's order

@@ -29,11 +29,11 @@ from .choices import AUDIT_NEAR
 from .finetune import FinetuneSettings, plan_finetune, run_finetune
 from .finetuned import FINETUNE_ROW, finetuned_row
 from .fit import Scored, chosen_features, evaluate, fit_and_score, provenance
-from .layout import DEFAULT_OUT, report_dir
+from .layout import DEFAULT_OUT, finetune_dir, report_dir
 from .plots import Embedding
 from .ranking import Row, score_rows
 from .report import write_report
-from .reuse import ensemble_key, head_key, reusable
+from .reuse import ensemble_key, finetune_key, head_key, reusable, reusable_finetune
 from .splits import HeldoutImages, Split, heldout_images, train_eval_split
 
 
@@ -433,7 +433,14 @@ def _finetuned_rows(file: FeatureFile, run: CompareRun, out) -> list[Row]:
     settings = _finetune_settings(file.data, run)
     if settings is not None:
         drawn = _drawn(file.data, train_eval_split(file.data, run.settings.search.seed))  # before --exclude-leaks
-        run_finetune(file.data.data_root, out=out, settings=settings, log=run.log, heldout_paths=drawn)
+        key = finetune_key(file.data, settings, drawn)
+        folder = finetune_dir(out, file.data.dataset, file.data.backbone)
+        if not run.settings.refit and reusable_finetune(folder, key):
+            run.log(f"{file.data.backbone} {FINETUNE_ROW}: nothing changed since {folder} was fine-tuned; reusing it")
+        else:
+            run_finetune(
+                file.data.data_root, out=out, settings=settings, log=run.log, heldout_paths=drawn, cache_key=key
+            )
     try:
         row = finetuned_row(out, file.data, file.label, file.heldout, run.log)
     except CnnfeatError as error:

@@ -25,6 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 from classifiers import FeatureClassifier, save_model, warmup_cosine
+from common.errors import CnnfeatError
 from common.files import atomic_write, ensure_writable
 from featurize import (
     DEFAULT_BACKBONE,
@@ -38,11 +39,13 @@ from featurize import (
     resolve_engine,
 )
 
+from .choices import BATCHNORM_MODES, FINETUNE_EPOCHS, FINETUNE_UNFREEZE, HEAD_INITS
 from .distill import Distillation, teacher_probabilities
 from .finetune_data import SELECTION_FRACTION, Compute, FinetuneRows, finetune_rows, predict_rows, train_loader
 from .finetuned import FINETUNE_ROW, HELDOUT_CSV, write_heldout_csv
 from .layout import DEFAULT_OUT, finetune_dir
-from .unfreeze import keep_frozen_batchnorm, set_trainable, trunk_blocks
+from .linear_probe import probe_head
+from .unfreeze import keep_batchnorm_statistics, set_trainable, trunk_blocks, unfrozen_count
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,10 @@ class FinetuneSettings:
 
     backbone: str = DEFAULT_BACKBONE
     weights: str | None = None  # None: the backbone's own pretrained weights; a checkpoint PATH; "random"
-    epochs: int = 5
-    unfreeze: str = "last-3-blocks"  # all, none, or last-N-blocks
+    epochs: int = FINETUNE_EPOCHS
+    unfreeze: str = FINETUNE_UNFREEZE  # all, none, or last-N-blocks
+    head_init: str = "probe"  # probe: the new layer starts as a logreg on the frozen features; random
+    batchnorm: str = "train"  # train: unfrozen batch-norm layers update their statistics; frozen: none do
     lr: float = 1e-3  # the new linear layer's; the backbone's is lr x backbone_lr_scale
     backbone_lr_scale: float = 0.1
     batch_size: int | None = None  # None: 64 on CUDA, 16 on the CPU
@@ -66,6 +71,15 @@ class FinetuneSettings:
     progress: bool = True
     distill: Distillation | None = None  # also learn a saved model's probabilities (experiments.distill)
 
+    def check(self) -> FinetuneSettings:
+        """Refuse a setting the run cannot use, in one line, before anything is read."""
+        if self.head_init not in HEAD_INITS:
+            raise CnnfeatError(f"head_init {self.head_init!r}: use one of {', '.join(HEAD_INITS)}")
+        if self.batchnorm not in BATCHNORM_MODES:
+            raise CnnfeatError(f"batchnorm {self.batchnorm!r}: use one of {', '.join(BATCHNORM_MODES)}")
+        unfrozen_count(self.unfreeze, 0)  # its form
+        return self
+
     def compute(self) -> Compute:
         device = resolve_device(self.device)
         return Compute(
@@ -74,11 +88,13 @@ class FinetuneSettings:
             default_workers() if self.workers is None else self.workers,
         )
 
-    def recorded(self, batch_size: int, best_epoch: int) -> dict:
-        """The saved model's best_params: these settings as they ran, and the epoch chosen."""
+    def recorded(self, batch_size: int, best_epoch: int, probe_c: float | None) -> dict:
+        """The saved model's best_params: these settings as they ran, the probe's C, the epoch chosen."""
         return {
             "epochs": self.epochs,
             "unfreeze": self.unfreeze,
+            "head_init": self.head_init if probe_c is None else f"probe (logreg C={probe_c:g})",
+            "batchnorm": self.batchnorm,
             "lr": self.lr,
             "backbone_lr_scale": self.backbone_lr_scale,
             "label_smoothing": self.label_smoothing,
@@ -121,10 +137,11 @@ class FinetuneResult:
     network: Network
     heldout: tuple  # (paths, labels, probabilities) of the readable held-out images
     heldout_name: str
-    history: list  # per epoch: train loss, accuracy on the selection slice
+    history: list  # per epoch: train loss, accuracy on the selection slice, seconds
     best_epoch: int
     fit_seconds: float
     selection: str  # how the epoch was chosen, for the record
+    probe_c: float | None  # the linear probe's C, where the head started as one
 
 
 class FinetunePlan(NamedTuple):
@@ -140,6 +157,7 @@ def plan_finetune(data, out, settings: FinetuneSettings, heldout_paths=None) -> 
     """The images, their split, the backbone and the output folder, or a clear error for the first
     thing that is wrong; `heldout_paths`: compare's held-out images, scored instead of a hold-out
     drawn here (data without val/ or test/)."""
+    settings.check()
     images = discover(data)
     rows = finetune_rows(images, data, settings.seed, heldout_paths)
     backbone = get_backbone(settings.backbone)
@@ -155,11 +173,12 @@ def run_finetune(
     settings: FinetuneSettings | None = None,
     log=print,
     heldout_paths=None,
+    cache_key: str | None = None,
     **overrides,
 ) -> Path:
     """Fine-tune and save; returns the folder it wrote. `overrides` are FinetuneSettings fields
-    (epochs=2, weights="random", ...). Everything a user can get wrong is refused before anything
-    is made."""
+    (epochs=2, weights="random", ...); `cache_key` goes into the record (compare's reuse key).
+    Everything a user can get wrong is refused before anything is made."""
     import torch
 
     settings = replace(settings or FinetuneSettings(), **overrides)
@@ -168,6 +187,7 @@ def run_finetune(
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     network = build_network(backbone, settings, len(images.class_names), compute.device)
+    probe_c = start_head(network, images, rows, settings, compute, log)
     training = prepare_training(network, images, rows, settings, compute, generator, folder, log)
     log(
         f"finetune {backbone.name}: {len(rows.train)} train / {len(rows.select)} to choose the epoch (from train) / "
@@ -179,8 +199,8 @@ def run_finetune(
     fit_seconds = time.perf_counter() - started
     heldout = predict_rows(network.module, images, rows.heldout, network.prep, compute, settings.tta)
     selection = f"best epoch on a stratified {SELECTION_FRACTION:.0%} slice of train ({len(rows.select)} images)"
-    result = FinetuneResult(network, heldout, rows.heldout_name, history, best_epoch, fit_seconds, selection)
-    return save_result(folder, result, images, backbone, settings, compute, log)
+    result = FinetuneResult(network, heldout, rows.heldout_name, history, best_epoch, fit_seconds, selection, probe_c)
+    return save_result(folder, result, images, backbone, settings, compute, log, cache_key)
 
 
 def build_network(backbone, settings: FinetuneSettings, classes: int, device: str) -> Network:
@@ -194,6 +214,26 @@ def build_network(backbone, settings: FinetuneSettings, classes: int, device: st
     head = nn.Linear(backbone.feature_dim, classes)
     module = nn.Sequential(extractor, nn.Dropout(0.2), head).to(device, memory_format=torch.channels_last)
     return Network(module, extractor.trunk, head, extractor.preprocessing, unfrozen)
+
+
+def start_head(network: Network, images, rows: FinetuneRows, settings: FinetuneSettings, compute: Compute, log):
+    """Under --head-init probe, the new layer starts as a linear probe of the frozen features of the
+    training images (experiments.linear_probe); returns its C (None: the layer starts random)."""
+    import torch
+
+    if settings.head_init != "probe":
+        return None
+    started = time.perf_counter()
+    extractor = network.module[0]
+    W, b, C = probe_head(extractor, images, rows.train, network.prep, compute, settings.seed)
+    with torch.no_grad():
+        network.head.weight.copy_(torch.from_numpy(W))
+        network.head.bias.copy_(torch.from_numpy(b))
+    log(
+        f"linear probe: logreg C={C:g} on the frozen features of {len(rows.train)} train images "
+        f"({time.perf_counter() - started:.0f} s), the new layer's start"
+    )
+    return C
 
 
 def prepare_training(
@@ -253,13 +293,22 @@ def choose_epoch(training: Training, images, rows: FinetuneRows, log) -> tuple[i
     network, settings = training.network, training.settings
     best_accuracy, best_epoch, best_state, history = -1.0, 0, None, []
     for epoch in range(1, settings.epochs + 1):
+        started = time.perf_counter()
         loss = train_epoch(training, epoch)
+        trained = time.perf_counter()
         _, truth, proba = predict_rows(
             network.module, images, rows.select, network.prep, training.compute, settings.tta
         )
         accuracy = float((proba.argmax(1) == np.asarray(truth)).mean())
-        history.append({"epoch": epoch, "train_loss": loss, "selection_accuracy": accuracy})
-        log(f"epoch {epoch}: train loss {loss:.4f}, accuracy on the selection slice {accuracy:.4f}")
+        seconds = {
+            "train_seconds": round(trained - started, 2),
+            "select_seconds": round(time.perf_counter() - trained, 2),
+        }
+        history.append({"epoch": epoch, "train_loss": loss, "selection_accuracy": accuracy, **seconds})
+        log(
+            f"epoch {epoch}: train loss {loss:.4f}, accuracy on the selection slice {accuracy:.4f} "
+            f"({seconds['train_seconds']:.0f} s training, {seconds['select_seconds']:.0f} s scoring the slice)"
+        )
         if accuracy > best_accuracy:
             best_accuracy, best_epoch, best_state = accuracy, epoch, copy.deepcopy(network.module.state_dict())
     network.module.load_state_dict(best_state)
@@ -271,7 +320,7 @@ def train_epoch(training: Training, epoch: int) -> float:
     from tqdm import tqdm
 
     training.network.module.train()
-    keep_frozen_batchnorm(training.network.trunk)
+    keep_batchnorm_statistics(training.network.trunk, every_layer=training.settings.batchnorm == "frozen")
     loader, settings = training.loader, training.settings
     seen, loss_sum = 0, 0.0
     for positions, batch, _ in tqdm(
@@ -311,7 +360,14 @@ def _step(training: Training, positions: list[int], batch) -> float:
 
 
 def save_result(
-    folder: Path, result: FinetuneResult, images, backbone, settings: FinetuneSettings, compute: Compute, log
+    folder: Path,
+    result: FinetuneResult,
+    images,
+    backbone,
+    settings: FinetuneSettings,
+    compute: Compute,
+    log,
+    cache_key: str | None = None,
 ) -> Path:
     """checkpoint.pth, model.joblib (+ .json) and heldout.csv in `folder`; returns the folder."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -331,6 +387,7 @@ def save_result(
     accuracy = float((proba.argmax(1) == np.asarray(labels)).mean()) if len(labels) else float("nan")
     write_heldout_csv(folder / HELDOUT_CSV, paths, labels, proba, images.class_names)
     info = _finetuned_record(result, images, backbone, settings, compute, spec, checkpoint, accuracy)
+    info["cache_key"] = cache_key
     save_model(model, folder / "model.joblib", info)
     log(
         f"best epoch {result.best_epoch} (chosen on a slice of train): {result.heldout_name} accuracy {accuracy:.4f}; "
@@ -345,7 +402,7 @@ def _finetuned_record(result, images, backbone, settings, compute, spec, checkpo
     return {
         "head": FINETUNE_ROW,
         "description": f"{backbone.name} fine-tuned end to end + a linear layer",
-        "best_params": settings.recorded(compute.batch_size, result.best_epoch),
+        "best_params": settings.recorded(compute.batch_size, result.best_epoch, result.probe_c),
         "cv": None,
         "selection": result.selection,
         "start_weights": backbone.weights_id(settings.weights),

@@ -94,6 +94,20 @@ def train_loader(images, rows: list[int], transform, compute: Compute, generator
 def predict_rows(network, images, rows: list[int], prep, compute: Compute, tta: bool):
     """(paths, labels, softmax probabilities) of the readable images `rows`, centre-cropped (and
     averaged with the mirrored image under `tta`)."""
+    from scipy.special import softmax
+
+    paths, labels, logits = forward_rows(network, images, rows, prep, compute)
+    if not len(paths):
+        return paths, labels, np.zeros((0, 0))
+    proba = softmax(logits, axis=1)
+    if tta:
+        proba = (proba + softmax(forward_rows(network, images, rows, prep, compute, flip=True)[2], axis=1)) / 2
+    return paths, labels, proba
+
+
+def forward_rows(module, images, rows: list[int], prep, compute: Compute, flip: bool = False):
+    """(paths, labels, outputs) of `module` in eval mode on the readable images `rows`, centre-cropped
+    (mirrored under `flip`): a network's logits, or an extractor's pooled vectors."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -101,21 +115,18 @@ def predict_rows(network, images, rows: list[int], prep, compute: Compute, tta: 
     loader = DataLoader(
         dataset, batch_size=compute.batch_size, num_workers=compute.workers, collate_fn=collate_readable
     )
-    network.eval()
-    positions, probabilities = [], []
+    module.eval()
+    positions, outputs = [], []
     cuda = compute.device.startswith("cuda")
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
         for readable, images_batch, _ in checked_batches(loader, compute.workers):
             if images_batch is None:  # no image of the batch could be read
                 continue
             batch = images_batch.to(compute.device).contiguous(memory_format=torch.channels_last)
-            proba = network(batch).float().softmax(1)
-            if tta:
-                proba = (proba + network(torch.flip(batch, dims=[3])).float().softmax(1)) / 2
-            probabilities.append(proba.cpu().numpy())
+            outputs.append(module(torch.flip(batch, dims=[3]) if flip else batch).float().cpu().numpy())
             positions += readable
     return (
         [dataset.paths[i] for i in positions],
         [images.labels[rows[i]] for i in positions],
-        np.concatenate(probabilities) if probabilities else np.zeros((0, 0)),
+        np.concatenate(outputs) if outputs else np.zeros((0, 0)),
     )

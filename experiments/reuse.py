@@ -5,6 +5,7 @@ record describes."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from classifiers import SearchSettings, get_head, load_model, resolve_grid
@@ -37,6 +38,31 @@ def head_key(data, split, head: str, settings: SearchSettings) -> str:
         "versions": library_versions(MODEL_PACKAGES),
     }
     return json_key(inputs)
+
+
+def finetune_key(data, settings, heldout_paths) -> str:
+    """Everything a fine-tune that compare runs depends on: the feature file (which images it was
+    extracted from, their sizes and times), the fine-tune's settings (progress aside), the images
+    it is scored on, the library versions."""
+    from dataclasses import asdict
+
+    stats = [Path(f).stat() for f in data.files]
+    recipe = {k: v for k, v in asdict(replace(settings, distill=None)).items() if k != "progress"}
+    inputs = {
+        "fingerprint": data.fingerprint,
+        "file": [[stat.st_size, stat.st_mtime_ns] for stat in stats],
+        "finetune": recipe,
+        "distill": settings.distill.describe() if settings.distill is not None else None,
+        "heldout_paths": json_key(heldout_paths),
+        "versions": library_versions(MODEL_PACKAGES),
+    }
+    return json_key(inputs)
+
+
+def reusable_finetune(folder: Path, key: str) -> bool:
+    """Whether the fine-tune in `folder` was made with this key and all its files are there."""
+    files = ("model.joblib", "checkpoint.pth", "heldout.csv")
+    return _saved_info(folder / "model.json").get("cache_key") == key and all((folder / f).is_file() for f in files)
 
 
 def ensemble_key(kind: str, member_keys: list[str], settings: SearchSettings) -> str:

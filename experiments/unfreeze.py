@@ -46,12 +46,13 @@ def set_trainable(trunk, unfreeze: str) -> int:
     return count
 
 
-def keep_frozen_batchnorm(trunk) -> None:
-    """Frozen layers keep their ImageNet batch-norm statistics: their BN goes back to eval mode (call
-    it after network.train())."""
+def keep_batchnorm_statistics(trunk, every_layer: bool = False) -> None:
+    """Frozen layers (or, `every_layer`, all) keep their ImageNet batch-norm statistics: their BN goes
+    back to eval mode (call it after network.train()). Their scale and shift still train where
+    unfrozen."""
     from torch import nn
 
     for module in trunk.modules():
-        frozen = not any(p.requires_grad for p in module.parameters())
+        frozen = every_layer or not any(p.requires_grad for p in module.parameters())
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and frozen:
             module.eval()

@@ -58,12 +58,87 @@ def test_frozen_batchnorm_keeps_its_statistics(tmp_path):
     assert checkpoint["backbone"] == "resnet18" and checkpoint["class_names"] == ["x", "y"]
 
 
+def test_batchnorm_frozen_keeps_every_layers_statistics(tmp_path):
+    """--batchnorm frozen: with every block unfrozen, no batch-norm layer's running statistics move
+    (under train they do), while the weights train."""
+    _two_class_data(tmp_path / "d")
+    start = get_backbone("resnet18").load("random").trunk.state_dict()
+    trained = {}
+    for mode in ("frozen", "train"):
+        folder = run_finetune(
+            data=tmp_path / "d",
+            backbone="resnet18",
+            weights="random",
+            out=tmp_path / mode,
+            epochs=1,
+            unfreeze="all",
+            batchnorm=mode,
+            head_init="random",
+            workers=0,
+            **QUIET,
+        )
+        trained[mode] = torch.load(folder / "checkpoint.pth", weights_only=True)["state_dict"]
+    running = [name for name in start if name.endswith(("running_mean", "running_var"))]
+    assert running and all(torch.equal(trained["frozen"][name], start[name]) for name in running)
+    assert not torch.equal(trained["train"]["layer4.1.bn2.running_mean"], start["layer4.1.bn2.running_mean"])
+    assert not torch.equal(trained["frozen"]["layer4.1.conv2.weight"], start["layer4.1.conv2.weight"])
+
+
+def test_probe_start_is_the_logistic_regression_of_the_frozen_features(tmp_path):
+    """--head-init probe: before any training step, the network's probabilities on the training
+    images are those of cnnfeat's logreg head (the C the probe chose) fitted on the same network's
+    frozen vectors, computed here independently."""
+    from classifiers import get_head
+    from experiments.finetune import FinetuneSettings, build_network, start_head
+    from experiments.finetune_data import Compute, finetune_rows, forward_rows, predict_rows
+    from featurize import discover
+
+    data = _two_class_data(tmp_path / "d")
+    settings = FinetuneSettings(backbone="resnet18", weights="random", head_init="probe")
+    images = discover(data)
+    rows = finetune_rows(images, data, seed=0)
+    compute = Compute("cpu", 4, 0)
+    network = build_network(get_backbone("resnet18"), settings, 2, "cpu")
+    lines = []
+    C = start_head(network, images, rows, settings, compute, lines.append)
+    assert f"logreg C={C:g}" in lines[0]
+
+    _, labels, vectors = forward_rows(network.module[0], images, rows.train, network.prep, compute)
+    logreg = get_head("logreg").build(0).set_params(clf__C=C).fit(vectors, labels)
+    _, _, proba = predict_rows(network.module, images, rows.train, network.prep, compute, tta=False)
+    np.testing.assert_allclose(proba, logreg.predict_proba(vectors), atol=1e-4)
+
+
+def test_compare_reuses_an_unchanged_finetune_and_fits_a_changed_one(tmp_path):
+    """`compare --finetune` run twice: the second reuses the fine-tune (its files untouched); a
+    different --finetune-epochs, or --refit, fine-tunes again. --finetune-epochs alone is refused."""
+    data = _two_class_data(tmp_path / "d")
+    out = tmp_path / "out"
+    extracted = run("extract", "--data", data, "--backbone", "resnet18", "--weights", "random", "--out", out, "--quiet")
+    assert extracted.exit_code == 0, extracted.output
+    compare_finetune = ("compare", "--clf", "knn", "--cv", "2", "--finetune", "--out", out, "--quiet")
+    first = run(*compare_finetune, "--finetune-epochs", "1")
+    assert first.exit_code == 0, first.output
+    checkpoint = next(out.glob("finetune/*/checkpoint.pth"))
+    written = checkpoint.stat().st_mtime_ns
+    again = run(*compare_finetune, "--finetune-epochs", "1")
+    assert "nothing changed since" in again.output and checkpoint.stat().st_mtime_ns == written
+    changed = run(*compare_finetune, "--finetune-epochs", "2")
+    assert changed.exit_code == 0 and "nothing changed since" not in changed.output
+    assert json.loads((checkpoint.parent / "model.json").read_text())["best_params"]["epochs"] == 2
+    refit = run(*compare_finetune, "--finetune-epochs", "2", "--refit")
+    assert "nothing changed since" not in refit.output and checkpoint.stat().st_mtime_ns != written
+    assert_one_line_error(run("compare", "--finetune-epochs", "3", "--out", out), "add --finetune")
+
+
 def test_epoch_is_chosen_on_train_and_compare_ranks_it_on_its_own_heldout_images(tmp_path):
     data = _two_class_data(tmp_path / "d")
     folder = run_finetune(data=data, backbone="resnet18", weights="random", out=tmp_path, epochs=2, workers=0, **QUIET)
     info = json.loads((folder / "model.json").read_text())
     assert info["selection"] == "best epoch on a stratified 20% slice of train (3 images)"
-    assert [set(h) for h in info["history"]] == [{"epoch", "train_loss", "selection_accuracy"}] * 2
+    assert [set(h) for h in info["history"]] == [
+        {"epoch", "train_loss", "selection_accuracy", "train_seconds", "select_seconds"}
+    ] * 2
     store = extract(data=data, backbone="resnet18", weights="random", out=tmp_path, workers=0, progress=False).store
     outcome = compare(features=[store], out=tmp_path, clf="knn", cv=2, log=lambda _: None)
     finetuned = next(r for r in outcome.rows if r.head == "finetuned")
