@@ -432,21 +432,27 @@ def _finetuned_rows(file: FeatureFile, run: CompareRun, out) -> list[Row]:
     this backbone, a failure where it cannot be ranked beside the heads."""
     settings = _finetune_settings(file.data, run)
     if settings is not None:
-        drawn = _drawn(file.data, train_eval_split(file.data, run.settings.search.seed))  # before --exclude-leaks
-        key = finetune_key(file.data, settings, drawn)
-        folder = finetune_dir(out, file.data.dataset, file.data.backbone)
-        if not run.settings.refit and reusable_finetune(folder, key):
-            run.log(f"{file.data.backbone} {FINETUNE_ROW}: nothing changed since {folder} was fine-tuned; reusing it")
-        else:
-            run_finetune(
-                file.data.data_root, out=out, settings=settings, log=run.log, heldout_paths=drawn, cache_key=key
-            )
+        _finetune_unless_unchanged(file.data, settings, run, out)
     try:
         row = finetuned_row(out, file.data, file.label, file.heldout, run.log)
     except CnnfeatError as error:
         run.failed(file.label, FINETUNE_ROW, error, "left out")
         return []
     return [row] if row is not None else []
+
+
+def _finetune_unless_unchanged(data, settings, run: CompareRun, out) -> None:
+    """Fine-tune on the feature file's images, scored on compare's drawn hold-out, unless the saved
+    fine-tune was made from the same images, settings and hold-out (and --refit is not given)."""
+    drawn = _drawn(data, train_eval_split(data, run.settings.search.seed))  # before --exclude-leaks
+    key = finetune_key(data, settings, drawn)
+    folder = finetune_dir(out, data.dataset, data.backbone)
+    if not run.settings.refit and reusable_finetune(folder, key):
+        run.log(f"{data.backbone} {FINETUNE_ROW}: nothing changed since {folder} was fine-tuned; reusing it")
+        return
+    if (folder / "model.json").is_file():
+        run.log(f"{data.backbone} {FINETUNE_ROW}: replacing the fine-tune in {folder} (other settings or images)")
+    run_finetune(_images_of(data), out=out, settings=settings, log=run.log, heldout_paths=drawn, cache_key=key)
 
 
 def _check_finetunes(stores, run: CompareRun, out) -> None:
@@ -459,7 +465,7 @@ def _check_finetunes(stores, run: CompareRun, out) -> None:
             continue
         try:
             split = train_eval_split(data, run.settings.search.seed)
-            plan = plan_finetune(data.data_root, out, settings, _drawn(data, split))
+            plan = plan_finetune(_images_of(data), out, settings, _drawn(data, split))
             plan.backbone.load(settings.weights)  # weights that must be downloaded fail here
         except CnnfeatError as error:
             raise CnnfeatError(
@@ -476,6 +482,11 @@ def _finetune_settings(data, run: CompareRun):
     if finetune is None or data.weights_source not in ("", "random"):
         return None
     return replace(finetune, backbone=data.backbone, seed=run.settings.search.seed, weights=data.weights_source or None)
+
+
+def _images_of(data) -> str:
+    """What the feature file was extracted from, for its fine-tune: the list file or the folder."""
+    return data.data_source or data.data_root
 
 
 def _drawn(data, split: Split) -> list | None:

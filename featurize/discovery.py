@@ -38,6 +38,7 @@ class ImageList:
     paths: list[str] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     splits: list[str] = field(default_factory=list)  # "" where the data has no split
+    source: str = ""  # what --data named, resolved: the folder, or the list file (of a list-file layout)
 
     def add(self, path: str, label: int, split: str) -> None:
         self.paths.append(path)
@@ -98,6 +99,13 @@ def discover(data: str | os.PathLike) -> ImageList:
     data = Path(data).expanduser()
     if not data.exists():
         raise DataError(f"--data {data}: no such file or folder")
+    images = _discover(data)
+    images.source = str(data.resolve())
+    return images
+
+
+def _discover(data: Path) -> ImageList:
+    """The ImageList of an existing `data` (see discover)."""
     if data.is_file():
         if data.suffix.lower() in IMAGE_EXTENSIONS:
             raise DataError(

@@ -90,6 +90,7 @@ def store_attrs(config: dict, fp: str, images, weights: str | None) -> dict:
         "versions": json.dumps(library_versions(), sort_keys=True),
         "class_names": json.dumps(images.class_names),
         "data_root": str(images.root),
+        "data_source": images.source,
         "dataset": images.name,
         "layout": images.layout,
         "weights_source": weights_source(weights),

@@ -92,6 +92,7 @@ class Features:
     dataset: str
     skipped: list[tuple[str, str]]  # (path, reason) of images that could not be read
     weights_source: str = ""  # how to rebuild the backbone: "" (its own weights), "random", or a checkpoint path
+    data_source: str = ""  # what extract's --data named (a list file, or data_root); "" in a store from before it
     parts: tuple = ()  # fused features (featurize.fuse): the Features joined, in order
 
     @property
@@ -129,6 +130,7 @@ class Header:
     dataset: str
     storage: Storage
     weights_source: str
+    data_source: str
     rows: int
     dim: int
     checksums: Checksums | None  # None in a store from before them
@@ -187,6 +189,7 @@ def _parse_header(path: Path, h5) -> Header:
         dataset=check_name(_text(attrs["dataset"]), "dataset name", path),
         storage=stored_as,
         weights_source=_text(attrs.get("weights_source", "")),
+        data_source=_text(attrs.get("data_source", "")),
         rows=rows,
         dim=features.shape[1],
         checksums=checksums,
@@ -308,6 +311,7 @@ def _features_of(path: Path, h5, lazy: bool) -> Features:
         dataset=header.dataset,
         skipped=list(zip(*(_checked_strings(path, header, h5, f"skipped/{name}") for name in ("paths", "reasons")))),
         weights_source=header.weights_source,
+        data_source=header.data_source,
     )
 
 

@@ -124,7 +124,7 @@ def test_compare_reuses_an_unchanged_finetune_and_fits_a_changed_one(tmp_path):
     again = run(*compare_finetune, "--finetune-epochs", "1")
     assert "nothing changed since" in again.output and checkpoint.stat().st_mtime_ns == written
     changed = run(*compare_finetune, "--finetune-epochs", "2")
-    assert changed.exit_code == 0 and "nothing changed since" not in changed.output
+    assert changed.exit_code == 0 and "replacing the fine-tune in" in changed.output
     assert json.loads((checkpoint.parent / "model.json").read_text())["best_params"]["epochs"] == 2
     refit = run(*compare_finetune, "--finetune-epochs", "2", "--refit")
     assert "nothing changed since" not in refit.output and checkpoint.stat().st_mtime_ns != written
@@ -180,6 +180,28 @@ def test_compare_finetune_on_folders_without_a_split_scores_the_same_held_out_im
     alone = run_finetune(data=data, backbone="resnet18", weights="random", out=tmp_path / "alone", epochs=1, **QUIET)
     with open(alone / "heldout.csv") as handle:
         assert sorted(r["path"] for r in csv.DictReader(handle)) == held["knn"]
+
+
+def test_compare_finetune_on_a_list_file_fine_tunes_on_the_listed_images(tmp_path):
+    """A store extracted from a list file (no val list): compare's fine-tune reads that list, not
+    the folder around it (which holds a class the list leaves out), and is scored on the heads'
+    held-out images."""
+    data = _two_class_data(tmp_path / "d")
+    for i in range(4):
+        write_image(data / "train" / "z" / f"{i}.png", seed=90 + i)
+    listed = [f"train/{c}/{i}.png {c}\n" for c in ("x", "y") for i in range(6)]
+    (data / "mine.txt").write_text("".join(listed))
+    out = tmp_path / "out"
+    extracted = run(
+        "extract", "--data", data / "mine.txt", "--backbone", "resnet18", "--weights", "random", "--out", out, "--quiet"
+    )
+    assert extracted.exit_code == 0, extracted.output
+    compared = run("compare", "--clf", "knn", "--cv", "2", "--finetune", "--finetune-epochs", "1", "--out", out)
+    assert compared.exit_code == 0, compared.output
+    assert "finetune resnet18: 7 train / 2 to choose the epoch (from train) / 3 holdout images" in compared.output
+    rows = {row["head"]: row for row in json.loads(next(out.glob("reports/*/report.json")).read_text())["rows"]}
+    assert rows["finetuned"]["n"] == rows["knn"]["n"] == 3
+    assert json.loads(next(out.glob("finetune/*/model.json")).read_text())["class_names"] == ["x", "y"]
 
 
 def test_compare_finetune_that_cannot_run_fails_before_any_head_is_searched(tmp_path):
