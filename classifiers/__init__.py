@@ -12,7 +12,7 @@ from .export import export_onnx
 from .grids import resolve_grid
 from .heads import HEADS, Head, final_step, fused_head, get_head, register_head
 from .linear import warmup_cosine
-from .linear_form import linear_form
+from .linear_form import linear_form, one_row_per_class
 from .model import FeatureClassifier
 from .search import SCORINGS, SearchResult, SearchSettings, cross_validation_backend, search_head
 
@@ -39,5 +39,6 @@ __all__ = [
     "export_onnx",
     "warmup_cosine",
     "linear_form",
+    "one_row_per_class",
     "final_step",
 ]

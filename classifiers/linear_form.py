@@ -24,14 +24,20 @@ def linear_form(pipeline) -> tuple[np.ndarray, np.ndarray] | None:
     layer = _layer(clf)
     if layer is None:
         return None
-    W, b = layer
-    if len(W) == 1:  # scikit-learn's binary form: class 1 scores w x + b over class 0; split it -/+ in halves
-        W, b = np.vstack([-W, W]) / 2, np.concatenate([-b, b]) / 2
+    W, b = one_row_per_class(*layer)
     if isinstance(scale, StandardScaler):  # (x - mean) / scale, folded into the layer
         W = W / scale.scale_
         b = b - W @ scale.mean_
     elif scale not in (None, "passthrough"):
         return None
+    return W, b
+
+
+def one_row_per_class(W: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A linear classifier's (coef, intercept) with a row per class. scikit-learn's binary form
+    keeps one (class 1 scores w x + b over class 0): split it -/+ in halves."""
+    if len(W) == 1:
+        return np.vstack([-W, W]) / 2, np.concatenate([-b, b]) / 2
     return W, b
 
 

@@ -45,7 +45,7 @@ from .finetune_data import SELECTION_FRACTION, Compute, FinetuneRows, finetune_r
 from .finetuned import FINETUNE_ROW, HELDOUT_CSV, write_heldout_csv
 from .layout import DEFAULT_OUT, finetune_dir
 from .linear_probe import probe_head
-from .unfreeze import keep_batchnorm_statistics, set_trainable, trunk_blocks, unfrozen_count
+from .unfreeze import follow_new_images, keep_batchnorm_statistics, set_trainable, trunk_blocks, unfrozen_count
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,7 @@ class FinetuneSettings:
     weights: str | None = None  # None: the backbone's own pretrained weights; a checkpoint PATH; "random"
     epochs: int = FINETUNE_EPOCHS
     unfreeze: str = FINETUNE_UNFREEZE  # all, none, or last-N-blocks
+    crop_scale: float = 0.08  # the smallest share of the image a random crop keeps
     head_init: str = "probe"  # probe: the new layer starts as a logreg on the frozen features; random
     batchnorm: str = "train"  # train: unfrozen batch-norm layers update their statistics; frozen: none do
     lr: float = 1e-3  # the new linear layer's; the backbone's is lr x backbone_lr_scale
@@ -211,6 +212,7 @@ def build_network(backbone, settings: FinetuneSettings, classes: int, device: st
 
     extractor = backbone.load(settings.weights)
     unfrozen = set_trainable(extractor.trunk, settings.unfreeze)
+    follow_new_images(extractor.trunk)
     head = nn.Linear(backbone.feature_dim, classes)
     module = nn.Sequential(extractor, nn.Dropout(0.2), head).to(device, memory_format=torch.channels_last)
     return Network(module, extractor.trunk, head, extractor.preprocessing, unfrozen)
@@ -251,7 +253,7 @@ def prepare_training(
     import torch
     from torch import nn
 
-    loader = train_loader(images, rows.train, _augmentation(network.prep), compute, generator)
+    loader = train_loader(images, rows.train, _augmentation(network.prep, settings.crop_scale), compute, generator)
     labels = torch.tensor([images.labels[i] for i in rows.train])
     targets = None
     if settings.distill is not None:
@@ -273,14 +275,18 @@ def prepare_training(
     return Training(network, loader, labels, targets, optimizer, schedule, loss_fn, settings, compute)
 
 
-def _augmentation(prep):
-    """Random resized crop (at the backbone's crop size and interpolation) + horizontal flip."""
+def _augmentation(prep, crop_scale: float):
+    """Random resized crop (at the backbone's crop size and interpolation, keeping `crop_scale` of
+    the image or more) + horizontal flip."""
     from torchvision.transforms import v2
 
     return v2.Compose(
         [
             v2.RandomResizedCrop(
-                prep.crop_size, interpolation=v2.InterpolationMode(prep.interpolation), antialias=True
+                prep.crop_size,
+                scale=(crop_scale, 1.0),
+                interpolation=v2.InterpolationMode(prep.interpolation),
+                antialias=True,
             ),
             v2.RandomHorizontalFlip(),
         ]
@@ -289,17 +295,20 @@ def _augmentation(prep):
 
 def choose_epoch(training: Training, images, rows: FinetuneRows, log) -> tuple[int, list[dict]]:
     """Train every epoch, score each on the selection slice, and leave the network at the best
-    (the first of equals); returns (that epoch, the history)."""
+    (the first of equals); returns (that epoch, the history). A network that started as a linear
+    probe is scored first too (epoch 0), and kept when no trained epoch does as well."""
     network, settings = training.network, training.settings
     best_accuracy, best_epoch, best_state, history = -1.0, 0, None, []
+    if settings.head_init == "probe":
+        accuracy = _selection_accuracy(training, images, rows)
+        history.append({"epoch": 0, "train_loss": None, "selection_accuracy": accuracy})
+        log(f"epoch 0 (the linear probe, before any step): accuracy on the selection slice {accuracy:.4f}")
+        start = (accuracy, copy.deepcopy(network.module.state_dict()))
     for epoch in range(1, settings.epochs + 1):
         started = time.perf_counter()
         loss = train_epoch(training, epoch)
         trained = time.perf_counter()
-        _, truth, proba = predict_rows(
-            network.module, images, rows.select, network.prep, training.compute, settings.tta
-        )
-        accuracy = float((proba.argmax(1) == np.asarray(truth)).mean())
+        accuracy = _selection_accuracy(training, images, rows)
         seconds = {
             "train_seconds": round(trained - started, 2),
             "select_seconds": round(time.perf_counter() - trained, 2),
@@ -311,8 +320,20 @@ def choose_epoch(training: Training, images, rows: FinetuneRows, log) -> tuple[i
         )
         if accuracy > best_accuracy:
             best_accuracy, best_epoch, best_state = accuracy, epoch, copy.deepcopy(network.module.state_dict())
+    if settings.head_init == "probe" and start[0] > best_accuracy:
+        log("no epoch did as well as the linear probe it started from: keeping the probe (epoch 0)")
+        (best_accuracy, best_state), best_epoch = start, 0
     network.module.load_state_dict(best_state)
     return best_epoch, history
+
+
+def _selection_accuracy(training: Training, images, rows: FinetuneRows) -> float:
+    """The network's accuracy on the selection slice of train, as it is now."""
+    network = training.network
+    _, truth, proba = predict_rows(
+        network.module, images, rows.select, network.prep, training.compute, training.settings.tta
+    )
+    return float((proba.argmax(1) == np.asarray(truth)).mean())
 
 
 def train_epoch(training: Training, epoch: int) -> float:

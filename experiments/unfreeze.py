@@ -46,6 +46,22 @@ def set_trainable(trunk, unfreeze: str) -> int:
     return count
 
 
+BATCHNORM_MOMENTUM = 0.1  # per step: how fast an unfrozen batch-norm layer's running statistics follow the new images
+
+
+def follow_new_images(trunk) -> None:
+    """Unfrozen batch-norm layers update their running statistics at BATCHNORM_MOMENTUM (torch's
+    default) at least. EfficientNet-Lite keeps TensorFlow's 0.01: after a few hundred steps its
+    statistics lie halfway between ImageNet's and the new images', the batch statistics the network
+    trained with, and the network scored in eval mode sees neither (digits, every block unfrozen:
+    0.158 held-out accuracy, where the frozen features' logistic regression gives 0.901)."""
+    from torch import nn
+
+    for module in trunk.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and any(p.requires_grad for p in module.parameters()):
+            module.momentum = max(module.momentum or 0.0, BATCHNORM_MOMENTUM)
+
+
 def keep_batchnorm_statistics(trunk, every_layer: bool = False) -> None:
     """Frozen layers (or, `every_layer`, all) keep their ImageNet batch-norm statistics: their BN goes
     back to eval mode (call it after network.train()). Their scale and shift still train where

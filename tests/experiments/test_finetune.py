@@ -86,9 +86,10 @@ def test_batchnorm_frozen_keeps_every_layers_statistics(tmp_path):
 
 def test_probe_start_is_the_logistic_regression_of_the_frozen_features(tmp_path):
     """--head-init probe: before any training step, the network's probabilities on the training
-    images are those of cnnfeat's logreg head (the C the probe chose) fitted on the same network's
+    images are those of a logistic regression (the C the probe chose) fitted on the same network's
     frozen vectors, computed here independently."""
-    from classifiers import get_head
+    from sklearn.linear_model import LogisticRegression
+
     from experiments.finetune import FinetuneSettings, build_network, start_head
     from experiments.finetune_data import Compute, finetune_rows, forward_rows, predict_rows
     from featurize import discover
@@ -104,7 +105,7 @@ def test_probe_start_is_the_logistic_regression_of_the_frozen_features(tmp_path)
     assert f"logreg C={C:g}" in lines[0]
 
     _, labels, vectors = forward_rows(network.module[0], images, rows.train, network.prep, compute)
-    logreg = get_head("logreg").build(0).set_params(clf__C=C).fit(vectors, labels)
+    logreg = LogisticRegression(C=C, max_iter=5000).fit(vectors, labels)
     _, _, proba = predict_rows(network.module, images, rows.train, network.prep, compute, tta=False)
     np.testing.assert_allclose(proba, logreg.predict_proba(vectors), atol=1e-4)
 
@@ -136,7 +137,8 @@ def test_epoch_is_chosen_on_train_and_compare_ranks_it_on_its_own_heldout_images
     folder = run_finetune(data=data, backbone="resnet18", weights="random", out=tmp_path, epochs=2, workers=0, **QUIET)
     info = json.loads((folder / "model.json").read_text())
     assert info["selection"] == "best epoch on a stratified 20% slice of train (3 images)"
-    assert [set(h) for h in info["history"]] == [
+    assert info["history"][0]["epoch"] == 0 and info["history"][0]["train_loss"] is None  # the probe, untrained
+    assert [set(h) for h in info["history"][1:]] == [
         {"epoch", "train_loss", "selection_accuracy", "train_seconds", "select_seconds"}
     ] * 2
     store = extract(data=data, backbone="resnet18", weights="random", out=tmp_path, workers=0, progress=False).store
