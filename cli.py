@@ -13,6 +13,7 @@ from experiments.choices import (
     AUDIT_NEAR,
     BATCHNORM_MODES,
     EXPLAIN_METHODS,
+    FINETUNE_CROP_SCALE,
     FINETUNE_EPOCHS,
     FINETUNE_UNFREEZE,
     HEAD_INITS,
@@ -559,6 +560,19 @@ def explain(model_path, inputs, out, class_name, method, feature_maps, filters, 
 @click.option("--epochs", type=click.IntRange(min=1), default=FINETUNE_EPOCHS, show_default=True)
 @click.option("--unfreeze", default=FINETUNE_UNFREEZE, show_default=True, help="all, none, or last-N-blocks.")
 @click.option(
+    "--crop-scale",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=FINETUNE_CROP_SCALE,
+    show_default=True,
+    help="Random crops keep at least this share of the image.",
+)
+@click.option(
+    "--flip/--no-flip",
+    default=True,
+    show_default=True,
+    help="Also train on mirrored images (--no-flip where a mirror image is another class: letters, digits).",
+)
+@click.option(
     "--head-init",
     type=click.Choice(HEAD_INITS),
     default=HEAD_INITS[0],
@@ -570,7 +584,7 @@ def explain(model_path, inputs, out, class_name, method, feature_maps, filters, 
     type=click.Choice(BATCHNORM_MODES),
     default=BATCHNORM_MODES[0],
     show_default=True,
-    help="train: unfrozen batch-norm layers update their statistics; frozen: every one keeps ImageNet's.",
+    help="frozen: every batch-norm layer keeps its pretrained statistics; train: unfrozen ones update theirs.",
 )
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Head learning rate (backbone: x0.1).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="[default: 16 on CPU, 64 on CUDA]")

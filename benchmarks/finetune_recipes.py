@@ -42,6 +42,13 @@ RECIPES = {
     "probe-all-bn-crop35": FinetuneSettings(
         head_init="probe", unfreeze="all", batchnorm="frozen", crop_scale=0.35, **QUIET
     ),
+    "probe-all-bn-crop50": FinetuneSettings(
+        head_init="probe", unfreeze="all", batchnorm="frozen", crop_scale=0.5, **QUIET
+    ),
+    "probe-last3-crop50": FinetuneSettings(head_init="probe", crop_scale=0.5, **QUIET),
+    "probe-all-bn-crop50-noflip": FinetuneSettings(
+        head_init="probe", unfreeze="all", batchnorm="frozen", crop_scale=0.5, flip=False, **QUIET
+    ),
     "probe-all": FinetuneSettings(head_init="probe", unfreeze="all", **QUIET),
     "random-all": FinetuneSettings(head_init="random", unfreeze="all", **QUIET),
 }

@@ -78,7 +78,7 @@ def breakdown() -> None:
     from featurize.decoding import load_image
 
     prep = get_backbone("efficientnet_lite0").load(None).preprocessing
-    transform = _augmentation(prep, 0.08)
+    transform = _augmentation(prep, 0.08, True)
     paths = sorted((HYMENOPTERA / "train").rglob("*.jpg"))[:64]
     batch = torch.stack([transform(load_image(p)) for p in paths[:BATCH]])
     print(f"decode + augmentation: {1000 * decode_seconds(paths, transform):.1f} ms per image (one process)\n")

@@ -11,11 +11,17 @@ from typing import Literal, get_args
 
 ExplainMethod = Literal["auto", "cam", "occlusion"]
 EXPLAIN_METHODS = get_args(ExplainMethod)  # experiments.explain's own (it imports them from here)
-# The default fine-tune recipe (experiments.finetune.FinetuneSettings; benchmarks/finetune_recipes.py):
+# The default fine-tune recipe (experiments.finetune.FinetuneSettings), chosen by
+# benchmarks/finetune_recipes.py on digits and hymenoptera (docs/finetune.md): every block unfrozen,
+# batch-norm statistics kept, the new layer started as a linear probe, crops of half the image or more.
 FINETUNE_EPOCHS = 5
-FINETUNE_UNFREEZE = "last-3-blocks"
-HEAD_INITS = ("probe", "random")  # how a fine-tune's new linear layer starts (experiments.finetune)
-BATCHNORM_MODES = ("train", "frozen")  # whether a fine-tune's unfrozen batch-norm layers update their statistics
+FINETUNE_UNFREEZE = "all"
+FINETUNE_CROP_SCALE = 0.5
+HEAD_INITS = ("probe", "random")  # how a fine-tune's new linear layer starts; the first is the default
+BATCHNORM_MODES = (
+    "frozen",
+    "train",
+)  # whether unfrozen batch-norm layers update their statistics; the first is the default
 
 # Copies (checked by tests/experiments/test_choices.py):
 HEADS = ("logreg", "svm", "knn", "rf", "mlp", "linear")  # classifiers.HEADS, in the registry's order

@@ -39,7 +39,7 @@ from featurize import (
     resolve_engine,
 )
 
-from .choices import BATCHNORM_MODES, FINETUNE_EPOCHS, FINETUNE_UNFREEZE, HEAD_INITS
+from .choices import BATCHNORM_MODES, FINETUNE_CROP_SCALE, FINETUNE_EPOCHS, FINETUNE_UNFREEZE, HEAD_INITS
 from .distill import Distillation, teacher_probabilities
 from .finetune_data import SELECTION_FRACTION, Compute, FinetuneRows, finetune_rows, predict_rows, train_loader
 from .finetuned import FINETUNE_ROW, HELDOUT_CSV, write_heldout_csv
@@ -57,9 +57,12 @@ class FinetuneSettings:
     weights: str | None = None  # None: the backbone's own pretrained weights; a checkpoint PATH; "random"
     epochs: int = FINETUNE_EPOCHS
     unfreeze: str = FINETUNE_UNFREEZE  # all, none, or last-N-blocks
-    crop_scale: float = 0.08  # the smallest share of the image a random crop keeps
-    head_init: str = "probe"  # probe: the new layer starts as a logreg on the frozen features; random
-    batchnorm: str = "train"  # train: unfrozen batch-norm layers update their statistics; frozen: none do
+    crop_scale: float = FINETUNE_CROP_SCALE  # the smallest share of the image a random crop keeps
+    flip: bool = True  # train on mirrored images too (not for data whose mirror image means another class)
+    head_init: str = HEAD_INITS[0]  # probe: the new layer starts as a logreg on the frozen features; random
+    batchnorm: str = BATCHNORM_MODES[
+        0
+    ]  # frozen: every batch-norm layer keeps its statistics; train: unfrozen ones update
     lr: float = 1e-3  # the new linear layer's; the backbone's is lr x backbone_lr_scale
     backbone_lr_scale: float = 0.1
     batch_size: int | None = None  # None: 64 on CUDA, 16 on the CPU
@@ -79,6 +82,8 @@ class FinetuneSettings:
         if self.batchnorm not in BATCHNORM_MODES:
             raise CnnfeatError(f"batchnorm {self.batchnorm!r}: use one of {', '.join(BATCHNORM_MODES)}")
         unfrozen_count(self.unfreeze, 0)  # its form
+        if not 0 < self.crop_scale <= 1:
+            raise CnnfeatError(f"crop_scale {self.crop_scale}: a share of the image, over 0 and at most 1")
         return self
 
     def compute(self) -> Compute:
@@ -96,6 +101,8 @@ class FinetuneSettings:
             "unfreeze": self.unfreeze,
             "head_init": self.head_init if probe_c is None else f"probe (logreg C={probe_c:g})",
             "batchnorm": self.batchnorm,
+            "crop_scale": self.crop_scale,
+            "flip": self.flip,
             "lr": self.lr,
             "backbone_lr_scale": self.backbone_lr_scale,
             "label_smoothing": self.label_smoothing,
@@ -253,7 +260,9 @@ def prepare_training(
     import torch
     from torch import nn
 
-    loader = train_loader(images, rows.train, _augmentation(network.prep, settings.crop_scale), compute, generator)
+    loader = train_loader(
+        images, rows.train, _augmentation(network.prep, settings.crop_scale, settings.flip), compute, generator
+    )
     labels = torch.tensor([images.labels[i] for i in rows.train])
     targets = None
     if settings.distill is not None:
@@ -275,9 +284,9 @@ def prepare_training(
     return Training(network, loader, labels, targets, optimizer, schedule, loss_fn, settings, compute)
 
 
-def _augmentation(prep, crop_scale: float):
+def _augmentation(prep, crop_scale: float, flip: bool):
     """Random resized crop (at the backbone's crop size and interpolation, keeping `crop_scale` of
-    the image or more) + horizontal flip."""
+    the image or more), and a horizontal flip under `flip`."""
     from torchvision.transforms import v2
 
     return v2.Compose(
@@ -288,7 +297,7 @@ def _augmentation(prep, crop_scale: float):
                 interpolation=v2.InterpolationMode(prep.interpolation),
                 antialias=True,
             ),
-            v2.RandomHorizontalFlip(),
+            v2.RandomHorizontalFlip(0.5 if flip else 0.0),
         ]
     )
 

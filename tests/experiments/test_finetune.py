@@ -32,6 +32,22 @@ def test_blocks_and_unfreezing():
         set_trainable(resnet, "half")
 
 
+def test_unfrozen_batchnorm_follows_the_new_images():
+    """EfficientNet-Lite's batch-norm momentum (TensorFlow's 0.01) is raised to 0.1 where the layer
+    trains, and left where it is frozen."""
+    from experiments.finetune import FinetuneSettings, build_network
+
+    settings = FinetuneSettings(weights="random", unfreeze="last-2-blocks")
+    trunk = build_network(get_backbone("efficientnet_lite0"), settings, 2, "cpu").trunk
+    momenta = {
+        name: module.momentum
+        for name, module in trunk.named_modules()
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+    }
+    assert momenta.pop("_bn1") == 0.1  # the head conv's batch norm, in the last 2 blocks
+    assert momenta and all(abs(m - 0.01) < 1e-9 for m in momenta.values())
+
+
 def _two_class_data(root):
     for split, count in (("train", 6), ("val", 2)):
         for i in range(count):
