@@ -184,6 +184,18 @@ def extract(
 
 
 # Long only as a list of option declarations, one per setting of SearchSettings
+def checked_unfreeze(context, parameter, value):
+    """--unfreeze's form (all, none, last-N-blocks), checked as the options are read."""
+    from experiments.unfreeze import unfrozen_count
+
+    if value is not None:
+        try:
+            unfrozen_count(value, 0)
+        except CnnfeatError as error:
+            raise click.BadParameter(str(error).split(": ", 1)[-1]) from None
+    return value
+
+
 def search_options(command):
     """The options of `fit` and `compare` that say how heads are searched (one SearchSettings)."""
     options = [
@@ -401,6 +413,7 @@ def serve(model_path, host, port, device, **limits):
 @click.option(
     "--finetune-unfreeze",
     default=None,
+    callback=checked_unfreeze,
     help=f"With --finetune: which blocks train (all, none, last-N-blocks).  [default: {FINETUNE_UNFREEZE}]",
 )
 @click.option("--refit", is_flag=True, help="Search again even where nothing changed.")
@@ -558,7 +571,13 @@ def explain(model_path, inputs, out, class_name, method, feature_maps, filters, 
 )
 @click.option("--out", default=DEFAULT_OUT, show_default=True, help="Output root; writes OUT/finetune/.")
 @click.option("--epochs", type=click.IntRange(min=1), default=FINETUNE_EPOCHS, show_default=True)
-@click.option("--unfreeze", default=FINETUNE_UNFREEZE, show_default=True, help="all, none, or last-N-blocks.")
+@click.option(
+    "--unfreeze",
+    default=FINETUNE_UNFREEZE,
+    show_default=True,
+    callback=checked_unfreeze,
+    help="all, none, or last-N-blocks.",
+)
 @click.option(
     "--crop-scale",
     type=click.FloatRange(0, 1, min_open=True),

@@ -2,7 +2,7 @@
 photos.
 
 Part 1, per training image (efficientnet_lite0, batches of 16, hymenoptera's train photos): decode
-+ augmentation (one process), the forward pass in train mode, and backward + the optimiser step,
++ the default augmentation (one process), the forward pass in train mode, and backward + the optimiser step,
 with the last 3 blocks unfrozen and with all of them, in channels_last memory and in the default
 (contiguous) layout: channels_last's gain is printed as a ratio against contiguous, same run.
 
@@ -73,12 +73,13 @@ def step_seconds(batch, unfreeze: str, channels_last: bool) -> tuple[float, floa
 def breakdown() -> None:
     import torch
 
+    from experiments.choices import FINETUNE_CROP_SCALE
     from experiments.finetune import _augmentation
     from featurize import get_backbone
     from featurize.decoding import load_image
 
     prep = get_backbone("efficientnet_lite0").load(None).preprocessing
-    transform = _augmentation(prep, 0.08, True)
+    transform = _augmentation(prep, FINETUNE_CROP_SCALE, True)
     paths = sorted((HYMENOPTERA / "train").rglob("*.jpg"))[:64]
     batch = torch.stack([transform(load_image(p)) for p in paths[:BATCH]])
     print(f"decode + augmentation: {1000 * decode_seconds(paths, transform):.1f} ms per image (one process)\n")

@@ -48,7 +48,7 @@ class CompareSettings:
     finetune: FinetuneSettings | None = None  # also fine-tune each backbone first (its weights and the search's seed)
 
     def check(self) -> CompareSettings:
-        return replace(self, search=self.search.check())
+        return replace(self, search=self.search.check(), finetune=self.finetune and self.finetune.check())
 
 
 def compare_settings(settings: CompareSettings | None = None, **overrides) -> CompareSettings:
@@ -431,11 +431,11 @@ def _finetuned_rows(file: FeatureFile, run: CompareRun, out) -> list[Row]:
     weights only, scored on compare's own held-out images): none where there is no fine-tune of
     this backbone, a failure where it cannot be ranked beside the heads."""
     settings = _finetune_settings(file.data, run)
-    if settings is not None:
-        _finetune_unless_unchanged(file.data, settings, run, out)
     try:
+        if settings is not None:
+            _finetune_unless_unchanged(file.data, settings, run, out)
         row = finetuned_row(out, file.data, file.label, file.heldout, run.log)
-    except CnnfeatError as error:
+    except CnnfeatError as error:  # the heads' rows stand; the report says why this one is missing
         run.failed(file.label, FINETUNE_ROW, error, "left out")
         return []
     return [row] if row is not None else []
@@ -451,7 +451,10 @@ def _finetune_unless_unchanged(data, settings, run: CompareRun, out) -> None:
         run.log(f"{data.backbone} {FINETUNE_ROW}: nothing changed since {folder} was fine-tuned; reusing it")
         return
     if (folder / "model.json").is_file():
-        run.log(f"{data.backbone} {FINETUNE_ROW}: replacing the fine-tune in {folder} (other settings or images)")
+        run.log(
+            f"{data.backbone} {FINETUNE_ROW}: replacing the fine-tune in {folder} (made by `finetune`, or from "
+            "other settings or images)"
+        )
     run_finetune(_images_of(data), out=out, settings=settings, log=run.log, heldout_paths=drawn, cache_key=key)
 
 

@@ -195,6 +195,7 @@ def run_finetune(
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     network = build_network(backbone, settings, len(images.class_names), compute.device)
+    started = time.perf_counter()  # the fit's time: the probe, the epochs and their choice
     probe_c = start_head(network, images, rows, settings, compute, log)
     training = prepare_training(network, images, rows, settings, compute, generator, folder, log)
     log(
@@ -202,7 +203,6 @@ def run_finetune(
         f"{len(rows.heldout)} {rows.heldout_name} images, {settings.epochs} epochs, {network.unfrozen} of "
         f"{len(trunk_blocks(network.trunk))} blocks unfrozen, device {compute.device}"
     )
-    started = time.perf_counter()
     best_epoch, history = choose_epoch(training, images, rows, log)
     fit_seconds = time.perf_counter() - started
     heldout = predict_rows(network.module, images, rows.heldout, network.prep, compute, settings.tta)
@@ -305,7 +305,8 @@ def _augmentation(prep, crop_scale: float, flip: bool):
 def choose_epoch(training: Training, images, rows: FinetuneRows, log) -> tuple[int, list[dict]]:
     """Train every epoch, score each on the selection slice, and leave the network at the best
     (the first of equals); returns (that epoch, the history). A network that started as a linear
-    probe is scored first too (epoch 0), and kept when no trained epoch does as well."""
+    probe is scored first too (epoch 0), and kept only when it does better than every trained
+    epoch: a tie goes to the trained network, the row being the fine-tune."""
     network, settings = training.network, training.settings
     best_accuracy, best_epoch, best_state, history = -1.0, 0, None, []
     if settings.head_init == "probe":
@@ -330,7 +331,7 @@ def choose_epoch(training: Training, images, rows: FinetuneRows, log) -> tuple[i
         if accuracy > best_accuracy:
             best_accuracy, best_epoch, best_state = accuracy, epoch, copy.deepcopy(network.module.state_dict())
     if settings.head_init == "probe" and start[0] > best_accuracy:
-        log("no epoch did as well as the linear probe it started from: keeping the probe (epoch 0)")
+        log("every trained epoch did worse than the linear probe it started from: keeping the probe (epoch 0)")
         (best_accuracy, best_state), best_epoch = start, 0
     network.module.load_state_dict(best_state)
     return best_epoch, history

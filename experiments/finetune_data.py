@@ -93,21 +93,20 @@ def train_loader(images, rows: list[int], transform, compute: Compute, generator
 
 def predict_rows(network, images, rows: list[int], prep, compute: Compute, tta: bool):
     """(paths, labels, softmax probabilities) of the readable images `rows`, centre-cropped (and
-    averaged with the mirrored image under `tta`)."""
+    averaged with the mirrored image's under `tta`)."""
     from scipy.special import softmax
 
-    paths, labels, logits = forward_rows(network, images, rows, prep, compute)
+    paths, labels, logits = forward_rows(network, images, rows, prep, compute, mirror=tta)
     if not len(paths):
         return paths, labels, np.zeros((0, 0))
-    proba = softmax(logits, axis=1)
-    if tta:
-        proba = (proba + softmax(forward_rows(network, images, rows, prep, compute, flip=True)[2], axis=1)) / 2
-    return paths, labels, proba
+    proba = softmax(logits, axis=-1)
+    return paths, labels, proba.mean(1) if tta else proba
 
 
-def forward_rows(module, images, rows: list[int], prep, compute: Compute, flip: bool = False):
-    """(paths, labels, outputs) of `module` in eval mode on the readable images `rows`, centre-cropped
-    (mirrored under `flip`): a network's logits, or an extractor's pooled vectors."""
+def forward_rows(module, images, rows: list[int], prep, compute: Compute, mirror: bool = False):
+    """(paths, labels, outputs) of `module` in eval mode on the readable images `rows`, centre-cropped:
+    a network's logits, or an extractor's pooled vectors; under `mirror`, (images, 2, outputs):
+    each image's and its mirror image's."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -123,7 +122,10 @@ def forward_rows(module, images, rows: list[int], prep, compute: Compute, flip: 
             if images_batch is None:  # no image of the batch could be read
                 continue
             batch = images_batch.to(compute.device).contiguous(memory_format=torch.channels_last)
-            outputs.append(module(torch.flip(batch, dims=[3]) if flip else batch).float().cpu().numpy())
+            output = module(batch).float()
+            if mirror:
+                output = torch.stack([output, module(torch.flip(batch, dims=[3])).float()], dim=1)
+            outputs.append(output.cpu().numpy())
             positions += readable
     return (
         [dataset.paths[i] for i in positions],

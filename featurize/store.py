@@ -433,9 +433,11 @@ def store_matches(path: Path, fp: str, images, identities, storage: Storage = St
 
 
 def _same_header(path: Path, header: Header, fp: str, images, storage: Storage) -> bool:
-    """These settings, images and classes, checksums, and the compression asked for (another: rewrite)."""
+    """These settings, images and classes, checksums, the compression asked for, and what --data
+    named (another: rewrite)."""
     return (
         _same_settings(header, fp, str(images.root))
+        and header.data_source == images.source
         and header.checksums is not None
         and header.class_names == images.class_names
         and storage.resolved(path).compression == header.storage.compression

@@ -58,7 +58,8 @@ def _two_class_data(root):
 
 def test_frozen_batchnorm_keeps_its_statistics(tmp_path):
     _two_class_data(tmp_path / "d")
-    frozen_before = get_backbone("resnet18").load("random").trunk.bn1.running_mean.clone()
+    untrained = get_backbone("resnet18").load("random").trunk
+    frozen_before, start_layer4 = untrained.bn1.running_mean.clone(), untrained.layer4[1].bn2.running_mean.clone()
     folder = run_finetune(
         data=tmp_path / "d",
         backbone="resnet18",
@@ -66,11 +67,14 @@ def test_frozen_batchnorm_keeps_its_statistics(tmp_path):
         out=tmp_path,
         epochs=1,
         unfreeze="last-1-blocks",
+        batchnorm="train",
+        head_init="random",
         workers=0,
         **QUIET,
     )
     checkpoint = torch.load(folder / "checkpoint.pth", weights_only=True)
     assert torch.equal(checkpoint["state_dict"]["bn1.running_mean"], frozen_before)
+    assert not torch.equal(checkpoint["state_dict"]["layer4.1.bn2.running_mean"], start_layer4)
     assert checkpoint["backbone"] == "resnet18" and checkpoint["class_names"] == ["x", "y"]
 
 
@@ -100,30 +104,59 @@ def test_batchnorm_frozen_keeps_every_layers_statistics(tmp_path):
     assert not torch.equal(trained["frozen"]["layer4.1.conv2.weight"], start["layer4.1.conv2.weight"])
 
 
-def test_probe_start_is_the_logistic_regression_of_the_frozen_features(tmp_path):
+@pytest.mark.parametrize("classes", [2, 3])
+def test_probe_start_is_the_logistic_regression_of_the_frozen_features(tmp_path, classes):
     """--head-init probe: before any training step, the network's probabilities on the training
-    images are those of a logistic regression (the C the probe chose) fitted on the same network's
-    frozen vectors, computed here independently."""
+    images are those of a logistic regression (the C the probe chose) fitted here on the same
+    network's frozen vectors, standardised as linear_probe.probe_scaling says."""
     from sklearn.linear_model import LogisticRegression
 
     from experiments.finetune import FinetuneSettings, build_network, start_head
     from experiments.finetune_data import Compute, finetune_rows, forward_rows, predict_rows
+    from experiments.linear_probe import probe_scaling
     from featurize import discover
 
     data = _two_class_data(tmp_path / "d")
-    settings = FinetuneSettings(backbone="resnet18", weights="random", head_init="probe")
+    if classes == 3:
+        for i in range(6):
+            write_image(data / "train" / "z" / f"{i}.png", seed=70 + i, tint=(0.5, 1, 0.5))
+    settings = FinetuneSettings(backbone="resnet18", weights="random")
     images = discover(data)
     rows = finetune_rows(images, data, seed=0)
     compute = Compute("cpu", 4, 0)
-    network = build_network(get_backbone("resnet18"), settings, 2, "cpu")
+    network = build_network(get_backbone("resnet18"), settings, classes, "cpu")
     lines = []
     C = start_head(network, images, rows, settings, compute, lines.append)
     assert f"logreg C={C:g}" in lines[0]
 
     _, labels, vectors = forward_rows(network.module[0], images, rows.train, network.prep, compute)
-    logreg = LogisticRegression(C=C, max_iter=5000).fit(vectors, labels)
+    mean, spread = probe_scaling(vectors)
+    logreg = LogisticRegression(C=C, max_iter=5000, random_state=0).fit((vectors - mean) / spread, labels)
     _, _, proba = predict_rows(network.module, images, rows.train, network.prep, compute, tta=False)
-    np.testing.assert_allclose(proba, logreg.predict_proba(vectors), atol=1e-4)
+    np.testing.assert_allclose(proba, logreg.predict_proba((vectors - mean) / spread), atol=1e-4)
+
+
+def test_probe_with_one_training_image_of_a_class_takes_a_fixed_c(tmp_path):
+    """A class with 2 images keeps 1 for training once the selection slice has one: no folds to
+    choose C with, so the probe takes linear_probe.UNSEARCHED_C, and the fine-tune runs."""
+    from experiments.linear_probe import UNSEARCHED_C
+
+    data = _two_class_data(tmp_path / "d")
+    for i in range(2):
+        write_image(data / "train" / "z" / f"{i}.png", seed=70 + i, tint=(0.5, 1, 0.5))
+    lines = []
+    folder = run_finetune(
+        data=data,
+        backbone="resnet18",
+        weights="random",
+        out=tmp_path,
+        epochs=1,
+        workers=0,
+        log=lines.append,
+        progress=False,
+    )
+    assert any(f"logreg C={UNSEARCHED_C:g}" in line for line in lines)
+    assert json.loads((folder / "model.json").read_text())["class_names"] == ["x", "y", "z"]
 
 
 def test_compare_reuses_an_unchanged_finetune_and_fits_a_changed_one(tmp_path):
