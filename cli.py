@@ -416,6 +416,11 @@ def serve(model_path, host, port, device, **limits):
     callback=checked_unfreeze,
     help=f"With --finetune: which blocks train (all, none, last-N-blocks).  [default: {FINETUNE_UNFREEZE}]",
 )
+@click.option(
+    "--finetune-no-flip",
+    is_flag=True,
+    help="With --finetune: no mirrored images in training (where a mirror image is another class: letters, digits).",
+)
 @click.option("--refit", is_flag=True, help="Search again even where nothing changed.")
 @click.option(
     "--exclude-leaks",
@@ -447,6 +452,7 @@ def compare(
     with_finetune,
     finetune_epochs,
     finetune_unfreeze,
+    finetune_no_flip,
     refit,
     exclude_leaks,
     fuse,
@@ -459,8 +465,8 @@ def compare(
     from experiments.finetune import FinetuneSettings
 
     search = search_settings(**options)
-    if not with_finetune and (finetune_epochs or finetune_unfreeze):
-        raise CnnfeatError("--finetune-epochs and --finetune-unfreeze set the fine-tune of --finetune: add --finetune")
+    if not with_finetune and (finetune_epochs or finetune_unfreeze or finetune_no_flip):
+        raise CnnfeatError("--finetune-epochs, --finetune-unfreeze and --finetune-no-flip need --finetune")
     settings = CompareSettings(
         clf=clf,
         refit=refit,
@@ -472,6 +478,7 @@ def compare(
             FinetuneSettings(
                 epochs=finetune_epochs or FINETUNE_EPOCHS,
                 unfreeze=finetune_unfreeze or FINETUNE_UNFREEZE,
+                flip=not finetune_no_flip,
                 progress=search.progress,  # --quiet: no epoch bars
             )
             if with_finetune
@@ -562,7 +569,7 @@ def explain(model_path, inputs, out, class_name, method, feature_maps, filters, 
     "--data",
     default="data",
     show_default=True,
-    help="Image folder: train/ and val/ (or test/), else a seeded 20% hold-out as compare draws it.",
+    help="Image folder (train/ and val/ or test/, else a seeded 20% hold-out as compare draws it) or a list file.",
 )
 @click.option(
     "--weights",

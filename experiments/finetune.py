@@ -195,9 +195,9 @@ def run_finetune(
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     network = build_network(backbone, settings, len(images.class_names), compute.device)
-    started = time.perf_counter()  # the fit's time: the probe, the epochs and their choice
-    probe_c = start_head(network, images, rows, settings, compute, log)
+    started = time.perf_counter()  # the fit's time: the teacher's probabilities, the probe, the epochs
     training = prepare_training(network, images, rows, settings, compute, generator, folder, log)
+    probe_c = start_head(network, images, rows, settings, compute, log)  # after the teacher's checks
     log(
         f"finetune {backbone.name}: {len(rows.train)} train / {len(rows.select)} to choose the epoch (from train) / "
         f"{len(rows.heldout)} {rows.heldout_name} images, {settings.epochs} epochs, {network.unfrozen} of "
@@ -207,6 +207,8 @@ def run_finetune(
     fit_seconds = time.perf_counter() - started
     heldout = predict_rows(network.module, images, rows.heldout, network.prep, compute, settings.tta)
     selection = f"best epoch on a stratified {SELECTION_FRACTION:.0%} slice of train ({len(rows.select)} images)"
+    if best_epoch == 0:
+        selection += "; no trained epoch did as well as the linear probe it started from, kept instead"
     result = FinetuneResult(network, heldout, rows.heldout_name, history, best_epoch, fit_seconds, selection, probe_c)
     return save_result(folder, result, images, backbone, settings, compute, log, cache_key)
 
