@@ -300,3 +300,19 @@ def test_lite0_finetune_on_hymenoptera(hymenoptera, hymenoptera_lite0, tmp_path)
     outcome = compare(features=[hymenoptera_lite0], out=tmp_path, clf="logreg", log=lambda _: None)
     finetuned = next(r for r in outcome.rows if r.head == "finetuned")
     assert finetuned.metrics["accuracy"] == info["heldout"]["accuracy"] and finetuned.metrics["n"] == 153
+
+
+def test_probe_scaling_floors_each_spread_at_the_median_one():
+    """A feature that hardly varies is scaled by the median spread, not by its own (folded into the
+    layer, its own gave weights that blew the fine-tune's loss up); most features constant: no
+    division by 0."""
+    from experiments.linear_probe import SMALLEST_SPREAD, probe_scaling
+
+    rng = np.random.default_rng(0)
+    vectors = np.column_stack([rng.normal(0, 1, 50), rng.normal(0, 2, 50), 5 + rng.normal(0, 1e-5, 50)])
+    mean, spread = probe_scaling(vectors.astype(np.float32))
+    np.testing.assert_allclose(mean, vectors.mean(0), atol=1e-4)
+    assert spread[2] == pytest.approx(np.median(vectors.std(0)), rel=1e-4) and spread[1] > spread[0] > 0.5
+    constant = np.column_stack([rng.normal(0, 1, 20), np.ones(20), np.ones(20)])
+    _, spread = probe_scaling(constant)
+    assert spread[1] == spread[2] == SMALLEST_SPREAD and np.isfinite((constant - constant.mean(0)) / spread).all()
