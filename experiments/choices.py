@@ -18,10 +18,8 @@ FINETUNE_EPOCHS = 5
 FINETUNE_UNFREEZE = "all"
 FINETUNE_CROP_SCALE = 0.5
 HEAD_INITS = ("probe", "random")  # how a fine-tune's new linear layer starts; the first is the default
-BATCHNORM_MODES = (
-    "frozen",
-    "train",
-)  # whether unfrozen batch-norm layers update their statistics; the first is the default
+# Whether unfrozen batch-norm layers update their statistics; the first is the default:
+BATCHNORM_MODES = ("frozen", "train")
 
 # Copies (checked by tests/experiments/test_choices.py):
 HEADS = ("logreg", "svm", "knn", "rf", "mlp", "linear")  # classifiers.HEADS, in the registry's order

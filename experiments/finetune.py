@@ -60,9 +60,8 @@ class FinetuneSettings:
     crop_scale: float = FINETUNE_CROP_SCALE  # the smallest share of the image a random crop keeps
     flip: bool = True  # train on mirrored images too (not for data whose mirror image means another class)
     head_init: str = HEAD_INITS[0]  # probe: the new layer starts as a logreg on the frozen features; random
-    batchnorm: str = BATCHNORM_MODES[
-        0
-    ]  # frozen: every batch-norm layer keeps its statistics; train: unfrozen ones update
+    # frozen: every batch-norm layer keeps its statistics; train: unfrozen ones update theirs
+    batchnorm: str = BATCHNORM_MODES[0]
     lr: float = 1e-3  # the new linear layer's; the backbone's is lr x backbone_lr_scale
     backbone_lr_scale: float = 0.1
     batch_size: int | None = None  # None: 64 on CUDA, 16 on the CPU
@@ -208,7 +207,7 @@ def run_finetune(
     heldout = predict_rows(network.module, images, rows.heldout, network.prep, compute, settings.tta)
     selection = f"best epoch on a stratified {SELECTION_FRACTION:.0%} slice of train ({len(rows.select)} images)"
     if best_epoch == 0:
-        selection += "; no trained epoch did as well as the linear probe it started from, kept instead"
+        selection += "; every trained epoch did worse than the linear probe it started from, kept instead"
     result = FinetuneResult(network, heldout, rows.heldout_name, history, best_epoch, fit_seconds, selection, probe_c)
     return save_result(folder, result, images, backbone, settings, compute, log, cache_key)
 
