@@ -8,6 +8,7 @@ network (experiments.finetuned) - then the rows of the files' vectors joined, an
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import time
 from dataclasses import dataclass, field, fields, replace
@@ -22,18 +23,26 @@ from common.errors import CnnfeatError, OutputError
 from common.files import ensure_writable
 from common.locks import exclusive
 from common.names import safe_name
-from featurize import FuseMode, fuse_features, load_features
+from featurize import FuseMode, display_name, fuse_features, load_features
 
 from .audit_checks import leaked_rows, untellable
 from .choices import AUDIT_NEAR
 from .finetune import FinetuneSettings, plan_finetune, run_finetune
 from .finetuned import FINETUNE_ROW, finetuned_row
-from .fit import Scored, chosen_features, evaluate, fit_and_score, provenance
-from .layout import DEFAULT_OUT, finetune_dir, report_dir
+from .fit import Scored, evaluate, fit_and_score, latest_features, provenance
+from .layout import DEFAULT_OUT, features_dir, finetune_dir, report_dir
 from .plots import Embedding
 from .ranking import Row, score_rows
+from .recommend import Recommendation, forward_passes, recommend
 from .report import write_report
-from .reuse import ensemble_key, finetune_key, head_key, reusable, reusable_finetune
+from .reuse import (
+    ensemble_key,
+    finetune_key,
+    head_key,
+    reusable,
+    reusable_finetune,
+    reusable_from_other_reports,
+)
 from .splits import HeldoutImages, Split, heldout_images, train_eval_split
 
 
@@ -75,6 +84,7 @@ class CompareOutcome:
     rows: list
     failures: list  # (backbone, head, reason)
     notes: list
+    recommendation: Recommendation
 
 
 @dataclass
@@ -90,6 +100,7 @@ class CompareRun:
     failures: list = field(default_factory=list)  # (feature label, head, reason)
 
     leaked: dict = field(default_factory=dict)  # feature label -> held-out paths with a near-copy in train
+    backbones: dict = field(default_factory=dict)  # feature label -> the forward passes its vectors need
 
     def note(self, text: str) -> None:
         self.notes.append(text)
@@ -150,9 +161,38 @@ def feature_label(data) -> str:
 
 
 def _load_stores(features, out, log) -> tuple[list[Path], list]:
-    """The feature files asked for (default: the newest under OUT/features, said), opened."""
-    paths = [Path(p) for p in features] if features else [chosen_features(None, out, log)]
-    return paths, [load_features(p) for p in paths]
+    """The feature files asked for, opened; by default every feature file of the newest one's
+    dataset under OUT/features (said in a line), so extracting another backbone and running
+    `compare` again ranks both backbones and their fusion in one table."""
+    if features:
+        paths = [Path(p) for p in features]
+        return paths, [load_features(p) for p in paths]
+    newest = load_features(latest_features(out))
+    stores = [newest, *_same_dataset(newest, out, log)]
+    stores.sort(key=lambda data: Path(data.path).name)
+    paths = [Path(data.path) for data in stores]
+    log(
+        f"features: {len(paths)} file{'s' if len(paths) > 1 else ''} of {stores[0].dataset}, the dataset extracted "
+        f"last under {features_dir(out)} ({', '.join(p.name for p in paths)}; --features chooses)"
+    )
+    return paths, stores
+
+
+def _same_dataset(newest, out, log) -> list:
+    """The other feature files under OUT/features of the newest one's dataset (named `<dataset>-...`),
+    opened; one that cannot be read is said and left out (the newest must open)."""
+    dataset, others = newest.dataset, []
+    for path in sorted(features_dir(out).glob(glob.escape(dataset) + "-*.h5")):
+        if path.resolve() == Path(newest.path).resolve():
+            continue
+        try:
+            data = load_features(path)
+        except CnnfeatError as error:
+            log(f"features: {path.name} left out: {error}")
+            continue
+        if data.dataset == dataset:
+            others.append(data)
+    return others
 
 
 def _report_name(stores) -> str:
@@ -185,6 +225,7 @@ def _compare_into(run: CompareRun, stores, paths, out) -> CompareOutcome:
     search = run.settings.search
     score_rows(rows, search.scoring, search.seed)
     run.notes += _leak_note(rows[0], run)
+    recommendation = recommend(rows, run.backbones, log=run.log)
     markdown = write_report(
         run.report_dir,
         rows,
@@ -192,13 +233,16 @@ def _compare_into(run: CompareRun, stores, paths, out) -> CompareOutcome:
         run.notes,
         meta={
             "dataset": stores[0].dataset,
+            "title": display_name(stores[0].dataset),
+            "data_root": stores[0].data_root,
             "feature_files": [str(p) for p in paths],
             "exclude_leaks": run.settings.exclude_leaks,
             **search.result_settings(),
         },
         embedding=_embedding(rows, tables),
+        recommendation=recommendation,
     )
-    return CompareOutcome(run.report_dir, markdown, rows, run.failures, run.notes)
+    return CompareOutcome(run.report_dir, markdown, rows, run.failures, run.notes, recommendation)
 
 
 def _model_notes(rows: list[Row]) -> list[str]:
@@ -223,6 +267,7 @@ def _fused(stores, run: CompareRun):
 def _file_rows(data, run: CompareRun, out) -> FileRows:
     """One feature file's rows: its heads, their ensembles, and (`out` given) its fine-tuned network."""
     label = feature_label(data)
+    run.backbones[label] = forward_passes(data)
     split, excluded = _split(data, label, run)
     file = FeatureFile(label, data, split, heldout_images(data, split, excluded))
     rows = _head_rows(file, run)
@@ -396,16 +441,12 @@ def _row_or_failure(file: FeatureFile, name: str, run: CompareRun, key: str, fit
 
 
 def _saved_or_fitted(file: FeatureFile, name: str, run: CompareRun, key: str, fit) -> Row:
-    """The row of model `name`: the one saved under this key when there is one, else `fit()`'s (a
-    Scored), saved for next time."""
+    """The row of model `name`: the one saved under this key (in this report folder or another) when
+    there is one, else `fit()`'s (a Scored); saved here for next time."""
     model_path = run.report_dir / "models" / f"{file.label}-{name}.joblib"
-    reused = None if run.settings.refit else reusable(model_path, key, name, file.data.fingerprint, run.log)
+    reused = None if run.settings.refit else _saved_model(model_path, key, name, file.data.fingerprint, run.log)
     if reused is not None:
         model, info = reused
-        run.log(
-            f"{file.label} {name}: nothing changed, reusing the fitted model ({model_path.name}; --refit "
-            f"searches again)"
-        )
         X_heldout = file.data.X[file.split.heldout]
         predicted, proba = model.predict(X_heldout), model.predict_proba(X_heldout)
     else:
@@ -423,7 +464,28 @@ def _saved_or_fitted(file: FeatureFile, name: str, run: CompareRun, key: str, fi
         list(model.classes_),
         reused=reused is not None,
         model=model,
+        model_path=str(model_path),
     )
+
+
+def _saved_model(model_path: Path, key: str, name: str, fingerprint: str, log):
+    """(model, info) saved under this key, here or by a compare into another report folder (then
+    saved here too, so this report's models/ holds every row's), with a line saying which; or None."""
+    label = model_path.stem.removesuffix(f"-{name}")
+    found = reusable(model_path, key, name, fingerprint, log)
+    if found is not None:
+        log(f"{label} {name}: nothing changed, reusing the fitted model ({model_path.name}; --refit searches again)")
+        return found
+    found = reusable_from_other_reports(model_path, key, name, fingerprint, log)
+    if found is None:
+        return None
+    model, info, source = found
+    save_model(model, model_path, info)
+    log(
+        f"{label} {name}: nothing changed, reusing the model fitted for another report "
+        f"({source.parent.parent.name}; --refit searches again)"
+    )
+    return model, info
 
 
 def _finetuned_rows(file: FeatureFile, run: CompareRun, out) -> list[Row]:

@@ -27,6 +27,7 @@ class Row:
     reused: bool = False
     metrics: dict = field(default_factory=dict)
     model: object = None  # the fitted FeatureClassifier (not the fine-tuned network's row)
+    model_path: str | None = None  # the saved model (.joblib) that predicts as this row did
 
     @property
     def correct(self) -> np.ndarray:

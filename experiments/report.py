@@ -15,8 +15,16 @@ from pathlib import Path
 from common.files import written_together
 from common.names import printable
 
-from .plots import Embedding, confusion_png, embedding_figure, png, summary_png
+from .plots import Embedding, confusion_png, embedding_figure, per_class_png, png, summary_png
+from .recommend import SIGNIFICANT_P, Recommendation
 from .report_html import report_page
+from .report_sections import (
+    per_class_html,
+    per_class_markdown,
+    per_class_records,
+    recommendation_html,
+    recommendation_markdown,
+)
 
 COLUMNS = [
     "rank",
@@ -131,24 +139,25 @@ def _fmt(value, digits=3):
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def write_report(report_dir: Path, rows, failures, notes, meta: dict, embedding: Embedding | None = None) -> str:
+def write_report(
+    report_dir: Path,
+    rows,
+    failures,
+    notes,
+    meta: dict,
+    embedding: Embedding | None = None,
+    recommendation: Recommendation | None = None,
+) -> str:
     """Every file of the report, made in memory, then written together: each whole under a temporary
-    name first, then all renamed into place - a full disk leaves the previous report, not a mix."""
+    name first, then all renamed into place - a full disk leaves the previous report, not a mix.
+    Returns the text `compare` prints: report.md less its per-class part."""
     recs = records(rows)
-    markdown = f"# {meta['dataset']}: which head wins\n\n" + markdown_table(recs, notes, failures, meta["scoring"])
+    summary = summary_markdown(recs, notes, failures, meta, recommendation)
+    markdown = summary if recommendation is None else summary + "\n" + per_class_markdown(recommendation, rows)
     files = {
         "report.md": _text(markdown),
         "report.json": _text(
-            json.dumps(
-                {
-                    "meta": meta,
-                    "rows": recs,
-                    "notes": notes,
-                    "failures": [{"backbone": b, "head": h, "reason": r} for b, h, r in failures],
-                },
-                indent=2,
-                default=str,
-            )
+            json.dumps(_json_report(recs, notes, failures, meta, recommendation), indent=2, default=str)
         ),
         "report.csv": _csv(
             [COLUMNS] + [[json.dumps(r[c]) if c == "best_params" else r[c] for c in COLUMNS] for r in recs]
@@ -156,13 +165,52 @@ def write_report(report_dir: Path, rows, failures, notes, meta: dict, embedding:
     }
     for row in rows:
         files[f"predictions/{row.backbone}-{row.head}.csv"] = _predictions(row)
-    files.update(_pictures(rows, recs, embedding, meta.get("seed", 0)))
-    files["report.html"] = _text(report_page(files, rows, recs, notes, failures, meta, sections=[]))
+    files.update(_pictures(rows, recs, embedding, meta.get("seed", 0), recommendation))
+    sections = []
+    if recommendation is not None:
+        chart = files.get("per_class.png")
+        sections = [recommendation_html(recommendation), per_class_html(recommendation, rows, chart, meta["data_root"])]
+    files["report.html"] = _text(report_page(files, rows, recs, notes, failures, meta, sections=sections))
     with written_together() as put:
         for name, data in files.items():
             put(Path(report_dir) / name, data)
     _remove_stale(Path(report_dir), files)
-    return markdown
+    return summary
+
+
+def summary_markdown(recs, notes, failures, meta: dict, recommendation: Recommendation | None) -> str:
+    """The head of report.md: the title, the recommendation and the table (what `compare` prints);
+    report.md goes on with where the rows fail, class by class."""
+    parts = [f"# {meta['title']}: which head wins\n"]
+    if recommendation is not None:
+        parts.append(recommendation_markdown(recommendation))
+    parts.append(markdown_table(recs, notes, failures, meta["scoring"]))
+    return "\n".join(parts)
+
+
+def _json_report(recs, notes, failures, meta: dict, recommendation: Recommendation | None) -> dict:
+    report = {
+        "meta": meta,
+        "rows": recs,
+        "notes": notes,
+        "failures": [{"backbone": b, "head": h, "reason": r} for b, h, r in failures],
+    }
+    if recommendation is not None:
+        rec = recommendation
+        report["recommendation"] = {
+            "backbone": rec.row.backbone,
+            "head": rec.row.head,
+            "model_path": rec.model_path,
+            "text": rec.text(),
+            "significant_p": SIGNIFICANT_P,
+            "not_significantly_worse": [
+                {"backbone": row.backbone, "head": row.head, "ms_per_image": rec.ms_per_image.get(id(row))}
+                for row in rec.contenders
+            ],
+            "backbone_ms_per_image": rec.backbone_ms,
+        }
+        report["per_class"] = per_class_records(rec)
+    return report
 
 
 def _remove_stale(report_dir: Path, files: dict) -> None:
@@ -174,6 +222,7 @@ def _remove_stale(report_dir: Path, files: dict) -> None:
         *report_dir.glob("predictions/*.csv"),
         *report_dir.glob("confusion/*.png"),
         report_dir / "embedding.png",
+        report_dir / "per_class.png",
     ]:
         if path not in written:
             path.unlink(missing_ok=True)
@@ -196,11 +245,13 @@ def _predictions(row) -> bytes:
     return _csv(lines)
 
 
-def _pictures(rows, recs, embedding: Embedding | None, seed: int) -> dict:
-    """{file name: PNG bytes}: a confusion matrix per row, the summary chart, the t-SNE plot (from 5
-    held-out vectors up)."""
+def _pictures(rows, recs, embedding: Embedding | None, seed: int, recommendation: Recommendation | None) -> dict:
+    """{file name: PNG bytes}: a confusion matrix per row, the summary chart, F1 per class of the
+    recommended and the best row, the t-SNE plot (from 5 held-out vectors up)."""
     pictures = {f"confusion/{row.backbone}-{row.head}.png": confusion_png(row) for row in rows}
     pictures["summary.png"] = summary_png(recs)
+    if recommendation is not None:
+        pictures["per_class.png"] = per_class_png(per_class_records(recommendation))
     if embedding is not None and len(embedding.vectors) >= 5:
         pictures["embedding.png"] = png(embedding_figure(embedding, seed))
     return pictures

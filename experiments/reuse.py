@@ -4,6 +4,7 @@ record describes."""
 
 from __future__ import annotations
 
+import glob
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -86,6 +87,21 @@ def reusable(model_path: Path, key: str, name: str, fingerprint: str, log):
         log(f"cannot reuse {model_path.name} (it is not the {name} of these features); fitting it again")
         return None
     return model, info
+
+
+def reusable_from_other_reports(model_path: Path, key: str, name: str, fingerprint: str, log):
+    """(model, info, path) of the same model (same file name) that a compare saved with this key into
+    another report folder beside this one's, or None. A head's key covers everything its numbers
+    depend on, none of which is the report folder: adding a backbone to a comparison (a new report
+    folder) fits only the new rows."""
+    reports = model_path.parent.parent.parent
+    for other in sorted(reports.glob(f"*/models/{glob.escape(model_path.name)}")):
+        if other.parent == model_path.parent or _saved_info(other.with_suffix(".json")).get("cache_key") != key:
+            continue
+        found = reusable(other, key, name, fingerprint, log)
+        if found is not None:
+            return (*found, other)
+    return None
 
 
 def _saved_info(json_path: Path) -> dict:

@@ -285,6 +285,7 @@ def test_report_html_holds_the_table_and_every_picture_inline(tinted_store, tmp_
     files = [
         outcome.report_dir / "summary.png",
         outcome.report_dir / "embedding.png",
+        outcome.report_dir / "per_class.png",
         *(outcome.report_dir / "confusion" / f"resnet18-random-{h}.png" for h in ("knn", "logreg", "vote")),
     ]
     assert sorted(pictures) == sorted(f.read_bytes() for f in files)  # opens offline: nothing linked
