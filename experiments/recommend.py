@@ -18,6 +18,7 @@ from .ranking import Row
 
 SIGNIFICANT_P = 0.05  # McNemar p below this: significantly worse than the best row
 TIMED_IMAGES = 8  # images per timed forward pass of a backbone
+TIMED_PASSES = 3  # the fastest counts: a busy machine slows some passes, never speeds one up
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ def _backbone_times(names, timer, log) -> dict:
 
 def backbone_ms_per_image(name: str) -> float:
     """ms per image of the backbone's forward pass on this machine's CPU (torch, batch TIMED_IMAGES,
-    the best of 2 after a warm-up), with random weights of its architecture."""
+    the best of TIMED_PASSES after a warm-up), with random weights of its architecture."""
     import torch
 
     from featurize import get_backbone
@@ -135,7 +136,7 @@ def backbone_ms_per_image(name: str) -> float:
     images = torch.zeros((TIMED_IMAGES, 3, size, size), dtype=torch.uint8)
     seconds = []
     with torch.inference_mode():
-        for _ in range(3):
+        for _ in range(1 + TIMED_PASSES):
             started = time.perf_counter()
             extractor(images)
             seconds.append(time.perf_counter() - started)
