@@ -101,6 +101,7 @@ class CompareRun:
 
     leaked: dict = field(default_factory=dict)  # feature label -> held-out paths with a near-copy in train
     backbones: dict = field(default_factory=dict)  # feature label -> the forward passes its vectors need
+    finetuned: set = field(default_factory=set)  # (backbone, weights) whose fine-tuned row is in the table
 
     def note(self, text: str) -> None:
         self.notes.append(text)
@@ -491,7 +492,12 @@ def _saved_model(model_path: Path, key: str, name: str, fingerprint: str, log):
 def _finetuned_rows(file: FeatureFile, run: CompareRun, out) -> list[Row]:
     """The fine-tuned network's row (fine-tuned first under --finetune, from pretrained or random
     weights only, scored on compare's own held-out images): none where there is no fine-tune of
-    this backbone, a failure where it cannot be ranked beside the heads."""
+    this backbone, a failure where it cannot be ranked beside the heads. A backbone's second feature
+    file (its --tta flip or float16 variant) gets none: one fine-tune per backbone and weights, one row."""
+    network = (file.data.backbone, file.data.weights_source)
+    if network in run.finetuned:
+        return []
+    run.finetuned.add(network)
     settings = _finetune_settings(file.data, run)
     try:
         if settings is not None:
