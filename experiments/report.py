@@ -17,6 +17,7 @@ from common.names import printable
 
 from .plots import Embedding, confusion_png, embedding_figure, per_class_png, png, summary_png
 from .recommend import SIGNIFICANT_P, Recommendation
+from .report_cells import TABLE_COLUMNS, table_cells
 from .report_html import report_page
 from .report_sections import (
     per_class_html,
@@ -93,11 +94,8 @@ def _ms(seconds):
 
 def markdown_table(recs, notes, failures, scoring="accuracy") -> str:
     """The table as Markdown (what `compare` prints), with how to read it, the notes and the failures."""
-    header = (
-        "| # | backbone | head | accuracy (95% CI) | bal. acc. | macro-F1 | log-loss | CV (mean ± std) "
-        "| McNemar p vs best | fit s | predict ms/img | best params | selected by |"
-    )
-    lines = [header, "|" + "---|" * 13, *(_markdown_row(r) for r in recs), ""]
+    header = "| " + " | ".join(title for _, title, _ in TABLE_COLUMNS) + " |"
+    lines = [header, "|" + "---|" * len(TABLE_COLUMNS), *(_markdown_row(r) for r in recs), ""]
     lines.append(
         f"Ranked by held-out {scoring.replace('_', ' ')}. Held-out images: {recs[0]['n']}; no row was "
         f"chosen on them (see 'selected by'). CV: {scoring} on the training rows. "
@@ -109,34 +107,7 @@ def markdown_table(recs, notes, failures, scoring="accuracy") -> str:
 
 
 def _markdown_row(r: dict) -> str:
-    params = ", ".join(f"{k}={v}" for k, v in (r["best_params"] or {}).items())
-    return (
-        f"| {r['rank']} | {r['backbone']} | {r['head']}{' (reused)' if r['reused'] else ''} "
-        f"| {r['accuracy']:.3f} ({r['ci_low']:.3f}–{r['ci_high']:.3f}) | {r['balanced_accuracy']:.3f} "
-        f"| {r['f1_macro']:.3f} | {_fmt(r['log_loss'])} | {_cv_cell(r)} | {_mcnemar_cell(r)} "
-        f"| {_fmt(r['fit_seconds'], 2)} | {_fmt(r['predict_ms_per_image'], 3)} | {params} "
-        f"| {r['selected_by'] or '—'} |"
-    )
-
-
-def _cv_cell(r: dict) -> str:
-    if r["cv_mean"] is None:
-        return "—"
-    if r["cv_folds"] == 0:
-        return f"{r['cv_mean']:.3f} (OOB)"
-    if r["cv_folds"] == 1:
-        return f"{r['cv_mean']:.3f} (1 slice)"
-    return f"{r['cv_mean']:.3f} ± {r['cv_std']:.3f}"
-
-
-def _mcnemar_cell(r: dict) -> str:
-    if r["rank"] == 1:
-        return "best"
-    return "—" if r["mcnemar_p_vs_best"] is None else f"{r['mcnemar_p_vs_best']:.3f}"
-
-
-def _fmt(value, digits=3):
-    return "—" if value is None else f"{value:.{digits}f}"
+    return "| " + " | ".join(text.replace("|", "\\|") for text, *_ in table_cells(r)) + " |"
 
 
 def write_report(

@@ -8,27 +8,7 @@ import base64
 import html
 import math
 
-# The table's columns: (key for tests and scripts, header, what the header's tooltip says). The cells
-# are made by _cells, in this order; the header texts are report.md's.
-HTML_COLUMNS = (
-    ("rank", "#", "rank by the held-out score"),
-    ("backbone", "backbone", "the network the features came from"),
-    ("head", "head", "the classifier fitted on the features; (reused): fitted by an earlier run, nothing changed"),
-    ("accuracy", "accuracy (95% CI)", "held-out accuracy, with a percentile bootstrap interval over held-out images"),
-    ("balanced_accuracy", "bal. acc.", "held-out balanced accuracy: the mean of the per-class recalls"),
-    ("f1_macro", "macro-F1", "held-out F1, the mean over classes"),
-    ("log_loss", "log-loss", "held-out log-loss, for heads that give probabilities (lower is better)"),
-    ("cv", "CV (mean ± std)", "the cross-validated score on the training rows"),
-    (
-        "mcnemar_p_vs_best",
-        "McNemar p vs best",
-        "exact two-sided test on the images where this row and the best disagree",
-    ),
-    ("fit_seconds", "fit s", "seconds to fit (search included)"),
-    ("predict_ms_per_image", "predict ms/img", "milliseconds to predict one held-out image's features"),
-    ("best_params", "best params", "the parameters the search chose"),
-    ("selected_by", "selected by", "how the parameters were chosen (never on the held-out images)"),
-)
+from .report_cells import TABLE_COLUMNS, table_cells
 
 # Click a header: sort by that column (ascending; again: descending). Numbers sort by the cell's
 # data-sort, text by the cell's text; an empty data-sort or a "—" sorts last either way.
@@ -80,9 +60,9 @@ def report_page(files: dict, rows, recs, notes, failures, meta, sections: list[s
         f'<th scope="col" data-column="{key}" title="{html.escape(tip)}"'
         f' aria-sort="{"ascending" if key == "rank" else "none"}">'
         f'<button type="button">{html.escape(label)}</button></th>'
-        for key, label, tip in HTML_COLUMNS
+        for key, label, tip in TABLE_COLUMNS
     )
-    body = "".join("<tr>" + "".join(_td(*cell) for cell in _cells(r)) + "</tr>" for r in recs)
+    body = "".join("<tr>" + "".join(_td(*cell) for cell in table_cells(r)) + "</tr>" for r in recs)
     said = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
     said += "".join(f"<li>not fitted: {html.escape(f'{b} {h}: {r}')}</li>" for b, h, r in failures)
     confusion = "".join(
@@ -106,31 +86,6 @@ Feature files: {html.escape(", ".join(meta.get("feature_files", [])))}</p>
 <script>{SORT_SCRIPT}</script>
 </body></html>
 """
-
-
-def _cells(r: dict) -> list[tuple]:
-    """One row's cells, in HTML_COLUMNS' order: (text,) for a text column (sorted by its text), (text,
-    number to sort by) for a numeric one, the number None where there is none. The texts are report.md's."""
-    from .report import _cv_cell, _fmt, _mcnemar_cell  # here: experiments.report imports this module
-
-    params = ", ".join(f"{k}={v}" for k, v in (r["best_params"] or {}).items())
-    # McNemar's p of the best row against itself: no image where they disagree, p = 1
-    p_best = 1.0 if r["rank"] == 1 else r["mcnemar_p_vs_best"]
-    return [
-        (str(r["rank"]), r["rank"]),
-        (str(r["backbone"]),),
-        (f"{r['head']}{' (reused)' if r['reused'] else ''}",),
-        (f"{r['accuracy']:.3f} ({r['ci_low']:.3f}–{r['ci_high']:.3f})", r["accuracy"]),
-        (_fmt(r["balanced_accuracy"]), r["balanced_accuracy"]),
-        (_fmt(r["f1_macro"]), r["f1_macro"]),
-        (_fmt(r["log_loss"]), r["log_loss"]),
-        (_cv_cell(r), r["cv_mean"]),
-        (_mcnemar_cell(r), p_best),
-        (_fmt(r["fit_seconds"], 2), r["fit_seconds"]),
-        (_fmt(r["predict_ms_per_image"], 3), r["predict_ms_per_image"]),
-        (params or "—",),
-        (str(r["selected_by"] or "—"),),
-    ]
 
 
 def _td(text: str, *sort) -> str:
