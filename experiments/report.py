@@ -137,11 +137,12 @@ def write_report(
     for row in rows:
         files[f"predictions/{row.backbone}-{row.head}.csv"] = _predictions(row)
     files.update(_pictures(rows, recs, embedding, meta.get("seed", 0), recommendation))
-    sections = []
+    sections, details = [], []
     if recommendation is not None:
         chart = files.get("per_class.png")
-        sections = [recommendation_html(recommendation), per_class_html(recommendation, rows, chart, meta["data_root"])]
-    files["report.html"] = _text(report_page(files, rows, recs, notes, failures, meta, sections=sections))
+        sections = [recommendation_html(recommendation)]
+        details = [per_class_html(recommendation, rows, chart, meta["data_root"])]
+    files["report.html"] = _text(report_page(files, rows, recs, notes, failures, meta, sections, details))
     with written_together() as put:
         for name, data in files.items():
             put(Path(report_dir) / name, data)

@@ -44,10 +44,10 @@ figure{display:inline-block;margin:6px;vertical-align:top} figcaption{font-size:
 img{max-width:100%}"""
 
 
-def report_page(files: dict, rows, recs, notes, failures, meta, sections: list[str]) -> str:
+def report_page(files: dict, rows, recs, notes, failures, meta, sections: list[str], details: list[str] = ()) -> str:
     """report.html: the table, notes, summary, embedding and confusion matrices in one file, the
     pictures inlined, so it opens offline and can be mailed as it is. `sections` (HTML) go right
-    after the title and intro, before the table."""
+    after the title and intro, before the table; `details` after the table's pictures."""
 
     def picture(name: str, alt: str, caption: str = "") -> str:  # one of this report's own pictures, inlined
         if name not in files:
@@ -71,7 +71,7 @@ def report_page(files: dict, rows, recs, notes, failures, meta, sections: list[s
         )
         for row in rows
     )
-    title = html.escape(f"{meta['dataset']}: which head wins")
+    title = html.escape(f"{meta.get('title', meta['dataset'])}: which head wins")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>{STYLE}</style>
@@ -82,6 +82,7 @@ Feature files: {html.escape(", ".join(meta.get("feature_files", [])))}</p>
 {"".join(sections)}
 <table id="results"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table><ul>{said}</ul>
 {picture("summary.png", "summary")}{picture("embedding.png", "embedding")}
+{"".join(details)}
 <section id="confusion"><h2>Confusion matrices</h2>{confusion}</section>
 <script>{SORT_SCRIPT}</script>
 </body></html>
