@@ -45,7 +45,7 @@ def cli():
     """Frozen pretrained CNN features + the best classical head, compared honestly."""
 
 
-# `extract` is long only in its options (16): its body hands them to featurize.extract and prints
+# `extract` is long only in its options (17): its body hands them to featurize.extract and prints
 # the result
 @cli.command()
 @click.option(
@@ -56,6 +56,14 @@ def cli():
     default="data",
     show_default=True,
     help="Image folder (train/ val/ [test/] of class folders, or class folders) or a 'path label' list file.",
+)
+@click.option(
+    "--name",
+    default=None,
+    metavar="NAME",
+    help="The dataset's name in file names and titles, instead of the --data folder's (or list file's); "
+    "the file is OUT/features/NAME-<hash8>-<backbone>.h5 (characters other than letters, digits, . _ + - "
+    "become _). Give the same name again to update the same file.",
 )
 @click.option(
     "--weights",
@@ -132,6 +140,7 @@ def cli():
 def extract(
     backbone,
     data,
+    name,
     weights,
     trust_pickle,
     out,
@@ -167,6 +176,7 @@ def extract(
         storage=Storage(dtype, compression),
         tta=tta,
         verify=verify,
+        name=name,
     )
     for note in result.notes:
         click.echo(note)
@@ -572,6 +582,13 @@ def explain(model_path, inputs, out, class_name, method, feature_maps, filters, 
     help="Image folder (train/ and val/ or test/, else a seeded 20% hold-out as compare draws it) or a list file.",
 )
 @click.option(
+    "--name",
+    default=None,
+    metavar="NAME",
+    help="The dataset's name, as `extract --name` gave it: the network goes to OUT/finetune/NAME-<hash8>-<backbone>/, "
+    "where compare finds it beside that feature file.",
+)
+@click.option(
     "--weights",
     default=None,
     help="Start from: the backbone's own pretrained weights [default], a checkpoint PATH, or 'random'.",
@@ -640,14 +657,14 @@ def explain(model_path, inputs, out, class_name, method, feature_maps, filters, 
     help="With --teacher: the teacher's share of the loss (the labels get 1 - alpha).",
 )
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def finetune(data, out, teacher, temperature, alpha, quiet, **settings):
+def finetune(data, name, out, teacher, temperature, alpha, quiet, **settings):
     """Fine-tune a backbone + linear layer end to end; the epoch is chosen on a slice of train."""
     from experiments.distill import Distillation
     from experiments.finetune import FinetuneSettings, run_finetune
 
     distill = Distillation(teacher, temperature, alpha) if teacher else None
     settings = FinetuneSettings(**settings, progress=not quiet, distill=distill)
-    run_finetune(data, out=out, settings=settings, log=click.echo)
+    run_finetune(data, out=out, settings=settings, log=click.echo, name=name)
 
 
 @cli.command()

@@ -15,6 +15,7 @@ import numpy as np
 
 from common.files import written_together
 from common.names import printable
+from featurize import display_name
 
 from .audit_checks import untellable
 
@@ -89,7 +90,7 @@ def _path(data, row: int) -> str:
 
 
 def _markdown(data, split, findings: list, counts: dict, scores: dict, alike: float) -> str:
-    lines = [f"# audit: {data.dataset} ({Path(data.path).name})", ""]
+    lines = [f"# audit: {display_name(data.dataset)} ({Path(data.path).name})", ""]
     lines += [f"{len(data.y)} images; " + ", ".join(f"{counts[i]} {i}" for i in ISSUES), ""]
     if split.name == "holdout":
         lines += ["No val/ or test/ split: leaks are not checked (no held-out images of the store's own).", ""]
@@ -130,7 +131,7 @@ def _html(data, findings: list, counts: dict, typical: dict, markdown: str) -> s
         more = f" (the {SHOWN} most suspicious; issues.csv lists all)" if counts[issue] > SHOWN else ""
         sections.append(f'<h2 id="{issue}">{issue}: {counts[issue]}{more}</h2>{items}')
     jumps = " · ".join(f'<a href="#{i}">{i}: {counts[i]}</a>' if counts[i] else f"{i}: 0" for i in ISSUES)
-    title = html.escape(printable(f"audit: {data.dataset}"))
+    title = html.escape(printable(f"audit: {display_name(data.dataset)}"))
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:sans-serif;margin:2em}} .f{{display:inline-block;margin:6px;padding:4px;

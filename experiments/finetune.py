@@ -160,12 +160,13 @@ class FinetunePlan(NamedTuple):
     folder: Path  # where it writes
 
 
-def plan_finetune(data, out, settings: FinetuneSettings, heldout_paths=None) -> FinetunePlan:
+def plan_finetune(data, out, settings: FinetuneSettings, heldout_paths=None, name: str | None = None) -> FinetunePlan:
     """The images, their split, the backbone and the output folder, or a clear error for the first
     thing that is wrong; `heldout_paths`: compare's held-out images, scored instead of a hold-out
-    drawn here (data without val/ or test/)."""
+    drawn here (data without val/ or test/); `name`: the dataset's readable name, as `extract --name`
+    gave it (the folder is OUT/finetune/<dataset>-<backbone>/, where compare looks for it)."""
     settings.check()
-    images = discover(data)
+    images = discover(data, name)
     rows = finetune_rows(images, data, settings.seed, heldout_paths)
     backbone = get_backbone(settings.backbone)
     if settings.distill is not None:
@@ -181,15 +182,17 @@ def run_finetune(
     log=print,
     heldout_paths=None,
     cache_key: str | None = None,
+    name: str | None = None,
     **overrides,
 ) -> Path:
     """Fine-tune and save; returns the folder it wrote. `overrides` are FinetuneSettings fields
-    (epochs=2, weights="random", ...); `cache_key` goes into the record (compare's reuse key).
+    (epochs=2, weights="random", ...); `cache_key` goes into the record (compare's reuse key);
+    `name`: the dataset's readable name (`extract --name`), which names the folder.
     Everything a user can get wrong is refused before anything is made."""
     import torch
 
     settings = replace(settings or FinetuneSettings(), **overrides)
-    images, rows, backbone, folder = plan_finetune(data, out, settings, heldout_paths)
+    images, rows, backbone, folder = plan_finetune(data, out, settings, heldout_paths, name)
     compute = settings.compute()
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)

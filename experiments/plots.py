@@ -131,20 +131,36 @@ def _tsne(vectors: np.ndarray, seed: int) -> np.ndarray:
 # -- explain ---------------------------------------------------------------------------------------
 
 
+# What a heatmap's numbers are, by method (experiments.heatmaps): its colour bar's label
+HEAT_SCALES = {
+    "class activation map": "the class's score at each place\n(their mean + the bias = its score)",
+    "occlusion": "drop of the class's probability\nwhen the place is covered",
+}
+
+
 def heatmap_png(heatmap, source: str) -> bytes:
+    """An explain heatmap over its image, with its colour bar (see heatmap_figure), as PNG bytes."""
+    return png(heatmap_figure(heatmap, source), tight=True)
+
+
+def heatmap_figure(heatmap, source: str):
     """An explain heatmap (experiments.heatmaps.Heatmap) over its image, titled with the class, its
-    probability, the method and the image's file name."""
+    probability, the method and the image's file name; beside it a colour bar in the heat's own
+    units (from its lowest to its highest value, as the colours are stretched)."""
     height, width = heatmap.image.shape[:2]
-    figure, axis = pyplot().subplots(figsize=(5, 5 * height / width + 0.4))
+    figure, axis = pyplot().subplots(figsize=(6, 5 * height / width + 0.4))
     axis.imshow(heatmap.image)
-    axis.imshow(heatmap.heat, cmap="jet", alpha=0.45, extent=(0, width, height, 0), interpolation="bilinear")
+    heat = axis.imshow(heatmap.heat, cmap="jet", alpha=0.45, extent=(0, width, height, 0), interpolation="bilinear")
     axis.set_title(
         f"{printable(heatmap.class_name)} (p={heatmap.probability:.2f}) - {heatmap.method}\n"
         f"{printable(Path(source).name)}",
         fontsize=9,
     )
     axis.axis("off")
-    return png(figure, tight=True)
+    bar = figure.colorbar(heat, ax=axis, fraction=0.046, pad=0.03)
+    bar.set_label(HEAT_SCALES.get(heatmap.method, "heat"), fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    return figure
 
 
 def tiles_png(tiles: np.ndarray, title: str) -> bytes:

@@ -8,8 +8,8 @@ rearranged without touching them. Importing it imports no torch (`cnnfeat --help
   depend on: its config and fingerprint), `iter_vectors` and its pieces (`ImageDataset`,
   `collate_readable`, `checked_batches`), the device policy (`resolve_device`, `default_workers`);
 - the store: `load_features`, `Features`, `Storage`, `take_rows`, `library_versions`;
-- images: finding them (`discover`, `find_images`, `file_identity`), decoding them (`load_image`,
-  `decode_upload`, `pil_to_rgb_tensor`);
+- images: finding them (`discover`, `find_images`, `file_identity`), a dataset's name for a title
+  (`display_name`), decoding them (`load_image`, `decode_upload`, `pil_to_rgb_tensor`);
 - backbones and engines: the registry (`BACKBONES`, `get_backbone`, `list_backbones`, `register`),
   `load_embedder`, `export_backbone`, `cpu_session`;
 - fused features (`fuse_features`), Ray (`connect_ray`), the digits demo (`write_digits`);
@@ -33,7 +33,7 @@ from .batches import ImageDataset, checked_batches, collate_readable, iter_vecto
 from .decoding import UnreadableImage, decode_upload, load_image, pil_to_rgb_tensor
 from .demo_data import write_digits
 from .devices import default_workers, resolve_device
-from .discovery import ImageList, discover, file_identity, find_images
+from .discovery import ImageList, discover, display_name, file_identity, find_images
 from .distributed import connect_ray
 from .engines import ENGINES, ONNX_OPSET, compute_precision, cpu_session, export_backbone, load_embedder, resolve_engine
 from .extract import ExtractResult, extract
@@ -80,6 +80,7 @@ __all__ = [
     "UnreadableImage",
     "decode_upload",
     "discover",
+    "display_name",
     "file_identity",
     "find_images",
     "load_image",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,6 +85,26 @@ def dataset_name(readable: str, source: Path) -> str:
     return f"{safe_name(readable)}-{hashlib.sha256(os.fsencode(source)).hexdigest()[:8]}"  # any name, UTF-8 or not
 
 
+HASHED = re.compile(r"(.+)-[0-9a-f]{8}")
+
+
+def display_name(dataset: str) -> str:
+    """A dataset's name for a title: its readable part, without the `-<8 hex>` of where the data is
+    (that stays in file names, which it keeps apart); a name without that end, as it is."""
+    match = HASHED.fullmatch(dataset)
+    return match.group(1) if match else dataset
+
+
+def check_dataset_name(name: str) -> str:
+    """An `extract --name`, refused (one line) unless something of it can name a file."""
+    if not re.sub(r"[^A-Za-z0-9]", "", name):
+        raise DataError(
+            f"--name {name!r}: nothing in it can name a file; give one with letters or digits "
+            "(and . _ + -; anything else becomes _)"
+        )
+    return name
+
+
 def _sorted_labels(names) -> list[str]:
     names = set(names)
     if all(n.lstrip("-").isdigit() for n in names):  # "10" after "9", as a person expects
@@ -91,16 +112,21 @@ def _sorted_labels(names) -> list[str]:
     return sorted(names)
 
 
-def discover(data: str | os.PathLike) -> ImageList:
+def discover(data: str | os.PathLike, name: str | None = None) -> ImageList:
     """Index a dataset. `data` is one of: split folders (train/ val/ [test/], each of class
     folders); class folders with no split; a text file of `path label` lines (paths relative to
     the file's folder, split taken from its name); or a folder holding train.txt / val.txt /
-    test.txt lists."""
+    test.txt lists. `name`: the readable part of the dataset's name instead of the folder's (or
+    the list file's); its hash is the same either way."""
+    if name is not None:
+        check_dataset_name(name)
     data = Path(data).expanduser()
     if not data.exists():
         raise DataError(f"--data {data}: no such file or folder")
     images = _discover(data)
     images.source = str(data.resolve())
+    if name is not None:  # the same hash (of where the data is), after another readable part
+        images.name = f"{safe_name(name)}-{images.name.rsplit('-', 1)[1]}"
     return images
 
 

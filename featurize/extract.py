@@ -72,6 +72,7 @@ class RunOptions:
     strict: bool = False  # an unreadable image fails the run (after the store is written)
     trust_pickle: bool = False  # a --weights file may hold pickled objects (loading them runs its code)
     verify: bool = False  # check every stored vector against its checksum
+    name: str | None = None  # the dataset's readable name (None: its folder's); names the file, not its vectors
 
 
 # Over a screen only in its keyword list and its docstring: the library's front door, whose keywords
@@ -92,6 +93,7 @@ def extract(
     storage: Storage = Storage(),
     tta: str = "none",
     verify: bool = False,
+    name: str | None = None,
 ) -> ExtractResult:
     """Bring the feature store of `data` under `out` up to date and return what was done.
 
@@ -101,7 +103,8 @@ def extract(
     still writes the store. `storage`: the vectors' dtype and compression on disk. `tta`: "flip"
     stores the mean of each image's vector and its mirror image's (its own file and fingerprint).
     `verify`: check every stored vector against its checksum (also done when a reader has left the
-    store's damage mark) and extract the images of damaged ones again."""
+    store's damage mark) and extract the images of damaged ones again. `name`: the readable part of
+    the dataset's name (and of the file's) instead of the folder's; the same name finds the same file."""
     device = run_device(device, ray)
     check_tta(tta)
     options = RunOptions(
@@ -116,6 +119,7 @@ def extract(
         strict=strict,
         trust_pickle=trust_pickle,
         verify=verify,
+        name=name,
     )
     try:
         return _extract(data, backbone, weights, Path(out), options)
@@ -146,7 +150,7 @@ class Run:
 
 def _extract(data, backbone: str, weights: str | None, out: Path, options: RunOptions) -> ExtractResult:
     started = time.perf_counter()
-    images = discover(data)
+    images = discover(data, options.name)
     spec = FeatureSpec(
         get_backbone(backbone),
         weights,

@@ -103,6 +103,29 @@ def test_extract_then_up_to_date(class_folders, tmp_path):
     assert "7 images: 7 extracted" in half.output and "resnet18-random-float16.h5" in half.output
 
 
+def test_extract_name_names_the_file_keeps_the_hash_and_finds_the_file_again(class_folders, tmp_path):
+    from featurize import load_features
+
+    common = ("--data", class_folders, "--out", tmp_path, "--backbone", "resnet18", "--weights", "random")
+    plain = run("extract", *common, "--workers", "0", "--quiet")
+    where = re.search(r"pets-([0-9a-f]{8})-resnet18-random\.h5", plain.output).group(1)
+    named = run("extract", *common, "--name", "garden pets", "--workers", "0", "--quiet")
+    store = tmp_path / "features" / f"garden_pets-{where}-resnet18-random.h5"
+    assert "7 images: 7 extracted" in named.output and named.output.endswith(f"features: {store}\n"), named.output
+    assert load_features(store).dataset == f"garden_pets-{where}"
+    again = run("extract", *common, "--name", "garden pets")
+    assert "up to date: 7 images, nothing to extract" in again.output and str(store) in again.output
+    assert sorted(p.name for p in (tmp_path / "features").glob("*.h5")) == [
+        store.name,
+        f"pets-{where}-resnet18-random.h5",
+    ]
+    for unusable in ("", "///"):
+        assert_one_line_error(run("extract", *common, "--name", unusable), "--name", "nothing in it can name a file")
+    code, said = cli_process("extract", "--data", class_folders, "--out", tmp_path, "--name", " ")
+    assert_ends_in_one_error_line(code, said, "--name ' ': nothing in it can name a file")
+    assert "--name NAME" in run("extract", "--help").output
+
+
 def test_unreadable_images_named_exit_0_unless_strict(class_folders, tmp_path):
     (class_folders / "cats" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
     args = [

@@ -301,6 +301,28 @@ def test_a_file_without_val_audits_its_training_rows_and_says_why_there_are_no_l
     assert {"red/0.png", "red/copy.png"} in [{r["path"], r["other_path"]} for r in rows if r["issue"] == "duplicate"]
 
 
+def test_the_audit_is_titled_by_the_dataset_s_name_without_its_hash(tmp_path):
+    """`extract --name`'s name (or the folder's) heads audit.md, the printed report and the page's
+    title; the file names keep the hash that tells two folders of one name apart."""
+    import re
+
+    from tests.conftest import write_image
+
+    for label, tint in (("red", (1, 0.4, 0.4)), ("blue", (0.4, 0.4, 1))):
+        for i in range(9):
+            write_image(tmp_path / "data" / label / f"{i}.png", i, tint=tint)
+    random_weights = ("--backbone", "resnet18", "--weights", "random", "--workers", "0")
+    named = ("--name", "Garden pets")
+    assert run("extract", "--data", tmp_path / "data", *named, *random_weights, "--out", tmp_path).exit_code == 0
+    result = run("audit", "--cv", "3", "--out", tmp_path, "--quiet")
+    assert result.exit_code == 0, result.output
+    folder = next((tmp_path / "audit").iterdir())
+    assert re.fullmatch(r"Garden_pets-[0-9a-f]{8}-resnet18-random", folder.name)
+    heading = f"# audit: Garden_pets ({folder.name}.h5)"
+    assert (folder / "audit.md").read_text().splitlines()[0] == heading and heading in result.output
+    assert "<title>audit: Garden_pets</title>" in (folder / "audit.html").read_text()
+
+
 def test_the_inverted_file_index_finds_the_near_copies_the_exact_one_finds(monkeypatch):
     """Past EXACT_ROWS rows the search is faiss IVF: near-copies must still be found, and a row is
     never its own neighbour (a subset index maps back to the table's rows)."""

@@ -157,3 +157,21 @@ def test_feature_maps_are_the_strongest_channels_and_filters_the_first_kernels(t
     np.testing.assert_allclose(maps.mean(axis=(1, 2)), strongest, rtol=1e-5)
     kernels, name = first_layer_filters(model)
     assert kernels.shape == (64, 7, 7, 3) and name == "resnet18 conv1" and kernels.min() == 0 and kernels.max() == 1
+
+
+@pytest.mark.parametrize(
+    "method,unit", [("occlusion", "drop of the class's probability"), ("class activation map", "the class's score")]
+)
+def test_a_heatmap_has_a_colour_bar_in_the_heat_s_own_units(method, unit):
+    from experiments.heatmaps import Heatmap
+    from experiments.plots import heatmap_figure, heatmap_png, pyplot
+
+    heat = np.linspace(-0.2, 0.7, 49).reshape(7, 7)
+    heatmap = Heatmap(np.zeros((60, 90, 3), np.uint8), heat, "red", 0.9, method)
+    figure = heatmap_figure(heatmap, "some/red.png")
+    image_axis, bar_axis = figure.axes  # the picture, and its colour bar beside it
+    assert bar_axis.get_ylabel().replace("\n", " ").startswith(unit)
+    assert np.allclose(bar_axis.get_ylim(), (-0.2, 0.7))  # from the lowest heat to the highest, as drawn
+    assert bar_axis.get_position().x0 > image_axis.get_position().x1
+    pyplot().close(figure)
+    assert heatmap_png(heatmap, "some/red.png").startswith(b"\x89PNG")  # what explain writes is that figure

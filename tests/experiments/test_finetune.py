@@ -203,6 +203,23 @@ def test_epoch_is_chosen_on_train_and_compare_ranks_it_on_its_own_heldout_images
     assert "scores other images than compare (1 of compare's missing" in outcome.failures[0][2]
 
 
+def test_finetune_name_lands_where_compare_looks_beside_the_feature_file_of_that_name(tmp_path):
+    data = _two_class_data(tmp_path / "d")
+    random_weights = ("--backbone", "resnet18", "--weights", "random", "--workers", "0", "--quiet")
+    named = ("--data", data, "--name", "my set", "--out", tmp_path, *random_weights)
+    assert_one_line_error(run("finetune", *named[:2], "--name", "", "--out", tmp_path), "--name ''")
+    tuned = run("finetune", *named, "--epochs", "1")
+    assert tuned.exit_code == 0, tuned.output
+    folder = next((tmp_path / "finetune").iterdir())
+    assert folder.name.startswith("my_set-") and folder.name.endswith("-resnet18")
+    extracted = run("extract", *named)
+    assert extracted.exit_code == 0, extracted.output
+    store = next((tmp_path / "features").glob("my_set-*.h5"))
+    assert store.name == folder.name + "-random.h5"
+    outcome = compare(features=[store], out=tmp_path, clf="knn", cv=2, jobs=1, log=lambda _: None)
+    assert sorted(r.head for r in outcome.rows) == ["finetuned", "knn"]  # found beside the file of that name
+
+
 def test_compare_finetune_on_folders_without_a_split_scores_the_same_held_out_images(tmp_path):
     """Class folders with no val/: `cli.py compare --finetune` fine-tunes on compare's own seeded
     hold-out, and ranks the row on exactly the held-out images of the heads - also when an image the

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from featurize import DataError, discover
+from featurize import DataError, discover, display_name
 from tests.conftest import write_image
 
 
@@ -97,6 +97,32 @@ def test_discovery_holds_strings_not_path_objects(tmp_path):
     assert images.paths[1] == "class0/00008.jpg" and images.paths[-1] == "class3/deep/19995.jpg"
     assert all(type(p) is str for p in images.paths)
     assert peak / files < 150, f"{peak / files:.0f} bytes a file"  # measured: 102 (the Path objects: 384)
+
+
+def test_a_given_name_replaces_the_folder_s_and_keeps_its_hash(tmp_path, class_folders):
+    plain = discover(class_folders)
+    named = discover(class_folders, name="garden pets")
+    assert named.name == "garden_pets-" + plain.name.removeprefix("pets-")  # made a plain file-name part
+    assert named.paths == plain.paths and named.class_names == plain.class_names
+    (tmp_path / "train.txt").write_text("pets/cats/c0.png cat\n")
+    listed, named_list = discover(tmp_path / "train.txt"), discover(tmp_path / "train.txt", name="cats")
+    assert named_list.name == "cats-" + listed.name.rsplit("-", 1)[1] and listed.name != plain.name
+
+
+@pytest.mark.parametrize("name", ["", "   ", "///", "._-+", "日本"])
+def test_a_name_with_nothing_to_name_a_file_by_is_refused(class_folders, name):
+    with pytest.raises(DataError, match=r"--name .*: nothing in it can name a file"):
+        discover(class_folders, name=name)
+
+
+def test_display_name_drops_the_hash_of_where_the_data_is(class_folders):
+    assert display_name(discover(class_folders).name) == "pets"
+    assert display_name(discover(class_folders, name="pets-2024").name) == "pets-2024"
+    assert display_name("data-32517dac") == "data"
+    assert display_name("my_photos__2024_-0a1b2c3d") == "my_photos__2024_"
+    assert display_name("cafe-deadbeef-0a1b2c3d") == "cafe-deadbeef"  # only the last: the hash
+    for unhashed in ("data", "data-32517DAC", "data-32517da", "data-32517dac0", "-32517dac", "data_32517dac"):
+        assert display_name(unhashed) == unhashed
 
 
 def test_missing_and_empty_folders_are_clear_errors(tmp_path):
