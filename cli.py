@@ -499,8 +499,13 @@ def compare(
     click.echo("")
     click.echo(outcome.markdown)
     click.echo(
-        f"report: {printable(outcome.report_dir)}/report.html (+ report.md, .csv, .json, predictions/, "
-        f"confusion/, summary.png, embedding.png, models/)"
+        f"report: {printable(outcome.report_dir)}/report.html (+ report.md with per-class scores, .csv, .json, "
+        f"predictions/, confusion/, summary.png, per_class.png, embedding.png, models/)"
+    )
+    chosen = outcome.recommendation.row
+    click.echo(
+        f"use: {chosen.backbone} {chosen.head}, {printable(chosen.model_path or '(not saved)')} "
+        f"(why: the report's Recommendation)"
     )
 
 

@@ -523,7 +523,15 @@ def _finetune_unless_unchanged(data, settings, run: CompareRun, out) -> None:
             f"{data.backbone} {FINETUNE_ROW}: replacing the fine-tune in {folder} (made by `finetune`, or from "
             "other settings or images)"
         )
-    run_finetune(_images_of(data), out=out, settings=settings, log=run.log, heldout_paths=drawn, cache_key=key)
+    run_finetune(
+        _images_of(data),
+        out=out,
+        settings=settings,
+        log=run.log,
+        heldout_paths=drawn,
+        cache_key=key,
+        name=display_name(data.dataset),  # where finetuned_row looks, also for a dataset named by `extract --name`
+    )
 
 
 def _check_finetunes(stores, run: CompareRun, out) -> None:
@@ -536,7 +544,7 @@ def _check_finetunes(stores, run: CompareRun, out) -> None:
             continue
         try:
             split = train_eval_split(data, run.settings.search.seed)
-            plan = plan_finetune(_images_of(data), out, settings, _drawn(data, split))
+            plan = plan_finetune(_images_of(data), out, settings, _drawn(data, split), display_name(data.dataset))
             plan.backbone.load(settings.weights)  # weights that must be downloaded fail here
         except CnnfeatError as error:
             raise CnnfeatError(

@@ -40,22 +40,66 @@ def png(figure, tight: bool = False) -> bytes:
 # -- the report --------------------------------------------------------------------------------------
 
 
+CONFUSION_ANNOTATED_AT_MOST = 25  # classes whose cells are written in; above, the colours alone
+TITLE_CHARACTERS_PER_INCH = 13  # at fontsize 9: how much of a title fits a figure's width
+
+
 def confusion_png(row) -> bytes:
-    """A compare row's confusion matrix on its held-out images (its classes first, then any other label)."""
-    plt = pyplot()  # before scikit-learn's display imports matplotlib
-    from sklearn.metrics import ConfusionMatrixDisplay
+    """A compare row's confusion matrix on its held-out images (its classes first, then any other
+    label), each true class's row normalised to 1, with the counts; sized to the number of classes,
+    the title wrapped to fit."""
+    from sklearn.metrics import confusion_matrix
 
     labels = sorted(set(row.truth) | set(row.predicted), key=lambda c: (c not in row.classes, str(c)))
-    figure, axes = plt.subplots(figsize=(2 + 0.5 * len(labels), 1.6 + 0.5 * len(labels)))
-    ConfusionMatrixDisplay.from_predictions(
-        row.truth,
-        row.predicted,
-        labels=labels,
-        ax=axes,
-        colorbar=False,
-        display_labels=[printable(label) for label in labels],
-    )
-    axes.set_title(f"{row.backbone} {row.head}: accuracy {row.metrics['accuracy']:.3f}", fontsize=9)
+    counts = confusion_matrix(row.truth, row.predicted, labels=labels)
+    shares = counts / counts.sum(axis=1, keepdims=True).clip(min=1)
+    side = min(3.0 + 0.45 * len(labels), 24.0)
+    figure, axes = pyplot().subplots(figsize=(side + 1.0, side))
+    shown = axes.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    figure.colorbar(shown, ax=axes, fraction=0.046, pad=0.04, label="share of the true class")
+    names = [printable(label) for label in labels]
+    axes.set_xticks(range(len(labels)), names, rotation=90 if len(labels) > 4 else 0, fontsize=8)
+    axes.set_yticks(range(len(labels)), names, fontsize=8)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    if len(labels) <= CONFUSION_ANNOTATED_AT_MOST:
+        for (i, j), share in np.ndenumerate(shares):
+            colour = "white" if share > 0.5 else "black"
+            axes.text(j, i, f"{share:.2f}\n{counts[i, j]}", ha="center", va="center", fontsize=7, color=colour)
+    title = f"{row.backbone} {row.head}: accuracy {row.metrics['accuracy']:.3f}"
+    axes.set_title(fitted_title(title, side), fontsize=9)
+    figure.tight_layout()
+    return png(figure)
+
+
+def fitted_title(title: str, inches: float) -> str:
+    """The title wrapped to the figure's width, at most 3 lines (then cut, with an ellipsis; a
+    caption beside the picture gives it whole)."""
+    import textwrap
+
+    lines = textwrap.wrap(printable(title), max(12, int(inches * TITLE_CHARACTERS_PER_INCH)), break_on_hyphens=False)
+    if len(lines) > 3:
+        lines = lines[:3]
+        lines[-1] = lines[-1][:-1] + "…"
+    return "\n".join(lines)
+
+
+def per_class_png(scores: dict) -> bytes:
+    """F1 per class, one bar per row named (`scores`: {row name: per_class.class_scores}), the
+    classes in the first row's order."""
+    names = list(scores)
+    classes = [s["class"] for s in scores[names[0]]]
+    f1 = {name: {s["class"]: s["f1"] for s in rows} for name, rows in scores.items()}
+    height = 0.8 / len(names)
+    figure, axes = pyplot().subplots(figsize=(7, 1.5 + 0.25 * len(classes) * len(names)))
+    places = np.arange(len(classes))
+    for k, name in enumerate(names):
+        axes.barh(places + k * height, [f1[name].get(c, 0.0) for c in classes], height, label=fitted_title(name, 4))
+    axes.set_yticks(places + height * (len(names) - 1) / 2, [printable(c) for c in classes], fontsize=8)
+    axes.invert_yaxis()
+    axes.set_xlim(0, 1)
+    axes.set_xlabel("F1 on the held-out images")
+    axes.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(names), frameon=False)
     figure.tight_layout()
     return png(figure)
 

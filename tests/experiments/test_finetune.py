@@ -181,6 +181,44 @@ def test_compare_reuses_an_unchanged_finetune_and_fits_a_changed_one(tmp_path):
     assert_one_line_error(run("compare", "--finetune-epochs", "3", "--out", out), "need --finetune")
 
 
+def test_a_backbone_with_two_feature_files_is_fine_tuned_once_and_ranked_once(tmp_path):
+    """A plain compare takes every feature file of the dataset: a backbone's plain and --tta flip
+    files are two files but one network, so one fine-tune and one fine-tuned row (not the same
+    fine-tune twice, or the second replacing the first)."""
+    data = _two_class_data(tmp_path / "d")
+    out = tmp_path / "out"
+    for tta in ("none", "flip"):
+        extracted = run(
+            "extract", "--data", data, "--backbone", "resnet18", "--weights", "random", "--tta", tta, "--out", out,
+            "--quiet",
+        )  # fmt: skip
+        assert extracted.exit_code == 0, extracted.output
+    compare_finetune = ("compare", "--clf", "knn", "--cv", "2", "--finetune", "--finetune-epochs", "1", "--out", out)
+    first = run(*compare_finetune, "--quiet")
+    assert first.exit_code == 0, first.output
+    report = json.loads(next(out.glob("reports/*+*/report.json")).read_text())
+    assert [r["backbone"] for r in report["rows"] if r["head"] == "finetuned"] == ["resnet18-random-flip"]
+    again = run(*compare_finetune, "--quiet")
+    assert again.output.count("nothing changed since") == 1 and "replacing" not in again.output
+
+
+def test_compare_finetune_of_a_dataset_named_at_extract_ranks_its_fine_tune(tmp_path):
+    """`extract --name` names the dataset; `compare --finetune` fine-tunes into the folder of that
+    name, where it then looks (it once wrote under the folder's name and left the row out silently)."""
+    data = _two_class_data(tmp_path / "d")
+    out = tmp_path / "out"
+    extracted = run(
+        "extract", "--data", data, "--name", "shop", "--backbone", "resnet18", "--weights", "random", "--out", out,
+        "--quiet",
+    )  # fmt: skip
+    assert extracted.exit_code == 0, extracted.output
+    compared = run("compare", "--clf", "knn", "--cv", "2", "--finetune", "--finetune-epochs", "1", "--out", out)
+    assert compared.exit_code == 0, compared.output
+    assert [p.name.split("-")[0] for p in out.glob("finetune/*")] == ["shop"]
+    report = json.loads(next(out.glob("reports/shop-*/report.json")).read_text())
+    assert "finetuned" in [r["head"] for r in report["rows"]]
+
+
 def test_epoch_is_chosen_on_train_and_compare_ranks_it_on_its_own_heldout_images(tmp_path):
     data = _two_class_data(tmp_path / "d")
     folder = run_finetune(data=data, backbone="resnet18", weights="random", out=tmp_path, epochs=2, workers=0, **QUIET)
