@@ -106,17 +106,22 @@ def _markdown(data, split, findings: list, counts: dict, scores: dict, alike: fl
         per_issue = [sum(f.issue == i and data.y[f.row] == index for f in findings) for i in ISSUES]
         lines.append(f"| {name} | " + " | ".join(map(str, per_issue)) + " |")
     if scores:
-        said = (
-            f"Held-out ({scores['evaluated_on']}) accuracy of the head fitted on train: {scores['accuracy']:.4f} on "
-            f"{scores['n']} images"
-        )
-        if "n_without_leaks" in scores:
-            without = scores["accuracy_without_leaks"]
-            said += f"; without the {scores['n'] - scores['n_without_leaks']} leaked ones: " + (
-                "-" if without is None else f"{without:.4f} on {scores['n_without_leaks']}"
-            )
-        lines += ["", said]
+        lines += ["", _scores_line(scores)]
     return "\n".join(lines) + "\n"
+
+
+def _scores_line(scores: dict) -> str:
+    """The held-out accuracy of the head fitted on train, with and without the leaked images."""
+    said = (
+        f"Held-out ({scores['evaluated_on']}) accuracy of the head fitted on train: {scores['accuracy']:.4f} on "
+        f"{scores['n']} images"
+    )
+    if "n_without_leaks" in scores:
+        without = scores["accuracy_without_leaks"]
+        said += f"; without the {scores['n'] - scores['n_without_leaks']} leaked ones: " + (
+            "-" if without is None else f"{without:.4f} on {scores['n_without_leaks']}"
+        )
+    return said
 
 
 def _html(data, findings: list, counts: dict, typical: dict, markdown: str) -> str:

@@ -54,24 +54,35 @@ def heldout_split(images, data, seed: int, heldout_paths=None) -> tuple[list[int
     """(training images, held-out images, the held-out split's name): train/ and val/ (else test/);
     without them, the seeded stratified hold-out `compare` draws (experiments.splits.holdout_rows) of
     train/ (or of every image), or exactly `heldout_paths` where compare gives its own."""
-    train = [i for i, s in enumerate(images.splits) if s == "train"]
+    train = _rows_of(images, "train")
     named = next((s for s in SCORED_SPLITS if s in images.splits), None) if train else None
     if named and heldout_paths is None:
-        return train, [i for i, s in enumerate(images.splits) if s == named], named
+        return train, _rows_of(images, named), named
     pool = np.asarray(train or range(len(images.paths)), dtype=np.int64)
     if heldout_paths is not None:
-        wanted = set(heldout_paths)
-        held = np.asarray([i for i in pool if images.paths[i] in wanted], dtype=np.int64)
-        if named or len(held) < len(wanted):
-            raise CnnfeatError(
-                f"the images in {data} have changed since extraction ({len(wanted) - len(held)} of compare's "
-                f"{len(wanted)} held-out images gone{f', a {named}/ split added' if named else ''}): run "
-                "`cnnfeat extract` on it again"
-            )
+        held = _given_heldout(images, pool, heldout_paths, named, data)
     else:
         paths, labels = [images.paths[i] for i in pool], [images.labels[i] for i in pool]
         held = pool[holdout_rows(paths, labels, seed, str(data))[1]]
     return sorted(set(pool.tolist()) - set(held.tolist())), sorted(held.tolist()), "holdout"
+
+
+def _rows_of(images, split: str) -> list[int]:
+    return [i for i, s in enumerate(images.splits) if s == split]
+
+
+def _given_heldout(images, pool: np.ndarray, heldout_paths, named: str | None, data) -> np.ndarray:
+    """The rows of `pool` that compare holds out (`heldout_paths`); refused where the images changed
+    since compare's feature file was extracted (one of them gone, or a split folder added)."""
+    wanted = set(heldout_paths)
+    held = np.asarray([i for i in pool if images.paths[i] in wanted], dtype=np.int64)
+    if named or len(held) < len(wanted):
+        raise CnnfeatError(
+            f"the images in {data} have changed since extraction ({len(wanted) - len(held)} of compare's "
+            f"{len(wanted)} held-out images gone{f', a {named}/ split added' if named else ''}): run "
+            "`cnnfeat extract` on it again"
+        )
+    return held
 
 
 def train_loader(images, rows: list[int], transform, compute: Compute, generator):

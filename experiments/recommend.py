@@ -91,9 +91,14 @@ def recommend(rows: list[Row], backbones: dict, timer=None, log=print) -> Recomm
     names = {name for row in contenders for name in backbones.get(row.backbone, ())}
     backbone_ms = _backbone_times(names, timer or backbone_ms_per_image, log) if len(names) > 1 else {}
     ms = {id(row): _row_ms(row, backbones.get(row.backbone, ()), backbone_ms) for row in contenders}
+    return Recommendation(_fastest(contenders, ms), best, contenders, ms, backbone_ms)
+
+
+def _fastest(contenders: list[Row], ms: dict) -> Row:
+    """The contender with the fewest ms per image (the first, most accurate, of equals); the best
+    where none was timed."""
     timed = [row for row in contenders if ms[id(row)] is not None]
-    chosen = min(timed, key=lambda row: ms[id(row)]) if timed else best  # min keeps the first (best) of equals
-    return Recommendation(chosen, best, contenders, ms, backbone_ms)
+    return min(timed, key=lambda row: ms[id(row)]) if timed else contenders[0]
 
 
 def _not_worse(row: Row, best: Row) -> bool:
