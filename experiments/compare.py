@@ -101,7 +101,8 @@ class CompareRun:
 
     leaked: dict = field(default_factory=dict)  # feature label -> held-out paths with a near-copy in train
     backbones: dict = field(default_factory=dict)  # feature label -> the forward passes its vectors need
-    finetuned: set = field(default_factory=set)  # (backbone, weights) whose fine-tuned row is in the table
+    plain: set = field(default_factory=set)  # labels of each backbone's plain file: its fine-tune's, fused by default
+    by_default: bool = False  # the files are every one of the dataset's (no --features)
 
     def note(self, text: str) -> None:
         self.notes.append(text)
@@ -138,7 +139,8 @@ def compare(
     paths, stores = _load_stores(features, out, log)
     folder = ensure_writable(report_dir(out, _report_name(stores)))
     with exclusive(folder, "cnnfeat compare"):  # one writer per report folder: its rows and models agree
-        run = CompareRun(settings, heads, ensembles, folder, log)
+        run = CompareRun(settings, heads, ensembles, folder, log, by_default=not features)
+        run.plain = {feature_label(data) for data in _one_per_network(stores)}
         _check_finetunes(stores, run, out)
         return _compare_into(run, stores, paths, out)
 
@@ -226,7 +228,7 @@ def _compare_into(run: CompareRun, stores, paths, out) -> CompareOutcome:
     search = run.settings.search
     score_rows(rows, search.scoring, search.seed)
     run.notes += _leak_note(rows[0], run)
-    recommendation = recommend(rows, run.backbones, log=run.log)
+    recommendation = recommend(rows, run.backbones, search.scoring, log=run.log)
     markdown = write_report(
         run.report_dir,
         rows,
@@ -257,12 +259,30 @@ def _model_notes(rows: list[Row]) -> list[str]:
 
 
 def _fused(stores, run: CompareRun):
-    """Each image's vectors of the several feature files joined (--fuse), or None."""
+    """Each image's vectors of the several feature files joined (--fuse), or None. Taken by default
+    (no --features), only each backbone's plain file joins (a backbone beside its own mirror-averaged
+    vectors is no fusion), and files that cannot be joined leave out the fused rows, with a note."""
+    if run.by_default:
+        stores = [data for data in stores if feature_label(data) in run.plain]
     if len(stores) < 2 or run.settings.fuse == "none":
         return None
-    fused, notes = fuse_features(stores, run.log)
+    try:
+        fused, notes = fuse_features(stores, run.log)
+    except CnnfeatError as error:
+        if not run.by_default:
+            raise
+        run.note(f"no fused rows: {error} (--features chooses the files, --fuse none leaves fusion out)")
+        return None
     run.notes.extend(notes)
     return fused
+
+
+def _one_per_network(stores) -> list:
+    """Of each backbone and weights, its plain file: no --tta, float32 (the others are its variants)."""
+    chosen = {}
+    for data in sorted(stores, key=lambda d: ("tta" in d.config, "storage_dtype" in d.config, feature_label(d))):
+        chosen.setdefault((data.backbone, data.weights_source), data)
+    return list(chosen.values())
 
 
 def _file_rows(data, run: CompareRun, out) -> FileRows:
@@ -493,11 +513,10 @@ def _finetuned_rows(file: FeatureFile, run: CompareRun, out) -> list[Row]:
     """The fine-tuned network's row (fine-tuned first under --finetune, from pretrained or random
     weights only, scored on compare's own held-out images): none where there is no fine-tune of
     this backbone, a failure where it cannot be ranked beside the heads. A backbone's second feature
-    file (its --tta flip or float16 variant) gets none: one fine-tune per backbone and weights, one row."""
-    network = (file.data.backbone, file.data.weights_source)
-    if network in run.finetuned:
+    file (its --tta flip or float16 variant) gets none: one fine-tune per backbone and weights, one
+    row, beside the plain file."""
+    if file.label not in run.plain:
         return []
-    run.finetuned.add(network)
     settings = _finetune_settings(file.data, run)
     try:
         if settings is not None:
@@ -540,7 +559,7 @@ def _check_finetunes(stores, run: CompareRun, out) -> None:
     cannot run fails now, in one line, and not after minutes of searching."""
     for data in stores:
         settings = _finetune_settings(data, run)
-        if settings is None:
+        if settings is None or feature_label(data) not in run.plain:
             continue
         try:
             split = train_eval_split(data, run.settings.search.seed)

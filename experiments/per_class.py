@@ -14,6 +14,7 @@ import numpy as np
 MISTAKES_PER_CLASS = 3  # wrong held-out images shown per true class
 CONFUSED_PAIRS = 5  # pairs of classes listed
 THUMBNAIL_PIXELS = 112  # the longer side of a thumbnail
+THUMBNAIL_SOURCE_PIXELS = 50_000_000  # larger images (after a JPEG's reduced decoding) get no thumbnail
 
 
 def class_scores(row) -> list[dict]:
@@ -30,6 +31,15 @@ def class_scores(row) -> list[dict]:
         {"class": c, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
         for c, p, r, f, s in zip(labels, precision, recall, f1, support)
     ]
+
+
+def confusion(truth, predicted, labels) -> tuple[np.ndarray, np.ndarray]:
+    """(counts, shares): the confusion matrix (rows: true class, columns: predicted, in `labels`'
+    order), and each row divided by its true class's count (a class with none: a row of zeros)."""
+    from sklearn.metrics import confusion_matrix
+
+    counts = confusion_matrix(truth, predicted, labels=labels)
+    return counts, counts / counts.sum(axis=1, keepdims=True).clip(min=1)
 
 
 class ConfusedPair(NamedTuple):
@@ -85,16 +95,24 @@ def _probability(row, i: int, label) -> float | None:
 
 
 def thumbnail(path: Path, pixels: int = THUMBNAIL_PIXELS) -> bytes | None:
-    """A small JPEG of the image (upright, RGB), or None where it cannot be read now (moved, damaged)."""
+    """A small JPEG of the image (upright, RGB), or None where it cannot be read now (moved, damaged)
+    or would decode to more than THUMBNAIL_SOURCE_PIXELS (a JPEG decodes reduced first, so only a
+    huge image of another format is left out: the report is not worth seconds and gigabytes)."""
+    import warnings
+
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as image:
-            image.draft("RGB", (pixels, pixels))  # a JPEG decodes at a fraction of its size
-            small = ImageOps.exif_transpose(image).convert("RGB")
-            small.thumbnail((pixels, pixels))
-            buffer = io.BytesIO()
-            small.save(buffer, format="JPEG", quality=85)
-            return buffer.getvalue()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # bounded here instead
+            with Image.open(path) as image:
+                image.draft("RGB", (pixels, pixels))  # a JPEG decodes at a fraction of its size
+                if image.width * image.height > THUMBNAIL_SOURCE_PIXELS:
+                    return None
+                small = ImageOps.exif_transpose(image).convert("RGB")
+        small.thumbnail((pixels, pixels))
+        buffer = io.BytesIO()
+        small.save(buffer, format="JPEG", quality=85)
+        return buffer.getvalue()
     except (OSError, ValueError, Image.DecompressionBombError):
         return None

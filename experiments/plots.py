@@ -48,11 +48,10 @@ def confusion_png(row) -> bytes:
     """A compare row's confusion matrix on its held-out images (its classes first, then any other
     label), each true class's row normalised to 1, with the counts; sized to the number of classes,
     the title wrapped to fit."""
-    from sklearn.metrics import confusion_matrix
+    from .per_class import confusion
 
     labels = sorted(set(row.truth) | set(row.predicted), key=lambda c: (c not in row.classes, str(c)))
-    counts = confusion_matrix(row.truth, row.predicted, labels=labels)
-    shares = counts / counts.sum(axis=1, keepdims=True).clip(min=1)
+    counts, shares = confusion(row.truth, row.predicted, labels)
     side = min(3.0 + 0.45 * len(labels), 24.0)
     figure, axes = pyplot().subplots(figsize=(side + 1.0, side))
     shown = axes.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)

@@ -1,128 +1,176 @@
-"""The row of `compare`'s table to ship: the fastest to predict among the rows not significantly
-worse than the best (McNemar on the same held-out images), or the best where every other row is.
+"""The row of `compare`'s table to ship: among the rows McNemar's test cannot tell apart from the
+best (on the same held-out images), the most accurate of those within 10% of the fastest time to
+predict an image; the best row where every other row is told apart.
 
-Predicting an image costs its backbone's forward pass (each backbone's, for a fused row) and then
-the head. Heads' times are measured when they are scored; backbones' are measured here, once per
-backbone and only when the rows still in the running use different ones, on the CPU with random
-weights of the same architecture (the time does not depend on the weights' values)."""
+Predicting an image costs its backbones' forward passes (each backbone of a fused row; two where
+the vectors average the mirror image's in) and then the head. Heads' times are measured when they
+are scored; backbones' are measured here, on the CPU with random weights of the same architecture
+(the time does not depend on the weights' values). A row whose time cannot be known is not chosen
+for speed. Only a one-backbone row can be exported or served, so a fused row is chosen only where no
+such row is a contender."""
 
 from __future__ import annotations
 
+import shlex
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-
-from common.errors import CnnfeatError
 
 from .ranking import Row
 
-SIGNIFICANT_P = 0.05  # McNemar p below this: significantly worse than the best row
+SIGNIFICANT_P = 0.05  # McNemar p below this: told apart from the best row
+CLOSE_ENOUGH = 1.10  # within 10% of the fastest time: fast enough, and the most accurate of those wins
 TIMED_IMAGES = 8  # images per timed forward pass of a backbone
 TIMED_PASSES = 3  # the fastest counts: a busy machine slows some passes, never speeds one up
+
+
+def row_key(row: Row) -> tuple[str, str]:
+    return row.backbone, row.head
 
 
 @dataclass(frozen=True)
 class Recommendation:
     row: Row  # the row to ship
-    best: Row  # the most accurate row
-    contenders: list  # the rows not significantly worse than the best (the best first)
-    ms_per_image: dict  # id(row) -> estimated ms per image (backbone + head), of the contenders
-    backbone_ms: dict  # backbone name -> ms per image, where measured
+    best: Row  # the first row of the table (best by `scoring`)
+    scoring: str  # what the table is ranked by
+    contenders: list  # the rows McNemar cannot tell apart from the best, on its images (the best first)
+    elsewhere: int = 0  # rows scored on other images than the best: not compared
+    ms_per_image: dict = field(default_factory=dict)  # row_key -> ms per image (backbones + head), or None
+    backbone_ms: dict = field(default_factory=dict)  # backbone name -> ms per image, where measured
+    fused: bool = False  # the row joins several backbones' vectors: export and serve refuse it
 
     @property
     def model_path(self) -> str | None:
         return self.row.model_path
 
     def text(self) -> str:
-        """One paragraph: which row, why, and the commands that ship it."""
-        row, best, n = self.row, self.best, self.best.metrics["n"]
-        name = f"{row.backbone} {row.head}"
-        score = f"accuracy {_score(row)}"
+        """One paragraph: which row, and why."""
+        row, best = self.row, self.best
+        ranked = f"held-out {self.scoring.replace('_', ' ')}"
+        same = f"on the same {best.metrics['n']} held-out images"
+        rows_were = "1 row was" if self.elsewhere == 1 else f"{self.elsewhere} rows were"
+        not_compared = f"; {rows_were} scored on other images, not compared" if self.elsewhere else ""
         if len(self.contenders) == 1:
             why = (
-                f"the most accurate, and every other row is significantly worse on the same {n} held-out "
-                f"images (McNemar p < {SIGNIFICANT_P})"
+                f"the best row by {ranked}, and McNemar's test of which images each row gets right tells every "
+                f"other row apart from it (p < {SIGNIFICANT_P} {same}){not_compared}"
             )
         elif row is best:
             why = (
-                f"the most accurate, and also the fastest to predict ({self._ms(row)}) of the "
-                f"{len(self.contenders)} rows not significantly worse than it (McNemar p >= {SIGNIFICANT_P} on the "
-                f"same {n} held-out images)"
+                f"the best row by {ranked}, and {self._speed(row)} of the {len(self.contenders)} rows McNemar's test "
+                f"cannot tell apart from it (p >= {SIGNIFICANT_P} {same}){not_compared}"
             )
         else:
             why = (
-                f"not significantly worse than the best row, {best.backbone} {best.head} ({_score(best)}; McNemar "
-                f"p = {row.metrics['mcnemar_p_vs_best']:.3f} >= {SIGNIFICANT_P} on the same {n} held-out images), "
-                f"and the fastest to predict ({self._ms(row)}, the best {self._ms(best)}) of the "
-                f"{len(self.contenders)} rows that are not"
+                f"McNemar's test cannot tell it apart from the best row by {ranked}, {best.backbone} {best.head} "
+                f"({_score(best, self.scoring)}; p = {row.metrics['mcnemar_p_vs_best']:.3f} >= {SIGNIFICANT_P} "
+                f"{same}), and it is {self._speed(row)} of the {len(self.contenders)} such rows (the best "
+                f"{self._ms(best)}){not_compared}"
             )
-        return f"Use {name} ({score}): {why}."
+        return f"Use {row.backbone} {row.head} ({_score(row, self.scoring)}): {why}."
 
     def commands(self) -> list[str]:
-        """The saved model, and the commands that export and serve it."""
+        """The saved model, and the commands that ship it (those that take it)."""
         path = self.model_path
         if path is None:
             return []
-        export_dir = str(Path(path).with_suffix("")) + "-onnx"
-        return [
-            f"model: {path}",
-            f"export: python cli.py export --model {path} --out {export_dir}",
-            f"serve: python cli.py serve --model {path}",
-        ]
+        model = shlex.quote(path)
+        if self.fused:
+            return [
+                f"model: {path}",
+                f"predict: python cli.py predict --model {model} IMAGES (export and serve take one-backbone models)",
+            ]
+        export = "export: takes one head, not an ensemble (serve and joblib.load take it)"
+        if not self.row.info.get("members"):
+            onnx_dir = shlex.quote(str(Path(path).with_suffix("")) + "-onnx")
+            export = f"export: python cli.py export --model {model} --out {onnx_dir}"
+        return [f"model: {path}", export, f"serve: python cli.py serve --model {model}"]
+
+    def _speed(self, row: Row) -> str:
+        ms = self.ms_per_image.get(row_key(row))
+        if ms is None:
+            return "(its time to predict unknown) the most accurate"
+        return f"the most accurate within 10% of the fastest to predict (~{ms:.1f} ms/image)"
 
     def _ms(self, row: Row) -> str:
-        ms = self.ms_per_image.get(id(row))
-        return "time unmeasured" if ms is None else f"~{ms:.1f} ms/image"
+        ms = self.ms_per_image.get(row_key(row))
+        return "time unknown" if ms is None else f"~{ms:.1f} ms/image"
 
 
-def _score(row: Row) -> str:
+def _score(row: Row, scoring: str) -> str:
     m = row.metrics
-    return f"{m['accuracy']:.3f}, 95% CI {m['ci_low']:.3f}-{m['ci_high']:.3f}"
+    accuracy = f"accuracy {m['accuracy']:.3f}, 95% CI {m['ci_low']:.3f}-{m['ci_high']:.3f}"
+    return accuracy if scoring == "accuracy" else f"{scoring.replace('_', ' ')} {m[scoring]:.3f}, {accuracy}"
 
 
-def recommend(rows: list[Row], backbones: dict, timer=None, log=print) -> Recommendation:
-    """`rows` ranked best first (ranking.score_rows); `backbones`: feature label -> the forward
-    passes its vectors need (forward_passes). `timer(name)` gives a backbone's ms per image
+def recommend(rows: list[Row], passes: dict, scoring: str = "accuracy", timer=None, log=print) -> Recommendation:
+    """`rows` ranked best first by `scoring` (ranking.score_rows); `passes`: feature label -> the
+    forward passes its vectors need (forward_passes). `timer(name)` gives a backbone's ms per image
     (default: measured here)."""
     best = rows[0]
-    contenders = [best, *(row for row in rows[1:] if _not_worse(row, best))]
-    if len(contenders) == 1:
-        return Recommendation(best, best, contenders, {}, {})
-    names = {name for row in contenders for name in backbones.get(row.backbone, ())}
-    backbone_ms = _backbone_times(names, timer or backbone_ms_per_image, log) if len(names) > 1 else {}
-    ms = {id(row): _row_ms(row, backbones.get(row.backbone, ()), backbone_ms) for row in contenders}
-    return Recommendation(_fastest(contenders, ms), best, contenders, ms, backbone_ms)
+    compared = [row for row in rows[1:] if sorted(row.paths) == sorted(best.paths)]
+    contenders = [best, *(row for row in compared if _cannot_tell_apart(row))]
+    ms, backbone_ms = {}, {}
+    if len(contenders) > 1:
+        ms, backbone_ms = _times(contenders, passes, timer or backbone_ms_per_image, log)
+    shippable = [row for row in contenders if not _is_fused(passes.get(row.backbone, ()))]
+    chosen = _fastest(shippable, ms) if shippable else best
+    return Recommendation(
+        chosen,
+        best,
+        scoring,
+        contenders,
+        elsewhere=len(rows) - 1 - len(compared),
+        ms_per_image=ms,
+        backbone_ms=backbone_ms,
+        fused=_is_fused(passes.get(chosen.backbone, ())),
+    )
 
 
-def _fastest(contenders: list[Row], ms: dict) -> Row:
-    """The contender with the fewest ms per image (the first, most accurate, of equals); the best
-    where none was timed."""
-    timed = [row for row in contenders if ms[id(row)] is not None]
-    return min(timed, key=lambda row: ms[id(row)]) if timed else contenders[0]
+def _times(contenders: list[Row], passes: dict, timer, log) -> tuple[dict, dict]:
+    """({row_key: ms per image or None}, {backbone: ms per image}) of the contenders."""
+    names = sorted({name for row in contenders for name in passes.get(row.backbone, ())})
+    backbone_ms = _backbone_times(names, timer, log)
+    return {row_key(row): _row_ms(row, passes.get(row.backbone, ()), backbone_ms) for row in contenders}, backbone_ms
 
 
-def _not_worse(row: Row, best: Row) -> bool:
-    """Scored on the same images as the best row, and McNemar cannot tell them apart."""
+def _cannot_tell_apart(row: Row) -> bool:
     p = row.metrics.get("mcnemar_p_vs_best")
-    return p is not None and p >= SIGNIFICANT_P and sorted(row.paths) == sorted(best.paths)
+    return p is not None and p >= SIGNIFICANT_P
+
+
+def _is_fused(names) -> bool:
+    return len(set(names)) > 1
+
+
+def _fastest(rows: list[Row], ms: dict) -> Row:
+    """The first (most accurate) of `rows` within CLOSE_ENOUGH of the fewest ms per image; the first
+    where none was timed."""
+    timed = [row for row in rows if ms.get(row_key(row)) is not None]
+    if not timed:
+        return rows[0]
+    fastest = min(ms[row_key(row)] for row in timed)
+    return next(row for row in timed if ms[row_key(row)] <= fastest * CLOSE_ENOUGH)
 
 
 def _row_ms(row: Row, names, backbone_ms: dict) -> float | None:
-    """A row's ms per image: its backbones' (0 where every contender shares them) plus its head's."""
+    """A row's ms per image: its backbones' forward passes plus its head's; None where one of them is
+    unknown. The fine-tuned network's own layer costs nothing beside its backbone."""
     head = row.info.get("predict_seconds_per_image")
-    if head is None and row.model is not None:
+    if not names or any(name not in backbone_ms for name in names) or (head is None and row.model is not None):
         return None
-    return sum(backbone_ms.get(name, 0.0) for name in names) + 1000 * (head or 0.0)
+    return sum(backbone_ms[name] for name in names) + 1000 * (head or 0.0)
 
 
 def _backbone_times(names, timer, log) -> dict:
-    """{backbone: ms per image} of those that can be timed here (one that cannot is said and counted 0)."""
+    """{backbone: ms per image} of those that can be timed here; one that cannot is said, and the rows
+    that need it are not chosen for speed."""
     times = {}
-    for name in sorted(names):
+    for name in names:
         try:
             times[name] = timer(name)
-        except CnnfeatError as error:
-            log(f"recommendation: {name}'s forward pass not timed ({error}); counted as free")
+        except Exception as error:  # an unknown backbone, or torch failing: the report is still written
+            log(f"recommendation: {name}'s forward pass not timed ({str(error).splitlines()[0][:200]})")
     if times:
         timed = ", ".join(f"{name} {ms:.1f} ms" for name, ms in times.items())
         log(f"recommendation: backbone forward pass per image: {timed}")

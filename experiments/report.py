@@ -16,8 +16,8 @@ from common.files import written_together
 from common.names import printable
 
 from .plots import Embedding, confusion_png, embedding_figure, per_class_png, png, summary_png
-from .recommend import SIGNIFICANT_P, Recommendation
-from .report_cells import TABLE_COLUMNS, table_cells
+from .recommend import SIGNIFICANT_P, Recommendation, row_key
+from .report_cells import TABLE_COLUMNS, md_cell, table_cells
 from .report_html import report_page
 from .report_sections import (
     per_class_html,
@@ -107,7 +107,7 @@ def markdown_table(recs, notes, failures, scoring="accuracy") -> str:
 
 
 def _markdown_row(r: dict) -> str:
-    return "| " + " | ".join(text.replace("|", "\\|") for text, *_ in table_cells(r)) + " |"
+    return "| " + " | ".join(md_cell(text) for text, *_ in table_cells(r)) + " |"
 
 
 def write_report(
@@ -174,9 +174,11 @@ def _json_report(recs, notes, failures, meta: dict, recommendation: Recommendati
             "head": rec.row.head,
             "model_path": rec.model_path,
             "text": rec.text(),
+            "scoring": rec.scoring,
             "significant_p": SIGNIFICANT_P,
-            "not_significantly_worse": [
-                {"backbone": row.backbone, "head": row.head, "ms_per_image": rec.ms_per_image.get(id(row))}
+            "rows_scored_on_other_images": rec.elsewhere,
+            "not_told_apart_from_the_best": [
+                {"backbone": row.backbone, "head": row.head, "ms_per_image": rec.ms_per_image.get(row_key(row))}
                 for row in rec.contenders
             ],
             "backbone_ms_per_image": rec.backbone_ms,

@@ -67,3 +67,8 @@ def mcnemar_cell(r: dict) -> str:
 
 def fmt(value, digits=3):
     return "—" if value is None else f"{value:.{digits}f}"
+
+
+def md_cell(text) -> str:
+    """Text that stays inside one cell of a Markdown table (a '|' in a name would end it)."""
+    return str(text).replace("|", "\\|")

@@ -12,6 +12,7 @@ from common.names import printable
 
 from .per_class import MISTAKES_PER_CLASS, class_scores, confused_pairs, mistakes, thumbnail
 from .recommend import Recommendation
+from .report_cells import md_cell
 
 
 def named(row) -> str:
@@ -44,7 +45,7 @@ def per_class_markdown(recommendation: Recommendation, rows) -> str:
         role = "recommended" if name == named(recommendation.row) else "best"
         lines += [f"{name} ({role}):", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
         lines += [
-            f"| {s['class']} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | {s['support']} |"
+            f"| {md_cell(s['class'])} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} | {s['support']} |"
             for s in scores
         ]
         lines.append("")

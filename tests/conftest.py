@@ -35,6 +35,16 @@ def write_tinted(root: Path, count: int) -> Path:
     return root
 
 
+def write_tinted_with_mistakes(root: Path, count: int, wrong: int = 3) -> Path:
+    """write_tinted, plus `wrong` reddish images filed under val/blue and as many bluish under
+    val/red: held-out images any head gets wrong (a report with mistakes to show)."""
+    write_tinted(root, count)
+    for i in range(wrong):
+        write_image(root / "val" / "blue" / f"odd-r{i}.png", seed=500 + i, tint=(1.0, 0.4, 0.4))
+        write_image(root / "val" / "red" / f"odd-b{i}.png", seed=600 + i, tint=(0.4, 0.4, 1.0))
+    return root
+
+
 @pytest.fixture
 def class_folders(tmp_path) -> Path:
     """data/{cats,dogs}/*.png: 4 + 3 images, no split."""

@@ -183,8 +183,8 @@ def test_compare_reuses_an_unchanged_finetune_and_fits_a_changed_one(tmp_path):
 
 def test_a_backbone_with_two_feature_files_is_fine_tuned_once_and_ranked_once(tmp_path):
     """A plain compare takes every feature file of the dataset: a backbone's plain and --tta flip
-    files are two files but one network, so one fine-tune and one fine-tuned row (not the same
-    fine-tune twice, or the second replacing the first)."""
+    files are two files but one network, so one fine-tune and one fine-tuned row, beside the plain
+    file (not the same fine-tune twice, or the second replacing the first), and no fused rows."""
     data = _two_class_data(tmp_path / "d")
     out = tmp_path / "out"
     for tta in ("none", "flip"):
@@ -197,7 +197,8 @@ def test_a_backbone_with_two_feature_files_is_fine_tuned_once_and_ranked_once(tm
     first = run(*compare_finetune, "--quiet")
     assert first.exit_code == 0, first.output
     report = json.loads(next(out.glob("reports/*+*/report.json")).read_text())
-    assert [r["backbone"] for r in report["rows"] if r["head"] == "finetuned"] == ["resnet18-random-flip"]
+    assert [r["backbone"] for r in report["rows"] if r["head"] == "finetuned"] == ["resnet18-random"]
+    assert not [r for r in report["rows"] if "+" in r["backbone"]]  # a backbone is not fused with its own variant
     again = run(*compare_finetune, "--quiet")
     assert again.output.count("nothing changed since") == 1 and "replacing" not in again.output
 

@@ -9,10 +9,11 @@ import sys
 import pytest
 
 from experiments.compare import compare
+from experiments.per_class import mistakes
 from experiments.report_html import report_page
 from scripts import browser
 from scripts.browser import BrowserMissing, open_page
-from tests.conftest import REPO
+from tests.conftest import REPO, write_tinted_with_mistakes
 
 QUIET = {"log": lambda _: None}
 
@@ -28,14 +29,21 @@ def png_size(data: bytes) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def test_report_page_in_chromium_shows_every_picture_sorts_and_screenshots(tinted_store, tmp_path):
-    outcome = compare(features=[tinted_store], out=tmp_path, clf="logreg,knn", cv=2, jobs=1, **QUIET)
+def test_report_page_in_chromium_shows_every_picture_sorts_and_screenshots(tmp_path):
+    from featurize import extract
+
+    data = write_tinted_with_mistakes(tmp_path / "tinted", 16)
+    store = extract(data=data, backbone="resnet18", weights="random", out=tmp_path, workers=0, progress=False).store
+    outcome = compare(features=[store], out=tmp_path, clf="logreg,knn", cv=2, jobs=1, **QUIET)
     report = outcome.report_dir / "report.html"
     with open_page(report) as page:
         images = page.evaluate("[...document.images].map((i) => [i.alt, i.complete, i.naturalWidth])")
         assert all(complete and width > 0 for _, complete, width in images), images
         shown = {alt for alt, _, _ in images}
-        assert {"summary", "embedding", *(f"{row.backbone} {row.head}" for row in outcome.rows)} <= shown
+        rows = {f"{row.backbone} {row.head}" for row in outcome.rows}
+        assert {"summary", "embedding", "per-class F1", *rows} <= shown
+        wrong = {m.path for found in mistakes(outcome.recommendation.row).values() for m in found}
+        assert wrong and {alt for alt in shown if alt.startswith("val/")} == wrong  # each mistake's thumbnail
         captions = page.eval_on_selector_all("#confusion figcaption", "(all) => all.map((c) => c.textContent)")
         assert captions == [f"{row.backbone} + {row.head}" for row in outcome.rows]
         headers = page.eval_on_selector_all("#results th", "(all) => all.map((th) => th.textContent)")
