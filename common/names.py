@@ -12,8 +12,10 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 
 
 def safe_name(text: str) -> str:
-    """`text` made fit to be one component of a file name: other characters become '_'."""
-    cleaned = re.sub(r"[^A-Za-z0-9._+-]", "_", text).lstrip("._-+")[:100]
+    """`text` made fit to be one component of a file name: letters and digits of any script and
+    `. _ + -` stay (a dataset called `Ärzte` or `日本` keeps its name); other characters, and bytes
+    of a name that is not UTF-8, become '_'."""
+    cleaned = re.sub(r"[^\w.+-]|[\ud800-\udfff]", "_", text).lstrip("._-+")[:100]
     return cleaned or "data"
 
 

@@ -378,9 +378,14 @@ def _head_rows(file: FeatureFile, run: CompareRun) -> list[Row]:
         if run.settings.clf in ("all", "", None) and _too_many_rows(head, len(file.split.train), file.label, run):
             continue
         key = head_key(file.data, file.split, head, run.settings.search)
-        fit = partial(fit_and_score, file.data, file.split, head, settings=run.settings.search, log=run.log)
+        log = partial(_labelled, run.log, file.label)  # "efficientnet_lite0 svm: grid search over ..."
+        fit = partial(fit_and_score, file.data, file.split, head, settings=run.settings.search, log=log)
         rows += _row_or_failure(file, head, run, key, fit)
     return rows
+
+
+def _labelled(log, label: str, line: str) -> None:
+    log(f"{label} {line}")
 
 
 def _too_many_rows(head: str, rows: int, label: str, run: CompareRun) -> bool:
@@ -410,7 +415,7 @@ def _ensemble_rows(file: FeatureFile, members: list[Row], run: CompareRun) -> li
 def _fit_ensemble(kind, file: FeatureFile, members: list[Row], run: CompareRun) -> Scored:
     names, search, data, split = [row.head for row in members], run.settings.search, file.data, file.split
     run.log(
-        f"{kind}: "
+        f"{file.label} {kind}: "
         + (
             f"soft vote of {', '.join(names)}"
             if kind == "vote"

@@ -20,12 +20,17 @@ LEGEND_AT_MOST = 30  # classes named in its legend
 
 
 def pyplot():
-    """matplotlib.pyplot, drawing off-screen."""
+    """matplotlib.pyplot, drawing off-screen. A class name in a script its font lacks (日本) is drawn
+    as boxes without a warning per glyph on the user's screen: the report's captions and tables
+    give the names whole."""
+    import warnings
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
     return plt
 
 

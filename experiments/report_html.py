@@ -66,9 +66,7 @@ def report_page(files: dict, rows, recs, notes, failures, meta, sections: list[s
     said = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
     said += "".join(f"<li>not fitted: {html.escape(f'{b} {h}: {r}')}</li>" for b, h, r in failures)
     confusion = "".join(
-        picture(
-            f"confusion/{row.backbone}-{row.head}.png", f"{row.backbone} {row.head}", f"{row.backbone} + {row.head}"
-        )
+        picture(f"confusion/{row.backbone}-{row.head}.png", f"{row.backbone} {row.head}", f"{row.backbone} {row.head}")
         for row in rows
     )
     title = html.escape(f"{meta.get('title', meta['dataset'])}: which head wins")

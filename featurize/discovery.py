@@ -97,7 +97,7 @@ def display_name(dataset: str) -> str:
 
 def check_dataset_name(name: str) -> str:
     """An `extract --name`, refused (one line) unless something of it can name a file."""
-    if not re.sub(r"[^A-Za-z0-9]", "", name):
+    if not re.sub(r"[\W_]", "", name):  # a letter or digit, of any script
         raise DataError(
             f"--name {name!r}: nothing in it can name a file; give one with letters or digits "
             "(and . _ + -; anything else becomes _)"

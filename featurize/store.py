@@ -270,6 +270,8 @@ def load_features(path: str | os.PathLike, lazy: bool = False) -> Features:
     is read by whoever slices it (the file stays open while it is referenced) - a million rows need
     not sit in memory twice, or at all. Every vector read is checked against its block's checksum."""
     path = Path(path)
+    if path.is_dir():
+        raise StoreError(f"{printable(path)}: a folder, not a feature file (`extract` writes OUT/features/*.h5)")
     if not path.is_file():
         raise StoreError(f"{printable(path)}: no such feature file (run `cnnfeat extract` first)")
     h5 = _open(path)

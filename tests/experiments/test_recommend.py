@@ -295,3 +295,13 @@ def _rotated_exif():
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: turn 90 degrees to show upright
     return exif
+
+
+def test_class_names_in_a_script_the_font_lacks_draw_without_a_warning(recwarn):
+    from experiments.plots import confusion_png
+
+    truth = ["日本", "Ärzte"] * 3
+    row = Row("x", "h", {}, list("123456"), truth, truth[::-1], None, ["日本", "Ärzte"])
+    row.metrics = {"accuracy": 0.0}
+    assert confusion_png(row).startswith(b"\x89PNG")
+    assert not [w for w in recwarn if "Glyph" in str(w.message)]

@@ -45,7 +45,7 @@ def test_report_page_in_chromium_shows_every_picture_sorts_and_screenshots(tmp_p
         wrong = {m.path for found in mistakes(outcome.recommendation.row).values() for m in found}
         assert wrong and {alt for alt in shown if alt.startswith("val/")} == wrong  # each mistake's thumbnail
         captions = page.eval_on_selector_all("#confusion figcaption", "(all) => all.map((c) => c.textContent)")
-        assert captions == [f"{row.backbone} + {row.head}" for row in outcome.rows]
+        assert captions == [f"{row.backbone} {row.head}" for row in outcome.rows]
         headers = page.eval_on_selector_all("#results th", "(all) => all.map((th) => th.textContent)")
         assert headers[:4] == ["#", "backbone", "head", "accuracy (95% CI)"] and "ci_low" not in headers
 

@@ -109,7 +109,7 @@ def test_a_given_name_replaces_the_folder_s_and_keeps_its_hash(tmp_path, class_f
     assert named_list.name == "cats-" + listed.name.rsplit("-", 1)[1] and listed.name != plain.name
 
 
-@pytest.mark.parametrize("name", ["", "   ", "///", "._-+", "日本"])
+@pytest.mark.parametrize("name", ["", "   ", "///", "._-+", "__"])
 def test_a_name_with_nothing_to_name_a_file_by_is_refused(class_folders, name):
     with pytest.raises(DataError, match=r"--name .*: nothing in it can name a file"):
         discover(class_folders, name=name)
@@ -145,3 +145,11 @@ def test_a_dataset_one_folder_down_or_an_image_as_data_is_refused_with_what_was_
     assert discover(tmp_path / "data" / "digits").class_names == ["a", "b"]
     with pytest.raises(DataError, match="an image; --data takes a folder"):
         discover(tmp_path / "data" / "digits" / "val" / "a" / "0.png")
+
+
+def test_a_name_in_another_script_keeps_its_letters(class_folders):
+    """`--name 'Ärzte 日本'` once became `rzte____` (every letter outside ASCII dropped or replaced)."""
+    from featurize import display_name
+
+    named = discover(class_folders, name="Ärzte 日本")
+    assert named.name.startswith("Ärzte_日本-") and display_name(named.name) == "Ärzte_日本"
