@@ -100,10 +100,16 @@ def _pipeline(scale, clf):
     return Pipeline([("scale", scale), ("clf", clf)])
 
 
+# Each feature's scale at least the median feature's: measured by benchmarks/scale_floor.py on 4 feature
+# files (digits and hymenoptera, lite0/1/2), this floor was better or equal for logreg and svm in 7 of 8
+# (to +0.023 accuracy, log-loss always lower), and no floor let one dead channel reach |z| = 73,022
+SMALLEST_SCALE = 1.0
+
+
 def _standardise():
     from .scaling import ChunkedStandardScaler  # StandardScaler, fitted a chunk of rows at a time
 
-    return ChunkedStandardScaler()
+    return ChunkedStandardScaler(smallest_scale=SMALLEST_SCALE)
 
 
 def _minibatch_logreg(seed):

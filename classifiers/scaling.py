@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from scipy.sparse import issparse
 from sklearn.preprocessing import StandardScaler
 
@@ -14,7 +15,17 @@ class ChunkedStandardScaler(StandardScaler):
     their size (the rows minus their mean in float64, and a float copy of the NaN mask): 13 GB beside
     a million 1,280-wide rows. Chunked, those temporaries are one chunk's. With one chunk (up to
     FIT_BYTES of rows) it is exactly StandardScaler's fit; with more, the same statistics up to
-    rounding (Chan's merge of partial means and variances)."""
+    rounding (Chan's merge of partial means and variances).
+
+    `smallest_scale`: each feature's scale is at least this fraction of the median feature's. A
+    pooled CNN channel that fires on one training image has a spread near 0; divided by it, the
+    same channel lit in a new image becomes a z-score of 10^4 or more, and one such value decides a
+    linear head's answer at p = 1.0 (a 9 predicted as 1 on digits). 0: StandardScaler's own rule
+    (only a spread of exactly 0 is left alone)."""
+
+    def __init__(self, *, copy=True, with_mean=True, with_std=True, smallest_scale=0.0):
+        super().__init__(copy=copy, with_mean=with_mean, with_std=with_std)
+        self.smallest_scale = smallest_scale
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -30,4 +41,17 @@ class ChunkedStandardScaler(StandardScaler):
         self._reset()
         for start in range(0, X.shape[0], rows):
             self.partial_fit(X[start : start + rows], y)
+        return self._floor_scale()
+
+    def partial_fit(self, X, y=None, sample_weight=None):
+        super().partial_fit(X, y, sample_weight)
+        return self._floor_scale()
+
+    def _floor_scale(self):
+        """Each feature's scale raised to `smallest_scale` x the median one (from the accumulated
+        variance, so a later partial fit starts from the true statistics)."""
+        if self.smallest_scale and getattr(self, "var_", None) is not None and self.with_std:
+            spread = np.sqrt(self.var_)
+            self.scale_ = np.maximum(spread, self.smallest_scale * np.median(spread))
+            self.scale_[self.scale_ == 0] = 1.0  # every feature constant: StandardScaler's rule
         return self

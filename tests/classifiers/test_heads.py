@@ -260,3 +260,25 @@ def test_logreg_past_its_size_trains_on_mini_batches_every_C_side_by_side(monkey
     assert path.pipeline.fit(X, y).score(X, y) > 0.9
     fused = fused_head(get_head("logreg"), [32, 32]).for_rows(400).build(0)
     assert list(fused.named_steps) == ["fuse", "scale", "clf"] and isinstance(fused[-1], MiniBatchLogisticRegression)
+
+
+def test_a_channel_that_fired_on_one_training_image_does_not_decide_a_linear_head(monkeypatch):
+    """lite1 on digits: a pooled channel non-zero on one training image had a spread of 1e-6, so a val 9
+    lighting it became z = 73,022 and was called a 1 at p = 1.000. Each feature's scale is now at
+    least the median feature's (heads.SMALLEST_SCALE)."""
+    import classifiers.heads as heads
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 50)
+    X = rng.normal(0, 1, (100, 20)) + 3 * y[:, None] * (np.arange(20) < 5)
+    X[:, 19] = 0.0
+    X[7, 19] = 1e-5  # a class-0 image: the channel's only training value
+    X[7, :5] += 6  # a 0 that looks like a 1: the head leans on the rare channel to fit it
+    query = np.full((1, 20), 0.0)
+    query[0, :5] = 3.0  # plainly class 1
+    query[0, 19] = 0.08  # the dead channel lit
+    fitted = heads.get_head("logreg").build(0).set_params(clf__C=1000.0).fit(X, y)
+    assert fitted.predict(query)[0] == 1
+    monkeypatch.setattr(heads, "SMALLEST_SCALE", 0.0)  # the old rule: the lit channel decides
+    unfloored = heads.get_head("logreg").build(0).set_params(clf__C=1000.0).fit(X, y)
+    assert unfloored.predict(query)[0] == 0 and unfloored.predict_proba(query)[0, 0] > 0.99
