@@ -23,6 +23,8 @@ class ChunkedStandardScaler(StandardScaler):
     linear head's answer at p = 1.0 (a 9 predicted as 1 on digits). 0: StandardScaler's own rule
     (only a spread of exactly 0 is left alone)."""
 
+    smallest_scale = 0.0  # a scaler pickled before this setting keeps the old rule
+
     def __init__(self, *, copy=True, with_mean=True, with_std=True, smallest_scale=0.0):
         super().__init__(copy=copy, with_mean=with_mean, with_std=with_std)
         self.smallest_scale = smallest_scale
@@ -50,8 +52,10 @@ class ChunkedStandardScaler(StandardScaler):
     def _floor_scale(self):
         """Each feature's scale raised to `smallest_scale` x the median one (from the accumulated
         variance, so a later partial fit starts from the true statistics)."""
-        if self.smallest_scale and getattr(self, "var_", None) is not None and self.with_std:
-            spread = np.sqrt(self.var_)
-            self.scale_ = np.maximum(spread, self.smallest_scale * np.median(spread))
-            self.scale_[self.scale_ == 0] = 1.0  # every feature constant: StandardScaler's rule
+        if not self.smallest_scale or getattr(self, "var_", None) is None or not self.with_std:
+            return self
+        spread = np.sqrt(self.var_)
+        floor = self.smallest_scale * np.nanmedian(spread) if not np.isnan(spread).all() else 0.0
+        if floor > 0:  # a median spread of 0 (most features constant): StandardScaler's own rule stands
+            self.scale_ = np.where(np.isnan(spread), spread, np.maximum(spread, floor))
         return self

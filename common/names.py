@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 
 from .errors import CnnfeatError
 
-SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+SAFE_NAME = re.compile(r"[^\W_][\w.+-]{0,127}")  # what safe_name makes: \w is Unicode's letters and digits, and _
+NAME_BYTES = 100  # safe_name's longest, in UTF-8 bytes: with a hash and a backbone, under a file name's 255
 
 
 def safe_name(text: str) -> str:
-    """`text` made fit to be one component of a file name: letters and digits of any script and
-    `. _ + -` stay (a dataset called `Ärzte` or `日本` keeps its name); other characters, and bytes
-    of a name that is not UTF-8, become '_'."""
-    cleaned = re.sub(r"[^\w.+-]|[\ud800-\udfff]", "_", text).lstrip("._-+")[:100]
-    return cleaned or "data"
+    """`text` made fit to be one component of a file name: letters and digits (as Unicode counts them:
+    a dataset called `Ärzte` or `日本` keeps its name) and `. _ + -` stay, composed (NFC, as macOS's
+    decomposed names are not); other characters, and bytes of a name that is not UTF-8, become '_'."""
+    composed = unicodedata.normalize("NFC", text)
+    cleaned = re.sub(r"[^\w.+-]|[\ud800-\udfff]", "_", composed).lstrip("._-+")
+    return cleaned.encode()[:NAME_BYTES].decode(errors="ignore") or "data"
 
 
 def printable(text) -> str:

@@ -101,7 +101,8 @@ class CompareRun:
 
     leaked: dict = field(default_factory=dict)  # feature label -> held-out paths with a near-copy in train
     backbones: dict = field(default_factory=dict)  # feature label -> the forward passes its vectors need
-    plain: set = field(default_factory=set)  # labels of each backbone's plain file: its fine-tune's, fused by default
+    plain: set = field(default_factory=set)  # labels of each backbone and weights' plain file: fused by default
+    tuned: set = field(default_factory=set)  # labels of the file each backbone's fine-tuned row goes beside
     by_default: bool = False  # the files are every one of the dataset's (no --features)
 
     def note(self, text: str) -> None:
@@ -141,6 +142,7 @@ def compare(
     with exclusive(folder, "cnnfeat compare"):  # one writer per report folder: its rows and models agree
         run = CompareRun(settings, heads, ensembles, folder, log, by_default=not features)
         run.plain = {feature_label(data) for data in _one_per_network(stores)}
+        run.tuned = _tuned_labels(stores)
         _check_finetunes(stores, run, out)
         return _compare_into(run, stores, paths, out)
 
@@ -228,7 +230,8 @@ def _compare_into(run: CompareRun, stores, paths, out) -> CompareOutcome:
     search = run.settings.search
     score_rows(rows, search.scoring, search.seed)
     run.notes += _leak_note(rows[0], run)
-    recommendation = recommend(rows, run.backbones, search.scoring, log=run.log)
+    joined = {feature_label(fused)} if fused is not None else set()
+    recommendation = recommend(rows, run.backbones, search.scoring, joined, log=run.log)
     markdown = write_report(
         run.report_dir,
         rows,
@@ -275,6 +278,15 @@ def _fused(stores, run: CompareRun):
         return None
     run.notes.extend(notes)
     return fused
+
+
+def _tuned_labels(stores) -> set:
+    """The file beside which each backbone's fine-tuned row goes: its plain file, of its own weights
+    before random ones (a backbone's fine-tunes share one folder: one fine-tune per backbone)."""
+    chosen = {}
+    for data in sorted(_one_per_network(stores), key=lambda d: (d.weights_source != "", feature_label(d))):
+        chosen.setdefault(data.backbone, data)
+    return {feature_label(data) for data in chosen.values()}
 
 
 def _one_per_network(stores) -> list:
@@ -518,9 +530,9 @@ def _finetuned_rows(file: FeatureFile, run: CompareRun, out) -> list[Row]:
     """The fine-tuned network's row (fine-tuned first under --finetune, from pretrained or random
     weights only, scored on compare's own held-out images): none where there is no fine-tune of
     this backbone, a failure where it cannot be ranked beside the heads. A backbone's second feature
-    file (its --tta flip or float16 variant) gets none: one fine-tune per backbone and weights, one
-    row, beside the plain file."""
-    if file.label not in run.plain:
+    file (its --tta flip or float16 variant, its random weights) gets none: one fine-tune per backbone,
+    one row, beside its plain file (_tuned_labels)."""
+    if file.label not in run.tuned:
         return []
     settings = _finetune_settings(file.data, run)
     try:
@@ -564,7 +576,7 @@ def _check_finetunes(stores, run: CompareRun, out) -> None:
     cannot run fails now, in one line, and not after minutes of searching."""
     for data in stores:
         settings = _finetune_settings(data, run)
-        if settings is None or feature_label(data) not in run.plain:
+        if settings is None or feature_label(data) not in run.tuned:
             continue
         try:
             split = train_eval_split(data, run.settings.search.seed)

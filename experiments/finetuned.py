@@ -57,7 +57,7 @@ def finetuned_row(out, data, label: str, heldout: HeldoutImages, log) -> Row | N
         [r["predicted"] for r in lines],
         _probabilities(lines, classes),
         classes,
-        model_path=str(folder / "model.joblib"),
+        model_path=str(folder / "model.joblib") if (folder / "model.joblib").is_file() else None,
     )
 
 

@@ -33,11 +33,12 @@ class Recommendation:
     row: Row  # the row to ship
     best: Row  # the first row of the table (best by `scoring`)
     scoring: str  # what the table is ranked by
-    contenders: list  # the rows McNemar cannot tell apart from the best, on its images (the best first)
+    contenders: list  # the best row and the rows McNemar cannot tell apart from it, on its images
+    compared: int = 0  # other rows scored on the best row's images
     elsewhere: int = 0  # rows scored on other images than the best: not compared
     ms_per_image: dict = field(default_factory=dict)  # row_key -> ms per image (backbones + head), or None
     backbone_ms: dict = field(default_factory=dict)  # backbone name -> ms per image, where measured
-    fused: bool = False  # the row joins several backbones' vectors: export and serve refuse it
+    fused: frozenset = frozenset()  # row_keys of the rows joining several feature files: not shippable
 
     @property
     def model_path(self) -> str | None:
@@ -48,26 +49,43 @@ class Recommendation:
         row, best = self.row, self.best
         ranked = f"held-out {self.scoring.replace('_', ' ')}"
         same = f"on the same {best.metrics['n']} held-out images"
-        rows_were = "1 row was" if self.elsewhere == 1 else f"{self.elsewhere} rows were"
-        not_compared = f"; {rows_were} scored on other images, not compared" if self.elsewhere else ""
-        if len(self.contenders) == 1:
-            why = (
-                f"the best row by {ranked}, and McNemar's test of which images each row gets right tells every "
-                f"other row apart from it (p < {SIGNIFICANT_P} {same}){not_compared}"
-            )
-        elif row is best:
-            why = (
-                f"the best row by {ranked}, and {self._speed(row)} of the {len(self.contenders)} rows McNemar's test "
-                f"cannot tell apart from it (p >= {SIGNIFICANT_P} {same}){not_compared}"
-            )
+        if row is best:
+            why = [f"the best row by {ranked}"]
         else:
-            why = (
+            why = [
                 f"McNemar's test cannot tell it apart from the best row by {ranked}, {best.backbone} {best.head} "
-                f"({_score(best, self.scoring)}; p = {row.metrics['mcnemar_p_vs_best']:.3f} >= {SIGNIFICANT_P} "
-                f"{same}), and it is {self._speed(row)} of the {len(self.contenders)} such rows (the best "
-                f"{self._ms(best)}){not_compared}"
-            )
-        return f"Use {row.backbone} {row.head} ({_score(row, self.scoring)}): {why}."
+                f"({_score(best, self.scoring)}; p = {row.metrics['mcnemar_p_vs_best']:.3f} >= {SIGNIFICANT_P} {same})"
+            ]
+        others = len(self.contenders) - 1
+        if not self.compared:
+            why.append("no other row was scored on the same images")
+        elif not others:
+            why.append(f"McNemar's test tells {_other_rows(self.compared)} apart from it (p < {SIGNIFICANT_P} {same})")
+        else:
+            if row is best:
+                why.append(
+                    f"McNemar's test cannot tell {_other_rows(others)} apart from it (p >= {SIGNIFICANT_P} {same})"
+                )
+            why.append(self._choice())
+        if self.elsewhere:
+            were = "1 row was" if self.elsewhere == 1 else f"{self.elsewhere} rows were"
+            why.append(f"{were} scored on other images, not compared")
+        return f"Use {row.backbone} {row.head} ({_score(row, self.scoring)}): {'; '.join(why)}."
+
+    def _choice(self) -> str:
+        """How the row was chosen among the contenders."""
+        row, best, ranked = self.row, self.best, self.scoring.replace("_", " ")
+        if row_key(row) in self.fused:
+            return "each of them joins several feature files, which export and serve do not take: the best is kept"
+        skipped = " (the best joins several feature files, which export and serve do not take)"
+        skipped = skipped if row_key(best) in self.fused else ""
+        ms = self.ms_per_image.get(row_key(row))
+        if ms is None:
+            return f"no time to predict could be measured, so the best by {ranked} of those that ship{skipped}"
+        return (
+            f"of those that ship{skipped}, the best by {ranked} within 10% of the fastest to predict (~{ms:.1f} "
+            f"ms/image; the best row {self._ms(best)})"
+        )
 
     def commands(self) -> list[str]:
         """The saved model, and the commands that ship it (those that take it)."""
@@ -75,7 +93,7 @@ class Recommendation:
         if path is None:
             return []
         model = shlex.quote(path)
-        if self.fused:
+        if row_key(self.row) in self.fused:
             return [
                 f"model: {path}",
                 f"predict: python cli.py predict --model {model} IMAGES (export and serve take one-backbone models)",
@@ -86,15 +104,13 @@ class Recommendation:
             export = f"export: python cli.py export --model {model} --out {onnx_dir}"
         return [f"model: {path}", export, f"serve: python cli.py serve --model {model}"]
 
-    def _speed(self, row: Row) -> str:
-        ms = self.ms_per_image.get(row_key(row))
-        if ms is None:
-            return "(its time to predict unknown) the most accurate"
-        return f"the most accurate within 10% of the fastest to predict (~{ms:.1f} ms/image)"
-
     def _ms(self, row: Row) -> str:
         ms = self.ms_per_image.get(row_key(row))
         return "time unknown" if ms is None else f"~{ms:.1f} ms/image"
+
+
+def _other_rows(count: int) -> str:
+    return "the other row" if count == 1 else f"{count} other rows"
 
 
 def _score(row: Row, scoring: str) -> str:
@@ -103,27 +119,28 @@ def _score(row: Row, scoring: str) -> str:
     return accuracy if scoring == "accuracy" else f"{scoring.replace('_', ' ')} {m[scoring]:.3f}, {accuracy}"
 
 
-def recommend(rows: list[Row], passes: dict, scoring: str = "accuracy", timer=None, log=print) -> Recommendation:
+def recommend(
+    rows: list[Row], passes: dict, scoring: str = "accuracy", fused=frozenset(), timer=None, log=print
+) -> Recommendation:
     """`rows` ranked best first by `scoring` (ranking.score_rows); `passes`: feature label -> the
-    forward passes its vectors need (forward_passes). `timer(name)` gives a backbone's ms per image
-    (default: measured here)."""
+    forward passes its vectors need (forward_passes); `fused`: the labels of joined feature files.
+    `timer(name)` gives a backbone's ms per image (default: measured here)."""
     best = rows[0]
-    compared = [row for row in rows[1:] if sorted(row.paths) == sorted(best.paths)]
-    contenders = [best, *(row for row in compared if _cannot_tell_apart(row))]
+    compared, contenders = _contenders(rows)
     ms, backbone_ms = {}, {}
     if len(contenders) > 1:
         ms, backbone_ms = _times(contenders, passes, timer or backbone_ms_per_image, log)
-    shippable = [row for row in contenders if not _is_fused(passes.get(row.backbone, ()))]
-    chosen = _fastest(shippable, ms) if shippable else best
+    shippable = [row for row in contenders if row.backbone not in fused]
     return Recommendation(
-        chosen,
+        _fastest(shippable, ms) if shippable else best,
         best,
         scoring,
         contenders,
+        compared=len(compared),
         elsewhere=len(rows) - 1 - len(compared),
         ms_per_image=ms,
         backbone_ms=backbone_ms,
-        fused=_is_fused(passes.get(chosen.backbone, ())),
+        fused=frozenset(row_key(row) for row in rows if row.backbone in fused),
     )
 
 
@@ -134,13 +151,16 @@ def _times(contenders: list[Row], passes: dict, timer, log) -> tuple[dict, dict]
     return {row_key(row): _row_ms(row, passes.get(row.backbone, ()), backbone_ms) for row in contenders}, backbone_ms
 
 
+def _contenders(rows: list[Row]) -> tuple[list[Row], list[Row]]:
+    """(the other rows scored on the best row's images, the best and those McNemar cannot tell apart from it)."""
+    best = rows[0]
+    compared = [row for row in rows[1:] if sorted(row.paths) == sorted(best.paths)]
+    return compared, [best, *(row for row in compared if _cannot_tell_apart(row))]
+
+
 def _cannot_tell_apart(row: Row) -> bool:
     p = row.metrics.get("mcnemar_p_vs_best")
     return p is not None and p >= SIGNIFICANT_P
-
-
-def _is_fused(names) -> bool:
-    return len(set(names)) > 1
 
 
 def _fastest(rows: list[Row], ms: dict) -> Row:
@@ -157,6 +177,8 @@ def _row_ms(row: Row, names, backbone_ms: dict) -> float | None:
     """A row's ms per image: its backbones' forward passes plus its head's; None where one of them is
     unknown. The fine-tuned network's own layer costs nothing beside its backbone."""
     head = row.info.get("predict_seconds_per_image")
+    if row.model is None:  # the fine-tuned network: one pass of its backbone, whatever its file averaged
+        names = tuple(dict.fromkeys(names))
     if not names or any(name not in backbone_ms for name in names) or (head is None and row.model is not None):
         return None
     return sum(backbone_ms[name] for name in names) + 1000 * (head or 0.0)
@@ -170,7 +192,8 @@ def _backbone_times(names, timer, log) -> dict:
         try:
             times[name] = timer(name)
         except Exception as error:  # an unknown backbone, or torch failing: the report is still written
-            log(f"recommendation: {name}'s forward pass not timed ({str(error).splitlines()[0][:200]})")
+            reason = (str(error).splitlines() or [type(error).__name__])[0][:200]
+            log(f"recommendation: {name}'s forward pass not timed ({reason})")
     if times:
         timed = ", ".join(f"{name} {ms:.1f} ms" for name, ms in times.items())
         log(f"recommendation: backbone forward pass per image: {timed}")

@@ -103,6 +103,21 @@ def test_extract_then_up_to_date(class_folders, tmp_path):
     assert "7 images: 7 extracted" in half.output and "resnet18-random-float16.h5" in half.output
 
 
+def test_a_dataset_named_in_another_script_is_extracted_read_and_compared(class_folders, tmp_path):
+    """`--name 'Ärzte 日本'`: its letters kept in the file's name and title, and the store it names opens
+    (a reader that allowed ASCII names only once refused it as "not a plain name")."""
+    from featurize import load_features
+
+    common = ("--out", tmp_path, "--backbone", "resnet18", "--weights", "random", "--quiet")
+    extracted = run("extract", "--data", class_folders, "--name", "Ärzte 日本", "--workers", "0", *common[:-1])
+    assert extracted.exit_code == 0, extracted.output
+    store = next((tmp_path / "features").glob("Ärzte_日本-*-resnet18-random.h5"))
+    assert load_features(store).dataset.startswith("Ärzte_日本-")
+    compared = run("compare", "--out", tmp_path, "--clf", "knn", "--cv", "2", "--quiet")
+    assert compared.exit_code == 0, compared.output
+    assert "# Ärzte_日本: which head wins" in compared.output
+
+
 def test_extract_name_names_the_file_keeps_the_hash_and_finds_the_file_again(class_folders, tmp_path):
     from featurize import load_features
 

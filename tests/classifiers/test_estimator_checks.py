@@ -15,6 +15,7 @@ ESTIMATORS = [
     TorchLinearClassifier(epochs=5, lr=0.1, batch_size=64),
     MiniBatchLogisticRegression(epochs=5, lr=0.1, batch_size=64),
     ChunkedStandardScaler(),
+    ChunkedStandardScaler(smallest_scale=1.0),  # as the heads build it
     FeatureClassifier(LogisticRegression()),  # on vectors; from images: tests/classifiers/test_model.py
 ]
 

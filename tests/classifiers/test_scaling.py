@@ -26,3 +26,17 @@ def test_chunked_scaler_fits_what_standard_scaler_fits_without_its_temporary_cop
     assert chunked.n_samples_seen_ == reference.n_samples_seen_ == 40_000
     np.testing.assert_allclose(chunked.transform(X[:100]), reference.transform(X[:100]), rtol=1e-6)
     assert plain_peak > 2 * X.nbytes and chunked_peak < 0.1 * X.nbytes, (plain_peak, chunked_peak)
+
+
+def test_a_scaler_pickled_before_the_floor_keeps_the_old_rule():
+    import pickle
+
+    import numpy as np
+
+    from classifiers.scaling import ChunkedStandardScaler
+
+    old = ChunkedStandardScaler().fit(np.random.default_rng(0).random((20, 3)))
+    del old.__dict__["smallest_scale"]  # as an instance pickled before the setting existed
+    loaded = pickle.loads(pickle.dumps(old))
+    assert loaded.get_params()["smallest_scale"] == 0.0 and repr(loaded)
+    loaded.partial_fit(np.ones((2, 3)))
