@@ -409,7 +409,8 @@ def serve(model_path, host, port, device, **limits):
 @click.option(
     "--features",
     multiple=True,
-    help="Feature file(s); several = several backbones, one table [default: the newest under OUT/features].",
+    help="Feature file(s); several = several backbones, one table [default: every feature file under "
+    "OUT/features of the dataset whose file was written last].",
 )
 @click.option("--out", default=DEFAULT_OUT, show_default=True, help="Output root; reports go to OUT/reports/.")
 @click.option("--clf", default="all", show_default=True, help="Heads: all, or a comma list (svm,rf,...).")
@@ -443,7 +444,7 @@ def serve(model_path, host, port, device, **limits):
     type=click.Choice(FUSE_MODES),
     default="concat",
     show_default=True,
-    help="With several --features: also fit every head on each image's vectors joined (each "
+    help="With several feature files: also fit every head on each image's vectors joined (each "
     "backbone's L2-normalised first); none: only the files one by one.",
 )
 @click.option(

@@ -67,6 +67,8 @@ class Recommendation:
                     f"McNemar's test cannot tell {_other_rows(others)} apart from it (p >= {SIGNIFICANT_P} {same})"
                 )
             why.append(self._choice())
+        if row_key(row) in self.fused and len(self.contenders) == 1:
+            why.append("it joins several feature files, which export and serve do not take (predict and joblib do)")
         if self.elsewhere:
             were = "1 row was" if self.elsewhere == 1 else f"{self.elsewhere} rows were"
             why.append(f"{were} scored on other images, not compared")
@@ -165,9 +167,9 @@ def _cannot_tell_apart(row: Row) -> bool:
 
 def _fastest(rows: list[Row], ms: dict) -> Row:
     """The first (most accurate) of `rows` within CLOSE_ENOUGH of the fewest ms per image; the first
-    where none was timed."""
+    where its time, or every time, is unknown."""
     timed = [row for row in rows if ms.get(row_key(row)) is not None]
-    if not timed:
+    if not timed or ms.get(row_key(rows[0])) is None:  # the best's time unknown: no speed to trade it for
         return rows[0]
     fastest = min(ms[row_key(row)] for row in timed)
     return next(row for row in timed if ms[row_key(row)] <= fastest * CLOSE_ENOUGH)

@@ -93,6 +93,7 @@ def test_a_fused_best_told_apart_from_every_other_row_is_recommended_with_what_c
     worse = _row("a", "svm", [True] * 20 + [False] * 20, predict_ms=1.0)
     chosen = recommend(_ranked(worse, fused), {"a+b": ("a", "b"), "a": ("a",)}, fused={"a+b"}, timer=pytest.fail)
     assert chosen.row is fused and ("a+b", "svm") in chosen.fused
+    assert "it joins several feature files, which export and serve do not take" in chosen.text()
     assert chosen.commands() == [
         "model: /models dir/a+b-svm.joblib",
         "predict: python cli.py predict --model '/models dir/a+b-svm.joblib' IMAGES (export and serve take "
@@ -119,6 +120,19 @@ def test_a_row_whose_time_is_unknown_is_not_chosen_for_speed():
     assert chosen.row is best and chosen.ms_per_image[("odd", "logreg")] is None
     assert said == ["recommendation: odd's forward pass not timed (cannot build odd)"]
     assert "no time to predict could be measured, so the best by accuracy of those that ship" in chosen.text()
+    times = {"odd": None, "ok": 1.0}  # the best row's backbone untimed, another's timed: no speed to trade it for
+    fast.backbone = "ok"
+    kept = recommend(_ranked(fast, best), {"odd": ("odd",), "ok": ("ok",)}, timer=_failing_on(times), **QUIET)
+    assert kept.row is best
+
+
+def _failing_on(times):
+    def timer(name):
+        if times[name] is None:
+            raise RuntimeError(f"cannot build {name}")
+        return times[name]
+
+    return timer
 
 
 def test_the_fine_tuned_network_costs_one_pass_of_its_backbone_and_wins_within_a_tenth():
