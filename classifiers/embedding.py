@@ -63,7 +63,8 @@ class BackboneSource:
 
     def embedder(self, device: str = "auto"):
         """(the embedder of featurize.engines, the device it runs on)."""
-        from featurize import load_embedder, resolve_device, resolve_engine
+        from common.hashing import json_key
+        from featurize import graph_cache_dir, load_embedder, resolve_device, resolve_engine
 
         device = resolve_device(device)
         if self._embedder is not None and self._embedder[1] == device:
@@ -74,7 +75,16 @@ class BackboneSource:
         # The features' own engine is used where the device allows it.
         engine = self.config.get("engine", "torch")
         engine = resolve_engine("auto" if engine == "onnxruntime" and device != "cpu" else engine, device)
-        self._embedder = (load_embedder(backbone, weights, device, engine, tta=self.config.get("tta", "none")), device)
+        embedder = load_embedder(
+            backbone,
+            weights,
+            device,
+            engine,
+            fingerprint=json_key(self.config),  # the features' fingerprint: the graph's every setting
+            cache_dir=graph_cache_dir(),
+            tta=self.config.get("tta", "none"),
+        )
+        self._embedder = (embedder, device)
         return self._embedder
 
     def feature_dim(self, device: str = "auto") -> int:

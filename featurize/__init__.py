@@ -35,7 +35,16 @@ from .demo_data import write_digits
 from .devices import default_workers, resolve_device
 from .discovery import ImageList, discover, display_name, file_identity, find_images
 from .distributed import connect_ray
-from .engines import ENGINES, ONNX_OPSET, compute_precision, cpu_session, export_backbone, load_embedder, resolve_engine
+from .engines import (
+    ENGINES,
+    ONNX_OPSET,
+    compute_precision,
+    cpu_session,
+    export_backbone,
+    graph_cache_dir,
+    load_embedder,
+    resolve_engine,
+)
 from .extract import ExtractResult, extract
 from .fingerprints import FeatureSpec, library_versions
 from .fuse import FUSE_MODES, FuseMode, fuse_features, part_widths
@@ -61,6 +70,7 @@ __all__ = [
     "compute_precision",
     "cpu_session",
     "export_backbone",
+    "graph_cache_dir",
     "load_embedder",
     "resolve_engine",
     "ENGINES",

@@ -45,6 +45,15 @@ def write_tinted_with_mistakes(root: Path, count: int, wrong: int = 3) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def graph_cache(tmp_path, monkeypatch) -> Path:
+    """Each test's own cache of saved models' exported backbones (featurize.graph_cache_dir): no test
+    writes to the user's ~/.cache, or finds a graph another test exported."""
+    folder = tmp_path / "graph-cache"
+    monkeypatch.setenv("CNNFEAT_CACHE_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture
 def class_folders(tmp_path) -> Path:
     """data/{cats,dogs}/*.png: 4 + 3 images, no split."""

@@ -246,6 +246,24 @@ def test_an_interrupted_save_never_pairs_a_new_record_with_an_old_model(tinted_s
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("m.")) == ["m.joblib", "m.json"]
 
 
+def test_a_saved_model_exports_its_backbone_once_then_reads_the_graph(tinted_store, tmp_path, graph_cache, monkeypatch):
+    """`predict` exported lite0 to ONNX again in every process: a loaded model now keeps the graph in
+    the cache folder, keyed by its features' fingerprint, and the next process reads it."""
+    engines = importlib.import_module("featurize.engines")
+    exported = []
+    export = engines.export_backbone
+    monkeypatch.setattr(engines, "export_backbone", lambda module: exported.append(1) or export(module))
+    model, features = _fitted(tinted_store)
+    save_model(model, tmp_path / "m.joblib", {})
+    paths = [f"{features.data_root}/{p}" for p in features.paths[:3]]
+    first, _ = load_model(tmp_path / "m.joblib").embed_images(paths)  # a process of its own: nothing built yet
+    assert len(exported) == 1 and [p.suffix for p in graph_cache.iterdir()] == [".onnx"]
+    again, _ = load_model(tmp_path / "m.joblib").embed_images(paths)
+    assert len(exported) == 1  # read, not exported
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_allclose(first, features.X[:3], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("engine,precision", [("onnxruntime", "float32"), ("torch", "float32"), ("torch", "float16")])
 def test_pil_images_and_files_give_the_same_vectors(tinted_store, tmp_path, monkeypatch, engine, precision):
     """One path from a batch to the model: PIL images and files (PNG: the same pixels) agree exactly,
