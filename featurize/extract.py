@@ -296,10 +296,32 @@ def _sigterm_as_interrupt():
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)
+    hook, threading.excepthook = threading.excepthook, _quiet_hangups(threading.excepthook)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        threading.excepthook = hook
+
+
+def _quiet_hangups(hook):
+    """`hook`, less the traceback multiprocessing's resource-sharer thread prints when a decoding
+    worker it was handing a batch to is stopped with the run (a broken pipe): the run says it was
+    interrupted in one line, and that is all there is to say."""
+
+    def quiet(args):
+        hung_up = issubclass(args.exc_type, (BrokenPipeError, ConnectionResetError, EOFError))
+        if hung_up and "resource_sharer" in "".join(map(str, _frames(args.exc_traceback))):
+            return
+        hook(args)
+
+    return quiet
+
+
+def _frames(tb):
+    while tb is not None:
+        yield tb.tb_frame.f_code.co_filename
+        tb = tb.tb_next
 
 
 def _check_strict(result: ExtractResult, strict: bool) -> None:
