@@ -156,7 +156,8 @@ def _times(contenders: list[Row], passes: dict, timer, log) -> tuple[dict, dict]
 def _contenders(rows: list[Row]) -> tuple[list[Row], list[Row]]:
     """(the other rows scored on the best row's images, the best and those McNemar cannot tell apart from it)."""
     best = rows[0]
-    compared = [row for row in rows[1:] if sorted(row.paths) == sorted(best.paths)]
+    images = sorted(best.paths)  # once, not once per row
+    compared = [row for row in rows[1:] if sorted(row.paths) == images]
     return compared, [best, *(row for row in compared if _cannot_tell_apart(row))]
 
 
