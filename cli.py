@@ -84,8 +84,8 @@ def cli():
     type=click.Choice(("auto", *ENGINES)),
     default="auto",
     show_default=True,
-    help="What runs the backbone: auto = onnxruntime on the CPU (the backbone exported once to "
-    "OUT/onnx/), torch on CUDA.",
+    help="What runs the backbone: auto = onnxruntime on the CPU (the backbone exported once, kept in "
+    "$CNNFEAT_CACHE_DIR or ~/.cache/cnnfeat/onnx), torch on CUDA.",
 )
 @click.option(
     "--ray",
@@ -105,7 +105,8 @@ def cli():
     "--workers",
     type=click.IntRange(min=0),
     default=None,
-    help="Decoding processes [default: CPU cores - 1, at most 8].",
+    help="Decoding workers: threads with onnxruntime [default: CPU cores], processes with torch "
+    "[default: CPU cores - 1]; at most 8 by default, 0 decodes in the main thread.",
 )
 @click.option(
     "--dtype",
@@ -311,7 +312,12 @@ def fit(clf, features, out, grid, **options):
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per forward pass.")
-@click.option("--workers", type=click.IntRange(min=0), default=None, help="Decoding processes.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Decoding workers (threads with onnxruntime, processes with torch) [default: none below 64 images].",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def predict(model_path, inputs, out_csv, device, batch_size, workers, quiet):
     """Predict images (files or folders) with a saved model; one CSV row per image."""

@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader
 from torchvision import datasets
@@ -37,7 +38,6 @@ from featurize import (  # noqa: E402
     extract,
     get_backbone,
 )
-from featurize.decoding import load_image  # noqa: E402
 from featurize.devices import default_batch_size, resolve_device  # noqa: E402
 from featurize.engines import ENGINES, load_embedder, resolve_engine  # noqa: E402
 
@@ -75,7 +75,7 @@ def tutorial_loop(record, weights, data: Path, device: str, num_workers: int) ->
 def forward_only(record, weights, data: Path, device: str, engine: str) -> tuple[float, int]:
     images = discover(data)
     transform = record.preprocessing().transform()
-    tensors = torch.stack([transform(load_image(images.root / p)) for p in images.paths])
+    tensors = np.stack([transform.from_file(images.root / p) for p in images.paths])
     model = load_embedder(record, weights, device, engine, FeatureSpec(record, weights).fingerprint)
     batch_size = default_batch_size(device)
     model.embed(tensors[:batch_size])  # warm-up (the embedder returns numpy: the device is synchronised)

@@ -27,13 +27,13 @@ from sklearn.preprocessing import StandardScaler
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from featurize import discover, get_backbone, load_image  # noqa: E402
+from featurize import discover, get_backbone  # noqa: E402
 from featurize.engines import cpu_session, export_backbone  # noqa: E402
 
 
 def crops(images, record, paths):
     transform = record.preprocessing().transform()
-    return np.stack([transform(load_image(images.root / p)).numpy() for p in paths])
+    return np.stack([transform.from_file(images.root / p) for p in paths])
 
 
 def embed(session, batch, size=16):

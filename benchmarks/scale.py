@@ -187,7 +187,7 @@ def run_cli(operation: str, rows: int, folder: Path) -> dict:
 
     if operation == "extract one-file":
         changed = cli_tree_and_store(tree, out, rows)
-        warm = folder / "warm-up"  # the ONNX export (once per backbone, cached in OUT/onnx/) is not what is timed
+        warm = folder / "warm-up"  # the ONNX export (once per backbone, then cached) is not what is timed
         write_jpeg(warm / "a" / "one.jpg")
         subprocess.run(extract(warm), check=True, capture_output=True)
         write_jpeg(changed)

@@ -106,13 +106,11 @@ class BackboneSource:
         )
 
     def embed_pil(self, pil_images, device="auto") -> np.ndarray:
-        import torch
-
-        from featurize import pil_to_rgb_tensor
+        from featurize import rgb_image
 
         extractor, _ = self.embedder(device)
         transform = extractor.preprocessing.transform()
-        return extractor.embed(torch.stack([transform(pil_to_rgb_tensor(image)) for image in pil_images]))
+        return extractor.embed(np.stack([transform(rgb_image(image)) for image in pil_images]))
 
 
 def backbone_sources(feature_config: dict | None, weights_source: str = "") -> list[BackboneSource]:

@@ -10,7 +10,7 @@ from typing import NamedTuple
 import numpy as np
 
 from common.errors import CnnfeatError
-from featurize import ImageDataset, checked_batches, collate_readable
+from featurize import ImageDataset, OnTensors, checked_batches, collate_readable
 
 from .splits import SCORED_SPLITS, holdout_rows
 
@@ -90,7 +90,7 @@ def train_loader(images, rows: list[int], transform, compute: Compute, generator
     batches (positions in `rows`, the decoded images stacked or None, [(position, reason)])."""
     from torch.utils.data import DataLoader
 
-    dataset = ImageDataset(images.root, [images.paths[i] for i in rows], transform)
+    dataset = ImageDataset(images.root, [images.paths[i] for i in rows], OnTensors(transform))
     return DataLoader(
         dataset,
         batch_size=compute.batch_size,

@@ -53,7 +53,7 @@ def class_activation_map(model, image, class_name, device="auto", grid=None) -> 
 
     W, _ = linear_form(model.pipeline_)
     extractor, backbone = first_backbone(model)  # the torch module, also where features came from onnxruntime
-    crop = backbone.preprocessing().transform()(image).unsqueeze(0)
+    crop = torch.from_numpy(backbone.preprocessing().transform()(image)).unsqueeze(0)
     flip = model.sources()[0].config.get("tta", "none") == "flip"
     with torch.inference_mode():
         maps = last_feature_map(extractor, torch.cat([crop, crop.flip(3)]) if flip else crop)
@@ -108,7 +108,7 @@ def feature_map_grid(model, image, layer: str | None) -> tuple[np.ndarray, str]:
     import torch
 
     extractor, backbone = first_backbone(model)
-    crop = backbone.preprocessing().transform()(image).unsqueeze(0)
+    crop = torch.from_numpy(backbone.preprocessing().transform()(image)).unsqueeze(0)
     modules = layers(extractor, backbone, layer)
     captured = []
     with torch.inference_mode():

@@ -9,7 +9,8 @@ rearranged without touching them. Importing it imports no torch (`cnnfeat --help
   `collate_readable`, `checked_batches`), the device policy (`resolve_device`, `default_workers`);
 - the store: `load_features`, `Features`, `Storage`, `take_rows`, `library_versions`;
 - images: finding them (`discover`, `find_images`, `file_identity`), a dataset's name for a title
-  (`display_name`), decoding them (`load_image`, `decode_upload`, `pil_to_rgb_tensor`);
+  (`display_name`), decoding them (`read_image`, `decode_pil`, `rgb_image`: PIL images, reduced-size
+  JPEG decoding; `load_image`, `pil_to_rgb_tensor`: torch tensors);
 - backbones and engines: the registry (`BACKBONES`, `get_backbone`, `list_backbones`, `register`),
   `load_embedder`, `export_backbone`, `cpu_session`;
 - fused features (`fuse_features`), Ray (`connect_ray`), the digits demo (`write_digits`);
@@ -29,8 +30,8 @@ from .backbones import (
     list_backbones,
     register,
 )
-from .batches import ImageDataset, checked_batches, collate_readable, iter_vectors
-from .decoding import UnreadableImage, decode_upload, load_image, pil_to_rgb_tensor
+from .batches import ImageDataset, OnTensors, checked_batches, collate_readable, iter_vectors
+from .decoding import UnreadableImage, decode_pil, load_image, pil_to_rgb_tensor, read_image, rgb_image
 from .demo_data import write_digits
 from .devices import default_workers, resolve_device
 from .discovery import ImageList, discover, display_name, file_identity, find_images
@@ -76,6 +77,7 @@ __all__ = [
     "ENGINES",
     "ExtractResult",
     "ImageDataset",
+    "OnTensors",
     "checked_batches",
     "default_workers",
     "extract",
@@ -88,7 +90,9 @@ __all__ = [
     "part_widths",
     "ImageList",
     "UnreadableImage",
-    "decode_upload",
+    "decode_pil",
+    "read_image",
+    "rgb_image",
     "discover",
     "display_name",
     "file_identity",

@@ -1,12 +1,13 @@
-"""Images to batches to vectors, in this process: decoding in DataLoader worker processes (so it
-overlaps the forward pass), unreadable images set aside with their reason, the batches run
-through an embedder of featurize.engines.
+"""Images to batches to vectors, in this process: decoding in threads (onnxruntime) or DataLoader
+worker processes (torch), so it overlaps the forward pass; unreadable images set aside with their
+reason; the batches run through an embedder of featurize.engines.
 
 The model sees uint8 batches and normalises them itself (see network.FeatureExtractor).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,8 @@ from .devices import default_batch_size, default_workers
 
 
 class ImageDataset:
-    """Index -> (index, uint8 CHW tensor or None, reason). Never raises for a bad image."""
+    """Index -> (index, uint8 crop (3,h,w) or None, reason). Never raises for a bad image. `transform`:
+    what turns a file into the crop (its `from_file`: preprocessing.ResizeCrop, OnTensors)."""
 
     def __init__(self, root: Path, paths: list[str], transform):
         self.root, self.paths, self.transform = root, paths, transform
@@ -30,10 +32,22 @@ class ImageDataset:
         return (i, *decode_or_reason(self.root / self.paths[i], self.transform))
 
 
+class OnTensors:
+    """A torchvision transform of decoded uint8 tensors (3,H,W) (fine-tuning's augmentation), with the
+    `from_file` an ImageDataset calls: each file decoded at full size (load_image), then transformed."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def from_file(self, path):
+        return self.transform(load_image(path))
+
+
 def decode_or_reason(path: Path, transform):
-    """(the transformed uint8 tensor, "") or (None, why the image cannot be used). Never raises."""
+    """(the uint8 crop of preprocessing.ResizeCrop `transform`, "") or (None, why the image cannot be
+    used). Never raises."""
     try:
-        return transform(load_image(path)), ""
+        return transform.from_file(path), ""
     except UnreadableImage as error:
         return None, str(error)
     except Exception as error:  # one odd image must not stop a run over thousands
@@ -92,30 +106,80 @@ def iter_vectors(
     progress: bool = False,
     desc: str = "images",
 ):
-    """Decode `paths` (relative to `root`) in worker processes and run them through `model` (an
-    embedder of featurize.engines).
+    """Decode `paths` (relative to `root`) and run them through `model` (an embedder of
+    featurize.engines): in `workers` threads for onnxruntime (no torch imported), in a DataLoader's
+    worker processes for torch. `workers` 0: in this thread, one image after the other.
 
     Yields, batch by batch: (positions of the good images in `paths`, their vectors (k, D) float32,
     [(position, reason)] of the unreadable ones).
     """
-    from torch.utils.data import DataLoader
     from tqdm import tqdm
 
     batch_size = batch_size or default_batch_size(device)
-    workers = default_workers() if workers is None else min(workers, len(paths))
-    dataset = ImageDataset(Path(root), paths, model.preprocessing.transform())
+    workers = default_workers(model.engine) if workers is None else min(workers, len(paths))
+    transform = model.preprocessing.transform()
+    decode = decoded_in_threads if model.engine == "onnxruntime" else decoded_in_processes
+    with tqdm(total=len(paths), unit="img", desc=desc, disable=not progress, smoothing=0.1) as bar:
+        for good, batch, bad in decode(Path(root), paths, transform, batch_size, workers, device):
+            vectors = np.zeros((0, model.feature_dim), np.float32)
+            if batch is not None:
+                vectors = model.embed(batch)
+            yield good, vectors, bad
+            bar.update(len(good) + len(bad))
+
+
+THREAD_PREFETCH = 4  # batches decoded ahead of the one being embedded
+
+
+def decoded_in_threads(root: Path, paths: list[str], transform, batch_size: int, workers: int, device: str = "cpu"):
+    """(positions, stacked uint8 crops or None, [(position, reason)]) per batch of `paths`, decoded by
+    `workers` threads (PIL lets go of the GIL while it decodes and resizes) up to THREAD_PREFETCH
+    batches ahead; `workers` 0: each batch decoded when it is asked for."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    starts = range(0, len(paths), batch_size)
+    if not workers:
+        for start in starts:
+            yield _stacked(
+                [
+                    (start + k, *decode_or_reason(root / p, transform))
+                    for k, p in enumerate(paths[start : start + batch_size])
+                ]
+            )
+        return
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="decode")
+    try:
+        ahead = deque()
+        for start in starts:
+            chunk = paths[start : start + batch_size]
+            ahead.append((start, [pool.submit(decode_or_reason, root / p, transform) for p in chunk]))
+            if len(ahead) > THREAD_PREFETCH:
+                yield _finished(*ahead.popleft())
+        while ahead:
+            yield _finished(*ahead.popleft())
+    finally:  # stopped early (an error, Ctrl-C): the images not started yet are not decoded
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _finished(start: int, futures) -> tuple:
+    return _stacked([(start + k, *future.result()) for k, future in enumerate(futures)])
+
+
+def _stacked(items) -> tuple:
+    good, bad = split_readable(items)
+    return [i for i, _ in good], (np.stack([crop for _, crop in good]) if good else None), bad
+
+
+def decoded_in_processes(root: Path, paths: list[str], transform, batch_size: int, workers: int, device: str):
+    """As decoded_in_threads, from a DataLoader's `workers` worker processes (torch tensors)."""
+    from torch.utils.data import DataLoader
+
     loader = DataLoader(
-        dataset,
+        ImageDataset(root, paths, transform),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=collate_readable,
         pin_memory=device.startswith("cuda"),
         prefetch_factor=4 if workers else None,
     )
-    with tqdm(total=len(paths), unit="img", desc=desc, disable=not progress, smoothing=0.1) as bar:
-        for good, batch, bad in checked_batches(loader, workers):
-            vectors = np.zeros((0, model.feature_dim), np.float32)
-            if batch is not None:
-                vectors = model.embed(batch)
-            yield good, vectors, bad
-            bar.update(len(good) + len(bad))
+    return checked_batches(loader, workers)

@@ -1,4 +1,8 @@
-"""Decoding image files robustly to upright 8-bit RGB tensors; the reason, never a crash, for one that cannot be."""
+"""Decoding image files robustly to upright 8-bit RGB images; the reason, never a crash, for one that cannot be.
+
+Everything decodes through PIL (no torch: a few images decode without importing it). A JPEG much
+larger than the network needs is decoded straight to a reduced size (decode_pil's `min_side`).
+"""
 
 from __future__ import annotations
 
@@ -15,63 +19,82 @@ class UnreadableImage(Exception):
     """Why one image was skipped; the run goes on."""
 
 
-# Formats and modes torchvision's decoders (libjpeg-turbo, libpng, libwebp) turn into 8-bit RGB
-# themselves: more than twice as fast as PIL here. Everything else (CMYK, 16-bit, GIF, TIFF,
-# BMP...) goes through PIL.
-_FAST_FORMATS = {"JPEG": {"RGB", "L"}, "PNG": {"RGB", "RGBA", "L", "LA"}, "WEBP": {"RGB", "RGBA"}}
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # 16-bit (or wider) greyscale, integer or float
+# A reduced-size JPEG keeps both sides >= DRAFT_MARGIN x the resize target, so the resize that follows
+# still averages several decoded pixels into each of its own (see benchmarks/reduced_decoding.py).
+DRAFT_MARGIN = 2
 
 
 def load_image(path: str | os.PathLike):
-    """Decode one image file into an upright 8-bit RGB uint8 tensor (3, H, W).
+    """Decode one image file, at full size, into an upright 8-bit RGB uint8 tensor (3, H, W).
 
     Raises UnreadableImage with a short reason for empty, foreign, truncated or oversized files.
     """
+    import torch
+
+    return torch.from_numpy(chw_array(read_image(path)))
+
+
+def read_image(path: str | os.PathLike, min_side: int | None = None):
+    """An image file -> its upright RGB PIL image (decode_pil), reduced as `min_side` allows."""
     with _reasons():
         data = Path(path).read_bytes()
-    return decode_image_bytes(data)
+    return decode_pil(data, min_side)
 
 
-def decode_image_bytes(data: bytes):
-    """An image file's bytes (a file, an upload) -> the uint8 RGB tensor (3, H, W), as load_image."""
-    import torch
-    from PIL import Image
-    from torchvision.io import ImageReadMode, decode_image
+def decode_pil(data: bytes, min_side: int | None = None, max_pixels: int | None = None):
+    """An image file's bytes -> the upright 8-bit RGB PIL image, loaded.
+
+    `min_side`: a JPEG at least 2 x DRAFT_MARGIN x `min_side` on both sides is decoded at a reduced
+    DCT scale (1/2, 1/4 or 1/8: libjpeg's draft mode, several times faster) that keeps both sides
+    >= DRAFT_MARGIN x `min_side`; other formats and smaller JPEGs decode at full size.
+    `max_pixels`: an image that would still decode to more pixels is refused from its header, before
+    its pixels are decoded (`serve`); 16-bit and float images count twice (their conversion to 8
+    bits, in float64, takes nearly twice the memory per pixel of the costliest 8-bit path).
+    Raises UnreadableImage with a short reason for empty, foreign, truncated or oversized data.
+    """
+    from PIL import Image, ImageOps
 
     with _reasons():
         if not data:
             raise UnreadableImage("empty file")
         with Image.open(io.BytesIO(data)) as image:  # reads the header: format, mode, size (bomb check)
-            if image.mode in _FAST_FORMATS.get(image.format, ()):
-                try:
-                    return decode_image(
-                        torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                        mode=ImageReadMode.RGB,
-                        apply_exif_orientation=True,
-                    )
-                except RuntimeError as error:
-                    raise OSError(str(error).splitlines()[0].rsplit(", ", 1)[-1]) from None
-            return _pil_to_tensor(_decoded_pil(image))
+            if min_side and image.format in ("JPEG", "MPO"):
+                image.draft(image.mode, (DRAFT_MARGIN * min_side,) * 2)  # a no-op when too small
+            if max_pixels:
+                _check_pixels(image, max_pixels)
+            image.load()
+            return _to_rgb(ImageOps.exif_transpose(image))
+
+
+def _check_pixels(image, max_pixels: int) -> None:
+    width, height = image.size
+    cost = width * height * (2 if image.mode in WIDE_MODES else 1)
+    if cost > max_pixels:
+        raise UnreadableImage(
+            f"{width}x{height} image: {cost / 1e6:.1f} megapixels to decode"
+            f"{' (16-bit or float: 2 per pixel)' if cost > width * height else ''}, "
+            f"over this server's limit of {max_pixels / 1e6:g} megapixels (--max-pixels)"
+        )
+
+
+def rgb_image(image):
+    """A PIL image from the caller's own code -> upright 8-bit RGB, as decode_pil gives."""
+    from PIL import ImageOps
+
+    return _to_rgb(ImageOps.exif_transpose(image))
 
 
 def pil_to_rgb_tensor(image):
-    """A PIL image from the caller's own code -> the same uint8 RGB tensor load_image gives."""
-    from PIL import ImageOps
+    """A PIL image from the caller's own code -> the uint8 RGB tensor (3, H, W) load_image gives."""
+    import torch
 
-    return _pil_to_tensor(_to_rgb(ImageOps.exif_transpose(image)))
-
-
-def _pil_to_tensor(image):
-    from torchvision.transforms.functional import pil_to_tensor
-
-    return pil_to_tensor(image)
+    return torch.from_numpy(chw_array(rgb_image(image)))
 
 
-def _decoded_pil(image):
-    from PIL import ImageOps
-
-    image.load()
-    return _to_rgb(ImageOps.exif_transpose(image))
+def chw_array(image) -> np.ndarray:
+    """An RGB PIL image -> a contiguous uint8 array (3, H, W)."""
+    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
 
 
 @contextmanager
@@ -99,6 +122,8 @@ def _reasons():
 def _to_rgb(image):
     from PIL import Image
 
+    if image.mode == "RGB":
+        return image
     if image.mode in WIDE_MODES:
         # 16-bit (or wider) greyscale: scale to 8 bits; PIL's convert() would clip at 255 instead.
         values = np.asarray(image, dtype=np.float64)
@@ -107,36 +132,3 @@ def _to_rgb(image):
     elif image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")  # the way PIL asks palette-with-transparency to go
     return image.convert("RGB")
-
-
-def decode_upload(data: bytes, min_side: int, max_pixels: int):
-    """An uploaded file's bytes -> the uint8 RGB tensor (3, H, W), with its memory bounded (`serve`).
-
-    A JPEG at least 4 x `min_side` on both sides is decoded at a reduced DCT scale (1/2, 1/4 or 1/8:
-    libjpeg's draft mode) that keeps both sides >= 2 x `min_side`: the resize of the shorter side to
-    `min_side` that follows then lands within a few grey levels of the full decode's (0.8 on
-    average, 4.5 at worst, on upscaled hymenoptera photos; decoding to just 1 x gave 2 and 10).
-    An image that would still decode to more than `max_pixels` is refused from its header, before
-    its pixels are decoded; 16-bit and float images count twice (their conversion to 8 bits, in
-    float64, takes nearly twice the memory per pixel of the costliest 8-bit path). Everything else
-    decodes exactly as decode_image_bytes does."""
-    from PIL import Image
-
-    with _reasons():
-        if not data:
-            raise UnreadableImage("empty file")
-        with Image.open(io.BytesIO(data)) as image:  # the header only: format, mode, size
-            full_size = image.size
-            if image.format in ("JPEG", "MPO"):
-                image.draft(image.mode, (2 * min_side, 2 * min_side))  # a no-op below 4 x min_side
-            width, height = image.size
-            cost = width * height * (2 if image.mode in WIDE_MODES else 1)
-            if cost > max_pixels:
-                raise UnreadableImage(
-                    f"{width}x{height} image: {cost / 1e6:.1f} megapixels to decode"
-                    f"{' (16-bit or float: 2 per pixel)' if cost > width * height else ''}, "
-                    f"over this server's limit of {max_pixels / 1e6:g} megapixels (--max-pixels)"
-                )
-            if image.size != full_size:
-                return _pil_to_tensor(_decoded_pil(image))
-    return decode_image_bytes(data)

@@ -40,5 +40,8 @@ def default_batch_size(device: str) -> int:
     return 128 if device.startswith("cuda") else 16
 
 
-def default_workers() -> int:
-    return min(8, max(1, (os.cpu_count() or 2) - 1))
+def default_workers(engine: str = "torch") -> int:
+    """Decoding workers: threads beside onnxruntime (one per core: they sleep while it runs), worker
+    processes beside torch (one core left to the forward pass)."""
+    cores = os.cpu_count() or 2
+    return min(8, cores if engine == "onnxruntime" else max(1, cores - 1))

@@ -73,9 +73,7 @@ class EmbedShard:
         good, _ = split_readable(items)
         vectors = np.zeros((len(items), self.embedder.feature_dim), np.float32)
         if good:
-            import torch
-
-            vectors[[k for k, _ in good]] = self.embedder.embed(torch.stack([tensor for _, tensor in good]))
+            vectors[[k for k, _ in good]] = self.embedder.embed(np.stack([crop for _, crop in good]))
         return {"position": batch["position"], "vector": vectors, "reason": np.asarray([r for _, _, r in items])}
 
 

@@ -11,6 +11,7 @@ images all call ``embed``, so they compute the same numbers for a given engine.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import warnings
@@ -95,12 +96,16 @@ class OnnxEmbedder:
 
 
 def cpu_session(graph: bytes | str | os.PathLike, threads: int | None = None):
-    """An onnxruntime CPU session; `threads` default: every core (decoding runs in other processes)."""
+    """An onnxruntime CPU session; `threads` default: every core (decoding threads use them too, while
+    the session sleeps between batches)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or os.cpu_count() or 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle threads sleep rather than spin: the cores go to the decoding threads between batches
+    # (extract on hymenoptera, lite0, 2 cores: ~140 img/s, against ~108-130 spinning).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = str(graph) if isinstance(graph, (str, os.PathLike)) else graph
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
@@ -134,12 +139,14 @@ def backbone_graph(
     record, weights, fingerprint: str, cache_dir: Path | None, trust_pickle: bool, tta: str = "none"
 ) -> bytes:
     """The exported graph of `record` with `weights`, as bytes: read from
-    `cache_dir/<backbone>-<fingerprint>.onnx` when a readable one is there, else exported (and
-    written there, atomically, when a cache dir is given: a damaged file is replaced)."""
+    `cache_dir/<backbone>-<fingerprint>.onnx` when it is there whole, else exported (and written
+    there, atomically, when a cache dir is given: a damaged file is replaced). "Whole" = the sha256
+    written beside it after it: cheaper than onnx's checker, whose import alone took 0.4-0.8 s of
+    a one-image `predict`."""
     path = Path(cache_dir) / f"{record.name}-{fingerprint}.onnx" if cache_dir is not None else None
     if path is not None and path.is_file():
         graph = path.read_bytes()
-        if _readable(graph):
+        if _whole(graph, _checksum_path(path)):
             return graph
     graph = export_backbone(record.load(weights, trust_pickle, tta))
     if path is not None:
@@ -147,9 +154,15 @@ def backbone_graph(
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_write(path) as tmp:
                 tmp.write_bytes(graph)
+            with atomic_write(_checksum_path(path)) as tmp:
+                tmp.write_text(hashlib.sha256(graph).hexdigest())
         except OSError:  # a cache that cannot be written (a read-only home, a full disk) is only slower
             pass
     return graph
+
+
+def _checksum_path(graph_path: Path) -> Path:
+    return graph_path.with_name(graph_path.name + ".sha256")
 
 
 def graph_cache_dir() -> Path:
@@ -163,14 +176,11 @@ def graph_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "cnnfeat", "onnx")
 
 
-def _readable(graph: bytes) -> bool:
-    """A whole, valid ONNX model (a cache file cut short or overwritten is not)."""
-    import onnx
-
+def _whole(graph: bytes, checksum: Path) -> bool:
+    """The graph as it was written (a file cut short, overwritten, or without its checksum is not)."""
     try:
-        onnx.checker.check_model(onnx.load_from_string(graph))
-        return True
-    except Exception:  # protobuf's DecodeError, onnx's ValidationError
+        return checksum.read_text().strip() == hashlib.sha256(graph).hexdigest()
+    except (OSError, UnicodeDecodeError):
         return False
 
 

@@ -29,7 +29,15 @@ from .batches import WorkerFailed, iter_vectors
 from .devices import run_device
 from .discovery import ImageList, discover, image_identities
 from .distributed import connect_ray, iter_vectors_ray
-from .engines import Engine, ExportFailed, backbone_graph, compute_precision, load_embedder, resolve_engine
+from .engines import (
+    Engine,
+    ExportFailed,
+    backbone_graph,
+    compute_precision,
+    graph_cache_dir,
+    load_embedder,
+    resolve_engine,
+)
 from .fingerprints import FeatureSpec
 from .integrity import DamagedStore, damage_mark
 from .journal import Journal
@@ -343,7 +351,7 @@ def _vector_batches(run: Run, paths: list[str]):
         graph = None
         if options.engine == "onnxruntime":  # exported once here, shipped to every actor
             graph = backbone_graph(
-                spec.backbone, spec.weights, spec.fingerprint, run.out / "onnx", options.trust_pickle, options.tta
+                spec.backbone, spec.weights, spec.fingerprint, graph_cache_dir(), options.trust_pickle, options.tta
             )
         return iter_vectors_ray(ray, spec.backbone, spec.weights, graph, options, run.images.root, paths, desc)
     model = load_embedder(
@@ -352,7 +360,7 @@ def _vector_batches(run: Run, paths: list[str]):
         options.device,
         options.engine,
         spec.fingerprint,
-        run.out / "onnx",
+        graph_cache_dir(),
         options.trust_pickle,
         options.tta,
     )

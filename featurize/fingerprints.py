@@ -17,8 +17,13 @@ from pathlib import Path
 from common.hashing import json_key
 
 from .backbones import POOLING, Backbone, TtaMode, weights_kind
+from .decoding import DRAFT_MARGIN
 from .engines import Engine
 from .store import FORMAT_VERSION, StorageDtype
+
+# How files become crops, where it changed the pixels: PIL, a large JPEG decoded at a reduced size
+# (decoding.decode_pil). Stores made before it (torchvision's decoder, always at full size) lack it.
+DECODING = f"pil, jpeg reduced to {DRAFT_MARGIN}x the resize"
 
 FEATURE_PACKAGES = ("cnnfeat", "torch", "torchvision", "numpy", "h5py", "pillow", "efficientnet-lite-pytorch")
 
@@ -53,6 +58,7 @@ class FeatureSpec:
             "format_version": FORMAT_VERSION,
             "engine": self.engine,
             "precision": self.precision,
+            "decoding": DECODING,
         }
         if self.storage_dtype != "float32":  # absent by default, so stores made before it keep their fingerprint
             config["storage_dtype"] = self.storage_dtype

@@ -14,12 +14,13 @@ What the server holds is bounded:
   or in the model); one more is answered 503 with Retry-After before its body is read;
 - at most `decode_threads` uploads are read into memory and decoded at once, and one that would
   decode to more than `max_pixels` is refused from its header (a JPEG far larger than the crop is
-  decoded at a reduced scale first: featurize.decode_upload).
-A decode costs ~3-4 bytes a pixel (JPEG, PNG, WebP) to ~17 (TIFF, BMP: through PIL; a 16-bit image
-counts twice), so decoding adds at most about decode_threads x max_pixels x 17 bytes, whatever
-the concurrency: 2 x 40 MP x 17 = 1.4 GB with the defaults, +1.38 GB measured for 32 concurrent
-40 MP TIFFs (`python benchmarks/serve_load.py --memory`, which tabulates every worst case). The
-requests admitted add their bodies and crops (max_queue x max_request_mb at the very worst).
+  decoded at a reduced scale first: featurize.decode_pil).
+A decode (through PIL) costs ~8 bytes a pixel (JPEG, PNG, WebP: PIL's 4-byte RGB and its upright
+copy) to ~17 (TIFF, BMP; a 16-bit image counts twice), so decoding adds at most about
+decode_threads x max_pixels x 17 bytes, whatever the concurrency: 2 x 40 MP x 17 = 1.4 GB with the
+defaults, +1.38 GB measured for 32 concurrent 40 MP TIFFs (`python benchmarks/serve_load.py
+--memory`, which tabulates every worst case). The requests admitted add their bodies and crops
+(max_queue x max_request_mb at the very worst).
 
 The pieces: serving.settings (what serve is told), serving.predictors (what runs the model),
 serving.batcher (the supervised model loop), serving.limits (the admission and body-size

@@ -1,7 +1,7 @@
 """What `serve` runs: a saved model (.joblib) or an exported graph (.onnx), behind one interface.
 
 A predictor turns an uploaded file's bytes into the uint8 crop its backbone expects (`prepare`,
-run per image, in threads; decoding bounded by featurize.decode_upload) and a batch of
+run per image, in threads; decoding bounded by featurize.decode_pil's max_pixels) and a batch of
 crops into class probabilities (`predict`, run on batches the server gathers).
 """
 
@@ -15,20 +15,20 @@ import numpy as np
 
 from common.errors import CnnfeatError
 from common.names import printable
-from featurize import crop_transform, decode_upload
+from featurize import crop_transform
 
 
 class Predictor:
     classes: list[str]
     info: dict  # what GET /model shows
 
-    def __init__(self, transform, resize_size: int):
-        self._transform, self._resize_size = transform, resize_size
+    def __init__(self, transform):
+        self._transform = transform  # featurize's ResizeCrop: it decodes large JPEGs at a reduced size
 
     def prepare(self, data: bytes, max_pixels: int) -> np.ndarray:
         """An image file's bytes -> uint8 (3, crop, crop); UnreadableImage with a reason (one over
         `max_pixels` among them)."""
-        return self._transform(decode_upload(data, self._resize_size, max_pixels)).numpy()
+        return self._transform.from_bytes(data, max_pixels)
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -42,7 +42,7 @@ class JoblibPredictor(Predictor):
 
         self.model = load_model(path)
         embedder, _ = self.model.embedder(device)
-        super().__init__(embedder.preprocessing.transform(), embedder.preprocessing.resize_size)
+        super().__init__(embedder.preprocessing.transform())
         self.embedder = embedder
         self.classes = [printable(c) for c in self.model.classes_.tolist()]  # JSON: names not UTF-8 escaped
         config = self.model.feature_config or {}
@@ -74,9 +74,7 @@ class OnnxPredictor(Predictor):
             raise CnnfeatError(
                 f"--model {path}: not a model.onnx written by `cnnfeat export` ({type(error).__name__}: {error})"
             ) from None
-        super().__init__(
-            crop_transform(prep["resize_size"], prep["crop_size"], prep["interpolation"]), prep["resize_size"]
-        )
+        super().__init__(crop_transform(prep["resize_size"], prep["crop_size"], prep["interpolation"]))
         self.info = {
             "format": "onnx",
             "classes": self.classes,

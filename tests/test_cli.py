@@ -319,3 +319,41 @@ def test_a_plain_rerun_keeps_the_files_compression(class_folders, tmp_path):
     assert plain.exit_code == 0 and "8 images: 0 extracted, 8 reused" in plain.output, plain.output
     with h5py.File(store) as h5:
         assert h5["features"].compression is None
+
+
+def _imports_torch(*args) -> tuple[bool, str]:
+    """Run `cnnfeat ARGS` in a fresh process as the CLI does; (whether torch got imported, its output)."""
+    code = (
+        "import sys, cli\nsys.argv = ['cnnfeat', *sys.argv[1:]]\nstatus = 0\n"
+        "try: cli.main()\nexcept SystemExit as stop: status = stop.code\n"
+        "print('exit', status, 'imported torch:', 'torch' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    said = done.stdout + done.stderr
+    assert "exit 0 imported torch:" in said and "Traceback" not in said, said
+    return said.strip().endswith("imported torch: True"), said
+
+
+def test_small_jobs_run_without_importing_torch(class_folders, tmp_path):
+    """Once a backbone's graph is exported, torch is not needed to run it on a few images (2-3 s of
+    a small job's start-up here): an up-to-date extract, one after adding 3 images, predicting one."""
+    extract = ("extract", "--data", class_folders, "--out", tmp_path, "--quiet")
+    assert _imports_torch(*extract)[0]  # the first run exports the graph with torch
+    torch_loaded, said = _imports_torch(*extract)
+    assert not torch_loaded and "up to date" in said, said
+    for k in range(3):
+        write_image(class_folders / "cats" / f"added-{k}.jpg", seed=50 + k, fmt="JPEG")
+    torch_loaded, said = _imports_torch(*extract)
+    assert not torch_loaded and "3 extracted" in said, said
+    assert run("fit", "--clf", "logreg", "--out", tmp_path, "--quiet").exit_code == 0
+    model = next((tmp_path / "models").rglob("*.joblib"))
+    run(
+        "predict", "--model", model, "--out", tmp_path / "warm.csv", "--quiet", class_folders / "cats"
+    )  # the graph cached
+    torch_loaded, said = _imports_torch(
+        "predict", "--model", model, "--out", tmp_path / "p.csv", "--quiet", class_folders / "cats" / "added-0.jpg"
+    )
+    assert not torch_loaded, said
+    assert (tmp_path / "p.csv").read_text().count("\n") == 2

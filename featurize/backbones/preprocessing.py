@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -18,22 +20,58 @@ class Preprocessing:
     def as_dict(self) -> dict:
         return asdict(self)
 
-    def transform(self):
-        """uint8 RGB tensor (3,H,W) -> resized, centre-cropped uint8 tensor; the model normalises."""
-        return crop_transform(self.resize_size, self.crop_size, self.interpolation)
+    def transform(self) -> ResizeCrop:
+        """The resize and centre crop: a decoded image (or a file) -> uint8 array (3, crop, crop); the
+        model normalises."""
+        return ResizeCrop(self.resize_size, self.crop_size, self.interpolation)
 
 
-def crop_transform(resize_size: int, crop_size: int, interpolation: str):
-    """Resize the shorter side to `resize_size`, centre-crop `crop_size`: uint8 tensors in and out.
+def crop_transform(resize_size: int, crop_size: int, interpolation: str) -> ResizeCrop:
+    return ResizeCrop(resize_size, crop_size, interpolation)
 
-    torchvision's antialiased uint8 resize on tensors: about 4x faster than PIL's here, and within
-    a few grey levels of it (tests/featurize/test_extract.py states the tolerance).
-    """
-    from torchvision.transforms import v2
 
-    return v2.Compose(
-        [
-            v2.Resize(resize_size, interpolation=v2.InterpolationMode(interpolation), antialias=True),
-            v2.CenterCrop(crop_size),
-        ]
-    )
+@dataclass(frozen=True)
+class ResizeCrop:
+    """Resize the shorter side to `resize_size` (antialiased, PIL), centre-crop `crop_size`.
+
+    Done with PIL, without torch, so a few images embed without importing it. The sizes and crop
+    offsets are torchvision's (Resize then CenterCrop); only the crop's pixels are resampled (PIL's
+    resize of a box: the same filter taps as resizing the whole image, fewer of them). Files are
+    decoded at a reduced size where they are large enough (featurize.decoding.decode_pil)."""
+
+    resize_size: int
+    crop_size: int
+    interpolation: str = "bilinear"
+
+    def __call__(self, image) -> np.ndarray:
+        """A decoded RGB PIL image, or a uint8 (3,H,W) array or tensor -> uint8 array (3, crop, crop)."""
+        from PIL import Image
+
+        from ..decoding import chw_array
+
+        if not isinstance(image, Image.Image):
+            image = Image.fromarray(np.asarray(image, dtype=np.uint8).transpose(1, 2, 0), "RGB")
+        box = self.source_box(*image.size)
+        filter = Image.Resampling.BICUBIC if self.interpolation == "bicubic" else Image.Resampling.BILINEAR
+        return chw_array(image.resize((self.crop_size, self.crop_size), filter, box=box))
+
+    def source_box(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The crop, in the source image's pixels: torchvision's resized size (shorter side ->
+        resize_size, the other floored) and its centre crop's rounded offsets."""
+        short, long = sorted((width, height))
+        resized_long = int(self.resize_size * long / short)
+        new_w, new_h = (self.resize_size, resized_long) if width <= height else (resized_long, self.resize_size)
+        left = int(round((new_w - self.crop_size) / 2.0))
+        top = int(round((new_h - self.crop_size) / 2.0))
+        scale_x, scale_y = width / new_w, height / new_h
+        return (left * scale_x, top * scale_y, (left + self.crop_size) * scale_x, (top + self.crop_size) * scale_y)
+
+    def from_file(self, path) -> np.ndarray:
+        from ..decoding import read_image
+
+        return self(read_image(path, self.resize_size))
+
+    def from_bytes(self, data: bytes, max_pixels: int | None = None) -> np.ndarray:
+        from ..decoding import decode_pil
+
+        return self(decode_pil(data, self.resize_size, max_pixels))

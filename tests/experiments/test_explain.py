@@ -149,7 +149,7 @@ def test_feature_maps_are_the_strongest_channels_and_filters_the_first_kernels(t
     maps, layer = feature_map_grid(model, image, "layer3")
     network = get_backbone("resnet18").load("random")
     with torch.inference_mode():
-        x = network.normalise(network.preprocessing.transform()(image).unsqueeze(0))
+        x = network.normalise(torch.from_numpy(network.preprocessing.transform()(image)).unsqueeze(0))
         t = network.trunk
         direct = t.layer3(t.layer2(t.layer1(t.maxpool(t.relu(t.bn1(t.conv1(x)))))))[0].numpy()
     strongest = np.sort(direct.mean(axis=(1, 2)))[::-1][:16]

@@ -1,4 +1,5 @@
-"""Decoding images to RGB: odd but valid files, the fast decoder, and the reason for each unreadable one."""
+"""Decoding images to RGB: odd but valid files, the crop against torchvision's, reduced-size JPEG
+decoding against full-size, and the reason for each unreadable one."""
 
 import io
 import struct
@@ -9,8 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from featurize import UnreadableImage, load_image, pil_to_rgb_tensor
+from featurize import UnreadableImage, crop_transform, decode_pil, load_image, pil_to_rgb_tensor
 from tests.conftest import write_image
+
+REDUCED_COSINE = 0.99  # the bound chosen from benchmarks/reduced_decoding.py
 
 
 def _exif_rotated_jpeg(path):
@@ -45,14 +48,21 @@ def test_odd_but_valid_images_decode_to_rgb(tmp_path):
     assert cmyk_error < 8
 
 
-def test_fast_decoder_agrees_with_pil(tmp_path):
-    """JPEG/PNG/WebP go through torchvision's decoders: the pixels must be PIL's (JPEG: within IDCT rounding)."""
-    rgb = Image.open(write_image(tmp_path / "x.png", 5, size=(120, 90)))
-    for name in ("x.png", "x.jpg", "x.webp", "grey.jpg"):
-        (rgb.convert("L") if name.startswith("grey") else rgb).save(tmp_path / name)
-        fast = load_image(tmp_path / name).int()
-        slow = pil_to_rgb_tensor(Image.open(tmp_path / name)).int()
-        assert fast.shape == slow.shape and (fast - slow).abs().max() <= 2, name
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("size", [(500, 375), (333, 500), (257, 256), (1000, 260)])
+def test_the_crop_is_torchvisions_resize_and_centre_crop(tmp_path, interpolation, size):
+    """ResizeCrop resamples only the crop's box with PIL: the pixels of torchvision's antialiased
+    Resize of the whole image then CenterCrop (an independent computation), within rounding."""
+    from torchvision.transforms import v2
+
+    image = Image.open(write_image(tmp_path / "x.png", 5, size=size)).convert("RGB")
+    ours = crop_transform(256, 224, interpolation)(image)
+    assert ours.shape == (3, 224, 224) and ours.dtype == np.uint8
+    theirs = v2.Compose(
+        [v2.Resize(256, interpolation=v2.InterpolationMode(interpolation), antialias=True), v2.CenterCrop(224)]
+    )(pil_to_rgb_tensor(image))
+    difference = np.abs(ours.astype(int) - theirs.numpy().astype(int))
+    assert difference.mean() < 0.25 and difference.max() <= 3, (difference.mean(), difference.max())
 
 
 def _png_claiming(width, height) -> bytes:
@@ -83,3 +93,45 @@ def test_unreadable_images_say_why(tmp_path, name, content, reason):
     path.write_bytes(content)
     with pytest.raises(UnreadableImage, match=reason):
         load_image(path)
+
+
+def test_a_large_jpeg_is_decoded_reduced_and_its_vector_stays_close(hymenoptera, tmp_path, graph_cache):
+    """extract decodes a JPEG >= 4x the resize target at a reduced DCT scale (sides >= 2x the
+    target): each vector stays within cosine REDUCED_COSINE of the full-size decode's, on real
+    photos upscaled to camera size (benchmarks/reduced_decoding.py measures the heads too)."""
+    from featurize import extract, get_backbone, load_embedder, load_features
+
+    for k, photo in enumerate(sorted(hymenoptera.rglob("*.jpg"))[::40]):
+        with Image.open(photo) as image:
+            target = tmp_path / "data" / photo.parent.name / f"{k}.jpg"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            image.convert("RGB").resize((image.width * 4, image.height * 4), Image.Resampling.BICUBIC).save(target)
+    features = load_features(extract(data=tmp_path / "data", out=tmp_path / "out", progress=False).store)
+    embedder = load_embedder(
+        get_backbone(features.config["backbone"]),
+        None,
+        "cpu",
+        "onnxruntime",
+        features.fingerprint,
+        graph_cache,
+    )
+    transform = embedder.preprocessing.transform()
+    cosines = []
+    for path, vector in zip(features.paths, features.X):
+        data = (tmp_path / "data" / path).read_bytes()
+        full, reduced = decode_pil(data), decode_pil(data, transform.resize_size)
+        assert reduced.width <= full.width // 2 and min(reduced.size) >= 2 * transform.resize_size
+        np.testing.assert_allclose(embedder.embed(transform(reduced)[None])[0], vector, rtol=1e-5, atol=1e-5)
+        full_vector = embedder.embed(transform(full)[None])[0]
+        cosines.append(np.dot(vector, full_vector) / np.linalg.norm(vector) / np.linalg.norm(full_vector))
+    print(f"cosine to the full-size decode's vector: min {min(cosines):.5f}, mean {np.mean(cosines):.5f}")
+    assert len(cosines) >= 9 and min(cosines) >= REDUCED_COSINE
+
+
+def test_small_jpegs_and_other_formats_decode_at_full_size(tmp_path):
+    small = Image.open(write_image(tmp_path / "x.png", 3, size=(1000, 700)))  # < 4 x 256 on its shorter side
+    small.save(tmp_path / "x.jpg")
+    large = small.resize((2100, 1400))
+    large.save(tmp_path / "large.png")
+    assert decode_pil((tmp_path / "x.jpg").read_bytes(), 256).size == (1000, 700)
+    assert decode_pil((tmp_path / "large.png").read_bytes(), 256).size == (2100, 1400)

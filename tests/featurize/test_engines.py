@@ -16,7 +16,7 @@ def _cosines(a, b):
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
-def test_onnxruntime_gives_torch_vectors_under_its_own_fingerprint(class_folders, tmp_path):
+def test_onnxruntime_gives_torch_vectors_under_its_own_fingerprint(class_folders, tmp_path, graph_cache):
     by_torch = load_features(extract(data=class_folders, out=tmp_path / "t", engine="torch", **RANDOM).store)
     result = extract(data=class_folders, out=tmp_path / "o", engine="onnxruntime", **RANDOM)
     by_ort = load_features(result.store)
@@ -24,15 +24,16 @@ def test_onnxruntime_gives_torch_vectors_under_its_own_fingerprint(class_folders
     assert _cosines(by_ort.X, by_torch.X).min() >= 0.9999
     assert by_ort.config["engine"] == "onnxruntime" and by_torch.config["engine"] == "torch"
     assert by_ort.fingerprint != by_torch.fingerprint
-    assert [p.name for p in (tmp_path / "o" / "onnx").iterdir()] == [f"resnet18-{by_ort.fingerprint}.onnx"]
+    graph = f"resnet18-{by_ort.fingerprint}.onnx"
+    assert sorted(p.name for p in graph_cache.iterdir()) == [graph, f"{graph}.sha256"]
 
 
-def test_the_exported_graph_is_reused_and_a_damaged_one_replaced(class_folders, tmp_path, monkeypatch):
+def test_the_exported_graph_is_reused_and_a_damaged_one_replaced(class_folders, tmp_path, monkeypatch, graph_cache):
     from featurize import engines
     from tests.conftest import write_image
 
     first = extract(data=class_folders, out=tmp_path, engine="onnxruntime", **RANDOM)
-    graph = next((tmp_path / "onnx").iterdir())
+    graph = next(graph_cache.glob("*.onnx"))
     real_export = engines.export_backbone
 
     def no_export(model):
@@ -77,14 +78,14 @@ class SingularValues(Backbone):
         return Trunk()
 
 
-def test_a_backbone_that_does_not_export_runs_on_torch_with_a_note(class_folders, tmp_path, monkeypatch):
+def test_a_backbone_that_does_not_export_runs_on_torch_with_a_note(class_folders, tmp_path, monkeypatch, graph_cache):
     monkeypatch.setitem(BACKBONES, "svd_test", SingularValues("svd_test", 32))
     result = extract(data=class_folders, backbone="svd_test", out=tmp_path, progress=False, workers=0)
     assert "does not export to ONNX" in result.notes[0] and "svdvals" in result.notes[0]
     features = load_features(result.store)
     assert features.config["engine"] == "torch" and features.X.shape == (7, 32)
     assert np.linalg.norm(features.X, axis=1).min() > 0  # real vectors, not zeros
-    assert not (tmp_path / "onnx").exists() or not any((tmp_path / "onnx").iterdir())
+    assert not graph_cache.exists() or not any(graph_cache.iterdir())
 
 
 def test_engine_choice():

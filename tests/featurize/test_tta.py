@@ -5,12 +5,11 @@ import json
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
 from PIL import Image
 
 from classifiers.export import export_onnx
 from experiments.fit import fit_model
-from featurize import extract, load_features, load_image
+from featurize import extract, load_features
 from tests.conftest import write_image
 from tests.test_cli import run
 
@@ -77,7 +76,7 @@ def test_a_model_on_flip_features_flips_too_when_predicting_and_exported(picture
     meta = {p.key: p.value for p in __import__("onnx").load(graph).metadata_props}
     assert json.loads(meta["preprocessing"])["tta"] == "flip"
     transform = model.backbone_record()[0].preprocessing().transform()
-    crops = torch.stack([transform(load_image(p)) for p in paths]).numpy()
+    crops = np.stack([transform.from_file(p) for p in paths])
     _, probabilities = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"]).run(None, {"images": crops})
     np.testing.assert_allclose(probabilities, model.predict_proba(features.X), atol=1e-3)
 
