@@ -95,7 +95,7 @@ class OnnxEmbedder:
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: images})[0].astype(np.float32, copy=False)
 
 
-def cpu_session(graph: bytes | str | os.PathLike, threads: int | None = None):
+def cpu_session(graph: bytes | str | os.PathLike, threads: int | None = None, spinning: bool = False):
     """An onnxruntime CPU session; `threads` default: every core (decoding threads use them too, while
     the session sleeps between batches)."""
     import onnxruntime as ort
@@ -103,9 +103,9 @@ def cpu_session(graph: bytes | str | os.PathLike, threads: int | None = None):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or os.cpu_count() or 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Idle threads sleep rather than spin: the cores go to the decoding threads between batches
-    # (extract on hymenoptera, lite0, 2 cores: ~140 img/s, against ~108-130 spinning).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Idle threads sleep rather than spin (`spinning` False): the cores go to the decoding threads
+    # between batches (benchmarks/extract_throughput.py --choices).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     source = str(graph) if isinstance(graph, (str, os.PathLike)) else graph
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
