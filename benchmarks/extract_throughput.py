@@ -41,7 +41,7 @@ from torchvision import transforms as T
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from featurize import FeatureSpec, discover, extract, get_backbone, iter_vectors  # noqa: E402
 from featurize.devices import default_batch_size, default_workers, resolve_device  # noqa: E402
-from featurize.engines import ENGINES, graph_cache_dir, load_embedder, resolve_engine  # noqa: E402
+from featurize.engines import ENGINES, compute_precision, graph_cache_dir, load_embedder, resolve_engine  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "hymenoptera"
 
@@ -75,7 +75,9 @@ def tutorial_loop(record, weights, data: Path, device: str, num_workers: int) ->
 
 
 def loaded(record, weights, device: str, engine: str):
-    return load_embedder(record, weights, device, engine, FeatureSpec(record, weights).fingerprint, graph_cache_dir())
+    """The embedder extract loads (its graph cached under extract's key)."""
+    spec = FeatureSpec(record, weights, compute_precision(device, engine), engine)
+    return load_embedder(record, weights, device, engine, spec.fingerprint, graph_cache_dir())
 
 
 def crops_in_memory(record, data: Path) -> tuple[np.ndarray, float]:
@@ -164,8 +166,10 @@ def session_choices(record, weights, data: Path) -> None:
     decoding threads: the evidence for the defaults (every core each, no spinning)."""
     from featurize.engines import backbone_graph, cpu_session
 
+    spec = FeatureSpec(record, weights, "float32", "onnxruntime")
+
     cores = os.cpu_count() or 1
-    graph = backbone_graph(record, weights, FeatureSpec(record, weights).fingerprint, graph_cache_dir(), False)
+    graph = backbone_graph(record, weights, spec.fingerprint, graph_cache_dir(), False)
     model = loaded(record, weights, "cpu", "onnxruntime")
     print(f"\n(c) decode + forward, onnxruntime, by setting ({cores} cores); images/s, best of 2:")
     print(f"{'onnxruntime threads':>20} {'spinning':>9} {'decoding threads':>17} {'img/s':>7}")

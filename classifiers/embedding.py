@@ -3,7 +3,8 @@
 A `BackboneSource` is one backbone, rebuilt from the registry once per process and device and
 checked to give the features the model was fitted on (its weights and preprocessing). A model of
 fused features has one source per part: its images are embedded by each in turn and the vectors
-joined. Paths are decoded in worker processes a batch at a time; PIL images are embedded in memory.
+joined. Paths are decoded a batch at a time (featurize.iter_vectors: threads for onnxruntime); PIL
+images are embedded in memory.
 """
 
 from __future__ import annotations
@@ -111,6 +112,13 @@ class BackboneSource:
         extractor, _ = self.embedder(device)
         transform = extractor.preprocessing.transform()
         return extractor.embed(np.stack([transform(rgb_image(image)) for image in pil_images]))
+
+
+def differing_settings(fitted_on: dict | None, given: dict) -> str:
+    """The feature settings two configs disagree on, named ("decoding (absent: an older cnnfeat)")."""
+    fitted_on = fitted_on or {}
+    keys = sorted(k for k in set(fitted_on) | set(given) if fitted_on.get(k) != given.get(k))
+    return ", ".join(f"{k}{'' if k in fitted_on else ' (absent: an older cnnfeat)'}" for k in keys) or "nothing named"
 
 
 def backbone_sources(feature_config: dict | None, weights_source: str = "") -> list[BackboneSource]:

@@ -119,10 +119,12 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
 
         if isinstance(X, Features):
             if self.feature_fingerprint and X.fingerprint != self.feature_fingerprint:
+                differing = embedding.differing_settings(self.feature_config, X.config)
                 raise FeatureMismatch(
                     f"{X.path} holds features of {X.config.get('backbone')} (fingerprint {X.fingerprint}); "
                     f"this model was fitted on {self._backbone_name()} features (fingerprint "
-                    f"{self.feature_fingerprint}): extract with the same backbone and weights"
+                    f"{self.feature_fingerprint}); they differ in {differing}: "
+                    f"extract with the model's settings, or fit it again on these features"
                 )
             return self._check_vectors(X.X)
         images = embedding.as_image_list(X)

@@ -8,6 +8,7 @@ The model sees uint8 batches and normalises them itself (see network.FeatureExtr
 from __future__ import annotations
 
 from collections import deque
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -55,14 +56,14 @@ def decode_or_reason(path: Path, transform):
 
 
 def split_readable(items) -> tuple[list, list[tuple]]:
-    """ImageDataset's (position, tensor or None, reason) items -> ([(position, tensor)] of the
-    decoded images, [(position, reason)] of the others)."""
+    """ImageDataset's (position, crop or None, reason) items -> ([(position, crop)] of the decoded
+    images, [(position, reason)] of the others)."""
     return [(i, t) for i, t, _ in items if t is not None], [(i, r) for i, t, r in items if t is None]
 
 
 def collate_readable(items):
-    """A DataLoader's collate_fn for ImageDataset: (positions of the decoded images, their tensors
-    stacked (None when there are none), [(position, reason)] of the others)."""
+    """A DataLoader's collate_fn for ImageDataset: (positions of the decoded images, their crops
+    stacked in one tensor (None when there are none), [(position, reason)] of the others)."""
     # default_collate stacks straight into shared memory in a worker, so a worker that cannot get
     # any (a small /dev/shm, a file-size limit) fails here, where the DataLoader reports it, and not
     # later in its queue's feeder thread, where the batch is lost and the run waits for it forever.
@@ -119,8 +120,10 @@ def iter_vectors(
     workers = default_workers(model.engine) if workers is None else min(workers, len(paths))
     transform = model.preprocessing.transform()
     decode = decoded_in_threads if model.engine == "onnxruntime" else decoded_in_processes
-    with tqdm(total=len(paths), unit="img", desc=desc, disable=not progress, smoothing=0.1) as bar:
-        for good, batch, bad in decode(Path(root), paths, transform, batch_size, workers, device):
+    batches = decode(Path(root), paths, transform, batch_size, workers, device)
+    bar = tqdm(total=len(paths), unit="img", desc=desc, disable=not progress, smoothing=0.1)
+    with bar, closing(batches):  # stopped by an error too: no decoding thread goes on
+        for good, batch, bad in batches:
             vectors = np.zeros((0, model.feature_dim), np.float32)
             if batch is not None:
                 vectors = model.embed(batch)
@@ -140,7 +143,7 @@ def decoded_in_threads(root: Path, paths: list[str], transform, batch_size: int,
     starts = range(0, len(paths), batch_size)
     if not workers:
         for start in starts:
-            yield _stacked(
+            yield stacked_readable(
                 [
                     (start + k, *decode_or_reason(root / p, transform))
                     for k, p in enumerate(paths[start : start + batch_size])
@@ -162,10 +165,12 @@ def decoded_in_threads(root: Path, paths: list[str], transform, batch_size: int,
 
 
 def _finished(start: int, futures) -> tuple:
-    return _stacked([(start + k, *future.result()) for k, future in enumerate(futures)])
+    return stacked_readable([(start + k, *future.result()) for k, future in enumerate(futures)])
 
 
-def _stacked(items) -> tuple:
+def stacked_readable(items) -> tuple:
+    """ImageDataset's items -> (positions of the decoded images, their crops stacked in one array (None
+    when there are none), [(position, reason)] of the others): collate_readable without torch."""
     good, bad = split_readable(items)
     return [i for i, _ in good], (np.stack([crop for _, crop in good]) if good else None), bad
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -53,18 +52,27 @@ def decode_pil(data: bytes, min_side: int | None = None, max_pixels: int | None 
     bits, in float64, takes nearly twice the memory per pixel of the costliest 8-bit path).
     Raises UnreadableImage with a short reason for empty, foreign, truncated or oversized data.
     """
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     with _reasons():
         if not data:
             raise UnreadableImage("empty file")
-        with Image.open(io.BytesIO(data)) as image:  # reads the header: format, mode, size (bomb check)
-            if min_side and image.format in ("JPEG", "MPO"):
-                image.draft(image.mode, (DRAFT_MARGIN * min_side,) * 2)  # a no-op when too small
-            if max_pixels:
-                _check_pixels(image, max_pixels)
-            image.load()
-            return _to_rgb(ImageOps.exif_transpose(image))
+        image = Image.open(io.BytesIO(data))  # reads the header: format, mode, size (bomb check)
+        if image.width * image.height > Image.MAX_IMAGE_PIXELS:  # PIL only warns below 2x its limit
+            raise UnreadableImage(f"too many pixels, possible decompression bomb ({image.width}x{image.height})")
+        if min_side and image.format in ("JPEG", "MPO"):
+            image.draft(image.mode, (DRAFT_MARGIN * min_side,) * 2)  # a no-op when too small
+        if max_pixels:
+            _check_pixels(image, max_pixels)
+        image.load()
+        return _to_rgb(_upright(image))
+
+
+def _upright(image):
+    """`image` turned as its EXIF orientation says (itself when it says nothing: no copy)."""
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(image) if image.getexif().get(0x0112, 1) != 1 else image
 
 
 def _check_pixels(image, max_pixels: int) -> None:
@@ -80,9 +88,7 @@ def _check_pixels(image, max_pixels: int) -> None:
 
 def rgb_image(image):
     """A PIL image from the caller's own code -> upright 8-bit RGB, as decode_pil gives."""
-    from PIL import ImageOps
-
-    return _to_rgb(ImageOps.exif_transpose(image))
+    return _to_rgb(_upright(image))
 
 
 def pil_to_rgb_tensor(image):
@@ -103,17 +109,14 @@ def _reasons():
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with warnings.catch_warnings():
-            # PIL only warns between 1x and 2x its pixel limit; we refuse both.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            yield
+        yield
     except UnreadableImage:
         raise
     except FileNotFoundError:
         raise UnreadableImage("file not found") from None
     except UnidentifiedImageError:
         raise UnreadableImage("not an image PIL can read") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+    except Image.DecompressionBombError as error:
         raise UnreadableImage(f"too many pixels, possible decompression bomb ({error})") from None
     except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data
         raise UnreadableImage(f"corrupt or truncated image ({error})") from None

@@ -35,13 +35,21 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, as a container or taskset limits it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
 def default_batch_size(device: str) -> int:
     # On 2 CPU cores small batches are faster (they stay in cache); GPUs want large ones.
     return 128 if device.startswith("cuda") else 16
 
 
 def default_workers(engine: str = "torch") -> int:
-    """Decoding workers: threads beside onnxruntime (one per core: they sleep while it runs), worker
+    """Decoding workers: threads beside onnxruntime, one per core (onnxruntime's own threads sleep
+    when idle, so the two share the cores: benchmarks/extract_throughput.py --choices); worker
     processes beside torch (one core left to the forward pass)."""
-    cores = os.cpu_count() or 2
+    cores = usable_cores()
     return min(8, cores if engine == "onnxruntime" else max(1, cores - 1))

@@ -15,7 +15,7 @@ import numpy as np
 
 from common.errors import CnnfeatError
 
-from .batches import decode_or_reason, split_readable
+from .batches import decode_or_reason, stacked_readable
 from .devices import default_batch_size
 
 INSTALL = "pip install -e '.[ray]'"
@@ -70,10 +70,10 @@ class EmbedShard:
         """{position, path} rows -> {position, vector, reason} rows (a zero vector where the reason says
         why the image was not decoded, "" where it was)."""
         items = [(k, *decode_or_reason(self.root / str(p), self.transform)) for k, p in enumerate(batch["path"])]
-        good, _ = split_readable(items)
+        good, crops, _ = stacked_readable(items)
         vectors = np.zeros((len(items), self.embedder.feature_dim), np.float32)
         if good:
-            vectors[[k for k, _ in good]] = self.embedder.embed(np.stack([crop for _, crop in good]))
+            vectors[good] = self.embedder.embed(crops)
         return {"position": batch["position"], "vector": vectors, "reason": np.asarray([r for _, _, r in items])}
 
 

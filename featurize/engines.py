@@ -22,6 +22,9 @@ import numpy as np
 
 from common.errors import CnnfeatError, error_line
 from common.files import atomic_write
+from common.hashing import json_key
+
+from .devices import usable_cores
 
 Engine = Literal["torch", "onnxruntime"]
 ENGINES = get_args(Engine)
@@ -101,7 +104,7 @@ def cpu_session(graph: bytes | str | os.PathLike, threads: int | None = None, sp
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.intra_op_num_threads = threads or usable_cores()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Idle threads sleep rather than spin (`spinning` False): the cores go to the decoding threads
     # between batches (benchmarks/extract_throughput.py --choices).
@@ -139,11 +142,13 @@ def backbone_graph(
     record, weights, fingerprint: str, cache_dir: Path | None, trust_pickle: bool, tta: str = "none"
 ) -> bytes:
     """The exported graph of `record` with `weights`, as bytes: read from
-    `cache_dir/<backbone>-<fingerprint>.onnx` when it is there whole, else exported (and written
-    there, atomically, when a cache dir is given: a damaged file is replaced). "Whole" = the sha256
-    written beside it after it: cheaper than onnx's checker, whose import alone took 0.4-0.8 s of
-    a one-image `predict`."""
-    path = Path(cache_dir) / f"{record.name}-{fingerprint}.onnx" if cache_dir is not None else None
+    `cache_dir/<backbone>-<fingerprint>-<exporter>.onnx` when it is there whole, else exported (and
+    written there, atomically, when a cache dir is given: a damaged file is replaced). "Whole" = the
+    sha256 written beside it after it: cheaper than onnx's checker, whose import alone took 0.4-0.8 s
+    of a one-image `predict`. <exporter> keys what made the graph besides the features' settings
+    (exporter_key), so an upgrade never reads a graph an older version exported."""
+    name = f"{record.name}-{fingerprint}-{exporter_key()}.onnx"
+    path = Path(cache_dir) / name if cache_dir is not None else None
     if path is not None and path.is_file():
         graph = path.read_bytes()
         if _whole(graph, _checksum_path(path)):
@@ -159,6 +164,20 @@ def backbone_graph(
         except OSError:  # a cache that cannot be written (a read-only home, a full disk) is only slower
             pass
     return graph
+
+
+def exporter_key() -> str:
+    """8 hex digits naming the code that exports a graph: the opset, torch's and cnnfeat's versions
+    (read from the installed packages' metadata: torch is not imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "?"
+
+    return json_key({"opset": ONNX_OPSET, "torch": installed("torch"), "cnnfeat": installed("cnnfeat")}, 8)
 
 
 def _checksum_path(graph_path: Path) -> Path:

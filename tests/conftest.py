@@ -45,6 +45,15 @@ def write_tinted_with_mistakes(root: Path, count: int, wrong: int = 3) -> Path:
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_graph_cache(tmp_path_factory):
+    """The exported-graph cache of session and module fixtures (set before any of them runs): the
+    user's ~/.cache is never written."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CNNFEAT_CACHE_DIR", str(tmp_path_factory.mktemp("graph-cache")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def graph_cache(tmp_path, monkeypatch) -> Path:
     """Each test's own cache of saved models' exported backbones (featurize.graph_cache_dir): no test

@@ -30,6 +30,9 @@ def crop_transform(resize_size: int, crop_size: int, interpolation: str) -> Resi
     return ResizeCrop(resize_size, crop_size, interpolation)
 
 
+FILTERS = {"bilinear": "BILINEAR", "bicubic": "BICUBIC"}  # torchvision's InterpolationMode values -> PIL's
+
+
 @dataclass(frozen=True)
 class ResizeCrop:
     """Resize the shorter side to `resize_size` (antialiased, PIL), centre-crop `crop_size`.
@@ -43,17 +46,26 @@ class ResizeCrop:
     crop_size: int
     interpolation: str = "bilinear"
 
+    def __post_init__(self):
+        if self.interpolation not in FILTERS:
+            raise ValueError(f"interpolation {self.interpolation!r}: not one of {', '.join(FILTERS)}")
+        if not 0 < self.crop_size <= self.resize_size:
+            raise ValueError(f"a crop of {self.crop_size} from a resize to {self.resize_size}: the crop must fit")
+
     def __call__(self, image) -> np.ndarray:
-        """A decoded RGB PIL image, or a uint8 (3,H,W) array or tensor -> uint8 array (3, crop, crop)."""
+        """A PIL image (any mode: made upright RGB), or a uint8 RGB (3,H,W) array or tensor -> uint8
+        array (3, crop, crop)."""
         from PIL import Image
 
-        from ..decoding import chw_array
+        from ..decoding import chw_array, rgb_image
 
-        if not isinstance(image, Image.Image):
+        if isinstance(image, Image.Image):
+            image = rgb_image(image)
+        else:
             image = Image.fromarray(np.asarray(image, dtype=np.uint8).transpose(1, 2, 0), "RGB")
         box = self.source_box(*image.size)
-        filter = Image.Resampling.BICUBIC if self.interpolation == "bicubic" else Image.Resampling.BILINEAR
-        return chw_array(image.resize((self.crop_size, self.crop_size), filter, box=box))
+        resample = getattr(Image.Resampling, FILTERS[self.interpolation])
+        return chw_array(image.resize((self.crop_size, self.crop_size), resample, box=box))
 
     def source_box(self, width: int, height: int) -> tuple[float, float, float, float]:
         """The crop, in the source image's pixels: torchvision's resized size (shorter side ->

@@ -301,3 +301,12 @@ def test_a_file_that_is_not_a_saved_model_is_named_for_what_it_is(tmp_path, name
     (tmp_path / name).write_bytes(b"{}")
     result = run("predict", "--model", tmp_path / name, tmp_path)
     assert_one_line_error(result, says, "not a saved model (.joblib)")
+
+
+def test_features_of_other_settings_are_refused_naming_the_setting(tinted_store):
+    """A model saved before `decoding` entered the features' config, given a feature file made now."""
+    model, features = _fitted(tinted_store)
+    model.feature_config = {k: v for k, v in features.config.items() if k != "decoding"}
+    model.feature_fingerprint = "0123456789abcdef"
+    with pytest.raises(FeatureMismatch, match=r"differ in decoding \(absent: an older cnnfeat\)"):
+        model.predict(features)

@@ -135,3 +135,15 @@ def test_small_jpegs_and_other_formats_decode_at_full_size(tmp_path):
     large.save(tmp_path / "large.png")
     assert decode_pil((tmp_path / "x.jpg").read_bytes(), 256).size == (1000, 700)
     assert decode_pil((tmp_path / "large.png").read_bytes(), 256).size == (2100, 1400)
+
+
+def test_the_crop_takes_any_pil_mode_and_refuses_what_it_cannot_do(tmp_path):
+    rgb = Image.open(write_image(tmp_path / "x.png", 4, size=(90, 70))).convert("RGB")
+    crop = crop_transform(48, 40, "bicubic")
+    for mode in ("L", "RGBA", "P"):
+        converted = rgb.convert(mode)
+        np.testing.assert_array_equal(crop(converted), crop(converted.convert("RGB")))
+    with pytest.raises(ValueError, match="interpolation 'nearest'"):
+        crop_transform(48, 40, "nearest")
+    with pytest.raises(ValueError, match="the crop must fit"):
+        crop_transform(32, 40, "bilinear")

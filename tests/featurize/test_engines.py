@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from featurize import BACKBONES, Backbone, CnnfeatError, Preprocessing, extract, load_features
-from featurize.engines import ExportFailed, compute_precision, resolve_engine
+from featurize.engines import ExportFailed, compute_precision, exporter_key, resolve_engine
 
 RANDOM = {"backbone": "resnet18", "weights": "random", "progress": False, "workers": 0}
 
@@ -24,7 +24,7 @@ def test_onnxruntime_gives_torch_vectors_under_its_own_fingerprint(class_folders
     assert _cosines(by_ort.X, by_torch.X).min() >= 0.9999
     assert by_ort.config["engine"] == "onnxruntime" and by_torch.config["engine"] == "torch"
     assert by_ort.fingerprint != by_torch.fingerprint
-    graph = f"resnet18-{by_ort.fingerprint}.onnx"
+    graph = f"resnet18-{by_ort.fingerprint}-{exporter_key()}.onnx"
     assert sorted(p.name for p in graph_cache.iterdir()) == [graph, f"{graph}.sha256"]
 
 

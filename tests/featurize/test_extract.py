@@ -241,3 +241,39 @@ def test_float16_and_compressed_stores(class_folders, tmp_path):
     np.testing.assert_array_equal(np.asarray(lazy.X), exact.X)  # read a block at a time, not a row
     np.testing.assert_array_equal(np.stack(list(lazy.X)), exact.X)
     assert lazy.X[4].base is None  # a row of its own, not a view keeping its block alive
+
+
+def test_decoding_threads_give_one_threads_batches_in_order(class_folders):
+    """featurize.batches.decoded_in_threads: the same batches with 4 threads as decoded one after the
+    other (an unreadable image in the middle keeps its place and its reason), nothing for no paths,
+    and a pipeline stopped early leaves no decoding thread running."""
+    import threading
+
+    from featurize import crop_transform, discover
+    from featurize.batches import decoded_in_threads
+
+    (class_folders / "cats" / "broken.png").write_bytes(b"not a png")
+    images = discover(class_folders)
+    transform = crop_transform(40, 32, "bilinear")
+    alone = list(decoded_in_threads(images.root, images.paths, transform, 3, 0))
+    threaded = list(decoded_in_threads(images.root, images.paths, transform, 3, 4))
+    assert len(alone) == len(threaded) == 3 and any(bad for _, _, bad in threaded)
+    for (good, crops, bad), (good_t, crops_t, bad_t) in zip(alone, threaded):
+        assert good == good_t and bad == bad_t
+        np.testing.assert_array_equal(crops, crops_t)
+    positions = [i for good, _, bad in threaded for i in good + [j for j, _ in bad]]
+    assert sorted(positions) == list(range(len(images.paths)))
+    assert list(decoded_in_threads(images.root, [], transform, 3, 2)) == []
+    batches = decoded_in_threads(images.root, images.paths * 20, transform, 2, 2)
+    next(batches)
+    batches.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("decode")]
+
+
+def test_threads_and_one_thread_write_the_same_store(class_folders, tmp_path):
+    random = {"backbone": "resnet18", "weights": "random", "progress": False}
+    threads = load_features(extract(data=class_folders, out=tmp_path / "t", **random).store)
+    one = load_features(extract(data=class_folders, out=tmp_path / "o", workers=0, **random).store)
+    assert threads.config["engine"] == "onnxruntime" and threads.config["decoding"].startswith("pil")
+    assert list(threads.paths) == list(one.paths)
+    np.testing.assert_array_equal(threads.X, one.X)
