@@ -316,7 +316,8 @@ def fit(clf, features, out, grid, **options):
     "--workers",
     type=click.IntRange(min=0),
     default=None,
-    help="Decoding workers (threads with onnxruntime, processes with torch) [default: none below 64 images].",
+    help="Decoding workers (threads with onnxruntime, processes with torch) [default: none below 64 "
+    "images, else as extract's].",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def predict(model_path, inputs, out_csv, device, batch_size, workers, quiet):

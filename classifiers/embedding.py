@@ -101,7 +101,7 @@ class BackboneSource:
             Path(),
             [str(p) for p in paths],
             batch_size,
-            0 if len(paths) < 64 else workers,
+            (0 if len(paths) < 64 else None) if workers is None else workers,  # few: no pool to start
             progress,
             desc="predict",
         )
