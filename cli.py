@@ -186,7 +186,7 @@ def extract(
     else:
         rate = f" ({result.images_per_second:.1f} img/s overall)" if result.extracted else ""
         click.echo(
-            f"{result.total} images: {result.extracted} extracted{rate}, {result.reused} reused, "
+            f"{result.total} images: {result.vectors_made} extracted{rate}, {result.vectors_reused} reused, "
             f"{result.dropped} dropped (files gone), {len(result.skipped)} unreadable"
         )
     for path, reason in result.skipped:

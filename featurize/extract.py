@@ -41,7 +41,7 @@ from .engines import (
 from .fingerprints import FeatureSpec
 from .integrity import DamagedStore, damage_mark
 from .journal import Journal
-from .placement import IN_STORE, Placement
+from .placement import IN_STORE, SKIPPED, Placement
 from .store import Storage, VectorReader, place_store_rows, read_skipped, store_damage, store_matches, write_store
 
 NO_ROWS = np.zeros(0, np.int64)
@@ -55,10 +55,21 @@ class ExtractResult:
     reused: int  # taken from the store or from an interrupted run's partial file
     dropped: int  # rows of the old store whose files are gone
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    unreadable_now: int = 0  # of `extracted`, the images that could not be decoded
     seconds: float = 0.0
     model_loaded: bool = False
     rewritten: bool = False  # the store was written anew (else it was up to date as it was)
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def vectors_made(self) -> int:
+        """New vectors this run (`extracted` less the images it found unreadable)."""
+        return self.extracted - self.unreadable_now
+
+    @property
+    def vectors_reused(self) -> int:
+        """Vectors taken over (`reused` less the images an earlier run found unreadable)."""
+        return self.reused - (len(self.skipped) - self.unreadable_now)
 
     @property
     def images_per_second(self) -> float:
@@ -174,7 +185,7 @@ def _extract(data, backbone: str, weights: str | None, out: Path, options: RunOp
         result = _bring_up_to_date(run)
     result.reused = result.total - result.extracted
     result.seconds = time.perf_counter() - started
-    _check_strict(result, options.strict)
+    _check_readable(result, options.strict)
     return result
 
 
@@ -217,6 +228,7 @@ def _update(run: Run, result: ExtractResult, verify: bool, again: bool = False) 
         result.model_loaded = True
         _extract_into(run, journal, placement, identities, todo)
         result.extracted += len(todo)
+        result.unreadable_now += int(np.count_nonzero(placement.kind[todo] == SKIPPED))
     _write(run, journal, placement, identities, storage, reuse_store)
     result.rewritten = True
     result.skipped = [(run.images.paths[i], placement.reasons[i]) for i in placement.skipped().tolist()]
@@ -332,7 +344,12 @@ def _frames(tb):
         tb = tb.tb_next
 
 
-def _check_strict(result: ExtractResult, strict: bool) -> None:
+def _check_readable(result: ExtractResult, strict: bool) -> None:
+    """No image readable, or (`strict`) any unreadable, fails the run (after the store is written:
+    the reasons stay recorded, so the next run does not decode them again)."""
+    if result.total and len(result.skipped) == result.total:
+        first = "; ".join(f"{printable(p)}: {printable(r)}" for p, r in result.skipped[:3])
+        raise DataError(f"none of the {result.total} images could be read ({first})")
     if strict and result.skipped:
         first = "; ".join(f"{printable(p)}: {printable(r)}" for p, r in result.skipped[:3])
         raise DataError(

@@ -158,8 +158,27 @@ def test_unreadable_images_named_exit_0_unless_strict(class_folders, tmp_path):
         "--quiet",
     ]
     result = run(*args)
-    assert result.exit_code == 0 and "skipped cats/broken.jpg:" in result.output and "1 unreadable" in result.output
+    assert result.exit_code == 0 and "skipped cats/broken.jpg:" in result.output
+    assert (
+        "8 images: 7 extracted" in result.output and ", 0 reused, 0 dropped (files gone), 1 unreadable" in result.output
+    )
+    write_image(class_folders / "dogs" / "new.png", seed=91)
+    again = run(*args)  # the broken file is neither extracted again nor counted as a reused vector
+    assert (
+        "9 images: 1 extracted" in again.output and ", 7 reused, 0 dropped (files gone), 1 unreadable" in again.output
+    )
     assert_one_line_error(run(*args, "--strict"), "--strict: 1 unreadable images", "cats/broken.jpg")
+
+
+def test_a_folder_of_only_unreadable_images_is_an_error(tmp_path):
+    for name, content in (("a/empty.jpg", b""), ("b/text.jpg", b"not an image")):
+        (tmp_path / "data" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / name).write_bytes(content)
+    args = ["extract", "--data", tmp_path / "data", "--out", tmp_path / "out", "--backbone", "resnet18"]
+    args += ["--weights", "random", "--workers", "0", "--quiet"]
+    for _ in range(2):  # the first run and the up-to-date one alike
+        assert_one_line_error(run(*args), "none of the 2 images could be read", "a/empty.jpg: empty file")
+    assert list((tmp_path / "out" / "features").glob("*.h5"))  # the reasons are kept
 
 
 @pytest.mark.parametrize(
