@@ -57,15 +57,20 @@ class ResizeCrop:
         array (3, crop, crop)."""
         from PIL import Image
 
-        from ..decoding import chw_array, rgb_image
+        from ..decoding import rgb_image
 
         if isinstance(image, Image.Image):
-            image = rgb_image(image)
-        else:
-            image = Image.fromarray(np.asarray(image, dtype=np.uint8).transpose(1, 2, 0), "RGB")
-        box = self.source_box(*image.size)
+            return self._crop(rgb_image(image))
+        return self._crop(Image.fromarray(np.asarray(image, dtype=np.uint8).transpose(1, 2, 0), "RGB"))
+
+    def _crop(self, image) -> np.ndarray:
+        """An upright RGB PIL image (as decoding gives) -> the crop."""
+        from PIL import Image
+
+        from ..decoding import chw_array
+
         resample = getattr(Image.Resampling, FILTERS[self.interpolation])
-        return chw_array(image.resize((self.crop_size, self.crop_size), resample, box=box))
+        return chw_array(image.resize((self.crop_size, self.crop_size), resample, box=self.source_box(*image.size)))
 
     def source_box(self, width: int, height: int) -> tuple[float, float, float, float]:
         """The crop, in the source image's pixels: torchvision's resized size (shorter side ->
@@ -81,9 +86,9 @@ class ResizeCrop:
     def from_file(self, path) -> np.ndarray:
         from ..decoding import read_image
 
-        return self(read_image(path, self.resize_size))
+        return self._crop(read_image(path, self.resize_size))  # already upright RGB
 
     def from_bytes(self, data: bytes, max_pixels: int | None = None) -> np.ndarray:
         from ..decoding import decode_pil
 
-        return self(decode_pil(data, self.resize_size, max_pixels))
+        return self._crop(decode_pil(data, self.resize_size, max_pixels))
