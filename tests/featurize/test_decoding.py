@@ -81,6 +81,7 @@ def _png_claiming(width, height) -> bytes:
         ("empty.jpg", b"", "empty file"),
         ("text.jpg", b"this is not an image at all", "not an image"),
         ("bomb.png", _png_claiming(40000, 40000), "decompression bomb"),
+        ("bomb-1x-2x.png", _png_claiming(15000, 15000), "decompression bomb"),  # PIL only warns for these
         ("truncated.jpg", None, "truncated"),
     ],
 )
