@@ -22,7 +22,7 @@ from experiments.choices import (
     SEARCH_METHODS,
 )
 from experiments.layout import DEFAULT_OUT, explain_dir, predictions_csv
-from featurize import COMPRESSIONS, DEFAULT_BACKBONE, DTYPES, ENGINES, FUSE_MODES, TTA_MODES
+from featurize import COMPRESSIONS, DEFAULT_BACKBONE, DTYPES, ENGINES, FUSE_MODES, POOL_MODES, PRESETS, TTA_MODES
 
 
 class Cli(click.Group):
@@ -123,12 +123,40 @@ def cli():
     "new file); asking for another one rewrites the file.",
 )
 @click.option(
+    "--preset",
+    type=click.Choice(PRESETS),
+    default="fast",
+    show_default=True,
+    help="fast: the last stage's average at the weights' size (the cheapest). accurate: the recipe "
+    "benchmarks/feature_variants.py picked (the README says what it sets and costs); the four options "
+    "below override either.",
+)
+@click.option(
+    "--layers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Pool the last N stages, L2-normalise each and concatenate them [default: the preset's; fast: 1]. "
+    "docs/backbones.md lists each backbone's stages.",
+)
+@click.option(
+    "--pool",
+    type=click.Choice(POOL_MODES),
+    default=None,
+    help="How each stage's map is pooled: avg, gem (generalised mean, p=3), max, avgmax (the mean of both) "
+    "[default: the preset's; fast: avg].",
+)
+@click.option(
+    "--image-size",
+    type=click.IntRange(min=32, max=1024),
+    default=None,
+    help="Crop size in pixels instead of the weights' own (the resize keeps its ratio to the crop).",
+)
+@click.option(
     "--tta",
     type=click.Choice(TTA_MODES),
-    default="none",
-    show_default=True,
-    help="flip: store the mean of each image's vector and its mirror image's (twice the compute; a "
-    "separate file, never mixed with plain vectors).",
+    default=None,
+    help="flip: the mean of each image's vector and its mirror image's (2 passes); crops: the mean over "
+    "five crops (centre, corners) and their mirrors (10 passes) [default: the preset's; fast: none].",
 )
 @click.option("--strict", is_flag=True, help="Fail (exit 1) if any image cannot be read.")
 @click.option(
@@ -152,15 +180,22 @@ def extract(
     workers,
     dtype,
     compression,
+    preset,
+    layers,
+    pool,
+    image_size,
     tta,
     strict,
     verify,
     quiet,
 ):
-    """Extract one pooled feature vector per image into an HDF5 file (incremental, resumable)."""
-    from featurize import Storage
+    """Extract one pooled feature vector per image into an HDF5 file (incremental, resumable).
+
+    Each recipe (--preset, --layers, --pool, --image-size, --tta) gets a file of its own."""
+    from featurize import Storage, get_backbone, preset_recipe
     from featurize import extract as run_extract
 
+    recipe = preset_recipe(preset, get_backbone(backbone), layers=layers, pool=pool, image_size=image_size, tta=tta)
     result = run_extract(
         data=data,
         backbone=backbone,
@@ -175,7 +210,7 @@ def extract(
         engine=engine,
         ray=ray,
         storage=Storage(dtype, compression),
-        tta=tta,
+        recipe=recipe,
         verify=verify,
         name=name,
     )

@@ -10,7 +10,7 @@ from .embedding import FeatureMismatch
 from .ensemble import ensemble_model, parse_ensembles
 from .export import export_onnx
 from .grids import resolve_grid
-from .heads import HEADS, Head, final_step, fused_head, get_head, register_head
+from .heads import HEADS, Head, final_step, fused_head, get_head, power_head, register_head
 from .linear import warmup_cosine
 from .linear_form import linear_form, one_row_per_class
 from .model import FeatureClassifier
@@ -20,6 +20,7 @@ __all__ = [
     "HEADS",
     "Head",
     "fused_head",
+    "power_head",
     "get_head",
     "register_head",
     "resolve_grid",

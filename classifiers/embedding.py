@@ -31,12 +31,21 @@ class BackboneSource:
         self.config, self.weights_source, self._embedder, self._network = config or {}, weights_source, None, None
 
     def network(self):
-        """The torch feature extractor itself, on the CPU, without the flip (what `explain` looks
-        inside), built once."""
+        """The torch feature extractor itself, on the CPU, at the features' input size but with the
+        plain recipe (one view, the last stage averaged: what `explain` looks inside), built once."""
+        from featurize import Recipe
+
         if self._network is None:
             backbone, weights = self.record()
-            self._network = backbone.load(weights)
+            self._network = backbone.load(weights, recipe=Recipe(image_size=self.recipe.image_size))
         return self._network
+
+    @property
+    def recipe(self):
+        """How the features' vectors were made from the backbone's maps (featurize.Recipe)."""
+        from featurize import recipe_of
+
+        return recipe_of(self.config)
 
     def record(self):
         """(the registry's backbone record, weights); a clear error when this machine would build
@@ -52,7 +61,7 @@ class BackboneSource:
         weights = self.weights_source or None
         rebuilt = {
             "weights": backbone.weights_id(weights),
-            "preprocessing": json.loads(json.dumps(backbone.preprocessing().as_dict())),
+            "preprocessing": json.loads(json.dumps(self.recipe.preprocessing(backbone).as_dict())),
         }
         for key, value in rebuilt.items():
             if self.config.get(key) != value:
@@ -83,7 +92,7 @@ class BackboneSource:
             engine,
             fingerprint=json_key(self.config),  # the features' fingerprint: the graph's every setting
             cache_dir=graph_cache_dir(),
-            tta=self.config.get("tta", "none"),
+            recipe=self.recipe,
         )
         self._embedder = (embedder, device)
         return self._embedder

@@ -35,20 +35,20 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Write OUT/model.onnx for the saved model at `model_path`; return its path."""
     import onnx
 
-    from featurize import ONNX_OPSET, export_backbone
+    from featurize import ONNX_OPSET, export_backbone, recipe_of
 
     model = load_model(model_path)
     out = ensure_writable(out)
     _check_exportable(model, model_path)
     record, weights = model.backbone_record()
-    tta = model.feature_config.get("tta", "none")  # a flip-averaged backbone flips inside the graph too
-    backbone = onnx.load_from_string(export_backbone(record.load(weights, tta=tta)))
+    recipe = recipe_of(model.feature_config)  # stages, pooling and views are computed inside the graph too
+    backbone = onnx.load_from_string(export_backbone(record.load(weights, recipe=recipe)))
     head = head_graph(model.pipeline_, model.n_features_in_, ONNX_OPSET)
     head = onnx.compose.add_prefix(head, "head/", rename_inputs=False, rename_outputs=False)
     head.ir_version = backbone.ir_version = max(head.ir_version, backbone.ir_version)
     _align_opsets(backbone, head)
     merged = onnx.compose.merge_models(backbone, head, io_map=[(HEAD_INPUT, HEAD_INPUT)])
-    metadata = _metadata(model, model_path, record, tta)
+    metadata = _metadata(model, model_path, record, recipe)
     onnx.helper.set_model_props(merged, metadata)
     onnx.checker.check_model(merged)
     path = out / "model.onnx"
@@ -67,9 +67,9 @@ def _check_exportable(model, model_path) -> None:
         raise CnnfeatError(f"--model {model_path}: its head gives no probabilities, so it cannot be exported")
 
 
-def _metadata(model, model_path, record, tta: str) -> dict:
+def _metadata(model, model_path, record, recipe) -> dict:
     """The graph's metadata: classes, what an input image must be, the backbone and the model's record."""
-    preprocessing = record.preprocessing()
+    preprocessing = recipe.input_preprocessing(record)
     return {
         "class_names": json.dumps([printable(c) for c in model.classes_.tolist()]),  # valid UTF-8 for any reader
         "preprocessing": json.dumps(
@@ -79,7 +79,8 @@ def _metadata(model, model_path, record, tta: str) -> dict:
                 "interpolation": preprocessing.interpolation,
                 "input": "uint8 RGB NCHW",
                 "normalisation": "inside the graph",
-                "tta": tta,
+                "tta": recipe.tta,
+                "recipe": recipe.config(),
             }
         ),
         "backbone": record.name,

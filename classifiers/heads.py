@@ -250,6 +250,23 @@ def fused_head(head: Head, widths: list[int]) -> Head:
     return dataclasses.replace(head, build=fused(head.build), at_scale=head.at_scale and fused(head.at_scale))
 
 
+def power_head(head: Head) -> Head:
+    """`head` with `--normalize power`: its pipeline starts with a signed square root and an L2
+    normalisation of each row (scaling.PowerNormalizer); it travels with the saved model."""
+
+    def powered(build):
+        def powered_build(seed):
+            from sklearn.pipeline import Pipeline
+
+            from .scaling import PowerNormalizer
+
+            return Pipeline([("power", PowerNormalizer()), *build(seed).steps])
+
+        return powered_build
+
+    return dataclasses.replace(head, build=powered(head.build), at_scale=head.at_scale and powered(head.at_scale))
+
+
 def final_step(estimator):
     """The estimator at the end of a fitted head's pipeline (its `clf`, calibrated or not); the
     estimator itself where it is not a pipeline (an ensemble)."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.sparse import issparse
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 FIT_BYTES = 64 << 20  # rows per partial fit: about this many bytes of them
 
@@ -59,3 +61,24 @@ class ChunkedStandardScaler(StandardScaler):
         if floor > 0:  # a median spread of 0 (most features constant): StandardScaler's own rule stands
             self.scale_ = np.where(np.isnan(spread), spread, np.maximum(spread, floor))
         return self
+
+
+class PowerNormalizer(TransformerMixin, BaseEstimator):
+    """Signed square root, then each row scaled to unit L2 norm: the "power" normalisation of
+    Perronnin et al. and Razavian et al., which damps the few channels of a pooled CNN vector that
+    fire far above the rest. Stateless (nothing learnt from the rows), so it leaks nothing across folds."""
+
+    def fit(self, X, y=None):
+        validate_data(self, X, reset=True)
+        return self
+
+    def transform(self, X):
+        check_is_fitted(self, "n_features_in_")
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        rooted = np.sign(X) * np.sqrt(np.abs(X))
+        return rooted / np.maximum(np.linalg.norm(rooted, axis=1, keepdims=True), np.finfo(rooted.dtype).tiny)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = True
+        return tags

@@ -23,7 +23,7 @@ from common.errors import CnnfeatError, OutputError
 from common.files import ensure_writable
 from common.locks import exclusive
 from common.names import safe_name
-from featurize import FuseMode, display_name, fuse_features, load_features
+from featurize import FuseMode, Recipe, display_name, fuse_features, load_features, recipe_of
 
 from .audit_checks import leaked_rows, untellable
 from .choices import AUDIT_NEAR
@@ -290,9 +290,13 @@ def _tuned_labels(stores) -> set:
 
 
 def _one_per_network(stores) -> list:
-    """Of each backbone and weights, its plain file: no --tta, float32 (the others are its variants)."""
+    """Of each backbone and weights, its plain file: the plain recipe, float32 (the others are its variants)."""
     chosen = {}
-    for data in sorted(stores, key=lambda d: ("tta" in d.config, "storage_dtype" in d.config, feature_label(d))):
+
+    def variant_last(data):
+        return recipe_of(data.config) != Recipe(), "storage_dtype" in data.config, feature_label(data)
+
+    for data in sorted(stores, key=variant_last):
         chosen.setdefault((data.backbone, data.weights_source), data)
     return list(chosen.values())
 
@@ -530,7 +534,7 @@ def _finetuned_rows(file: FeatureFile, run: CompareRun, out) -> list[Row]:
     """The fine-tuned network's row (fine-tuned first under --finetune, from pretrained or random
     weights only, scored on compare's own held-out images): none where there is no fine-tune of
     this backbone, a failure where it cannot be ranked beside the heads. A backbone's second feature
-    file (its --tta flip or float16 variant, its random weights) gets none: one fine-tune per backbone,
+    file (its --tta/--layers/... or float16 variant, its random weights) gets none: one fine-tune per backbone,
     one row, beside its plain file (_tuned_labels)."""
     if file.label not in run.tuned:
         return []

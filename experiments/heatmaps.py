@@ -53,8 +53,15 @@ def class_activation_map(model, image, class_name, device="auto", grid=None) -> 
 
     W, _ = linear_form(model.pipeline_)
     extractor, backbone = first_backbone(model)  # the torch module, also where features came from onnxruntime
-    crop = torch.from_numpy(backbone.preprocessing().transform()(image)).unsqueeze(0)
-    flip = model.sources()[0].config.get("tta", "none") == "flip"
+    recipe = model.sources()[0].recipe
+    if not recipe.plain or recipe.tta == "crops":
+        raise CnnfeatError(
+            f"{backbone.name}: these features are not the plain mean of the last feature map of one crop "
+            f"({', '.join(f'{k} {v}' for k, v in recipe.config().items())}), so there is no exact class "
+            f"activation map: use --method occlusion"
+        )
+    crop = torch.from_numpy(extractor.preprocessing.transform()(image)).unsqueeze(0)
+    flip = recipe.tta == "flip"
     with torch.inference_mode():
         maps = last_feature_map(extractor, torch.cat([crop, crop.flip(3)]) if flip else crop)
     if maps is None:
@@ -108,7 +115,7 @@ def feature_map_grid(model, image, layer: str | None) -> tuple[np.ndarray, str]:
     import torch
 
     extractor, backbone = first_backbone(model)
-    crop = torch.from_numpy(backbone.preprocessing().transform()(image)).unsqueeze(0)
+    crop = torch.from_numpy(extractor.preprocessing.transform()(image)).unsqueeze(0)
     modules = layers(extractor, backbone, layer)
     captured = []
     with torch.inference_mode():

@@ -224,6 +224,8 @@ def backbone_ms_per_image(name: str) -> float:
 
 def forward_passes(data) -> tuple[str, ...]:
     """The backbone forward passes a feature file's vectors need per image: one per backbone (each
-    part of a fused file), two where the vectors average the mirror image's in (--tta flip)."""
+    part of a fused file), times the views its recipe averages (--tta flip: 2, crops: 10)."""
+    from featurize import recipe_of
+
     parts = data.parts or (data,)
-    return tuple(name for part in parts for name in [part.backbone] * (2 if part.config.get("tta") == "flip" else 1))
+    return tuple(name for part in parts for name in [part.backbone] * recipe_of(part.config).views)

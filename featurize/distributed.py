@@ -52,17 +52,15 @@ class EmbedShard:
     CPUs there is one actor per core, each single-threaded: decoding in one overlaps the forward
     pass in another."""
 
-    def __init__(
-        self, backbone: str, weights, device: str, graph: bytes | None, root: str, trust_pickle: bool, tta: str = "none"
-    ):
+    def __init__(self, backbone: str, weights, device: str, graph: bytes | None, root: str, trust_pickle: bool, recipe):
         from .backbones import get_backbone
-        from .engines import OnnxEmbedder, TorchEmbedder
+        from .engines import TorchEmbedder, onnx_embedder
 
         record = get_backbone(backbone)
         if graph is not None:  # the driver's exported graph: every actor computes the driver's numbers
-            self.embedder = OnnxEmbedder(graph, record.name, record.feature_dim, record.preprocessing(), threads=1)
+            self.embedder = onnx_embedder(graph, record, recipe, threads=1)
         else:
-            self.embedder = TorchEmbedder(record.load(weights, trust_pickle, tta), device, record.name)
+            self.embedder = TorchEmbedder(record.load(weights, trust_pickle, recipe), device, record.name)
         self.transform = self.embedder.preprocessing.transform()
         self.root = Path(root)
 
@@ -116,7 +114,7 @@ def _embedded(ray, record, weights, graph: bytes | None, options, root: Path, pa
             "graph": graph,
             "root": str(root),
             "trust_pickle": options.trust_pickle,
-            "tta": options.tta,
+            "recipe": options.recipe,
         },
     )
 

@@ -24,6 +24,7 @@ from common.errors import CnnfeatError, error_line
 from common.files import atomic_write
 from common.hashing import json_key
 
+from .backbones.recipe import Recipe
 from .devices import usable_cores
 
 Engine = Literal["torch", "onnxruntime"]
@@ -139,7 +140,7 @@ def export_backbone(model) -> bytes:
 
 
 def backbone_graph(
-    record, weights, fingerprint: str, cache_dir: Path | None, trust_pickle: bool, tta: str = "none"
+    record, weights, fingerprint: str, cache_dir: Path | None, trust_pickle: bool, recipe: Recipe = Recipe()
 ) -> bytes:
     """The exported graph of `record` with `weights`, as bytes: read from
     `cache_dir/<backbone>-<fingerprint>-<exporter>.onnx` when it is there whole, else exported (and
@@ -153,7 +154,7 @@ def backbone_graph(
         graph = path.read_bytes()
         if _whole(graph, _checksum_path(path)):
             return graph
-    graph = export_backbone(record.load(weights, trust_pickle, tta))
+    graph = export_backbone(record.load(weights, trust_pickle, recipe))
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -211,13 +212,18 @@ def load_embedder(
     fingerprint: str = "",
     cache_dir: Path | None = None,
     trust_pickle: bool = False,
-    tta: str = "none",
+    recipe: Recipe = Recipe(),
 ):
     """The backbone's frozen feature extractor on `device`, run by `engine` (already resolved)."""
     if engine == "onnxruntime":
-        graph = backbone_graph(record, weights, fingerprint, cache_dir, trust_pickle, tta)
+        graph = backbone_graph(record, weights, fingerprint, cache_dir, trust_pickle, recipe)
         try:
-            return OnnxEmbedder(graph, record.name, record.feature_dim, record.preprocessing())
+            return onnx_embedder(graph, record, recipe)
         except Exception as error:  # onnxruntime's own kinds: a graph it cannot run
             raise ExportFailed(f"onnxruntime cannot load the exported graph ({error})") from None
-    return TorchEmbedder(record.load(weights, trust_pickle, tta), device, record.name)
+    return TorchEmbedder(record.load(weights, trust_pickle, recipe), device, record.name)
+
+
+def onnx_embedder(graph: bytes, record, recipe: Recipe = Recipe(), threads: int | None = None) -> OnnxEmbedder:
+    """An OnnxEmbedder of `record`'s graph, exported with `recipe`."""
+    return OnnxEmbedder(graph, record.name, recipe.feature_dim(record), recipe.input_preprocessing(record), threads)

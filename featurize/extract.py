@@ -24,7 +24,7 @@ from common.files import ensure_writable, sweep_stale_tmp
 from common.locks import exclusive
 from common.names import printable
 
-from .backbones import DEFAULT_BACKBONE, TtaMode, check_tta, get_backbone
+from .backbones import DEFAULT_BACKBONE, Recipe, get_backbone
 from .batches import WorkerFailed, iter_vectors
 from .devices import run_device
 from .discovery import ImageList, discover, image_identities
@@ -87,7 +87,7 @@ class RunOptions:
     workers: int | None = None
     progress: bool = True
     storage: Storage = Storage()  # its dtype does change the stored numbers: it is in the fingerprint
-    tta: TtaMode = "none"  # "flip" changes every vector, so it too is in the fingerprint
+    recipe: Recipe = Recipe()  # it changes every vector, so it too is in the fingerprint
     strict: bool = False  # an unreadable image fails the run (after the store is written)
     trust_pickle: bool = False  # a --weights file may hold pickled objects (loading them runs its code)
     verify: bool = False  # check every stored vector against its checksum
@@ -110,7 +110,7 @@ def extract(
     engine: str = "auto",
     ray: str | None = None,
     storage: Storage = Storage(),
-    tta: str = "none",
+    recipe: Recipe = Recipe(),
     verify: bool = False,
     name: str | None = None,
 ) -> ExtractResult:
@@ -119,13 +119,12 @@ def extract(
     `engine`: auto (onnxruntime on the CPU, torch on CUDA), torch or onnxruntime. A backbone that
     does not export to ONNX is run by torch, and the result's notes say so. `ray`: "local" or a
     cluster's address runs the backbone on a Ray cluster (featurize.distributed); this process
-    still writes the store. `storage`: the vectors' dtype and compression on disk. `tta`: "flip"
-    stores the mean of each image's vector and its mirror image's (its own file and fingerprint).
+    still writes the store. `storage`: the vectors' dtype and compression on disk. `recipe`: which
+    stages, pooling, input size and views make each vector (backbones.Recipe; its own file and fingerprint).
     `verify`: check every stored vector against its checksum (also done when a reader has left the
     store's damage mark) and extract the images of damaged ones again. `name`: the readable part of
     the dataset's name (and of the file's) instead of the folder's; the same name finds the same file."""
     device = run_device(device, ray)
-    check_tta(tta)
     options = RunOptions(
         device=device,
         engine=resolve_engine(engine, device),
@@ -134,7 +133,7 @@ def extract(
         workers=workers,
         progress=progress,
         storage=storage.check(),
-        tta=tta,
+        recipe=recipe,
         strict=strict,
         trust_pickle=trust_pickle,
         verify=verify,
@@ -164,7 +163,7 @@ class Run:
 
     @property
     def dim(self) -> int:
-        return self.spec.backbone.feature_dim
+        return self.spec.feature_dim
 
 
 def _extract(data, backbone: str, weights: str | None, out: Path, options: RunOptions) -> ExtractResult:
@@ -176,7 +175,7 @@ def _extract(data, backbone: str, weights: str | None, out: Path, options: RunOp
         compute_precision(options.device, options.engine),
         options.engine,
         options.storage.dtype,
-        options.tta,
+        options.recipe,
     )
     store = spec.store_path(out, images.name)
     ensure_writable(store.parent)
@@ -368,7 +367,7 @@ def _vector_batches(run: Run, paths: list[str]):
         graph = None
         if options.engine == "onnxruntime":  # exported once here, shipped to every actor
             graph = backbone_graph(
-                spec.backbone, spec.weights, spec.fingerprint, graph_cache_dir(), options.trust_pickle, options.tta
+                spec.backbone, spec.weights, spec.fingerprint, graph_cache_dir(), options.trust_pickle, options.recipe
             )
         return iter_vectors_ray(ray, spec.backbone, spec.weights, graph, options, run.images.root, paths, desc)
     model = load_embedder(
@@ -379,7 +378,7 @@ def _vector_batches(run: Run, paths: list[str]):
         spec.fingerprint,
         graph_cache_dir(),
         options.trust_pickle,
-        options.tta,
+        options.recipe,
     )
     return iter_vectors(
         model, options.device, run.images.root, paths, options.batch_size, options.workers, options.progress, desc=desc

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from common.hashing import json_key
 
-from .backbones import POOLING, Backbone, TtaMode, weights_kind
+from .backbones import POOLING, Backbone, Recipe, weights_kind
 from .decoding import DRAFT_MARGIN
 from .engines import Engine
 from .store import FORMAT_VERSION, StorageDtype
@@ -43,7 +43,7 @@ class FeatureSpec:
     precision: str = "float32"  # what the backbone computes in (engines.compute_precision)
     engine: Engine = "torch"
     storage_dtype: StorageDtype = "float32"
-    tta: TtaMode = "none"
+    recipe: Recipe = Recipe()  # stages, pooling, size, views
 
     @cached_property
     def config(self) -> dict:
@@ -52,9 +52,9 @@ class FeatureSpec:
         config = {
             "backbone": record.name,
             "weights": record.weights_id(self.weights),
-            "preprocessing": json.loads(json.dumps(record.preprocessing().as_dict())),
+            "preprocessing": json.loads(json.dumps(self.recipe.preprocessing(record).as_dict())),
             "pooling": POOLING,
-            "feature_dim": record.feature_dim,
+            "feature_dim": self.feature_dim,
             "format_version": FORMAT_VERSION,
             "engine": self.engine,
             "precision": self.precision,
@@ -62,9 +62,12 @@ class FeatureSpec:
         }
         if self.storage_dtype != "float32":  # absent by default, so stores made before it keep their fingerprint
             config["storage_dtype"] = self.storage_dtype
-        if self.tta != "none":  # the same: absent unless asked
-            config["tta"] = self.tta
+        config.update(self.recipe.config())  # the same: each setting absent unless asked
         return config
+
+    @property
+    def feature_dim(self) -> int:
+        return self.recipe.feature_dim(self.backbone)
 
     @cached_property
     def fingerprint(self) -> str:
@@ -72,13 +75,12 @@ class FeatureSpec:
 
     def store_path(self, out: Path, dataset: str) -> Path:
         """OUT/features/<dataset>-<backbone><tag>.h5: a checkpoint, random weights, TTA and float16
-        storage each get a file of their own, beside the plain one."""
+        storage and each recipe setting get a file of their own, beside the plain one."""
         tag = {"random": "-random"}.get(self.weights, "")
         weights_id = self.config["weights"]
         if weights_id.startswith("file:"):
             tag = f"-ft{weights_id[5:13]}"
-        if self.tta != "none":
-            tag += f"-{self.tta}"
+        tag += self.recipe.tag()
         if self.storage_dtype != "float32":
             tag += f"-{self.storage_dtype}"
         return Path(out) / "features" / f"{dataset}-{self.backbone.name}{tag}.h5"

@@ -6,20 +6,19 @@ functions that need it, so importing this package (and `cli.py --help`) stays in
 
 - `registry`: the `Backbone` record, the registry (`register`, `get_backbone`, `list_backbones`);
 - `preprocessing`: what a backbone's weights expect of an image;
+- `recipe`: how its feature maps become one vector (stages, pooling, size, views);
 - `checkpoints`: loading a local checkpoint (`--weights PATH`) safely;
 - `torchvision_models`, `lite`: the two families, each registering its models when imported here.
 """
 
 from .lite import LiteBackbone
 from .preprocessing import Preprocessing, crop_transform
+from .recipe import POOL_MODES, PRESETS, TTA_MODES, PoolMode, Recipe, TtaMode, preset_recipe, recipe_of
 from .registry import (
     BACKBONES,
     DEFAULT_BACKBONE,
     POOLING,
-    TTA_MODES,
     Backbone,
-    TtaMode,
-    check_tta,
     get_backbone,
     list_backbones,
     register,
@@ -31,16 +30,21 @@ __all__ = [
     "BACKBONES",
     "DEFAULT_BACKBONE",
     "POOLING",
+    "POOL_MODES",
+    "PRESETS",
     "TTA_MODES",
     "Backbone",
     "LiteBackbone",
     "Preprocessing",
     "TorchvisionBackbone",
+    "PoolMode",
+    "Recipe",
     "TtaMode",
-    "check_tta",
     "crop_transform",
     "get_backbone",
     "list_backbones",
+    "preset_recipe",
+    "recipe_of",
     "register",
     "weights_kind",
 ]

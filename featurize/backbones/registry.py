@@ -7,18 +7,16 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
 
 from common.errors import BackboneError
 from common.hashing import file_sha256
 
 from .preprocessing import Preprocessing
+from .recipe import GEM_P, Recipe
 
 # Exported as the default of every command that takes --backbone: it works with no network.
 DEFAULT_BACKBONE = "efficientnet_lite0"
 POOLING = "global-average"
-TtaMode = Literal["none", "flip"]  # flip: each vector the mean of the image's and its mirror image's
-TTA_MODES = get_args(TtaMode)
 
 
 def weights_kind(weights: str | None) -> str:
@@ -30,16 +28,11 @@ def weights_kind(weights: str | None) -> str:
     return "file"
 
 
-def check_tta(tta: str) -> str:
-    if tta not in TTA_MODES:
-        raise BackboneError(f"--tta {tta!r}; valid: {', '.join(TTA_MODES)}")
-    return tta
-
-
 @dataclass(frozen=True)
 class Backbone:
     name: str
-    feature_dim: int
+    feature_dim: int  # the plain vector's: the last stage's width
+    stage_dims: tuple[int, ...] = ()  # every stage's width, shallow to deep (the last is feature_dim)
 
     # -- what a subclass says about itself -------------------------------------------------------
     source = "?"
@@ -58,6 +51,11 @@ class Backbone:
         """An nn.Module mapping normalised float images (N,3,H,W) to pooled vectors (N,D)."""
         raise NotImplementedError
 
+    def stage_candidates(self, trunk) -> list:
+        """The trunk's blocks in forward order, the last one's output its final feature map; the
+        last block of each run of one output shape ends a stage (network.stage_ends)."""
+        raise NotImplementedError
+
     # -- shared by every backbone ----------------------------------------------------------------
     def weights_id(self, weights: str | None) -> str:
         kind = weights_kind(weights)
@@ -73,11 +71,11 @@ class Backbone:
             )
         return f"file:{file_sha256(path)[:16]}"
 
-    def load(self, weights: str | None = None, trust_pickle: bool = False, tta: str = "none"):
+    def load(self, weights: str | None = None, trust_pickle: bool = False, recipe: Recipe = Recipe()):
         """The frozen feature extractor, in eval mode, on the CPU. `trust_pickle` lets a checkpoint
-        that is a whole pickled module load: that runs code from the file. `tta` (TTA_MODES): "flip"
-        averages each image's vector with its mirror image's, inside the module, so every engine
-        and the exported graph compute it alike."""
+        that is a whole pickled module load: that runs code from the file. `recipe`: the stages,
+        pooling, size and views its vectors are made of, computed inside the module, so every
+        engine and the exported graph compute them alike."""
         import torch
 
         from ..network import FeatureExtractor
@@ -89,8 +87,24 @@ class Backbone:
             trunk = self.build_trunk(pretrained=kind == "pretrained")
         if kind == "file":
             load_checkpoint(trunk, weights, self.name, trust_pickle)
-        flip = check_tta(tta) == "flip"
-        return FeatureExtractor(trunk, self.preprocessing(), self.feature_dim, flip=flip).eval().requires_grad_(False)
+        dim = recipe.feature_dim(self)
+        if not recipe.plain:
+            trunk = self.stage_pooler(trunk, recipe)
+        crop = recipe.preprocessing(self).crop_size
+        extractor = FeatureExtractor(trunk, recipe.input_preprocessing(self), dim, recipe.tta, crop)
+        return extractor.eval().requires_grad_(False)
+
+    def stage_pooler(self, trunk, recipe: Recipe):
+        """`trunk` pooling its last `recipe.layers` stages (network.StagePooler)."""
+        from ..network import StagePooler, stage_ends
+
+        ends = stage_ends(trunk, self.stage_candidates(trunk))
+        if tuple(width for _, width in ends) != self.stage_dims:  # the registry's widths name the file's width
+            raise BackboneError(
+                f"{self.name}: its stages are {[width for _, width in ends]} wide, the registry says "
+                f"{list(self.stage_dims)}"
+            )
+        return StagePooler(trunk, [module for module, _ in ends[-recipe.layers :]], recipe.pool, GEM_P)
 
 
 BACKBONES: dict[str, Backbone] = {}

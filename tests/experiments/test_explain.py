@@ -10,7 +10,7 @@ from classifiers import load_model
 from classifiers.linear_form import linear_form
 from experiments.fit import fit_model
 from experiments.heatmaps import class_activation_map, occlusion_map
-from featurize import extract, load_features, load_image
+from featurize import Recipe, extract, load_features, load_image
 from tests.test_cli import assert_one_line_error, run
 
 QUIET = {"log": lambda _: None}
@@ -40,7 +40,7 @@ def test_the_cam_averages_to_the_head_s_own_score(tinted_store, tmp_path, clf, g
             out=tmp_path,
             workers=0,
             progress=False,
-            tta="flip",
+            recipe=Recipe(tta="flip"),
         ).store
     model, data = _model(store, tmp_path, clf, grid), load_features(store)
     path = f"{data.data_root}/{data.paths[0]}"

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from featurize import extract, load_features
+from featurize import Recipe, extract, load_features
 from tests.conftest import REPO, write_image
 from tests.test_cli import assert_one_line_error, run
 
@@ -242,12 +242,14 @@ def _command_line(pid: int) -> str:
         return ""
 
 
-def test_flip_averaged_vectors_on_ray_equal_the_local_ones(local_cluster, class_folders, tmp_path):
-    """The torch engine in Ray's actors builds its own network: it must flip as the local run does."""
-    options = {**RANDOM, "engine": "torch", "tta": "flip"}
+def test_recipe_vectors_on_ray_equal_the_local_ones(local_cluster, class_folders, tmp_path):
+    """The torch engine in Ray's actors builds its own network: it must pool stages and flip as the
+    local run does."""
+    options = {**RANDOM, "engine": "torch", "recipe": Recipe(layers=2, pool="gem", tta="flip")}
     plain = load_features(extract(data=class_folders, out=tmp_path / "plain", workers=0, **options).store)
     on_ray = load_features(extract(data=class_folders, out=tmp_path / "ray", ray="local", **options).store)
-    assert on_ray.fingerprint == plain.fingerprint and on_ray.config["tta"] == "flip"
+    assert on_ray.fingerprint == plain.fingerprint and on_ray.config["tta"] == "flip" and on_ray.config["layers"] == 2
+    assert on_ray.X.shape[1] == 256 + 512  # resnet18's last two stages
     np.testing.assert_allclose(on_ray.X, plain.X, rtol=1e-5, atol=1e-5)
 
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from classifiers.export import export_onnx
 from experiments.fit import fit_model
-from featurize import extract, load_features
+from featurize import Recipe, extract, load_features
 from tests.conftest import write_image
 from tests.test_cli import run
 
@@ -62,7 +62,13 @@ def test_flip_vectors_are_the_mean_of_the_image_and_its_mirror(pictures, tmp_pat
 def test_a_model_on_flip_features_flips_too_when_predicting_and_exported(pictures, tmp_path):
     root, _ = pictures
     store = extract(
-        data=root, backbone="resnet18", weights="random", out=tmp_path, workers=0, progress=False, tta="flip"
+        data=root,
+        backbone="resnet18",
+        weights="random",
+        out=tmp_path,
+        workers=0,
+        progress=False,
+        recipe=Recipe(tta="flip"),
     ).store
     features = load_features(store)
     outcome = fit_model(features=store, out=tmp_path, clf="logreg", log=lambda _: None)
@@ -85,5 +91,7 @@ def test_an_unknown_tta_is_refused(pictures, tmp_path):
     from common.errors import CnnfeatError
 
     with pytest.raises(CnnfeatError, match="--tta 'rotate'"):
-        extract(data=pictures[0], backbone="resnet18", weights="random", out=tmp_path, tta="rotate")
-    assert not (tmp_path / "features").exists() or not any((tmp_path / "features").iterdir())
+        Recipe(tta="rotate")
+    result = run("extract", "--data", pictures[0], "--backbone", "resnet18", "--out", tmp_path, "--tta", "rotate")
+    assert result.exit_code == 2 and "rotate" in result.output
+    assert not (tmp_path / "features").exists()

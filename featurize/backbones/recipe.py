@@ -1,0 +1,111 @@
+"""How a backbone's feature maps become one vector: which stages, how each is pooled, at what input
+size, over which views of the image. `Recipe()` is the plain vector every cnnfeat version made: the
+last stage's global average at the weights' own size.
+
+A recipe changes every number, so each of its settings is in the store's config (absent where it is
+the default: stores made before recipes keep their fingerprint) and in the file's name. Computed
+inside the backbone module (network.FeatureExtractor), so both engines, Ray, a saved model, `serve`
+and the exported graph compute it alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Literal, get_args
+
+from common.errors import BackboneError
+
+from .preprocessing import Preprocessing
+
+PoolMode = Literal["avg", "gem", "max", "avgmax"]
+POOL_MODES = get_args(PoolMode)
+# none; flip: the mean of the image's vector and its mirror's; crops: the mean over five crops (the
+# centre and four corners of the resized image's centre square, torchvision's FiveCrop) and their mirrors
+TtaMode = Literal["none", "flip", "crops"]
+TTA_MODES = get_args(TtaMode)
+GEM_P = 3.0  # generalised-mean pooling's exponent (Radenović et al.'s default)
+MAX_IMAGE_SIZE = 1024
+Preset = Literal["fast", "accurate"]
+PRESETS = ("fast", "accurate")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    layers: int = 1  # the last N stages, each pooled; N > 1: each L2-normalised, then concatenated
+    pool: PoolMode = "avg"
+    image_size: int | None = None  # the crop's side; None: the weights' own
+    tta: TtaMode = "none"
+
+    def __post_init__(self):
+        if not isinstance(self.layers, int) or self.layers < 1:
+            raise BackboneError(f"--layers {self.layers}: a whole number of stages, 1 or more")
+        if self.pool not in POOL_MODES:
+            raise BackboneError(f"--pool {self.pool!r}; valid: {', '.join(POOL_MODES)}")
+        if self.image_size is not None and not 32 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise BackboneError(f"--image-size {self.image_size}: from 32 to {MAX_IMAGE_SIZE} pixels")
+        if self.tta not in TTA_MODES:
+            raise BackboneError(f"--tta {self.tta!r}; valid: {', '.join(TTA_MODES)}")
+
+    @property
+    def plain(self) -> bool:
+        """The trunk's own pooled vector (what every other tool gives): one stage, averaged."""
+        return self.layers == 1 and self.pool == "avg"
+
+    def config(self) -> dict:
+        """The settings that differ from the plain recipe, as a store's config records them."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
+
+    @classmethod
+    def from_config(cls, config: dict) -> Recipe:
+        return cls(**{f.name: config[f.name] for f in fields(cls) if f.name in config})
+
+    def tag(self) -> str:
+        """The file name's part: "-l3-gem-s320-crops" (empty for the plain recipe)."""
+        parts = {"layers": f"l{self.layers}", "pool": self.pool, "image_size": f"s{self.image_size}", "tta": self.tta}
+        return "".join(f"-{parts[key]}" for key in self.config())
+
+    def feature_dim(self, backbone) -> int:
+        """The vector's width: the sum of the last `layers` stages' widths."""
+        stages = backbone.stage_dims
+        if self.layers > len(stages):
+            widths = ", ".join(map(str, stages))
+            raise BackboneError(f"--layers {self.layers}: {backbone.name} has {len(stages)} stages (widths {widths})")
+        return sum(stages[-self.layers :])
+
+    def preprocessing(self, backbone) -> Preprocessing:
+        """The weights' preprocessing at `image_size` (the resize keeps its ratio to the crop)."""
+        own = backbone.preprocessing()
+        if self.image_size is None:
+            return own
+        resize = round(self.image_size * own.resize_size / own.crop_size)
+        return replace(own, resize_size=resize, crop_size=self.image_size)
+
+    def input_preprocessing(self, backbone) -> Preprocessing:
+        """What the module is fed: the crop, or for `crops` the resized image's centre square (the
+        module cuts the five crops from it)."""
+        prep = self.preprocessing(backbone)
+        return replace(prep, crop_size=prep.resize_size) if self.tta == "crops" else prep
+
+    @property
+    def views(self) -> int:
+        """Forward passes per image."""
+        return {"none": 1, "flip": 2, "crops": 10}[self.tta]
+
+
+# What `--preset` sets. accurate: chosen by benchmarks/feature_variants.py (README, "Stronger frozen features").
+PRESET_RECIPES: dict[str, Recipe] = {"fast": Recipe(), "accurate": Recipe(layers=5, tta="flip")}
+
+
+def preset_recipe(preset: str, backbone, **given) -> Recipe:
+    """`preset`'s recipe for `backbone` (no more stages than it has), with each setting in `given`
+    that is not None instead of the preset's."""
+    if preset not in PRESET_RECIPES:
+        raise BackboneError(f"--preset {preset!r}; valid: {', '.join(PRESETS)}")
+    base = PRESET_RECIPES[preset]
+    base = replace(base, layers=min(base.layers, len(backbone.stage_dims) or 1))
+    return replace(base, **{key: value for key, value in given.items() if value is not None})
+
+
+def recipe_of(config: dict | None) -> Recipe:
+    """The recipe a store's (or a saved model's) feature config records."""
+    return Recipe.from_config(config or {})
