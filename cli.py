@@ -18,6 +18,7 @@ from experiments.choices import (
     FINETUNE_UNFREEZE,
     HEAD_INITS,
     HEADS,
+    NORMALIZE_MODES,
     SCORINGS,
     SEARCH_METHODS,
 )
@@ -270,6 +271,14 @@ def search_options(command):
             help="Seconds per head: an exhaustive grid search that stops at its best candidate so far "
             "(the report says so).",
         ),
+        click.option(
+            "--normalize",
+            type=click.Choice(NORMALIZE_MODES),
+            default="none",
+            show_default=True,
+            help="power: a signed square root, then each vector scaled to unit length, before each head's own "
+            "scaling (it travels with the saved model; `export` does not take it).",
+        ),
         click.option("--jobs", type=int, default=-1, show_default=True, help="Parallel fits (-1: every core)."),
         click.option(
             "--seed", type=int, default=0, show_default=True, help="Seed of CV folds, hold-out split, estimators."
@@ -289,7 +298,7 @@ def search_options(command):
     return command
 
 
-def search_settings(cv, scoring, search, budget, jobs, seed, ray, verbose, quiet):
+def search_settings(cv, scoring, search, budget, normalize, jobs, seed, ray, verbose, quiet):
     from classifiers import SearchSettings
 
     return SearchSettings(
@@ -298,6 +307,7 @@ def search_settings(cv, scoring, search, budget, jobs, seed, ray, verbose, quiet
         search=search,
         seed=seed,
         budget=budget,
+        normalize=normalize,
         jobs=jobs,
         verbose=2 if verbose else 0,
         progress=not quiet,

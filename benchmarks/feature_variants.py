@@ -87,6 +87,32 @@ def write_textures(dest: Path, patch: int = 96, train: int = 60, val: int = 30) 
     return dest
 
 
+PHOTOS = (
+    "astronaut", "brick", "camera", "cat", "cell", "coffee", "coins", "grass",
+    "gravel", "hubble_deep_field", "immunohistochemistry", "moon", "page", "retina", "rocket", "text",
+)  # fmt: skip
+
+
+def write_patches(dest: Path, patch: int = 32, train: int = 40, val: int = 20) -> Path:
+    """Which of 16 of scikit-image's photos a 32-pixel patch comes from (local texture and colour
+    only): train patches from the top half of each photo, val patches from the bottom half, at random
+    places (seed 0)."""
+    from PIL import Image
+    from skimage import data
+
+    rng = np.random.default_rng(0)
+    for name in PHOTOS:
+        photo = getattr(data, name)()
+        half = photo.shape[0] // 2
+        for split, count, top in (("train", train, 0), ("val", val, half)):
+            for k in range(count):
+                y, x = rng.integers(top, top + half - patch), rng.integers(0, photo.shape[1] - patch)
+                target = dest / split / name / f"{k:03d}.png"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(photo[y : y + patch, x : x + patch]).convert("RGB").save(target)
+    return dest
+
+
 def datasets(cache: Path, names: list[str]) -> dict[str, Path]:
     from featurize.demo_data import write_digits
 
@@ -95,6 +121,7 @@ def datasets(cache: Path, names: list[str]) -> dict[str, Path]:
         "digits": lambda folder: write_digits(folder)[0],
         "faces": write_faces,
         "textures": write_textures,
+        "patches": write_patches,
     }
     folders = {}
     for name in names:

@@ -14,7 +14,7 @@ from .heads import HEADS, Head, final_step, fused_head, get_head, power_head, re
 from .linear import warmup_cosine
 from .linear_form import linear_form, one_row_per_class
 from .model import FeatureClassifier
-from .search import SCORINGS, SearchResult, SearchSettings, cross_validation_backend, search_head
+from .search import NORMALIZE_MODES, SCORINGS, SearchResult, SearchSettings, cross_validation_backend, search_head
 
 __all__ = [
     "HEADS",
@@ -30,6 +30,7 @@ __all__ = [
     "load_model",
     "model_record",
     "save_model",
+    "NORMALIZE_MODES",
     "SCORINGS",
     "SearchResult",
     "SearchSettings",

@@ -63,6 +63,11 @@ def _check_exportable(model, model_path) -> None:
             f"--model {model_path}: an ensemble of heads; export takes one head (serve and "
             f"joblib.load take the ensemble)"
         )
+    if "power" in getattr(model.pipeline_, "named_steps", {}):
+        raise CnnfeatError(
+            f"--model {model_path}: a head fitted with --normalize power; export does not take it yet "
+            f"(serve, predict and joblib.load do)"
+        )
     if not hasattr(model.pipeline_, "predict_proba"):
         raise CnnfeatError(f"--model {model_path}: its head gives no probabilities, so it cannot be exported")
 

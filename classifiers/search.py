@@ -18,12 +18,14 @@ from common.errors import CnnfeatError, error_line
 
 from .edges import edge_notes
 from .grids import axes_first, coordinate_count, resolve_grid
-from .heads import Head, final_step, get_head
+from .heads import Head, final_step, get_head, power_head
 
 Scoring = Literal["accuracy", "balanced_accuracy", "f1_macro"]
 SCORINGS = get_args(Scoring)
 SearchMethod = Literal["auto", "grid", "halving", "coordinate", "path"]
 METHODS = get_args(SearchMethod)
+Normalize = Literal["none", "power"]  # power: signed square root then L2 before the head (scaling.PowerNormalizer)
+NORMALIZE_MODES = get_args(Normalize)
 HALVING_ABOVE = 10_000  # training rows past which `search="auto"` uses successive halving for every head
 # Training rows past which `search="auto"` uses a head's own cheaper method (Head.auto_search: out-of-bag
 # scores for the forest). Below it the full grid is quick anyway.
@@ -47,10 +49,20 @@ class SearchSettings:
     verbose: int = 0
     progress: bool = False
     ray: str | None = None  # "local" or a cluster's address: the CV fits run as Ray tasks (never changes a number)
+    normalize: Normalize = "none"
 
     def result_settings(self) -> dict:
         """The settings that change the fitted heads (not jobs, verbosity or progress)."""
-        return {"cv": self.cv, "scoring": self.scoring, "search": self.search, "seed": self.seed, "budget": self.budget}
+        settings = {
+            "cv": self.cv,
+            "scoring": self.scoring,
+            "search": self.search,
+            "seed": self.seed,
+            "budget": self.budget,
+        }
+        if self.normalize != "none":  # absent by default: results saved before it keep their keys
+            settings["normalize"] = self.normalize
+        return settings
 
     def method_for(self, head, rows: int) -> str:
         if self.budget is not None:
@@ -68,6 +80,8 @@ class SearchSettings:
             raise CnnfeatError(f"--scoring {self.scoring!r}; valid: {', '.join(SCORINGS)}")
         if self.search not in METHODS:
             raise CnnfeatError(f"--search {self.search!r}; valid: {', '.join(METHODS)}")
+        if self.normalize not in NORMALIZE_MODES:
+            raise CnnfeatError(f"--normalize {self.normalize!r}; valid: {', '.join(NORMALIZE_MODES)}")
         if self.budget is not None and self.search == "halving":
             raise CnnfeatError(
                 "--budget stops an exhaustive grid search between candidates; it does not combine with --search halving"
@@ -187,6 +201,8 @@ def plan_search(name, y: np.ndarray, grid=None, settings: SearchSettings | None 
     settings = (settings or SearchSettings()).check()
     rows = len(y)
     head, head_notes = _head_for_rows(name, rows, len(np.unique(y)))
+    if settings.normalize == "power":
+        head = power_head(head)
     grid = resolve_grid(head, grid)
     folds, notes = check_folds(y, settings.cv, label_names)
     grid, trimmed = _neighbours_within(grid, rows - -(-rows // folds))

@@ -25,6 +25,7 @@ BATCHNORM_MODES = ("frozen", "train")
 HEADS = ("logreg", "svm", "knn", "rf", "mlp", "linear")  # classifiers.HEADS, in the registry's order
 SCORINGS = ("accuracy", "balanced_accuracy", "f1_macro")  # classifiers.SCORINGS
 SEARCH_METHODS = ("auto", "grid", "halving", "coordinate", "path")  # what SearchSettings.check accepts
+NORMALIZE_MODES = ("none", "power")  # classifiers.NORMALIZE_MODES
 
 # Cosine similarity of centred vectors (experiments/neighbours.py) at and above which `audit` and
 # `compare` count two images as copies. From benchmarks/audit_thresholds.py on hymenoptera (lite0):

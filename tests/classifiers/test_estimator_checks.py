@@ -8,7 +8,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from classifiers import FeatureClassifier
 from classifiers.kernel_svm import PrecomputedKernelSVC
 from classifiers.linear import MiniBatchLogisticRegression, TorchLinearClassifier
-from classifiers.scaling import ChunkedStandardScaler
+from classifiers.scaling import ChunkedStandardScaler, PowerNormalizer
 
 ESTIMATORS = [
     PrecomputedKernelSVC(),
@@ -16,6 +16,7 @@ ESTIMATORS = [
     MiniBatchLogisticRegression(epochs=5, lr=0.1, batch_size=64),
     ChunkedStandardScaler(),
     ChunkedStandardScaler(smallest_scale=1.0),  # as the heads build it
+    PowerNormalizer(),
     FeatureClassifier(LogisticRegression()),  # on vectors; from images: tests/classifiers/test_model.py
 ]
 

@@ -40,3 +40,15 @@ def test_a_scaler_pickled_before_the_floor_keeps_the_old_rule():
     loaded = pickle.loads(pickle.dumps(old))
     assert loaded.get_params()["smallest_scale"] == 0.0 and repr(loaded)
     loaded.partial_fit(np.ones((2, 3)))
+
+
+def test_power_normalisation_is_a_signed_square_root_of_unit_length():
+    from classifiers.scaling import PowerNormalizer
+
+    X = np.array([[4.0, -9.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0], [1e-30, -1e-30, 2.0, 0.0]])
+    out = PowerNormalizer().fit_transform(X)
+    for row, expected in zip(out, X):  # written out per row: sign(x) |x|^0.5 / its L2 norm
+        rooted = [np.copysign(abs(v) ** 0.5, v) for v in expected]
+        norm = sum(r * r for r in rooted) ** 0.5
+        np.testing.assert_allclose(row, [r / norm if norm else 0.0 for r in rooted], rtol=1e-12)
+    assert np.isfinite(out).all()  # an all-zero vector stays zero, not NaN

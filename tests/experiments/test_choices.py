@@ -4,7 +4,7 @@ against the registries and checks they copy: --help cannot disagree with the cod
 import pytest
 
 import featurize
-from classifiers import HEADS, SCORINGS, SearchSettings
+from classifiers import HEADS, NORMALIZE_MODES, SCORINGS, SearchSettings
 from common.errors import CnnfeatError
 from experiments import choices
 
@@ -29,6 +29,13 @@ def test_search_methods_are_what_the_search_accepts():
     with pytest.raises(CnnfeatError) as refused:
         SearchSettings(search="exhaustive").check()
     assert _valid_after(refused.value, "valid: ") == choices.SEARCH_METHODS
+
+
+def test_normalize_modes_are_the_searches():
+    assert choices.NORMALIZE_MODES == NORMALIZE_MODES
+    with pytest.raises(CnnfeatError) as refused:
+        SearchSettings(normalize="l1").check()
+    assert _valid_after(refused.value, "valid: ") == choices.NORMALIZE_MODES
 
 
 def test_engines_are_what_featurize_accepts():

@@ -1,0 +1,33 @@
+"""`fit`/`compare --normalize power`: the head's pipeline starts with PowerNormalizer, the saved model
+predicts from images with it, a result fitted without it is never reused for it, `export` refuses it
+in one line."""
+
+import joblib
+import numpy as np
+
+from classifiers.scaling import PowerNormalizer
+from tests.test_cli import assert_one_line_error, run
+
+
+def test_a_power_normalised_head_is_fitted_saved_and_predicts(tinted_store, tmp_path):
+    result = run("fit", "--features", tinted_store, "--out", tmp_path, "--clf", "logreg", "--normalize", "power")
+    assert result.exit_code == 0, result.output
+    model_path = next((tmp_path / "models").glob("*.joblib"))
+    model = joblib.load(model_path)
+    assert isinstance(model.pipeline_.named_steps["power"], PowerNormalizer)
+    X = np.random.default_rng(0).normal(size=(5, model.n_features_in_)).astype(np.float32)
+    inside = model.pipeline_.named_steps["power"].transform(X)
+    np.testing.assert_allclose(np.linalg.norm(inside, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(model.predict_proba(X), model.pipeline_[1:].predict_proba(inside), rtol=1e-6)
+
+    exported = run("export", "--model", model_path, "--out", tmp_path / "onnx")
+    assert_one_line_error(exported, "--normalize power; export does not take it")
+
+
+def test_compare_keeps_power_and_plain_results_apart(tinted_store, tmp_path):
+    plain = run("compare", "--features", tinted_store, "--out", tmp_path, "--clf", "logreg")
+    powered = run("compare", "--features", tinted_store, "--out", tmp_path, "--clf", "logreg", "--normalize", "power")
+    assert plain.exit_code == 0 and powered.exit_code == 0, plain.output + powered.output
+    assert "reusing the fitted model" not in powered.output  # the plain run's fitted head is not this one
+    again = run("compare", "--features", tinted_store, "--out", tmp_path, "--clf", "logreg", "--normalize", "power")
+    assert again.exit_code == 0 and "reusing the fitted model" in again.output
