@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from experiments.choices import AUDIT_NEAR as NEAR  # noqa: E402
-from featurize import extract, load_features, write_digits  # noqa: E402
+from featurize import Recipe, extract, load_features, write_digits  # noqa: E402
 
 HYMENOPTERA = REPO.parent / "shared" / "datasets" / "hymenoptera"
 COPIES = {
@@ -88,7 +88,7 @@ def main():
             data = Path(tmp, name)
             pairs = plant(source, data / "all", args.copies)
             for tta in ("none", "flip"):
-                store = extract(data=data, out=Path(tmp, "out"), tta=tta, progress=False).store
+                store = extract(data=data, out=Path(tmp, "out"), recipe=Recipe(tta=tta), progress=False).store
                 for centred in (True, False):
                     title = f"{name}, lite0, tta={tta}, {'centred' if centred else 'raw'}"
                     print_table(title, *similarities(store, pairs, centred), args.copies)

@@ -3,17 +3,18 @@ power` do to the logreg, svm and knn heads, on real image sets of different kind
 costs to extract.
 
 Datasets: ../shared/datasets/hymenoptera (photos, ants vs bees), scikit-learn's digits (1,797 8x8
-grey digits, upscaled), and two from scikit-image's bundled files (`pip install scikit-image`):
-LFW faces vs non-faces (200 grey 25x25 crops) and textures (96-pixel patches of its brick, grass and
-gravel photos: training patches from the top half of each photo, validation patches from the
-bottom half). Backbone: efficientnet_lite0, onnxruntime, this machine's CPU.
+grey digits, upscaled), and three from scikit-image's bundled files (`pip install scikit-image`):
+patches (which of 16 of its photos a 32-pixel patch comes from: local texture and colour), LFW
+faces vs non-faces (200 grey 25x25 crops) and textures (96-pixel patches of its brick, grass and
+gravel photos). Patches are cut from the top half of each photo for train and from the bottom half
+for val. Backbone: efficientnet_lite0, onnxruntime, this machine's CPU.
 
 Protocol per (dataset, recipe, head): the head's default grid searched on the train split (3-fold
 CV), scored on the val split. Each cell: val accuracy, and in brackets its difference from the plain
 recipe in points with the 95% interval of a paired bootstrap over the val images (2,000 draws):
 an interval that straddles 0 is noise. "s" is the extraction's wall time (all images, 2 cores).
 
-Usage: python benchmarks/feature_variants.py [--cache DIR] [--datasets hymenoptera,digits,faces,textures]
+Usage: python benchmarks/feature_variants.py [--cache DIR] [--datasets hymenoptera,digits,patches,faces,textures]
        [--recipes plain,gem,...]   (about 40 minutes on 2 cores with every recipe)
 """
 
@@ -182,9 +183,12 @@ def table(name: str, results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", type=Path, default=None, help="Keep images, feature files and results here.")
-    parser.add_argument("--datasets", default="hymenoptera,digits,faces,textures")
+    parser.add_argument("--datasets", default="hymenoptera,digits,patches,faces,textures")
     parser.add_argument("--recipes", default=",".join([*RECIPES, POWER]))
     args = parser.parse_args()
+    unknown = set(args.recipes.split(",")) - {*RECIPES, POWER}
+    if unknown:
+        parser.error(f"unknown recipes {sorted(unknown)}; known: {', '.join([*RECIPES, POWER])}")
     with tempfile.TemporaryDirectory() as tmp:
         cache = args.cache or Path(tmp)
         for name, folder in datasets(cache, args.datasets.split(",")).items():
@@ -192,7 +196,7 @@ def main() -> None:
             results = json.loads(saved.read_text()) if saved.exists() else {}
             for label in ["plain", *(r for r in args.recipes.split(",") if r != "plain")]:
                 if label not in results:
-                    recipe = RECIPES.get(label, Recipe())
+                    recipe = Recipe() if label == POWER else RECIPES[label]
                     results[label] = measure(folder, recipe, cache / "features", power=label == POWER)
                     saved.write_text(json.dumps(results))
                     print(f"{name} {label}: done", file=sys.stderr, flush=True)

@@ -232,39 +232,44 @@ def fused_head(head: Head, widths: list[int]) -> Head:
     L2-normalising each backbone's part on its own, so none drowns the others by the size of its
     activations. Stateless, so it leaks nothing across folds; it travels with the saved model."""
 
-    def fused(build):
-        def fused_build(seed):
-            from sklearn.compose import ColumnTransformer
-            from sklearn.pipeline import Pipeline
-            from sklearn.preprocessing import Normalizer
+    def each_part_normalised():
+        from sklearn.compose import ColumnTransformer
+        from sklearn.preprocessing import Normalizer
 
-            edges = np.cumsum([0, *widths])
-            parts = [
-                (f"part{i}", Normalizer(), slice(start, end))
-                for i, (start, end) in enumerate(zip(edges[:-1].tolist(), edges[1:].tolist()))
-            ]
-            return Pipeline([("fuse", ColumnTransformer(parts)), *build(seed).steps])
+        edges = np.cumsum([0, *widths])
+        parts = [
+            (f"part{i}", Normalizer(), slice(start, end))
+            for i, (start, end) in enumerate(zip(edges[:-1].tolist(), edges[1:].tolist()))
+        ]
+        return ColumnTransformer(parts)
 
-        return fused_build
-
-    return dataclasses.replace(head, build=fused(head.build), at_scale=head.at_scale and fused(head.at_scale))
+    return prepend_step(head, "fuse", each_part_normalised)
 
 
 def power_head(head: Head) -> Head:
     """`head` with `--normalize power`: its pipeline starts with a signed square root and an L2
-    normalisation of each row (scaling.PowerNormalizer); it travels with the saved model."""
+    normalisation of each row (scaling.PowerNormalizer, stateless); it travels with the saved model."""
 
-    def powered(build):
-        def powered_build(seed):
+    def power():
+        from .scaling import PowerNormalizer
+
+        return PowerNormalizer()
+
+    return prepend_step(dataclasses.replace(head, description=f"{head.description}, power-normalised"), "power", power)
+
+
+def prepend_step(head: Head, name: str, make_step) -> Head:
+    """`head` whose pipelines (its own and its at-scale form) start with step `name`, made by `make_step()`."""
+
+    def prepended(build):
+        def prepended_build(seed):
             from sklearn.pipeline import Pipeline
 
-            from .scaling import PowerNormalizer
+            return Pipeline([(name, make_step()), *build(seed).steps])
 
-            return Pipeline([("power", PowerNormalizer()), *build(seed).steps])
+        return prepended_build
 
-        return powered_build
-
-    return dataclasses.replace(head, build=powered(head.build), at_scale=head.at_scale and powered(head.at_scale))
+    return dataclasses.replace(head, build=prepended(head.build), at_scale=head.at_scale and prepended(head.at_scale))
 
 
 def final_step(estimator):

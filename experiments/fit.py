@@ -110,6 +110,8 @@ def fit_and_score(data, split, clf, grid=None, settings: SearchSettings | None =
     scored = evaluate(model, data, split)
     notes = list(result.notes) + _unseen_classes(model, data, split, log)
     info = _fit_record(head, result, scored, refit_seconds, notes, provenance(data, settings.seed))
+    if settings.normalize != "none":  # the pipeline starts with it (classifiers.power_head)
+        info["normalize"] = settings.normalize
     return Scored(model, info, scored.predicted, scored.proba)
 
 
@@ -200,7 +202,8 @@ def fit_model(
     get_head(clf)  # an unknown head fails before anything is read
     features_path = chosen_features(features, out, log)
     data = load_features(features_path, lazy=True)  # X stays in the file: only the rows a step needs are read
-    model_path = models_dir(out) / f"{features_path.stem}-{clf}.joblib"
+    normalized = "" if settings.normalize == "none" else f"-{settings.normalize}"  # never over the plain head's file
+    model_path = models_dir(out) / f"{features_path.stem}-{clf}{normalized}.joblib"
     ensure_writable(model_path.parent)  # a read-only --out is found before the search, not after
     split = train_eval_split(data, settings.seed)
     if split.note:

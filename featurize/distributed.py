@@ -96,7 +96,7 @@ def iter_vectors_ray(
 
 def _embedded(ray, record, weights, graph: bytes | None, options, root: Path, paths: list[str]):
     """The Ray dataset of `paths`, sharded into blocks, embedded by a pool of EmbedShard actors."""
-    batch_size = options.batch_size or default_batch_size(options.device)
+    batch_size = options.batch_size or max(1, default_batch_size(options.device) // options.recipe.views)
     actors = default_actors(ray, options.device)
     gpus = 1 if options.device.startswith("cuda") else 0
     items = [{"position": i, "path": p} for i, p in enumerate(paths)]

@@ -73,7 +73,7 @@ class TorchEmbedder:
 
         self.model = model.to(device, memory_format=torch.channels_last)
         self.device, self.name = device, name
-        self.feature_dim, self.preprocessing = model.feature_dim, model.preprocessing
+        self.feature_dim, self.preprocessing, self.views = model.feature_dim, model.preprocessing, model.views
 
     def embed(self, batch) -> np.ndarray:
         import torch
@@ -90,9 +90,11 @@ class OnnxEmbedder:
 
     engine = "onnxruntime"
 
-    def __init__(self, graph: bytes, name: str, feature_dim: int, preprocessing, threads: int | None = None):
+    def __init__(
+        self, graph: bytes, name: str, feature_dim: int, preprocessing, threads: int | None = None, views: int = 1
+    ):
         self.session = cpu_session(graph, threads)
-        self.name, self.feature_dim, self.preprocessing = name, feature_dim, preprocessing
+        self.name, self.feature_dim, self.preprocessing, self.views = name, feature_dim, preprocessing, views
 
     def embed(self, batch) -> np.ndarray:
         images = np.ascontiguousarray(np.asarray(batch), dtype=np.uint8)
@@ -226,4 +228,5 @@ def load_embedder(
 
 def onnx_embedder(graph: bytes, record, recipe: Recipe = Recipe(), threads: int | None = None) -> OnnxEmbedder:
     """An OnnxEmbedder of `record`'s graph, exported with `recipe`."""
-    return OnnxEmbedder(graph, record.name, recipe.feature_dim(record), recipe.input_preprocessing(record), threads)
+    dim, preprocessing = recipe.feature_dim(record), recipe.input_preprocessing(record)
+    return OnnxEmbedder(graph, record.name, dim, preprocessing, threads, recipe.views)

@@ -169,8 +169,10 @@ class Run:
 def _extract(data, backbone: str, weights: str | None, out: Path, options: RunOptions) -> ExtractResult:
     started = time.perf_counter()
     images = discover(data, options.name)
+    record = get_backbone(backbone)
+    options = replace(options, recipe=options.recipe.for_backbone(record))
     spec = FeatureSpec(
-        get_backbone(backbone),
+        record,
         weights,
         compute_precision(options.device, options.engine),
         options.engine,

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
+
+from .backbones.recipe import VIEWS
 
 
 class FeatureExtractor(nn.Module):
@@ -20,6 +24,7 @@ class FeatureExtractor(nn.Module):
     def __init__(self, trunk: nn.Module, preprocessing, feature_dim: int, tta: str = "none", crop: int = 0):
         super().__init__()
         self.trunk, self.tta, self.crop = trunk, tta, crop
+        self.views = VIEWS[tta]  # forward passes per image
         self.preprocessing = preprocessing
         self.feature_dim = feature_dim
         self.register_buffer("mean", torch.tensor(preprocessing.mean).view(1, 3, 1, 1) * 255)
@@ -28,7 +33,7 @@ class FeatureExtractor(nn.Module):
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         return (images.float() - self.mean) / self.std
 
-    def views(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def cut_views(self, images: torch.Tensor) -> list[torch.Tensor]:
         if self.tta == "none":
             return [images]
         if self.tta == "crops":
@@ -40,7 +45,7 @@ class FeatureExtractor(nn.Module):
         return [images, images.flip(3)]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        views = self.views(self.normalise(images))
+        views = self.cut_views(self.normalise(images))
         if len(views) == 1:
             return self.trunk(views[0])
         out = self.trunk(torch.cat(views))
@@ -62,23 +67,29 @@ def pool_map(maps: torch.Tensor, pool: str, p: float = 3.0) -> torch.Tensor:
 class StagePooler(nn.Module):
     """A trunk -> the pooled maps of `ends` (the modules that end its last stages, in order); one
     stage's as it is, several each L2-normalised and concatenated. The maps are taken by forward
-    hooks, so the trunk's own code runs unchanged (and the ONNX tracer records the hooked outputs)."""
+    hooks, so the trunk's own code runs unchanged (and the ONNX tracer records the hooked outputs).
+    A call's maps are kept under its thread's id, only while that call runs, so threads sharing the
+    module never see each other's maps (and a block run outside forward keeps nothing)."""
 
     def __init__(self, trunk: nn.Module, ends: list[nn.Module], pool: str, p: float):
         super().__init__()
         self.trunk, self.pool, self.p = trunk, pool, p
-        self._maps: list[torch.Tensor] = []
-        for module in ends:
-            module.register_forward_hook(self._keep)
+        self._maps: dict[int, list[torch.Tensor]] = {}
+        self._hooks = [module.register_forward_hook(self._keep) for module in ends]
 
-    def _keep(self, module, args, output):
-        self._maps.append(output)
+    def _keep(self, module, args, output) -> None:  # None: a hook's return value would replace the output
+        maps = self._maps.get(threading.get_ident())
+        if maps is not None:
+            maps.append(output)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        self._maps = []
-        self.trunk(images)
-        parts = [pool_map(maps, self.pool, self.p) for maps in self._maps]
-        self._maps = []
+        caller = threading.get_ident()
+        self._maps[caller] = []
+        try:
+            self.trunk(images)
+            parts = [pool_map(maps, self.pool, self.p) for maps in self._maps[caller]]
+        finally:
+            del self._maps[caller]
         if len(parts) == 1:
             return parts[0]
         return torch.cat([nn.functional.normalize(part, dim=1) for part in parts], dim=1)

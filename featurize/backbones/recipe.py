@@ -10,6 +10,7 @@ and the exported graph compute it alike.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, fields, replace
 from typing import Literal, get_args
 
@@ -23,10 +24,16 @@ POOL_MODES = get_args(PoolMode)
 # centre and four corners of the resized image's centre square, torchvision's FiveCrop) and their mirrors
 TtaMode = Literal["none", "flip", "crops"]
 TTA_MODES = get_args(TtaMode)
+VIEWS = {"none": 1, "flip": 2, "crops": 10}  # forward passes per image
 GEM_P = 3.0  # generalised-mean pooling's exponent (Radenović et al.'s default)
 MAX_IMAGE_SIZE = 1024
+CROPS_MARGIN = 8 / 7  # --tta crops: five crops cut from a square this much larger (256 around 224)
 Preset = Literal["fast", "accurate"]
 PRESETS = ("fast", "accurate")
+
+
+def _whole(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -37,19 +44,27 @@ class Recipe:
     tta: TtaMode = "none"
 
     def __post_init__(self):
-        if not isinstance(self.layers, int) or self.layers < 1:
+        if not _whole(self.layers) or self.layers < 1:
             raise BackboneError(f"--layers {self.layers}: a whole number of stages, 1 or more")
         if self.pool not in POOL_MODES:
             raise BackboneError(f"--pool {self.pool!r}; valid: {', '.join(POOL_MODES)}")
-        if self.image_size is not None and not 32 <= self.image_size <= MAX_IMAGE_SIZE:
-            raise BackboneError(f"--image-size {self.image_size}: from 32 to {MAX_IMAGE_SIZE} pixels")
+        if self.image_size is not None and not (_whole(self.image_size) and 32 <= self.image_size <= MAX_IMAGE_SIZE):
+            raise BackboneError(f"--image-size {self.image_size}: a whole number of pixels from 32 to {MAX_IMAGE_SIZE}")
         if self.tta not in TTA_MODES:
             raise BackboneError(f"--tta {self.tta!r}; valid: {', '.join(TTA_MODES)}")
 
     @property
-    def plain(self) -> bool:
-        """The trunk's own pooled vector (what every other tool gives): one stage, averaged."""
-        return self.layers == 1 and self.pool == "avg"
+    def pools_stages(self) -> bool:
+        """Whether the vector is pooled from stage maps here (network.StagePooler) rather than being
+        the trunk's own pooled vector (one stage, averaged: what every other tool gives)."""
+        return self.layers > 1 or self.pool != "avg"
+
+    def for_backbone(self, backbone) -> Recipe:
+        """This recipe as `backbone` stores it: an image size equal to its own crop is its own (no
+        second file of the same vectors)."""
+        if self.image_size == backbone.preprocessing().crop_size:
+            return replace(self, image_size=None)
+        return self
 
     def config(self) -> dict:
         """The settings that differ from the plain recipe, as a store's config records them."""
@@ -66,6 +81,8 @@ class Recipe:
 
     def feature_dim(self, backbone) -> int:
         """The vector's width: the sum of the last `layers` stages' widths."""
+        if self.layers == 1:
+            return backbone.feature_dim  # a backbone registered without its stages still makes plain vectors
         stages = backbone.stage_dims
         if self.layers > len(stages):
             widths = ", ".join(map(str, stages))
@@ -81,15 +98,20 @@ class Recipe:
         return replace(own, resize_size=resize, crop_size=self.image_size)
 
     def input_preprocessing(self, backbone) -> Preprocessing:
-        """What the module is fed: the crop, or for `crops` the resized image's centre square (the
-        module cuts the five crops from it)."""
+        """What the module is fed: the crop; for `crops` a centre square of the image resized to
+        max(the weights' resize, 8/7 of the crop) (the module cuts the five crops from it: with
+        weights that resize barely past their crop, as torchvision's V2 weights do, the corners
+        would be the centre)."""
         prep = self.preprocessing(backbone)
-        return replace(prep, crop_size=prep.resize_size) if self.tta == "crops" else prep
+        if self.tta != "crops":
+            return prep
+        side = max(prep.resize_size, round(prep.crop_size * CROPS_MARGIN))
+        return replace(prep, resize_size=side, crop_size=side)
 
     @property
     def views(self) -> int:
         """Forward passes per image."""
-        return {"none": 1, "flip": 2, "crops": 10}[self.tta]
+        return VIEWS[self.tta]
 
 
 # What `--preset` sets. accurate: chosen by benchmarks/feature_variants.py (README, "Stronger frozen features").
@@ -103,7 +125,7 @@ def preset_recipe(preset: str, backbone, **given) -> Recipe:
         raise BackboneError(f"--preset {preset!r}; valid: {', '.join(PRESETS)}")
     base = PRESET_RECIPES[preset]
     base = replace(base, layers=min(base.layers, len(backbone.stage_dims) or 1))
-    return replace(base, **{key: value for key, value in given.items() if value is not None})
+    return replace(base, **{key: value for key, value in given.items() if value is not None}).for_backbone(backbone)
 
 
 def recipe_of(config: dict | None) -> Recipe:

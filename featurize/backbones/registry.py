@@ -54,7 +54,9 @@ class Backbone:
     def stage_candidates(self, trunk) -> list:
         """The trunk's blocks in forward order, the last one's output its final feature map; the
         last block of each run of one output shape ends a stage (network.stage_ends)."""
-        raise NotImplementedError
+        raise BackboneError(
+            f"{self.name} does not say where its stages are: only the plain recipe (--layers 1 --pool avg)"
+        )
 
     # -- shared by every backbone ----------------------------------------------------------------
     def weights_id(self, weights: str | None) -> str:
@@ -88,7 +90,7 @@ class Backbone:
         if kind == "file":
             load_checkpoint(trunk, weights, self.name, trust_pickle)
         dim = recipe.feature_dim(self)
-        if not recipe.plain:
+        if recipe.pools_stages:
             trunk = self.stage_pooler(trunk, recipe)
         crop = recipe.preprocessing(self).crop_size
         extractor = FeatureExtractor(trunk, recipe.input_preprocessing(self), dim, recipe.tta, crop)

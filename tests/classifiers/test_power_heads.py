@@ -2,6 +2,8 @@
 predicts from images with it, a result fitted without it is never reused for it, `export` refuses it
 in one line."""
 
+import json
+
 import joblib
 import numpy as np
 
@@ -12,8 +14,9 @@ from tests.test_cli import assert_one_line_error, run
 def test_a_power_normalised_head_is_fitted_saved_and_predicts(tinted_store, tmp_path):
     result = run("fit", "--features", tinted_store, "--out", tmp_path, "--clf", "logreg", "--normalize", "power")
     assert result.exit_code == 0, result.output
-    model_path = next((tmp_path / "models").glob("*.joblib"))
+    model_path = next((tmp_path / "models").glob("*-logreg-power.joblib"))  # beside a plain fit's, not over it
     model = joblib.load(model_path)
+    assert json.loads(model_path.with_suffix(".json").read_text())["normalize"] == "power"
     assert isinstance(model.pipeline_.named_steps["power"], PowerNormalizer)
     X = np.random.default_rng(0).normal(size=(5, model.n_features_in_)).astype(np.float32)
     inside = model.pipeline_.named_steps["power"].transform(X)

@@ -15,7 +15,8 @@ from classifiers.export import export_onnx
 from common.errors import BackboneError
 from experiments.compare import compare
 from experiments.fit import fit_model
-from featurize import BACKBONES, Recipe, extract, get_backbone, load_features, preset_recipe
+from featurize import BACKBONES, Backbone, Recipe, extract, get_backbone, load_features, preset_recipe
+from featurize.backbones import LiteBackbone
 from featurize.engines import cpu_session, export_backbone
 from tests.test_cli import run
 
@@ -34,7 +35,7 @@ def hand_written_lite(trunk, images: torch.Tensor, recipe: Recipe, crop: int) ->
     x = (images.float() - 127) / 128  # the lite weights' scaling
     side = x.shape[-1]
     if recipe.tta == "crops":
-        at, far = (side - crop + 1) // 2, side - crop
+        at, far = int(round((side - crop) / 2.0)), side - crop  # torchvision's CenterCrop offset
         views = [x[:, :, t : t + crop, s : s + crop] for t, s in ((0, 0), (0, far), (far, 0), (far, far), (at, at))]
     else:
         views = [x]
@@ -67,6 +68,9 @@ def photos(hymenoptera):
         Recipe(layers=2, pool="avgmax"),
         Recipe(image_size=288),
         Recipe(tta="crops"),
+        Recipe(
+            tta="crops", image_size=288
+        ),  # crops cut 41 pixels apart: the centre's offset rounded as torchvision does
         Recipe(layers=5, tta="flip", image_size=256),
     ],
     ids=lambda r: r.tag()[1:],
@@ -75,9 +79,8 @@ def test_a_recipe_equals_the_hand_written_forward_pass_on_both_engines(photos, r
     backbone = get_backbone("efficientnet_lite0")
     module = backbone.load(recipe=recipe)
     crop = recipe.preprocessing(backbone).crop_size
-    assert module.preprocessing.crop_size == (
-        recipe.preprocessing(backbone).resize_size if recipe.tta == "crops" else crop
-    )
+    resized = recipe.preprocessing(backbone).resize_size
+    assert module.preprocessing.crop_size == (max(resized, round(crop * 8 / 7)) if recipe.tta == "crops" else crop)
     images = torch.from_numpy(np.stack([module.preprocessing.transform().from_file(p) for p in photos]))
     with torch.inference_mode():
         expected = hand_written_lite(
@@ -115,11 +118,47 @@ def test_every_backbone_s_stages_are_as_wide_as_the_registry_says(name):
     assert tuple(widths) == backbone.stage_dims and widths[-1] == backbone.feature_dim
 
 
+def test_threads_sharing_a_stage_pooling_module_get_their_own_maps():
+    """A saved model's torch module may be called from several threads at once (predict_proba in
+    a thread pool): each call pools its own stage maps, never another call's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    module = get_backbone("resnet18").load("random", recipe=Recipe(layers=2, pool="gem"))
+    batches = [torch.randint(0, 255, (n, 3, 64, 64), dtype=torch.uint8) for n in (1, 2, 3, 4) * 4]
+    with torch.inference_mode():
+        alone = [module(batch) for batch in batches]
+        with ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(module, batches))
+    for one, other in zip(alone, together):
+        torch.testing.assert_close(one, other)
+    assert not module.trunk._maps  # nothing kept after the calls
+
+
+class Unstaged(LiteBackbone):
+    """A backbone registered the way a user's own might be: no stage widths, no stage candidates."""
+
+    def build_trunk(self, pretrained: bool):
+        return get_backbone("efficientnet_lite0").build_trunk(pretrained)
+
+    def stage_candidates(self, trunk):
+        return Backbone.stage_candidates(self, trunk)
+
+
+def test_a_backbone_registered_without_its_stages_makes_plain_vectors_and_says_why_not_more():
+    bare = Unstaged("my_lite", 1280, image_size=224, weights_module="x", weights_class="y")
+    assert Recipe(tta="flip").feature_dim(bare) == 1280 and bare.load("random", recipe=Recipe(tta="flip")).views == 2
+    with pytest.raises(BackboneError, match="my_lite has 0 stages"):
+        bare.load("random", recipe=Recipe(layers=2))
+    with pytest.raises(BackboneError, match="my_lite does not say where its stages are"):
+        bare.load("random", recipe=Recipe(pool="gem"))
+
+
 def test_a_recipe_out_of_range_is_one_clear_line(class_folders, tmp_path):
     for bad, message in [
         (dict(layers=0), "--layers 0"),
         (dict(pool="median"), "--pool 'median'"),
         (dict(image_size=8), "--image-size 8"),
+        (dict(image_size=320.5), "--image-size 320.5"),
     ]:
         with pytest.raises(BackboneError, match=message):
             Recipe(**bad)
@@ -137,6 +176,7 @@ def test_presets_and_the_options_that_override_them():
     )
     assert preset_recipe("accurate", resnet18).layers <= len(resnet18.stage_dims)  # no more stages than it has
     assert preset_recipe("fast", lite0, layers=3, pool="gem") == Recipe(layers=3, pool="gem")
+    assert preset_recipe("fast", lite0, image_size=224) == Recipe()  # its own size: the plain file, not a copy
 
 
 def test_a_store_of_one_recipe_is_never_reused_for_another(class_folders, tmp_path):
@@ -162,25 +202,19 @@ def test_a_store_of_one_recipe_is_never_reused_for_another(class_folders, tmp_pa
     assert all(result.extracted == 0 for result in again)  # each finds its own file up to date
 
 
-def test_an_exported_graph_of_stages_and_gem_agrees_with_predict(class_folders, tmp_path):
-    result = run(
-        "extract",
-        "--data",
-        class_folders,
-        "--out",
-        tmp_path,
-        "--layers",
-        "3",
-        "--pool",
-        "gem",
-        "--workers",
-        "0",
-        "--quiet",
-    )
+@pytest.mark.parametrize(
+    "options,tag,width,recipe",
+    [
+        (("--layers", "3", "--pool", "gem"), "-l3-gem", 192 + 320 + 1280, {"layers": 3, "pool": "gem"}),
+        (("--image-size", "160", "--tta", "crops"), "-s160-crops", 1280, {"image_size": 160, "tta": "crops"}),
+    ],
+)
+def test_an_exported_graph_of_a_recipe_agrees_with_predict(class_folders, tmp_path, options, tag, width, recipe):
+    result = run("extract", "--data", class_folders, "--out", tmp_path, *options, "--workers", "0", "--quiet")
     assert result.exit_code == 0, result.output
-    store = next((tmp_path / "features").glob("*-l3-gem.h5"))
+    store = next((tmp_path / "features").glob(f"*{tag}.h5"))
     features = load_features(store)
-    assert features.X.shape[1] == 192 + 320 + 1280
+    assert features.X.shape[1] == width
     outcome = fit_model(features=store, out=tmp_path, clf="logreg", log=lambda _: None)
     model = __import__("joblib").load(outcome.model_path)
     paths = [f"{features.data_root}/{p}" for p in features.paths]
@@ -189,7 +223,7 @@ def test_an_exported_graph_of_stages_and_gem_agrees_with_predict(class_folders, 
 
     graph = export_onnx(outcome.model_path, tmp_path / "onnx")
     meta = json.loads({p.key: p.value for p in __import__("onnx").load(graph).metadata_props}["preprocessing"])
-    assert meta["recipe"] == {"layers": 3, "pool": "gem"}
+    assert meta["recipe"] == recipe
     transform = model.sources()[0].embedder()[0].preprocessing.transform()
     crops = np.stack([transform.from_file(p) for p in paths])
     labels, probabilities = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"]).run(
