@@ -48,6 +48,7 @@ RECIPES = {
     "flip": Recipe(tta="flip"),
     "crops": Recipe(tta="crops"),
     "layers 3 gem": Recipe(layers=3, pool="gem"),
+    "layers 5 gem": Recipe(layers=5, pool="gem"),
     "layers 5 flip": Recipe(layers=5, tta="flip"),
     "layers 5 flip 320": Recipe(layers=5, tta="flip", image_size=320),
 }

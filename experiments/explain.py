@@ -103,7 +103,14 @@ def _explain_each(model, paths: list[str], method: str, settings: ExplainSetting
 
 
 def _method_for(model, method: str) -> str:
-    cam_possible = linear_form(model.pipeline_) is not None and len(model.sources()) == 1
+    sources = model.sources()
+    one_map = len(sources) == 1 and sources[0].recipe.one_map_mean
+    if method == "cam" and len(sources) == 1 and not one_map:
+        raise CnnfeatError(
+            "--method cam needs features that are the plain mean of one feature map (not --layers, --pool "
+            "or --tta crops features): use --method occlusion (or auto)"
+        )
+    cam_possible = one_map and linear_form(model.pipeline_) is not None
     if method == "cam" and not cam_possible:
         raise CnnfeatError(
             "--method cam needs a linear head (logreg, linear, or a two-class linear SVM) on one "

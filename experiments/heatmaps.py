@@ -54,7 +54,7 @@ def class_activation_map(model, image, class_name, device="auto", grid=None) -> 
     W, _ = linear_form(model.pipeline_)
     extractor, backbone = first_backbone(model)  # the torch module, also where features came from onnxruntime
     recipe = model.sources()[0].recipe
-    if recipe.pools_stages or recipe.tta == "crops":
+    if not recipe.one_map_mean:
         raise CnnfeatError(
             f"{backbone.name}: these features are not the plain mean of the last feature map of one crop "
             f"({', '.join(f'{k} {v}' for k, v in recipe.config().items())}), so there is no exact class "

@@ -59,6 +59,12 @@ class Recipe:
         the trunk's own pooled vector (one stage, averaged: what every other tool gives)."""
         return self.layers > 1 or self.pool != "avg"
 
+    @property
+    def one_map_mean(self) -> bool:
+        """Whether each vector is the mean of one feature map of one crop (and its mirror's, under
+        flip): what an exact class activation map needs."""
+        return not self.pools_stages and self.tta != "crops"
+
     def for_backbone(self, backbone) -> Recipe:
         """This recipe as `backbone` stores it: an image size equal to its own crop is its own (no
         second file of the same vectors)."""

@@ -175,3 +175,18 @@ def test_a_heatmap_has_a_colour_bar_in_the_heat_s_own_units(method, unit):
     assert bar_axis.get_position().x0 > image_axis.get_position().x1
     pyplot().close(figure)
     assert heatmap_png(heatmap, "some/red.png").startswith(b"\x89PNG")  # what explain writes is that figure
+
+
+def test_stage_pooled_features_get_occlusion_and_cam_says_why_not(tinted_store, tmp_path):
+    data = load_features(tinted_store)
+    store = extract(
+        data=data.data_root, backbone="resnet18", weights="random", out=tmp_path, workers=0, progress=False,
+        recipe=Recipe(layers=2, pool="gem"),
+    ).store  # fmt: skip
+    model_path = fit_model(features=store, out=tmp_path, clf="logreg", **QUIET).model_path
+    image = f"{data.data_root}/{data.paths[0]}"
+    refused = run("explain", "--model", model_path, image, "--method", "cam", "--out", tmp_path / "cam")
+    assert_one_line_error(refused, "--method cam needs features that are the plain mean of one feature map")
+    auto = run("explain", "--model", model_path, image, "--out", tmp_path / "auto")
+    assert auto.exit_code == 0, auto.output
+    assert len(list((tmp_path / "auto").rglob("*.png"))) == 1
