@@ -737,16 +737,17 @@ def heads():
 
 @cli.command()
 def backbones():
-    """List backbones: feature size, input, weights source, and whether they load here now."""
+    """List backbones: feature size, stages (for extract --layers), input, weights source, and whether
+    they load here now."""
     from featurize import BACKBONES
 
-    click.echo(f"{'name':<20} {'dim':>5}  {'input':<16} {'weights':<12} {'here':<5} location")
+    click.echo(f"{'name':<20} {'dim':>5} {'stages':>6}  {'input':<16} {'weights':<12} {'here':<5} location")
     for name, backbone in sorted(BACKBONES.items()):
         prep = backbone.preprocessing()
         where, available = backbone.pretrained_location()
         size = f"{prep.resize_size}->{prep.crop_size} {prep.interpolation[:4]}"
         click.echo(
-            f"{name:<20} {backbone.feature_dim:>5}  {size:<16} {backbone.source:<12} "
+            f"{name:<20} {backbone.feature_dim:>5} {len(backbone.stage_dims):>6}  {size:<16} {backbone.source:<12} "
             f"{'yes' if available else 'no':<5} {where}"
         )
 

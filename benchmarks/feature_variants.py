@@ -16,6 +16,7 @@ an interval that straddles 0 is noise. "s" is the extraction's wall time (all im
 
 Usage: python benchmarks/feature_variants.py [--cache DIR] [--datasets hymenoptera,digits,patches,faces,textures]
        [--recipes plain,gem,...]   (about 40 minutes on 2 cores with every recipe)
+       python benchmarks/feature_variants.py --cost [--recipes ...]   (extraction speed only, on hymenoptera)
 """
 
 from __future__ import annotations
@@ -181,16 +182,34 @@ def table(name: str, results: dict) -> str:
     return "\n".join(lines)
 
 
+def extraction_cost(folder: Path, labels: list[str], work: Path) -> None:
+    """Images per second of each recipe's extraction of `folder`, the graph already exported (a first
+    run into one folder, the timed one into another), and the ratio to the plain recipe's."""
+    rates = {}
+    for label in labels:
+        recipe = RECIPES[label]
+        extract(data=folder, out=work / f"{label}-warm", recipe=recipe, progress=False)
+        result = extract(data=folder, out=work / f"{label}-timed", recipe=recipe, progress=False)
+        rates[label] = result.total / result.seconds
+        print(f"| {label} | {rates[label]:.1f} | {rates[label] / rates[labels[0]]:.2f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", type=Path, default=None, help="Keep images, feature files and results here.")
     parser.add_argument("--datasets", default="hymenoptera,digits,patches,faces,textures")
     parser.add_argument("--recipes", default=",".join([*RECIPES, POWER]))
+    parser.add_argument("--cost", action="store_true", help="Only time each recipe's extraction of hymenoptera.")
     args = parser.parse_args()
     unknown = set(args.recipes.split(",")) - {*RECIPES, POWER}
     if unknown:
         parser.error(f"unknown recipes {sorted(unknown)}; known: {', '.join([*RECIPES, POWER])}")
     with tempfile.TemporaryDirectory() as tmp:
+        if args.cost:
+            print("| recipe | img/s | of plain |\n|---|---|---|")
+            return extraction_cost(
+                HYMENOPTERA, ["plain", *(r for r in args.recipes.split(",") if r not in ("plain", POWER))], Path(tmp)
+            )
         cache = args.cache or Path(tmp)
         for name, folder in datasets(cache, args.datasets.split(",")).items():
             saved = cache / f"variants-{name}.json"

@@ -265,6 +265,7 @@ def test_backbones_lists_every_backbone_and_where_weights_are():
     assert {"resnet50", "efficientnet_lite0", "convnext_tiny", "vgg16_bn", "mobilenet_v3_large"} <= set(lines)
     assert " yes " in lines["efficientnet_lite0"] and "efficientnet-lite0-57934424.pth" in lines["efficientnet_lite0"]
     assert "resnet50-11ad3fa6.pth" in lines["resnet50"]
+    assert lines["resnet50"].split()[1:3] == ["2048", "4"] and lines["efficientnet_lite0"].split()[1:3] == ["1280", "8"]
 
 
 def test_demo_data_writes_digit_folders(tmp_path):
