@@ -215,6 +215,11 @@ def extract(
         verify=verify,
         name=name,
     )
+    if recipe.config():
+        settings = ", ".join(f"{key} {value}" for key, value in recipe.config().items())
+        click.echo(
+            f"recipe: {settings} (--preset {preset}{', overridden' if any((layers, pool, image_size, tta)) else ''})"
+        )
     for note in result.notes:
         click.echo(note)
     if not result.rewritten:
@@ -461,7 +466,7 @@ def serve(model_path, host, port, device, **limits):
 @click.option(
     "--features",
     multiple=True,
-    help="Feature file(s); several = several backbones, one table [default: every feature file under "
+    help="Feature file(s); several = several backbones or recipes, one table [default: every feature file under "
     "OUT/features of the dataset whose file was written last].",
 )
 @click.option("--out", default=DEFAULT_OUT, show_default=True, help="Output root; reports go to OUT/reports/.")

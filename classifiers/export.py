@@ -38,8 +38,8 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike) -> Path:
     from featurize import ONNX_OPSET, export_backbone, recipe_of
 
     model = load_model(model_path)
+    _check_exportable(model, model_path)  # before the folder is made: a refusal leaves nothing behind
     out = ensure_writable(out)
-    _check_exportable(model, model_path)
     record, weights = model.backbone_record()
     recipe = recipe_of(model.feature_config)  # stages, pooling and views are computed inside the graph too
     backbone = onnx.load_from_string(export_backbone(record.load(weights, recipe=recipe)))

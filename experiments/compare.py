@@ -143,6 +143,8 @@ def compare(
         run = CompareRun(settings, heads, ensembles, folder, log, by_default=not features)
         run.plain = {feature_label(data) for data in _one_per_network(stores)}
         run.tuned = _tuned_labels(stores)
+        if settings.search.normalize == "power":
+            run.note("--normalize power: every head starts with a signed square root and an L2 normalisation")
         _check_finetunes(stores, run, out)
         return _compare_into(run, stores, paths, out)
 
@@ -485,7 +487,8 @@ def _row_or_failure(file: FeatureFile, name: str, run: CompareRun, key: str, fit
 def _saved_or_fitted(file: FeatureFile, name: str, run: CompareRun, key: str, fit) -> Row:
     """The row of model `name`: the one saved under this key (in this report folder or another) when
     there is one, else `fit()`'s (a Scored); saved here for next time."""
-    model_path = run.report_dir / "models" / f"{file.label}-{name}.joblib"
+    normalized = "" if run.settings.search.normalize == "none" else f"-{run.settings.search.normalize}"
+    model_path = run.report_dir / "models" / f"{file.label}-{name}{normalized}.joblib"
     reused = None if run.settings.refit else _saved_model(model_path, key, name, file.data.fingerprint, run.log)
     if reused is not None:
         model, info = reused

@@ -205,12 +205,14 @@ def _backbone_times(names, timer, log) -> dict:
 
 def backbone_ms_per_image(name: str) -> float:
     """ms per image of the backbone's forward pass on this machine's CPU (torch, batch TIMED_IMAGES,
-    the best of TIMED_PASSES after a warm-up), with random weights of its architecture."""
+    the best of TIMED_PASSES after a warm-up), with random weights of its architecture; "NAME@SIZE"
+    at an input size of its own (extract --image-size)."""
     import torch
 
-    from featurize import get_backbone
+    from featurize import Recipe, get_backbone
 
-    extractor = get_backbone(name).load("random")
+    backbone, _, size = name.partition("@")
+    extractor = get_backbone(backbone).load("random", recipe=Recipe(image_size=int(size) if size else None))
     size = extractor.preprocessing.crop_size
     images = torch.zeros((TIMED_IMAGES, 3, size, size), dtype=torch.uint8)
     seconds = []
@@ -224,8 +226,13 @@ def backbone_ms_per_image(name: str) -> float:
 
 def forward_passes(data) -> tuple[str, ...]:
     """The backbone forward passes a feature file's vectors need per image: one per backbone (each
-    part of a fused file), times the views its recipe averages (--tta flip: 2, crops: 10)."""
+    part of a fused file), times the views its recipe averages (--tta flip: 2, crops: 10); "NAME@SIZE"
+    where the recipe's input size is not the weights' own."""
     from featurize import recipe_of
 
-    parts = data.parts or (data,)
-    return tuple(name for part in parts for name in [part.backbone] * recipe_of(part.config).views)
+    passes = []
+    for part in data.parts or (data,):
+        recipe = recipe_of(part.config)
+        name = part.backbone if recipe.image_size is None else f"{part.backbone}@{recipe.image_size}"
+        passes += [name] * recipe.views
+    return tuple(passes)

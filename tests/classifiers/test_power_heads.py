@@ -25,6 +25,7 @@ def test_a_power_normalised_head_is_fitted_saved_and_predicts(tinted_store, tmp_
 
     exported = run("export", "--model", model_path, "--out", tmp_path / "onnx")
     assert_one_line_error(exported, "--normalize power; export does not take it")
+    assert not (tmp_path / "onnx").exists()
 
 
 def test_compare_keeps_power_and_plain_results_apart(tinted_store, tmp_path):
@@ -32,5 +33,8 @@ def test_compare_keeps_power_and_plain_results_apart(tinted_store, tmp_path):
     powered = run("compare", "--features", tinted_store, "--out", tmp_path, "--clf", "logreg", "--normalize", "power")
     assert plain.exit_code == 0 and powered.exit_code == 0, plain.output + powered.output
     assert "reusing the fitted model" not in powered.output  # the plain run's fitted head is not this one
+    assert "--normalize power: every head starts with a signed square root" in powered.output
+    models = {p.name.split("efficientnet_lite0")[-1] for p in tmp_path.glob("reports/*/models/*.joblib")}
+    assert {"-logreg.joblib", "-logreg-power.joblib"} <= models  # side by side, neither over the other
     again = run("compare", "--features", tinted_store, "--out", tmp_path, "--clf", "logreg", "--normalize", "power")
     assert again.exit_code == 0 and "reusing the fitted model" in again.output

@@ -361,3 +361,16 @@ def test_class_names_in_a_script_the_font_lacks_draw_without_a_warning(recwarn):
     row.metrics = {"accuracy": 0.0}
     assert confusion_png(row).startswith(b"\x89PNG")
     assert not [w for w in recwarn if "Glyph" in str(w.message)]
+
+
+def test_a_recipe_s_passes_are_counted_at_its_own_input_size(tinted_store, tmp_path):
+    """--tta crops vectors need ten passes; an --image-size of its own is timed at that size (a
+    larger input costs more than the weights' own)."""
+    from experiments.recommend import backbone_ms_per_image, forward_passes
+    from featurize import Recipe, extract, load_features
+
+    data = load_features(tinted_store)
+    options = dict(data=data.data_root, backbone="resnet18", weights="random", out=tmp_path, workers=0, progress=False)
+    sized = load_features(extract(**options, recipe=Recipe(image_size=96, tta="crops")).store)
+    assert forward_passes(sized) == ("resnet18@96",) * 10 and forward_passes(data) == ("resnet18",)
+    assert backbone_ms_per_image("resnet18@96") > 0
