@@ -100,7 +100,8 @@ def cli():
     "--batch-size",
     type=click.IntRange(min=1),
     default=None,
-    help="Images per forward pass [default: 16 on CPU, 128 on CUDA].",
+    help="Images per batch; each is --tta's views in the forward pass [default: 16 on CPU, 128 on CUDA, "
+    "divided by the views].",
 )
 @click.option(
     "--workers",
@@ -361,7 +362,12 @@ def fit(clf, features, out, grid, **options):
     help=f"CSV to write, or a folder to write predictions.csv in [default: {predictions_csv('<model>.joblib')}].",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per forward pass.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Images per batch; each is its features' --tta views in the forward pass.",
+)
 @click.option(
     "--workers",
     type=click.IntRange(min=0),

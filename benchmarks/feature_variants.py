@@ -15,7 +15,7 @@ recipe in points with the 95% interval of a paired bootstrap over the val images
 an interval that straddles 0 is noise. "s" is the extraction's wall time (all images, 2 cores).
 
 Usage: python benchmarks/feature_variants.py [--cache DIR] [--datasets hymenoptera,digits,patches,faces,textures]
-       [--recipes plain,gem,...]   (about 40 minutes on 2 cores with every recipe)
+       [--recipes plain,gem,...]   (about 60 minutes on 2 cores with every recipe)
        python benchmarks/feature_variants.py --cost [--recipes ...]   (extraction speed only, on hymenoptera)
 """
 

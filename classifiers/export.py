@@ -39,8 +39,8 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike) -> Path:
 
     model = load_model(model_path)
     _check_exportable(model, model_path)  # before the folder is made: a refusal leaves nothing behind
-    out = ensure_writable(out)
     record, weights = model.backbone_record()
+    out = ensure_writable(out)
     recipe = recipe_of(model.feature_config)  # stages, pooling and views are computed inside the graph too
     backbone = onnx.load_from_string(export_backbone(record.load(weights, recipe=recipe)))
     head = head_graph(model.pipeline_, model.n_features_in_, ONNX_OPSET)

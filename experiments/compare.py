@@ -138,7 +138,8 @@ def compare(
     settings = compare_settings(settings, **overrides)
     heads, ensembles = parse_heads(settings.clf), parse_ensembles(settings.ensemble)  # wrong names fail first
     paths, stores = _load_stores(features, out, log)
-    folder = ensure_writable(report_dir(out, _report_name(stores)))
+    normalized = "" if settings.search.normalize == "none" else f"-{settings.search.normalize}"
+    folder = ensure_writable(report_dir(out, _report_name(stores) + normalized))  # never over the plain report
     with exclusive(folder, "cnnfeat compare"):  # one writer per report folder: its rows and models agree
         run = CompareRun(settings, heads, ensembles, folder, log, by_default=not features)
         run.plain = {feature_label(data) for data in _one_per_network(stores)}
@@ -516,7 +517,7 @@ def _saved_or_fitted(file: FeatureFile, name: str, run: CompareRun, key: str, fi
 def _saved_model(model_path: Path, key: str, name: str, fingerprint: str, log):
     """(model, info) saved under this key, here or by a compare into another report folder (then
     saved here too, so this report's models/ holds every row's), with a line saying which; or None."""
-    label = model_path.stem.removesuffix(f"-{name}")
+    label = model_path.stem.removesuffix("-power").removesuffix(f"-{name}")
     found = reusable(model_path, key, name, fingerprint, log)
     if found is not None:
         log(f"{label} {name}: nothing changed, reusing the fitted model ({model_path.name}; --refit searches again)")

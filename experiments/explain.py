@@ -103,20 +103,25 @@ def _explain_each(model, paths: list[str], method: str, settings: ExplainSetting
 
 
 def _method_for(model, method: str) -> str:
+    refusal = _why_no_cam(model)
+    if method == "cam" and refusal:
+        raise CnnfeatError(f"--method cam needs {refusal}: use --method occlusion (or auto)")
+    return "cam" if method in ("cam", "auto") and not refusal else "occlusion"
+
+
+def _why_no_cam(model) -> str | None:
+    """What an exact class activation map needs that `model` lacks (None: nothing)."""
     sources = model.sources()
-    one_map = len(sources) == 1 and sources[0].recipe.one_map_mean
-    if method == "cam" and len(sources) == 1 and not one_map:
-        raise CnnfeatError(
-            "--method cam needs features that are the plain mean of one feature map (not --layers, --pool "
-            "or --tta crops features): use --method occlusion (or auto)"
+    if len(sources) == 1 and not sources[0].recipe.one_map_mean:
+        return "features that are the plain mean of one feature map (not --layers, --pool or --tta crops features)"
+    if "power" in getattr(model.pipeline_, "named_steps", {}):
+        return "a head linear in the vectors; one fitted with --normalize power is not"
+    if len(sources) != 1 or linear_form(model.pipeline_) is None:
+        return (
+            "a linear head (logreg, linear, or a two-class linear SVM) on one backbone's features; "
+            "this model's head is not one"
         )
-    cam_possible = one_map and linear_form(model.pipeline_) is not None
-    if method == "cam" and not cam_possible:
-        raise CnnfeatError(
-            "--method cam needs a linear head (logreg, linear, or a two-class linear SVM) on one "
-            "backbone's features; this model's head is not one: use --method occlusion (or auto)"
-        )
-    return "cam" if method in ("cam", "auto") and cam_possible else "occlusion"
+    return None
 
 
 def _explain_one(model, image, path: str, method: str, settings: ExplainSettings, stem: Path) -> list[Path]:

@@ -63,6 +63,10 @@ class FeatureSpec:
         if self.storage_dtype != "float32":  # absent by default, so stores made before it keep their fingerprint
             config["storage_dtype"] = self.storage_dtype
         config.update(self.recipe.config())  # the same: each setting absent unless asked
+        if self.recipe.pools_stages:
+            config["pooling"] = f"{self.recipe.pool} of the last {self.recipe.layers} stages"
+        if self.recipe.tta == "crops":  # the square the five crops are cut from
+            config["crops_from"] = self.recipe.input_preprocessing(record).crop_size
         return config
 
     @property

@@ -21,7 +21,7 @@ from .preprocessing import Preprocessing
 PoolMode = Literal["avg", "gem", "max", "avgmax"]
 POOL_MODES = get_args(PoolMode)
 # none; flip: the mean of the image's vector and its mirror's; crops: the mean over five crops (the
-# centre and four corners of the resized image's centre square, torchvision's FiveCrop) and their mirrors
+# centre and four corners, torchvision's FiveCrop, of a centre square of max(resize, 8/7 crop)) and their mirrors
 TtaMode = Literal["none", "flip", "crops"]
 TTA_MODES = get_args(TtaMode)
 VIEWS = {"none": 1, "flip": 2, "crops": 10}  # forward passes per image

@@ -240,3 +240,15 @@ def test_compare_ranks_recipes_of_one_backbone_side_by_side_and_fuses_them(class
     outcome = compare(features=[plain, staged], out=tmp_path, clf="logreg", log=lambda _: None)
     labels = {row.backbone for row in outcome.rows}
     assert {"resnet18-random", "resnet18-random-l2-gem", "resnet18-random+resnet18-random-l2-gem"} <= labels
+
+
+def test_the_config_says_what_a_recipe_pools_and_where_its_crops_come_from():
+    from featurize import FeatureSpec
+
+    resnet50 = get_backbone("resnet50")  # torchvision's V2 weights: resize 232 around a 224 crop
+    crops = FeatureSpec(resnet50, recipe=Recipe(tta="crops")).config
+    assert crops["crops_from"] == 256 and crops["preprocessing"]["resize_size"] == 232 and crops["tta"] == "crops"
+    staged = FeatureSpec(resnet50, recipe=Recipe(layers=2, pool="gem")).config
+    assert staged["pooling"] == "gem of the last 2 stages" and staged["feature_dim"] == 1024 + 2048
+    plain = FeatureSpec(resnet50).config
+    assert plain["pooling"] == "global-average" and not {"crops_from", "layers", "pool", "tta"} & set(plain)
