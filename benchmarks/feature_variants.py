@@ -71,23 +71,9 @@ def write_faces(dest: Path) -> Path:
     return dest
 
 
-def write_textures(dest: Path, patch: int = 96, train: int = 60, val: int = 30) -> Path:
-    """Patches of skimage's brick, grass and gravel photos (512x512 grey): train from the top half,
-    val from the bottom half, at random places (seed 0)."""
-    from PIL import Image
-    from skimage import data
-
-    rng = np.random.default_rng(0)
-    for name in ("brick", "grass", "gravel"):
-        photo = getattr(data, name)()
-        half = photo.shape[0] // 2
-        for split, count, top in (("train", train, 0), ("val", val, half)):
-            for k in range(count):
-                y, x = rng.integers(top, top + half - patch), rng.integers(0, photo.shape[1] - patch)
-                target = dest / split / name / f"{k:03d}.png"
-                target.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(photo[y : y + patch, x : x + patch], "L").save(target)
-    return dest
+def write_textures(dest: Path) -> Path:
+    """96-pixel patches of skimage's brick, grass and gravel photos (512x512 grey)."""
+    return write_photo_patches(dest, ("brick", "grass", "gravel"), patch=96, train=60, val=30)
 
 
 PHOTOS = (
@@ -96,15 +82,19 @@ PHOTOS = (
 )  # fmt: skip
 
 
-def write_patches(dest: Path, patch: int = 32, train: int = 40, val: int = 20) -> Path:
-    """Which of 16 of scikit-image's photos a 32-pixel patch comes from (local texture and colour
-    only): train patches from the top half of each photo, val patches from the bottom half, at random
-    places (seed 0)."""
+def write_patches(dest: Path) -> Path:
+    """Which of 16 of scikit-image's photos a 32-pixel patch comes from (local texture and colour only)."""
+    return write_photo_patches(dest, PHOTOS, patch=32, train=40, val=20)
+
+
+def write_photo_patches(dest: Path, photos, patch: int, train: int, val: int) -> Path:
+    """dest/train|val/<photo>/NNN.png: `patch`-pixel squares of each of skimage's `photos`, train
+    ones from the top half of the photo, val ones from the bottom half, at random places (seed 0)."""
     from PIL import Image
     from skimage import data
 
     rng = np.random.default_rng(0)
-    for name in PHOTOS:
+    for name in photos:
         photo = getattr(data, name)()
         half = photo.shape[0] // 2
         for split, count, top in (("train", train, 0), ("val", val, half)):

@@ -211,8 +211,8 @@ def backbone_ms_per_image(name: str) -> float:
 
     from featurize import Recipe, get_backbone
 
-    backbone, _, size = name.partition("@")
-    extractor = get_backbone(backbone).load("random", recipe=Recipe(image_size=int(size) if size else None))
+    backbone, _, own_size = name.partition("@")
+    extractor = get_backbone(backbone).load("random", recipe=Recipe(image_size=int(own_size) if own_size else None))
     size = extractor.preprocessing.crop_size
     images = torch.zeros((TIMED_IMAGES, 3, size, size), dtype=torch.uint8)
     seconds = []

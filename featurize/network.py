@@ -8,7 +8,7 @@ import torch
 from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
 
-from .backbones.recipe import VIEWS
+from .backbones.recipe import GEM_P, VIEWS
 
 
 class FeatureExtractor(nn.Module):
@@ -49,11 +49,11 @@ class FeatureExtractor(nn.Module):
         if len(views) == 1:
             return self.trunk(views[0])
         out = self.trunk(torch.cat(views))
-        return out.reshape(len(views), -1, out.shape[-1]).mean(0)  # a reshape, not len(): ONNX keeps the batch dynamic
+        return out.reshape(len(views), -1, out.shape[-1]).mean(0)  # the batch as -1: ONNX keeps it dynamic
 
 
-def pool_map(maps: torch.Tensor, pool: str, p: float = 3.0) -> torch.Tensor:
-    """(N,C,H,W) -> (N,C): avg, max, gem (generalised mean, exponent `p`, of the map clamped to
+def pool_map(maps: torch.Tensor, pool: str) -> torch.Tensor:
+    """(N,C,H,W) -> (N,C): avg, max, gem (generalised mean, exponent GEM_P, of the map clamped to
     > 0 as Radenović et al. do), avgmax (the mean of avg and max, timm's)."""
     if pool == "avg":
         return maps.mean(dim=(2, 3))
@@ -61,7 +61,7 @@ def pool_map(maps: torch.Tensor, pool: str, p: float = 3.0) -> torch.Tensor:
         return maps.amax(dim=(2, 3))
     if pool == "avgmax":
         return 0.5 * (maps.mean(dim=(2, 3)) + maps.amax(dim=(2, 3)))
-    return maps.clamp(min=1e-6).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
+    return maps.clamp(min=1e-6).pow(GEM_P).mean(dim=(2, 3)).pow(1.0 / GEM_P)
 
 
 class StagePooler(nn.Module):
@@ -71,9 +71,9 @@ class StagePooler(nn.Module):
     A call's maps are kept under its thread's id, only while that call runs, so threads sharing the
     module never see each other's maps (and a block run outside forward keeps nothing)."""
 
-    def __init__(self, trunk: nn.Module, ends: list[nn.Module], pool: str, p: float):
+    def __init__(self, trunk: nn.Module, ends: list[nn.Module], pool: str):
         super().__init__()
-        self.trunk, self.pool, self.p = trunk, pool, p
+        self.trunk, self.pool = trunk, pool
         self._maps: dict[int, list[torch.Tensor]] = {}
         self._hooks = [module.register_forward_hook(self._keep) for module in ends]
 
@@ -87,7 +87,7 @@ class StagePooler(nn.Module):
         self._maps[caller] = []
         try:
             self.trunk(images)
-            parts = [pool_map(maps, self.pool, self.p) for maps in self._maps[caller]]
+            parts = [pool_map(maps, self.pool) for maps in self._maps[caller]]
         finally:
             del self._maps[caller]
         if len(parts) == 1:

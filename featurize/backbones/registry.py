@@ -12,7 +12,7 @@ from common.errors import BackboneError
 from common.hashing import file_sha256
 
 from .preprocessing import Preprocessing
-from .recipe import GEM_P, Recipe
+from .recipe import Recipe
 
 # Exported as the default of every command that takes --backbone: it works with no network.
 DEFAULT_BACKBONE = "efficientnet_lite0"
@@ -106,7 +106,7 @@ class Backbone:
                 f"{self.name}: its stages are {[width for _, width in ends]} wide, the registry says "
                 f"{list(self.stage_dims)}"
             )
-        return StagePooler(trunk, [module for module, _ in ends[-recipe.layers :]], recipe.pool, GEM_P)
+        return StagePooler(trunk, [module for module, _ in ends[-recipe.layers :]], recipe.pool)
 
 
 BACKBONES: dict[str, Backbone] = {}
