@@ -101,7 +101,9 @@ class Recommendation:
                 f"predict: python cli.py predict --model {model} IMAGES (export and serve take one-backbone models)",
             ]
         export = "export: takes one head, not an ensemble (serve and joblib.load take it)"
-        if not self.row.info.get("members"):
+        if self.row.info.get("normalize") == "power":
+            export = "export: does not take a --normalize power head yet (serve and joblib.load do)"
+        elif not self.row.info.get("members"):
             onnx_dir = shlex.quote(str(Path(path).with_suffix("")) + "-onnx")
             export = f"export: python cli.py export --model {model} --out {onnx_dir}"
         return [f"model: {path}", export, f"serve: python cli.py serve --model {model}"]

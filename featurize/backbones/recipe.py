@@ -122,7 +122,7 @@ class Recipe:
 # features"): the last 5 stages, each GeM-pooled, gained 4.1-6.8 points for logreg and svm on digits and
 # on photo patches (95% intervals above 0), for about the plain recipe's cost; on hymenoptera (ImageNet's
 # own kind of photo) it lost 2.0 for them (intervals reaching 0), so `fast` stays the default. Flip,
-# crops and a larger input gained nothing beyond the noise anywhere, at 1.7x, 8x and 1.6x the time.
+# crops and a larger input gained nothing beyond the noise anywhere, at 1.7x, 8.5x and 1.6x the time.
 PRESET_RECIPES: dict[str, Recipe] = {"fast": Recipe(), "accurate": Recipe(layers=5, pool="gem")}
 PRESETS = tuple(PRESET_RECIPES)
 

@@ -40,6 +40,8 @@ def test_compare_keeps_power_and_plain_results_apart(tinted_store, tmp_path):
     assert plain.exit_code == 0 and powered.exit_code == 0, plain.output + powered.output
     assert "reusing the fitted model" not in powered.output  # the plain run's fitted head is not this one
     assert "--normalize power: every head starts with a signed square root" in powered.output
+    report = next(tmp_path.glob("reports/*-power/report.md")).read_text()
+    assert "export: does not take a --normalize power head yet" in report and "cli.py export" not in report
     models = [p.name for p in tmp_path.glob("reports/*/models/*.joblib")]
     assert any(n.endswith("-logreg.joblib") for n in models) and any(n.endswith("-logreg-power.joblib") for n in models)
     assert (
