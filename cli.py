@@ -41,6 +41,16 @@ class Cli(click.Group):
             raise click.ClickException(refusal) from None
 
 
+STORAGE_OPTION = click.option(
+    "--storage-option",
+    "storage_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="For data in an object store: passed to its fsspec client (s3fs: anon=true, endpoint_url=..., "
+    "profile=...); credentials come from the store's own places (AWS_* variables, ~/.aws/). Repeatable.",
+)
+
+
 @click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})
 def cli():
     """Frozen pretrained CNN features + the best classical head, compared honestly."""
@@ -56,7 +66,9 @@ def cli():
     "--data",
     default="data",
     show_default=True,
-    help="Image folder (train/ val/ [test/] of class folders, or class folders) or a 'path label' list file.",
+    help="Image folder (train/ val/ [test/] of class folders, or class folders) or a 'path label' list file; "
+    "the same at a URL (s3://bucket/prefix/, gs://, az://); WebDataset shards ('shards/train-{000..127}.tar'); "
+    "or a manifest (.csv or .parquet: path, label[, split]). docs/data.md shows each.",
 )
 @click.option(
     "--name",
@@ -167,6 +179,7 @@ def cli():
     help="Check every stored vector against its checksum and extract the images of "
     "damaged ones again (done by itself after a reader found damage).",
 )
+@STORAGE_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def extract(
     backbone,
@@ -189,12 +202,13 @@ def extract(
     tta,
     strict,
     verify,
+    storage_options,
     quiet,
 ):
     """Extract one pooled feature vector per image into an HDF5 file (incremental, resumable).
 
     Each recipe (--preset, --layers, --pool, --image-size, --tta) gets a file of its own."""
-    from featurize import Storage, get_backbone, preset_recipe
+    from featurize import Storage, get_backbone, parse_storage_options, preset_recipe
     from featurize import extract as run_extract
 
     recipe = preset_recipe(preset, get_backbone(backbone), layers=layers, pool=pool, image_size=image_size, tta=tta)
@@ -215,6 +229,7 @@ def extract(
         recipe=recipe,
         verify=verify,
         name=name,
+        storage_options=parse_storage_options(storage_options),
     )
     if recipe.config():
         settings = ", ".join(f"{key} {value}" for key, value in recipe.config().items())
@@ -375,13 +390,17 @@ def fit(clf, features, out, grid, **options):
     help="Decoding workers (threads with onnxruntime, processes with torch) [default: none below 64 "
     "images, else as extract's].",
 )
+@STORAGE_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def predict(model_path, inputs, out_csv, device, batch_size, workers, quiet):
-    """Predict images (files or folders) with a saved model; one CSV row per image."""
+def predict(model_path, inputs, out_csv, device, batch_size, workers, storage_options, quiet):
+    """Predict images (files, folders, or URLs of objects or of an object store's folders) with a saved
+    model; one CSV row per image."""
     from experiments.predict import predict_to_csv
+    from featurize import parse_storage_options
 
+    options = {"device": device, "batch_size": batch_size, "workers": workers, "progress": not quiet}
     path, rows, failed = predict_to_csv(
-        model_path, inputs, out_csv, device=device, batch_size=batch_size, workers=workers, progress=not quiet
+        model_path, inputs, out_csv, **options, storage_options=parse_storage_options(storage_options)
     )
     click.echo(f"{rows} images, {failed} unreadable: {printable(path)}")
 
@@ -648,7 +667,8 @@ def explain(model_path, inputs, out, class_name, method, feature_maps, filters, 
     "--data",
     default="data",
     show_default=True,
-    help="Image folder (train/ and val/ or test/, else a seeded 20% hold-out as compare draws it) or a list file.",
+    help="Image folder (train/ and val/ or test/, else a seeded 20% hold-out as compare draws it) or a list file; "
+    "or any other --data extract takes (a URL, shards, a manifest).",
 )
 @click.option(
     "--name",
@@ -725,15 +745,18 @@ def explain(model_path, inputs, out, class_name, method, feature_maps, filters, 
     show_default=True,
     help="With --teacher: the teacher's share of the loss (the labels get 1 - alpha).",
 )
+@STORAGE_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def finetune(data, name, out, teacher, temperature, alpha, quiet, **settings):
+def finetune(data, name, out, teacher, temperature, alpha, storage_options, quiet, **settings):
     """Fine-tune a backbone + linear layer end to end; the epoch is chosen on a slice of train."""
     from experiments.distill import Distillation
     from experiments.finetune import FinetuneSettings, run_finetune
+    from featurize import parse_storage_options
 
     distill = Distillation(teacher, temperature, alpha) if teacher else None
     settings = FinetuneSettings(**settings, progress=not quiet, distill=distill)
-    run_finetune(data, out=out, settings=settings, log=click.echo, name=name)
+    options = parse_storage_options(storage_options)
+    run_finetune(data, out=out, settings=settings, log=click.echo, name=name, storage_options=options)
 
 
 @cli.command()

@@ -117,7 +117,7 @@ def pipeline(model, data: Path, device: str, workers: int | None = None) -> tupl
     time spent in the forward pass: the rest is waiting for decoded batches and handing them over)."""
     images, timed = discover(data), TimedEmbedder(model)
     start = time.perf_counter()
-    for _ in iter_vectors(timed, device, images.root, images.paths, workers=workers):
+    for _ in iter_vectors(timed, device, images.reader, images.paths, workers=workers):
         pass
     seconds = time.perf_counter() - start
     return len(images.paths) / seconds, timed.seconds / seconds

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 
@@ -100,15 +99,16 @@ class BackboneSource:
     def feature_dim(self, device: str = "auto") -> int:
         return self.embedder(device)[0].feature_dim
 
-    def iter_embedded(self, paths, device="auto", batch_size=None, workers=None, progress=False):
-        from featurize import iter_vectors
+    def iter_embedded(self, paths, device="auto", batch_size=None, workers=None, progress=False, storage_options=()):
+        from featurize import iter_vectors, source_for_paths
 
         extractor, device = self.embedder(device)
+        paths = [str(p) for p in paths]
         return iter_vectors(
             extractor,
             device,
-            Path(),
-            [str(p) for p in paths],
+            source_for_paths(paths, storage_options),
+            paths,
             batch_size,
             (0 if len(paths) < 64 else None) if workers is None else workers,  # few: no pool to start
             progress,
@@ -171,34 +171,43 @@ def _embed_files(
 
 
 def iter_embedded(
-    sources: list[BackboneSource], paths, device: str = "auto", batch_size=None, workers=None, progress=False
+    sources: list[BackboneSource],
+    paths,
+    device: str = "auto",
+    batch_size=None,
+    workers=None,
+    progress=False,
+    storage_options=(),
 ):
-    """Image files embedded batch by batch, in order: (positions of the readable ones in `paths`,
-    their vectors, [(position, reason)] of the others) - memory of one batch."""
+    """Image files (or URLs of objects: `storage_options` for their store's client) embedded batch by
+    batch, in order: (positions of the readable ones in `paths`, their vectors, [(position, reason)]
+    of the others) - memory of one batch."""
+    options = (device, batch_size, workers)
     if len(sources) == 1:
-        return sources[0].iter_embedded(paths, device, batch_size, workers, progress)
-    return _iter_joined(sources, [str(p) for p in paths], device, batch_size, workers, progress)
+        return sources[0].iter_embedded(paths, *options, progress, storage_options)
+    return _iter_joined(sources, [str(p) for p in paths], options, progress, storage_options)
 
 
 JOINED_CHUNK = 256  # images per round of a fused model's backbones: memory of one chunk
 
 
-def _iter_joined(sources, paths, device, batch_size, workers, progress):
-    """iter_embedded for fused features: each chunk of paths embedded by every backbone in turn."""
+def _iter_joined(sources, paths, options: tuple, progress, storage_options):
+    """iter_embedded for fused features: each chunk of paths embedded by every backbone in turn.
+    `options`: (device, batch size, workers)."""
     from tqdm import tqdm
 
     for start in tqdm(range(0, len(paths), JOINED_CHUNK), unit="chunk", desc="predict", disable=not progress):
-        good, joined, failed = _joined_chunk(sources, paths[start : start + JOINED_CHUNK], device, batch_size, workers)
+        good, joined, failed = _joined_chunk(sources, paths[start : start + JOINED_CHUNK], options, storage_options)
         yield [start + i for i in good], joined, [(start + i, reason) for i, reason in failed]
 
 
-def _joined_chunk(sources, chunk, device, batch_size, workers):
+def _joined_chunk(sources, chunk, options: tuple, storage_options):
     """(positions in `chunk` every backbone read, their vectors joined, [(position, reason)] of the
     others: the first backbone's reason where several failed)."""
     found, failed = [], {}
     for source in sources:
         vectors = {}
-        for good, batch, bad in source.iter_embedded(chunk, device, batch_size, workers):
+        for good, batch, bad in source.iter_embedded(chunk, *options, storage_options=storage_options):
             vectors.update(zip(good, batch))
             for position, reason in bad:
                 failed.setdefault(position, reason)
@@ -206,7 +215,7 @@ def _joined_chunk(sources, chunk, device, batch_size, workers):
     good = [i for i in range(len(chunk)) if i not in failed]
     joined = np.hstack(
         [
-            np.asarray([vectors[i] for i in good], np.float32).reshape(len(good), source.feature_dim(device))
+            np.asarray([vectors[i] for i in good], np.float32).reshape(len(good), source.feature_dim(options[0]))
             for source, vectors in zip(sources, found)
         ]
     )

@@ -171,10 +171,15 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
         training features. Returns (vectors of the readable ones, in order; [(position, reason)])."""
         return embedding.embed_images(self.sources(), images, device, batch_size, workers, progress)
 
-    def iter_embedded(self, paths, device: str = "auto", batch_size=None, workers=None, progress=False):
-        """Image files embedded batch by batch, in order: (positions of the readable ones in
-        `paths`, their vectors, [(position, reason)] of the others) - memory of one batch."""
-        return embedding.iter_embedded(self.sources(), paths, device, batch_size, workers, progress)
+    def iter_embedded(
+        self, paths, device: str = "auto", batch_size=None, workers=None, progress=False, storage_options=()
+    ):
+        """Image files (or URLs of objects, read with `storage_options`) embedded batch by batch, in
+        order: (positions of the readable ones in `paths`, their vectors, [(position, reason)] of the
+        others) - memory of one batch."""
+        return embedding.iter_embedded(
+            self.sources(), paths, device, batch_size, workers, progress, storage_options=storage_options
+        )
 
     def embedder(self, device: str = "auto"):
         """(the embedder of featurize.engines that made our features, the device it runs on), for a

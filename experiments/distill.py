@@ -20,7 +20,7 @@ from classifiers import check_record, load_model, model_record
 from common.errors import CnnfeatError
 from common.files import atomic_write
 from common.hashing import file_sha256
-from featurize import file_identity
+from featurize import image_identities
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def teacher_probabilities(
     key = {
         "teacher_sha256": file_sha256(distill.teacher),
         "paths": paths,
-        "identities": [list(file_identity(images.root / p)) for p in paths],
+        "identities": image_identities(images)[rows].tolist(),
     }
     cache = folder / f"teacher-{key['teacher_sha256'][:12]}.npz"
     if cache.is_file():
@@ -83,7 +83,7 @@ def teacher_probabilities(
             f"--teacher {distill.teacher}: it predicts classes this data does not have ({', '.join(missing)})"
         )
     log(f"teacher probabilities: {len(paths)} training images through {distill.teacher} (once; cached)")
-    vectors, failures = teacher.embed_images([str(images.root / p) for p in paths], device)
+    vectors, failures = teacher.embed_images([images.reader.locate(p) for p in paths], device)
     readable = np.setdiff1d(np.arange(len(paths)), [position for position, _ in failures])
     probabilities = np.zeros((len(paths), len(images.class_names)), np.float32)
     columns = [images.class_names.index(str(c)) for c in teacher.classes_]

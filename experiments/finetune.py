@@ -160,13 +160,16 @@ class FinetunePlan(NamedTuple):
     folder: Path  # where it writes
 
 
-def plan_finetune(data, out, settings: FinetuneSettings, heldout_paths=None, name: str | None = None) -> FinetunePlan:
+def plan_finetune(
+    data, out, settings: FinetuneSettings, heldout_paths=None, name: str | None = None, storage_options: tuple = ()
+) -> FinetunePlan:
     """The images, their split, the backbone and the output folder, or a clear error for the first
     thing that is wrong; `heldout_paths`: compare's held-out images, scored instead of a hold-out
     drawn here (data without val/ or test/); `name`: the dataset's readable name, as `extract --name`
-    gave it (the folder is OUT/finetune/<dataset>-<backbone>/, where compare looks for it)."""
+    gave it (the folder is OUT/finetune/<dataset>-<backbone>/, where compare looks for it);
+    `storage_options`: for data in an object store (featurize.remote)."""
     settings.check()
-    images = discover(data, name)
+    images = discover(data, name, storage_options)
     rows = finetune_rows(images, data, settings.seed, heldout_paths)
     backbone = get_backbone(settings.backbone)
     if settings.distill is not None:
@@ -183,6 +186,7 @@ def run_finetune(
     heldout_paths=None,
     cache_key: str | None = None,
     name: str | None = None,
+    storage_options: tuple = (),
     **overrides,
 ) -> Path:
     """Fine-tune and save; returns the folder it wrote. `overrides` are FinetuneSettings fields
@@ -192,7 +196,7 @@ def run_finetune(
     import torch
 
     settings = replace(settings or FinetuneSettings(), **overrides)
-    images, rows, backbone, folder = plan_finetune(data, out, settings, heldout_paths, name)
+    images, rows, backbone, folder = plan_finetune(data, out, settings, heldout_paths, name, storage_options)
     compute = settings.compute()
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)

@@ -90,7 +90,7 @@ def train_loader(images, rows: list[int], transform, compute: Compute, generator
     batches (positions in `rows`, the decoded images stacked or None, [(position, reason)])."""
     from torch.utils.data import DataLoader
 
-    dataset = ImageDataset(images.root, [images.paths[i] for i in rows], OnTensors(transform))
+    dataset = ImageDataset(images.reader, [images.paths[i] for i in rows], OnTensors(transform))
     return DataLoader(
         dataset,
         batch_size=compute.batch_size,
@@ -121,7 +121,7 @@ def forward_rows(module, images, rows: list[int], prep, compute: Compute, mirror
     import torch
     from torch.utils.data import DataLoader
 
-    dataset = ImageDataset(images.root, [images.paths[i] for i in rows], prep.transform())
+    dataset = ImageDataset(images.reader, [images.paths[i] for i in rows], prep.transform())
     loader = DataLoader(
         dataset, batch_size=compute.batch_size, num_workers=compute.workers, collate_fn=collate_readable
     )

@@ -11,17 +11,21 @@ from classifiers import load_model
 from common.errors import CnnfeatError
 from common.files import atomic_write, ensure_writable
 from common.names import printable
-from featurize import find_images
+from featurize import find_images, is_url, list_objects
 
 from .layout import predictions_csv
 
 FOLDER_CSV = "predictions.csv"  # the file's name when --out is a folder
 
 
-def expand_inputs(inputs) -> list[str]:
-    """Files as given; folders -> their images, recursively; a missing path is kept (its row says so)."""
+def expand_inputs(inputs, storage_options: tuple = ()) -> list[str]:
+    """Files as given; folders -> their images, recursively; a URL of an object store's folder -> the
+    URLs of its images; a missing path is kept (its row says so)."""
     paths = []
     for item in inputs:
+        if is_url(item):
+            paths.extend(list_objects(str(item), storage_options))
+            continue
         item = Path(item)
         paths.extend(find_images(item)) if item.is_dir() else paths.append(str(item))
     if not paths:
@@ -40,21 +44,22 @@ def csv_path(out_csv, model_path) -> Path:
 
 
 def predict_to_csv(
-    model_path, inputs, out_csv=None, device="auto", batch_size=None, workers=None, progress=True
+    model_path, inputs, out_csv=None, device="auto", batch_size=None, workers=None, progress=True, storage_options=()
 ) -> tuple[Path, int, int]:
     """Predict every image, writing the CSV batch by batch in input order (memory of one batch,
     however many images); returns (csv path, rows written, unreadable images). Names that are not
-    UTF-8 are written readably (\\xNN escapes): the CSV is UTF-8 text for any program to read."""
+    UTF-8 are written readably (\\xNN escapes): the CSV is UTF-8 text for any program to read. `inputs`
+    may be URLs of an object store (read with `storage_options`)."""
     out_csv = csv_path(out_csv, model_path)
     ensure_writable(out_csv.parent)
     model = load_model(model_path)
-    paths = expand_inputs(inputs)
+    paths = expand_inputs(inputs, storage_options)
     classes = [str(c) for c in model.classes_]
     failed = []
     with atomic_write(out_csv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "predicted", "probability", *(f"p_{printable(c)}" for c in classes), "error"])
-        for good, vectors, bad in model.iter_embedded(paths, device, batch_size, workers, progress):
+        for good, vectors, bad in model.iter_embedded(paths, device, batch_size, workers, progress, storage_options):
             writer.writerows(_batch_lines(model, paths, classes, good, vectors, bad))
             failed += bad
         if len(failed) == len(paths):  # a mistyped path, most likely: keep the CSV a run before wrote

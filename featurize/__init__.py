@@ -8,9 +8,11 @@ rearranged without touching them. Importing it imports no torch (`cnnfeat --help
   depend on: its config and fingerprint), `iter_vectors` and its pieces (`ImageDataset`,
   `collate_readable`, `checked_batches`), the device policy (`resolve_device`, `default_workers`);
 - the store: `load_features`, `Features`, `Storage`, `take_rows`, `library_versions`;
-- images: finding them (`discover`, `find_images`, `file_identity`), a dataset's name for a title
-  (`display_name`), decoding them (`read_image`, `decode_pil`, `rgb_image`: PIL images, reduced-size
-  JPEG decoding; `load_image`, `pil_to_rgb_tensor`: torch tensors);
+- images: finding them (`discover`, `find_images`, `file_identity`, `image_identities`; in an object
+  store: `is_url`, `list_objects`, `parse_storage_options`; reading from anywhere: `ImageSource`,
+  `source_for_paths`), a dataset's name for a title (`display_name`), decoding them (`read_image`,
+  `decode_pil`, `rgb_image`: PIL images, reduced-size JPEG decoding; `load_image`,
+  `pil_to_rgb_tensor`: torch tensors);
 - backbones and engines: the registry (`BACKBONES`, `get_backbone`, `list_backbones`, `register`),
   `load_embedder`, `export_backbone`, `cpu_session`;
 - fused features (`fuse_features`), Ray (`connect_ray`), the digits demo (`write_digits`);
@@ -39,7 +41,7 @@ from .batches import ImageDataset, OnTensors, checked_batches, collate_readable,
 from .decoding import UnreadableImage, decode_pil, load_image, pil_to_rgb_tensor, read_image, rgb_image
 from .demo_data import write_digits
 from .devices import default_workers, resolve_device
-from .discovery import ImageList, discover, display_name, file_identity, find_images
+from .discovery import ImageList, discover, display_name, file_identity, find_images, image_identities
 from .distributed import connect_ray
 from .engines import (
     ENGINES,
@@ -55,6 +57,8 @@ from .extract import ExtractResult, extract
 from .fingerprints import FeatureSpec, library_versions
 from .fuse import FUSE_MODES, FuseMode, fuse_features, part_widths
 from .integrity import take_rows
+from .remote import is_url, list_objects, parse_storage_options
+from .sources import ImageSource, source_for_paths
 from .store import COMPRESSIONS, DTYPES, Features, Storage, load_features
 
 __all__ = [
@@ -106,6 +110,7 @@ __all__ = [
     "discover",
     "display_name",
     "file_identity",
+    "image_identities",
     "find_images",
     "load_image",
     "pil_to_rgb_tensor",
@@ -118,6 +123,11 @@ __all__ = [
     "load_features",
     "list_backbones",
     "collate_readable",
+    "ImageSource",
+    "is_url",
+    "list_objects",
+    "parse_storage_options",
+    "source_for_paths",
 ]
 
 

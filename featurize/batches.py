@@ -9,46 +9,49 @@ from __future__ import annotations
 
 from collections import deque
 from contextlib import closing
-from pathlib import Path
 
 import numpy as np
 
 from common.errors import CnnfeatError, error_line
 
-from .decoding import UnreadableImage, load_image
+from .decoding import UnreadableImage, chw_array, decode_pil
 from .devices import default_batch_size, default_workers
+from .sources import ImageSource
 
 
 class ImageDataset:
-    """Index -> (index, uint8 crop (3,h,w) or None, reason). Never raises for a bad image. `transform`:
-    what turns a file into the crop (its `from_file`: preprocessing.ResizeCrop, OnTensors)."""
+    """Index -> (index, uint8 crop (3,h,w) or None, reason). Never raises for a bad image. `source`:
+    where the bytes are (sources.ImageSource); `transform`: what turns them into the crop (its
+    `from_bytes`: preprocessing.ResizeCrop, OnTensors)."""
 
-    def __init__(self, root: Path, paths: list[str], transform):
-        self.root, self.paths, self.transform = root, paths, transform
+    def __init__(self, source: ImageSource, paths: list[str], transform):
+        self.source, self.paths, self.transform = source, paths, transform
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
-        return (i, *decode_or_reason(self.root / self.paths[i], self.transform))
+        return (i, *decode_or_reason(self.source, self.paths[i], self.transform))
 
 
 class OnTensors:
     """A torchvision transform of decoded uint8 tensors (3,H,W) (fine-tuning's augmentation), with the
-    `from_file` an ImageDataset calls: each file decoded at full size (load_image), then transformed."""
+    `from_bytes` an ImageDataset calls: each image decoded at full size, then transformed."""
 
     def __init__(self, transform):
         self.transform = transform
 
-    def from_file(self, path):
-        return self.transform(load_image(path))
+    def from_bytes(self, data: bytes):
+        import torch
+
+        return self.transform(torch.from_numpy(chw_array(decode_pil(data))))
 
 
-def decode_or_reason(path: Path, transform):
-    """(the uint8 crop of preprocessing.ResizeCrop `transform`, "") or (None, why the image cannot be
-    used). Never raises."""
+def decode_or_reason(source: ImageSource, path: str, transform):
+    """(the uint8 crop of preprocessing.ResizeCrop `transform` of the image at `path` of `source`, "")
+    or (None, why the image cannot be used). Never raises."""
     try:
-        return transform.from_file(path), ""
+        return transform.from_bytes(source.read(path)), ""
     except UnreadableImage as error:
         return None, str(error)
     except Exception as error:  # one odd image must not stop a run over thousands
@@ -100,14 +103,14 @@ def checked_batches(loader, workers: int):
 def iter_vectors(
     model,
     device: str,
-    root: Path,
+    source: ImageSource,
     paths: list[str],
     batch_size: int | None = None,
     workers: int | None = None,
     progress: bool = False,
     desc: str = "images",
 ):
-    """Decode `paths` (relative to `root`) and run them through `model` (an embedder of
+    """Decode `paths` (read from `source`) and run them through `model` (an embedder of
     featurize.engines): in `workers` threads for onnxruntime (no torch imported), in a DataLoader's
     worker processes for torch. `workers` 0: in this thread, one image after the other.
 
@@ -121,7 +124,7 @@ def iter_vectors(
     workers = default_workers(model.engine) if workers is None else min(workers, len(paths))
     transform = model.preprocessing.transform()
     decode = decoded_in_threads if model.engine == "onnxruntime" else decoded_in_processes
-    batches = decode(Path(root), paths, transform, batch_size, workers, device)
+    batches = decode(source, paths, transform, batch_size, workers, device)
     bar = tqdm(total=len(paths), unit="img", desc=desc, disable=not progress, smoothing=0.1)
     with bar, closing(batches):  # stopped by an error too: no decoding thread goes on
         for good, batch, bad in batches:
@@ -135,7 +138,9 @@ def iter_vectors(
 THREAD_PREFETCH = 4  # batches decoded ahead of the one being embedded
 
 
-def decoded_in_threads(root: Path, paths: list[str], transform, batch_size: int, workers: int, device: str = "cpu"):
+def decoded_in_threads(
+    source: ImageSource, paths: list[str], transform, batch_size: int, workers: int, device: str = "cpu"
+):
     """(positions, stacked uint8 crops or None, [(position, reason)]) per batch of `paths`, decoded by
     `workers` threads (PIL lets go of the GIL while it decodes and resizes) up to THREAD_PREFETCH
     batches ahead; `workers` 0: each batch decoded when it is asked for."""
@@ -146,7 +151,7 @@ def decoded_in_threads(root: Path, paths: list[str], transform, batch_size: int,
         for start in starts:
             yield stacked_readable(
                 [
-                    (start + k, *decode_or_reason(root / p, transform))
+                    (start + k, *decode_or_reason(source, p, transform))
                     for k, p in enumerate(paths[start : start + batch_size])
                 ]
             )
@@ -156,7 +161,7 @@ def decoded_in_threads(root: Path, paths: list[str], transform, batch_size: int,
         ahead = deque()
         for start in starts:
             chunk = paths[start : start + batch_size]
-            ahead.append((start, [pool.submit(decode_or_reason, root / p, transform) for p in chunk]))
+            ahead.append((start, [pool.submit(decode_or_reason, source, p, transform) for p in chunk]))
             if len(ahead) > THREAD_PREFETCH:
                 yield _finished(*ahead.popleft())
         while ahead:
@@ -176,12 +181,12 @@ def stacked_readable(items) -> tuple:
     return [i for i, _ in good], (np.stack([crop for _, crop in good]) if good else None), bad
 
 
-def decoded_in_processes(root: Path, paths: list[str], transform, batch_size: int, workers: int, device: str):
+def decoded_in_processes(source: ImageSource, paths: list[str], transform, batch_size: int, workers: int, device: str):
     """As decoded_in_threads, from a DataLoader's `workers` worker processes (torch tensors)."""
     from torch.utils.data import DataLoader
 
     loader = DataLoader(
-        ImageDataset(root, paths, transform),
+        ImageDataset(source, paths, transform),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=collate_readable,

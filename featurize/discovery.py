@@ -14,6 +14,9 @@ import numpy as np
 from common.errors import DataError
 from common.names import safe_name
 
+from .remote import is_url
+from .sources import ImageSource
+
 # torchvision's IMG_EXTENSIONS, plus GIF (PIL decodes its first frame).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 SPLITS = ("train", "val", "test")
@@ -40,6 +43,13 @@ class ImageList:
     labels: list[int] = field(default_factory=list)
     splits: list[str] = field(default_factory=list)  # "" where the data has no split
     source: str = ""  # what --data named, resolved: the folder, or the list file (of a list-file layout)
+    reader: ImageSource | None = None  # where the bytes are read from (None: files under `root`)
+    identities: np.ndarray | None = None  # (N, 2) int64, when listing gave them (objects, shards)
+    notes: list[str] = field(default_factory=list)  # what discovery has to say (a truncated shard)
+
+    def __post_init__(self):
+        if self.reader is None:
+            self.reader = ImageSource(str(self.root))
 
     def add(self, path: str, label: int, split: str) -> None:
         self.paths.append(path)
@@ -112,21 +122,36 @@ def _sorted_labels(names) -> list[str]:
     return sorted(names)
 
 
-def discover(data: str | os.PathLike, name: str | None = None) -> ImageList:
+def discover(data: str | os.PathLike, name: str | None = None, storage_options: tuple = ()) -> ImageList:
     """Index a dataset. `data` is one of: split folders (train/ val/ [test/], each of class
     folders); class folders with no split; a text file of `path label` lines (paths relative to
     the file's folder, split taken from its name); or a folder holding train.txt / val.txt /
-    test.txt lists. `name`: the readable part of the dataset's name instead of the folder's (or
-    the list file's); its hash is the same either way."""
+    test.txt lists - each on this machine or at a URL of an object store (featurize.remote); or
+    WebDataset shards (featurize.shards); or a CSV/Parquet manifest (featurize.manifest).
+    `name`: the readable part of the dataset's name instead of the folder's (or the list file's);
+    its hash is the same either way. `storage_options`: (key, value) pairs for the store's client."""
     if name is not None:
         check_dataset_name(name)
-    data = Path(data).expanduser()
+    images = _discover_anywhere(os.fspath(data), tuple(storage_options))
+    if name is not None:  # the same hash (of where the data is), after another readable part
+        images.name = f"{safe_name(name)}-{images.name.rsplit('-', 1)[1]}"
+    return images
+
+
+def _discover_anywhere(text: str, storage_options: tuple) -> ImageList:
+    from . import manifest, remote_folders, shards
+
+    if shards.is_shards(text):
+        return shards.discover_shards(text, storage_options)
+    if manifest.is_manifest(text):
+        return manifest.discover_manifest(text, storage_options)
+    if is_url(text):
+        return remote_folders.discover_url(text, storage_options)
+    data = Path(text).expanduser()
     if not data.exists():
         raise DataError(f"--data {data}: no such file or folder")
     images = _discover(data)
     images.source = str(data.resolve())
-    if name is not None:  # the same hash (of where the data is), after another readable part
-        images.name = f"{safe_name(name)}-{images.name.rsplit('-', 1)[1]}"
     return images
 
 
@@ -174,16 +199,21 @@ def _from_folders(data: Path, layout: str, split_folders: dict[str, Path]) -> Im
     per_split = {
         split: {c.name: find_images(c, data) for c in _class_folders(folder)} for split, folder in split_folders.items()
     }
-    class_names = _sorted_labels(c for classes in per_split.values() for c, files in classes.items() if files)
     root = data.resolve()
-    images = ImageList(root=root, name=dataset_name(root.name, root), layout=layout, class_names=class_names)
+    return from_class_lists(per_split, ImageList(root, dataset_name(root.name, root), layout, []), data)
+
+
+def from_class_lists(per_split: dict[str, dict[str, list[str]]], images: ImageList, where) -> ImageList:
+    """`images` (empty) filled from split -> class -> image paths; one class list across the splits (a
+    class with no image anywhere is left out)."""
+    images.class_names = _sorted_labels(c for classes in per_split.values() for c, files in classes.items() if files)
     for split, classes in per_split.items():
-        for label, class_name in enumerate(class_names):
+        for label, class_name in enumerate(images.class_names):
             for path in classes.get(class_name, []):
                 images.add(path, label, split)
     if not images.paths:
         raise DataError(
-            f"--data {data}: no images found; expected one folder per class (or train/ "
+            f"--data {where}: no images found; expected one folder per class (or train/ "
             f"and val/ folders of them) holding {', '.join(IMAGE_EXTENSIONS)} files, "
             f"or a text file of 'path label' lines"
         )
@@ -194,14 +224,14 @@ def _from_lists(root: Path, list_files: list[Path]) -> ImageList:
     rows = [row for list_file in list_files for row in _list_rows(list_file)]  # (path, label, split)
     if not rows:
         raise DataError(f"--data {', '.join(map(str, list_files))}: no 'path label' lines")
-    class_names = _sorted_labels(label for _, label, _ in rows)
-    index = {c: i for i, c in enumerate(class_names)}
-    images = ImageList(
-        root=root.resolve(),
-        name=_list_dataset_name(root.resolve(), list_files),
-        layout="list-file",
-        class_names=class_names,
-    )
+    images = ImageList(root.resolve(), _list_dataset_name(root.resolve(), list_files), "list-file", [])
+    return from_rows(rows, images)
+
+
+def from_rows(rows: list[tuple[str, str, str]], images: ImageList) -> ImageList:
+    """`images` (empty) filled from (path, label name, split) rows."""
+    images.class_names = _sorted_labels(label for _, label, _ in rows)
+    index = {c: i for i, c in enumerate(images.class_names)}
     for path, label, split in rows:
         images.add(path, index[label], split)
     return images
@@ -209,16 +239,22 @@ def _from_lists(root: Path, list_files: list[Path]) -> ImageList:
 
 def _list_rows(list_file: Path):
     """(path, label, split) of each `path label` line of a list file; its split is taken from its name."""
-    split = SPLIT_ALIASES.get(list_file.stem.lower(), "")
     with open(list_file, encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            parts = line.rsplit(maxsplit=1)
-            if len(parts) != 2:
-                raise DataError(f"{list_file}:{number}: expected 'path label', got {line!r}")
-            yield _inside(parts[0], list_file, number), parts[1], split
+        yield from list_rows(handle, list_file.name, str(list_file.parent.resolve()))
+
+
+def list_rows(lines, name: str, folder: str):
+    """(path, label, split) of each `path label` line of the list file `name` in `folder`; its split is
+    taken from its name."""
+    split = SPLIT_ALIASES.get(name.rsplit(".", 1)[0].lower(), "")
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2:
+            raise DataError(f"{folder}/{name}:{number}: expected 'path label', got {line!r}")
+        yield _inside(parts[0], f"{folder}/{name}", number, folder), parts[1], split
 
 
 def _list_dataset_name(root: Path, list_files: list[Path]) -> str:
@@ -230,13 +266,13 @@ def _list_dataset_name(root: Path, list_files: list[Path]) -> str:
     return dataset_name(readable, list_files[0].resolve() if len(list_files) == 1 else root)
 
 
-def _inside(text: str, list_file: Path, number: int) -> str:
+def _inside(text: str, list_file: str, number: int, folder: str) -> str:
     """A list file's path, kept inside the list's folder: a shared list cannot point anywhere else."""
     path = Path(text)
-    if path.is_absolute() or ".." in path.parts:
+    if path.is_absolute() or ".." in path.parts or is_url(text):
         raise DataError(
             f"{list_file}:{number}: {text!r} is outside the list's folder (absolute or '..'); "
-            f"paths in a list file are relative to {list_file.parent.resolve()}"
+            f"paths in a list file are relative to {folder}"
         )
     return path.as_posix()
 
@@ -255,6 +291,9 @@ def _identity_or_missing(path: Path) -> tuple[int, int]:
 
 
 def image_identities(images: ImageList) -> np.ndarray:
-    """(N, 2) int64: each image's file identity (size, mtime), one stat per file, no tuple kept per row."""
+    """(N, 2) int64: each image's identity: as listed (objects: size, ETag; shard samples: the shard's),
+    or for files (size, mtime), one stat per file, no tuple kept per row."""
+    if images.identities is not None:
+        return images.identities
     pairs = itertools.chain.from_iterable(_identity_or_missing(images.root / p) for p in images.paths)
     return np.fromiter(pairs, np.int64, count=2 * len(images.paths)).reshape(-1, 2)

@@ -3,13 +3,12 @@
 Ray Data shards the list of images to embed; a pool of actors, each holding the backbone (one per
 GPU, or one per CPU slot), decodes and embeds its shards in batches; the rows stream back to the
 driver, which alone writes the journal and the HDF5 store - so "up to date", resume after a kill
-and the lock behave exactly as in a local run. Workers read the images and a `--weights` file
-from the same paths as the driver (a shared file system on a multi-machine cluster).
+and the lock behave exactly as in a local run. The actors read the images themselves: from an object
+store (each its own client), or from the same paths as the driver (a shared file system on a
+multi-machine cluster), as a `--weights` file.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 
@@ -52,7 +51,7 @@ class EmbedShard:
     CPUs there is one actor per core, each single-threaded: decoding in one overlaps the forward
     pass in another."""
 
-    def __init__(self, backbone: str, weights, device: str, graph: bytes | None, root: str, trust_pickle: bool, recipe):
+    def __init__(self, backbone: str, weights, device: str, graph: bytes | None, source, trust_pickle: bool, recipe):
         from .backbones import get_backbone
         from .engines import TorchEmbedder, onnx_embedder
 
@@ -62,12 +61,12 @@ class EmbedShard:
         else:
             self.embedder = TorchEmbedder(record.load(weights, trust_pickle, recipe), device, record.name)
         self.transform = self.embedder.preprocessing.transform()
-        self.root = Path(root)
+        self.source = source  # sources.ImageSource: this actor reads the images itself (files or objects)
 
     def __call__(self, batch: dict) -> dict:
         """{position, path} rows -> {position, vector, reason} rows (a zero vector where the reason says
         why the image was not decoded, "" where it was)."""
-        items = [(k, *decode_or_reason(self.root / str(p), self.transform)) for k, p in enumerate(batch["path"])]
+        items = [(k, *decode_or_reason(self.source, str(p), self.transform)) for k, p in enumerate(batch["path"])]
         good, crops, _ = stacked_readable(items)
         vectors = np.zeros((len(items), self.embedder.feature_dim), np.float32)
         if good:
@@ -76,7 +75,7 @@ class EmbedShard:
 
 
 def iter_vectors_ray(
-    ray, record, weights, graph: bytes | None, options, root: Path, paths: list[str], desc: str = "images"
+    ray, record, weights, graph: bytes | None, options, source, paths: list[str], desc: str = "images"
 ):
     """As featurize.batches.iter_vectors, on the cluster: yields (positions of the good images in
     `paths`, their vectors, [(position, reason)]), batch by batch as they arrive (in any order).
@@ -86,7 +85,7 @@ def iter_vectors_ray(
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # ours is the one bar
     _quiet_ray_logs()  # again: ray.data sets up its loggers when first used
-    embedded = _embedded(ray, record, weights, graph, options, root, paths)
+    embedded = _embedded(ray, record, weights, graph, options, source, paths)
     with tqdm(total=len(paths), unit="img", desc=desc, disable=not options.progress, smoothing=0.1) as bar:
         try:
             yield from _arriving(embedded, bar)
@@ -94,7 +93,7 @@ def iter_vectors_ray(
             raise _cluster_failed(ray, error, options.ray) from None
 
 
-def _embedded(ray, record, weights, graph: bytes | None, options, root: Path, paths: list[str]):
+def _embedded(ray, record, weights, graph: bytes | None, options, source, paths: list[str]):
     """The Ray dataset of `paths`, sharded into blocks, embedded by a pool of EmbedShard actors."""
     batch_size = options.batch_size or max(1, default_batch_size(options.device) // options.recipe.views)
     actors = default_actors(ray, options.device)
@@ -112,7 +111,7 @@ def _embedded(ray, record, weights, graph: bytes | None, options, root: Path, pa
             "weights": weights,
             "device": "cuda" if gpus else "cpu",
             "graph": graph,
-            "root": str(root),
+            "source": source,
             "trust_pickle": options.trust_pickle,
             "recipe": options.recipe,
         },

@@ -92,6 +92,7 @@ class RunOptions:
     trust_pickle: bool = False  # a --weights file may hold pickled objects (loading them runs its code)
     verify: bool = False  # check every stored vector against its checksum
     name: str | None = None  # the dataset's readable name (None: its folder's); names the file, not its vectors
+    storage_options: tuple = ()  # (key, value) pairs for an object store's client (never written down)
 
 
 # Over a screen only in its keyword list and its docstring: the library's front door, whose keywords
@@ -113,6 +114,7 @@ def extract(
     recipe: Recipe = Recipe(),
     verify: bool = False,
     name: str | None = None,
+    storage_options: tuple = (),
 ) -> ExtractResult:
     """Bring the feature store of `data` under `out` up to date and return what was done.
 
@@ -123,7 +125,9 @@ def extract(
     stages, pooling, input size and views make each vector (backbones.Recipe; its own file and fingerprint).
     `verify`: check every stored vector against its checksum (also done when a reader has left the
     store's damage mark) and extract the images of damaged ones again. `name`: the readable part of
-    the dataset's name (and of the file's) instead of the folder's; the same name finds the same file."""
+    the dataset's name (and of the file's) instead of the folder's; the same name finds the same file.
+    `data` may be a URL of an object store, WebDataset shards or a manifest (featurize.discovery);
+    `storage_options`: (key, value) pairs for the store's client (featurize.remote)."""
     device = run_device(device, ray)
     options = RunOptions(
         device=device,
@@ -138,6 +142,7 @@ def extract(
         trust_pickle=trust_pickle,
         verify=verify,
         name=name,
+        storage_options=tuple(storage_options),
     )
     try:
         return _extract(data, backbone, weights, Path(out), options)
@@ -168,7 +173,7 @@ class Run:
 
 def _extract(data, backbone: str, weights: str | None, out: Path, options: RunOptions) -> ExtractResult:
     started = time.perf_counter()
-    images = discover(data, options.name)
+    images = discover(data, options.name, options.storage_options)
     record = get_backbone(backbone)
     options = replace(options, recipe=options.recipe.for_backbone(record))
     spec = FeatureSpec(
@@ -185,6 +190,7 @@ def _extract(data, backbone: str, weights: str | None, out: Path, options: RunOp
     with exclusive(store), _sigterm_as_interrupt():
         result = _bring_up_to_date(run)
     result.reused = result.total - result.extracted
+    result.notes = images.notes + result.notes
     result.seconds = time.perf_counter() - started
     _check_readable(result, options.strict)
     return result
@@ -371,7 +377,7 @@ def _vector_batches(run: Run, paths: list[str]):
             graph = backbone_graph(
                 spec.backbone, spec.weights, spec.fingerprint, graph_cache_dir(), options.trust_pickle, options.recipe
             )
-        return iter_vectors_ray(ray, spec.backbone, spec.weights, graph, options, run.images.root, paths, desc)
+        return iter_vectors_ray(ray, spec.backbone, spec.weights, graph, options, run.images.reader, paths, desc)
     model = load_embedder(
         spec.backbone,
         spec.weights,
@@ -383,7 +389,14 @@ def _vector_batches(run: Run, paths: list[str]):
         options.recipe,
     )
     return iter_vectors(
-        model, options.device, run.images.root, paths, options.batch_size, options.workers, options.progress, desc=desc
+        model,
+        options.device,
+        run.images.reader,
+        paths,
+        options.batch_size,
+        options.workers,
+        options.progress,
+        desc=desc,
     )
 
 

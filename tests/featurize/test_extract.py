@@ -255,16 +255,16 @@ def test_decoding_threads_give_one_threads_batches_in_order(class_folders):
     (class_folders / "cats" / "broken.png").write_bytes(b"not a png")
     images = discover(class_folders)
     transform = crop_transform(40, 32, "bilinear")
-    alone = list(decoded_in_threads(images.root, images.paths, transform, 3, 0))
-    threaded = list(decoded_in_threads(images.root, images.paths, transform, 3, 4))
+    alone = list(decoded_in_threads(images.reader, images.paths, transform, 3, 0))
+    threaded = list(decoded_in_threads(images.reader, images.paths, transform, 3, 4))
     assert len(alone) == len(threaded) == 3 and any(bad for _, _, bad in threaded)
     for (good, crops, bad), (good_t, crops_t, bad_t) in zip(alone, threaded):
         assert good == good_t and bad == bad_t
         np.testing.assert_array_equal(crops, crops_t)
     positions = [i for good, _, bad in threaded for i in good + [j for j, _ in bad]]
     assert sorted(positions) == list(range(len(images.paths)))
-    assert list(decoded_in_threads(images.root, [], transform, 3, 2)) == []
-    batches = decoded_in_threads(images.root, images.paths * 20, transform, 2, 2)
+    assert list(decoded_in_threads(images.reader, [], transform, 3, 2)) == []
+    batches = decoded_in_threads(images.reader, images.paths * 20, transform, 2, 2)
     next(batches)
     batches.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("decode")]

@@ -1,0 +1,193 @@
+"""`--data s3://...` through cli.py, against a real S3 server on loopback (moto's, behind a proxy that
+counts the requests and injects faults: tests/s3_server.py)."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from featurize import load_features
+from tests.conftest import REPO, write_image
+from tests.s3_server import ACCESS_KEY, SECRET_KEY, S3Server
+from tests.test_cli import assert_ends_in_one_error_line, cli_process
+
+pytest.importorskip("s3fs")
+pytest.importorskip("moto")
+
+RANDOM = ("--backbone", "resnet18", "--weights", "random", "--engine", "torch", "--quiet")
+
+
+@pytest.fixture(scope="module")
+def server():
+    s3 = S3Server()
+    yield s3
+    s3.stop()
+
+
+@pytest.fixture
+def s3(server, tmp_path, monkeypatch, request):
+    """The server, a fresh bucket named after the test, the client's environment set (subprocesses
+    inherit it); the proxy's counts and faults cleared."""
+    for name, value in server.env(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to look for
+    server.bucket = "b" + str(abs(hash(request.node.name)))[:12]
+    server.client().create_bucket(Bucket=server.bucket)
+    server.proxy.requests.clear()
+    server.proxy.failing.clear()
+    server.proxy.denied.clear()
+    return server
+
+
+def _pets(root, count=4):
+    for i in range(count):
+        write_image(root / "train" / "cats" / f"c{i}.png", seed=i)
+        write_image(root / "train" / "dogs" / f"d{i}.jpg", seed=10 + i)
+    write_image(root / "val" / "cats" / "v0.png", seed=20)
+    write_image(root / "val" / "dogs" / "v1.jpg", seed=21)
+    return root
+
+
+def _extract(data, out, *extra):
+    code, said = cli_process("extract", "--data", data, "--out", out, *RANDOM, *extra)
+    assert code == 0, said
+    store = [line for line in said.splitlines() if line.startswith("features: ")]
+    assert store, said
+    return said, load_features(store[-1].split("features: ")[1])
+
+
+def _same_vectors(a, b):
+    order = np.argsort(b.paths)
+    assert list(a.paths) == list(b.paths[order])
+    assert list(a.y) == list(b.y[order]) and list(a.splits) == list(b.splits[order])
+    np.testing.assert_allclose(a.X, b.X[order], atol=1e-5)
+
+
+def test_a_bucket_gives_the_local_vectors_then_a_rerun_reads_no_object(s3, tmp_path):
+    local = _pets(tmp_path / "pets")
+    s3.upload_folder(local, s3.bucket, "data")
+    url = f"s3://{s3.bucket}/data/"
+    said, remote = _extract(url, tmp_path / "out", "--workers", "2")  # DataLoader worker processes
+    assert s3.proxy.gets() == 10 and "10 extracted" in said
+    _, reference = _extract(local, tmp_path / "local", "--workers", "2")
+    _same_vectors(remote, reference)
+    assert remote.data_root == url.rstrip("/") and remote.config == reference.config
+
+    s3.proxy.requests.clear()
+    said, _ = _extract(url, tmp_path / "out")
+    assert "up to date: 10 images" in said and s3.proxy.gets() == 0  # listed, nothing fetched
+
+    client = s3.client()
+    client.delete_object(Bucket=s3.bucket, Key="data/train/dogs/d0.jpg")
+    write_image(tmp_path / "new.png", seed=77)
+    client.put_object(Bucket=s3.bucket, Key="data/train/cats/new.png", Body=(tmp_path / "new.png").read_bytes())
+    client.put_object(Bucket=s3.bucket, Key="data/train/cats/c1.png", Body=(local / "train/cats/c0.png").read_bytes())
+    said, updated = _extract(url, tmp_path / "out")
+    assert "2 extracted" in said and "8 reused, 1 dropped" in said and s3.proxy.gets() == 2, said
+    c0, c1 = (list(updated.paths).index(f"train/cats/c{i}.png") for i in (0, 1))
+    np.testing.assert_allclose(updated.X[c1], updated.X[c0], atol=1e-6)  # the replaced object's new vector
+
+
+def test_a_flaky_object_is_retried_and_a_forbidden_one_is_listed_with_its_reason(s3, tmp_path):
+    s3.upload_folder(_pets(tmp_path / "pets"), s3.bucket, "data")
+    s3.proxy.failing["/data/train/cats/c1.png"] = [500, 3]  # three 500s, then the object
+    s3.proxy.denied.add("/data/train/dogs/d2.jpg")  # a 403 every time
+    said, store = _extract(f"s3://{s3.bucket}/data", tmp_path / "out", "--workers", "0")
+    assert "9 extracted" in said and "1 unreadable" in said, said
+    assert store.skipped == [("train/dogs/d2.jpg", store.skipped[0][1])] and "access denied" in store.skipped[0][1]
+    assert "train/cats/c1.png" in list(store.paths)
+    assert s3.proxy.gets("/data/train/cats/c1.png") == 4  # retried until it came
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("wrong key", "access denied"),
+        ("no bucket", "no such bucket"),
+        ("no credentials", "no credentials found"),
+        ("no prefix", "nothing there"),
+    ],
+)
+def test_a_store_that_refuses_is_one_line_before_any_work(s3, tmp_path, monkeypatch, case, expected):
+    s3.upload_folder(_pets(tmp_path / "pets", 1), s3.bucket, "data")
+    url = f"s3://{s3.bucket}/data/"
+    if case == "wrong key":
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "not-a-key")
+    elif case == "no bucket":
+        url = "s3://no-such-bucket-here/data/"
+    elif case == "no credentials":
+        monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+        monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    else:
+        url = f"s3://{s3.bucket}/elsewhere/"
+    code, said = cli_process("extract", "--data", url, "--out", tmp_path / "out", *RANDOM)
+    assert_ends_in_one_error_line(code, said, expected)
+    assert not (tmp_path / "out" / "features").exists() or not list((tmp_path / "out" / "features").glob("*.h5"))
+    assert s3.proxy.gets() == 0
+
+
+def test_credentials_given_as_storage_options_are_never_written(s3, tmp_path, monkeypatch):
+    s3.upload_folder(_pets(tmp_path / "pets", 1), s3.bucket, "data")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    options = ("--storage-option", f"key={ACCESS_KEY}", "--storage-option", f"secret={SECRET_KEY}")
+    said, store = _extract(f"s3://{s3.bucket}/data", tmp_path / "out", *options)
+    assert len(store.paths) == 4 and SECRET_KEY not in said
+    for path in (tmp_path / "out").rglob("*"):
+        assert not path.is_file() or SECRET_KEY.encode() not in path.read_bytes(), path
+    code, said = cli_process("extract", "--data", "s3://x/y", "--storage-option", "novalue", *RANDOM)
+    assert_ends_in_one_error_line(code, said, "--storage-option 'novalue': expected KEY=VALUE")
+
+
+def test_kill_9_mid_run_and_an_immediate_rerun_finish_the_bucket(s3, tmp_path):
+    local = tmp_path / "many"
+    for i in range(48):
+        write_image(local / ("a" if i % 2 else "b") / f"{i:03d}.png", seed=i, size=(160, 120))
+    s3.upload_folder(local, s3.bucket, "many")
+    out, url = tmp_path / "out", f"s3://{s3.bucket}/many"
+    command = [sys.executable, "cli.py", "extract", "--data", url, "--out", out, *RANDOM, "--batch-size", "2"]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    process = subprocess.Popen([str(c) for c in command], cwd=REPO, **quiet)
+    deadline = time.monotonic() + 120
+    while not any((out / "features").glob("*.partial")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    said, store = _extract(url, out)
+    assert "resuming" in said or "48 extracted" not in said, said
+    _, reference = _extract(local, tmp_path / "local")
+    _same_vectors(store, reference)
+
+
+def test_predict_reads_a_bucket_folder_and_single_objects(s3, tmp_path):
+    local = _pets(tmp_path / "pets")
+    s3.upload_folder(local, s3.bucket, "data")
+    _extract(local, tmp_path / "out")
+    code, said = cli_process("fit", "--clf", "logreg", "--out", tmp_path / "out", "--quiet")
+    assert code == 0, said
+    model = said.split("model: ")[1].split(" (+")[0]
+    urls = (f"s3://{s3.bucket}/data/val/", f"s3://{s3.bucket}/data/train/cats/c0.png")
+    code, said = cli_process("predict", "--model", model, *urls, "--out", tmp_path / "remote.csv")
+    assert code == 0 and "3 images, 0 unreadable" in said, said
+    paths = [local / "val/cats/v0.png", local / "val/dogs/v1.jpg", local / "train/cats/c0.png"]
+    code, said = cli_process("predict", "--model", model, *paths, "--out", tmp_path / "local.csv")
+    assert code == 0, said
+    remote_rows, local_rows = (list(csv.reader(open(tmp_path / f"{n}.csv"))) for n in ("remote", "local"))
+    assert [r[0] for r in remote_rows[1:]] == [f"s3://{s3.bucket}/data/{p.relative_to(local)}" for p in paths]
+    assert [r[1:] for r in remote_rows] == [r[1:] for r in local_rows]
+
+
+def test_ray_actors_read_the_bucket_themselves(s3, tmp_path):
+    pytest.importorskip("ray")
+    local = _pets(tmp_path / "pets")
+    s3.upload_folder(local, s3.bucket, "data")
+    said, store = _extract(f"s3://{s3.bucket}/data", tmp_path / "out", "--ray", "local")
+    assert "10 extracted" in said and s3.proxy.gets() == 10
+    _, reference = _extract(local, tmp_path / "local")
+    _same_vectors(store, reference)
