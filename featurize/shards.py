@@ -60,10 +60,9 @@ def discover_shards(pattern: str, storage_options: tuple = ()) -> ImageList:
             spans[path] = (shard.name, start, end)
             identities.append(shard.identity)
     public = public_url(folder) if remote else str(Path(folder).resolve())
-    readable = public.rsplit("/", 1)[-1] + "-shards"
     images = ImageList(
         public,
-        dataset_name(readable, f"{public}/{Path(pattern).name}"),
+        dataset_name(public.rsplit("/", 1)[-1], f"{public}/{Path(pattern).name}"),
         "shards",
         [],
         source=public_url(pattern) if remote else pattern,
@@ -118,12 +117,12 @@ class _Shard:
     def _read_index(self) -> dict:
         """Stream the shard: where each sample's image is, and its label; where the shard is cut."""
         images, labels, cut_at = {}, {}, None
-        with self._open() as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
-            try:
+        try:
+            with self._open() as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
                 for member in tar:
                     _take(tar, member, images, labels)
-            except (tarfile.TarError, EOFError, OSError) as error:
-                cut_at = str(error) or type(error).__name__
+        except (tarfile.TarError, EOFError, OSError) as error:
+            cut_at = str(error) or type(error).__name__
         samples = {}
         for key, (name, start, end) in sorted(images.items()):
             if end > self.identity[0]:

@@ -147,3 +147,28 @@ def generated_store(folder: Path, rows: int, dim: int = 8, classes: int = 7):
     store = folder / "scale.h5"
     write_store(store, images, identities, placement, dim, attrs, VectorReader(dim, memory=X))
     return store, images, identities, attrs, X
+
+
+@pytest.fixture(scope="session")
+def server():
+    """A real S3 server on loopback (moto's, behind the counting, fault-injecting proxy of tests/s3_server.py)."""
+    from tests.s3_server import S3Server
+
+    s3 = S3Server()
+    yield s3
+    s3.stop()
+
+
+@pytest.fixture
+def s3(server, tmp_path, monkeypatch, request):
+    """The server, a fresh bucket named after the test, the client's environment set (subprocesses
+    inherit it); the proxy's counts and faults cleared."""
+    for name, value in server.env(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to look for
+    server.bucket = "b" + str(abs(hash(request.node.name)))[:12]
+    server.client().create_bucket(Bucket=server.bucket)
+    server.proxy.requests.clear()
+    server.proxy.failing.clear()
+    server.proxy.denied.clear()
+    return server

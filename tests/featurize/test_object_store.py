@@ -13,35 +13,10 @@ import pytest
 
 from featurize import load_features
 from tests.conftest import REPO, write_image
-from tests.s3_server import ACCESS_KEY, SECRET_KEY, S3Server
+from tests.s3_server import ACCESS_KEY, SECRET_KEY
 from tests.test_cli import assert_ends_in_one_error_line, cli_process
 
-pytest.importorskip("s3fs")
-pytest.importorskip("moto")
-
 RANDOM = ("--backbone", "resnet18", "--weights", "random", "--engine", "torch", "--quiet")
-
-
-@pytest.fixture(scope="module")
-def server():
-    s3 = S3Server()
-    yield s3
-    s3.stop()
-
-
-@pytest.fixture
-def s3(server, tmp_path, monkeypatch, request):
-    """The server, a fresh bucket named after the test, the client's environment set (subprocesses
-    inherit it); the proxy's counts and faults cleared."""
-    for name, value in server.env(tmp_path).items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to look for
-    server.bucket = "b" + str(abs(hash(request.node.name)))[:12]
-    server.client().create_bucket(Bucket=server.bucket)
-    server.proxy.requests.clear()
-    server.proxy.failing.clear()
-    server.proxy.denied.clear()
-    return server
 
 
 def _pets(root, count=4):
@@ -184,7 +159,6 @@ def test_predict_reads_a_bucket_folder_and_single_objects(s3, tmp_path):
 
 
 def test_ray_actors_read_the_bucket_themselves(s3, tmp_path):
-    pytest.importorskip("ray")
     local = _pets(tmp_path / "pets")
     s3.upload_folder(local, s3.bucket, "data")
     said, store = _extract(f"s3://{s3.bucket}/data", tmp_path / "out", "--ray", "local")
