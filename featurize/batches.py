@@ -121,7 +121,7 @@ def iter_vectors(
 
     views = getattr(model, "views", 1)  # --tta: each image is this many in a forward pass
     batch_size = batch_size or max(1, default_batch_size(device) // views)
-    workers = default_workers(model.engine) if workers is None else min(workers, len(paths))
+    workers = default_workers(model.engine, source.remote is not None) if workers is None else min(workers, len(paths))
     transform = model.preprocessing.transform()
     decode = decoded_in_threads if model.engine == "onnxruntime" else decoded_in_processes
     batches = decode(source, paths, transform, batch_size, workers, device)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import socket
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -37,6 +38,7 @@ class FaultProxy(ThreadingHTTPServer):
         self.requests: Counter = Counter()  # (method, path without query) -> count
         self.failing: dict[str, list] = {}  # key ending -> [status, times left]
         self.denied: set[str] = set()
+        self.latency_s = 0.0  # added before answering each request (a store farther away than loopback)
         self.lock = threading.Lock()
 
     def fault(self, method: str, path: str):
@@ -73,6 +75,8 @@ class _Forward(BaseHTTPRequestHandler):
         listing = "list-type=" in self.path or "delimiter=" in self.path or path.rstrip("/").count("/") <= 1
         if f"Credential={ACCESS_KEY}/" not in (self.headers.get("Authorization") or ""):
             return self._answer(403, _s3_error("InvalidAccessKeyId", "The AWS Access Key Id does not exist."))
+        if server.latency_s:
+            time.sleep(server.latency_s)
         fault = server.fault(self.command, "LIST" + path if listing else path)
         if fault:
             return self._answer(fault[0], _s3_error(fault[1], "injected by the test"))
