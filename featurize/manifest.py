@@ -28,27 +28,30 @@ def is_manifest(text: str) -> bool:
 
 def discover_manifest(where: str, storage_options: tuple = ()) -> ImageList:
     remote = Remote.of(where, storage_options) if is_url(where) else None
-    shown = public_url(where) if remote else where
-    table = _read_table(where, remote, shown)
-    rows = [(_path(r["path"], shown, n), str(r["label"]).strip(), _split(r.get("split"), shown, n)) for n, r in table]
-    if not rows:
-        raise DataError(f"--data {shown}: no rows")
+    shown = public_url(where) if remote else str(Path(where).resolve())
+    rows = _rows(where, remote, shown)
     folder = where.rpartition("/")[0] if remote else str(Path(where).resolve().parent)
-    url_rows = [p for p, _, _ in rows if is_url(p)]
-    if url_rows and remote is None:
-        remote = Remote.of(url_rows[0], storage_options)
+    first_url = next((p for p, _, _ in rows if is_url(p)), None)
+    if first_url and remote is None:  # a local manifest of objects
+        remote = Remote.of(first_url, storage_options)
     public = public_url(folder) if is_url(folder) else folder
     images = ImageList(
-        public,
-        dataset_name(Path(where).stem, public_url(where) if is_url(where) else str(Path(where).resolve())),
-        "manifest",
-        [],
-        source=public_url(where) if is_url(where) else str(Path(where).resolve()),
-        reader=ImageSource(folder, remote),
+        public, dataset_name(Path(where).stem, shown), "manifest", [], source=shown, reader=ImageSource(folder, remote)
     )
     from_rows(rows, images)
     images.identities = _identities(images)
     return images
+
+
+def _rows(where: str, remote: Remote | None, shown: str) -> list[tuple[str, str, str]]:
+    """(path, label, split) of every row of the manifest."""
+    rows = [
+        (_path(r["path"], shown, n), str(r["label"]).strip(), _split(r.get("split"), shown, n))
+        for n, r in _read_table(where, remote, shown)
+    ]
+    if not rows:
+        raise DataError(f"--data {shown}: no rows")
+    return rows
 
 
 def _read_table(where: str, remote: Remote | None, shown: str) -> list[tuple[int, dict]]:

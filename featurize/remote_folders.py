@@ -78,21 +78,22 @@ def _per_split(listed: dict) -> dict[str, dict[str, list[str]]]:
     """split -> class -> sorted image paths, from the listed paths: split folders when there are any
     (train/ val/ ...), else class folders (files at the top are not in a class)."""
     images = sorted(p for p in listed if _is_image(p.rsplit("/", 1)[-1]) and not _hidden(p))
-    split_of = {p.split("/", 1)[0]: SPLIT_ALIASES[p.split("/", 1)[0].lower()] for p in images if p.count("/") >= 2}
-    split_of = {folder: split for folder, split in split_of.items() if folder.lower() in SPLIT_ALIASES}
+    has_splits = any(p.count("/") >= 2 and p.split("/", 1)[0].lower() in SPLIT_ALIASES for p in images)
     per_split: dict[str, dict[str, list[str]]] = {}
     for path in images:
-        parts = path.split("/")
-        if split_of:
-            if parts[0] not in split_of or len(parts) < 3:
-                continue
-            split, class_name = split_of[parts[0]], parts[1]
-        elif len(parts) >= 2:
-            split, class_name = "", parts[0]
-        else:
-            continue
-        per_split.setdefault(split, {}).setdefault(class_name, []).append(path)
+        place = _place(path.split("/"), has_splits)
+        if place:
+            per_split.setdefault(place[0], {}).setdefault(place[1], []).append(path)
     return {split: per_split[split] for split in ("", *SPLITS) if split in per_split}
+
+
+def _place(parts: list[str], has_splits: bool) -> tuple[str, str] | None:
+    """(split, class) of an image's path parts; None for one outside every class (or split) folder."""
+    if not has_splits:
+        return ("", parts[0]) if len(parts) >= 2 else None
+    if len(parts) >= 3 and parts[0].lower() in SPLIT_ALIASES:
+        return SPLIT_ALIASES[parts[0].lower()], parts[1]
+    return None
 
 
 def _hidden(path: str) -> bool:

@@ -40,39 +40,50 @@ def discover_shards(pattern: str, storage_options: tuple = ()) -> ImageList:
     urls = list(braceexpand(pattern))
     remote = Remote.of(urls[0], storage_options) if is_url(urls[0]) else None
     folder = urls[0].rpartition("/")[0] or "."
+    shown = public_url(pattern) if remote else pattern
     if any(url.rpartition("/")[0] != urls[0].rpartition("/")[0] for url in urls):
-        raise DataError(f"--data {public_url(pattern) if remote else pattern}: the shards must be in one folder")
+        raise DataError(f"--data {shown}: the shards must be in one folder")
     shards = [_Shard(url, remote) for url in urls]
-    classes = _class_names(folder, remote)
-    rows, spans, identities, notes = [], {}, [], []
-    for shard in shards:
-        index = shard.index()
-        if index["cut_at"] is not None:
-            notes.append(_cut_note(shard, index))
-        if index["unlabelled"]:
-            notes.append(
-                f"shard {shard.name}: {len(index['unlabelled'])} images with no KEY.cls label left out "
-                f"(first: {index['unlabelled'][0]})"
-            )
-        for key, (name, start, end, label) in index["samples"].items():
-            path = f"{shard.name}/{name}"
-            rows.append((path, _label_name(label, classes, shard, key), _split_of(shard.name)))
-            spans[path] = (shard.name, start, end)
-            identities.append(shard.identity)
+    rows, spans, identities, notes = _samples(shards, _class_names(folder, remote))
+    if not rows:
+        raise DataError(f"--data {shown}: no samples (KEY.jpg + KEY.cls) in {len(shards)} shards")
     public = public_url(folder) if remote else str(Path(folder).resolve())
     images = ImageList(
         public,
         dataset_name(public.rsplit("/", 1)[-1], f"{public}/{Path(pattern).name}"),
         "shards",
         [],
-        source=public_url(pattern) if remote else pattern,
-        reader=ImageSource(folder if remote else str(Path(folder).resolve()), remote, spans),
+        source=shown,
+        reader=ImageSource(folder if remote else public, remote, spans),
         identities=np.asarray(identities, np.int64).reshape(-1, 2),
         notes=notes,
     )
-    if not rows:
-        raise DataError(f"--data {images.source}: no samples (KEY.jpg + KEY.cls) in {len(shards)} shards")
     return from_rows(rows, images)
+
+
+def _samples(shards: list, classes: list[str] | None) -> tuple[list, dict, list, list[str]]:
+    """Every sample of `shards`: ([(path, class name, split)], {path: span}, [identity], [notes])."""
+    rows, spans, identities, notes = [], {}, [], []
+    for shard in shards:
+        index = shard.index()
+        notes += _notes(shard, index)
+        for key, (name, start, end, label) in index["samples"].items():
+            path = f"{shard.name}/{name}"
+            rows.append((path, _label_name(label, classes, shard, key), _split_of(shard.name)))
+            spans[path] = (shard.name, start, end)
+            identities.append(shard.identity)
+    return rows, spans, identities, notes
+
+
+def _notes(shard, index: dict) -> list[str]:
+    """What a shard's index has to say: where it is cut, the images with no label."""
+    notes = [_cut_note(shard, index)] if index["cut_at"] is not None else []
+    if index["unlabelled"]:
+        notes.append(
+            f"shard {shard.name}: {len(index['unlabelled'])} images with no KEY.cls label left out "
+            f"(first: {index['unlabelled'][0]})"
+        )
+    return notes
 
 
 class _Shard:
