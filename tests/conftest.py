@@ -168,6 +168,9 @@ def s3(server, tmp_path, monkeypatch, request):
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to look for
     server.bucket = "b" + str(abs(hash(request.node.name)))[:12]
     server.client().create_bucket(Bucket=server.bucket)
+    from featurize import remote
+
+    remote._filesystems.clear()  # a client of another test's credentials is not this test's
     server.proxy.requests.clear()
     server.proxy.failing.clear()
     server.proxy.denied.clear()

@@ -11,10 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from featurize import load_features
+from featurize import extract, load_features
 from tests.conftest import REPO, write_image
 from tests.s3_server import ACCESS_KEY, SECRET_KEY
-from tests.test_cli import assert_ends_in_one_error_line, cli_process
+from tests.test_cli import assert_ends_in_one_error_line, assert_one_line_error, cli_process, run
 
 RANDOM = ("--backbone", "resnet18", "--weights", "random", "--engine", "torch", "--quiet")
 
@@ -36,6 +36,12 @@ def _extract(data, out, *extra):
     return said, load_features(store[-1].split("features: ")[1])
 
 
+def _local(folder, out):
+    """The reference: the local copy extracted in this process (the same settings as RANDOM)."""
+    settings = {"backbone": "resnet18", "weights": "random", "engine": "torch", "progress": False}
+    return None, load_features(extract(data=folder, out=out, workers=0, **settings).store)
+
+
 def _same_vectors(a, b):
     order = np.argsort(b.paths)
     assert list(a.paths) == list(b.paths[order])
@@ -49,7 +55,7 @@ def test_a_bucket_gives_the_local_vectors_then_a_rerun_reads_no_object(s3, tmp_p
     url = f"s3://{s3.bucket}/data/"
     said, remote = _extract(url, tmp_path / "out", "--workers", "2")  # DataLoader worker processes
     assert s3.proxy.gets() == 10 and "10 extracted" in said
-    _, reference = _extract(local, tmp_path / "local", "--workers", "2")
+    _, reference = _local(local, tmp_path / "local")
     _same_vectors(remote, reference)
     assert remote.data_root == url.rstrip("/") and remote.config == reference.config
 
@@ -100,8 +106,7 @@ def test_a_store_that_refuses_is_one_line_before_any_work(s3, tmp_path, monkeypa
         monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     else:
         url = f"s3://{s3.bucket}/elsewhere/"
-    code, said = cli_process("extract", "--data", url, "--out", tmp_path / "out", *RANDOM)
-    assert_ends_in_one_error_line(code, said, expected)
+    assert_one_line_error(run("extract", "--data", url, "--out", tmp_path / "out", *RANDOM), expected)
     assert not (tmp_path / "out" / "features").exists() or not list((tmp_path / "out" / "features").glob("*.h5"))
     assert s3.proxy.gets() == 0
 
@@ -136,23 +141,23 @@ def test_kill_9_mid_run_and_an_immediate_rerun_finish_the_bucket(s3, tmp_path):
     process.wait()
     said, store = _extract(url, out)
     assert "resuming" in said or "48 extracted" not in said, said
-    _, reference = _extract(local, tmp_path / "local")
+    _, reference = _local(local, tmp_path / "local")
     _same_vectors(store, reference)
 
 
 def test_predict_reads_a_bucket_folder_and_single_objects(s3, tmp_path):
     local = _pets(tmp_path / "pets")
     s3.upload_folder(local, s3.bucket, "data")
-    _extract(local, tmp_path / "out")
-    code, said = cli_process("fit", "--clf", "logreg", "--out", tmp_path / "out", "--quiet")
-    assert code == 0, said
-    model = said.split("model: ")[1].split(" (+")[0]
+    _local(local, tmp_path / "out")
+    fitted = run("fit", "--clf", "logreg", "--out", tmp_path / "out", "--quiet")
+    assert fitted.exit_code == 0, fitted.output
+    model = fitted.output.split("model: ")[1].split(" (+")[0]
     urls = (f"s3://{s3.bucket}/data/val/", f"s3://{s3.bucket}/data/train/cats/c0.png")
     code, said = cli_process("predict", "--model", model, *urls, "--out", tmp_path / "remote.csv")
     assert code == 0 and "3 images, 0 unreadable" in said, said
     paths = [local / "val/cats/v0.png", local / "val/dogs/v1.jpg", local / "train/cats/c0.png"]
-    code, said = cli_process("predict", "--model", model, *paths, "--out", tmp_path / "local.csv")
-    assert code == 0, said
+    predicted = run("predict", "--model", model, *paths, "--out", tmp_path / "local.csv", "--quiet")
+    assert predicted.exit_code == 0, predicted.output
     remote_rows, local_rows = (list(csv.reader(open(tmp_path / f"{n}.csv"))) for n in ("remote", "local"))
     assert [r[0] for r in remote_rows[1:]] == [f"s3://{s3.bucket}/data/{p.relative_to(local)}" for p in paths]
     assert [r[1:] for r in remote_rows] == [r[1:] for r in local_rows]
@@ -163,5 +168,5 @@ def test_ray_actors_read_the_bucket_themselves(s3, tmp_path):
     s3.upload_folder(local, s3.bucket, "data")
     said, store = _extract(f"s3://{s3.bucket}/data", tmp_path / "out", "--ray", "local")
     assert "10 extracted" in said and s3.proxy.gets() == 10
-    _, reference = _extract(local, tmp_path / "local")
+    _, reference = _local(local, tmp_path / "local")
     _same_vectors(store, reference)

@@ -10,7 +10,7 @@ import pytest
 
 from featurize import discover, extract, load_features
 from tests.conftest import write_image
-from tests.featurize.test_object_store import RANDOM, _extract, _pets
+from tests.featurize.test_object_store import RANDOM, _extract, _local, _pets
 from tests.test_cli import assert_ends_in_one_error_line, cli_process
 
 IN_PROCESS = {"backbone": "resnet18", "weights": "random", "engine": "torch", "workers": 0, "progress": False}
@@ -94,7 +94,7 @@ def test_shards_in_a_bucket_are_indexed_once(s3, tmp_path):
     s3.upload_folder(tmp_path / "shards", s3.bucket, "shards")
     pattern = f"s3://{s3.bucket}/shards/{{train-{{000000..000002}},val-000000}}.tar"
     said, remote = _extract(pattern, tmp_path / "out")
-    _, reference = _extract(folder, tmp_path / "local")
+    _, reference = _local(folder, tmp_path / "local")
     _assert_same(remote, keys, reference)
     assert remote.data_root == f"s3://{s3.bucket}/shards"
     s3.proxy.requests.clear()
@@ -114,7 +114,7 @@ def test_a_manifest_of_files_and_objects_as_csv_and_parquet(s3, tmp_path):
     rows[0]["path"] = str(folder / rows[0]["path"].removeprefix("pets/"))  # an absolute path
     pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
     pd.DataFrame(rows).to_parquet(tmp_path / "manifest.parquet")
-    _, reference = _extract(folder, tmp_path / "local")
+    _, reference = _local(folder, tmp_path / "local")
     for manifest in ("manifest.csv", "manifest.parquet"):
         said, store = _extract(tmp_path / manifest, tmp_path / f"out-{manifest}")
         assert "6 extracted" in said, said
