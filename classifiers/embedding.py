@@ -99,7 +99,7 @@ class BackboneSource:
     def feature_dim(self, device: str = "auto") -> int:
         return self.embedder(device)[0].feature_dim
 
-    def iter_embedded(self, paths, device="auto", batch_size=None, workers=None, progress=False, storage_options=()):
+    def iter_embedded(self, paths, device="auto", batch_size=None, workers=None, progress=False, reader=None):
         from featurize import iter_vectors, source_for_paths
 
         extractor, device = self.embedder(device)
@@ -107,7 +107,7 @@ class BackboneSource:
         return iter_vectors(
             extractor,
             device,
-            source_for_paths(paths, storage_options),
+            reader or source_for_paths(paths),
             paths,
             batch_size,
             (0 if len(paths) < 64 else None) if workers is None else workers,  # few: no pool to start
@@ -138,14 +138,21 @@ def backbone_sources(feature_config: dict | None, weights_source: str = "") -> l
 
 
 def embed_images(
-    sources: list[BackboneSource], images, device: str = "auto", batch_size=None, workers=None, progress=False
+    sources: list[BackboneSource],
+    images,
+    device: str = "auto",
+    batch_size=None,
+    workers=None,
+    progress=False,
+    reader=None,
 ):
-    """Vectors for image paths or PIL images, with the exact backbone(s) and preprocessing of the
-    training features. Returns (vectors of the readable ones, in order; [(position, reason)])."""
+    """Vectors for image paths (read by `reader`, as iter_embedded) or PIL images, with the exact
+    backbone(s) and preprocessing of the training features. Returns (vectors of the readable ones,
+    in order; [(position, reason)])."""
     width = sum(source.feature_dim(device) for source in sources)
     vectors = np.zeros((len(images), width), np.float32)
     on_disk = [i for i, image in enumerate(images) if not is_pil(image)]
-    failures = _embed_files(sources, images, on_disk, vectors, device, batch_size, workers, progress)
+    failures = _embed_files(sources, images, on_disk, vectors, (device, batch_size, workers), progress, reader)
     in_memory = sorted(set(range(len(images))) - set(on_disk))
     if in_memory:
         pil_images = [images[i] for i in in_memory]
@@ -156,14 +163,14 @@ def embed_images(
 
 
 def _embed_files(
-    sources, images, positions: list[int], out: np.ndarray, device, batch_size, workers, progress
+    sources, images, positions: list[int], out: np.ndarray, options: tuple, progress, reader
 ) -> list[tuple[int, str]]:
-    """Embed the image files at `positions` of `images` into those rows of `out`; [(position, reason)]
-    of the unreadable ones."""
+    """Embed the image files at `positions` of `images` into those rows of `out` (`options`: device,
+    batch size, workers); [(position, reason)] of the unreadable ones."""
     failures = []
     if not positions:
         return failures
-    batches = iter_embedded(sources, [images[i] for i in positions], device, batch_size, workers, progress)
+    batches = iter_embedded(sources, [images[i] for i in positions], *options, progress, reader=reader)
     for good, batch, bad in batches:
         out[np.asarray([positions[j] for j in good], dtype=np.int64)] = batch
         failures += [(positions[j], reason) for j, reason in bad]
@@ -177,37 +184,38 @@ def iter_embedded(
     batch_size=None,
     workers=None,
     progress=False,
-    storage_options=(),
+    reader=None,
 ):
-    """Image files (or URLs of objects: `storage_options` for their store's client) embedded batch by
-    batch, in order: (positions of the readable ones in `paths`, their vectors, [(position, reason)]
-    of the others) - memory of one batch."""
+    """Image files (or URLs of objects) embedded batch by batch, read by `reader` (a
+    featurize.ImageSource; None: the paths as they are, with the store's default client), in order:
+    (positions of the readable ones in `paths`, their vectors, [(position, reason)] of the others) -
+    memory of one batch."""
     options = (device, batch_size, workers)
     if len(sources) == 1:
-        return sources[0].iter_embedded(paths, *options, progress, storage_options)
-    return _iter_joined(sources, [str(p) for p in paths], options, progress, storage_options)
+        return sources[0].iter_embedded(paths, *options, progress, reader)
+    return _iter_joined(sources, [str(p) for p in paths], options, progress, reader)
 
 
 JOINED_CHUNK = 256  # images per round of a fused model's backbones: memory of one chunk
 
 
-def _iter_joined(sources, paths, options: tuple, progress, storage_options):
+def _iter_joined(sources, paths, options: tuple, progress, reader):
     """iter_embedded for fused features: each chunk of paths embedded by every backbone in turn.
     `options`: (device, batch size, workers)."""
     from tqdm import tqdm
 
     for start in tqdm(range(0, len(paths), JOINED_CHUNK), unit="chunk", desc="predict", disable=not progress):
-        good, joined, failed = _joined_chunk(sources, paths[start : start + JOINED_CHUNK], options, storage_options)
+        good, joined, failed = _joined_chunk(sources, paths[start : start + JOINED_CHUNK], options, reader)
         yield [start + i for i in good], joined, [(start + i, reason) for i, reason in failed]
 
 
-def _joined_chunk(sources, chunk, options: tuple, storage_options):
+def _joined_chunk(sources, chunk, options: tuple, reader):
     """(positions in `chunk` every backbone read, their vectors joined, [(position, reason)] of the
     others: the first backbone's reason where several failed)."""
     found, failed = [], {}
     for source in sources:
         vectors = {}
-        for good, batch, bad in source.iter_embedded(chunk, *options, storage_options=storage_options):
+        for good, batch, bad in source.iter_embedded(chunk, *options, reader=reader):
             vectors.update(zip(good, batch))
             for position, reason in bad:
                 failed.setdefault(position, reason)

@@ -166,20 +166,17 @@ class FeatureClassifier(ClassifierMixin, BaseEstimator):
             self._sources = cached = embedding.backbone_sources(self.feature_config, self.weights_source)
         return cached
 
-    def embed_images(self, images, device: str = "auto", batch_size=None, workers=None, progress=False):
-        """Vectors for image paths or PIL images, with the exact backbone(s) and preprocessing of the
-        training features. Returns (vectors of the readable ones, in order; [(position, reason)])."""
-        return embedding.embed_images(self.sources(), images, device, batch_size, workers, progress)
+    def embed_images(self, images, device: str = "auto", batch_size=None, workers=None, progress=False, reader=None):
+        """Vectors for image paths (or URLs; `reader`: a featurize.ImageSource that reads them) or PIL
+        images, with the exact backbone(s) and preprocessing of the training features. Returns
+        (vectors of the readable ones, in order; [(position, reason)])."""
+        return embedding.embed_images(self.sources(), images, device, batch_size, workers, progress, reader)
 
-    def iter_embedded(
-        self, paths, device: str = "auto", batch_size=None, workers=None, progress=False, storage_options=()
-    ):
-        """Image files (or URLs of objects, read with `storage_options`) embedded batch by batch, in
-        order: (positions of the readable ones in `paths`, their vectors, [(position, reason)] of the
-        others) - memory of one batch."""
-        return embedding.iter_embedded(
-            self.sources(), paths, device, batch_size, workers, progress, storage_options=storage_options
-        )
+    def iter_embedded(self, paths, device: str = "auto", batch_size=None, workers=None, progress=False, reader=None):
+        """Image files (or URLs of objects; `reader`: a featurize.ImageSource that reads them) embedded
+        batch by batch, in order: (positions of the readable ones in `paths`, their vectors,
+        [(position, reason)] of the others) - memory of one batch."""
+        return embedding.iter_embedded(self.sources(), paths, device, batch_size, workers, progress, reader=reader)
 
     def embedder(self, device: str = "auto"):
         """(the embedder of featurize.engines that made our features, the device it runs on), for a

@@ -83,7 +83,7 @@ def teacher_probabilities(
             f"--teacher {distill.teacher}: it predicts classes this data does not have ({', '.join(missing)})"
         )
     log(f"teacher probabilities: {len(paths)} training images through {distill.teacher} (once; cached)")
-    vectors, failures = teacher.embed_images([images.reader.locate(p) for p in paths], device)
+    vectors, failures = teacher.embed_images(paths, device, reader=images.reader)
     readable = np.setdiff1d(np.arange(len(paths)), [position for position, _ in failures])
     probabilities = np.zeros((len(paths), len(images.class_names)), np.float32)
     columns = [images.class_names.index(str(c)) for c in teacher.classes_]

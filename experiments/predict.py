@@ -11,7 +11,7 @@ from classifiers import load_model
 from common.errors import CnnfeatError
 from common.files import atomic_write, ensure_writable
 from common.names import printable
-from featurize import find_images, is_url, list_objects
+from featurize import IMAGE_EXTENSIONS, find_images, is_url, list_objects, source_for_paths
 
 from .layout import predictions_csv
 
@@ -23,14 +23,18 @@ def expand_inputs(inputs, storage_options: tuple = ()) -> list[str]:
     URLs of its images; a missing path is kept (its row says so)."""
     paths = []
     for item in inputs:
-        if is_url(item):
-            paths.extend(list_objects(str(item), storage_options))
+        if is_url(item):  # one object as given (its row says why when it cannot be read), a folder listed
+            paths.extend([str(item)] if _is_image_name(str(item)) else list_objects(str(item), storage_options))
             continue
         item = Path(item)
         paths.extend(find_images(item)) if item.is_dir() else paths.append(str(item))
     if not paths:
         raise CnnfeatError(f"no images in {', '.join(map(str, inputs))}")
     return paths
+
+
+def _is_image_name(url: str) -> bool:
+    return url.rstrip("/").lower().endswith(IMAGE_EXTENSIONS) and not url.endswith("/")
 
 
 def csv_path(out_csv, model_path) -> Path:
@@ -54,12 +58,13 @@ def predict_to_csv(
     ensure_writable(out_csv.parent)
     model = load_model(model_path)
     paths = expand_inputs(inputs, storage_options)
+    reader = source_for_paths(paths, storage_options)
     classes = [str(c) for c in model.classes_]
     failed = []
     with atomic_write(out_csv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "predicted", "probability", *(f"p_{printable(c)}" for c in classes), "error"])
-        for good, vectors, bad in model.iter_embedded(paths, device, batch_size, workers, progress, storage_options):
+        for good, vectors, bad in model.iter_embedded(paths, device, batch_size, workers, progress, reader):
             writer.writerows(_batch_lines(model, paths, classes, good, vectors, bad))
             failed += bad
         if len(failed) == len(paths):  # a mistyped path, most likely: keep the CSV a run before wrote

@@ -41,7 +41,7 @@ from .batches import ImageDataset, OnTensors, checked_batches, collate_readable,
 from .decoding import UnreadableImage, decode_pil, load_image, pil_to_rgb_tensor, read_image, rgb_image
 from .demo_data import write_digits
 from .devices import default_workers, resolve_device
-from .discovery import ImageList, discover, display_name, file_identity, find_images, image_identities
+from .discovery import IMAGE_EXTENSIONS, ImageList, discover, display_name, file_identity, find_images, image_identities
 from .distributed import connect_ray
 from .engines import (
     ENGINES,
@@ -102,6 +102,7 @@ __all__ = [
     "FuseMode",
     "fuse_features",
     "part_widths",
+    "IMAGE_EXTENSIONS",
     "ImageList",
     "UnreadableImage",
     "decode_pil",

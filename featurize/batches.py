@@ -16,7 +16,7 @@ from common.errors import CnnfeatError, error_line
 
 from .decoding import UnreadableImage, chw_array, decode_pil
 from .devices import default_batch_size, default_workers
-from .sources import ImageSource
+from .sources import ImageSource, as_source
 
 
 class ImageDataset:
@@ -25,7 +25,7 @@ class ImageDataset:
     `from_bytes`: preprocessing.ResizeCrop, OnTensors)."""
 
     def __init__(self, source: ImageSource, paths: list[str], transform):
-        self.source, self.paths, self.transform = source, paths, transform
+        self.source, self.paths, self.transform = as_source(source), paths, transform
 
     def __len__(self):
         return len(self.paths)
@@ -119,6 +119,7 @@ def iter_vectors(
     """
     from tqdm import tqdm
 
+    source = as_source(source)
     views = getattr(model, "views", 1)  # --tta: each image is this many in a forward pass
     batch_size = batch_size or max(1, default_batch_size(device) // views)
     workers = default_workers(model.engine, source.remote is not None) if workers is None else min(workers, len(paths))

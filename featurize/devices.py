@@ -7,6 +7,8 @@ import sys
 
 from common.errors import CnnfeatError
 
+from .remote import REMOTE_REQUESTS
+
 
 def resolve_device(device: str) -> str:
     """`auto` = CUDA when this machine has it, else the CPU; a CUDA device this machine lacks is refused."""
@@ -47,16 +49,13 @@ def default_batch_size(device: str) -> int:
     return 128 if device.startswith("cuda") else 16
 
 
-REMOTE_THREADS = 16  # decoding threads when the images come over a network: most of their time is a wait
-
-
 def default_workers(engine: str = "torch", remote: bool = False) -> int:
     """Decoding workers: threads beside onnxruntime, one per core (onnxruntime's own threads sleep
     when idle, so the two share the cores: benchmarks/extract_throughput.py --choices), or
-    REMOTE_THREADS when each image is first fetched from an object store (more requests in flight
+    REMOTE_REQUESTS when each image is first fetched from an object store (more requests in flight
     hide the store's latency: benchmarks/remote_read.py); worker processes beside torch (one core
     left to the forward pass)."""
     cores = usable_cores()
     if engine == "onnxruntime":
-        return max(REMOTE_THREADS, min(8, cores)) if remote else min(8, cores)
+        return max(REMOTE_REQUESTS, min(8, cores)) if remote else min(8, cores)
     return min(8, max(1, cores - 1))

@@ -23,7 +23,15 @@ STAT_THREADS = 16  # objects asked for their identity at once (one HEAD request 
 
 
 def is_manifest(text: str) -> bool:
-    return text.lower().endswith(SUFFIXES)
+    """A .parquet, or a .csv whose header names the columns path and label (a local .csv of `path
+    label` lines is a list file, as it always was)."""
+    if not text.lower().endswith(SUFFIXES):
+        return False
+    if is_url(text) or text.lower().endswith(".parquet") or not Path(text).is_file():
+        return True
+    with open(text, encoding="utf-8-sig", errors="replace") as handle:
+        header = [column.strip().lower() for column in handle.readline().split(",")]
+    return {"path", "label"} <= set(header)
 
 
 def discover_manifest(where: str, storage_options: tuple = ()) -> ImageList:
@@ -32,8 +40,9 @@ def discover_manifest(where: str, storage_options: tuple = ()) -> ImageList:
     rows = _rows(where, remote, shown)
     folder = where.rpartition("/")[0] if remote else str(Path(where).resolve().parent)
     first_url = next((p for p, _, _ in rows if is_url(p)), None)
-    if first_url and remote is None:  # a local manifest of objects
+    if first_url and remote is None:  # a local manifest of objects: the store must answer, before any work
         remote = Remote.of(first_url, storage_options)
+        remote.check(first_url)
     public = public_url(folder) if is_url(folder) else folder
     images = ImageList(
         public, dataset_name(Path(where).stem, shown), "manifest", [], source=shown, reader=ImageSource(folder, remote)
@@ -46,11 +55,16 @@ def discover_manifest(where: str, storage_options: tuple = ()) -> ImageList:
 def _rows(where: str, remote: Remote | None, shown: str) -> list[tuple[str, str, str]]:
     """(path, label, split) of every row of the manifest."""
     rows = [
-        (_path(r["path"], shown, n), str(r["label"]).strip(), _split(r.get("split"), shown, n))
+        (_path(r["path"], shown, n), _label(r["label"], shown, n), _split(r.get("split"), shown, n))
         for n, r in _read_table(where, remote, shown)
     ]
     if not rows:
         raise DataError(f"--data {shown}: no rows")
+    seen = set()
+    for number, (path, _, _) in enumerate(rows, 2):
+        if path in seen:
+            raise DataError(f"{shown}:{number}: {path} is listed twice (each image once)")
+        seen.add(path)
     return rows
 
 
@@ -91,9 +105,17 @@ def _parquet(data: bytes, shown: str) -> list[dict]:
 
 
 def _path(value, shown: str, number: int) -> str:
-    text = "" if value is None else str(value).strip()
+    return _cell(value, shown, number, "path")
+
+
+def _label(value, shown: str, number: int) -> str:
+    return _cell(value, shown, number, "label")
+
+
+def _cell(value, shown: str, number: int, column: str) -> str:
+    text = "" if value is None or value != value else str(value).strip()  # None: a short row; NaN: Parquet's empty
     if not text:
-        raise DataError(f"{shown}:{number}: an empty path")
+        raise DataError(f"{shown}:{number}: no {column}")
     return text
 
 

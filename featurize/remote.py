@@ -9,19 +9,24 @@ Nothing of them is ever written down: a dataset is named and recorded by `public
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 from common.errors import DataError
 
 INSTALL = "pip install -e '.[cloud]'"
+FSSPEC_PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}
+REMOTE_REQUESTS = 16  # requests in flight by default: decoding threads when the images come over a network
 SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
-READ_ATTEMPTS = 4  # a transient failure (timeout, 5xx, throttling) beyond the client's own retries
+READ_ATTEMPTS = 3  # a dropped connection or a timeout; the client retries 5xx and throttling itself
 BACKOFF_S = 0.5  # first wait; doubled after each failure, with jitter
+TRANSIENT = (TimeoutError, ConnectionError)  # and the errors of the client's HTTP layer named below
+TRANSIENT_NAMES = ("Timeout", "ClientPayloadError", "ServerDisconnectedError", "ClientConnectorError", "IncompleteRead")
 _filesystems: dict = {}  # (process id, Remote) -> its filesystem: never shared across a fork
 
 
@@ -32,28 +37,30 @@ def is_url(text) -> bool:
 
 
 def public_url(url: str) -> str:
-    """`url` without what may be secret (user:password@, a query string such as a presigned signature)."""
+    """`url` without what may be secret: a `user:password@` (a `container@account` of Azure stays) and a
+    query string (a presigned signature)."""
     parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.hostname or "", parts.path, "", "")).rstrip("/")
+    user, at, host = parts.netloc.rpartition("@")
+    netloc = host if ":" in user else parts.netloc
+    return urlunsplit((parts.scheme, netloc, parts.path, "", "")).rstrip("/")
 
 
 def join(root: str, relative: str) -> str:
     return f"{root.rstrip('/')}/{relative}"
 
 
-def parse_storage_options(pairs) -> tuple[tuple[str, object], ...]:
-    """--storage-option KEY=VALUE pairs -> (key, value) pairs; true/false/null and numbers as such."""
-    import json
-
+def parse_storage_options(pairs) -> tuple[tuple[str, str], ...]:
+    """--storage-option KEY=VALUE pairs -> (key, JSON text) pairs: a value that is JSON (true, 3,
+    {"region_name": "x"}) is read as such, any other as a string; JSON keeps them hashable."""
     options = []
     for pair in pairs or ():
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise DataError(f"--storage-option {pair!r}: expected KEY=VALUE (e.g. anon=true, endpoint_url=http://...)")
         try:
-            options.append((key, json.loads(value)))
+            options.append((key, json.dumps(json.loads(value), sort_keys=True)))
         except ValueError:
-            options.append((key, value))
+            options.append((key, json.dumps(value)))
     return tuple(options)
 
 
@@ -71,11 +78,18 @@ class Remote:
     and Ray actors); each process opens its own filesystem from it."""
 
     protocol: str
-    options: tuple = ()
+    options: tuple = field(default=(), repr=False)  # (key, JSON text) pairs: may hold a secret
 
     @classmethod
     def of(cls, url: str, options: tuple = ()) -> Remote:
         return cls(SCHEME.match(url).group(1).lower(), tuple(options))
+
+    def client_options(self) -> dict:
+        options = {key: json.loads(value) for key, value in self.options}
+        if self.protocol in ("s3", "s3a"):
+            options.setdefault("max_concurrency", 1)  # an image in one GET (s3fs would first HEAD it to split it)
+            options.setdefault("config_kwargs", {}).setdefault("max_pool_connections", 4 * REMOTE_REQUESTS)
+        return options
 
     def fs(self):
         key = (os.getpid(), self)
@@ -87,13 +101,12 @@ class Remote:
         try:
             import fsspec
 
-            options = dict(self.options)
-            if self.protocol in ("s3", "s3a"):  # an image in one GET (s3fs would first HEAD it to split it)
-                options.setdefault("max_concurrency", 1)
+            options = self.client_options()
             return fsspec.filesystem(self.protocol, skip_instance_cache=True, use_listings_cache=False, **options)
-        except ImportError as error:
-            needs = error.name or "its fsspec package"
-            raise DataError(f"reading {self.protocol}:// needs {needs}: {INSTALL}") from None
+        except ImportError:
+            package = FSSPEC_PACKAGES.get(self.protocol)
+            how = INSTALL if package == "s3fs" else f"pip install {package}" if package else "its fsspec package"
+            raise DataError(f"reading {self.protocol}:// needs {package or 'a package'}: {how}") from None
         except (ValueError, TypeError) as error:
             raise DataError(f"{self.protocol}:// cannot be opened ({error})") from None
 
@@ -104,13 +117,13 @@ class Remote:
         for attempt in range(READ_ATTEMPTS):
             try:
                 return self.fs().cat_file(url, start=start, end=end)
-            except (FileNotFoundError, PermissionError, IsADirectoryError):
-                raise
             except Exception as error:  # noqa: BLE001 - a client's errors have no common base
-                if attempt == READ_ATTEMPTS - 1:
+                if attempt == READ_ATTEMPTS - 1 or not _transient(error):
+                    if isinstance(error, OSError):
+                        raise
                     raise OSError(f"{type(error).__name__}: {error}") from None
-                time.sleep(wait * (1 + random.random()))
-                wait *= 2
+            time.sleep(wait * (1 + random.random()))
+            wait *= 2
         raise AssertionError("unreachable")
 
     def info(self, url: str) -> dict:
@@ -121,18 +134,17 @@ class Remote:
         (memory of one directory's listing, never the whole tree at once)."""
         fs = self.fs()
         top = fs._strip_protocol(url).rstrip("/")
-        for folder, _, files in fs.walk(top, detail=True):
+        for folder, _, files in fs.walk(top, detail=True, on_error="raise"):  # never a failed folder as an empty one
             prefix = folder[len(top) :].strip("/")
             for name in sorted(files):
                 info = files[name]
                 yield (f"{prefix}/{name}" if prefix else name), int(info.get("size") or 0), object_tag(info)
 
     def check(self, url: str) -> None:
-        """Fail in one line, before any work, when `url` cannot be listed: no credentials, no such
-        bucket, access denied, no store answering."""
+        """Fail in one line, before any work, when `url` cannot be read: no credentials, no such
+        bucket, access denied, nothing there, no store answering."""
         try:
-            if not self.fs().exists(url):
-                raise FileNotFoundError(url)
+            self.fs().info(url)
         except Exception as error:  # noqa: BLE001
             raise access_error(public_url(url), error) from None
 
@@ -143,44 +155,68 @@ def list_objects(url: str, storage_options: tuple = ()) -> list[str]:
     from .discovery import _is_image
 
     remote = Remote.of(url, storage_options)
-    remote.check(url)
+    try:
+        remote.fs().info(url)
+    except Exception as error:  # noqa: BLE001
+        raise access_error(public_url(url), error, option="") from None
     url = url.rstrip("/")
     if remote.fs().isfile(url):
         return [url]
     return sorted(join(url, path) for path, _, _ in remote.walk(url) if _is_image(path.rsplit("/", 1)[-1]))
 
 
-def access_error(url: str, error: Exception) -> DataError:
-    """The one line for a store that refuses `url` (or a file under it) outright."""
-    text = f"{type(error).__name__} {error}"
+def access_error(url: str, error: Exception, option: str = "--data") -> DataError:
+    """The one line for a store that refuses `url` (or a file under it) outright, told by the kinds and
+    codes of the error and its causes (never by its text, which holds the URL)."""
     if isinstance(error, DataError):
         return error
-    if "NoCredentials" in text or "Unable to locate credentials" in text:
+    kinds = _kinds(error)
+    if "TypeError" in kinds:  # the client refused its arguments: a --storage-option it does not take
+        why = f"the store's client refused its options ({_first_line(error)}): check each --storage-option"
+    elif "NoCredentialsError" in kinds:
         why = (
             "no credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or ~/.aws/credentials; "
             "--storage-option anon=true for a public bucket)"
         )
-    elif isinstance(error, PermissionError) or any(
-        code in text for code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403")
-    ):
-        why = f"access denied ({_first_line(error)}): check the credentials and their permissions"
-    elif isinstance(error, FileNotFoundError) and "bucket" in text.lower():
+    elif "NoSuchBucket" in kinds:
         why = "no such bucket"
-    elif isinstance(error, FileNotFoundError):
+    elif "PermissionError" in kinds:
+        why = f"access denied ({_first_line(error)}): check the credentials and their permissions"
+    elif "FileNotFoundError" in kinds:
         why = "nothing there (no such prefix or object)"
     else:
         why = f"cannot reach the store ({_first_line(error)}); for a store other than AWS set AWS_ENDPOINT_URL"
-    return DataError(f"--data {url}: {why}")
+    return DataError(f"{option} {url}: {why}".strip())
+
+
+def _kinds(error: BaseException) -> set[str]:
+    """The class names of `error` and of its causes, and the error codes of the responses among them."""
+    kinds = set()
+    while error is not None:
+        kinds |= {cls.__name__ for cls in type(error).__mro__}
+        code = (getattr(error, "response", None) or {}).get("Error", {}).get("Code")
+        kinds |= {str(code)} if code else set()
+        error = error.__cause__ or error.__context__
+    return kinds
+
+
+def _transient(error: BaseException) -> bool:
+    """A dropped connection or a timeout (worth another try), not an answer of the store's."""
+    kinds = _kinds(error)
+    return not ({"ClientError", "FileNotFoundError", "PermissionError"} & kinds) and (
+        isinstance(error, TRANSIENT) or any(name in kind for kind in kinds for name in TRANSIENT_NAMES)
+    )
 
 
 def read_reason(error: Exception) -> str:
     """Why one object could not be read, for the skipped list."""
     if isinstance(error, FileNotFoundError):
-        return "object not found (deleted since it was listed?)"
+        return "object not found"
     if isinstance(error, PermissionError):
         return f"access denied ({_first_line(error)})"
-    return f"could not fetch after {READ_ATTEMPTS} attempts ({_first_line(error)})"
+    return f"could not fetch ({_first_line(error)})"
 
 
 def _first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    """The error's message on one line (botocore puts the reason on the line after the first)."""
+    return " ".join(str(error).split())[:240] or type(error).__name__

@@ -48,14 +48,16 @@ def _listing(remote: Remote, url: str) -> dict[str, tuple[int, int]]:
 
 
 def _from_folder_listing(remote: Remote, url: str, listed: dict) -> ImageList:
+    """The layouts in the order a local folder's are tried: split folders, split lists, class folders."""
+    per_split = _per_split(listed)
+    if per_split and "" not in per_split:
+        return from_class_lists(per_split, _empty(remote, url, "split-folders"), public_url(url))
     top_lists = [f"{s}.txt" for s in SPLITS if f"{s}.txt" in listed]
     if top_lists:  # explicit lists win over the folders their paths point into
         return _from_remote_lists(remote, url, top_lists)
-    per_split = _per_split(listed)
-    layout = "class-folders" if list(per_split) == [""] else "split-folders"
-    if layout == "class-folders" and len(per_split[""]) == 1:
+    if len(per_split.get("", {})) == 1:
         _refuse_one_folder_down(url, per_split[""])
-    return from_class_lists(per_split, _empty(remote, url, layout), public_url(url))
+    return from_class_lists(per_split, _empty(remote, url, "class-folders"), public_url(url))
 
 
 def _refuse_one_folder_down(url: str, classes: dict[str, list[str]]) -> None:

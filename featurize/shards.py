@@ -40,17 +40,18 @@ def discover_shards(pattern: str, storage_options: tuple = ()) -> ImageList:
     urls = list(braceexpand(pattern))
     remote = Remote.of(urls[0], storage_options) if is_url(urls[0]) else None
     folder = urls[0].rpartition("/")[0] or "."
-    shown = public_url(pattern) if remote else pattern
+    shown = public_url(pattern) if remote else str(Path(pattern).resolve())
     if any(url.rpartition("/")[0] != urls[0].rpartition("/")[0] for url in urls):
         raise DataError(f"--data {shown}: the shards must be in one folder")
     shards = [_Shard(url, remote) for url in urls]
     rows, spans, identities, notes = _samples(shards, _class_names(folder, remote))
     if not rows:
-        raise DataError(f"--data {shown}: no samples (KEY.jpg + KEY.cls) in {len(shards)} shards")
+        why = f" ({notes[0]})" if notes else ""
+        raise DataError(f"--data {shown}: no samples (KEY.jpg + KEY.cls) in {len(shards)} shards{why}")
     public = public_url(folder) if remote else str(Path(folder).resolve())
     images = ImageList(
         public,
-        dataset_name(public.rsplit("/", 1)[-1], f"{public}/{Path(pattern).name}"),
+        dataset_name(public.rsplit("/", 1)[-1], f"{public}/shards"),  # the folder's: more shards, the same file
         "shards",
         [],
         source=shown,
@@ -76,8 +77,11 @@ def _samples(shards: list, classes: list[str] | None) -> tuple[list, dict, list,
 
 
 def _notes(shard, index: dict) -> list[str]:
-    """What a shard's index has to say: where it is cut, the images with no label."""
-    notes = [_cut_note(shard, index)] if index["cut_at"] is not None else []
+    """What a shard's index has to say: where it is cut, the images with no label (in a cut shard, the
+    cut's: the label would have come after it)."""
+    if index["cut_at"] is not None:
+        return [_cut_note(shard, index)]
+    notes = []
     if index["unlabelled"]:
         notes.append(
             f"shard {shard.name}: {len(index['unlabelled'])} images with no KEY.cls label left out "
@@ -101,11 +105,11 @@ class _Shard:
                 return int(info.get("size") or 0), object_tag(info)
             stat = os.stat(self.url)
             return stat.st_size, stat.st_mtime_ns
-        except FileNotFoundError:
-            raise DataError(f"--data: shard {where} not found") from None
         except Exception as error:  # noqa: BLE001 - a store's refusal: one line
             from .remote import access_error
 
+            if isinstance(error, FileNotFoundError) and not self.remote:
+                raise DataError(f"--data: shard {where} not found") from None
             raise access_error(where, error) from None
 
     def index(self) -> dict:
@@ -128,12 +132,15 @@ class _Shard:
     def _read_index(self) -> dict:
         """Stream the shard: where each sample's image is, and its label; where the shard is cut."""
         images, labels, cut_at = {}, {}, None
-        try:
-            with self._open() as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
-                for member in tar:
-                    _take(tar, member, images, labels)
-        except (tarfile.TarError, EOFError, OSError) as error:
-            cut_at = str(error) or type(error).__name__
+        with self._open() as handle:
+            try:
+                with tarfile.open(fileobj=handle, mode="r|") as tar:
+                    for member in tar:
+                        _take(tar, member, images, labels)
+            except (tarfile.TarError, EOFError, OSError) as error:
+                if handle.tell() < self.identity[0]:  # not the end of the shard: a read that failed
+                    raise self._unreadable(error) from None
+                cut_at = str(error) or type(error).__name__
         samples = {}
         for key, (name, start, end) in sorted(images.items()):
             if end > self.identity[0]:
@@ -142,6 +149,14 @@ class _Shard:
                 samples[key] = (name, start, end, labels[key])
         unlabelled = sorted(set(images) - set(labels))
         return {"version": INDEX_VERSION, "samples": samples, "cut_at": cut_at, "unlabelled": unlabelled}
+
+    def _unreadable(self, error: Exception) -> DataError:
+        """A shard that cannot be read now (nothing is cached or dropped: the next run tries again)."""
+        from .remote import access_error
+
+        if self.remote and not isinstance(error, tarfile.TarError):
+            return access_error(public_url(self.url), error)
+        return DataError(f"--data: shard {self.name} could not be read ({error}); nothing was changed")
 
     def _open(self):
         if self.remote:
@@ -167,8 +182,12 @@ def _class_names(folder: str, remote: Remote | None) -> list[str] | None:
     where = f"{folder}/classes.txt"
     try:
         data = remote.read(where) if remote else Path(where).read_bytes()
-    except (FileNotFoundError, OSError):
+    except FileNotFoundError:
         return None
+    except OSError as error:  # there, but not readable: labels read as names would be wrong
+        from .remote import access_error
+
+        raise access_error(public_url(where) if remote else where, error) from None
     return [line.strip() for line in data.decode("utf-8", errors="replace").splitlines() if line.strip()]
 
 
@@ -190,10 +209,13 @@ def _split_of(shard_name: str) -> str:
 
 def _cut_note(shard: _Shard, index: dict) -> str:
     cut = [key for key, sample in index["samples"].items() if sample[2] == CUT]
-    return (
-        f"shard {shard.name} is truncated ({index['cut_at']}): every whole sample before the cut is kept"
-        f"{f'; {cut[0]} is cut in two (listed as unreadable)' if cut else ''}; any sample after the cut is lost"
-    )
+    lost = index["unlabelled"]
+    said = f"shard {shard.name} is truncated ({index['cut_at']}): every whole sample before the cut is kept"
+    if cut:
+        said += f"; {cut[0]} is cut in two (listed as unreadable)"
+    if lost:
+        said += f"; {len(lost)} cut before their label come to nothing (first: {lost[0]})"
+    return said + "; any sample after the cut is lost"
 
 
 def _cache_file(shard: _Shard) -> Path:

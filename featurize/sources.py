@@ -58,6 +58,11 @@ def _read_local(path: str, start: int | None, end: int | None) -> bytes:
             return handle.read(end - start)
 
 
+def as_source(source) -> ImageSource:
+    """An ImageSource as it is; a folder (str or Path, as library code before sources passed) -> its source."""
+    return source if isinstance(source, ImageSource) else ImageSource(os.fspath(source))
+
+
 def source_for_paths(paths: list[str], storage_options: tuple = ()) -> ImageSource:
     """The source that reads `paths` as given: files, and URLs of the store of the first URL among them."""
     url = next((p for p in paths if is_url(p)), None)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from featurize import extract, load_features
+from featurize.remote import public_url
 from tests.conftest import REPO, write_image
 from tests.s3_server import ACCESS_KEY, SECRET_KEY
 from tests.test_cli import assert_ends_in_one_error_line, assert_one_line_error, cli_process, run
@@ -26,6 +27,16 @@ def _pets(root, count=4):
     write_image(root / "val" / "cats" / "v0.png", seed=20)
     write_image(root / "val" / "dogs" / "v1.jpg", seed=21)
     return root
+
+
+def test_public_url_keeps_where_and_drops_what_may_be_secret():
+    assert public_url("s3://user:pass@bucket/a/b/?X-Amz-Signature=1") == "s3://bucket/a/b"
+    assert public_url("http://host:9000/bucket/data/") == "http://host:9000/bucket/data"
+    assert (
+        public_url("abfs://container@account.dfs.core.windows.net/x")
+        == "abfs://container@account.dfs.core.windows.net/x"
+    )
+    assert public_url("s3://MyBucket/Data") == "s3://MyBucket/Data"
 
 
 def _extract(data, out, *extra):
@@ -100,7 +111,7 @@ def test_a_store_that_refuses_is_one_line_before_any_work(s3, tmp_path, monkeypa
     if case == "wrong key":
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "not-a-key")
     elif case == "no bucket":
-        url = "s3://no-such-bucket-here/data/"
+        url = "s3://photos2403/data/"  # no such bucket, and a "403" in its name
     elif case == "no credentials":
         monkeypatch.delenv("AWS_ACCESS_KEY_ID")
         monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
@@ -116,6 +127,7 @@ def test_credentials_given_as_storage_options_are_never_written(s3, tmp_path, mo
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     options = ("--storage-option", f"key={ACCESS_KEY}", "--storage-option", f"secret={SECRET_KEY}")
+    options += ("--storage-option", 'config_kwargs={"connect_timeout": 5}')  # a JSON value
     said, store = _extract(f"s3://{s3.bucket}/data", tmp_path / "out", *options)
     assert len(store.paths) == 4 and SECRET_KEY not in said
     for path in (tmp_path / "out").rglob("*"):
@@ -134,15 +146,27 @@ def test_kill_9_mid_run_and_an_immediate_rerun_finish_the_bucket(s3, tmp_path):
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     process = subprocess.Popen([str(c) for c in command], cwd=REPO, **quiet)
     deadline = time.monotonic() + 120
-    while not any((out / "features").glob("*.partial")) and time.monotonic() < deadline:
+    while not _journal_rows(out) and time.monotonic() < deadline:  # some batches in, the run going on
         time.sleep(0.05)
-    time.sleep(0.5)
     os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    assert process.wait() == -signal.SIGKILL  # killed mid-run, not finished
     said, store = _extract(url, out)
-    assert "resuming" in said or "48 extracted" not in said, said
+    assert "resuming: " in said and "48 extracted" not in said, said
     _, reference = _local(local, tmp_path / "local")
     _same_vectors(store, reference)
+
+
+def _journal_rows(out) -> bool:
+    return any(p.stat().st_size > 4096 for p in (out / "features").glob("*.partial")) if out.exists() else False
+
+
+def test_a_listing_that_fails_changes_nothing(s3, tmp_path):
+    s3.upload_folder(_pets(tmp_path / "pets", 2), s3.bucket, "data")
+    said, store = _extract(f"s3://{s3.bucket}/data", tmp_path / "out")
+    s3.proxy.failing[f"LIST/{s3.bucket}"] = [503, 10_000]  # every listing from now on
+    code, said = cli_process("extract", "--data", f"s3://{s3.bucket}/data", "--out", tmp_path / "out", *RANDOM)
+    assert_ends_in_one_error_line(code, said, "cannot reach the store")
+    assert list(load_features(store.path).paths) == list(store.paths)  # no folder read as empty, nothing dropped
 
 
 def test_predict_reads_a_bucket_folder_and_single_objects(s3, tmp_path):
