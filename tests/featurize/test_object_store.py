@@ -103,6 +103,7 @@ def test_a_flaky_object_is_retried_and_a_forbidden_one_is_listed_with_its_reason
         ("no bucket", "no such bucket"),
         ("no credentials", "no credentials found"),
         ("no prefix", "nothing there"),
+        ("option typo", "the store's client refused its options"),
     ],
 )
 def test_a_store_that_refuses_is_one_line_before_any_work(s3, tmp_path, monkeypatch, case, expected):
@@ -115,9 +116,10 @@ def test_a_store_that_refuses_is_one_line_before_any_work(s3, tmp_path, monkeypa
     elif case == "no credentials":
         monkeypatch.delenv("AWS_ACCESS_KEY_ID")
         monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
-    else:
+    elif case == "no prefix":
         url = f"s3://{s3.bucket}/elsewhere/"
-    assert_one_line_error(run("extract", "--data", url, "--out", tmp_path / "out", *RANDOM), expected)
+    options = ("--storage-option", "anonn=true") if case == "option typo" else ()
+    assert_one_line_error(run("extract", "--data", url, "--out", tmp_path / "out", *RANDOM, *options), expected)
     assert not (tmp_path / "out" / "features").exists() or not list((tmp_path / "out" / "features").glob("*.h5"))
     assert s3.proxy.gets() == 0
 
@@ -177,12 +179,14 @@ def test_predict_reads_a_bucket_folder_and_single_objects(s3, tmp_path):
     assert fitted.exit_code == 0, fitted.output
     model = fitted.output.split("model: ")[1].split(" (+")[0]
     urls = (f"s3://{s3.bucket}/data/val/", f"s3://{s3.bucket}/data/train/cats/c0.png")
-    code, said = cli_process("predict", "--model", model, *urls, "--out", tmp_path / "remote.csv")
-    assert code == 0 and "3 images, 0 unreadable" in said, said
+    missing = f"s3://{s3.bucket}/data/gone.png"
+    code, said = cli_process("predict", "--model", model, *urls, missing, "--out", tmp_path / "remote.csv")
+    assert code == 0 and "4 images, 1 unreadable" in said, said
     paths = [local / "val/cats/v0.png", local / "val/dogs/v1.jpg", local / "train/cats/c0.png"]
     predicted = run("predict", "--model", model, *paths, "--out", tmp_path / "local.csv", "--quiet")
     assert predicted.exit_code == 0, predicted.output
     remote_rows, local_rows = (list(csv.reader(open(tmp_path / f"{n}.csv"))) for n in ("remote", "local"))
+    assert remote_rows.pop() == [missing, "", "", "", "", "object not found"]
     assert [r[0] for r in remote_rows[1:]] == [f"s3://{s3.bucket}/data/{p.relative_to(local)}" for p in paths]
     assert [r[1:] for r in remote_rows] == [r[1:] for r in local_rows]
 

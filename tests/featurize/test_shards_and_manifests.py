@@ -55,11 +55,13 @@ def test_local_shards_give_the_folder_vectors_and_a_cut_shard_keeps_its_whole_sa
     folder = _pets(tmp_path / "pets")
     keys = _write_shards(folder, tmp_path / "shards")
     reference = load_features(extract(data=folder, out=tmp_path / "a", **IN_PROCESS).store)
+    first = extract(data=str(tmp_path / "shards" / "{train-000000,val-000000}.tar"), out=tmp_path / "b", **IN_PROCESS)
     pattern = str(tmp_path / "shards" / "{train-{000000..000002},val-000000}.tar")
-    result = extract(data=pattern, out=tmp_path / "b", **IN_PROCESS)
+    result = extract(data=pattern, out=tmp_path / "b", **IN_PROCESS)  # more shards: the same file, grown
     shards = load_features(result.store)
     _assert_same(shards, keys, reference)
-    assert discover(pattern).layout == "shards" and (result.extracted, result.skipped) == (10, [])
+    assert first.store == result.store and (first.extracted, result.extracted, result.skipped) == (5, 5, [])
+    assert discover(pattern).layout == "shards"
 
     again = extract(data=pattern, out=tmp_path / "b", **IN_PROCESS)
     assert (again.extracted, again.rewritten) == (0, False)
