@@ -15,7 +15,7 @@ import numpy as np
 from common.errors import DataError
 
 from .discovery import MISSING_FILE, SPLIT_ALIASES, ImageList, _identity_or_missing, dataset_name, from_rows
-from .remote import Remote, is_url, object_tag, public_url
+from .remote import Remote, access_error, is_url, object_tag, public_url
 from .sources import ImageSource
 
 SUFFIXES = (".csv", ".parquet")
@@ -75,8 +75,6 @@ def _read_table(where: str, remote: Remote | None, shown: str) -> list[tuple[int
     except FileNotFoundError:
         raise DataError(f"--data {shown}: no such manifest") from None
     except OSError as error:
-        from .remote import access_error
-
         raise access_error(shown, error) from None
     records = _parquet(data, shown) if where.lower().endswith(".parquet") else _csv(data)
     if records and not {"path", "label"} <= set(records[0]):

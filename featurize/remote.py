@@ -140,13 +140,13 @@ class Remote:
                 info = files[name]
                 yield (f"{prefix}/{name}" if prefix else name), int(info.get("size") or 0), object_tag(info)
 
-    def check(self, url: str) -> None:
-        """Fail in one line, before any work, when `url` cannot be read: no credentials, no such
-        bucket, access denied, nothing there, no store answering."""
+    def check(self, url: str, option: str = "--data") -> dict:
+        """`url`'s info (its "type": file or directory); one line, before any work, when it cannot be
+        read: no credentials, no such bucket, access denied, nothing there, no store answering."""
         try:
-            self.fs().info(url)
+            return self.fs().info(url)
         except Exception as error:  # noqa: BLE001
-            raise access_error(public_url(url), error) from None
+            raise access_error(public_url(url), error, option) from None
 
 
 def list_objects(url: str, storage_options: tuple = ()) -> list[str]:
@@ -155,13 +155,9 @@ def list_objects(url: str, storage_options: tuple = ()) -> list[str]:
     from .discovery import _is_image
 
     remote = Remote.of(url, storage_options)
-    try:
-        remote.fs().info(url)
-    except Exception as error:  # noqa: BLE001
-        raise access_error(public_url(url), error, option="") from None
-    url = url.rstrip("/")
-    if remote.fs().isfile(url):
+    if remote.check(url, option="")["type"] == "file":
         return [url]
+    url = url.rstrip("/")
     return sorted(join(url, path) for path, _, _ in remote.walk(url) if _is_image(path.rsplit("/", 1)[-1]))
 
 

@@ -26,9 +26,9 @@ from .sources import ImageSource
 
 def discover_url(url: str, storage_options: tuple = ()) -> ImageList:
     remote = Remote.of(url, storage_options)
-    remote.check(url)
+    is_file = remote.check(url)["type"] == "file"
     url = url.rstrip("/")
-    if remote.fs().isfile(url):  # one list file
+    if is_file:  # one list file
         if not url.lower().endswith(".txt"):
             raise DataError(f"--data {public_url(url)}: one object; --data takes a folder or a list file (.txt)")
         folder, _, name = url.rpartition("/")

@@ -22,7 +22,7 @@ from common.errors import DataError
 from common.files import atomic_write
 
 from .discovery import IMAGE_EXTENSIONS, SPLIT_ALIASES, ImageList, dataset_name, from_rows
-from .remote import Remote, is_url, object_tag, public_url
+from .remote import Remote, access_error, is_url, object_tag, public_url
 from .sources import ImageSource
 
 INDEX_VERSION = 1
@@ -40,7 +40,7 @@ def discover_shards(pattern: str, storage_options: tuple = ()) -> ImageList:
     urls = list(braceexpand(pattern))
     remote = Remote.of(urls[0], storage_options) if is_url(urls[0]) else None
     folder = urls[0].rpartition("/")[0] or "."
-    shown = public_url(pattern) if remote else str(Path(pattern).resolve())
+    shown = _shown(pattern, remote)
     if any(url.rpartition("/")[0] != urls[0].rpartition("/")[0] for url in urls):
         raise DataError(f"--data {shown}: the shards must be in one folder")
     shards = [_Shard(url, remote) for url in urls]
@@ -48,7 +48,7 @@ def discover_shards(pattern: str, storage_options: tuple = ()) -> ImageList:
     if not rows:
         why = f" ({notes[0]})" if notes else ""
         raise DataError(f"--data {shown}: no samples (KEY.jpg + KEY.cls) in {len(shards)} shards{why}")
-    public = public_url(folder) if remote else str(Path(folder).resolve())
+    public = _shown(folder, remote)
     images = ImageList(
         public,
         dataset_name(public.rsplit("/", 1)[-1], f"{public}/shards"),  # the folder's: more shards, the same file
@@ -60,6 +60,11 @@ def discover_shards(pattern: str, storage_options: tuple = ()) -> ImageList:
         notes=notes,
     )
     return from_rows(rows, images)
+
+
+def _shown(where: str, remote: Remote | None) -> str:
+    """Where shards are, as recorded and shown: a URL without secrets, or an absolute path."""
+    return public_url(where) if remote else str(Path(where).resolve())
 
 
 def _samples(shards: list, classes: list[str] | None) -> tuple[list, dict, list, list[str]]:
@@ -106,8 +111,6 @@ class _Shard:
             stat = os.stat(self.url)
             return stat.st_size, stat.st_mtime_ns
         except Exception as error:  # noqa: BLE001 - a store's refusal: one line
-            from .remote import access_error
-
             if isinstance(error, FileNotFoundError) and not self.remote:
                 raise DataError(f"--data: shard {where} not found") from None
             raise access_error(where, error) from None
@@ -152,8 +155,6 @@ class _Shard:
 
     def _unreadable(self, error: Exception) -> DataError:
         """A shard that cannot be read now (nothing is cached or dropped: the next run tries again)."""
-        from .remote import access_error
-
         if self.remote and not isinstance(error, tarfile.TarError):
             return access_error(public_url(self.url), error)
         return DataError(f"--data: shard {self.name} could not be read ({error}); nothing was changed")
@@ -185,8 +186,6 @@ def _class_names(folder: str, remote: Remote | None) -> list[str] | None:
     except FileNotFoundError:
         return None
     except OSError as error:  # there, but not readable: labels read as names would be wrong
-        from .remote import access_error
-
         raise access_error(public_url(where) if remote else where, error) from None
     return [line.strip() for line in data.decode("utf-8", errors="replace").splitlines() if line.strip()]
 

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .decoding import UnreadableImage
+from .decoding import UnreadableImage, _reasons
 from .remote import Remote, is_url, join, read_reason
 
 
@@ -48,8 +48,6 @@ class ImageSource:
 
 
 def _read_local(path: str, start: int | None, end: int | None) -> bytes:
-    from .decoding import _reasons
-
     with _reasons():
         if start is None:
             return Path(path).read_bytes()
