@@ -198,3 +198,20 @@ def test_ray_actors_read_the_bucket_themselves(s3, tmp_path):
     assert "10 extracted" in said and s3.proxy.gets() == 10
     _, reference = _local(local, tmp_path / "local")
     _same_vectors(store, reference)
+
+
+def test_a_bucket_is_read_in_the_layout_its_local_copy_is(s3, tmp_path):
+    from featurize import ImageDataset, discover
+
+    local = _pets(tmp_path / "pets", 1)
+    (local / "train.txt").write_text("train/cats/c0.png cats\n")  # split folders win over lists, as locally
+    s3.upload_folder(local, s3.bucket, "data")
+    remote, here = discover(f"s3://{s3.bucket}/data/"), discover(local)
+    assert (remote.layout, remote.paths, remote.splits) == (here.layout, here.paths, here.splits)
+    dataset = ImageDataset(local, here.paths, OnBytes())  # a folder, as library code passed before sources
+    assert [dataset[i][2] for i in range(len(dataset))] == [""] * len(here.paths)
+
+
+class OnBytes:
+    def from_bytes(self, data):
+        return len(data)
